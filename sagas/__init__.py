@@ -1,0 +1,55 @@
+"""sagactor's saga engine: flows declared in YAML, compiled to state machines, driven by actors.
+
+The public API is re-exported here; submodules whose names start with ``_`` are private.
+"""
+
+from __future__ import annotations
+
+from .compiler import CompiledFlow, compile_flow
+from .errors import (
+    BadStoreUrl,
+    DefinitionUnavailable,
+    FlowError,
+    FlowErrors,
+    IdConflict,
+    InputError,
+    SagactorError,
+    SagaTimeout,
+    SeqConflict,
+    StoreError,
+    StoreUnavailable,
+    UnknownSaga,
+)
+from .loader import load_flow, parse_flow
+from .model import Flow, FlowWarning, RetryPolicy, ServiceSpec, Step
+from .plan import Plan, plan, plans
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadStoreUrl",
+    "CompiledFlow",
+    "DefinitionUnavailable",
+    "Flow",
+    "FlowError",
+    "FlowErrors",
+    "FlowWarning",
+    "IdConflict",
+    "InputError",
+    "Plan",
+    "RetryPolicy",
+    "SagaTimeout",
+    "SagactorError",
+    "SeqConflict",
+    "ServiceSpec",
+    "Step",
+    "StoreError",
+    "StoreUnavailable",
+    "UnknownSaga",
+    "__version__",
+    "compile_flow",
+    "load_flow",
+    "parse_flow",
+    "plan",
+    "plans",
+]

@@ -1,0 +1,561 @@
+"""The pure saga core: ``handle(saga, signal, env) -> (events, commands)``.
+
+No IO, no threads, no clock or randomness of its own: the time and the jitter draw come from
+``env``; event ids are ``<saga_id>/<seq>``. Given the same saga state, signal and env, it
+returns the same events and commands — which is what makes virtual-time tests fast and recovery
+a replay.
+
+* A **signal** is something that happened to a saga from outside: :class:`Start`,
+  :class:`ReplyReceived`, :class:`TimerFired`, :class:`Cancel`, :class:`Retry`.
+* The core answers with **events** (appended to the saga's log; the caller commits them before
+  acting on any command, DESIGN.md §4.7) and **commands** derived from those events:
+  :class:`Execute` (send an attempt to a service), :class:`SetTimer`, :class:`Ended`.
+* :func:`apply` folds one event into a :class:`Saga`; :func:`replay` rebuilds a saga from its
+  log, and :func:`resume` derives the commands that put a replayed saga back in motion.
+
+A :class:`Saga` is mutable and owned by one thread (its shard); ``handle`` updates it in place
+as it emits events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .compiler import TERMINAL_STATES, CompiledFlow, StateInfo, compensation_state, step_state
+from .events import TERMINAL_EVENTS, Event
+from .paths import evaluate
+
+__all__ = [
+    "Cancel",
+    "Command",
+    "Ended",
+    "Env",
+    "Execute",
+    "ReplyReceived",
+    "Retry",
+    "Saga",
+    "SetTimer",
+    "Signal",
+    "Start",
+    "TimerFired",
+    "apply",
+    "context_of",
+    "handle",
+    "replay",
+    "resume",
+    "start",
+]
+
+RETRY_FOREVER_CAP = 60.0  # seconds between compensation attempts under retry_forever, at most
+
+
+class Env(Protocol):
+    """What the core may ask of the world: the time, and a draw in [0, 1) for jitter."""
+
+    def now(self) -> float: ...
+
+    def random(self) -> float: ...
+
+
+# -- signals ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Start a saga (the caller has checked the input against the flow's schema)."""
+
+    input: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """A service's reply to the attempt ``(phase, step, attempt)``."""
+
+    phase: str  # "action" | "compensation"
+    step: str
+    attempt: int
+    outcome: str  # "succeeded" | "rejected" | "error"
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    command_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A timer set by :class:`SetTimer` is due."""
+
+    kind: str  # "timeout" | "backoff" | "deadline"
+    phase: str | None
+    step: str | None
+    attempt: int | None
+    causation_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel the saga (DESIGN.md §4.4); nothing happens to a terminal saga."""
+
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Re-drive a ``failed`` saga from where it stopped (DESIGN.md §4.2–4.3)."""
+
+    requested_by: str | None = None
+
+
+Signal = Start | ReplyReceived | TimerFired | Cancel | Retry
+
+
+# -- commands -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Send one attempt of a step's action or compensation to its service."""
+
+    command_id: str
+    saga_id: str
+    step: str
+    phase: str
+    service: str
+    name: str  # the handler: the step's action or compensation
+    attempt: int
+    key: str
+    payload: Mapping[str, Any]
+    result: Mapping[str, Any] | None
+    timeout_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Deliver ``TimerFired(kind, phase, step, attempt, causation_id)`` to the saga at ``at``."""
+
+    saga_id: str
+    at: float
+    kind: str
+    phase: str | None
+    step: str | None
+    attempt: int | None
+    causation_id: str | None
+
+    def fired(self) -> TimerFired:
+        return TimerFired(self.kind, self.phase, self.step, self.attempt, self.causation_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The saga reached a terminal state."""
+
+    saga_id: str
+    status: str
+    reason: str | None
+
+
+Command = Execute | SetTimer | Ended
+
+
+# -- the saga's state ---------------------------------------------------------------------------
+class Saga:
+    """The state of one saga instance, folded from its events. Owned by one thread."""
+
+    __slots__ = (
+        "attempt",
+        "base_attempt",
+        "cancelled",
+        "command_id",
+        "compiled",
+        "deadline_at",
+        "deadline_passed",
+        "in_flight",
+        "input",
+        "last_event_id",
+        "next_attempt_at",
+        "outputs",
+        "payloads",
+        "pivot_done",
+        "reason",
+        "saga_id",
+        "seq",
+        "started_at",
+        "state",
+        "status",
+        "timed_out",
+        "timeout_at",
+        "updated_at",
+    )
+
+    def __init__(self, saga_id: str, compiled: CompiledFlow):
+        self.saga_id = saga_id
+        self.compiled = compiled
+        self.input: Any = None
+        self.outputs: dict[str, Any] = {}
+        self.payloads: dict[str, Any] = {}
+        self.status = "running"
+        self.reason: str | None = None
+        self.state = compiled.initial
+        self.seq = 0
+        self.attempt = 0  # the current (phase, step)'s latest attempt
+        self.base_attempt = 0  # attempts before this epoch (a `saga retry` starts a new one)
+        self.in_flight = False
+        self.timeout_at: float | None = None
+        self.timed_out: set[int] = set()
+        self.next_attempt_at: float | None = None
+        self.deadline_at: float | None = None
+        self.deadline_passed = False
+        self.cancelled = False
+        self.pivot_done = False
+        self.last_event_id: str | None = None
+        self.command_id: str | None = None  # the *.started event of the latest attempt
+        self.started_at = 0.0
+        self.updated_at = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+    @property
+    def info(self) -> StateInfo | None:
+        return self.compiled.info.get(self.state)
+
+    def context(self) -> dict[str, Any]:
+        return context_of(self.input, self.outputs)
+
+
+def context_of(saga_input: Any, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The saga context of DESIGN.md §2: ``{"input": ..., "steps": {step: output}}``."""
+    return {"input": saga_input, "steps": dict(outputs)}
+
+
+# -- folding events -----------------------------------------------------------------------------
+def apply(saga: Saga, event: Event) -> None:
+    """Fold ``event`` into ``saga``. Pure bookkeeping: never decides anything."""
+    kind = event.type
+    saga.seq = event.seq
+    saga.last_event_id = event.event_id
+    saga.updated_at = event.at
+    data = event.data
+    if kind == "step.started" or kind == "compensation.started":
+        step = event.step
+        assert step is not None and event.attempt is not None
+        state = step_state(step) if kind == "step.started" else compensation_state(step)
+        if state != saga.state:
+            saga.state = state
+            saga.timed_out = set()
+            saga.base_attempt = 0
+        saga.status = "running" if kind == "step.started" else "compensating"
+        saga.attempt = event.attempt
+        saga.command_id = event.event_id
+        saga.in_flight = True
+        saga.timeout_at = data.get("timeout_at")
+        saga.next_attempt_at = None
+        if kind == "step.started":
+            saga.payloads[step] = data.get("payload")
+    elif kind in ("step.succeeded", "step.failed", "compensation.succeeded",
+                  "compensation.failed"):
+        if kind == "step.succeeded":
+            assert event.step is not None
+            saga.outputs[event.step] = data.get("output")
+            info = saga.compiled.info.get(step_state(event.step))
+            if info is not None and info.step.pivot:
+                saga.pivot_done = True
+        saga.in_flight = False
+        saga.timeout_at = None
+    elif kind in ("step.timed_out", "compensation.timed_out"):
+        assert event.attempt is not None
+        saga.timed_out.add(event.attempt)
+        if event.attempt == saga.attempt:
+            saga.in_flight = False
+            saga.timeout_at = None
+    elif kind in ("step.retrying", "compensation.retrying"):
+        saga.next_attempt_at = data.get("next_attempt_at")
+    elif kind == "saga.started":
+        saga.input = data.get("input")
+        saga.deadline_at = data.get("deadline_at")
+        saga.started_at = event.at
+        saga.status = "running"
+    elif kind == "saga.deadline_exceeded":
+        saga.deadline_passed = True
+    elif kind == "saga.cancelled":
+        saga.cancelled = True
+    elif kind == "saga.retried":
+        saga.reason = None
+        saga.base_attempt = saga.attempt
+        saga.timed_out = set()
+        info = saga.info
+        saga.status = "compensating" if info and info.phase == "compensation" else "running"
+    elif kind in TERMINAL_EVENTS:
+        saga.status = TERMINAL_EVENTS[kind]
+        saga.reason = data.get("reason")
+        saga.in_flight = False
+        saga.next_attempt_at = None
+        saga.timeout_at = None
+    # reply.ignored changes nothing
+
+
+def replay(saga_id: str, compiled: CompiledFlow, events: Iterable[Event]) -> Saga:
+    """Rebuild a saga from its log."""
+    saga = Saga(saga_id, compiled)
+    for event in events:
+        apply(saga, event)
+    return saga
+
+
+# -- deciding -----------------------------------------------------------------------------------
+class _Decision:
+    """Collects the events and commands of one call to :func:`handle`."""
+
+    __slots__ = ("commands", "env", "events", "now", "saga")
+
+    def __init__(self, saga: Saga, env: Env):
+        self.saga = saga
+        self.env = env
+        self.now = env.now()
+        self.events: list[Event] = []
+        self.commands: list[Command] = []
+
+    def emit(self, kind: str, step: str | None, attempt: int | None, data: dict[str, Any],
+             causation_id: str | None) -> Event:
+        saga = self.saga
+        seq = saga.seq + 1
+        event = Event(seq, kind, step, attempt, self.now, f"{saga.saga_id}/{seq}", causation_id,
+                      data)
+        apply(saga, event)
+        self.events.append(event)
+        return event
+
+    # -- entering states ------------------------------------------------------------------------
+    def enter(self, state: str, reason: str | None, cause: str | None) -> None:
+        saga = self.saga
+        if state in TERMINAL_STATES:
+            data: dict[str, Any] = {"reason": reason} if state == "failed" else {}
+            self.emit(f"saga.{state}", None, None, data, cause)
+            self.commands.append(Ended(saga.saga_id, state, reason))
+            return
+        info = saga.compiled.info[state]
+        self.start_attempt(info, 1, cause)
+
+    def start_attempt(self, info: StateInfo, attempt: int, cause: str | None) -> None:
+        saga = self.saga
+        step = info.step
+        timeout_at = self.now + step.timeout
+        if info.phase == "action":
+            payload = (evaluate(step.input, saga.context()) if step.input is not None
+                       else saga.input)
+            event = self.emit("step.started", step.name, attempt,
+                              {"payload": payload, "timeout_at": timeout_at}, cause)
+            key, name, result = f"{saga.saga_id}:{step.name}", step.action, None
+        else:
+            payload = saga.payloads.get(step.name)
+            event = self.emit("compensation.started", step.name, attempt,
+                              {"payload": payload, "timeout_at": timeout_at}, cause)
+            key = f"{saga.saga_id}:{step.name}:compensation"
+            name, result = step.compensation or "", saga.outputs.get(step.name)
+        self.commands.append(Execute(event.event_id, saga.saga_id, step.name, info.phase,
+                                     step.service, name, attempt, key, payload, result,
+                                     timeout_at))
+        self.commands.append(SetTimer(saga.saga_id, timeout_at, "timeout", info.phase, step.name,
+                                      attempt, event.event_id))
+
+    def advance(self, trigger: str, cause: str | None) -> None:
+        saga = self.saga
+        move = saga.compiled.next(saga.state, trigger)
+        if move is None:  # pragma: no cover - the compiler guarantees every needed edge
+            raise RuntimeError(f"saga {saga.saga_id}: no {trigger!r} transition from {saga.state}")
+        self.enter(move[0], move[1], cause)
+
+    def retry_or_give_up(self, info: StateInfo, cause: str | None) -> None:
+        saga = self.saga
+        step = info.step
+        policy = step.retry
+        done = saga.attempt - saga.base_attempt
+        forever = info.phase == "compensation" and step.on_compensation_failure == "retry_forever"
+        if not forever and done >= policy.attempts:
+            self.advance("exhausted", cause)
+            return
+        draw = self.env.random() if policy.jitter else None
+        delay = policy.delay(min(done, 64), draw)
+        if forever:
+            delay = min(delay, policy.max_backoff or RETRY_FOREVER_CAP)
+        at = self.now + delay
+        prefix = "step" if info.phase == "action" else "compensation"
+        event = self.emit(f"{prefix}.retrying", step.name, saga.attempt,
+                          {"next_attempt_at": at}, cause)
+        if delay <= 0:
+            self.start_attempt(info, saga.attempt + 1, event.event_id)
+        else:
+            self.commands.append(SetTimer(saga.saga_id, at, "backoff", info.phase, step.name,
+                                          saga.attempt, event.event_id))
+
+    def abort_forward(self, cause: str | None) -> None:
+        """Deadline or cancel before the pivot succeeded: the step in progress counts as timed
+        out, pending backoff is dropped, and recovery proceeds as for an exhausted step."""
+        saga = self.saga
+        info = saga.info
+        assert info is not None and info.phase == "action"
+        if saga.in_flight:
+            event = self.emit("step.timed_out", info.step.name, saga.attempt,
+                              {"reason": "deadline" if saga.deadline_passed else "cancelled"},
+                              cause)
+            cause = event.event_id
+        self.advance("exhausted", cause)
+
+    # -- signals --------------------------------------------------------------------------------
+    def reply(self, signal: ReplyReceived) -> None:
+        saga = self.saga
+        info = saga.info
+        current = (info is not None and signal.phase == info.phase
+                   and signal.step == info.step.name)
+        cause = signal.command_id
+        if current and signal.attempt == saga.attempt and saga.in_flight:
+            assert info is not None
+            self.outcome(info, signal, cause)
+        elif (current and signal.attempt in saga.timed_out
+              and signal.outcome in ("succeeded", "rejected")):
+            # a late, definitive reply from a timed-out attempt of the step in progress ends it
+            assert info is not None
+            self.outcome(info, signal, cause)
+        else:
+            self.emit("reply.ignored", signal.step, signal.attempt,
+                      {"phase": signal.phase, "attempt": signal.attempt,
+                       "outcome": signal.outcome}, cause)
+
+    def outcome(self, info: StateInfo, signal: ReplyReceived, cause: str | None) -> None:
+        prefix = "step" if info.phase == "action" else "compensation"
+        step = info.step.name
+        if signal.outcome == "succeeded":
+            event = self.emit(f"{prefix}.succeeded", step, signal.attempt,
+                              {"output": signal.output}, cause)
+            self.advance("succeeded", event.event_id)
+            return
+        kind = "rejected" if signal.outcome == "rejected" else "error"
+        event = self.emit(f"{prefix}.failed", step, signal.attempt,
+                          {"error": signal.error or kind, "kind": kind}, cause)
+        if kind == "rejected" and info.phase == "action":
+            self.advance("rejected", event.event_id)
+        else:
+            self.retry_or_give_up(info, event.event_id)
+
+    def timer(self, signal: TimerFired) -> None:
+        saga = self.saga
+        info = saga.info
+        if signal.kind == "deadline":
+            if saga.status != "running" or saga.deadline_passed:
+                return  # disarmed while compensating
+            event = self.emit("saga.deadline_exceeded", None, None,
+                              {"deadline_at": saga.deadline_at}, signal.causation_id)
+            if not saga.pivot_done:
+                self.abort_forward(event.event_id)
+            return
+        if info is None or signal.phase != info.phase or signal.step != info.step.name \
+                or signal.attempt != saga.attempt:
+            return  # a stale timer
+        if signal.kind == "timeout":
+            if not saga.in_flight:
+                return
+            prefix = "step" if info.phase == "action" else "compensation"
+            event = self.emit(f"{prefix}.timed_out", info.step.name, saga.attempt,
+                              {"timeout_at": saga.timeout_at}, signal.causation_id)
+            self.retry_or_give_up(info, event.event_id)
+        elif signal.kind == "backoff":
+            if saga.in_flight or saga.next_attempt_at is None:
+                return
+            self.start_attempt(info, saga.attempt + 1, signal.causation_id)
+
+    def cancel(self, signal: Cancel) -> None:
+        saga = self.saga
+        if saga.status != "running" or saga.cancelled:
+            return
+        event = self.emit("saga.cancelled", None, None,
+                          {"requested_by": signal.requested_by}, None)
+        if not saga.pivot_done:
+            self.abort_forward(event.event_id)
+
+    def retry(self, signal: Retry) -> None:
+        saga = self.saga
+        if saga.status != "failed":
+            return
+        info = saga.info
+        assert info is not None
+        event = self.emit("saga.retried", info.step.name, None,
+                          {"requested_by": signal.requested_by, "phase": info.phase}, None)
+        self.start_attempt(info, saga.attempt + 1, event.event_id)
+
+
+def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env) -> tuple[
+        Saga, list[Event], list[Command]]:
+    """A new saga: ``saga.started``, its first step started, its deadline armed."""
+    saga = Saga(saga_id, compiled)
+    decision = _Decision(saga, env)
+    deadline = compiled.flow.deadline
+    deadline_at = decision.now + deadline if deadline is not None else None
+    event = decision.emit("saga.started", None, None,
+                          {"input": saga_input, "deadline_at": deadline_at}, None)
+    if deadline_at is not None:
+        decision.commands.append(SetTimer(saga_id, deadline_at, "deadline", None, None, None,
+                                          event.event_id))
+    decision.enter(compiled.initial, None, event.event_id)
+    return saga, decision.events, decision.commands
+
+
+_HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
+    ReplyReceived: _Decision.reply,
+    TimerFired: _Decision.timer,
+    Cancel: _Decision.cancel,
+    Retry: _Decision.retry,
+}
+
+
+def handle(saga: Saga, signal: Signal, env: Env) -> tuple[list[Event], list[Command]]:
+    """Decide what ``signal`` means for ``saga``: the events to append and the commands to send.
+
+    ``saga`` is updated in place. Nothing is ever recorded after a terminal event, except what a
+    :class:`Retry` starts.
+    """
+    if saga.terminal and not isinstance(signal, Retry):
+        return [], []
+    decision = _Decision(saga, env)
+    _HANDLERS[type(signal)](decision, signal)
+    return decision.events, decision.commands
+
+
+def resume(saga: Saga, env: Env) -> tuple[list[Event], list[Command]]:
+    """Put a replayed saga back in motion (DESIGN.md §4.7).
+
+    An attempt past its ``timeout_at`` is recorded as timed out; otherwise the same attempt is
+    sent again (same key) with the time it has left. Backoff and the deadline are re-armed
+    from their stored absolute times.
+    """
+    if saga.terminal:
+        return [], []
+    decision = _Decision(saga, env)
+    info = saga.info
+    if saga.deadline_at is not None and saga.status == "running" and not saga.deadline_passed:
+        decision.commands.append(SetTimer(saga.saga_id, saga.deadline_at, "deadline", None, None,
+                                          None, None))
+    if info is None:  # pragma: no cover - a non-terminal saga is always in a step state
+        return [], []
+    if saga.in_flight:
+        assert saga.timeout_at is not None
+        if saga.timeout_at <= decision.now:
+            decision.timer(TimerFired("timeout", info.phase, info.step.name, saga.attempt,
+                                      saga.last_event_id))
+        else:
+            step = info.step
+            if info.phase == "action":
+                key, name, result = f"{saga.saga_id}:{step.name}", step.action, None
+                payload = saga.payloads.get(step.name)
+            else:
+                key = f"{saga.saga_id}:{step.name}:compensation"
+                name, result = step.compensation or "", saga.outputs.get(step.name)
+                payload = saga.payloads.get(step.name)
+            command_id = saga.command_id
+            decision.commands.append(Execute(command_id, saga.saga_id, step.name, info.phase,
+                                             step.service, name, saga.attempt, key, payload,
+                                             result, saga.timeout_at))
+            decision.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "timeout",
+                                              info.phase, step.name, saga.attempt, command_id))
+    elif saga.next_attempt_at is not None:
+        decision.commands.append(SetTimer(saga.saga_id, saga.next_attempt_at, "backoff",
+                                          info.phase, info.step.name, saga.attempt,
+                                          saga.last_event_id))
+    return decision.events, decision.commands

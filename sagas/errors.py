@@ -1,0 +1,136 @@
+"""The errors sagactor raises, in one tree.
+
+::
+
+    SagactorError
+    ├── FlowError                one problem in a flow file, with source, line and column
+    │   └── FlowErrors           every problem of one file (``.errors``); positioned at the first
+    ├── InputError               a saga input that is not JSON or fails the flow's input schema
+    ├── DefinitionUnavailable    a flow's services cannot be imported or started
+    ├── IdConflict               a saga id exists with another definition or input
+    ├── SagaTimeout              ``Runtime.wait`` ran out of time (the saga is still running)
+    └── StoreError               anything a saga store cannot do
+        ├── BadStoreUrl          an unknown scheme or malformed store URL (a usage error)
+        ├── StoreUnavailable     the store cannot be used: damaged, locked, newer schema
+        ├── UnknownSaga          no saga with that id
+        └── SeqConflict          an append at a ``seq`` that is already taken
+
+The CLI turns each into one line on stderr and an exit code (:data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadStoreUrl",
+    "DefinitionUnavailable",
+    "FlowError",
+    "FlowErrors",
+    "IdConflict",
+    "InputError",
+    "SagaTimeout",
+    "SagactorError",
+    "SeqConflict",
+    "StoreError",
+    "StoreUnavailable",
+    "UnknownSaga",
+]
+
+
+class SagactorError(Exception):
+    """Root of every error sagactor raises on purpose."""
+
+    exit_code = 1
+
+
+class FlowError(SagactorError):
+    """One problem in a flow definition, at ``source:line:column`` (1-based)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, source: str = "<flow>", line: int = 1, column: int = 1):
+        self.message = message
+        self.source = source
+        self.line = line
+        self.column = column
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        return f"{self.source}:{self.line}:{self.column}: {self.message}"
+
+
+class FlowErrors(FlowError):
+    """Every problem found in one flow; ``line``/``column``/``message`` are the first one's."""
+
+    def __init__(self, errors: list[FlowError]):
+        if not errors:
+            raise ValueError("FlowErrors needs at least one error")
+        self.errors = sorted(errors, key=lambda e: (e.line, e.column))
+        first = self.errors[0]
+        super().__init__(first.message, source=first.source, line=first.line, column=first.column)
+        self.args = ("\n".join(e.format() for e in self.errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class InputError(SagactorError):
+    """A saga input that is not valid JSON or does not satisfy the flow's input schema."""
+
+    exit_code = 2
+
+
+class DefinitionUnavailable(SagactorError):
+    """A flow's services could not be imported or instantiated."""
+
+    exit_code = 2
+
+
+class IdConflict(SagactorError):
+    """A saga id that already exists with a different definition or input."""
+
+    exit_code = 2
+
+
+class SagaTimeout(SagactorError):
+    """Waiting for a saga to end ran out of time; the saga itself goes on."""
+
+    exit_code = 1
+
+
+class StoreError(SagactorError):
+    """A saga store could not do what was asked."""
+
+    exit_code = 5
+
+
+class BadStoreUrl(StoreError):
+    """The store URL has an unknown scheme or is malformed."""
+
+    exit_code = 2
+
+
+class StoreUnavailable(StoreError):
+    """The store exists but cannot be used: damaged, locked, or of a newer schema."""
+
+    exit_code = 5
+
+
+class UnknownSaga(StoreError):
+    """No saga with that id in the store."""
+
+    exit_code = 4
+
+    def __init__(self, saga_id: str):
+        self.saga_id = saga_id
+        super().__init__(f"unknown saga id {saga_id!r}")
+
+
+class SeqConflict(StoreError):
+    """An append found its expected ``seq`` already taken (another writer got there first)."""
+
+    exit_code = 5
+
+    def __init__(self, saga_id: str, seq: int):
+        self.saga_id = saga_id
+        self.seq = seq
+        super().__init__(f"saga {saga_id!r}: seq {seq} is already taken")

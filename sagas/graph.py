@@ -1,0 +1,84 @@
+"""Diagrams of a compiled flow's state machine: Mermaid ``stateDiagram-v2`` and Graphviz DOT.
+
+Both are drawn from the machine's own states and transitions, so the picture is the engine.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .compiler import COMPENSATION_PREFIX, STEP_PREFIX, TERMINAL_STATES, CompiledFlow
+
+__all__ = ["FORMATS", "render", "to_dot", "to_mermaid"]
+
+FORMATS = ("mermaid", "dot")
+
+
+def _label(compiled: CompiledFlow, state: str) -> str:
+    info = compiled.info.get(state)
+    if info is None:
+        return state
+    step = info.step
+    if state.startswith(STEP_PREFIX):
+        extra = " (pivot)" if step.pivot else ""
+        return f"{step.name}{extra}: {step.service}.{step.action}"
+    return f"undo {step.name}: {step.service}.{step.compensation}"
+
+
+def _edge_label(trigger: str, reason: str | None) -> str:
+    return f"{trigger} [{reason}]" if reason else trigger
+
+
+def mermaid_id(state: str) -> str:
+    """A Mermaid-safe identifier for a state name."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", state)
+
+
+def to_mermaid(compiled: CompiledFlow) -> str:
+    lines = ["stateDiagram-v2"]
+    if compiled.flow.description:
+        lines.append(f"    %% {compiled.flow.name} v{compiled.flow.version}: "
+                     f"{compiled.flow.description}")
+    for state in compiled.states:
+        lines.append(f'    state "{_label(compiled, state)}" as {mermaid_id(state)}')
+    lines.append(f"    [*] --> {mermaid_id(compiled.initial)}")
+    for edge in compiled.edges:
+        lines.append(f"    {mermaid_id(edge.source)} --> {mermaid_id(edge.dest)} : "
+                     f"{_edge_label(edge.trigger, edge.reason)}")
+    for state in TERMINAL_STATES:
+        lines.append(f"    {mermaid_id(state)} --> [*]")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(compiled: CompiledFlow) -> str:
+    lines = [f"digraph {_quote(compiled.flow.name)} {{", "    rankdir=LR;",
+             '    node [shape=box, style=rounded, fontname="Helvetica"];',
+             '    edge [fontname="Helvetica", fontsize=10];',
+             '    start [shape=point, width=0.15, label=""];']
+    for state in compiled.states:
+        attrs = [f"label={_quote(_label(compiled, state))}"]
+        if state in TERMINAL_STATES:
+            attrs.append("shape=doublecircle")
+            attrs.append({"completed": "color=darkgreen", "compensated": "color=darkorange",
+                          "failed": "color=red"}[state])
+        elif state.startswith(COMPENSATION_PREFIX):
+            attrs.append("color=darkorange")
+        lines.append(f"    {_quote(state)} [{', '.join(attrs)}];")
+    lines.append(f"    start -> {_quote(compiled.initial)};")
+    for edge in compiled.edges:
+        lines.append(f"    {_quote(edge.source)} -> {_quote(edge.dest)} "
+                     f"[label={_quote(_edge_label(edge.trigger, edge.reason))}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def render(compiled: CompiledFlow, fmt: str = "mermaid") -> str:
+    if fmt == "mermaid":
+        return to_mermaid(compiled)
+    if fmt == "dot":
+        return to_dot(compiled)
+    raise ValueError(f"unknown graph format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -1,0 +1,569 @@
+"""Loading and validating YAML flows (DESIGN.md §2).
+
+:func:`parse_flow` reads one flow from text and either returns a :class:`~sagas.model.Flow` or
+raises :class:`~sagas.errors.FlowErrors` listing **every** problem found, each at
+``source:line:column``. Semantic findings (a step that cannot be undone, a deadline shorter than
+the steps can take, ...) are warnings on ``Flow.warnings``; ``strict=True`` makes them errors.
+
+Nothing here imports user code or evaluates anything from the file: names are only checked
+against patterns, and paths are data (``$.input.x``, ``$.steps.name.field``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+
+from ._yaml import YNode, compose, to_python
+from .errors import FlowError, FlowErrors
+from .model import (
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    Flow,
+    FlowWarning,
+    RetryPolicy,
+    ServiceSpec,
+    Step,
+    format_duration,
+    parse_duration,
+)
+from .paths import PathError, parse_path
+
+__all__ = ["load_flow", "parse_flow"]
+
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+IMPORT_PATH = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
+
+TOP_KEYS = ("saga", "version", "description", "services", "input", "defaults", "deadline", "steps")
+DEFAULTS_KEYS = ("retry", "timeout", "on_compensation_failure")
+RETRY_KEYS = ("attempts", "backoff", "multiplier", "max_backoff", "jitter")
+SERVICE_KEYS = ("class", "instances")
+STEP_KEYS = (
+    "name", "service", "action", "compensation", "input", "retry", "timeout", "pivot", "effects",
+    "on_compensation_failure",
+)
+COMPENSATION_FAILURE = ("park", "retry_forever")
+MAX_FLOW_BYTES = 1_000_000
+
+
+def load_flow(path: str | os.PathLike[str], *, strict: bool = False) -> Flow:
+    """Read and validate the flow in the file at ``path``.
+
+    Raises :class:`FlowErrors` for an unreadable, binary, non-UTF-8 or invalid file (a missing
+    file and a directory included), positioned at 1:1 where there is no better place.
+    """
+    source = str(path)
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise FlowErrors([FlowError("is a directory, not a flow file", source=source)])
+        data = p.read_bytes()
+    except FlowErrors:
+        raise
+    except FileNotFoundError:
+        raise FlowErrors([FlowError("no such file", source=source)]) from None
+    except PermissionError:
+        raise FlowErrors([FlowError("permission denied", source=source)]) from None
+    except OSError as exc:
+        raise FlowErrors([FlowError(f"cannot read: {exc.strerror or exc}", source=source)]) from None
+    if len(data) > MAX_FLOW_BYTES:
+        raise FlowErrors([FlowError(
+            f"file too large for a flow ({len(data)} bytes; at most {MAX_FLOW_BYTES})",
+            source=source)])
+    if b"\x00" in data:
+        raise FlowErrors([FlowError("binary file, not a YAML flow", source=source)])
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise FlowErrors([FlowError("not UTF-8 text", source=source, line=line,
+                                    column=column)]) from None
+    return parse_flow(text, source=source, strict=strict)
+
+
+def parse_flow(text: str, *, source: str = "<flow>", strict: bool = False) -> Flow:
+    """Validate ``text`` as a flow; raise :class:`FlowErrors` with every problem found."""
+    if not isinstance(text, str):
+        raise TypeError("parse_flow takes the flow's text as a str")
+    tree, reading_errors = compose(text, source)
+    checker = _Checker(source)
+    checker.errors.extend(reading_errors)
+    if tree is None:
+        raise FlowErrors([FlowError("empty file: a flow needs at least 'saga', 'services' and "
+                                    "'steps'", source=source)])
+    flow = checker.flow(tree, text)
+    if strict:
+        for warning in checker.warnings:
+            checker.errors.append(FlowError(warning.message, source=source, line=warning.line,
+                                            column=warning.column))
+    if checker.errors or flow is None:
+        raise FlowErrors(checker.errors or [FlowError("invalid flow", source=source)])
+    return flow
+
+
+def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Checker:
+    """Collects errors and warnings while building the model from a node tree."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.errors: list[FlowError] = []
+        self.warnings: list[FlowWarning] = []
+        self._retry_nodes: dict[str, YNode | None] = {}  # step -> the retry mapping in effect
+
+    # -- reporting -------------------------------------------------------------------------
+    def error(self, node: YNode, message: str) -> None:
+        self.errors.append(FlowError(message, source=self.source, line=node.line,
+                                     column=node.column))
+
+    def warn(self, node: YNode, message: str) -> None:
+        warning = FlowWarning(message, self.source, node.line, node.column)
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+
+    # -- generic shape checks --------------------------------------------------------------
+    def mapping(self, node: YNode, what: str, allowed: tuple[str, ...],
+                required: tuple[str, ...] = ()) -> bool:
+        """Check ``node`` is a mapping with only ``allowed`` keys and every ``required`` one."""
+        if node.kind != "map":
+            self.error(node, f"{what} must be a mapping, got {node.type_name}")
+            return False
+        for key, _ in node.items:
+            if not isinstance(key.value, str) or key.value not in allowed:
+                shown = key.value
+                self.error(key, f"unknown key {shown!r} in {what}"
+                                f"{_suggest(str(shown), allowed)}")
+        present = {k.value for k, _ in node.items}
+        missing = [k for k in required if k not in present]
+        for key in missing:
+            self.error(node, f"{what} is missing required key {key!r}")
+        return True
+
+    def identifier(self, node: YNode, what: str) -> str | None:
+        value = node.value
+        if node.kind != "scalar" or not isinstance(value, str):
+            self.error(node, f"{what} must be a name, got {node.type_name}")
+            return None
+        if not IDENTIFIER.match(value):
+            self.error(node, f"{what} {value!r} is not a valid name: use lowercase letters, "
+                             "digits and '_', starting with a letter")
+            return None
+        return value
+
+    def text(self, node: YNode, what: str) -> str | None:
+        if node.kind != "scalar" or not isinstance(node.value, str):
+            self.error(node, f"{what} must be text, got {node.type_name}")
+            return None
+        return node.value
+
+    def integer(self, node: YNode, what: str, minimum: int) -> int | None:
+        value = node.value
+        if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, int):
+            self.error(node, f"{what} must be a whole number, got {node.type_name}")
+            return None
+        if value < minimum:
+            self.error(node, f"{what} must be at least {minimum}, got {value}")
+            return None
+        return value
+
+    def number(self, node: YNode, what: str, minimum: float) -> float | None:
+        value = node.value
+        if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.error(node, f"{what} must be a number, got {node.type_name}")
+            return None
+        if value < minimum:
+            self.error(node, f"{what} must be at least {minimum:g}, got {value:g}")
+            return None
+        return float(value)
+
+    def boolean(self, node: YNode, what: str) -> bool | None:
+        if node.kind != "scalar" or not isinstance(node.value, bool):
+            self.error(node, f"{what} must be true or false, got {node.type_name}")
+            return None
+        return node.value
+
+    def duration(self, node: YNode, what: str, *, positive: bool = False) -> float | None:
+        if node.kind != "scalar":
+            self.error(node, f"{what} must be a duration like 250ms, 5s, 2m or 1h, "
+                             f"got {node.type_name}")
+            return None
+        try:
+            seconds = parse_duration(node.value)
+        except ValueError as exc:
+            self.error(node, f"{what}: {exc}")
+            return None
+        if positive and seconds <= 0:
+            self.error(node, f"{what} must be longer than zero")
+            return None
+        return seconds
+
+    def choice(self, node: YNode, what: str, choices: tuple[str, ...]) -> str | None:
+        if node.kind != "scalar" or node.value not in choices:
+            shown = node.value if node.kind == "scalar" else node.type_name
+            self.error(node, f"{what} must be one of {', '.join(choices)}, got {shown!r}"
+                             f"{_suggest(str(shown), choices)}")
+            return None
+        return node.value
+
+    # -- the flow --------------------------------------------------------------------------
+    def flow(self, tree: YNode, text: str) -> Flow | None:
+        if tree.kind != "map":
+            self.error(tree, f"a flow must be a mapping with 'saga', 'services' and 'steps', "
+                             f"got {tree.type_name}")
+            return None
+        self.mapping(tree, "the flow", TOP_KEYS, ("saga", "services", "steps"))
+
+        name = None
+        if (node := tree.get("saga")) is not None:
+            name = self.identifier(node, "saga name")
+        version = 1
+        if (node := tree.get("version")) is not None:
+            version = self.integer(node, "version", 1) or 1
+        description = ""
+        if (node := tree.get("description")) is not None:
+            description = self.text(node, "description") or ""
+        services = self.services(tree.get("services"))
+        input_schema = self.input_schema(tree.get("input"))
+        defaults = self.defaults(tree.get("defaults"))
+        deadline = None
+        deadline_node = tree.get("deadline")
+        if deadline_node is not None:
+            deadline = self.duration(deadline_node, "deadline", positive=True)
+        steps = self.steps(tree.get("steps"), services, defaults)
+
+        if steps and deadline is not None and deadline_node is not None:
+            worst = sum(step.retry.worst_case(step.timeout) for step in steps)
+            if deadline < worst:
+                self.warn(deadline_node,
+                          f"deadline {format_duration(deadline)} is shorter than the worst case "
+                          f"of the steps' timeouts, attempts and backoff "
+                          f"({format_duration(worst)}): sagas with slow steps will be rolled "
+                          "back by the deadline")
+        if services:
+            used = {step.service for step in steps}
+            for service_name, (node, _) in services.items():
+                if steps and service_name not in used:
+                    self.warn(node, f"service {service_name!r} is declared but no step uses it")
+
+        if self.errors or name is None or not steps:
+            return None
+        return Flow(
+            name=name,
+            version=version,
+            steps=tuple(steps),
+            services=MappingProxyType({n: spec for n, (_, spec) in services.items()}),
+            definition=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            text=text,
+            source=self.source,
+            description=description,
+            input_schema=input_schema,
+            deadline=deadline,
+            warnings=tuple(sorted(self.warnings, key=lambda w: (w.line, w.column))),
+        )
+
+    def services(self, node: YNode | None) -> dict[str, tuple[YNode, ServiceSpec]]:
+        result: dict[str, tuple[YNode, ServiceSpec]] = {}
+        if node is None:
+            return result
+        if node.kind != "map":
+            self.error(node, f"services must be a mapping of name to 'module:Class', "
+                             f"got {node.type_name}")
+            return result
+        if not node.items:
+            self.error(node, "services is empty: declare at least one service")
+        for key, value in node.items:
+            service_name = self.identifier(key, "service name")
+            import_path, instances = None, 1
+            if value.kind == "map":
+                if self.mapping(value, f"service {key.value!r}", SERVICE_KEYS, ("class",)):
+                    if (path_node := value.get("class")) is not None:
+                        import_path = self.import_path(path_node)
+                    if (count := value.get("instances")) is not None:
+                        instances = self.integer(count, "instances", 1) or 1
+            else:
+                import_path = self.import_path(value)
+            if service_name and import_path:
+                result[service_name] = (key, ServiceSpec(service_name, import_path, instances))
+        return result
+
+    def import_path(self, node: YNode) -> str | None:
+        value = node.value
+        if node.kind != "scalar" or not isinstance(value, str):
+            self.error(node, f"a service must be 'module:Class' or {{class: 'module:Class', "
+                             f"instances: N}}, got {node.type_name}")
+            return None
+        if not IMPORT_PATH.match(value):
+            self.error(node, f"malformed import path {value!r}: expected 'package.module:Class'")
+            return None
+        return value
+
+    def input_schema(self, node: YNode | None) -> dict[str, Any] | None:
+        if node is None:
+            return None
+        if node.kind != "map":
+            self.error(node, f"input must be a JSON Schema (a mapping), got {node.type_name}")
+            return None
+        schema = to_python(node)
+        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        problems = sorted(validator(validator.META_SCHEMA).iter_errors(schema),
+                          key=lambda e: list(e.absolute_path))
+        for problem in problems:
+            target = _node_at(node, list(problem.absolute_path))
+            self.error(target, f"input schema: {problem.message}")
+        if problems:
+            return None
+        try:
+            validator(schema)
+        except Exception as exc:  # e.g. an unresolvable $ref format
+            self.error(node, f"input schema: {exc}")
+            return None
+        return schema
+
+    def retry(self, node: YNode, base: RetryPolicy, what: str) -> RetryPolicy:
+        if not self.mapping(node, what, RETRY_KEYS):
+            return base
+        values: dict[str, Any] = {}
+        if (n := node.get("attempts")) is not None:
+            attempts = self.integer(n, "attempts", 1)
+            if attempts is not None:
+                values["attempts"] = attempts
+        if (n := node.get("backoff")) is not None:
+            backoff = self.duration(n, "backoff")
+            if backoff is not None:
+                values["backoff"] = backoff
+        if (n := node.get("multiplier")) is not None:
+            multiplier = self.number(n, "multiplier", 1)
+            if multiplier is not None:
+                values["multiplier"] = multiplier
+        if (n := node.get("max_backoff")) is not None:
+            if n.kind == "scalar" and (n.value is None or n.value == "none"):
+                values["max_backoff"] = None
+            else:
+                cap = self.duration(n, "max_backoff")
+                if cap is not None:
+                    values["max_backoff"] = cap
+        if (n := node.get("jitter")) is not None:
+            jitter = self.boolean(n, "jitter")
+            if jitter is not None:
+                values["jitter"] = jitter
+        fields = {f: getattr(base, f) for f in RETRY_KEYS}
+        fields.update(values)
+        return RetryPolicy(**fields)
+
+    def defaults(self, node: YNode | None) -> _Defaults:
+        result = _Defaults()
+        if node is None:
+            return result
+        if not self.mapping(node, "defaults", DEFAULTS_KEYS):
+            return result
+        if (n := node.get("retry")) is not None:
+            result.retry = self.retry(n, DEFAULT_RETRY, "defaults.retry")
+            result.retry_node = n
+        if (n := node.get("timeout")) is not None:
+            timeout = self.duration(n, "timeout", positive=True)
+            if timeout is not None:
+                result.timeout = timeout
+        if (n := node.get("on_compensation_failure")) is not None:
+            choice = self.choice(n, "on_compensation_failure", COMPENSATION_FAILURE)
+            if choice is not None:
+                result.on_compensation_failure = choice
+        return result
+
+    def steps(self, node: YNode | None, services: dict[str, tuple[YNode, ServiceSpec]],
+              defaults: _Defaults) -> list[Step]:
+        if node is None:
+            return []
+        if node.kind != "seq":
+            self.error(node, f"steps must be a list of steps, got {node.type_name}")
+            return []
+        if not node.items:
+            self.error(node, "steps is empty: a flow needs at least one step")
+            return []
+        steps: list[Step] = []
+        seen: dict[str, YNode] = {}
+        pivot_node: YNode | None = None
+        for index, item in enumerate(node.items):
+            step = self.step(item, index, services, defaults, seen)
+            if step is None:
+                continue
+            name_node = item.get("name")
+            assert name_node is not None
+            if step.name in seen:
+                self.error(name_node, f"duplicate step name {step.name!r} "
+                                      f"(first at line {seen[step.name].line})")
+            else:
+                seen[step.name] = name_node
+            pivot_value = item.get("pivot")
+            if step.pivot:
+                if pivot_node is not None:
+                    assert pivot_value is not None
+                    self.error(pivot_value, f"a second pivot: {step.name!r}; a flow has at most "
+                                            f"one (the first is at line {pivot_node.line})")
+                else:
+                    pivot_node = pivot_value
+            if step.compensation is not None and (pivot_node is not None):
+                where = "the pivot" if step.pivot else "a step after the pivot"
+                comp = item.get("compensation")
+                assert comp is not None
+                self.error(comp, f"step {step.name!r} is {where} and cannot have a compensation: "
+                                 "after the pivot, recovery goes forward")
+            steps.append(step)
+        self.semantic_checks(node, steps)
+        return steps
+
+    def step(self, item: YNode, index: int, services: dict[str, tuple[YNode, ServiceSpec]],
+             defaults: _Defaults, earlier: dict[str, YNode]) -> Step | None:
+        what = f"step {index + 1}"
+        if item.kind == "map" and (n := item.get("name")) is not None and \
+                isinstance(n.value, str):
+            what = f"step {n.value!r}"
+        if not self.mapping(item, what, STEP_KEYS, ("name", "service", "action")):
+            return None
+        ok = True
+        name = service = action = compensation = None
+        if (n := item.get("name")) is not None:
+            name = self.identifier(n, "step name")
+        if (n := item.get("service")) is not None:
+            service = self.identifier(n, "service")
+            if service is not None and service not in services:
+                declared = list(services)
+                self.error(n, f"step uses undeclared service {service!r}"
+                              f"{_suggest(service, declared)}" +
+                              ("" if _suggest(service, declared) or not declared
+                               else f" (declared: {', '.join(declared)})"))
+                ok = False
+        if (n := item.get("action")) is not None:
+            action = self.identifier(n, "action")
+        if (n := item.get("compensation")) is not None:
+            compensation = self.identifier(n, "compensation")
+            ok = ok and compensation is not None
+        payload = None
+        if (n := item.get("input")) is not None:
+            payload = self.payload(n, earlier, name)
+        retry = defaults.retry
+        retry_node = defaults.retry_node
+        if (n := item.get("retry")) is not None:
+            retry = self.retry(n, defaults.retry, f"{what}.retry")
+            retry_node = n
+        timeout = defaults.timeout
+        if (n := item.get("timeout")) is not None:
+            timeout = self.duration(n, "timeout", positive=True) or timeout
+        pivot = False
+        if (n := item.get("pivot")) is not None:
+            pivot = bool(self.boolean(n, "pivot"))
+        effects = None
+        if (n := item.get("effects")) is not None:
+            if n.kind == "scalar" and (n.value is None or n.value == "none"):
+                effects = "none"
+            else:
+                self.error(n, f"effects can only be 'none' (a step without side effects), "
+                              f"got {n.type_name}")
+        on_failure = defaults.on_compensation_failure
+        if (n := item.get("on_compensation_failure")) is not None:
+            on_failure = self.choice(n, "on_compensation_failure", COMPENSATION_FAILURE) \
+                or on_failure
+        if not (ok and name and service and action):
+            return None
+        step = Step(name=name, service=service, action=action, compensation=compensation,
+                    input=payload, retry=retry, timeout=timeout, pivot=pivot, effects=effects,
+                    on_compensation_failure=on_failure, line=item.line)
+        self._retry_nodes[name] = retry_node
+        return step
+
+    def payload(self, node: YNode, earlier: dict[str, YNode], step: str | None) -> Any:
+        if node.kind != "map":
+            self.error(node, f"a step's input must be a mapping of field to value or path "
+                             f"($.input..., $.steps...), got {node.type_name}")
+            return None
+
+        def walk(n: YNode) -> Any:
+            if n.kind == "map":
+                return MappingProxyType({k.value: walk(v) for k, v in n.items})
+            if n.kind == "seq":
+                return tuple(walk(i) for i in n.items)
+            if isinstance(n.value, str) and n.value.startswith("$"):
+                try:
+                    path = parse_path(n.value)
+                except PathError as exc:
+                    self.error(n, str(exc))
+                    return n.value
+                if path[0] == "steps":
+                    if len(path) < 2:
+                        self.error(n, "path '$.steps' must name a step: $.steps.<step>.<field>")
+                    elif path[1] not in earlier:
+                        if path[1] == step:
+                            self.error(n, f"path {n.value!r} names this step itself; a step can "
+                                          "only use the outputs of steps before it")
+                        else:
+                            self.error(n, f"path {n.value!r} names {path[1]!r}, which is not a "
+                                          "step before this one")
+            return n.value
+
+        return walk(node)
+
+    def semantic_checks(self, steps_node: YNode, steps: list[Step]) -> None:
+        pivot_index = next((i for i, s in enumerate(steps) if s.pivot), None)
+        items = [i for i in steps_node.items if i.kind == "map"]
+        by_name = {}
+        for item in items:
+            n = item.get("name")
+            if n is not None and isinstance(n.value, str):
+                by_name.setdefault(n.value, item)
+        for index, step in enumerate(steps):
+            item = by_name.get(step.name)
+            if item is None:
+                continue
+            before_pivot = pivot_index is None or index < pivot_index
+            if before_pivot and step.compensation is None and step.effects != "none":
+                self.warn(item, f"step {step.name!r} has no compensation and is not declared "
+                                "'effects: none': if a later step fails, its effect stays")
+            if pivot_index is not None and index > pivot_index and step.retry.attempts == 1:
+                retry_node = item.get("retry") or item
+                self.warn(retry_node, f"step {step.name!r} comes after the pivot with a single "
+                                      "attempt: forward recovery needs retries")
+            retry_node = self._retry_nodes.get(step.name)
+            policy = step.retry
+            if (retry_node is not None and policy.max_backoff is None and policy.multiplier > 1
+                    and policy.attempts > 2):
+                last = policy.delay(policy.attempts - 1)
+                self.warn(retry_node, f"retry policy has no cap: add max_backoff (without one the "
+                                      f"last delay grows to {format_duration(last)})")
+
+
+class _Defaults:
+    def __init__(self) -> None:
+        self.retry: RetryPolicy = DEFAULT_RETRY
+        self.retry_node: YNode | None = None
+        self.timeout: float = DEFAULT_TIMEOUT
+        self.on_compensation_failure: str = "park"
+
+
+def _node_at(node: YNode, path: list[Any]) -> YNode:
+    """The deepest node along a JSON path inside ``node`` (for schema error positions)."""
+    current = node
+    for part in path:
+        if current.kind == "map":
+            nxt = current.get(str(part))
+            if nxt is None:
+                return current
+            current = nxt
+        elif current.kind == "seq" and isinstance(part, int) and 0 <= part < len(current.items):
+            current = current.items[part]
+        else:
+            return current
+    return current
+

@@ -1,0 +1,196 @@
+"""The flow model: immutable values for everything a YAML flow declares (DESIGN.md §2).
+
+A :class:`Flow` is produced by :func:`sagas.loader.parse_flow` and never changes afterwards. Its
+``definition`` (the sha256 of the exact text) is its identity: a saga is always driven by the
+definition it started with.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "DEFAULT_TIMEOUT",
+    "Flow",
+    "FlowWarning",
+    "RetryPolicy",
+    "ServiceSpec",
+    "Step",
+    "format_duration",
+    "parse_duration",
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``250ms``, ``5s``, ``2m``, ``1h`` or a plain number of seconds.
+
+    Raises ``ValueError`` with a message fit for a user on anything else, including negative
+    durations and booleans.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 250ms, 5s, 2m or 1h, got {str(value).lower()}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative (got {value})")
+        if value != value or value in (float("inf"),):
+            raise ValueError(f"a duration must be finite (got {value})")
+        return float(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("-"):
+            raise ValueError(f"a duration cannot be negative (got {value!r})")
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        try:
+            number = float(stripped)
+        except ValueError:
+            pass
+        else:
+            if number == number and number not in (float("inf"),):
+                return number
+        raise ValueError(f"expected a duration like 250ms, 5s, 2m or 1h, got {value!r}")
+    raise ValueError(f"expected a duration like 250ms, 5s, 2m or 1h, got {type(value).__name__}")
+
+
+def format_duration(seconds: float) -> str:
+    """A short human form: ``250ms``, ``5s``, ``2m``, ``1.5h``."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds < 60:
+        return f"{seconds:g}s"
+    if seconds < 3600:
+        return f"{seconds / 60:g}m"
+    return f"{seconds / 3600:g}h"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how fast a step is tried. ``attempts`` counts total tries."""
+
+    attempts: int = 3
+    backoff: float = 0.1
+    multiplier: float = 2.0
+    max_backoff: float | None = None  # None: uncapped
+    jitter: bool = True
+
+    def delay(self, attempt: int, draw: float | None = None) -> float:
+        """Seconds to wait after attempt ``attempt`` (1-based) before the next one.
+
+        ``min(backoff * multiplier ** (attempt - 1), max_backoff)``, scaled by a factor in
+        [0.5, 1) from ``draw`` (a number in [0, 1)) when ``jitter`` is on.
+        """
+        base = self.backoff * self.multiplier ** (attempt - 1)
+        if self.max_backoff is not None:
+            base = min(base, self.max_backoff)
+        if self.jitter and draw is not None:
+            base *= 0.5 + draw / 2
+        return base
+
+    def worst_case(self, timeout: float) -> float:
+        """The longest the forward attempts of one step can take (no jitter shortening)."""
+        total = timeout * self.attempts
+        for attempt in range(1, self.attempts):
+            total += self.delay(attempt)
+        return total
+
+
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A declared service: a name bound to ``module:Class``, run as ``instances`` actors."""
+
+    name: str
+    import_path: str
+    instances: int = 1
+
+    @property
+    def module(self) -> str:
+        return self.import_path.partition(":")[0]
+
+    @property
+    def qualname(self) -> str:
+        return self.import_path.partition(":")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a flow: an action on a service and, usually, its compensation."""
+
+    name: str
+    service: str
+    action: str
+    compensation: str | None = None
+    input: Mapping[str, Any] | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
+    timeout: float = DEFAULT_TIMEOUT
+    pivot: bool = False
+    effects: str | None = None  # "none" declares a step without side effects
+    on_compensation_failure: str = "park"  # "park" | "retry_forever"
+    line: int = 0  # where the step starts in the file, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class FlowWarning:
+    """A semantic finding that is not an error unless ``--strict``."""
+
+    message: str
+    source: str
+    line: int
+    column: int
+
+    def format(self) -> str:
+        return f"{self.source}:{self.line}:{self.column}: warning: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A validated flow definition."""
+
+    name: str
+    version: int
+    steps: tuple[Step, ...]
+    services: Mapping[str, ServiceSpec]
+    definition: str  # sha256 of ``text``
+    text: str
+    source: str = "<flow>"
+    description: str = ""
+    input_schema: Mapping[str, Any] | None = None
+    deadline: float | None = None
+    warnings: tuple[FlowWarning, ...] = field(default=())
+
+    @property
+    def pivot(self) -> Step | None:
+        for step in self.steps:
+            if step.pivot:
+                return step
+        return None
+
+    @property
+    def pivot_index(self) -> int | None:
+        for index, step in enumerate(self.steps):
+            if step.pivot:
+                return index
+        return None
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def index(self, name: str) -> int:
+        for index, step in enumerate(self.steps):
+            if step.name == name:
+                return index
+        raise KeyError(name)
