@@ -1,0 +1,291 @@
+"""The in-memory saga store (``memory://``): for tests and throwaway runs.
+
+Everything lives in dicts guarded by one lock, and nothing survives the process. The store keeps
+the contract of the durable stores to the letter, JSON round trip included: event data and saga
+input are kept as JSON text, so every read returns a fresh copy, later changes to the objects
+given to :meth:`MemoryStore.create` / :meth:`MemoryStore.append` do not reach the log, and data
+that is not JSON is refused when written (as the SQLite store refuses it).
+"""
+
+from __future__ import annotations
+
+import builtins
+import heapq
+import json
+import threading
+from collections.abc import Sequence
+
+from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores._base import (
+    TERMINAL,
+    Append,
+    NewSaga,
+    SagaHeader,
+    SagaRecord,
+    StoredEvent,
+)
+
+__all__ = ["MemoryStore"]
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+_decode = json.loads
+
+# An event as kept: (position, seq, type, step, attempt, at, event_id, causation_id, data JSON).
+_Row = tuple[int, int, str, "str | None", "int | None", float, str, "str | None", str]
+
+
+class _Saga:
+    """A saga's header fields (input as JSON text) and its log, mutated under the store's lock."""
+
+    __slots__ = (
+        "definition",
+        "events",
+        "flow",
+        "input",
+        "last_seq",
+        "reason",
+        "saga_id",
+        "started_at",
+        "status",
+        "updated_at",
+        "version",
+    )
+
+    def __init__(self, saga: NewSaga, input_json: str) -> None:
+        self.saga_id = saga.saga_id
+        self.flow = saga.flow
+        self.version = saga.version
+        self.definition = saga.definition
+        self.input = input_json
+        self.status = saga.status
+        self.reason = saga.reason
+        self.started_at = saga.started_at
+        self.updated_at = saga.started_at
+        self.last_seq = 0
+        self.events: builtins.list[_Row] = []
+
+    def header(self) -> SagaHeader:
+        return SagaHeader(
+            saga_id=self.saga_id,
+            flow=self.flow,
+            version=self.version,
+            definition=self.definition,
+            input=_decode(self.input),
+            status=self.status,
+            reason=self.reason,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+            last_seq=self.last_seq,
+        )
+
+
+def _event(row: _Row) -> StoredEvent:
+    position, seq, type_, step, attempt, at, event_id, causation_id, data = row
+    data_ = _decode(data)
+    return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
+
+
+def _check_seqs(saga_id: str, events: Sequence[StoredEvent], first: int) -> None:
+    for offset, event in enumerate(events):
+        if event.seq != first + offset:
+            raise ValueError(
+                f"saga {saga_id!r}: events must have consecutive seqs from {first}, "
+                f"got {[e.seq for e in events]}"
+            )
+
+
+class MemoryStore:
+    """A :class:`~sagas.stores.SagaStore` in dicts; each instance is a fresh, empty store.
+
+    Thread-safe: one lock serialises every operation, so each one is atomic. Positions count
+    from 1 with no gaps.
+    """
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sagas: dict[str, _Saga] = {}
+        self._by_status: dict[str, set[str]] = {}
+        self._definitions: dict[str, str] = {}
+        self._log: builtins.list[tuple[str, _Row]] = []  # position - 1 -> (saga_id, row)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({len(self._sagas)} sagas, {len(self._log)} events)"
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
+        """Create the saga with its first events (seqs 1..n), atomically.
+
+        Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
+        exists, in which case nothing is written (not even the definition). Raises
+        ``ValueError`` if the events' seqs are not 1..n and ``TypeError`` / ``ValueError`` if
+        the input or an event's data is not JSON; nothing is written then.
+        """
+        _check_seqs(saga.saga_id, saga.events, 1)
+        input_json = _encode(saga.input)
+        encoded = [(e, _encode(e.data)) for e in saga.events]
+        with self._lock:
+            self._check_open()
+            existing = self._sagas.get(saga.saga_id)
+            if existing is not None:
+                return False, existing.header()
+            entry = _Saga(saga, input_json)
+            self._sagas[saga.saga_id] = entry
+            self._by_status.setdefault(entry.status, set()).add(entry.saga_id)
+            self._definitions.setdefault(saga.definition, saga.definition_text)
+            self._write(entry, encoded)
+            return True, entry.header()
+
+    def append(self, batch: Sequence[Append]) -> None:
+        """Append to several sagas atomically: all of the batch is written, or none of it.
+
+        Each append's first seq must be its saga's next one (counting earlier appends to the
+        same saga in this batch), else ``SeqConflict``; an unknown saga raises ``UnknownSaga``.
+        Raises ``ValueError`` for an append without events or with non-consecutive seqs and
+        ``TypeError`` / ``ValueError`` for data that is not JSON. Each saga's status, reason
+        and ``updated_at`` become those of its last append in the batch.
+        """
+        encoded = []
+        for append in batch:
+            if not append.events:
+                raise ValueError(f"saga {append.saga_id!r}: an append needs at least one event")
+            _check_seqs(append.saga_id, append.events, append.events[0].seq)
+            encoded.append((append, [(e, _encode(e.data)) for e in append.events]))
+        with self._lock:
+            self._check_open()
+            next_seq: dict[str, int] = {}
+            for append, _ in encoded:
+                entry = self._sagas.get(append.saga_id)
+                if entry is None:
+                    raise UnknownSaga(append.saga_id)
+                first = append.events[0].seq
+                if first != next_seq.get(append.saga_id, entry.last_seq + 1):
+                    raise SeqConflict(append.saga_id, first)
+                next_seq[append.saga_id] = first + len(append.events)
+            for append, events in encoded:
+                entry = self._sagas[append.saga_id]
+                self._write(entry, events)
+                if entry.status != append.status:
+                    self._by_status[entry.status].discard(entry.saga_id)
+                    self._by_status.setdefault(append.status, set()).add(entry.saga_id)
+                    entry.status = append.status
+                entry.reason = append.reason
+                entry.updated_at = append.updated_at
+
+    def _write(self, entry: _Saga, events: builtins.list[tuple[StoredEvent, str]]) -> None:
+        log = self._log
+        for event, data in events:
+            row: _Row = (
+                len(log) + 1,
+                event.seq,
+                event.type,
+                event.step,
+                event.attempt,
+                event.at,
+                event.event_id,
+                event.causation_id,
+                data,
+            )
+            log.append((entry.saga_id, row))
+            entry.events.append(row)
+        if events:
+            entry.last_seq = events[-1][0].seq
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def load(self, saga_id: str) -> SagaRecord:
+        """The saga's header, definition text and whole log (in seq order), as one snapshot."""
+        with self._lock:
+            entry = self._entry(saga_id)
+            header = entry.header()
+            rows = tuple(entry.events)
+            text = self._definitions[entry.definition]
+        return SagaRecord(header, text, tuple(_event(row) for row in rows))
+
+    def header(self, saga_id: str) -> SagaHeader:
+        """The saga's header; ``UnknownSaga`` if absent."""
+        with self._lock:
+            return self._entry(saga_id).header()
+
+    def list(
+        self, *, status: str | None = None, flow: str | None = None, limit: int | None = None
+    ) -> builtins.list[SagaHeader]:
+        """Sagas newest first (``started_at`` then id, both descending), filtered; at most
+        ``limit`` of them (all if ``None``)."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        with self._lock:
+            self._check_open()
+            if status is None:
+                entries = builtins.list(self._sagas.values())
+            else:
+                entries = [self._sagas[i] for i in self._by_status.get(status, ())]
+            if flow is not None:
+                entries = [e for e in entries if e.flow == flow]
+
+            def key(e: _Saga) -> tuple[float, str]:
+                return (e.started_at, e.saga_id)
+
+            if limit is None:
+                entries.sort(key=key, reverse=True)
+            else:
+                entries = heapq.nlargest(limit, entries, key=key)
+            return [e.header() for e in entries]
+
+    def in_flight(self) -> builtins.list[str]:
+        """Ids of every saga whose status is not terminal, oldest first."""
+        with self._lock:
+            self._check_open()
+            entries = [
+                self._sagas[saga_id]
+                for status, ids in self._by_status.items()
+                if status not in TERMINAL
+                for saga_id in ids
+            ]
+        entries.sort(key=lambda e: (e.started_at, e.saga_id))
+        return [e.saga_id for e in entries]
+
+    def read_all(self, after: int = 0, limit: int = 1000) -> builtins.list[tuple[str, StoredEvent]]:
+        """Up to ``limit`` events of all sagas with ``position > after``, in position order."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        start = max(after, 0)
+        with self._lock:
+            self._check_open()
+            rows = self._log[start : start + limit]
+        return [(saga_id, _event(row)) for saga_id, row in rows]
+
+    def definition(self, sha256: str) -> str:
+        """The flow text stored under that sha256; ``KeyError`` if absent."""
+        with self._lock:
+            self._check_open()
+            return self._definitions[sha256]
+
+    def close(self) -> None:
+        """Drop everything; further use raises ``StoreUnavailable``. Closing twice is fine."""
+        with self._lock:
+            self._closed = True
+            self._sagas.clear()
+            self._by_status.clear()
+            self._definitions.clear()
+            self._log.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("memory:// store is closed")
+
+    def _entry(self, saga_id: str) -> _Saga:
+        self._check_open()
+        entry = self._sagas.get(saga_id)
+        if entry is None:
+            raise UnknownSaga(saga_id)
+        return entry

@@ -1,0 +1,611 @@
+"""The SQLite saga store (``sqlite:///path``): embedded, durable, shareable by several processes.
+
+The database runs in WAL mode with a busy timeout, so several processes (and several
+:class:`SqliteStore` objects) can use one file: writers take SQLite's write lock with
+``BEGIN IMMEDIATE`` and wait up to the busy timeout for it. Within one object, a single
+connection is shared by all threads and guarded by a lock.
+
+``synchronous=normal`` (the default) survives a crash of the process; ``synchronous=full`` also
+survives a power loss, at the cost of an fsync per commit.
+
+Schema (version 1)::
+
+    meta(key PRIMARY KEY, value)                      -- key 'schema_version'
+    definitions(sha256 PRIMARY KEY, text)
+    sagas(saga_id PRIMARY KEY, flow, version, definition, input, status, reason,
+          started_at, updated_at, last_seq)           -- indexed by status and started_at
+    events(position INTEGER PRIMARY KEY AUTOINCREMENT, saga_id, seq, type, step, attempt,
+           at, event_id, causation_id, data, UNIQUE(saga_id, seq))
+
+``input`` and ``data`` hold compact JSON text. Their columns are declared ``TEXT``, not
+``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the JSON text
+``3`` into the integer 3.
+
+Every sqlite3 error is translated here: a file that cannot be used (not a database, damaged,
+truncated, another application's database, a newer schema, locked beyond the busy timeout)
+raises :class:`~sagas.errors.StoreUnavailable` with one line naming the file. An existing file
+is never reset or overwritten; only a new or empty one gets the schema.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores._base import (
+    TERMINAL,
+    Append,
+    NewSaga,
+    SagaHeader,
+    SagaRecord,
+    StoredEvent,
+)
+
+__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "SqliteStore"]
+
+_log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""The schema version this code writes and reads."""
+
+SYNCHRONOUS = ("normal", "full")
+"""The accepted values of ``synchronous``."""
+
+_MAGIC = b"SQLite format 3\x00"
+_OUR_TABLES = frozenset({"meta", "definitions", "sagas", "events"})
+
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+_decode = json.loads
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE definitions (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL)",
+    """CREATE TABLE sagas (
+        saga_id TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        definition TEXT NOT NULL,
+        input TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX sagas_by_status ON sagas (status)",
+    "CREATE INDEX sagas_by_started_at ON sagas (started_at, saga_id)",
+    """CREATE TABLE events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        saga_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        step TEXT,
+        attempt INTEGER,
+        at REAL NOT NULL,
+        event_id TEXT NOT NULL,
+        causation_id TEXT,
+        data TEXT NOT NULL,
+        UNIQUE (saga_id, seq)
+    )""",
+)
+
+_HEADER_COLUMNS = (
+    "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq"
+)
+_EVENT_COLUMNS = "position, seq, type, step, attempt, at, event_id, causation_id, data"
+
+_INSERT_SAGA = (
+    f"INSERT INTO sagas ({_HEADER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (saga_id) DO NOTHING"
+)
+_INSERT_DEFINITION = "INSERT OR IGNORE INTO definitions (sha256, text) VALUES (?, ?)"
+_INSERT_EVENT = (
+    "INSERT INTO events (saga_id, seq, type, step, attempt, at, event_id, causation_id, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_SAGA = (
+    "UPDATE sagas SET last_seq = ?, status = ?, reason = ?, updated_at = ? "
+    "WHERE saga_id = ? AND last_seq = ?"
+)
+_SELECT_HEADER = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = ?"
+_SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE saga_id = ? ORDER BY seq"
+_SELECT_ALL_EVENTS = (
+    f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+_SELECT_DEFINITION = "SELECT text FROM definitions WHERE sha256 = ?"
+_SELECT_IN_FLIGHT = (
+    "SELECT saga_id FROM sagas WHERE status NOT IN ({}) ORDER BY started_at, saga_id".format(
+        ", ".join("?" * len(TERMINAL))
+    )
+)
+_TERMINAL = tuple(sorted(TERMINAL))
+
+# An event row as written: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data).
+_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str]
+
+
+def _header(row: Sequence[Any]) -> SagaHeader:
+    """A header from a row of ``_HEADER_COLUMNS`` (``input`` is the fifth)."""
+    return SagaHeader(*row[:4], _decode(row[4]), *row[5:])
+
+
+def _event(row: Sequence[Any]) -> StoredEvent:
+    position, seq, type_, step, attempt, at, event_id, causation_id, data = row
+    data_ = _decode(data)
+    return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
+
+
+def _event_rows(
+    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow]
+) -> None:
+    """Add the rows of ``events`` to ``into``; ``ValueError`` unless their seqs run from first."""
+    seq = first
+    for e in events:
+        if e.seq != seq:
+            raise ValueError(
+                f"saga {saga_id!r}: events must have consecutive seqs from {first}, "
+                f"got {[e.seq for e in events]}"
+            )
+        seq += 1
+        into.append(
+            (
+                saga_id,
+                e.seq,
+                e.type,
+                e.step,
+                e.attempt,
+                e.at,
+                e.event_id,
+                e.causation_id,
+                _encode(e.data),
+            )
+        )
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the open transaction, if any, without writing it (a no-op after COMMIT)."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+class SqliteStore:
+    """A :class:`~sagas.stores.SagaStore` in one SQLite file.
+
+    Opening creates the parent directory and, for a new or empty file, the schema; an existing
+    file must be a sagactor store of a schema this code supports, else ``StoreUnavailable``
+    (the file is left untouched). ``busy_timeout`` (seconds) is how long an operation waits
+    for another connection's lock before giving up with ``StoreUnavailable``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        synchronous: str = "normal",
+        *,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if not isinstance(synchronous, str) or synchronous.lower() not in SYNCHRONOUS:
+            raise BadStoreUrl(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS)}, got {synchronous!r}"
+            )
+        self.path = Path(path)
+        self.synchronous = synchronous.lower()
+        self.busy_timeout = busy_timeout
+        query = "" if self.synchronous == "normal" else f"?synchronous={self.synchronous}"
+        self.url = f"sqlite:///{os.path.abspath(self.path)}{query}"
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = self._open()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.url!r})"
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreUnavailable(
+                f"saga store {self.path}: cannot create its directory ({err.strerror})"
+            ) from err
+        self._check_file()
+        try:
+            db = sqlite3.connect(
+                os.fspath(self.path),
+                timeout=self.busy_timeout,  # SQLite's busy timeout: waits for other writers
+                isolation_level=None,  # we issue BEGIN / COMMIT ourselves
+                check_same_thread=False,  # shared by threads, guarded by self._lock
+            )
+        except sqlite3.Error as err:
+            raise self._translate(err) from err
+        try:
+            self._prepare(db)
+        except sqlite3.Error as err:
+            db.close()
+            raise self._translate(err) from err
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _check_file(self) -> None:
+        """Refuse, without opening it with SQLite, a path that is not a SQLite file."""
+        try:
+            with open(self.path, "rb") as file:
+                head = file.read(len(_MAGIC))
+        except FileNotFoundError:
+            return
+        except IsADirectoryError as err:
+            raise StoreUnavailable(f"saga store {self.path} is a directory, not a file") from err
+        except OSError as err:
+            raise StoreUnavailable(
+                f"saga store {self.path} cannot be read ({err.strerror})"
+            ) from err
+        if head and head != _MAGIC:
+            raise StoreUnavailable(f"saga store {self.path} is not a SQLite database")
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        tables = self._tables(db)
+        if not tables:
+            self._create_schema(db)
+            tables = self._tables(db)
+        self._check_schema(db, tables)
+        self._use_wal(db)
+        db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+
+    def _use_wal(self, db: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode (once per file: the mode is persistent).
+
+        Two connections switching a new file at once: SQLite refuses one with SQLITE_BUSY
+        without waiting, so the switch is retried until the busy timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+                if mode.lower() != "wal":
+                    (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as err:
+                busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY")
+                if not (busy or "locked" in str(err)) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
+        if mode.lower() != "wal":
+            raise StoreUnavailable(f"saga store {self.path} cannot use WAL mode (it is in {mode})")
+
+    @staticmethod
+    def _tables(db: sqlite3.Connection) -> set[str]:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {name for (name,) in rows}
+
+    def _create_schema(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._tables(db):  # another connection may have created it meanwhile
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                _log.info("created saga store %s (schema version %d)", self.path, SCHEMA_VERSION)
+            db.execute("COMMIT")
+        finally:
+            _rollback(db)
+
+    def _check_schema(self, db: sqlite3.Connection, tables: set[str]) -> None:
+        foreign = StoreUnavailable(
+            f"saga store {self.path} is not a sagactor store (a SQLite database with tables "
+            f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
+        )
+        if "meta" not in tables:
+            raise foreign
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError as err:  # a 'meta' table of another shape
+            raise foreign from err
+        if row is None:
+            raise foreign
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError) as err:
+            raise StoreUnavailable(
+                f"saga store {self.path} has an unreadable schema version {row[0]!r}"
+            ) from err
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"saga store {self.path}: schema version {version} is newer than this sagactor "
+                f"supports ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreUnavailable(f"saga store {self.path} has unknown schema version {version}")
+        missing = _OUR_TABLES - tables
+        if missing:
+            raise StoreUnavailable(
+                f"saga store {self.path} is damaged: table(s) {', '.join(sorted(missing))} missing"
+            )
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _translate(self, err: sqlite3.Error) -> Exception:
+        """The sagactor error for a sqlite3 error: one line naming the file."""
+        if isinstance(err, (sqlite3.InterfaceError, sqlite3.ProgrammingError)):
+            return TypeError(f"saga store {self.path}: {err}")  # a value SQLite cannot bind
+        name = getattr(err, "sqlite_errorname", "") or ""
+        text = str(err)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+            what = f"is locked by another connection (busy timeout {self.busy_timeout:g} s)"
+        elif name.startswith("SQLITE_NOTADB") or "not a database" in text:
+            what = "is not a SQLite database"
+        elif name.startswith("SQLITE_CORRUPT") or "malformed" in text:
+            what = f"is damaged ({text})"
+        elif name.startswith("SQLITE_READONLY"):
+            what = f"is read-only ({text})"
+        elif name.startswith("SQLITE_CANTOPEN"):
+            what = "cannot be opened"
+        elif name.startswith("SQLITE_FULL"):
+            what = "cannot grow: the disk is full"
+        else:
+            what = f"failed: {text}"
+        return StoreUnavailable(f"saga store {self.path} {what}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreUnavailable(f"saga store {self.path} is closed")
+        return self._db
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
+        """Create the saga with its first events (seqs 1..n) in one transaction.
+
+        Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
+        exists, in which case nothing is written. The insert of the saga row decides, under
+        SQLite's write lock, so of concurrent creates of one id (from any connection or
+        process) exactly one wins. Raises ``ValueError`` if the seqs are not 1..n and
+        ``TypeError`` / ``ValueError`` if the input or an event's data is not JSON.
+        """
+        rows: builtins.list[_EventRow] = []
+        _event_rows(saga.saga_id, saga.events, 1, rows)
+        input_json = _encode(saga.input)
+        params = (
+            saga.saga_id,
+            saga.flow,
+            saga.version,
+            saga.definition,
+            input_json,
+            saga.status,
+            saga.reason,
+            saga.started_at,
+            saga.started_at,
+            len(rows),
+        )
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if db.execute(_INSERT_SAGA, params).rowcount == 0:
+                        existing = db.execute(_SELECT_HEADER, (saga.saga_id,)).fetchone()
+                        return False, _header(existing)
+                    db.execute(_INSERT_DEFINITION, (saga.definition, saga.definition_text))
+                    db.executemany(_INSERT_EVENT, rows)
+                    db.execute("COMMIT")
+                finally:
+                    _rollback(db)
+            except sqlite3.IntegrityError as err:
+                if "UNIQUE" in str(err):
+                    raise StoreUnavailable(
+                        f"saga store {self.path} is inconsistent: saga {saga.saga_id!r} has "
+                        "events but no header"
+                    ) from err
+                raise ValueError(f"saga {saga.saga_id!r} refused by the store: {err}") from err
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+        return True, SagaHeader(
+            saga.saga_id,
+            saga.flow,
+            saga.version,
+            saga.definition,
+            _decode(input_json),
+            saga.status,
+            saga.reason,
+            saga.started_at,
+            saga.started_at,
+            len(rows),
+        )
+
+    def append(self, batch: Sequence[Append]) -> None:
+        """Append to several sagas in one transaction (a group commit): all or nothing.
+
+        Each append's first seq must be its saga's next one (counting earlier appends to the
+        same saga in this batch), else ``SeqConflict``; an unknown saga raises ``UnknownSaga``;
+        nothing of the batch is written then. The ``UNIQUE(saga_id, seq)`` constraint backs
+        the check up. Raises ``ValueError`` for an append without events or with
+        non-consecutive seqs and ``TypeError`` / ``ValueError`` for data that is not JSON.
+        Each saga's status, reason and ``updated_at`` become those of its last append here.
+        """
+        if not batch:
+            return
+        rows: builtins.list[_EventRow] = []
+        # saga_id -> [new last_seq, status, reason, updated_at, saga_id, expected last_seq]
+        updates: dict[str, builtins.list[Any]] = {}
+        for append in batch:
+            saga_id, events = append.saga_id, append.events
+            if not events:
+                raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
+            first = events[0].seq
+            _event_rows(saga_id, events, first, rows)
+            last = first + len(events) - 1
+            update = updates.get(saga_id)
+            if update is None:
+                updates[saga_id] = [
+                    last,
+                    append.status,
+                    append.reason,
+                    append.updated_at,
+                    saga_id,
+                    first - 1,
+                ]
+            elif first != update[0] + 1:
+                raise SeqConflict(saga_id, first)  # conflicts with its own batch
+            else:
+                update[:4] = (last, append.status, append.reason, append.updated_at)
+        with self._lock:
+            db = self._connection()
+            try:
+                refused: sqlite3.IntegrityError | None = None
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if db.executemany(_UPDATE_SAGA, updates.values()).rowcount == len(updates):
+                        db.executemany(_INSERT_EVENT, rows)
+                        db.execute("COMMIT")
+                        return
+                except sqlite3.IntegrityError as err:
+                    refused = err
+                finally:
+                    _rollback(db)
+                raise self._append_failure(db, batch, refused)
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+
+    def _append_failure(
+        self, db: sqlite3.Connection, batch: Sequence[Append], refused: sqlite3.Error | None
+    ) -> Exception:
+        """Why a rolled-back batch failed: the first unknown saga or seq conflict, in order."""
+        last_seq: dict[str, int] = {}
+        for append in batch:
+            saga_id = append.saga_id
+            if saga_id not in last_seq:
+                row = db.execute("SELECT last_seq FROM sagas WHERE saga_id = ?", (saga_id,))
+                found = row.fetchone()
+                if found is None:
+                    return UnknownSaga(saga_id)
+                last_seq[saga_id] = found[0]
+            first = append.events[0].seq
+            last = first + len(append.events) - 1
+            taken = db.execute(
+                "SELECT 1 FROM events WHERE saga_id = ? AND seq BETWEEN ? AND ? LIMIT 1",
+                (saga_id, first, last),
+            ).fetchone()
+            if first != last_seq[saga_id] + 1 or taken is not None:
+                return SeqConflict(saga_id, first)
+            last_seq[saga_id] = last
+        if refused is not None:  # no conflict: a value the schema refuses (e.g. a NULL type)
+            return ValueError(f"batch refused by saga store {self.path}: {refused}")
+        first_append = batch[0]  # the conflicting writer went on meanwhile
+        return SeqConflict(first_append.saga_id, first_append.events[0].seq)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def load(self, saga_id: str) -> SagaRecord:
+        """The saga's header, definition text and whole log (in seq order), read in one
+        transaction so that they agree; ``UnknownSaga`` if absent."""
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN")
+                try:
+                    row = db.execute(_SELECT_HEADER, (saga_id,)).fetchone()
+                    if row is None:
+                        raise UnknownSaga(saga_id)
+                    text = db.execute(_SELECT_DEFINITION, (row[3],)).fetchone()
+                    events = db.execute(_SELECT_EVENTS, (saga_id,)).fetchall()
+                finally:
+                    _rollback(db)
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+        if text is None:
+            raise StoreUnavailable(
+                f"saga store {self.path} is damaged: the definition {row[3]} of saga "
+                f"{saga_id!r} is missing"
+            )
+        return SagaRecord(_header(row), text[0], tuple(_event(r) for r in events))
+
+    def header(self, saga_id: str) -> SagaHeader:
+        """The saga's header; ``UnknownSaga`` if absent."""
+        row = self._fetch(_SELECT_HEADER, (saga_id,))
+        if not row:
+            raise UnknownSaga(saga_id)
+        return _header(row[0])
+
+    def list(
+        self, *, status: str | None = None, flow: str | None = None, limit: int | None = None
+    ) -> builtins.list[SagaHeader]:
+        """Sagas newest first (``started_at`` then id, both descending), filtered; at most
+        ``limit`` of them (all if ``None``)."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if flow is not None:
+            where.append("flow = ?")
+            params.append(flow)
+        sql = f"SELECT {_HEADER_COLUMNS} FROM sagas"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, saga_id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_header(row) for row in self._fetch(sql, params)]
+
+    def in_flight(self) -> builtins.list[str]:
+        """Ids of every saga whose status is not terminal, oldest first."""
+        return [saga_id for (saga_id,) in self._fetch(_SELECT_IN_FLIGHT, _TERMINAL)]
+
+    def read_all(self, after: int = 0, limit: int = 1000) -> builtins.list[tuple[str, StoredEvent]]:
+        """Up to ``limit`` events of all sagas with ``position > after``, in position order.
+
+        Positions are assigned under SQLite's write lock, so a reader never sees a position
+        before a smaller one is committed.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        rows = self._fetch(_SELECT_ALL_EVENTS, (after, limit))
+        return [(row[0], _event(row[1:])) for row in rows]
+
+    def definition(self, sha256: str) -> str:
+        """The flow text stored under that sha256; ``KeyError`` if absent."""
+        row = self._fetch(_SELECT_DEFINITION, (sha256,))
+        if not row:
+            raise KeyError(sha256)
+        return row[0][0]
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> builtins.list[Any]:
+        with self._lock:
+            db = self._connection()
+            try:
+                return db.execute(sql, params).fetchall()
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+
+    def close(self) -> None:
+        """Close the connection; further use raises ``StoreUnavailable``. Closing twice is fine."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error as err:
+                raise self._translate(err) from err

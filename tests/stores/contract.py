@@ -1,0 +1,522 @@
+"""The contract every saga store passes: subclass :class:`StoreContract` and give ``make_store``.
+
+The class name does not start with ``Test``, so pytest collects only its subclasses.
+The race helpers (:func:`race_appends`, :func:`race_creates`) take two handles, so a backend
+can also run them across two connections to one store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores import (
+    TERMINAL,
+    Append,
+    NewSaga,
+    SagaHeader,
+    SagaStore,
+    StoredEvent,
+)
+
+FLOW_TEXT = "name: order\nversion: 1\nsteps: []\n"
+FLOW_SHA = "a" * 64
+RACE_ROUNDS = 40
+JOIN_TIMEOUT = 30.0
+_UNSET: Any = object()
+
+
+def event(
+    seq: int,
+    type: str = "step.started",
+    *,
+    saga_id: str = "s",
+    step: str | None = "reserve",
+    attempt: int | None = 1,
+    at: float = 1000.0,
+    data: dict[str, Any] | None = None,
+    tag: str = "",
+) -> StoredEvent:
+    """An event whose ``event_id`` names the saga, the seq and ``tag`` (to tell writers apart)."""
+    return StoredEvent(
+        seq=seq,
+        type=type,
+        step=step,
+        attempt=attempt,
+        at=at + seq,
+        event_id=f"{saga_id}-{seq}{tag}",
+        causation_id=f"{saga_id}-{seq - 1}" if seq > 1 else None,
+        data={"seq": seq} if data is None else data,
+    )
+
+
+def new_saga(
+    saga_id: str,
+    *,
+    started_at: float = 1000.0,
+    flow: str = "order",
+    status: str = "running",
+    n_events: int = 1,
+    input: Any = _UNSET,
+    definition: str = FLOW_SHA,
+    definition_text: str = FLOW_TEXT,
+) -> NewSaga:
+    if input is _UNSET:
+        input = {"order": saga_id}
+    events = [
+        event(
+            1,
+            "saga.started",
+            saga_id=saga_id,
+            step=None,
+            attempt=None,
+            at=started_at,
+            data={"input": input, "deadline_at": None},
+        )
+    ]
+    events += [event(seq, saga_id=saga_id, at=started_at) for seq in range(2, n_events + 1)]
+    return NewSaga(
+        saga_id=saga_id,
+        flow=flow,
+        version=1,
+        definition=definition,
+        definition_text=definition_text,
+        input=input,
+        status=status,
+        reason=None,
+        started_at=started_at,
+        events=tuple(events[:n_events]),
+    )
+
+
+def append(
+    saga_id: str,
+    first: int,
+    n: int = 1,
+    *,
+    status: str = "running",
+    reason: str | None = None,
+    updated_at: float = 2000.0,
+    tag: str = "",
+) -> Append:
+    return Append(
+        saga_id=saga_id,
+        events=tuple(event(s, saga_id=saga_id, tag=tag) for s in range(first, first + n)),
+        status=status,
+        reason=reason,
+        updated_at=updated_at,
+    )
+
+
+def snapshot(store: SagaStore) -> tuple[list[SagaHeader], list[tuple[str, StoredEvent]]]:
+    """Everything a store holds, to compare before and after a refused write."""
+    return store.list(), store.read_all(0, 1_000_000)
+
+
+def run_pair(first: Callable[[], Any], second: Callable[[], Any]) -> list[Any]:
+    """Run both functions at once (released by a barrier); each one's result or exception."""
+    barrier = threading.Barrier(2, timeout=JOIN_TIMEOUT)
+    results: list[Any] = [None, None]
+
+    def run(index: int, fn: Callable[[], Any]) -> None:
+        try:
+            barrier.wait()
+            results[index] = fn()
+        except Exception as err:  # reported to the test through results
+            results[index] = err
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate((first, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+        assert not thread.is_alive(), "a racing writer did not finish"
+    return results
+
+
+def race_appends(a: SagaStore, b: SagaStore, rounds: int = RACE_ROUNDS) -> None:
+    """Two writers append at the same seq of one saga: exactly one wins, the other conflicts."""
+    for n in range(rounds):
+        saga_id = f"race-append-{n}"
+        a.create(new_saga(saga_id))
+        results = run_pair(
+            partial(a.append, [append(saga_id, 2, 2, tag="a")]),
+            partial(b.append, [append(saga_id, 2, 2, tag="b")]),
+        )
+        conflicts = [r for r in results if isinstance(r, SeqConflict)]
+        wins = [i for i, r in enumerate(results) if r is None]
+        assert len(wins) == 1 and len(conflicts) == 1, results
+        assert conflicts[0].saga_id == saga_id and conflicts[0].seq == 2
+        winner = "ab"[wins[0]]
+        record = b.load(saga_id)
+        assert [e.seq for e in record.events] == [1, 2, 3]
+        assert [e.event_id for e in record.events[1:]] == [
+            f"{saga_id}-2{winner}",
+            f"{saga_id}-3{winner}",
+        ]
+        assert record.header.last_seq == 3
+
+
+def race_creates(a: SagaStore, b: SagaStore, rounds: int = RACE_ROUNDS) -> None:
+    """Two writers create one id: exactly one creates, the other gets the winner's header."""
+    for n in range(rounds):
+        saga_id = f"race-create-{n}"
+        results = run_pair(
+            partial(a.create, new_saga(saga_id, flow="by-a")),
+            partial(b.create, new_saga(saga_id, flow="by-b", n_events=2)),
+        )
+        assert all(isinstance(r, tuple) for r in results), results
+        created = [i for i, (ok, _) in enumerate(results) if ok]
+        assert len(created) == 1, results
+        winner_flow = ("by-a", "by-b")[created[0]]
+        assert {h.flow for _, h in results} == {winner_flow}
+        record = a.load(saga_id)
+        assert record.header.flow == winner_flow
+        assert len(record.events) == (1 if winner_flow == "by-a" else 2)
+
+
+class StoreContract:
+    """The behaviour every :class:`~sagas.stores.SagaStore` must have."""
+
+    def make_store(self, tmp_path: Path) -> SagaStore:
+        """A new, empty store (files, if any, under ``tmp_path``)."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SagaStore]:
+        store = self.make_store(tmp_path)
+        yield store
+        store.close()
+
+    # -- shape ----------------------------------------------------------------------------------
+
+    def test_implements_the_port(self, store: SagaStore) -> None:
+        assert isinstance(store, SagaStore)
+        assert isinstance(store.url, str) and "://" in store.url
+
+    def test_a_new_store_is_empty(self, store: SagaStore) -> None:
+        assert store.list() == []
+        assert store.in_flight() == []
+        assert store.read_all() == []
+
+    # -- create ---------------------------------------------------------------------------------
+
+    def test_create_then_load_round_trips_header_and_events(self, store: SagaStore) -> None:
+        saga = new_saga("order-1", started_at=1234.5, n_events=3, input={"sku": "é", "qty": [1]})
+        created, header = store.create(saga)
+        assert created is True
+        record = store.load("order-1")
+        assert (
+            record.header
+            == header
+            == SagaHeader(
+                saga_id="order-1",
+                flow="order",
+                version=1,
+                definition=FLOW_SHA,
+                input={"sku": "é", "qty": [1]},
+                status="running",
+                reason=None,
+                started_at=1234.5,
+                updated_at=1234.5,
+                last_seq=3,
+            )
+        )
+        assert record.definition_text == FLOW_TEXT
+        assert [e.to_json() for e in record.events] == [e.to_json() for e in saga.events]
+        assert record.events[0].step is None and record.events[0].attempt is None
+        assert record.events[0].causation_id is None
+        assert record.events[1].step == "reserve" and record.events[1].attempt == 1
+        positions = [e.position for e in record.events]
+        assert all(isinstance(p, int) for p in positions)
+        assert positions == sorted(positions) and len(set(positions)) == 3
+
+    @pytest.mark.parametrize("value", [3, 1.5, "12", "", None, True, [1, "2"], {"a": {"b": []}}])
+    def test_json_values_round_trip_exactly(self, store: SagaStore, value: Any) -> None:
+        store.create(new_saga("s", input=value))
+        store.append([Append("s", (event(2, data={"v": value}),), "running", None, 1.0)])
+        record = store.load("s")
+        assert record.header.input == value and type(record.header.input) is type(value)
+        assert record.events[1].data == {"v": value}
+        assert store.header("s").input == value
+        assert store.read_all()[1][1].data == {"v": value}
+
+    def test_create_of_an_existing_id_returns_it_and_writes_nothing(self, store: SagaStore) -> None:
+        _, first = store.create(new_saga("dup", started_at=10.0))
+        before = snapshot(store)
+        other = new_saga(
+            "dup",
+            started_at=20.0,
+            flow="refund",
+            n_events=3,
+            definition="b" * 64,
+            definition_text="other text",
+        )
+        created, header = store.create(other)
+        assert created is False
+        assert header == first
+        assert snapshot(store) == before
+        with pytest.raises(KeyError):
+            store.definition("b" * 64)
+
+    def test_create_checks_the_seqs_of_its_events(self, store: SagaStore) -> None:
+        saga = new_saga("s", n_events=2)
+        bad = NewSaga(**{**_fields(saga), "events": (saga.events[1],)})
+        with pytest.raises(ValueError):
+            store.create(bad)
+        assert snapshot(store) == ([], [])
+
+    def test_create_refuses_data_that_is_not_json_and_writes_nothing(
+        self, store: SagaStore
+    ) -> None:
+        saga = new_saga("s")
+        bad = NewSaga(**{**_fields(saga), "input": {"when": object()}})
+        with pytest.raises(TypeError):
+            store.create(bad)
+        assert snapshot(store) == ([], [])
+
+    def test_sagas_share_a_definition(self, store: SagaStore) -> None:
+        store.create(new_saga("a"))
+        store.create(new_saga("b"))
+        assert store.definition(FLOW_SHA) == FLOW_TEXT
+        assert store.load("b").definition_text == FLOW_TEXT
+
+    def test_definition_of_an_unknown_sha_is_a_key_error(self, store: SagaStore) -> None:
+        with pytest.raises(KeyError):
+            store.definition("0" * 64)
+
+    # -- append ---------------------------------------------------------------------------------
+
+    def test_append_at_the_next_seq(self, store: SagaStore) -> None:
+        store.create(new_saga("s", n_events=2))
+        store.append([append("s", 3, 2, status="compensating", reason="why", updated_at=5000.0)])
+        header = store.header("s")
+        assert (header.last_seq, header.status, header.reason, header.updated_at) == (
+            4,
+            "compensating",
+            "why",
+            5000.0,
+        )
+        assert header.started_at == 1000.0
+        assert [e.seq for e in store.load("s").events] == [1, 2, 3, 4]
+
+    def test_append_of_nothing_does_nothing(self, store: SagaStore) -> None:
+        store.create(new_saga("s"))
+        before = snapshot(store)
+        store.append([])
+        assert snapshot(store) == before
+
+    @pytest.mark.parametrize("first", [1, 2, 4])
+    def test_append_at_a_wrong_seq_conflicts_and_writes_nothing(
+        self, store: SagaStore, first: int
+    ) -> None:
+        store.create(new_saga("s", n_events=2))
+        before = snapshot(store)
+        with pytest.raises(SeqConflict) as caught:
+            store.append([append("s", first, 2, status="failed")])
+        assert (caught.value.saga_id, caught.value.seq) == ("s", first)
+        assert snapshot(store) == before
+
+    def test_a_conflict_anywhere_in_a_batch_writes_nothing_of_it(self, store: SagaStore) -> None:
+        for saga_id in ("a", "b", "c"):
+            store.create(new_saga(saga_id))
+        before = snapshot(store)
+        batch = [
+            append("a", 2, status="completed"),
+            append("b", 2, 3, status="compensating"),
+            append("c", 1),  # seq 1 is taken
+        ]
+        with pytest.raises(SeqConflict) as caught:
+            store.append(batch)
+        assert caught.value.saga_id == "c"
+        assert snapshot(store) == before
+        assert store.in_flight() == ["a", "b", "c"]
+
+    def test_an_unknown_saga_in_a_batch_writes_nothing_of_it(self, store: SagaStore) -> None:
+        store.create(new_saga("a"))
+        before = snapshot(store)
+        with pytest.raises(UnknownSaga) as caught:
+            store.append([append("a", 2, status="completed"), append("ghost", 1)])
+        assert caught.value.saga_id == "ghost"
+        assert snapshot(store) == before
+
+    def test_a_batch_may_append_twice_to_one_saga(self, store: SagaStore) -> None:
+        store.create(new_saga("s"))
+        store.append(
+            [append("s", 2, 2, updated_at=1.0), append("s", 4, status="completed", updated_at=2.0)]
+        )
+        header = store.header("s")
+        assert (header.last_seq, header.status, header.updated_at) == (4, "completed", 2.0)
+        assert [e.seq for e in store.load("s").events] == [1, 2, 3, 4]
+
+    def test_a_batch_that_conflicts_with_itself_writes_nothing(self, store: SagaStore) -> None:
+        store.create(new_saga("s"))
+        before = snapshot(store)
+        with pytest.raises(SeqConflict):
+            store.append([append("s", 2, 2), append("s", 3)])
+        assert snapshot(store) == before
+
+    def test_append_checks_its_events(self, store: SagaStore) -> None:
+        store.create(new_saga("s"))
+        before = snapshot(store)
+        gap = Append("s", (event(2), event(4)), "running", None, 1.0)
+        with pytest.raises(ValueError):
+            store.append([gap])
+        with pytest.raises(ValueError):
+            store.append([Append("s", (), "running", None, 1.0)])
+        not_json = Append("s", (event(3, data={"x": {1, 2}}),), "running", None, 1.0)
+        with pytest.raises(TypeError):
+            store.append([append("s", 2), not_json])
+        assert snapshot(store) == before
+
+    def test_the_log_is_a_snapshot_of_what_was_written(self, store: SagaStore) -> None:
+        data: dict[str, Any] = {"items": [1]}
+        saga = new_saga("s", input={"items": [1]})
+        store.create(saga)
+        store.append([Append("s", (event(2, data=data),), "running", None, 1.0)])
+        data["items"].append(2)
+        saga.input["items"].append(2)
+        record = store.load("s")
+        assert record.events[1].data == {"items": [1]}
+        assert record.header.input == {"items": [1]}
+        record.events[1].data["items"].append(3)
+        assert store.load("s").events[1].data == {"items": [1]}
+
+    # -- unknown ids ----------------------------------------------------------------------------
+
+    def test_unknown_saga(self, store: SagaStore) -> None:
+        store.create(new_saga("known"))
+        with pytest.raises(UnknownSaga) as caught:
+            store.load("ghost")
+        assert caught.value.saga_id == "ghost"
+        with pytest.raises(UnknownSaga):
+            store.header("ghost")
+        with pytest.raises(UnknownSaga):
+            store.append([append("ghost", 1)])
+
+    # -- concurrency ----------------------------------------------------------------------------
+
+    def test_concurrent_appends_at_one_seq_exactly_one_wins(self, store: SagaStore) -> None:
+        race_appends(store, store)
+
+    def test_concurrent_creates_of_one_id_exactly_one_wins(self, store: SagaStore) -> None:
+        race_creates(store, store)
+
+    def test_concurrent_appends_to_different_sagas_all_land(self, store: SagaStore) -> None:
+        for saga_id in ("x", "y"):
+            store.create(new_saga(saga_id))
+
+        def writer(saga_id: str) -> Callable[[], None]:
+            def write() -> None:
+                for seq in range(2, 52):
+                    store.append([append(saga_id, seq)])
+
+            return write
+
+        assert run_pair(writer("x"), writer("y")) == [None, None]
+        assert store.header("x").last_seq == store.header("y").last_seq == 51
+        positions = [e.position for _, e in store.read_all(0, 1000)]
+        assert positions == sorted(positions) and len(positions) == 102
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def test_list_is_newest_first_with_filters(self, store: SagaStore) -> None:
+        store.create(new_saga("old", started_at=1.0, flow="order"))
+        store.create(new_saga("mid-a", started_at=2.0, flow="refund"))
+        store.create(new_saga("mid-b", started_at=2.0, flow="order"))
+        store.create(new_saga("new", started_at=3.0, flow="order"))
+        store.append([append("mid-b", 2, status="completed"), append("old", 2, status="failed")])
+
+        def ids(headers: list[SagaHeader]) -> list[str]:
+            return [h.saga_id for h in headers]
+
+        assert ids(store.list()) == ["new", "mid-b", "mid-a", "old"]
+        assert ids(store.list(status="running")) == ["new", "mid-a"]
+        assert ids(store.list(flow="order")) == ["new", "mid-b", "old"]
+        assert ids(store.list(status="completed", flow="order")) == ["mid-b"]
+        assert ids(store.list(status="completed", flow="refund")) == []
+        assert ids(store.list(status="nonsense")) == []
+        assert ids(store.list(limit=2)) == ["new", "mid-b"]
+        assert ids(store.list(flow="order", limit=2)) == ["new", "mid-b"]
+        assert ids(store.list(limit=10)) == ["new", "mid-b", "mid-a", "old"]
+        assert store.list(limit=0) == []
+        with pytest.raises(ValueError):
+            store.list(limit=-1)
+        assert store.list(status="failed")[0] == store.header("old")
+
+    def test_in_flight_is_every_saga_not_terminal(self, store: SagaStore) -> None:
+        statuses = ["running", "compensating", *sorted(TERMINAL)]
+        for n, status in enumerate(statuses):
+            store.create(new_saga(f"s{n}", started_at=float(n), status=status))
+        assert store.in_flight() == ["s0", "s1"]
+        store.append([append("s0", 2, status="compensating"), append("s1", 2, status="failed")])
+        assert store.in_flight() == ["s0"]
+        store.append([append("s0", 3, status="compensated")])
+        assert store.in_flight() == []
+
+    def test_status_index_follows_appends(self, store: SagaStore) -> None:
+        store.create(new_saga("s"))
+        assert [h.saga_id for h in store.list(status="running")] == ["s"]
+        store.append([append("s", 2, status="compensating")])
+        assert store.list(status="running") == []
+        assert [h.status for h in store.list(status="compensating")] == ["compensating"]
+        store.append([append("s", 3, status="compensating")])
+        store.append([append("s", 4, status="running")])
+        assert [h.saga_id for h in store.list(status="running")] == ["s"]
+        assert store.list(status="compensating") == []
+
+    def test_read_all_is_in_global_position_order(self, store: SagaStore) -> None:
+        store.create(new_saga("a", n_events=2))
+        store.create(new_saga("b"))
+        store.append([append("b", 2), append("a", 3)])
+        store.append([append("a", 4, 2)])
+        everything = store.read_all()
+        assert [(s, e.seq) for s, e in everything] == [
+            ("a", 1),
+            ("a", 2),
+            ("b", 1),
+            ("b", 2),
+            ("a", 3),
+            ("a", 4),
+            ("a", 5),
+        ]
+        positions = [e.position for _, e in everything]
+        assert all(isinstance(p, int) and p > 0 for p in positions)
+        assert positions == sorted(positions) and len(set(positions)) == len(positions)
+        assert everything[0][1] == store.load("a").events[0]
+
+        pages: list[tuple[str, StoredEvent]] = []
+        after = 0
+        while page := store.read_all(after, 3):
+            assert len(page) <= 3
+            pages += page
+            after = page[-1][1].position
+        assert pages == everything
+        assert store.read_all(positions[3], 2) == everything[4:6]
+        assert store.read_all(positions[-1]) == []
+        assert store.read_all(0, 0) == []
+        with pytest.raises(ValueError):
+            store.read_all(0, -1)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def test_a_closed_store_is_unavailable(self, store: SagaStore) -> None:
+        store.create(new_saga("s"))
+        store.close()
+        store.close()  # twice is fine
+        with pytest.raises(StoreUnavailable):
+            store.load("s")
+        with pytest.raises(StoreUnavailable):
+            store.append([append("s", 2)])
+        with pytest.raises(StoreUnavailable):
+            store.list()
+
+
+def _fields(saga: NewSaga) -> dict[str, Any]:
+    return {name: getattr(saga, name) for name in NewSaga.__dataclass_fields__}
