@@ -213,5 +213,303 @@ def _describe_plan(p: Any) -> str:
     return "\n".join(lines)
 
 
+# -- running sagas ----------------------------------------------------------------------------------
+DEFAULT_STORE = "sqlite:///.saga/sagas.db"
+store_option = click.option(
+    "--store", "store_url", envvar="SAGA_STORE", default=DEFAULT_STORE, show_default=True,
+    metavar="URL", help="Where sagas are kept: sqlite:///PATH (relative; four slashes for an "
+                        "absolute path) or memory:// (throwaway). Env: SAGA_STORE.")
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                               f"column {exc.colno}") from None
+
+
+def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
+    if (input_json is None) == (input_file is None):
+        raise click.UsageError("give the saga input with exactly one of --input JSON or "
+                               "--input-file FILE")
+    if input_json is not None:
+        return [_parse_json(input_json, "--input")]
+    assert input_file is not None
+    try:
+        with open(input_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise click.UsageError(f"--input-file {input_file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise click.UsageError(f"--input-file {input_file}: not UTF-8 text") from None
+    try:
+        return [json.loads(text)]
+    except json.JSONDecodeError:
+        pass
+    inputs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        inputs.append(_parse_json(line, f"--input-file {input_file} line {number}"))
+    if not inputs:
+        raise click.UsageError(f"--input-file {input_file} holds no input")
+    return inputs
+
+
+def _open_runtime(store_url: str, fail: tuple[str, ...] = ()) -> Any:
+    from actors import Faults
+    from sagas.runtime import Runtime
+
+    faults = None
+    if fail:
+        faults = Faults()
+        for step in fail:
+            faults.add(step=step, phase="action", kind="reject",
+                       message=f"injected by --fail {step}")
+    return Runtime(store_url, faults=faults)
+
+
+def _open_store(store_url: str) -> Any:
+    from sagas.stores import open_store
+
+    return open_store(store_url)
+
+
+@main.command()
+@click.argument("flow", metavar="FLOW")
+@click.option("--input", "input_json", metavar="JSON", help="The saga input, as JSON.")
+@click.option("--input-file", metavar="FILE",
+              help="The saga input from a file: one JSON document, or JSON Lines (one input per "
+                   "line; a batch takes them in turn).")
+@click.option("--id", "saga_id", metavar="ID",
+              help="Choose the saga id (a business key, [A-Za-z0-9_.-]{1,128}). Running an id "
+                   "that exists with the same input returns that saga; nothing runs twice.")
+@store_option
+@click.option("--fail", multiple=True, metavar="STEP",
+              help="Make every attempt of STEP's action raise Rejected (repeatable).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Run a batch of N sagas (default: one, or one per line of --input-file).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Sagas in flight at once in a batch.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str | None,
+        store_url: str, fail: tuple[str, ...], count: int | None, concurrency: int,
+        as_json: bool) -> None:
+    """Run a saga (or a batch) of FLOW and print how it went.
+
+    \b
+    One saga: its timeline; exit 0 completed, 1 compensated, 3 failed.
+    A batch (--count N, or several inputs): a progress bar on stderr, then counts,
+    throughput and latency percentiles; exit 0 if every saga completed or was
+    compensated, 3 if any failed.
+    """
+    from sagas.runtime import validate_input, validate_saga_id
+
+    loaded = load_flow(flow)
+    inputs = _read_inputs(input_json, input_file)
+    names = [s.name for s in loaded.steps]
+    for step in fail:
+        if step not in names:
+            raise click.BadParameter(f"no step {step!r} in flow {loaded.name} "
+                                     f"(steps: {', '.join(names)})", param_hint="--fail")
+    for number, saga_input in enumerate(inputs, 1):
+        try:
+            validate_input(loaded, saga_input)
+        except SagactorError as exc:
+            where = f" (input {number})" if len(inputs) > 1 else ""
+            raise click.UsageError(f"{exc}{where}") from None
+    if saga_id is not None:
+        validate_saga_id(saga_id)
+    total = count if count is not None else len(inputs)
+    if total > 1 and saga_id is not None:
+        raise click.UsageError("--id names one saga; it cannot be used with a batch")
+    with _open_runtime(store_url, fail) as runtime:
+        if total == 1:
+            result = runtime.run(loaded, inputs[0], saga_id)
+            if as_json:
+                click.echo(json.dumps(result.to_json(), indent=2))
+            else:
+                click.echo(render_timeline(result))
+            sys.exit({"completed": 0, "compensated": 1, "failed": 3}.get(result.status, 3))
+        summary = run_batch(runtime, loaded, inputs, total, concurrency, progress=True)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(render_summary(loaded.name, summary))
+    sys.exit(3 if summary["failed"] else 0)
+
+
+def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrency: int,
+              progress: bool = False) -> dict[str, Any]:
+    """Run ``total`` sagas, at most ``concurrency`` in flight; the summary of DESIGN.md §6."""
+    import threading
+    import time
+
+    slots = threading.BoundedSemaphore(concurrency)
+    lock = threading.Lock()
+    finished = threading.Event()
+    started_at: dict[str, float] = {}
+    latencies: list[float] = []
+    counts = {"completed": 0, "compensated": 0, "failed": 0}
+    done = [0]
+
+    def on_end(saga_id: str, status: str, reason: str | None) -> None:
+        now = time.perf_counter()
+        with lock:
+            begun = started_at.pop(saga_id, now)
+            latencies.append(now - begun)
+            counts[status] = counts.get(status, 0) + 1
+            done[0] += 1
+            if done[0] == total:
+                finished.set()
+        slots.release()
+
+    bar = None
+    task = None
+    if progress:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        bar.start()
+        task = bar.add_task(f"{flow.name}", total=total)
+    begin = time.perf_counter()
+    try:
+        for n in range(total):
+            slots.acquire()
+            saga_input = inputs[n % len(inputs)]
+            with lock:
+                pending_start = time.perf_counter()
+            saga_id = runtime._ids()
+            with lock:
+                started_at[saga_id] = pending_start
+            runtime.start(flow, saga_input, saga_id, on_end=on_end)
+            if bar is not None and task is not None:
+                bar.update(task, completed=done[0])
+        while not finished.wait(0.1):
+            if bar is not None and task is not None:
+                bar.update(task, completed=done[0])
+    finally:
+        if bar is not None and task is not None:
+            bar.update(task, completed=done[0])
+            bar.stop()
+    elapsed = time.perf_counter() - begin
+    ordered = sorted(latencies)
+
+    def percentile(q: float) -> float:
+        if not ordered:
+            return 0.0
+        index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+        return round(ordered[index] * 1000, 3)
+
+    return {
+        "count": total,
+        "completed": counts.get("completed", 0),
+        "compensated": counts.get("compensated", 0),
+        "failed": counts.get("failed", 0),
+        "elapsed_s": round(elapsed, 3),
+        "sagas_per_s": round(total / elapsed, 1) if elapsed > 0 else 0.0,
+        "latency_ms": {"p50": percentile(0.50), "p95": percentile(0.95), "p99": percentile(0.99)},
+    }
+
+
+def render_summary(flow: str, summary: dict[str, Any]) -> str:
+    lat = summary["latency_ms"]
+    return "\n".join([
+        f"{flow}: {summary['count']} sagas in {summary['elapsed_s']:.2f}s "
+        f"({summary['sagas_per_s']:.0f} sagas/s)",
+        f"  completed    {summary['completed']}",
+        f"  compensated  {summary['compensated']}",
+        f"  failed       {summary['failed']}",
+        f"  latency ms   p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}",
+    ])
+
+
+def _event_detail(event: Any) -> str:
+    data = event.data
+    kind = event.type
+    if kind.endswith(".failed") and kind != "saga.failed":
+        return f"{data.get('kind')}: {data.get('error')}"
+    if kind == "saga.failed":
+        return str(data.get("reason"))
+    if kind.endswith(".succeeded"):
+        return json.dumps(data.get("output"), separators=(",", ":"))[:80]
+    if kind.endswith(".retrying"):
+        return "next attempt scheduled"
+    if kind == "reply.ignored":
+        return f"{data.get('phase')} attempt {data.get('attempt')}: {data.get('outcome')}"
+    return ""
+
+
+def render_timeline(result: Any) -> str:
+    """A saga's history, one line per event, then its end."""
+    lines = [f"saga {result.saga_id}  {result.flow} v{result.version}"]
+    start = result.history[0].at if result.history else 0.0
+    for event in result.history:
+        where = ""
+        if event.step is not None:
+            where = event.step + (f" #{event.attempt}" if event.attempt is not None else "")
+        detail = _event_detail(event)
+        lines.append(f"  {event.seq:>3}  +{event.at - start:8.3f}s  {event.type:<24} "
+                     f"{where:<24} {detail}".rstrip())
+    status = result.status + (f" ({result.reason})" if result.reason else "")
+    lines.append(status)
+    return "\n".join(lines)
+
+
+@main.command(name="list")
+@store_option
+@click.option("--status", type=click.Choice(["running", "compensating", "completed",
+                                             "compensated", "failed"]),
+              help="Only sagas with this status.")
+@click.option("--flow", "flow_name", metavar="NAME", help="Only sagas of this flow.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N sagas.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def list_(store_url: str, status: str | None, flow_name: str | None, limit: int | None,
+          as_json: bool) -> None:
+    """List the sagas in a store, newest first."""
+    store = _open_store(store_url)
+    try:
+        headers = store.list(status=status, flow=flow_name, limit=limit)
+    finally:
+        store.close()
+    rows = [{"saga_id": h.saga_id, "flow": h.flow, "version": h.version, "status": h.status,
+             "started_at": h.started_at, "updated_at": h.updated_at} for h in headers]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    import datetime
+
+    for row in rows:
+        started = datetime.datetime.fromtimestamp(row["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{row['saga_id']:<36} {row['flow']} v{row['version']:<4} "
+                   f"{row['status']:<12} {started}")
+
+
+@main.command()
+@click.argument("saga_id", metavar="ID")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def show(saga_id: str, store_url: str, as_json: bool) -> None:
+    """Show one saga's full history (exit 4 if there is no such saga)."""
+    from sagas.runtime import load_result
+
+    store = _open_store(store_url)
+    try:
+        result = load_result(store, saga_id)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(render_timeline(result))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,88 @@
+"""The actor runtime of sagactor: service actors, their inbox, supervision, timers.
+
+It knows nothing of sagas. Users write :class:`Service` classes with :func:`handles` methods (and
+raise :class:`Rejected` for a business "no"); the saga engine starts them as
+:class:`ServicePool` s and talks to them with :class:`Command` / :class:`Reply` messages.
+
+Threads: every service object runs on its own pykka actor thread; a :class:`ThreadScheduler` has
+one daemon thread; everything else runs on the caller's thread. Errors: :class:`ActorError` is the
+root of what this package raises (the tree is in ``actors._errors``).
+"""
+
+from __future__ import annotations
+
+from ._activity import Activity, CountingRef
+from ._clock import Clock, SystemClock, VirtualClock
+from ._deadletters import DeadLetter, DeadLetters
+from ._errors import (
+    ActorError,
+    ActorUnavailable,
+    CallFailed,
+    CallTimeout,
+    SchedulerStopped,
+    ServiceDefinitionError,
+    SettleTimeout,
+)
+from ._faults import Fault, FaultInjector, FaultKind, Faults
+from ._inbox import InboxStore, MemoryInbox
+from ._messages import (
+    Command,
+    Deliver,
+    Outcome,
+    Phase,
+    Reply,
+    StoredReply,
+    Teller,
+    freeze,
+    thaw,
+)
+from ._pool import ServicePool
+from ._service import Rejected, Service, handles
+from ._timers import (
+    Scheduler,
+    ThreadScheduler,
+    TimerHandle,
+    VirtualScheduler,
+    make_scheduler,
+)
+
+__all__ = [
+    "Activity",
+    "ActorError",
+    "ActorUnavailable",
+    "CallFailed",
+    "CallTimeout",
+    "Clock",
+    "Command",
+    "CountingRef",
+    "DeadLetter",
+    "DeadLetters",
+    "Deliver",
+    "Fault",
+    "FaultInjector",
+    "FaultKind",
+    "Faults",
+    "InboxStore",
+    "MemoryInbox",
+    "Outcome",
+    "Phase",
+    "Rejected",
+    "Reply",
+    "Scheduler",
+    "SchedulerStopped",
+    "Service",
+    "ServiceDefinitionError",
+    "ServicePool",
+    "SettleTimeout",
+    "StoredReply",
+    "SystemClock",
+    "Teller",
+    "ThreadScheduler",
+    "TimerHandle",
+    "VirtualClock",
+    "VirtualScheduler",
+    "freeze",
+    "handles",
+    "make_scheduler",
+    "thaw",
+]

@@ -1,0 +1,80 @@
+"""The idempotent inbox's storage port, and an in-memory store.
+
+The semantics (what is stored, when a tombstone is written) live in the service actor's dispatcher
+(``actors._dispatch``); a store only keeps what it is given. Durable stores implement
+:class:`InboxStore` (ideally in the same transaction as the service's own effects).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, runtime_checkable
+
+from ._messages import StoredReply
+
+__all__ = ["InboxStore", "MemoryInbox"]
+
+
+@runtime_checkable
+class InboxStore(Protocol):
+    """Where a service remembers definitive replies and compensated actions, by idempotency key.
+
+    Called on service actor threads (several instances of a pool share one store), so it must be
+    thread-safe. If a method raises, the service actor crashes and is restarted by its pool; the
+    command being processed is answered with an ``error`` reply.
+    """
+
+    def get(self, key: str) -> StoredReply | None:
+        """The definitive reply stored under ``key``, or ``None``."""
+        ...
+
+    def put(self, key: str, reply: StoredReply) -> None:
+        """Store ``reply`` as the definitive reply for ``key`` (replacing any earlier one)."""
+        ...
+
+    def tombstone(self, action_key: str) -> None:
+        """Record that the compensation of ``action_key`` has started: the action must not run."""
+        ...
+
+    def is_tombstoned(self, action_key: str) -> bool:
+        """Whether :meth:`tombstone` was called for ``action_key``."""
+        ...
+
+
+class MemoryInbox:
+    """A thread-safe, in-process :class:`InboxStore` (a dict and a set behind one lock).
+
+    It grows with every key it sees; it is meant for tests and throwaway runs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._replies: dict[str, StoredReply] = {}
+        self._tombstones: set[str] = set()
+
+    def get(self, key: str) -> StoredReply | None:
+        with self._lock:
+            return self._replies.get(key)
+
+    def put(self, key: str, reply: StoredReply) -> None:
+        if not isinstance(reply, StoredReply):
+            raise TypeError(f"MemoryInbox.put expects a StoredReply, got {type(reply).__name__}")
+        with self._lock:
+            self._replies[key] = reply
+
+    def tombstone(self, action_key: str) -> None:
+        with self._lock:
+            self._tombstones.add(action_key)
+
+    def is_tombstoned(self, action_key: str) -> bool:
+        with self._lock:
+            return action_key in self._tombstones
+
+    def __len__(self) -> int:
+        """The number of stored replies."""
+        with self._lock:
+            return len(self._replies)
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return f"MemoryInbox({len(self._replies)} replies, {len(self._tombstones)} tombstones)"

@@ -1,0 +1,348 @@
+"""The Python API: a :class:`Runtime` that starts sagas and waits for them (DESIGN.md §5).
+
+::
+
+    from sagas import Runtime
+
+    with Runtime() as runtime:                        # memory:// store, real clock
+        result = runtime.run("flows/order_inventory.yaml",
+                             {"order_id": "o-1", "sku": "widget", "qty": 1, "amount": 25})
+        print(result.status, result.context["steps"])
+
+A runtime owns a fixed set of shard actors (hosting every saga it drives), one actor or pool
+per declared service, one timer scheduler, and a store. Inject ``clock=VirtualClock()`` and a
+seeded ``random`` to run time-dependent behaviour without sleeping (see :mod:`sagas.testing`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random as random_module
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from actors import (
+    Activity,
+    Clock,
+    DeadLetters,
+    FaultInjector,
+    InboxStore,
+    MemoryInbox,
+    Service,
+    SystemClock,
+    make_scheduler,
+)
+
+from . import core
+from .compiler import CompiledFlow, compile_flow
+from .errors import BadStoreUrl, InputError, SagactorError, SagaTimeout
+from .events import Event
+from .loader import load_flow
+from .model import Flow
+from .services import ServiceRegistry
+from .shard import CountedRef, SagaSignal, Shard, StartSaga, Ticket, shard_of
+from .stores import TERMINAL, SagaStore, open_store
+
+__all__ = ["SAGA_ID", "Runtime", "SagaResult", "validate_input", "validate_saga_id"]
+
+log = logging.getLogger(__name__)
+
+SAGA_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+SAGA_ID = "[A-Za-z0-9_.-]{1,128}"
+START_TIMEOUT = 30.0
+
+
+def validate_saga_id(saga_id: str) -> str:
+    """Check a caller-chosen saga id (a business key); ``InputError`` if malformed."""
+    if not isinstance(saga_id, str) or not 1 <= len(saga_id) <= 128 or \
+            not set(saga_id) <= SAGA_ID_CHARS:
+        raise InputError(f"invalid saga id {saga_id!r}: use 1 to 128 of A-Z a-z 0-9 _ . -")
+    return saga_id
+
+
+_validators: dict[str, Any] = {}
+
+
+def validate_input(flow: Flow, saga_input: Any) -> None:
+    """Check ``saga_input`` against the flow's input schema; ``InputError`` names the field."""
+    try:
+        json.dumps(saga_input, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"saga input is not JSON: {exc}") from None
+    if not isinstance(saga_input, dict):
+        raise InputError(f"saga input must be a JSON object, got {type(saga_input).__name__}")
+    schema = flow.input_schema
+    if schema is None:
+        return
+    validator = _validators.get(flow.definition)
+    if validator is None:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        _validators[flow.definition] = validator
+    error = jsonschema.exceptions.best_match(validator.iter_errors(saga_input))
+    if error is not None:
+        where = "input" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                  for p in error.absolute_path)
+        raise InputError(f"{where}: {error.message} (flow {flow.name} input schema)")
+
+
+@dataclass(frozen=True, slots=True)
+class SagaResult:
+    """A saga as the store holds it: status, reason, context and full history."""
+
+    saga_id: str
+    flow: str
+    version: int
+    definition: str
+    status: str
+    reason: str | None
+    context: dict[str, Any]
+    history: tuple[Event, ...]
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_json(self) -> dict[str, Any]:
+        """The saga shape of DESIGN.md §6."""
+        return {
+            "saga_id": self.saga_id,
+            "flow": self.flow,
+            "version": self.version,
+            "definition": self.definition,
+            "status": self.status,
+            "reason": self.reason,
+            "context": self.context,
+            "history": [event.to_json() for event in self.history],
+        }
+
+
+def load_result(store: SagaStore, saga_id: str) -> SagaResult:
+    """Read a saga from ``store`` (``UnknownSaga`` if absent)."""
+    record = store.load(saga_id)
+    header = record.header
+    outputs: dict[str, Any] = {}
+    for event in record.events:
+        if event.type == "step.succeeded" and event.step is not None:
+            outputs[event.step] = event.data.get("output")
+    return SagaResult(header.saga_id, header.flow, header.version, header.definition,
+                      header.status, header.reason, core.context_of(header.input, outputs),
+                      record.events)
+
+
+class Runtime:
+    """Runs sagas: shard actors, service actors, a scheduler and a store.
+
+    Use it as a context manager (or call :meth:`close`). ``store`` is a URL (``memory://`` by
+    default, ``sqlite:///path``) or a store object; ``clock`` and ``random`` (a
+    ``random.Random`` or a seed) are injected for deterministic tests; ``faults`` injects
+    failures into service calls; ``services`` supplies service objects by import path or
+    service name instead of importing them.
+    """
+
+    def __init__(
+        self,
+        store: str | SagaStore = "memory://",
+        *,
+        clock: Clock | None = None,
+        random: random_module.Random | int | None = None,
+        shards: int = 4,
+        ids: Callable[[], str] | None = None,
+        faults: FaultInjector | None = None,
+        services: Mapping[str, Service | Sequence[Service]] | None = None,
+        inbox: InboxStore | None = None,
+        listeners: Sequence[Callable[[str, Sequence[Event]], None]] = (),
+    ):
+        if shards < 1:
+            raise ValueError("a runtime needs at least one shard")
+        if isinstance(store, str):
+            self.store = open_store(store)
+            self._owns_store = True
+        elif isinstance(store, SagaStore):
+            self.store = store
+            self._owns_store = False
+        else:
+            raise BadStoreUrl(f"not a store URL or store: {store!r}")
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = random if isinstance(random, random_module.Random) else \
+            random_module.Random(random)
+        self._ids = ids or (lambda: uuid.uuid4().hex)
+        self.activity = Activity()
+        self.dead_letters = DeadLetters()
+        self.scheduler = make_scheduler(self.clock, activity=self.activity,
+                                        dead_letters=self.dead_letters)
+        self.services = ServiceRegistry(inbox=inbox if inbox is not None else MemoryInbox(),
+                                        faults=faults, activity=self.activity,
+                                        dead_letters=self.dead_letters, overrides=services)
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[threading.Event]] = {}
+        self._callbacks: dict[str, Callable[[str, str, str | None], None]] = {}
+        self._closed = False
+        self._shards = [
+            Shard.start(i, store=self.store, clock=self.clock, scheduler=self.scheduler,
+                        rng=random_module.Random(self._rng.random()), pools=self._pools,
+                        on_end=self._ended, activity=self.activity,
+                        dead_letters=self.dead_letters, listeners=tuple(listeners))
+            for i in range(shards)
+        ]
+        self._shard_refs = [CountedRef(ref, self.activity, self.dead_letters)
+                            for ref in self._shards]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler, shards and services, then the store if the runtime opened it.
+
+        Sagas still running stay in the store as they are (``saga resume`` finishes them).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.scheduler.stop()
+        for ref in self._shards:
+            try:
+                ref.stop(timeout=timeout)
+            except Exception:  # pragma: no cover - already dead
+                log.debug("shard already stopped", exc_info=True)
+        self.services.stop(timeout)
+        if self._owns_store:
+            self.store.close()
+
+    # -- flows ----------------------------------------------------------------------------------
+    def compile(self, flow: Flow | str | os.PathLike[str]) -> CompiledFlow:
+        """Load (if given a path), compile, and bind a flow's services."""
+        if not isinstance(flow, Flow):
+            flow = load_flow(Path(flow))
+        compiled = compile_flow(flow)
+        self.services.bind(flow)
+        return compiled
+
+    def _pools(self, compiled: CompiledFlow) -> dict[str, Any]:
+        return self.services.bind(compiled.flow)
+
+    # -- sagas ----------------------------------------------------------------------------------
+    def new_id(self) -> str:
+        """A fresh saga id from the runtime's id source."""
+        return self._ids()
+
+    def start(self, flow: Flow | str | os.PathLike[str], input: Any, saga_id: str | None = None,
+              *, on_end: Callable[[str, str, str | None], None] | None = None) -> str:
+        """Start a saga and return its id once ``saga.started`` is committed.
+
+        With a caller-chosen ``saga_id`` that exists already: the same definition and input
+        return the existing saga; anything else raises :class:`IdConflict`. ``on_end(saga_id,
+        status, reason)`` is called (on a shard thread) when the saga ends.
+        """
+        self._check_open()
+        compiled = self.compile(flow)
+        validate_input(compiled.flow, input)
+        saga_id = validate_saga_id(saga_id) if saga_id is not None else self._ids()
+        ticket = Ticket()
+        if on_end is not None:
+            with self._lock:
+                self._callbacks[saga_id] = on_end
+        self._shard_refs[shard_of(saga_id, len(self._shards))].tell(
+            StartSaga(saga_id, compiled, input, ticket))
+        try:
+            _, created = ticket.wait(START_TIMEOUT)
+        except BaseException:
+            with self._lock:
+                self._callbacks.pop(saga_id, None)
+            raise
+        if not created and on_end is not None:
+            header = self.store.header(saga_id)
+            if header.status in TERMINAL:
+                with self._lock:
+                    callback = self._callbacks.pop(saga_id, None)
+                if callback is not None:
+                    callback(saga_id, header.status, header.reason)
+        return saga_id
+
+    def run(self, flow: Flow | str | os.PathLike[str], input: Any, saga_id: str | None = None,
+            *, timeout: float | None = None) -> SagaResult:
+        """Start a saga and block until it ends; its :class:`SagaResult`."""
+        return self.wait(self.start(flow, input, saga_id), timeout)
+
+    def wait(self, saga_id: str, timeout: float | None = None) -> SagaResult:
+        """Block until the saga is terminal (``SagaTimeout`` after ``timeout`` seconds)."""
+        done = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(saga_id, []).append(done)
+        try:
+            if self.store.header(saga_id).status not in TERMINAL and not done.wait(timeout):
+                raise SagaTimeout(f"saga {saga_id} did not end within {timeout}s")
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(saga_id)
+                if waiters is not None:
+                    if done in waiters:
+                        waiters.remove(done)
+                    if not waiters:
+                        del self._waiters[saga_id]
+        return self.result(saga_id)
+
+    def result(self, saga_id: str) -> SagaResult:
+        """The saga as stored now (``UnknownSaga`` if there is none)."""
+        return load_result(self.store, saga_id)
+
+    def cancel(self, saga_id: str, timeout: float = START_TIMEOUT) -> SagaResult:
+        """Cancel a running saga (DESIGN.md §4.4); a terminal one is left as it is."""
+        return self._signal(saga_id, core.Cancel(), timeout)
+
+    def retry(self, saga_id: str, timeout: float = START_TIMEOUT) -> SagaResult:
+        """Re-drive a ``failed`` saga this runtime hosts from where it stopped."""
+        return self._signal(saga_id, core.Retry(), timeout)
+
+    def _signal(self, saga_id: str, signal: core.Signal, timeout: float) -> SagaResult:
+        self._check_open()
+        self.store.header(saga_id)  # UnknownSaga
+        ticket = Ticket()
+        self._shard_refs[shard_of(saga_id, len(self._shards))].tell(
+            SagaSignal(saga_id, signal, ticket))
+        ticket.wait(timeout)
+        return self.result(saga_id)
+
+    def _ended(self, saga_id: str, status: str, reason: str | None) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(saga_id, [])
+            callback = self._callbacks.pop(saga_id, None)
+        for done in waiters:
+            done.set()
+        if callback is not None:
+            callback(saga_id, status, reason)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SagactorError("this runtime is closed")
+
+    # -- introspection --------------------------------------------------------------------------
+    def instances(self, import_path: str) -> list[Service]:
+        """The service objects started for ``module:Class`` (``KeyError`` if not started)."""
+        return list(self.services.pool(import_path).instances)
+
+    def snapshot(self, import_path: str, timeout: float = 10.0) -> list[Any]:
+        """``snapshot()`` of each instance of a service, taken on the service's own thread."""
+        pool = self.services.pool(import_path)
+        return [pool.call(i, lambda service: service.snapshot(), timeout)
+                for i in range(len(pool.instances))]
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once no message is waiting or being handled anywhere in this runtime."""
+        return self.activity.wait_idle(timeout)
+
+    def __repr__(self) -> str:
+        return f"Runtime(store={self.store.url!r}, shards={len(self._shards)})"
+
