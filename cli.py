@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from sagas import __version__
-from sagas.errors import FlowErrors, SagactorError
+from sagas.errors import FlowErrors, InputError, SagactorError
 from sagas.loader import load_flow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,7 +71,30 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class SagaGroup(click.Group):
+    """Prints every error, usage errors included, as one line on stderr."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            _err(exc.format_message())
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "saga"
+            _err(f"error: {exc.format_message()} (see '{command} --help')")
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            _err(f"error: {exc.format_message()}")
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _err("aborted")
+            sys.exit(130)
+
+
+@click.group(cls=SagaGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="saga", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
@@ -213,7 +236,7 @@ def _describe_plan(p: Any) -> str:
     return "\n".join(lines)
 
 
-# -- running sagas ----------------------------------------------------------------------------------
+# -- running sagas ------------------------------------------------------------------------------
 DEFAULT_STORE = "sqlite:///.saga/sagas.db"
 store_option = click.option(
     "--store", "store_url", envvar="SAGA_STORE", default=DEFAULT_STORE, show_default=True,
@@ -225,8 +248,8 @@ def _parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.UsageError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                               f"column {exc.colno}") from None
+        raise InputError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from None
 
 
 def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
@@ -317,9 +340,10 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     for number, saga_input in enumerate(inputs, 1):
         try:
             validate_input(loaded, saga_input)
-        except SagactorError as exc:
-            where = f" (input {number})" if len(inputs) > 1 else ""
-            raise click.UsageError(f"{exc}{where}") from None
+        except InputError as exc:
+            if len(inputs) > 1:
+                raise InputError(f"{exc} (input {number} of {input_file})") from None
+            raise
     if saga_id is not None:
         validate_saga_id(saga_id)
     total = count if count is not None else len(inputs)
@@ -370,8 +394,13 @@ def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrenc
     task = None
     if progress:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn(), console=Console(stderr=True), transient=False)

@@ -113,9 +113,7 @@ class Command:
         if self.attempt < 1:
             raise ValueError(f"Command.attempt counts from 1, got {self.attempt!r}")
         if not isinstance(self.payload, Mapping):
-            raise TypeError(
-                f"Command.payload must be a mapping, not {type(self.payload).__name__}"
-            )
+            raise TypeError(f"Command.payload must be a mapping, not {type(self.payload).__name__}")
         object.__setattr__(self, "payload", _freeze(self.payload, "$.payload"))
         if self.result is not None:
             object.__setattr__(self, "result", _freeze(self.result, "$.result"))

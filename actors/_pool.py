@@ -184,6 +184,8 @@ class _ServiceActor(pykka.ThreadingActor):
         try:
             deliver, self._inflight = self._inflight, None
             exc = exception_value if exception_value is not None else RuntimeError("crash")
+            if isinstance(exc, _Crash) and exc.__cause__ is not None:
+                exc = exc.__cause__  # report the BaseException itself, not its wrapper
             if deliver is not None:
                 self._send(deliver.reply_to, self._dispatcher.crash_reply(deliver.command, exc))
             self._pool._restart(self._slot, self.actor_ref, exc)
@@ -224,9 +226,7 @@ class ServicePool(Generic[S]):
             _Slot(
                 index,
                 service,
-                Dispatcher(
-                    service, service_name=name, instance=index, inbox=inbox, faults=faults
-                ),
+                Dispatcher(service, service_name=name, instance=index, inbox=inbox, faults=faults),
                 f"{name}[{index}]",
             )
             for index, service in enumerate(services)
@@ -361,9 +361,7 @@ class ServicePool(Generic[S]):
                     )
                     if not slot.running:
                         raise ActorUnavailable(f"{slot.label} is stopped") from None
-        raise CallTimeout(
-            f"{slot.label} did not answer within {timeout}s (is a handler blocked?)"
-        )
+        raise CallTimeout(f"{slot.label} did not answer within {timeout}s (is a handler blocked?)")
 
     def snapshots(self, timeout: float) -> list[Any]:
         """Every instance's ``snapshot()``, taken on its own thread (``timeout`` per instance)."""

@@ -23,6 +23,7 @@ from .errors import (
 from .loader import load_flow, parse_flow
 from .model import Flow, FlowWarning, RetryPolicy, ServiceSpec, Step
 from .plan import Plan, plan, plans
+from .runtime import Runtime, SagaResult
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,8 @@ __all__ = [
     "InputError",
     "Plan",
     "RetryPolicy",
+    "Runtime",
+    "SagaResult",
     "SagaTimeout",
     "SagactorError",
     "SeqConflict",

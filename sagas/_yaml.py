@@ -8,6 +8,7 @@ as one :class:`~sagas.errors.FlowErrors` naming ``source:line:column``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from .errors import FlowError, FlowErrors
 __all__ = ["MAX_NODES", "YNode", "compose", "to_python"]
 
 MAX_NODES = 100_000  # guards against alias expansion bombs ("billion laughs")
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
 @dataclass(slots=True, eq=False)
@@ -35,6 +37,7 @@ class YNode:
     value: Any = None
     items: list[Any] = field(default_factory=list)
     tag: str = ""
+    broken: bool = False  # unreadable: already reported, so no further checks report it
 
     def get(self, key: str) -> YNode | None:
         """The value node of ``key`` in a map (None when absent or not a map)."""
@@ -77,23 +80,41 @@ def describe_scalar(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+# What the YAML parser counts as a line break (so positions agree with its marks).
+_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def line_count(text: str) -> int:
+    """How many lines the YAML parser sees in ``text`` (the last one may be empty)."""
+    return len(_BREAK.findall(text)) + 1
+
+
 def _position(mark: Any, text: str) -> tuple[int, int]:
     """1-based (line, column) of a PyYAML mark, clamped to the document."""
     if mark is None:
         return 1, 1
     line, column = int(mark.line) + 1, int(mark.column) + 1
-    last_line = text.count("\n") + 1
+    last_line = line_count(text)
     if line > last_line:
         return last_line, 1
-    return line, column
+    return line, max(column, 1)
 
 
 def _offset_position(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of a character offset, counting breaks as the parser does."""
     offset = max(0, min(offset, len(text)))
-    before = text[:offset]
-    line = before.count("\n") + 1
-    column = offset - (before.rfind("\n") + 1) + 1
-    return line, column
+    line, start = 1, 0
+    for match in _BREAK.finditer(text, 0, offset):
+        if match.end() > offset:
+            break
+        line, start = line + 1, match.end()
+    return line, offset - start + 1
+
+
+def _describe_character(character: Any) -> str:
+    if isinstance(character, int):
+        return f"byte 0x{character:02x}"
+    return f"U+{ord(character):04X}" if len(character) == 1 else repr(character)
 
 
 def compose(text: str, source: str = "<flow>") -> tuple[YNode | None, list[FlowError]]:
@@ -104,14 +125,23 @@ def compose(text: str, source: str = "<flow>") -> tuple[YNode | None, list[FlowE
     non-scalar keys, unreadable values) are returned beside the tree, so the caller can report
     them together with its own findings.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line, column = _offset_position(text, exc.position)
+        raise FlowErrors(
+            [FlowError(f"invalid character {_describe_character(exc.character)} in YAML text "
+                       "(control characters are not allowed)",
+                       source=source, line=line, column=column)]
+        ) from None
     try:
         try:
             node = loader.get_single_node()
         except yaml.reader.ReaderError as exc:
             line, column = _offset_position(text, exc.position)
             raise FlowErrors(
-                [FlowError(f"invalid character {exc.character!r} in YAML text",
+                [FlowError(f"invalid character {_describe_character(exc.character)} in YAML "
+                           "text (control characters are not allowed)",
                            source=source, line=line, column=column)]
             ) from None
         except yaml.composer.ComposerError as exc:
@@ -120,7 +150,8 @@ def compose(text: str, source: str = "<flow>") -> tuple[YNode | None, list[FlowE
                 message = "several YAML documents in one file: a flow file holds exactly one"
             else:
                 message = f"YAML error: {exc.problem}"
-            raise FlowErrors([FlowError(message, source=source, line=line, column=column)]) from None
+            error = FlowError(message, source=source, line=line, column=column)
+            raise FlowErrors([error]) from None
         except yaml.MarkedYAMLError as exc:
             line, column = _position(exc.problem_mark or exc.context_mark, text)
             problem = exc.problem or exc.context or "invalid YAML"
@@ -142,7 +173,8 @@ def compose(text: str, source: str = "<flow>") -> tuple[YNode | None, list[FlowE
             tree = builder.build(node, 0)
         except RecursionError:
             raise FlowErrors([FlowError("YAML nesting is too deep", source=source)]) from None
-        if any(e.message.startswith(("document too large", "YAML nesting")) for e in builder.errors):
+        fatal = ("document too large", "YAML nesting")
+        if any(e.message.startswith(fatal) for e in builder.errors):
             raise FlowErrors(builder.errors)
         return tree, builder.errors
     finally:
@@ -176,6 +208,9 @@ class _Builder:
             if not any(e.message.startswith("YAML nesting") for e in self.errors):
                 self.error("YAML nesting is too deep", node)
             return YNode("scalar", line, column, None)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            self.error(f"unsupported YAML tag {node.tag!r}: flows hold plain data only", node)
+            return YNode("scalar", line, column, None, broken=True)
         if isinstance(node, yaml.MappingNode):
             result = YNode("map", line, column, tag=node.tag)
             seen: dict[str, YNode] = {}
@@ -185,6 +220,10 @@ class _Builder:
                     continue
                 k_line, k_column = _position(key_node.start_mark, self.text)
                 key = YNode("scalar", k_line, k_column, key_node.value, tag=key_node.tag)
+                if key_node.value == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
+                    self.error("YAML merge keys (<<) are not supported in flows: write the keys "
+                               "out", key_node)
+                    continue
                 if key_node.value in seen:
                     first = seen[key_node.value]
                     self.error(
@@ -205,10 +244,7 @@ class _Builder:
         except Exception as exc:  # a bad timestamp, an unknown tag, ...
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             self.error(f"cannot read this value: {problem}", node)
-            value = None
-        else:
-            if isinstance(value, float) and value != value:  # NaN is no JSON value
-                value = None
+            return YNode("scalar", line, column, None, tag=node.tag, broken=True)
         return YNode("scalar", line, column, value, tag=node.tag)
 
 

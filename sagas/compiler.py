@@ -34,8 +34,8 @@ __all__ = [
     "TRIGGERS",
     "CompiledFlow",
     "Edge",
-    "compile_flow",
     "compensation_state",
+    "compile_flow",
     "step_state",
 ]
 

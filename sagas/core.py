@@ -52,11 +52,15 @@ RETRY_FOREVER_CAP = 60.0  # seconds between compensation attempts under retry_fo
 
 
 class Env(Protocol):
-    """What the core may ask of the world: the time, and a draw in [0, 1) for jitter."""
+    """What the core may ask of the world: the time, and draws in [0, 1) for jitter.
+
+    ``random(key)`` must return the same number for the same key (the core passes
+    ``<saga_id>/<seq>``), so a saga's jitter does not depend on how sagas interleave.
+    """
 
     def now(self) -> float: ...
 
-    def random(self) -> float: ...
+    def random(self, key: str) -> float: ...
 
 
 # -- signals ------------------------------------------------------------------------------------
@@ -372,7 +376,7 @@ class _Decision:
         if not forever and done >= policy.attempts:
             self.advance("exhausted", cause)
             return
-        draw = self.env.random() if policy.jitter else None
+        draw = self.env.random(f"{saga.saga_id}/{saga.seq}") if policy.jitter else None
         delay = policy.delay(min(done, 64), draw)
         if forever:
             delay = min(delay, policy.max_backoff or RETRY_FOREVER_CAP)

@@ -37,8 +37,8 @@ def mermaid_id(state: str) -> str:
 def to_mermaid(compiled: CompiledFlow) -> str:
     lines = ["stateDiagram-v2"]
     if compiled.flow.description:
-        lines.append(f"    %% {compiled.flow.name} v{compiled.flow.version}: "
-                     f"{compiled.flow.description}")
+        description = " ".join(compiled.flow.description.split())
+        lines.append(f"    %% {compiled.flow.name} v{compiled.flow.version}: {description}")
     for state in compiled.states:
         lines.append(f'    state "{_label(compiled, state)}" as {mermaid_id(state)}')
     lines.append(f"    [*] --> {mermaid_id(compiled.initial)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -74,7 +75,8 @@ def load_flow(path: str | os.PathLike[str], *, strict: bool = False) -> Flow:
     except PermissionError:
         raise FlowErrors([FlowError("permission denied", source=source)]) from None
     except OSError as exc:
-        raise FlowErrors([FlowError(f"cannot read: {exc.strerror or exc}", source=source)]) from None
+        raise FlowErrors([FlowError(f"cannot read: {exc.strerror or exc}",
+                                    source=source)]) from None
     if len(data) > MAX_FLOW_BYTES:
         raise FlowErrors([FlowError(
             f"file too large for a flow ({len(data)} bytes; at most {MAX_FLOW_BYTES})",
@@ -124,9 +126,12 @@ class _Checker:
         self.errors: list[FlowError] = []
         self.warnings: list[FlowWarning] = []
         self._retry_nodes: dict[str, YNode | None] = {}  # step -> the retry mapping in effect
+        self.declared_services: set[str] = set()
 
     # -- reporting -------------------------------------------------------------------------
     def error(self, node: YNode, message: str) -> None:
+        if node.broken:
+            return  # already reported where it was read
         self.errors.append(FlowError(message, source=self.source, line=node.line,
                                      column=node.column))
 
@@ -237,6 +242,7 @@ class _Checker:
         if (node := tree.get("description")) is not None:
             description = self.text(node, "description") or ""
         services = self.services(tree.get("services"))
+        self.declared_services = set(services) | self._service_names(tree.get("services"))
         input_schema = self.input_schema(tree.get("input"))
         defaults = self.defaults(tree.get("defaults"))
         deadline = None
@@ -300,6 +306,12 @@ class _Checker:
                 result[service_name] = (key, ServiceSpec(service_name, import_path, instances))
         return result
 
+    @staticmethod
+    def _service_names(node: YNode | None) -> set[str]:
+        if node is None or node.kind != "map":
+            return set()
+        return {k.value for k, _ in node.items if isinstance(k.value, str)}
+
     def import_path(self, node: YNode) -> str | None:
         value = node.value
         if node.kind != "scalar" or not isinstance(value, str):
@@ -318,7 +330,10 @@ class _Checker:
             self.error(node, f"input must be a JSON Schema (a mapping), got {node.type_name}")
             return None
         schema = to_python(node)
-        validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        for bad in _non_json(node):
+            self.error(bad, f"input schema: {bad.value!r} is not a JSON value")
+        validator = jsonschema.validators.validator_for(
+            schema, default=jsonschema.Draft202012Validator)
         problems = sorted(validator(validator.META_SCHEMA).iter_errors(schema),
                           key=lambda e: list(e.absolute_path))
         for problem in problems:
@@ -398,15 +413,17 @@ class _Checker:
         pivot_node: YNode | None = None
         for index, item in enumerate(node.items):
             step = self.step(item, index, services, defaults, seen)
+            name_node = item.get("name") if item.kind == "map" else None
+            if name_node is not None and isinstance(name_node.value, str) \
+                    and IDENTIFIER.match(name_node.value):
+                name = name_node.value
+                if name in seen:
+                    self.error(name_node, f"duplicate step name {name!r} "
+                                          f"(first at line {seen[name].line})")
+                else:
+                    seen[name] = name_node
             if step is None:
                 continue
-            name_node = item.get("name")
-            assert name_node is not None
-            if step.name in seen:
-                self.error(name_node, f"duplicate step name {step.name!r} "
-                                      f"(first at line {seen[step.name].line})")
-            else:
-                seen[step.name] = name_node
             pivot_value = item.get("pivot")
             if step.pivot:
                 if pivot_node is not None:
@@ -439,8 +456,8 @@ class _Checker:
             name = self.identifier(n, "step name")
         if (n := item.get("service")) is not None:
             service = self.identifier(n, "service")
-            if service is not None and service not in services:
-                declared = list(services)
+            if service is not None and service not in self.declared_services:
+                declared = sorted(self.declared_services)
                 self.error(n, f"step uses undeclared service {service!r}"
                               f"{_suggest(service, declared)}" +
                               ("" if _suggest(service, declared) or not declared
@@ -495,6 +512,8 @@ class _Checker:
                 return MappingProxyType({k.value: walk(v) for k, v in n.items})
             if n.kind == "seq":
                 return tuple(walk(i) for i in n.items)
+            if _non_json(n):
+                self.error(n, f"{n.value!r} is not a JSON value")
             if isinstance(n.value, str) and n.value.startswith("$"):
                 try:
                     path = parse_path(n.value)
@@ -550,6 +569,19 @@ class _Defaults:
         self.retry_node: YNode | None = None
         self.timeout: float = DEFAULT_TIMEOUT
         self.on_compensation_failure: str = "park"
+
+
+def _non_json(node: YNode) -> list[YNode]:
+    """Scalars that JSON cannot hold (NaN, infinity, dates, bytes...)."""
+    if node.kind in ("map", "seq"):
+        children = [v for _, v in node.items] if node.kind == "map" else node.items
+        return [bad for child in children for bad in _non_json(child)]
+    value = node.value
+    if isinstance(value, float) and not math.isfinite(value):
+        return [node]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return []
+    return [node]
 
 
 def _node_at(node: YNode, path: list[Any]) -> YNode:

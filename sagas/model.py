@@ -28,20 +28,36 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+MAX_DURATION = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a mistake
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from ``250ms``, ``5s``, ``2m``, ``1h`` or a plain number of seconds.
 
     Raises ``ValueError`` with a message fit for a user on anything else, including negative
-    durations and booleans.
+    durations, booleans, and durations over ten years.
     """
+    seconds = _parse_duration(value)
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration {value!r} is too long (at most ten years)")
+    return seconds
+
+
+def _parse_duration(value: Any) -> float:
+    if value is None:
+        raise ValueError("expected a duration like 250ms, 5s, 2m or 1h, got null")
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 250ms, 5s, 2m or 1h, got {str(value).lower()}")
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError(f"a duration cannot be negative (got {value})")
-        if value != value or value in (float("inf"),):
-            raise ValueError(f"a duration must be finite (got {value})")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("duration is too long (at most ten years)") from None
+        if seconds != seconds or seconds == float("inf"):
+            raise ValueError(f"expected a duration like 250ms, 5s, 2m or 1h, got {value}")
+        return seconds
     if isinstance(value, str):
         stripped = value.strip()
         if stripped.startswith("-"):
@@ -62,6 +78,8 @@ def parse_duration(value: Any) -> float:
 
 def format_duration(seconds: float) -> str:
     """A short human form: ``250ms``, ``5s``, ``2m``, ``1.5h``."""
+    if seconds == float("inf") or seconds > 1e12:
+        return "practically forever"
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
     if seconds < 60:
@@ -87,7 +105,10 @@ class RetryPolicy:
         ``min(backoff * multiplier ** (attempt - 1), max_backoff)``, scaled by a factor in
         [0.5, 1) from ``draw`` (a number in [0, 1)) when ``jitter`` is on.
         """
-        base = self.backoff * self.multiplier ** (attempt - 1)
+        try:
+            base = self.backoff * self.multiplier ** (attempt - 1)
+        except OverflowError:
+            base = float("inf")
         if self.max_backoff is not None:
             base = min(base, self.max_backoff)
         if self.jitter and draw is not None:
@@ -97,8 +118,13 @@ class RetryPolicy:
     def worst_case(self, timeout: float) -> float:
         """The longest the forward attempts of one step can take (no jitter shortening)."""
         total = timeout * self.attempts
+        previous = None
         for attempt in range(1, self.attempts):
-            total += self.delay(attempt)
+            delay = self.delay(attempt)
+            if delay == previous or delay == float("inf"):  # no more growth: the rest are equal
+                return total + delay * (self.attempts - attempt)
+            total += delay
+            previous = delay
         return total
 
 

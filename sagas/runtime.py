@@ -174,6 +174,7 @@ class Runtime:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._rng = random if isinstance(random, random_module.Random) else \
             random_module.Random(random)
+        self._seed = f"{self._rng.getrandbits(64):016x}"
         self._ids = ids or (lambda: uuid.uuid4().hex)
         self.activity = Activity()
         self.dead_letters = DeadLetters()
@@ -188,7 +189,7 @@ class Runtime:
         self._closed = False
         self._shards = [
             Shard.start(i, store=self.store, clock=self.clock, scheduler=self.scheduler,
-                        rng=random_module.Random(self._rng.random()), pools=self._pools,
+                        seed=self._seed, pools=self._pools,
                         on_end=self._ended, activity=self.activity,
                         dead_letters=self.dead_letters, listeners=tuple(listeners))
             for i in range(shards)

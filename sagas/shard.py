@@ -29,7 +29,7 @@ from .errors import IdConflict, SagactorError, StoreError
 from .events import Event
 from .stores import Append, NewSaga, SagaStore
 
-__all__ = ["Shard", "SagaSignal", "StartSaga", "Ticket", "shard_of"]
+__all__ = ["SagaSignal", "Shard", "StartSaga", "Ticket", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +82,19 @@ class SagaSignal:
 
 
 class _Env:
-    __slots__ = ("_clock", "_random")
+    """The core's view of the world: the runtime's clock, and jitter draws keyed by a seed."""
 
-    def __init__(self, clock: Clock, rng: random_module.Random):
+    __slots__ = ("_clock", "_seed")
+
+    def __init__(self, clock: Clock, seed: str):
         self._clock = clock
-        self._random = rng
+        self._seed = seed
 
     def now(self) -> float:
         return self._clock.now()
 
-    def random(self) -> float:
-        return self._random.random()
+    def random(self, key: str) -> float:
+        return random_module.Random(f"{self._seed}:{key}").random()
 
 
 class CountedRef:
@@ -122,14 +124,14 @@ class Shard(pykka.ThreadingActor):
     """Hosts the sagas of one shard. Runs on its own thread; never raises out of a message."""
 
     def __init__(self, index: int, *, store: SagaStore, clock: Clock, scheduler: Scheduler,
-                 rng: random_module.Random, pools: Callable[[CompiledFlow], dict[str, Any]],
+                 seed: str, pools: Callable[[CompiledFlow], dict[str, Any]],
                  on_end: Callable[[str, str, str | None], None], activity: Activity,
                  dead_letters: DeadLetters,
                  listeners: tuple[Callable[[str, list[Event]], None], ...] = ()):
         super().__init__()
         self.index = index
         self.store = store
-        self.env = _Env(clock, rng)
+        self.env = _Env(clock, seed)
         self.scheduler = scheduler
         self.pools = pools
         self.on_end = on_end

@@ -22,6 +22,7 @@ need to hold time still (a handler blocked on purpose), use :meth:`advance` and
 from __future__ import annotations
 
 import os
+import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -85,8 +86,10 @@ class SagaTestEnvironment:
         self.faults = faults if faults is not None else Faults()
         self.log = EventLog()
         self.wait_timeout = wait_timeout
+        id_source = random.Random(f"ids:{seed}")
         self.runtime = Runtime(store, clock=self.clock, random=seed, shards=shards,
-                               faults=self.faults, services=services, listeners=[self.log])
+                               faults=self.faults, services=services, listeners=[self.log],
+                               ids=lambda: f"{id_source.getrandbits(64):016x}")
 
     def __enter__(self) -> SagaTestEnvironment:
         return self

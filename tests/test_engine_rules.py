@@ -52,7 +52,7 @@ def test_backward_recovery_step_that_ran_out_on_errors_is_compensated():
         result = env.run(make_flow(*THREE, attempts=2), {})
     assert result.status == "compensated"
     assert service.compensations() == ["b", "a"]
-    assert [c.result for c in service.calls if c.phase == "compensation"][0] is None
+    assert next(c.result for c in service.calls if c.phase == "compensation") is None
 
 
 def test_backward_recovery_timed_out_step_is_compensated():
@@ -182,7 +182,7 @@ def test_deadline_after_pivot_leaves_forward_steps_alone():
 
 
 def test_deadline_is_disarmed_while_compensating():
-    env, service = env_with({("b", "action"): ["reject"]})
+    env, _ = env_with({("b", "action"): ["reject"]})
     env.faults.add(step="a", phase="compensation", kind="drop", attempts={1})
     with env:
         result = env.run(make_flow(*THREE, attempts=2, timeout="20s", deadline="10s"), {})

@@ -1,0 +1,24 @@
+"""Test-wide configuration: hypothesis profiles, nothing else.
+
+``ci`` is loaded when the ``CI`` environment variable is set: 2,000 examples per property (the fuzz
+tests' floor). ``dev`` (the default) keeps the suite fast locally. ``HYPOTHESIS_PROFILE=name``
+overrides the choice. A test that needs its own budget sets ``@settings(max_examples=...)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=2000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=40, deadline=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
