@@ -483,8 +483,11 @@ def render_timeline(result: Any) -> str:
         if event.step is not None:
             where = event.step + (f" #{event.attempt}" if event.attempt is not None else "")
         detail = _event_detail(event)
-        lines.append(f"  {event.seq:>3}  +{event.at - start:8.3f}s  {event.type:<24} "
-                     f"{where:<24} {detail}".rstrip())
+        offset = f"+{event.at - start:.3f}s"
+        if len(detail) > 60:
+            detail = detail[:57] + "..."
+        lines.append(f"  {event.seq:>3} {offset:>10}  {event.type:<24} {where:<24} "
+                     f"{detail}".rstrip())
     status = result.status + (f" ({result.reason})" if result.reason else "")
     lines.append(status)
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pykka
 
 from actors import (
     Activity,
@@ -48,7 +49,7 @@ from .events import Event
 from .loader import load_flow
 from .model import Flow
 from .services import ServiceRegistry
-from .shard import CountedRef, SagaSignal, Shard, StartSaga, Ticket, shard_of
+from .shard import SagaSignal, Shard, StartSaga, Ticket, shard_of
 from .stores import TERMINAL, SagaStore, open_store
 
 __all__ = ["SAGA_ID", "Runtime", "SagaResult", "validate_input", "validate_saga_id"]
@@ -194,8 +195,7 @@ class Runtime:
                         dead_letters=self.dead_letters, listeners=tuple(listeners))
             for i in range(shards)
         ]
-        self._shard_refs = [CountedRef(ref, self.activity, self.dead_letters)
-                            for ref in self._shards]
+        self._shard_refs = [self.activity.counting(ref) for ref in self._shards]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Runtime:
@@ -255,8 +255,7 @@ class Runtime:
         if on_end is not None:
             with self._lock:
                 self._callbacks[saga_id] = on_end
-        self._shard_refs[shard_of(saga_id, len(self._shards))].tell(
-            StartSaga(saga_id, compiled, input, ticket))
+        self._tell_shard(saga_id, StartSaga(saga_id, compiled, input, ticket))
         try:
             _, created = ticket.wait(START_TIMEOUT)
         except BaseException:
@@ -311,8 +310,7 @@ class Runtime:
         self._check_open()
         self.store.header(saga_id)  # UnknownSaga
         ticket = Ticket()
-        self._shard_refs[shard_of(saga_id, len(self._shards))].tell(
-            SagaSignal(saga_id, signal, ticket))
+        self._tell_shard(saga_id, SagaSignal(saga_id, signal, ticket))
         ticket.wait(timeout)
         return self.result(saga_id)
 
@@ -328,6 +326,12 @@ class Runtime:
     def _check_open(self) -> None:
         if self._closed:
             raise SagactorError("this runtime is closed")
+
+    def _tell_shard(self, saga_id: str, message: Any) -> None:
+        try:
+            self._shard_refs[shard_of(saga_id, len(self._shards))].tell(message)
+        except pykka.ActorDeadError:
+            raise SagactorError("this runtime's shards have stopped") from None
 
     # -- introspection --------------------------------------------------------------------------
     def instances(self, import_path: str) -> list[Service]:

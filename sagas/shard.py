@@ -21,7 +21,7 @@ from typing import Any
 
 import pykka
 
-from actors import Activity, Clock, Command, DeadLetters, Reply, Scheduler
+from actors import Activity, Clock, Command, CountingRef, DeadLetters, Reply, Scheduler
 
 from . import core
 from .compiler import CompiledFlow
@@ -97,29 +97,6 @@ class _Env:
         return random_module.Random(f"{self._seed}:{key}").random()
 
 
-class CountedRef:
-    """An actor ref whose every message counts as activity until the actor has handled it."""
-
-    __slots__ = ("_activity", "_dead_letters", "_ref")
-
-    def __init__(self, ref: Any, activity: Activity, dead_letters: DeadLetters):
-        self._ref = ref
-        self._activity = activity
-        self._dead_letters = dead_letters
-
-    def tell(self, message: Any) -> None:
-        self._activity.begin()
-        try:
-            self._ref.tell(message)
-        except Exception as exc:
-            self._activity.end()
-            self._dead_letters.record(message, target=repr(self._ref),
-                                      reason=f"shard is not running ({type(exc).__name__})")
-
-    def __repr__(self) -> str:
-        return f"CountedRef({self._ref!r})"
-
-
 class Shard(pykka.ThreadingActor):
     """Hosts the sagas of one shard. Runs on its own thread; never raises out of a message."""
 
@@ -138,13 +115,13 @@ class Shard(pykka.ThreadingActor):
         self.activity = activity
         self.dead_letters = dead_letters
         self.listeners = listeners
-        self.me: CountedRef | None = None  # set on start: replies come back through it
+        self.me: CountingRef | None = None  # set on start: replies come back through it
         self.sagas: dict[str, core.Saga] = {}
         self.step_timers: dict[str, Any] = {}
         self.deadline_timers: dict[str, Any] = {}
 
     def on_start(self) -> None:
-        self.me = CountedRef(self.actor_ref, self.activity, self.dead_letters)
+        self.me = self.activity.counting(self.actor_ref)
 
     # -- the mailbox ----------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
