@@ -17,7 +17,6 @@ read the lookup table extracted from that machine, so there is one implementatio
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -192,17 +191,17 @@ def _edges(flow: Flow) -> list[Edge]:
 
 
 _cache: dict[str, CompiledFlow] = {}
-_cache_lock = threading.Lock()
 
 
 def compile_flow(flow: Flow) -> CompiledFlow:
-    """The compiled machine of ``flow``, built once per definition (sha256) and then shared."""
-    key = flow.definition
-    compiled = _cache.get(key)
+    """The compiled machine of ``flow``, built once per definition (sha256) and then shared.
+
+    Safe from several threads: two threads compiling one new definition at once both build it,
+    and one of the two (equal) machines is kept.
+    """
+    compiled = _cache.get(flow.definition)
     if compiled is None:
-        compiled = CompiledFlow(flow)
-        with _cache_lock:
-            if len(_cache) > 256:
-                _cache.clear()
-            _cache[key] = compiled
+        if len(_cache) > 256:
+            _cache.clear()
+        compiled = _cache.setdefault(flow.definition, CompiledFlow(flow))
     return compiled

@@ -21,6 +21,7 @@ import logging
 import os
 import random as random_module
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -282,8 +283,17 @@ class Runtime:
         with self._lock:
             self._waiters.setdefault(saga_id, []).append(done)
         try:
-            if self.store.header(saga_id).status not in TERMINAL and not done.wait(timeout):
-                raise SagaTimeout(f"saga {saga_id} did not end within {timeout}s")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            poll = 0.01
+            # The shard hosting the saga wakes us when it ends; a saga driven by another process
+            # (or not driven at all) is noticed by looking at the store now and then.
+            while self.store.header(saga_id).status not in TERMINAL:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise SagaTimeout(f"saga {saga_id} did not end within {timeout}s")
+                if done.wait(poll if left is None else min(poll, left)):
+                    break
+                poll = min(poll * 2, 0.5)
         finally:
             with self._lock:
                 waiters = self._waiters.get(saga_id)

@@ -1,0 +1,98 @@
+"""The import direction stays honest: cli → sagas → actors; the pure core imports no IO.
+
+Checked statically, from each module's own import statements (what it imports at runtime, not
+under TYPE_CHECKING), so a stray import fails here rather than in review.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import sagas
+
+ROOT = Path(__file__).resolve().parent.parent
+PURE_CORE = ("sagas/core.py", "sagas/compiler.py", "sagas/model.py", "sagas/paths.py",
+             "sagas/events.py", "sagas/plan.py", "sagas/loader.py", "sagas/_yaml.py",
+             "sagas/errors.py", "sagas/graph.py")
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports outside ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                found.add(".".join([*base, node.module] if node.module else base))
+            else:
+                found.add(node.module or "")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("path", modules("actors"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_actors_import_nothing_of_sagas_flows_or_cli(path):
+    assert {top(m) for m in runtime_imports(path)} & {"sagas", "flows", "cli"} == set()
+
+
+@pytest.mark.parametrize("name", PURE_CORE)
+def test_the_pure_core_imports_neither_pykka_nor_stores_nor_actors(name):
+    imported = runtime_imports(ROOT / name)
+    assert {top(m) for m in imported} & {"pykka", "actors", "sqlite3", "threading",
+                                         "time", "uuid", "socket"} == set(), imported
+    assert not any(m.startswith("sagas.stores") or m.startswith("sagas.runtime")
+                   or m.startswith("sagas.shard") for m in imported), imported
+
+
+@pytest.mark.parametrize("path", modules("sagas"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_sagas_never_import_cli_or_flows(path):
+    assert {top(m) for m in runtime_imports(path)} & {"cli", "flows"} == set()
+
+
+@pytest.mark.parametrize("path", modules("flows"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_flows_use_the_public_api_only(path):
+    for name in runtime_imports(path):
+        if top(name) in ("actors", "sagas"):
+            assert name in ("actors", "sagas", "sagas.testing"), f"{path}: imports {name}"
+
+
+def test_stores_import_only_the_port_and_errors():
+    for path in modules("sagas/stores"):
+        for name in runtime_imports(path):
+            if top(name) == "sagas":
+                assert name in ("sagas.errors", "sagas.events") or \
+                    name.startswith("sagas.stores"), f"{path}: imports {name}"
+
+
+def test_public_exports_of_sagas_are_pinned():
+    assert sorted(sagas.__all__) == sorted([
+        "BadStoreUrl", "CompiledFlow", "DefinitionUnavailable", "Flow", "FlowError",
+        "FlowErrors", "FlowWarning", "IdConflict", "InputError", "Plan", "RetryPolicy",
+        "Runtime", "SagaResult", "SagaTimeout", "SagactorError", "SeqConflict", "ServiceSpec",
+        "Step", "StoreError", "StoreUnavailable", "UnknownSaga", "__version__",
+        "compile_flow", "load_flow", "parse_flow", "plan", "plans"])
+    for name in sagas.__all__:
+        assert hasattr(sagas, name)
