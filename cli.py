@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from sagas import __version__
-from sagas.errors import FlowErrors, InputError, SagactorError
+from sagas.errors import FlowErrors, InputError, SagactorError, SagaOrphaned
 from sagas.loader import load_flow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -351,7 +351,12 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
         raise click.UsageError("--id names one saga; it cannot be used with a batch")
     with _open_runtime(store_url, fail) as runtime:
         if total == 1:
-            result = runtime.run(loaded, inputs[0], saga_id)
+            started = runtime.start(loaded, inputs[0], saga_id)
+            try:
+                result = runtime.wait(started)
+            except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
+                result = runtime.result(started)
+                _err(f"note: {exc}")
             if as_json:
                 click.echo(json.dumps(result.to_json(), indent=2))
             else:
@@ -541,6 +546,103 @@ def show(saga_id: str, store_url: str, as_json: bool) -> None:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         click.echo(render_timeline(result))
+
+
+@main.command()
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def resume(store_url: str, as_json: bool) -> None:
+    """Finish every in-flight saga whose owner is gone (after a crash or kill -9).
+
+    Sagas still driven by a live process are left to it. Prints how many sagas were resumed
+    and how they ended.
+    """
+    from sagas.runtime import Runtime
+
+    counts = {"completed": 0, "compensated": 0, "failed": 0}
+    with Runtime(store_url) as runtime:
+        adopted = runtime.recover()
+        for saga_id in adopted:
+            status = runtime.wait(saga_id).status
+            counts[status] = counts.get(status, 0) + 1
+    summary = {"resumed": len(adopted), **counts}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"resumed {len(adopted)} sagas: {counts['completed']} completed, "
+                   f"{counts['compensated']} compensated, {counts['failed']} failed")
+
+
+def _act_on(saga_id: str, store_url: str, as_json: bool, what: str) -> None:
+    from sagas.runtime import Runtime
+
+    with Runtime(store_url) as runtime:
+        result = runtime.retry(saga_id) if what == "retry" else runtime.cancel(saga_id)
+        if not result.terminal:
+            result = runtime.wait(saga_id)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(render_timeline(result))
+    sys.exit({"completed": 0, "compensated": 1, "failed": 3}.get(result.status, 3))
+
+
+@main.command()
+@click.argument("saga_id", metavar="ID")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def retry(saga_id: str, store_url: str, as_json: bool) -> None:
+    """Re-drive a failed saga from where it stopped, after a person fixed the cause.
+
+    A saga parked on a compensation resumes that compensation; one that failed forward
+    recovery drives forward again. The saga's owner does it if it is alive; otherwise this
+    command does. Exit as `run`: 0 completed, 1 compensated, 3 failed.
+    """
+    _act_on(saga_id, store_url, as_json, "retry")
+
+
+@main.command()
+@click.argument("saga_id", metavar="ID")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def cancel(saga_id: str, store_url: str, as_json: bool) -> None:
+    """Cancel a running saga: before the pivot it is rolled back, after it, it carries on.
+
+    A terminal saga is left as it is. Exit as `run`: 0 completed, 1 compensated, 3 failed.
+    """
+    _act_on(saga_id, store_url, as_json, "cancel")
+
+
+@main.command()
+@store_option
+@click.option("--stuck-after", type=float, default=3600.0, show_default=True, metavar="SECONDS",
+              help="Report retry_forever sagas compensating for longer than this.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
+    """Check the saga guarantees over every saga in a store; exit 1 on any violation.
+
+    Each violation is printed with its saga id and seq.
+    """
+    from sagas.audit import audit_store
+
+    store = _open_store(store_url)
+    try:
+        violations = audit_store(store, stuck_after=stuck_after)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([{"saga_id": v.saga_id, "seq": v.seq, "rule": v.rule,
+                                "message": v.message} for v in violations], indent=2))
+    else:
+        for violation in violations:
+            click.echo(violation.format())
+        if not violations:
+            click.echo("ok: no violations")
+    sys.exit(1 if violations else 0)
 
 
 if __name__ == "__main__":

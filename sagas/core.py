@@ -43,6 +43,7 @@ __all__ = [
     "apply",
     "context_of",
     "handle",
+    "park_unavailable",
     "replay",
     "resume",
     "start",
@@ -172,12 +173,16 @@ class Saga:
         "deadline_passed",
         "in_flight",
         "input",
+        "key_suffix",
         "last_event_id",
+        "last_kind",
         "next_attempt_at",
         "outputs",
         "payloads",
         "pivot_done",
         "reason",
+        "retries",
+        "retrying_id",
         "saga_id",
         "seq",
         "started_at",
@@ -210,6 +215,10 @@ class Saga:
         self.pivot_done = False
         self.last_event_id: str | None = None
         self.command_id: str | None = None  # the *.started event of the latest attempt
+        self.retrying_id: str | None = None  # the *.retrying event that armed the backoff
+        self.last_kind: str | None = None  # "rejected" | "error" of the latest *.failed
+        self.retries = 0  # saga.retried events so far
+        self.key_suffix: dict[str, str] = {}  # step -> suffix of its action key after a retry
         self.started_at = 0.0
         self.updated_at = 0.0
 
@@ -262,8 +271,11 @@ def apply(saga: Saga, event: Event) -> None:
             info = saga.compiled.info.get(step_state(event.step))
             if info is not None and info.step.pivot:
                 saga.pivot_done = True
-        saga.in_flight = False
-        saga.timeout_at = None
+        elif kind.endswith(".failed"):
+            saga.last_kind = data.get("kind")
+        if event.attempt == saga.attempt:
+            saga.in_flight = False
+            saga.timeout_at = None
     elif kind in ("step.timed_out", "compensation.timed_out"):
         assert event.attempt is not None
         saga.timed_out.add(event.attempt)
@@ -272,6 +284,7 @@ def apply(saga: Saga, event: Event) -> None:
             saga.timeout_at = None
     elif kind in ("step.retrying", "compensation.retrying"):
         saga.next_attempt_at = data.get("next_attempt_at")
+        saga.retrying_id = event.event_id
     elif kind == "saga.started":
         saga.input = data.get("input")
         saga.deadline_at = data.get("deadline_at")
@@ -285,7 +298,11 @@ def apply(saga: Saga, event: Event) -> None:
         saga.reason = None
         saga.base_attempt = saga.attempt
         saga.timed_out = set()
+        saga.retries += 1
         info = saga.info
+        if info is not None and info.phase == "action" and saga.last_kind == "rejected":
+            # the inbox holds the definitive "no" under the old key: a retry asks anew
+            saga.key_suffix[info.step.name] = f":retry{saga.retries}"
         saga.status = "compensating" if info and info.phase == "compensation" else "running"
     elif kind in TERMINAL_EVENTS:
         saga.status = TERMINAL_EVENTS[kind]
@@ -345,20 +362,30 @@ class _Decision:
         if info.phase == "action":
             payload = (evaluate(step.input, saga.context()) if step.input is not None
                        else saga.input)
-            event = self.emit("step.started", step.name, attempt,
-                              {"payload": payload, "timeout_at": timeout_at}, cause)
-            key, name, result = f"{saga.saga_id}:{step.name}", step.action, None
+            self.emit("step.started", step.name, attempt,
+                      {"payload": payload, "timeout_at": timeout_at}, cause)
         else:
-            payload = saga.payloads.get(step.name)
-            event = self.emit("compensation.started", step.name, attempt,
-                              {"payload": payload, "timeout_at": timeout_at}, cause)
+            self.emit("compensation.started", step.name, attempt,
+                      {"payload": saga.payloads.get(step.name), "timeout_at": timeout_at}, cause)
+        self.send_attempt(info)
+
+    def send_attempt(self, info: StateInfo) -> None:
+        """The commands of the saga's latest attempt: its timeout first, then the call (so a
+        call that cannot be sent still times out and is retried)."""
+        saga = self.saga
+        step = info.step
+        assert saga.timeout_at is not None and saga.command_id is not None
+        if info.phase == "action":
+            key = f"{saga.saga_id}:{step.name}{saga.key_suffix.get(step.name, '')}"
+            name, result = step.action, None
+        else:
             key = f"{saga.saga_id}:{step.name}:compensation"
             name, result = step.compensation or "", saga.outputs.get(step.name)
-        self.commands.append(Execute(event.event_id, saga.saga_id, step.name, info.phase,
-                                     step.service, name, attempt, key, payload, result,
-                                     timeout_at))
-        self.commands.append(SetTimer(saga.saga_id, timeout_at, "timeout", info.phase, step.name,
-                                      attempt, event.event_id))
+        self.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "timeout", info.phase,
+                                      step.name, saga.attempt, saga.command_id))
+        self.commands.append(Execute(saga.command_id, saga.saga_id, step.name, info.phase,
+                                     step.service, name, saga.attempt, key,
+                                     saga.payloads.get(step.name), result, saga.timeout_at))
 
     def advance(self, trigger: str, cause: str | None) -> None:
         saga = self.saga
@@ -398,7 +425,8 @@ class _Decision:
         assert info is not None and info.phase == "action"
         if saga.in_flight:
             event = self.emit("step.timed_out", info.step.name, saga.attempt,
-                              {"reason": "deadline" if saga.deadline_passed else "cancelled"},
+                              {"timeout_at": saga.timeout_at,
+                               "reason": "deadline" if saga.deadline_passed else "cancelled"},
                               cause)
             cause = event.event_id
         self.advance("exhausted", cause)
@@ -414,7 +442,8 @@ class _Decision:
             assert info is not None
             self.outcome(info, signal, cause)
         elif (current and signal.attempt in saga.timed_out
-              and signal.outcome in ("succeeded", "rejected")):
+              and (signal.outcome == "succeeded"
+                   or (signal.outcome == "rejected" and signal.phase == "action"))):
             # a late, definitive reply from a timed-out attempt of the step in progress ends it
             assert info is not None
             self.outcome(info, signal, cause)
@@ -458,7 +487,8 @@ class _Decision:
                 return
             prefix = "step" if info.phase == "action" else "compensation"
             event = self.emit(f"{prefix}.timed_out", info.step.name, saga.attempt,
-                              {"timeout_at": saga.timeout_at}, signal.causation_id)
+                              {"timeout_at": saga.timeout_at, "reason": "timeout"},
+                              signal.causation_id)
             self.retry_or_give_up(info, event.event_id)
         elif signal.kind == "backoff":
             if saga.in_flight or saga.next_attempt_at is None:
@@ -466,12 +496,15 @@ class _Decision:
             self.start_attempt(info, saga.attempt + 1, signal.causation_id)
 
     def cancel(self, signal: Cancel) -> None:
+        """Record ``saga.cancelled``; before the pivot has succeeded, roll back as a deadline
+        does. While compensating (the deadline is disarmed), or after the pivot, nothing else
+        changes."""
         saga = self.saga
-        if saga.status != "running" or saga.cancelled:
+        if saga.cancelled:
             return
         event = self.emit("saga.cancelled", None, None,
                           {"requested_by": signal.requested_by}, None)
-        if not saga.pivot_done:
+        if saga.status == "running" and not saga.pivot_done:
             self.abort_forward(event.event_id)
 
     def retry(self, signal: Retry) -> None:
@@ -522,44 +555,48 @@ def handle(saga: Saga, signal: Signal, env: Env) -> tuple[list[Event], list[Comm
     return decision.events, decision.commands
 
 
+def park_unavailable(saga_id: str, last_seq: int, last_event_id: str | None, error: str,
+                     env: Env) -> Event:
+    """The event that ends a saga whose definition can no longer run (its text does not load
+    or its services do not import): ``saga.failed``, reason ``definition_unavailable``
+    (DESIGN.md §4.8). Needs no compiled flow, since there may be none."""
+    seq = last_seq + 1
+    return Event(seq, "saga.failed", None, None, env.now(), f"{saga_id}/{seq}", last_event_id,
+                 {"reason": "definition_unavailable", "error": error})
+
+
 def resume(saga: Saga, env: Env) -> tuple[list[Event], list[Command]]:
     """Put a replayed saga back in motion (DESIGN.md §4.7).
 
-    An attempt past its ``timeout_at`` is recorded as timed out; otherwise the same attempt is
-    sent again (same key) with the time it has left. Backoff and the deadline are re-armed
-    from their stored absolute times.
+    A deadline that passed while nothing ran is handled first. Then an attempt past its
+    ``timeout_at`` is recorded as timed out; otherwise the same attempt is sent again (same key)
+    with the time it has left. Backoff and the deadline are re-armed from their stored
+    absolute times, caused by the events that armed them.
     """
     if saga.terminal:
         return [], []
     decision = _Decision(saga, env)
     info = saga.info
-    if saga.deadline_at is not None and saga.status == "running" and not saga.deadline_passed:
-        decision.commands.append(SetTimer(saga.saga_id, saga.deadline_at, "deadline", None, None,
-                                          None, None))
     if info is None:  # pragma: no cover - a non-terminal saga is always in a step state
         return [], []
+    deadline_cause = f"{saga.saga_id}/1"  # saga.started armed it
+    if saga.deadline_at is not None and saga.status == "running" and not saga.deadline_passed:
+        if saga.deadline_at <= decision.now:
+            decision.timer(TimerFired("deadline", None, None, None, deadline_cause))
+            if saga.info is not info or saga.terminal or saga.status != "running":
+                return decision.events, decision.commands  # recovery took another path
+        else:
+            decision.commands.append(SetTimer(saga.saga_id, saga.deadline_at, "deadline", None,
+                                              None, None, deadline_cause))
     if saga.in_flight:
         assert saga.timeout_at is not None
         if saga.timeout_at <= decision.now:
             decision.timer(TimerFired("timeout", info.phase, info.step.name, saga.attempt,
-                                      saga.last_event_id))
+                                      saga.command_id))
         else:
-            step = info.step
-            if info.phase == "action":
-                key, name, result = f"{saga.saga_id}:{step.name}", step.action, None
-                payload = saga.payloads.get(step.name)
-            else:
-                key = f"{saga.saga_id}:{step.name}:compensation"
-                name, result = step.compensation or "", saga.outputs.get(step.name)
-                payload = saga.payloads.get(step.name)
-            command_id = saga.command_id
-            decision.commands.append(Execute(command_id, saga.saga_id, step.name, info.phase,
-                                             step.service, name, saga.attempt, key, payload,
-                                             result, saga.timeout_at))
-            decision.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "timeout",
-                                              info.phase, step.name, saga.attempt, command_id))
+            decision.send_attempt(info)
     elif saga.next_attempt_at is not None:
         decision.commands.append(SetTimer(saga.saga_id, saga.next_attempt_at, "backoff",
                                           info.phase, info.step.name, saga.attempt,
-                                          saga.last_event_id))
+                                          saga.retrying_id))
     return decision.events, decision.commands

@@ -9,6 +9,7 @@
     ├── DefinitionUnavailable    a flow's services cannot be imported or started
     ├── IdConflict               a saga id exists with another definition or input
     ├── SagaTimeout              ``Runtime.wait`` ran out of time (the saga is still running)
+    ├── SagaOrphaned             a saga in flight that no live process drives (``saga resume``)
     └── StoreError               anything a saga store cannot do
         ├── BadStoreUrl          an unknown scheme or malformed store URL (a usage error)
         ├── StoreUnavailable     the store cannot be used: damaged, locked, newer schema
@@ -27,6 +28,7 @@ __all__ = [
     "FlowErrors",
     "IdConflict",
     "InputError",
+    "SagaOrphaned",
     "SagaTimeout",
     "SagactorError",
     "SeqConflict",
@@ -95,6 +97,12 @@ class SagaTimeout(SagactorError):
     """Waiting for a saga to end ran out of time; the saga itself goes on."""
 
     exit_code = 1
+
+
+class SagaOrphaned(SagactorError):
+    """A saga is in flight but the process that drove it is gone; ``saga resume`` finishes it."""
+
+    exit_code = 3
 
 
 class StoreError(SagactorError):

@@ -37,7 +37,6 @@ from actors import (
     DeadLetters,
     FaultInjector,
     InboxStore,
-    MemoryInbox,
     Service,
     SystemClock,
     make_scheduler,
@@ -45,12 +44,19 @@ from actors import (
 
 from . import core
 from .compiler import CompiledFlow, compile_flow
-from .errors import BadStoreUrl, InputError, SagactorError, SagaTimeout
+from .errors import (
+    BadStoreUrl,
+    InputError,
+    SagactorError,
+    SagaOrphaned,
+    SagaTimeout,
+    StoreError,
+)
 from .events import Event
 from .loader import load_flow
 from .model import Flow
 from .services import ServiceRegistry
-from .shard import SagaSignal, Shard, StartSaga, Ticket, shard_of
+from .shard import LoadSaga, Shard, StartSaga, Ticket, shard_of
 from .stores import TERMINAL, SagaStore, open_store
 
 __all__ = ["SAGA_ID", "Runtime", "SagaResult", "validate_input", "validate_saga_id"]
@@ -73,17 +79,22 @@ def validate_saga_id(saga_id: str) -> str:
 _validators: dict[str, Any] = {}
 
 
-def validate_input(flow: Flow, saga_input: Any) -> None:
-    """Check ``saga_input`` against the flow's input schema; ``InputError`` names the field."""
-    try:
-        json.dumps(saga_input, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"saga input is not JSON: {exc}") from None
+def validate_input(flow: Flow, saga_input: Any) -> dict[str, Any]:
+    """Check ``saga_input`` against the flow's input schema (``InputError`` names the field);
+    returns a private plain-JSON copy of it."""
     if not isinstance(saga_input, dict):
         raise InputError(f"saga input must be a JSON object, got {type(saga_input).__name__}")
+    try:
+        copy = json.loads(json.dumps(saga_input, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"saga input is not JSON: {exc}") from None
+    if copy != saga_input:
+        raise InputError("saga input is not plain JSON: object keys must be strings, and "
+                         "lists must be lists (not tuples or sets)")
+    saga_input = copy
     schema = flow.input_schema
     if schema is None:
-        return
+        return saga_input
     validator = _validators.get(flow.definition)
     if validator is None:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -94,6 +105,7 @@ def validate_input(flow: Flow, saga_input: Any) -> None:
         where = "input" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
                                   for p in error.absolute_path)
         raise InputError(f"{where}: {error.message} (flow {flow.name} input schema)")
+    return saga_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +174,9 @@ class Runtime:
         services: Mapping[str, Service | Sequence[Service]] | None = None,
         inbox: InboxStore | None = None,
         listeners: Sequence[Callable[[str, Sequence[Event]], None]] = (),
+        owner: str | None = None,
+        recover: bool = False,
+        poll_interval: float = 0.1,
     ):
         if shards < 1:
             raise ValueError("a runtime needs at least one shard")
@@ -182,21 +197,32 @@ class Runtime:
         self.dead_letters = DeadLetters()
         self.scheduler = make_scheduler(self.clock, activity=self.activity,
                                         dead_letters=self.dead_letters)
-        self.services = ServiceRegistry(inbox=inbox if inbox is not None else MemoryInbox(),
-                                        faults=faults, activity=self.activity,
-                                        dead_letters=self.dead_letters, overrides=services)
         self._lock = threading.Lock()
         self._waiters: dict[str, list[threading.Event]] = {}
-        self._callbacks: dict[str, Callable[[str, str, str | None], None]] = {}
+        self._callbacks: dict[str, list[Callable[[str, str, str | None], None]]] = {}
+        self._lost: dict[str, str] = {}  # sagas whose events could not be committed
         self._closed = False
+        self.owner = owner or f"runtime-{uuid.uuid4().hex[:16]}"
+        self.store.register_owner(self.owner)
+        inbox = inbox if inbox is not None else self.store.inbox
+        self.services = ServiceRegistry(inbox=inbox, faults=faults, activity=self.activity,
+                                        dead_letters=self.dead_letters, overrides=services)
         self._shards = [
             Shard.start(i, store=self.store, clock=self.clock, scheduler=self.scheduler,
                         seed=self._seed, pools=self._pools,
                         on_end=self._ended, activity=self.activity,
-                        dead_letters=self.dead_letters, listeners=tuple(listeners))
+                        dead_letters=self.dead_letters, listeners=tuple(listeners),
+                        owner=self.owner, on_lost=self._lost_commit)
             for i in range(shards)
         ]
         self._shard_refs = [self.activity.counting(ref) for ref in self._shards]
+        self._poll_interval = poll_interval
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(target=self._poll_requests, daemon=True,
+                                        name=f"sagactor-requests-{self.owner}")
+        self._poller.start()
+        if recover:
+            self.recover()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Runtime:
@@ -213,6 +239,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        self._stop_polling.set()
+        self._poller.join(timeout)
         self.scheduler.stop()
         for ref in self._shards:
             try:
@@ -244,33 +272,45 @@ class Runtime:
               *, on_end: Callable[[str, str, str | None], None] | None = None) -> str:
         """Start a saga and return its id once ``saga.started`` is committed.
 
-        With a caller-chosen ``saga_id`` that exists already: the same definition and input
-        return the existing saga; anything else raises :class:`IdConflict`. ``on_end(saga_id,
-        status, reason)`` is called (on a shard thread) when the saga ends.
+        ``input`` is checked against the flow's schema and copied: changing it afterwards
+        changes nothing. With a caller-chosen ``saga_id`` that exists already, the same
+        definition and input return the existing saga; anything else raises
+        :class:`IdConflict`. ``on_end(saga_id, status, reason)`` is called when a saga this
+        runtime drives ends (on a shard thread; at once, on the caller's thread, if it had
+        already ended).
         """
         self._check_open()
         compiled = self.compile(flow)
-        validate_input(compiled.flow, input)
+        input = validate_input(compiled.flow, input)
         saga_id = validate_saga_id(saga_id) if saga_id is not None else self._ids()
         ticket = Ticket()
         if on_end is not None:
             with self._lock:
-                self._callbacks[saga_id] = on_end
-        self._tell_shard(saga_id, StartSaga(saga_id, compiled, input, ticket))
+                self._callbacks.setdefault(saga_id, []).append(on_end)
         try:
+            self._tell_shard(saga_id, StartSaga(saga_id, compiled, input, ticket))
             _, created = ticket.wait(START_TIMEOUT)
         except BaseException:
-            with self._lock:
-                self._callbacks.pop(saga_id, None)
+            self._drop_callback(saga_id, on_end)
             raise
         if not created and on_end is not None:
             header = self.store.header(saga_id)
-            if header.status in TERMINAL:
-                with self._lock:
-                    callback = self._callbacks.pop(saga_id, None)
-                if callback is not None:
-                    callback(saga_id, header.status, header.reason)
+            if header.status in TERMINAL and self._drop_callback(saga_id, on_end):
+                on_end(saga_id, header.status, header.reason)
         return saga_id
+
+    def _drop_callback(self, saga_id: str, callback: Any) -> bool:
+        """Forget one registration of ``callback``; whether it was still registered."""
+        if callback is None:
+            return False
+        with self._lock:
+            callbacks = self._callbacks.get(saga_id, [])
+            if callback not in callbacks:
+                return False
+            callbacks.remove(callback)
+            if not callbacks:
+                self._callbacks.pop(saga_id, None)
+            return True
 
     def run(self, flow: Flow | str | os.PathLike[str], input: Any, saga_id: str | None = None,
             *, timeout: float | None = None) -> SagaResult:
@@ -278,7 +318,12 @@ class Runtime:
         return self.wait(self.start(flow, input, saga_id), timeout)
 
     def wait(self, saga_id: str, timeout: float | None = None) -> SagaResult:
-        """Block until the saga is terminal (``SagaTimeout`` after ``timeout`` seconds)."""
+        """Block until the saga is terminal; its :class:`SagaResult`.
+
+        Raises ``SagaTimeout`` after ``timeout`` seconds, ``StoreError`` if this runtime could
+        not commit the saga's events (``saga resume`` finishes it from what the store holds),
+        and ``SagaOrphaned`` if the saga is in flight with no live runtime driving it.
+        """
         done = threading.Event()
         with self._lock:
             self._waiters.setdefault(saga_id, []).append(done)
@@ -287,12 +332,23 @@ class Runtime:
             poll = 0.01
             # The shard hosting the saga wakes us when it ends; a saga driven by another process
             # (or not driven at all) is noticed by looking at the store now and then.
-            while self.store.header(saga_id).status not in TERMINAL:
+            while True:
+                lost = self._lost.get(saga_id)
+                if lost is not None:
+                    raise StoreError(f"saga {saga_id}: events could not be saved ({lost}); "
+                                     "`saga resume` finishes it from what the store holds")
+                header = self.store.header(saga_id)
+                if header.status in TERMINAL:
+                    break
+                if header.owner != self.owner and (
+                        header.owner is None or not self.store.owner_alive(header.owner)):
+                    raise SagaOrphaned(f"saga {saga_id} is {header.status} but no running "
+                                       "process drives it: `saga resume` finishes it")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise SagaTimeout(f"saga {saga_id} did not end within {timeout}s")
                 if done.wait(poll if left is None else min(poll, left)):
-                    break
+                    continue
                 poll = min(poll * 2, 0.5)
         finally:
             with self._lock:
@@ -309,29 +365,98 @@ class Runtime:
         return load_result(self.store, saga_id)
 
     def cancel(self, saga_id: str, timeout: float = START_TIMEOUT) -> SagaResult:
-        """Cancel a running saga (DESIGN.md §4.4); a terminal one is left as it is."""
-        return self._signal(saga_id, core.Cancel(), timeout)
+        """Cancel a running saga (DESIGN.md §4.4); a terminal one is left as it is.
+
+        A saga driven by another live runtime gets the cancel through the store (its owner acts
+        on it); one with no live owner is adopted and driven here.
+        """
+        return self._act(saga_id, core.Cancel(), "cancel", timeout)
 
     def retry(self, saga_id: str, timeout: float = START_TIMEOUT) -> SagaResult:
-        """Re-drive a ``failed`` saga this runtime hosts from where it stopped."""
-        return self._signal(saga_id, core.Retry(), timeout)
+        """Re-drive a ``failed`` saga from where it stopped (DESIGN.md §4.2–4.3): the parked
+        compensation, or forward recovery. Anything else is left as it is."""
+        return self._act(saga_id, core.Retry(), "retry", timeout)
 
-    def _signal(self, saga_id: str, signal: core.Signal, timeout: float) -> SagaResult:
+    def _act(self, saga_id: str, signal: core.Signal, kind: str, timeout: float) -> SagaResult:
         self._check_open()
-        self.store.header(saga_id)  # UnknownSaga
+        header = self.store.header(saga_id)  # UnknownSaga
+        if header.status in TERMINAL and not (kind == "retry" and header.status == "failed"):
+            return self.result(saga_id)  # left as it is
+        owner = header.owner
+        if owner is not None and owner != self.owner and self.store.owner_alive(owner):
+            request_id = self.store.request(saga_id, kind)
+            self._await_request(saga_id, request_id, timeout)
+            return self.result(saga_id)
+        if owner != self.owner or header.status in TERMINAL:
+            self.store.adopt(self.owner, [saga_id], include_failed=True)
         ticket = Ticket()
-        self._tell_shard(saga_id, SagaSignal(saga_id, signal, ticket))
+        self._tell_shard(saga_id, LoadSaga(saga_id, signal, ticket))
         ticket.wait(timeout)
         return self.result(saga_id)
+
+    def _await_request(self, saga_id: str, request_id: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        poll = 0.01
+        while any(r.request_id == request_id for r in self.store.requests_for(saga_id)):
+            if time.monotonic() > deadline:
+                raise SagaTimeout(f"the owner of saga {saga_id} did not take the request "
+                                  f"within {timeout}s")
+            self._stop_polling.wait(poll)
+            poll = min(poll * 2, 0.25)
+
+    def recover(self, saga_ids: Sequence[str] | None = None,
+                timeout: float = START_TIMEOUT) -> list[str]:
+        """Adopt every in-flight saga whose owner is gone (or those in ``saga_ids``) and put
+        them back in motion (DESIGN.md §4.7); returns the ids adopted. Sagas whose owner is
+        alive are never taken."""
+        self._check_open()
+        adopted = self.store.adopt(self.owner, saga_ids)
+        tickets = []
+        for saga_id in adopted:
+            ticket = Ticket()
+            self._tell_shard(saga_id, LoadSaga(saga_id, None, ticket))
+            tickets.append(ticket)
+        for ticket in tickets:
+            ticket.wait(timeout)
+        return adopted
+
+    def _poll_requests(self) -> None:
+        """Act on requests (cancel, retry) that other processes wrote for sagas owned here."""
+        after = 0
+        while not self._stop_polling.wait(self._poll_interval):
+            try:
+                for request in self.store.requests(self.owner, after):
+                    after = max(after, request.request_id)
+                    signal = {"cancel": core.Cancel(), "retry": core.Retry()}.get(request.kind)
+                    if signal is not None:
+                        ticket = Ticket()
+                        self._tell_shard(request.saga_id,
+                                         LoadSaga(request.saga_id, signal, ticket))
+                        ticket.wait(START_TIMEOUT)
+                    self.store.complete_request(request.request_id)
+            except Exception:  # keep polling: a store hiccup must not stop the runtime
+                if self._stop_polling.is_set():
+                    return
+                log.exception("runtime %s: handling requests failed", self.owner)
 
     def _ended(self, saga_id: str, status: str, reason: str | None) -> None:
         with self._lock:
             waiters = self._waiters.pop(saga_id, [])
-            callback = self._callbacks.pop(saga_id, None)
+            callbacks = self._callbacks.pop(saga_id, [])
         for done in waiters:
             done.set()
-        if callback is not None:
-            callback(saga_id, status, reason)
+        for callback in callbacks:
+            try:
+                callback(saga_id, status, reason)
+            except Exception:
+                log.exception("on_end callback for saga %s failed", saga_id)
+
+    def _lost_commit(self, saga_id: str, error: str) -> None:
+        with self._lock:
+            self._lost[saga_id] = error
+            waiters = self._waiters.pop(saga_id, [])
+        for done in waiters:
+            done.set()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -24,12 +24,19 @@ import pykka
 from actors import Activity, Clock, Command, CountingRef, DeadLetters, Reply, Scheduler
 
 from . import core
-from .compiler import CompiledFlow
-from .errors import IdConflict, SagactorError, StoreError
+from .compiler import CompiledFlow, compile_flow
+from .errors import (
+    DefinitionUnavailable,
+    FlowErrors,
+    IdConflict,
+    SagactorError,
+    StoreError,
+)
 from .events import Event
-from .stores import Append, NewSaga, SagaStore
+from .loader import parse_flow
+from .stores import TERMINAL, Append, NewSaga, SagaStore
 
-__all__ = ["SagaSignal", "Shard", "StartSaga", "Ticket", "shard_of"]
+__all__ = ["LoadSaga", "SagaSignal", "Shard", "StartSaga", "Ticket", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,19 @@ class StartSaga:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadSaga:
+    """Host a saga from the store (recovery, or a retry from outside), then handle ``then``.
+
+    A non-terminal saga is put back in motion (DESIGN.md §4.7); one whose definition no longer
+    loads is parked ``failed`` (``definition_unavailable``). The ticket resolves to its status.
+    """
+
+    saga_id: str
+    then: core.Signal | None
+    ticket: Ticket = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class SagaSignal:
     saga_id: str
     signal: core.Signal
@@ -104,7 +124,9 @@ class Shard(pykka.ThreadingActor):
                  seed: str, pools: Callable[[CompiledFlow], dict[str, Any]],
                  on_end: Callable[[str, str, str | None], None], activity: Activity,
                  dead_letters: DeadLetters,
-                 listeners: tuple[Callable[[str, list[Event]], None], ...] = ()):
+                 listeners: tuple[Callable[[str, list[Event]], None], ...] = (),
+                 owner: str | None = None,
+                 on_lost: Callable[[str, str], None] | None = None):
         super().__init__()
         self.index = index
         self.store = store
@@ -115,6 +137,8 @@ class Shard(pykka.ThreadingActor):
         self.activity = activity
         self.dead_letters = dead_letters
         self.listeners = listeners
+        self.owner = owner
+        self.on_lost = on_lost
         self.me: CountingRef | None = None  # set on start: replies come back through it
         self.sagas: dict[str, core.Saga] = {}
         self.step_timers: dict[str, Any] = {}
@@ -132,6 +156,8 @@ class Shard(pykka.ThreadingActor):
                 self._signal(message)
             elif isinstance(message, StartSaga):
                 self._start(message)
+            elif isinstance(message, LoadSaga):
+                self._load(message)
             else:
                 log.warning("shard %d: unexpected message %r", self.index, message)
         except Exception:  # never let one saga's trouble stop the shard
@@ -176,7 +202,7 @@ class Shard(pykka.ThreadingActor):
                 saga_id=saga_id, flow=flow.name, version=flow.version,
                 definition=flow.definition, definition_text=flow.text, input=message.input,
                 status=saga.status, reason=saga.reason, started_at=saga.started_at,
-                events=tuple(events)))
+                events=tuple(events), owner=self.owner))
             if not created:
                 self._same_or_conflict(saga_id, header.definition, header.input, compiled,
                                        message.input)
@@ -188,6 +214,51 @@ class Shard(pykka.ThreadingActor):
             self._send(saga, commands)
         except BaseException as exc:
             ticket.resolve(error=exc)
+
+    def _load(self, message: LoadSaga) -> None:
+        ticket = message.ticket
+        try:
+            saga = self.sagas.get(message.saga_id)
+            if saga is None:
+                saga = self._host(message.saga_id)
+            if saga is not None and message.then is not None:
+                self._decide(saga, message.then)
+            if saga is not None and saga.terminal:
+                self._forget(message.saga_id)
+            status = saga.status if saga is not None else \
+                self.store.header(message.saga_id).status
+            ticket.resolve(status)
+        except BaseException as exc:
+            ticket.resolve(error=exc)
+
+    def _host(self, saga_id: str) -> core.Saga | None:
+        """Load, replay and resume a saga from the store; None if it cannot run here."""
+        record = self.store.load(saga_id)
+        header = record.header
+        try:
+            flow = parse_flow(record.definition_text,
+                              source=f"<{header.flow} {header.definition[:12]}>")
+            compiled = compile_flow(flow)
+            self.pools(compiled)  # import and start its services
+        except (FlowErrors, DefinitionUnavailable) as exc:
+            if header.status not in TERMINAL:
+                last = record.events[-1] if record.events else None
+                event = core.park_unavailable(saga_id, header.last_seq,
+                                              last.event_id if last else None, str(exc),
+                                              self.env)
+                self.store.append([Append(saga_id, (event,), "failed",
+                                          "definition_unavailable", event.at)])
+                self._notify(saga_id, [event])
+                self.on_end(saga_id, "failed", "definition_unavailable")
+            log.warning("shard %d: saga %s cannot run: %s", self.index, saga_id, exc)
+            return None
+        saga = core.replay(saga_id, compiled, record.events)
+        self.sagas[saga_id] = saga
+        events, commands = core.resume(saga, self.env)
+        if events and not self._commit(saga, events, saga.status):
+            return None
+        self._send(saga, commands)
+        return saga
 
     @staticmethod
     def _same_or_conflict(saga_id: str, definition: str, saga_input: Any,
@@ -217,6 +288,8 @@ class Shard(pykka.ThreadingActor):
             log.error("shard %d: saga %s: could not commit %d events (%s); dropping it from "
                       "memory", self.index, saga.saga_id, len(events), exc)
             self._forget(saga.saga_id)
+            if self.on_lost is not None:
+                self.on_lost(saga.saga_id, str(exc))
             return False
         self._notify(saga.saga_id, events)
         return True
@@ -231,7 +304,10 @@ class Shard(pykka.ThreadingActor):
     def _send(self, saga: core.Saga, commands: list[core.Command]) -> None:
         for command in commands:
             if isinstance(command, core.Execute):
-                self._execute(command)
+                try:
+                    self._execute(command)
+                except Exception:  # its timeout is armed: the attempt times out and is retried
+                    log.exception("shard %d: could not send %s", self.index, command)
             elif isinstance(command, core.SetTimer):
                 self._set_timer(command)
             elif isinstance(command, core.Ended):

@@ -217,3 +217,37 @@ def test_pool_of_8_with_timeouts_never_runs_a_compensation_before_its_action_fin
             else:
                 assert key not in ended or ended[key] <= begin, key
                 assert key in ended  # the compensation did not overtake a queued action
+
+
+class _Replies:
+    """A reply_to that collects replies and lets the test wait for them."""
+
+    def __init__(self) -> None:
+        self.replies: list[Any] = []
+        self.arrived = threading.Condition()
+
+    def tell(self, reply: Any) -> None:
+        with self.arrived:
+            self.replies.append(reply)
+            self.arrived.notify_all()
+
+    def wait(self, count: int) -> list[Any]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.replies) >= count, 10)
+            return list(self.replies)
+
+
+def test_a_late_action_after_its_compensation_is_rejected_without_running():
+    from actors import Command, MemoryInbox, ServicePool
+
+    service = Scripted()
+    replies = _Replies()
+    undo = Command("c-2", "s-1", "b", "compensation", "undo", 1, "s-1:b:compensation", {})
+    late = Command("c-1", "s-1", "b", "action", "do", 1, "s-1:b", {})
+    with ServicePool.start("svc", [service], inbox=MemoryInbox()) as pool:
+        pool.tell(undo, replies)
+        pool.tell(late, replies)
+        compensation, action = replies.wait(2)
+    assert compensation.outcome == "succeeded"
+    assert action.outcome == "rejected" and not action.replayed
+    assert [c.phase for c in service.calls] == ["compensation"]  # the action never ran

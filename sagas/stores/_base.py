@@ -18,7 +18,16 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..events import Event as StoredEvent
 
-__all__ = ["TERMINAL", "Append", "NewSaga", "SagaHeader", "SagaRecord", "SagaStore", "StoredEvent"]
+__all__ = [
+    "TERMINAL",
+    "Append",
+    "NewSaga",
+    "Request",
+    "SagaHeader",
+    "SagaRecord",
+    "SagaStore",
+    "StoredEvent",
+]
 
 TERMINAL = frozenset({"completed", "compensated", "failed"})
 
@@ -37,6 +46,22 @@ class SagaHeader:
     started_at: float
     updated_at: float
     last_seq: int
+    owner: str | None = None  # the runtime driving it (see ``SagaStore.register_owner``)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A command for a saga written by another process (``saga cancel``, ``saga retry``...).
+
+    The saga's owner picks it up and completes it; ``kind`` is ``cancel`` or ``retry`` (later
+    features add their own), ``data`` a JSON object.
+    """
+
+    request_id: int
+    saga_id: str
+    kind: str
+    data: dict[str, Any]
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +87,7 @@ class NewSaga:
     reason: str | None
     started_at: float
     events: tuple[StoredEvent, ...]
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +152,51 @@ class SagaStore(Protocol):
         """The flow text stored under that sha256; ``KeyError`` if absent."""
         ...
 
+    # -- ownership (DESIGN.md §5: a store shared by several processes) ------------------------
+    def register_owner(self, owner: str) -> None:
+        """Declare ``owner`` (a runtime's id) alive for as long as this store object is open.
+
+        SQLite: an exclusive OS file lock on ``<db>.owners/<owner>.lock``, released by the OS
+        when the process dies, however it dies. Memory: alive until ``close()``.
+        """
+        ...
+
+    def owner_alive(self, owner: str) -> bool:
+        """Whether a runtime registered as ``owner`` is still alive (in any process)."""
+        ...
+
+    def adopt(self, owner: str, saga_ids: Sequence[str] | None = None, *,
+              include_failed: bool = False) -> list[str]:
+        """Make ``owner`` the owner of every non-terminal saga (or of those in ``saga_ids``)
+        whose owner is gone or unset; returns the ids adopted. Two concurrent adopters never
+        both get one saga. Sagas with a live owner are never adopted. With ``include_failed``,
+        ``failed`` sagas are adopted too (``saga retry`` takes a saga before re-driving it)."""
+        ...
+
+    # -- requests from other processes --------------------------------------------------------
+    def request(self, saga_id: str, kind: str, data: dict[str, Any] | None = None) -> int:
+        """Record a request for a saga (``UnknownSaga`` if absent); returns its id."""
+        ...
+
+    def requests(self, owner: str, after: int = 0) -> list[Request]:
+        """Pending requests, ``request_id > after``, for sagas owned by ``owner``, in order."""
+        ...
+
+    def requests_for(self, saga_id: str) -> list[Request]:
+        """Pending requests for one saga, in order (whoever owns it)."""
+        ...
+
+    def complete_request(self, request_id: int) -> None:
+        """Mark a request handled; it is no longer returned as pending."""
+        ...
+
+    @property
+    def inbox(self) -> Any:
+        """The store's :class:`actors.InboxStore` (durable for SQLite): service actors' record of
+        definitive replies and tombstones, keyed by idempotency key."""
+        ...
+
     def close(self) -> None:
-        """Release the store's resources; further use raises ``StoreUnavailable``."""
+        """Release the store's resources (and owner registrations); further use raises
+        ``StoreUnavailable``."""
         ...

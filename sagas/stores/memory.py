@@ -5,6 +5,10 @@ the contract of the durable stores to the letter, JSON round trip included: even
 input are kept as JSON text, so every read returns a fresh copy, later changes to the objects
 given to :meth:`MemoryStore.create` / :meth:`MemoryStore.append` do not reach the log, and data
 that is not JSON is refused when written (as the SQLite store refuses it).
+
+Ownership lives in the store object too: an owner is alive while it is registered on this object
+(:meth:`MemoryStore.register_owner`) and until :meth:`MemoryStore.close`; any other owner is dead.
+The service inbox is an :class:`actors.MemoryInbox`.
 """
 
 from __future__ import annotations
@@ -12,14 +16,19 @@ from __future__ import annotations
 import builtins
 import heapq
 import json
+import re
 import threading
+import time
 from collections.abc import Sequence
+from typing import Any
 
+from actors import MemoryInbox
 from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores._base import (
     TERMINAL,
     Append,
     NewSaga,
+    Request,
     SagaHeader,
     SagaRecord,
     StoredEvent,
@@ -29,6 +38,11 @@ __all__ = ["MemoryStore"]
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 _decode = json.loads
+
+_OWNER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+# A pending request as kept: (saga_id, kind, data JSON, created_at).
+_PendingRequest = tuple[str, str, str, float]
 
 # An event as kept: (position, seq, type, step, attempt, at, event_id, causation_id, data JSON).
 _Row = tuple[int, int, str, "str | None", "int | None", float, str, "str | None", str]
@@ -43,6 +57,7 @@ class _Saga:
         "flow",
         "input",
         "last_seq",
+        "owner",
         "reason",
         "saga_id",
         "started_at",
@@ -62,6 +77,7 @@ class _Saga:
         self.started_at = saga.started_at
         self.updated_at = saga.started_at
         self.last_seq = 0
+        self.owner = saga.owner
         self.events: builtins.list[_Row] = []
 
     def header(self) -> SagaHeader:
@@ -76,6 +92,7 @@ class _Saga:
             started_at=self.started_at,
             updated_at=self.updated_at,
             last_seq=self.last_seq,
+            owner=self.owner,
         )
 
 
@@ -83,6 +100,36 @@ def _event(row: _Row) -> StoredEvent:
     position, seq, type_, step, attempt, at, event_id, causation_id, data = row
     data_ = _decode(data)
     return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
+
+
+def _check_owner(owner: object) -> str:
+    """``owner`` if it is a valid owner id (``[A-Za-z0-9_.-]{1,128}``), else ``ValueError``."""
+    if not isinstance(owner, str) or not _OWNER_ID.fullmatch(owner):
+        raise ValueError(f"an owner id is 1 to 128 of A-Z a-z 0-9 _ . -, got {owner!r}")
+    return owner
+
+
+def _request_json(kind: str, data: dict[str, Any] | None) -> str:
+    """A request's data as JSON text; ``ValueError`` / ``TypeError`` for a bad kind or data."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"a request kind is a non-empty string, got {kind!r}")
+    if data is None:
+        return "{}"
+    if not isinstance(data, dict):
+        raise TypeError(f"request data must be a JSON object (a dict), got {type(data).__name__}")
+    return _encode(data)
+
+
+def _ids(saga_ids: Sequence[str]) -> Sequence[str]:
+    """``saga_ids``, refusing a lone string (a common slip for ``[saga_id]``)."""
+    if isinstance(saga_ids, str):
+        raise TypeError("saga_ids is a sequence of ids, not one id")
+    return saga_ids
+
+
+def _request(request_id: int, pending: _PendingRequest) -> Request:
+    saga_id, kind, data, created_at = pending
+    return Request(request_id, saga_id, kind, _decode(data), created_at)
 
 
 def _check_seqs(saga_id: str, events: Sequence[StoredEvent], first: int) -> None:
@@ -97,8 +144,8 @@ def _check_seqs(saga_id: str, events: Sequence[StoredEvent], first: int) -> None
 class MemoryStore:
     """A :class:`~sagas.stores.SagaStore` in dicts; each instance is a fresh, empty store.
 
-    Thread-safe: one lock serialises every operation, so each one is atomic. Positions count
-    from 1 with no gaps.
+    Thread-safe: one lock serialises every operation, so each one is atomic. Positions and
+    request ids count from 1 with no gaps.
     """
 
     url = "memory://"
@@ -110,6 +157,10 @@ class MemoryStore:
         self._by_status: dict[str, set[str]] = {}
         self._definitions: dict[str, str] = {}
         self._log: builtins.list[tuple[str, _Row]] = []  # position - 1 -> (saga_id, row)
+        self._owners: set[str] = set()
+        self._pending: dict[int, _PendingRequest] = {}  # request_id -> request, in id order
+        self._last_request_id = 0
+        self._inbox = MemoryInbox()
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self._sagas)} sagas, {len(self._log)} events)"
@@ -128,9 +179,12 @@ class MemoryStore:
         Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
         exists, in which case nothing is written (not even the definition). Raises
         ``ValueError`` if the events' seqs are not 1..n and ``TypeError`` / ``ValueError`` if
-        the input or an event's data is not JSON; nothing is written then.
+        the input or an event's data is not JSON, ``ValueError`` for an invalid ``owner``;
+        nothing is written then.
         """
         _check_seqs(saga.saga_id, saga.events, 1)
+        if saga.owner is not None:
+            _check_owner(saga.owner)
         input_json = _encode(saga.input)
         encoded = [(e, _encode(e.data)) for e in saga.events]
         with self._lock:
@@ -270,14 +324,112 @@ class MemoryStore:
             self._check_open()
             return self._definitions[sha256]
 
+    # -- ownership ----------------------------------------------------------------------------
+
+    def register_owner(self, owner: str) -> None:
+        """Declare ``owner`` alive until this store is closed (registering twice is fine).
+
+        Raises ``ValueError`` for an id that is not ``[A-Za-z0-9_.-]{1,128}``.
+        """
+        _check_owner(owner)
+        with self._lock:
+            self._check_open()
+            self._owners.add(owner)
+
+    def owner_alive(self, owner: str) -> bool:
+        """Whether ``owner`` is registered on this store (``ValueError`` for an invalid id)."""
+        _check_owner(owner)
+        with self._lock:
+            self._check_open()
+            return owner in self._owners
+
+    def adopt(self, owner: str, saga_ids: Sequence[str] | None = None, *,
+              include_failed: bool = False) -> builtins.list[str]:
+        """Make ``owner`` the owner of every non-terminal saga (of ``saga_ids`` only, if given)
+        that has no owner or an owner not registered here; returns their ids, oldest first.
+
+        ``owner`` itself counts as alive (its sagas are not returned). Ids in ``saga_ids``
+        that do not exist are ignored. Atomic: of concurrent adopters, one takes each saga.
+        """
+        _check_owner(owner)
+        wanted = None if saga_ids is None else set(_ids(saga_ids))
+        with self._lock:
+            self._check_open()
+            live = self._owners | {owner}
+            adopted: builtins.list[_Saga] = []
+            for status, ids in self._by_status.items():
+                if status in TERMINAL and not (include_failed and status == "failed"):
+                    continue
+                for saga_id in ids if wanted is None else ids & wanted:
+                    entry = self._sagas[saga_id]
+                    if entry.owner is None or entry.owner not in live:
+                        entry.owner = owner
+                        adopted.append(entry)
+        adopted.sort(key=lambda e: (e.started_at, e.saga_id))
+        return [e.saga_id for e in adopted]
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def request(self, saga_id: str, kind: str, data: dict[str, Any] | None = None) -> int:
+        """Record a pending request for the saga and return its id (ids increase, from 1).
+
+        ``data`` (``None`` means ``{}``) must be a JSON object: ``TypeError`` / ``ValueError``
+        otherwise, as for an empty ``kind``; ``UnknownSaga`` if the saga does not exist.
+        """
+        data_json = _request_json(kind, data)
+        created_at = time.time()
+        with self._lock:
+            self._entry(saga_id)
+            self._last_request_id += 1
+            self._pending[self._last_request_id] = (saga_id, kind, data_json, created_at)
+            return self._last_request_id
+
+    def requests(self, owner: str, after: int = 0) -> builtins.list[Request]:
+        """Pending requests with ``request_id > after`` for the sagas ``owner`` owns now, in
+        id order."""
+        with self._lock:
+            self._check_open()
+            sagas = self._sagas
+            found = [
+                (request_id, pending)
+                for request_id, pending in self._pending.items()
+                if request_id > after and sagas[pending[0]].owner == owner
+            ]
+        return [_request(request_id, pending) for request_id, pending in found]
+
+    def requests_for(self, saga_id: str) -> builtins.list[Request]:
+        """Pending requests for one saga, in id order (none for an unknown saga)."""
+        with self._lock:
+            self._check_open()
+            found = [(i, p) for i, p in self._pending.items() if p[0] == saga_id]
+        return [_request(request_id, pending) for request_id, pending in found]
+
+    def complete_request(self, request_id: int) -> None:
+        """Mark the request handled: it is no longer pending. An unknown or already completed
+        id is ignored."""
+        with self._lock:
+            self._check_open()
+            self._pending.pop(request_id, None)
+
+    # -- the service inbox --------------------------------------------------------------------
+
+    @property
+    def inbox(self) -> MemoryInbox:
+        """This store's service inbox: an :class:`actors.MemoryInbox` (always the same one)."""
+        return self._inbox
+
     def close(self) -> None:
-        """Drop everything; further use raises ``StoreUnavailable``. Closing twice is fine."""
+        """Drop everything, owner registrations included; further use raises
+        ``StoreUnavailable`` (the inbox, being an ``actors.MemoryInbox``, keeps working).
+        Closing twice is fine."""
         with self._lock:
             self._closed = True
             self._sagas.clear()
             self._by_status.clear()
             self._definitions.clear()
             self._log.clear()
+            self._owners.clear()
+            self._pending.clear()
 
     def _check_open(self) -> None:
         if self._closed:

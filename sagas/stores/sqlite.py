@@ -8,18 +8,30 @@ connection is shared by all threads and guarded by a lock.
 ``synchronous=normal`` (the default) survives a crash of the process; ``synchronous=full`` also
 survives a power loss, at the cost of an fsync per commit.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta(key PRIMARY KEY, value)                      -- key 'schema_version'
     definitions(sha256 PRIMARY KEY, text)
     sagas(saga_id PRIMARY KEY, flow, version, definition, input, status, reason,
-          started_at, updated_at, last_seq)           -- indexed by status and started_at
+          started_at, updated_at, last_seq, owner)    -- indexed by status, started_at, owner
     events(position INTEGER PRIMARY KEY AUTOINCREMENT, saga_id, seq, type, step, attempt,
            at, event_id, causation_id, data, UNIQUE(saga_id, seq))
+    requests(request_id INTEGER PRIMARY KEY AUTOINCREMENT, saga_id, kind, data, created_at,
+             handled)                                 -- pending ones indexed by saga_id
+    inbox(key PRIMARY KEY, outcome, output, error)    -- services' definitive replies
+    tombstones(key PRIMARY KEY)                       -- actions whose compensation started
 
-``input`` and ``data`` hold compact JSON text. Their columns are declared ``TEXT``, not
-``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the JSON text
-``3`` into the integer 3.
+``input``, ``data`` and ``output`` hold compact JSON text. Their columns are declared ``TEXT``,
+not ``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the JSON text
+``3`` into the integer 3. Version 2 added ``sagas.owner``, ``requests``, ``inbox`` and
+``tombstones``; a version-1 file is migrated forward in place when opened (one transaction).
+
+Ownership (several processes sharing one file): a runtime registers its owner id with
+:meth:`SqliteStore.register_owner`, which takes an exclusive ``flock`` on
+``<db file>.owners/<owner>.lock`` and holds it until :meth:`SqliteStore.close` or the death of
+the process, however it dies (the OS drops the lock). An owner is alive while its lock file is
+locked. The lock belongs to the open file, so a process that ``fork()`` s without ``exec``
+shares it with its child: the owner then lives until both are gone.
 
 Every sqlite3 error is translated here: a file that cannot be used (not a database, damaged,
 truncated, another application's database, a newer schema, locked beyond the busy timeout)
@@ -31,41 +43,65 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from actors import StoredReply
 from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores._base import (
     TERMINAL,
     Append,
     NewSaga,
+    Request,
     SagaHeader,
     SagaRecord,
     StoredEvent,
 )
 
-__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "SqliteInbox", "SqliteStore"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-"""The schema version this code writes and reads."""
+SCHEMA_VERSION = 2
+"""The schema version this code writes and reads (older ones are migrated forward on open)."""
 
 SYNCHRONOUS = ("normal", "full")
 """The accepted values of ``synchronous``."""
 
 _MAGIC = b"SQLite format 3\x00"
-_OUR_TABLES = frozenset({"meta", "definitions", "sagas", "events"})
+_TABLES = {  # the tables of each schema version
+    1: frozenset({"meta", "definitions", "sagas", "events"}),
+    2: frozenset({"meta", "definitions", "sagas", "events", "requests", "inbox", "tombstones"}),
+}
+
+_OWNER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_OWNER_GRACE = 0.2
+"""Seconds ``register_owner`` retries a lock file held by someone checking whether a dead
+owner of the same id is alive (the check holds it for microseconds)."""
 
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 _decode = json.loads
+
+
+def _plain(obj: object) -> object:
+    """JSON encoding of what ``json`` does not know: read-only mappings (``actors.freeze``)."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_encode_output = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_plain
+).encode
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -80,10 +116,12 @@ _SCHEMA = (
         reason TEXT,
         started_at REAL NOT NULL,
         updated_at REAL NOT NULL,
-        last_seq INTEGER NOT NULL
+        last_seq INTEGER NOT NULL,
+        owner TEXT
     )""",
     "CREATE INDEX sagas_by_status ON sagas (status)",
     "CREATE INDEX sagas_by_started_at ON sagas (started_at, saga_id)",
+    "CREATE INDEX sagas_by_owner ON sagas (owner)",
     """CREATE TABLE events (
         position INTEGER PRIMARY KEY AUTOINCREMENT,
         saga_id TEXT NOT NULL,
@@ -99,13 +137,44 @@ _SCHEMA = (
     )""",
 )
 
+_V2_TABLES = (
+    """CREATE TABLE requests (
+        request_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        saga_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        handled INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX requests_pending ON requests (saga_id) WHERE handled = 0",
+    """CREATE TABLE inbox (
+        key TEXT PRIMARY KEY,
+        outcome TEXT NOT NULL,
+        output TEXT,
+        error TEXT
+    ) WITHOUT ROWID""",
+    "CREATE TABLE tombstones (key TEXT PRIMARY KEY) WITHOUT ROWID",
+)
+
+_SCHEMA += _V2_TABLES
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # from version n to n + 1
+    1: (
+        "ALTER TABLE sagas ADD COLUMN owner TEXT",
+        "CREATE INDEX sagas_by_owner ON sagas (owner)",
+        *_V2_TABLES,
+    ),
+}
+
 _HEADER_COLUMNS = (
-    "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq"
+    "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
+    "owner"
 )
 _EVENT_COLUMNS = "position, seq, type, step, attempt, at, event_id, causation_id, data"
 
 _INSERT_SAGA = (
-    f"INSERT INTO sagas ({_HEADER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO sagas ({_HEADER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (saga_id) DO NOTHING"
 )
 _INSERT_DEFINITION = "INSERT OR IGNORE INTO definitions (sha256, text) VALUES (?, ?)"
@@ -129,6 +198,35 @@ _SELECT_IN_FLIGHT = (
     )
 )
 _TERMINAL = tuple(sorted(TERMINAL))
+_SELECT_UNFINISHED = "SELECT saga_id, owner, started_at FROM sagas WHERE status NOT IN ({})".format(
+    ", ".join("?" * len(TERMINAL))
+)
+_SET_OWNER = "UPDATE sagas SET owner = ? WHERE saga_id = ?"
+_IDS_PER_QUERY = 500  # below SQLite's oldest limit on bound parameters (999)
+
+_REQUEST_COLUMNS = "request_id, saga_id, kind, data, created_at"
+_INSERT_REQUEST = (
+    "INSERT INTO requests (saga_id, kind, data, created_at) "
+    "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM sagas WHERE saga_id = ?)"
+)
+# Polled by every owner: walk the pending requests only (few), never the owner's sagas (many)
+# nor the handled requests (all of history). CROSS JOIN fixes the join order in SQLite.
+_SELECT_REQUESTS_OF_OWNER = (
+    "SELECT r.request_id, r.saga_id, r.kind, r.data, r.created_at "
+    "FROM requests AS r INDEXED BY requests_pending CROSS JOIN sagas AS s "
+    "ON s.saga_id = r.saga_id "
+    "WHERE r.handled = 0 AND r.request_id > ? AND s.owner = ? ORDER BY r.request_id"
+)
+_SELECT_REQUESTS_FOR = (
+    f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE saga_id = ? AND handled = 0 "
+    "ORDER BY request_id"
+)
+_COMPLETE_REQUEST = "UPDATE requests SET handled = 1 WHERE request_id = ?"
+
+_SELECT_REPLY = "SELECT outcome, output, error FROM inbox WHERE key = ?"
+_PUT_REPLY = "INSERT OR REPLACE INTO inbox (key, outcome, output, error) VALUES (?, ?, ?, ?)"
+_SELECT_TOMBSTONE = "SELECT 1 FROM tombstones WHERE key = ?"
+_PUT_TOMBSTONE = "INSERT OR IGNORE INTO tombstones (key) VALUES (?)"
 
 # An event row as written: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data).
 _EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str]
@@ -172,6 +270,47 @@ def _event_rows(
         )
 
 
+def _check_owner(owner: object) -> str:
+    """``owner`` if it is a valid owner id (``[A-Za-z0-9_.-]{1,128}``), else ``ValueError``."""
+    if not isinstance(owner, str) or not _OWNER_ID.fullmatch(owner):
+        raise ValueError(f"an owner id is 1 to 128 of A-Z a-z 0-9 _ . -, got {owner!r}")
+    return owner
+
+
+def _request_json(kind: str, data: dict[str, Any] | None) -> str:
+    """A request's data as JSON text; ``ValueError`` / ``TypeError`` for a bad kind or data."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"a request kind is a non-empty string, got {kind!r}")
+    if data is None:
+        return "{}"
+    if not isinstance(data, dict):
+        raise TypeError(f"request data must be a JSON object (a dict), got {type(data).__name__}")
+    return _encode(data)
+
+
+def _request(row: Sequence[Any]) -> Request:
+    """A request from a row of ``_REQUEST_COLUMNS``."""
+    request_id, saga_id, kind, data, created_at = row
+    return Request(request_id, saga_id, kind, _decode(data), created_at)
+
+
+def _ids(saga_ids: Sequence[str]) -> builtins.list[str]:
+    """``saga_ids`` without repeats, refusing a lone string (a slip for ``[saga_id]``)."""
+    if isinstance(saga_ids, str):
+        raise TypeError("saga_ids is a sequence of ids, not one id")
+    return builtins.list(dict.fromkeys(saga_ids))
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (it may have been unlinked)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     """End the open transaction, if any, without writing it (a no-op after COMMIT)."""
     if db.in_transaction:
@@ -184,8 +323,9 @@ class SqliteStore:
 
     Opening creates the parent directory and, for a new or empty file, the schema; an existing
     file must be a sagactor store of a schema this code supports, else ``StoreUnavailable``
-    (the file is left untouched). ``busy_timeout`` (seconds) is how long an operation waits
-    for another connection's lock before giving up with ``StoreUnavailable``.
+    (the file is left untouched), except that an older schema is migrated forward.
+    ``busy_timeout`` (seconds) is how long an operation waits for another connection's lock
+    before giving up with ``StoreUnavailable``.
     """
 
     def __init__(
@@ -204,7 +344,10 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         query = "" if self.synchronous == "normal" else f"?synchronous={self.synchronous}"
         self.url = f"sqlite:///{os.path.abspath(self.path)}{query}"
+        self._owners_dir = self.path.with_name(self.path.name + ".owners")
         self._lock = threading.Lock()
+        self._owner_fds: dict[str, int] = {}  # owners registered here -> their locked file
+        self._inbox = SqliteInbox(self)
         self._db: sqlite3.Connection | None = self._open()
 
     def __repr__(self) -> str:
@@ -266,7 +409,13 @@ class SqliteStore:
         if not tables:
             self._create_schema(db)
             tables = self._tables(db)
-        self._check_schema(db, tables)
+        version = self._schema_version(db, tables)
+        if version < SCHEMA_VERSION:
+            self._check_tables(tables, version)
+            self._migrate(db)
+            tables = self._tables(db)
+            version = self._schema_version(db, tables)
+        self._check_tables(tables, version)
         self._use_wal(db)
         db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
 
@@ -311,7 +460,9 @@ class SqliteStore:
         finally:
             _rollback(db)
 
-    def _check_schema(self, db: sqlite3.Connection, tables: set[str]) -> None:
+    def _schema_version(self, db: sqlite3.Connection, tables: set[str]) -> int:
+        """The file's schema version, if it is one this code can use (or migrate), else
+        ``StoreUnavailable``."""
         foreign = StoreUnavailable(
             f"saga store {self.path} is not a sagactor store (a SQLite database with tables "
             f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
@@ -335,13 +486,41 @@ class SqliteStore:
                 f"saga store {self.path}: schema version {version} is newer than this sagactor "
                 f"supports ({SCHEMA_VERSION})"
             )
-        if version < SCHEMA_VERSION:
+        if version not in _TABLES:
             raise StoreUnavailable(f"saga store {self.path} has unknown schema version {version}")
-        missing = _OUR_TABLES - tables
+        return version
+
+    def _check_tables(self, tables: set[str], version: int) -> None:
+        """``StoreUnavailable`` if a table of that schema version is missing."""
+        missing = _TABLES[version] - tables
         if missing:
             raise StoreUnavailable(
                 f"saga store {self.path} is damaged: table(s) {', '.join(sorted(missing))} missing"
             )
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the schema to ``SCHEMA_VERSION`` in one transaction, keeping the data.
+
+        The version is read again under the write lock: another connection may have migrated
+        the file meanwhile (then nothing is done), or made it newer (left to the caller's check).
+        """
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (text,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            start = version = int(text)
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+            if version != start:
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
+                )
+            db.execute("COMMIT")
+        finally:
+            _rollback(db)
+        if version != start:
+            _log.info("migrated saga store %s from schema %d to %d", self.path, start, version)
 
     # -- errors -------------------------------------------------------------------------------
 
@@ -380,9 +559,12 @@ class SqliteStore:
         Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
         exists, in which case nothing is written. The insert of the saga row decides, under
         SQLite's write lock, so of concurrent creates of one id (from any connection or
-        process) exactly one wins. Raises ``ValueError`` if the seqs are not 1..n and
-        ``TypeError`` / ``ValueError`` if the input or an event's data is not JSON.
+        process) exactly one wins. Raises ``ValueError`` if the seqs are not 1..n or the
+        ``owner`` is not a valid owner id, and ``TypeError`` / ``ValueError`` if the input or an
+        event's data is not JSON.
         """
+        if saga.owner is not None:
+            _check_owner(saga.owner)
         rows: builtins.list[_EventRow] = []
         _event_rows(saga.saga_id, saga.events, 1, rows)
         input_json = _encode(saga.input)
@@ -397,6 +579,7 @@ class SqliteStore:
             saga.started_at,
             saga.started_at,
             len(rows),
+            saga.owner,
         )
         with self._lock:
             db = self._connection()
@@ -431,6 +614,7 @@ class SqliteStore:
             saga.started_at,
             saga.started_at,
             len(rows),
+            saga.owner,
         )
 
     def append(self, batch: Sequence[Append]) -> None:
@@ -600,12 +784,246 @@ class SqliteStore:
             except sqlite3.Error as err:
                 raise self._translate(err) from err
 
+    def _write(self, sql: str, params: Sequence[Any]) -> tuple[int, int | None]:
+        """Run one writing statement on its own, committed before it returns (autocommit);
+        its ``(rowcount, lastrowid)``."""
+        with self._lock:
+            db = self._connection()
+            try:
+                cursor = db.execute(sql, params)
+                return cursor.rowcount, cursor.lastrowid
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+
+    # -- ownership ----------------------------------------------------------------------------
+
+    def register_owner(self, owner: str) -> None:
+        """Declare ``owner`` alive, in every process, until this store object is closed or its
+        process dies: an exclusive ``flock`` on ``<db file>.owners/<owner>.lock``.
+
+        Registering an owner twice on one store object is fine. Raises ``ValueError`` for an
+        id that is not ``[A-Za-z0-9_.-]{1,128}`` and ``StoreUnavailable`` if the owner is
+        alive elsewhere (another store object or process registered it) or the lock file
+        cannot be made.
+        """
+        _check_owner(owner)
+        with self._lock:
+            self._connection()
+            if owner not in self._owner_fds:
+                self._owner_fds[owner] = self._lock_owner(owner)
+
+    def _lock_owner(self, owner: str) -> int:
+        """Create and lock the owner's lock file; its descriptor, held until ``close()``."""
+        path = self._owners_dir / f"{owner}.lock"
+        deadline = time.monotonic() + _OWNER_GRACE
+        try:
+            self._owners_dir.mkdir(exist_ok=True)
+            while True:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if _same_file(fd, path):
+                        return fd
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise StoreUnavailable(
+                            f"saga store {self.path}: owner {owner!r} is already registered by "
+                            "a live runtime"
+                        ) from None
+                    time.sleep(0.001)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                # locked by a liveness check of a dead owner, or unlinked by one: try again
+                os.close(fd)
+        except OSError as err:
+            raise StoreUnavailable(
+                f"saga store {self.path}: cannot lock owner file {path} ({err.strerror})"
+            ) from err
+
+    def owner_alive(self, owner: str) -> bool:
+        """Whether a runtime registered as ``owner`` (in any process, this one included) is
+        alive: its lock file exists and is locked.
+
+        A dead owner's stale lock file is removed. A check racing with another check of the
+        same dead owner may see it alive, never the reverse. Raises ``ValueError`` for an
+        invalid id, ``StoreUnavailable`` if the store is closed or the file cannot be read.
+        """
+        _check_owner(owner)
+        self._connection()
+        return self._alive(owner)
+
+    def _alive(self, owner: str) -> bool:
+        path = self._owners_dir / f"{owner}.lock"
+        try:
+            while True:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    return False
+                try:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        return True
+                    if _same_file(fd, path):  # unlink under the lock: registrants re-check
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                        return False
+                    # replaced since we opened it (by a registrant): look at the new file
+                finally:
+                    os.close(fd)
+        except OSError as err:
+            raise StoreUnavailable(
+                f"saga store {self.path}: cannot check owner file {path} ({err.strerror})"
+            ) from err
+
+    def adopt(self, owner: str, saga_ids: Sequence[str] | None = None, *,
+              include_failed: bool = False) -> builtins.list[str]:
+        """Make ``owner`` the owner of every non-terminal saga (of ``saga_ids`` only, if given)
+        that has no owner or a dead one; returns their ids, oldest first.
+
+        One ``BEGIN IMMEDIATE`` transaction: the owners are checked and the sagas taken under
+        SQLite's write lock, so of concurrent adopters (any process) one takes each saga.
+        ``owner`` itself counts as alive (its sagas are not returned); ids in ``saga_ids``
+        that do not exist, or are terminal, are ignored. ``ValueError`` for an invalid id.
+        """
+        _check_owner(owner)
+        wanted = None if saga_ids is None else _ids(saga_ids)
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = self._unfinished(db, wanted, include_failed)
+                    owners = {o for _, o, _ in rows if o is not None and o != owner}
+                    dead = {o for o in owners if not _OWNER_ID.fullmatch(o) or not self._alive(o)}
+                    adopted = [row for row in rows if row[1] is None or row[1] in dead]
+                    db.executemany(_SET_OWNER, [(owner, saga_id) for saga_id, _, _ in adopted])
+                    db.execute("COMMIT")
+                finally:
+                    _rollback(db)
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+        adopted.sort(key=lambda row: (row[2], row[0]))
+        return [saga_id for saga_id, _, _ in adopted]
+
+    @staticmethod
+    def _unfinished(
+        db: sqlite3.Connection, saga_ids: builtins.list[str] | None, include_failed: bool = False
+    ) -> builtins.list[tuple[str, str | None, float]]:
+        """``(saga_id, owner, started_at)`` of the non-terminal sagas (of ``saga_ids``), and of
+        the failed ones too with ``include_failed``."""
+        # the statement excludes three statuses: repeating one keeps its placeholders valid
+        excluded = ("completed", "compensated", "compensated") if include_failed else _TERMINAL
+        if saga_ids is None:
+            return db.execute(_SELECT_UNFINISHED, excluded).fetchall()
+        rows = []
+        for start in range(0, len(saga_ids), _IDS_PER_QUERY):
+            chunk = saga_ids[start : start + _IDS_PER_QUERY]
+            sql = f"{_SELECT_UNFINISHED} AND saga_id IN ({', '.join('?' * len(chunk))})"
+            rows += db.execute(sql, (*excluded, *chunk)).fetchall()
+        return rows
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def request(self, saga_id: str, kind: str, data: dict[str, Any] | None = None) -> int:
+        """Record a pending request for the saga, committed before it returns; its id.
+
+        Ids increase and are never reused. ``data`` (``None`` means ``{}``) must be a JSON
+        object: ``TypeError`` / ``ValueError`` otherwise, as for an empty ``kind``;
+        ``UnknownSaga`` if the saga does not exist (checked in the same statement).
+        """
+        data_json = _request_json(kind, data)
+        params = (saga_id, kind, data_json, time.time(), saga_id)
+        inserted, request_id = self._write(_INSERT_REQUEST, params)
+        if inserted == 0 or request_id is None:
+            raise UnknownSaga(saga_id)
+        return request_id
+
+    def requests(self, owner: str, after: int = 0) -> builtins.list[Request]:
+        """Pending requests with ``request_id > after`` for the sagas ``owner`` owns now, in
+        id order."""
+        return [_request(row) for row in self._fetch(_SELECT_REQUESTS_OF_OWNER, (after, owner))]
+
+    def requests_for(self, saga_id: str) -> builtins.list[Request]:
+        """Pending requests for one saga, in id order (none for an unknown saga)."""
+        return [_request(row) for row in self._fetch(_SELECT_REQUESTS_FOR, (saga_id,))]
+
+    def complete_request(self, request_id: int) -> None:
+        """Mark the request handled (committed before it returns): it is no longer pending.
+        An unknown or already completed id is ignored."""
+        self._write(_COMPLETE_REQUEST, (request_id,))
+
+    # -- the service inbox --------------------------------------------------------------------
+
+    @property
+    def inbox(self) -> SqliteInbox:
+        """This store's durable service inbox (always the same object)."""
+        return self._inbox
+
     def close(self) -> None:
-        """Close the connection; further use raises ``StoreUnavailable``. Closing twice is fine."""
+        """Release the owners registered here (their lock files are removed) and close the
+        connection; further use raises ``StoreUnavailable``. Closing twice is fine."""
         with self._lock:
             db, self._db = self._db, None
+            owner_fds, self._owner_fds = self._owner_fds, {}
+        for owner, fd in owner_fds.items():
+            path = self._owners_dir / f"{owner}.lock"
+            try:
+                if _same_file(fd, path):  # unlink while still locked: registrants re-check
+                    os.unlink(path)
+            except OSError as err:
+                _log.warning("saga store %s: cannot remove %s (%s)", self.path, path, err)
+            finally:
+                os.close(fd)
         if db is not None:
             try:
                 db.close()
             except sqlite3.Error as err:
                 raise self._translate(err) from err
+
+
+class SqliteInbox:
+    """The durable :class:`actors.InboxStore` of a :class:`SqliteStore` (its ``inbox``).
+
+    Replies live in table ``inbox``, tombstones in ``tombstones``, in the store's file, so they
+    survive a crash and are shared by every store object and process using the file. Each
+    write is committed before it returns; each call is one statement on the store's connection.
+    Thread-safe; raises ``StoreUnavailable`` once the store is closed.
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"SqliteInbox({self._store.url!r})"
+
+    def get(self, key: str) -> StoredReply | None:
+        """The definitive reply stored under ``key`` (a fresh copy), or ``None``."""
+        rows = self._store._fetch(_SELECT_REPLY, (key,))
+        if not rows:
+            return None
+        outcome, output, error = rows[0]
+        return StoredReply(outcome, None if output is None else _decode(output), error)
+
+    def put(self, key: str, reply: StoredReply) -> None:
+        """Store ``reply`` under ``key``, replacing any earlier one; committed on return.
+
+        ``TypeError`` unless ``reply`` is a :class:`actors.StoredReply` with JSON output.
+        """
+        if not isinstance(reply, StoredReply):
+            raise TypeError(f"SqliteInbox.put expects a StoredReply, got {type(reply).__name__}")
+        output = None if reply.output is None else _encode_output(reply.output)
+        self._store._write(_PUT_REPLY, (key, reply.outcome, output, reply.error))
+
+    def tombstone(self, action_key: str) -> None:
+        """Record that ``action_key``'s compensation has started; committed on return."""
+        self._store._write(_PUT_TOMBSTONE, (action_key,))
+
+    def is_tombstoned(self, action_key: str) -> bool:
+        """Whether :meth:`tombstone` was called for ``action_key`` (by anyone using the file)."""
+        return bool(self._store._fetch(_SELECT_TOMBSTONE, (action_key,)))

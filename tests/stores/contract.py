@@ -1,13 +1,14 @@
 """The contract every saga store passes: subclass :class:`StoreContract` and give ``make_store``.
 
 The class name does not start with ``Test``, so pytest collects only its subclasses.
-The race helpers (:func:`race_appends`, :func:`race_creates`) take two handles, so a backend
-can also run them across two connections to one store.
+The race helpers (:func:`race_appends`, :func:`race_creates`, :func:`race_adopts`) take two
+handles, so a backend can also run them across two connections to one store.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from actors import InboxStore, StoredReply, freeze, thaw
 from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores import (
     TERMINAL,
     Append,
     NewSaga,
+    Request,
     SagaHeader,
     SagaStore,
     StoredEvent,
@@ -66,6 +69,7 @@ def new_saga(
     input: Any = _UNSET,
     definition: str = FLOW_SHA,
     definition_text: str = FLOW_TEXT,
+    owner: str | None = None,
 ) -> NewSaga:
     if input is _UNSET:
         input = {"order": saga_id}
@@ -92,6 +96,7 @@ def new_saga(
         reason=None,
         started_at=started_at,
         events=tuple(events[:n_events]),
+        owner=owner,
     )
 
 
@@ -179,6 +184,29 @@ def race_creates(a: SagaStore, b: SagaStore, rounds: int = RACE_ROUNDS) -> None:
         record = a.load(saga_id)
         assert record.header.flow == winner_flow
         assert len(record.events) == (1 if winner_flow == "by-a" else 2)
+
+
+def race_adopts(
+    a: SagaStore, b: SagaStore, rounds: int = RACE_ROUNDS // 2, sagas: int = 8
+) -> None:
+    """Two live owners (``a`` registers ``owner-a``, ``b`` ``owner-b``) adopt the same
+    unowned sagas at once: each saga goes to exactly one of them."""
+    a.register_owner("owner-a")
+    b.register_owner("owner-b")
+    for n in range(rounds):
+        ids = [f"race-adopt-{n}-{i}" for i in range(sagas)]
+        for i, saga_id in enumerate(ids):
+            a.create(new_saga(saga_id, started_at=float(n * sagas + i), owner=None))
+        results = run_pair(partial(a.adopt, "owner-a"), partial(b.adopt, "owner-b"))
+        assert all(isinstance(r, list) for r in results), results
+        by_a, by_b = results
+        assert not set(by_a) & set(by_b), results
+        assert sorted(by_a + by_b) == ids, results
+        owners = {saga_id: b.header(saga_id).owner for saga_id in ids}
+        assert owners == {
+            **{saga_id: "owner-a" for saga_id in by_a},
+            **{saga_id: "owner-b" for saga_id in by_b},
+        }
 
 
 class StoreContract:
@@ -504,6 +532,223 @@ class StoreContract:
         with pytest.raises(ValueError):
             store.read_all(0, -1)
 
+    # -- ownership ------------------------------------------------------------------------------
+
+    def test_create_keeps_the_owner(self, store: SagaStore) -> None:
+        _, header = store.create(new_saga("mine", started_at=2.0, owner="runtime-1"))
+        assert header.owner == "runtime-1"
+        store.create(new_saga("unowned", started_at=1.0))
+        assert store.header("mine").owner == store.load("mine").header.owner == "runtime-1"
+        assert store.header("unowned").owner is None
+        assert [(h.saga_id, h.owner) for h in store.list()] == [
+            ("mine", "runtime-1"),
+            ("unowned", None),
+        ]
+        store.append([append("mine", 2, status="completed")])
+        assert store.header("mine").owner == "runtime-1"
+
+    @pytest.mark.parametrize("owner", ["", "a/b", "../up", "x" * 129, "with space", "é", "a\n"])
+    def test_an_invalid_owner_id_is_refused(self, store: SagaStore, owner: str) -> None:
+        with pytest.raises(ValueError, match="owner id"):
+            store.register_owner(owner)
+        with pytest.raises(ValueError, match="owner id"):
+            store.owner_alive(owner)
+        with pytest.raises(ValueError, match="owner id"):
+            store.adopt(owner)
+        with pytest.raises(ValueError, match="owner id"):
+            store.create(new_saga("s", owner=owner))
+        assert snapshot(store) == ([], [])
+
+    def test_a_registered_owner_is_alive_and_others_are_not(self, store: SagaStore) -> None:
+        assert store.owner_alive("rt-1") is False
+        for owner in ("rt-1", "x" * 128, "A.z_0-9", "."):
+            store.register_owner(owner)
+            assert store.owner_alive(owner) is True
+        store.register_owner("rt-1")  # twice is fine
+        assert store.owner_alive("rt-1") is True
+        assert store.owner_alive("rt-2") is False
+
+    def test_adopt_takes_unowned_sagas_and_those_of_dead_owners(self, store: SagaStore) -> None:
+        store.register_owner("live")
+        store.register_owner("me")
+        store.create(new_saga("unowned", started_at=1.0))
+        store.create(new_saga("orphan", started_at=2.0, owner="dead"))
+        store.create(new_saga("busy", started_at=3.0, owner="live"))
+        store.create(new_saga("mine", started_at=4.0, owner="me"))
+        store.create(new_saga("undoing", started_at=0.5, owner="dead", status="compensating"))
+        assert store.adopt("me") == ["undoing", "unowned", "orphan"]  # oldest first
+        owners = {h.saga_id: h.owner for h in store.list()}
+        assert owners == {
+            "unowned": "me",
+            "orphan": "me",
+            "busy": "live",
+            "mine": "me",
+            "undoing": "me",
+        }
+        assert store.adopt("me") == []
+        assert store.adopt("live") == []  # "me" is alive
+
+    def test_adopt_never_takes_a_terminal_saga(self, store: SagaStore) -> None:
+        store.register_owner("me")
+        for n, status in enumerate(sorted(TERMINAL)):
+            store.create(new_saga(f"dead-{n}", owner="dead", status=status))
+            store.create(new_saga(f"none-{n}", status=status))
+        store.create(new_saga("ends", owner="dead"))
+        store.append([append("ends", 2, status="compensated")])
+        assert store.adopt("me") == []
+        assert store.adopt("me", [h.saga_id for h in store.list()]) == []
+        assert {h.owner for h in store.list()} == {"dead", None}
+
+    def test_adopt_takes_failed_sagas_only_when_asked(self, store: SagaStore) -> None:
+        store.register_owner("me")
+        store.register_owner("live")
+        store.create(new_saga("parked", owner="dead", status="failed"))
+        store.create(new_saga("busy", owner="live", status="failed"))
+        store.create(new_saga("done", owner="dead", status="completed"))
+        assert store.adopt("me") == []
+        assert store.adopt("me", ["parked", "busy", "done"], include_failed=True) == ["parked"]
+        assert store.header("parked").owner == "me"
+        assert store.header("busy").owner == "live"
+
+    def test_adopt_only_the_sagas_named(self, store: SagaStore) -> None:
+        store.register_owner("me")
+        store.register_owner("live")
+        for saga_id in ("a", "b", "c"):
+            store.create(new_saga(saga_id, owner="dead"))
+        store.create(new_saga("busy", owner="live"))
+        store.create(new_saga("done", status="completed"))
+        assert store.adopt("me", ["c", "busy", "done", "ghost", "a", "a"]) == ["a", "c"]
+        assert store.header("b").owner == "dead"
+        assert store.header("busy").owner == "live"
+        assert store.adopt("me", []) == []
+        assert store.adopt("me", ("b",)) == ["b"]
+        with pytest.raises(TypeError):
+            store.adopt("me", "b")  # one id is not a list of ids
+
+    def test_an_owner_may_adopt_without_registering(self, store: SagaStore) -> None:
+        store.create(new_saga("orphan", owner="gone"))
+        assert store.adopt("cli-1") == ["orphan"]
+        assert store.adopt("cli-2") == ["orphan"]  # cli-1 never registered: it is not alive
+
+    def test_concurrent_adopters_never_share_a_saga(self, store: SagaStore) -> None:
+        race_adopts(store, store)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def test_requests_are_pending_until_completed(self, store: SagaStore) -> None:
+        store.create(new_saga("a", owner="me"))
+        store.create(new_saga("b", owner="other"))
+        store.create(new_saga("c"))
+        before = time.time()
+        r1 = store.request("a", "cancel")
+        r2 = store.request("b", "retry", {"why": ["x", 1]})
+        r3 = store.request("a", "retry", {"n": 1})
+        after = time.time()
+        assert isinstance(r1, int) and r1 < r2 < r3
+        mine = store.requests("me")
+        assert all(isinstance(r, Request) for r in mine)
+        assert [(r.request_id, r.saga_id, r.kind, r.data) for r in mine] == [
+            (r1, "a", "cancel", {}),
+            (r3, "a", "retry", {"n": 1}),
+        ]
+        assert all(before <= r.created_at <= after for r in mine)
+        assert store.requests("me", after=r1) == mine[1:]
+        assert store.requests("me", after=r3) == []
+        assert [(r.request_id, r.data) for r in store.requests("other")] == [
+            (r2, {"why": ["x", 1]})
+        ]
+        assert store.requests("nobody") == []
+        assert store.requests_for("a") == mine
+        assert store.requests_for("c") == store.requests_for("ghost") == []
+
+        store.complete_request(r1)
+        store.complete_request(r1)  # twice is fine
+        store.complete_request(r3 + 1000)  # so is an unknown id
+        assert store.requests("me") == store.requests_for("a") == mine[1:]
+        store.complete_request(r2)
+        store.complete_request(r3)
+        assert store.requests("me") == store.requests("other") == []
+        assert store.request("a", "cancel") > r3  # ids are never reused
+
+    def test_requests_follow_the_sagas_owner(self, store: SagaStore) -> None:
+        store.create(new_saga("s", owner="gone"))
+        request_id = store.request("s", "cancel")
+        assert [r.request_id for r in store.requests("gone")] == [request_id]
+        assert store.requests("me") == []
+        store.register_owner("me")
+        assert store.adopt("me") == ["s"]
+        assert [r.request_id for r in store.requests("me")] == [request_id]
+        assert store.requests("gone") == []
+
+    def test_a_request_for_an_unknown_saga_is_refused(self, store: SagaStore) -> None:
+        store.create(new_saga("s", owner="me"))
+        with pytest.raises(UnknownSaga) as caught:
+            store.request("ghost", "cancel")
+        assert caught.value.saga_id == "ghost"
+        assert store.requests("me") == store.requests_for("ghost") == []
+
+    def test_a_request_needs_a_kind_and_a_json_object(self, store: SagaStore) -> None:
+        store.create(new_saga("s", owner="me"))
+        with pytest.raises(ValueError):
+            store.request("s", "")
+        with pytest.raises(TypeError):
+            store.request("s", "retry", ["not", "an", "object"])  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            store.request("s", "retry", {"when": object()})
+        assert store.requests("me") == []
+
+    def test_request_data_is_a_snapshot(self, store: SagaStore) -> None:
+        store.create(new_saga("s", owner="me"))
+        data: dict[str, Any] = {"items": [1]}
+        store.request("s", "retry", data)
+        data["items"].append(2)
+        (request,) = store.requests("me")
+        assert request.data == {"items": [1]}
+        request.data["items"].append(3)
+        assert store.requests("me")[0].data == {"items": [1]}
+
+    # -- the service inbox ----------------------------------------------------------------------
+
+    def test_the_inbox_is_an_inbox_store(self, store: SagaStore) -> None:
+        assert isinstance(store.inbox, InboxStore)
+        assert store.inbox is store.inbox
+
+    def test_the_inbox_keeps_definitive_replies(self, store: SagaStore) -> None:
+        inbox = store.inbox
+        assert inbox.get("s:reserve") is None
+        done = StoredReply("succeeded", {"id": "r-1", "items": [1, {"a": None}], "é": 1.5}, None)
+        inbox.put("s:reserve", done)
+        assert inbox.get("s:reserve") == done
+        refused = StoredReply("rejected", None, "insufficient stock")
+        inbox.put("s:pay", refused)
+        assert inbox.get("s:pay") == refused
+        assert inbox.get("S:RESERVE") is None and inbox.get("s:reserve:compensation") is None
+        inbox.put("s:reserve", StoredReply("succeeded", {"id": "r-2"}, None))
+        assert inbox.get("s:reserve") == StoredReply("succeeded", {"id": "r-2"}, None)
+
+    def test_the_inbox_keeps_tombstones_apart_from_replies(self, store: SagaStore) -> None:
+        inbox = store.inbox
+        assert inbox.is_tombstoned("s:reserve") is False
+        inbox.tombstone("s:reserve")
+        inbox.tombstone("s:reserve")  # twice is fine
+        assert inbox.is_tombstoned("s:reserve") is True
+        assert inbox.is_tombstoned("s:pay") is False
+        assert inbox.get("s:reserve") is None
+        inbox.put("s:pay", StoredReply("succeeded", {}, None))
+        assert inbox.is_tombstoned("s:pay") is False
+
+    def test_the_inbox_takes_frozen_output(self, store: SagaStore) -> None:
+        output = {"id": "r-1", "lines": [{"sku": "w", "qty": 2}]}
+        store.inbox.put("k", StoredReply("succeeded", freeze(output), None))
+        stored = store.inbox.get("k")
+        assert stored is not None and stored.outcome == "succeeded"
+        assert thaw(stored.output) == output
+
+    def test_the_inbox_refuses_what_is_not_a_stored_reply(self, store: SagaStore) -> None:
+        with pytest.raises(TypeError):
+            store.inbox.put("k", {"outcome": "succeeded"})  # type: ignore[arg-type]
+        assert store.inbox.get("k") is None
+
     # -- closing --------------------------------------------------------------------------------
 
     def test_a_closed_store_is_unavailable(self, store: SagaStore) -> None:
@@ -516,6 +761,20 @@ class StoreContract:
             store.append([append("s", 2)])
         with pytest.raises(StoreUnavailable):
             store.list()
+        with pytest.raises(StoreUnavailable):
+            store.register_owner("rt-1")
+        with pytest.raises(StoreUnavailable):
+            store.owner_alive("rt-1")
+        with pytest.raises(StoreUnavailable):
+            store.adopt("rt-1")
+        with pytest.raises(StoreUnavailable):
+            store.request("s", "cancel")
+        with pytest.raises(StoreUnavailable):
+            store.requests("rt-1")
+        with pytest.raises(StoreUnavailable):
+            store.requests_for("s")
+        with pytest.raises(StoreUnavailable):
+            store.complete_request(1)
 
 
 def _fields(saga: NewSaga) -> dict[str, Any]:

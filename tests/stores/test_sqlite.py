@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+import os
 import random
+import select
 import sqlite3
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import sagas.stores
+from actors import Command, Service, StoredReply, handles
+from actors._dispatch import Dispatcher
 from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable
 from sagas.stores import Append, MemoryStore, SqliteStore, open_store
+from sagas.stores.sqlite import _SELECT_REQUESTS_OF_OWNER, SqliteInbox
 
 from .contract import (
+    FLOW_SHA,
+    FLOW_TEXT,
+    JOIN_TIMEOUT,
     StoreContract,
     append,
     event,
     new_saga,
+    race_adopts,
     race_appends,
     race_creates,
     run_pair,
     snapshot,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class TestSqliteStore(StoreContract):
@@ -95,22 +109,31 @@ def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None
 # -- schema and settings --------------------------------------------------------------------------
 
 
-def test_schema_is_version_1_in_wal_mode(tmp_path: Path) -> None:
+def test_schema_is_version_2_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     SqliteStore(path).close()
     db = raw(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "1",
+            "2",
         )
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"meta", "definitions", "sagas", "events"} <= tables
+        assert {
+            "meta",
+            "definitions",
+            "sagas",
+            "events",
+            "requests",
+            "inbox",
+            "tombstones",
+        } <= tables
         indexed = {
             r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index'") if r[0]
         }
         assert any("(status)" in sql for sql in indexed)
         assert any("(started_at" in sql for sql in indexed)
+        assert any("(owner)" in sql for sql in indexed)
     finally:
         db.close()
 
@@ -167,6 +190,66 @@ def test_url_names_the_file_absolutely_and_reopens_it(tmp_path: Path) -> None:
 
 
 # -- files that are not (our) stores --------------------------------------------------------------
+
+
+V1_SCHEMA = (  # the schema of version 1, as sagactor 0.1 wrote it
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE definitions (sha256 TEXT PRIMARY KEY, text TEXT NOT NULL)",
+    """CREATE TABLE sagas (
+        saga_id TEXT PRIMARY KEY,
+        flow TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        definition TEXT NOT NULL,
+        input TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        started_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX sagas_by_status ON sagas (status)",
+    "CREATE INDEX sagas_by_started_at ON sagas (started_at, saga_id)",
+    """CREATE TABLE events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        saga_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        step TEXT,
+        attempt INTEGER,
+        at REAL NOT NULL,
+        event_id TEXT NOT NULL,
+        causation_id TEXT,
+        data TEXT NOT NULL,
+        UNIQUE (saga_id, seq)
+    )""",
+    "INSERT INTO meta (key, value) VALUES ('schema_version', '1')",
+)
+
+
+def _v1_store(path: Path, *, drop: str | None = None, extra: str | None = None) -> None:
+    """A version-1 store with two sagas ('old' running, 'done' completed), closed."""
+    db = raw(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    for statement in V1_SCHEMA:
+        db.execute(statement)
+    db.execute("INSERT INTO definitions VALUES (?, ?)", (FLOW_SHA, FLOW_TEXT))
+    for saga_id, status, last_seq in (("old", "running", 2), ("done", "completed", 1)):
+        db.execute(
+            "INSERT INTO sagas VALUES (?, 'order', 1, ?, ?, ?, NULL, 1000.0, 1001.0, ?)",
+            (saga_id, FLOW_SHA, f'{{"order":"{saga_id}"}}', status, last_seq),
+        )
+        for seq in range(1, last_seq + 1):
+            db.execute(
+                "INSERT INTO events (saga_id, seq, type, step, attempt, at, event_id, "
+                "causation_id, data) VALUES (?, ?, 'step.started', 'reserve', 1, 1000.5, ?, "
+                "NULL, ?)",
+                (saga_id, seq, f"{saga_id}-{seq}", f'{{"seq":{seq}}}'),
+            )
+    if drop:
+        db.execute(f"DROP TABLE {drop}")
+    if extra:
+        db.execute(extra)
+    db.close()
 
 
 def _text(path: Path) -> None:
@@ -233,11 +316,19 @@ DAMAGED = {
     "another application's meta table": (_other_meta_table, "not a sagactor store"),
     "newer schema": (
         _schema_version("99"),
-        "schema version 99 is newer than this sagactor supports (1)",
+        "schema version 99 is newer than this sagactor supports (2)",
     ),
     "older schema": (_schema_version("0"), "unknown schema version 0"),
     "unreadable schema version": (_schema_version("one"), "schema version"),
     "a table missing": (_missing_table, "events missing"),
+    "version 1 with a table missing": (
+        lambda path: _v1_store(path, drop="events"),
+        "events missing",
+    ),
+    "version 1 that cannot be migrated": (
+        lambda path: _v1_store(path, extra="CREATE TABLE inbox (x)"),
+        "table inbox already exists",
+    ),
 }
 
 
@@ -469,6 +560,7 @@ def test_public_exports() -> None:
             "Append",
             "MemoryStore",
             "NewSaga",
+            "Request",
             "SagaHeader",
             "SagaRecord",
             "SagaStore",
@@ -479,3 +571,408 @@ def test_public_exports() -> None:
     )
     for name in sagas.stores.__all__:
         assert getattr(sagas.stores, name) is not None
+
+
+# -- schema migration -----------------------------------------------------------------------------
+
+
+def _schema(path: Path) -> dict[str, object]:
+    """Every table's columns and every index, to compare two files' schemas."""
+    db = raw(path)
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            "version": db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone(),
+            "columns": {t: db.execute(f"PRAGMA table_info({t})").fetchall() for t in tables},
+            "indexes": sorted(
+                db.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index'")
+            ),
+        }
+    finally:
+        db.close()
+
+
+def test_a_version_1_store_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    _v1_store(path)
+    with SqliteStore(path) as store:
+        record = store.load("old")
+        assert record.header.owner is None and record.header.status == "running"
+        assert record.header.input == {"order": "old"} and record.header.last_seq == 2
+        assert [e.event_id for e in record.events] == ["old-1", "old-2"]
+        assert record.definition_text == FLOW_TEXT
+        assert store.in_flight() == ["old"]
+        store.register_owner("me")
+        assert store.adopt("me") == ["old"]
+        store.append([append("old", 3, status="completed")])
+        request_id = store.request("old", "cancel")
+        assert [r.request_id for r in store.requests("me")] == [request_id]
+        store.inbox.put("old:reserve", StoredReply("succeeded", {"id": 1}, None))
+        store.create(new_saga("new", owner="me"))
+        assert [e.seq for e in store.load("old").events] == [1, 2, 3]
+    fresh = tmp_path / "fresh.db"
+    SqliteStore(fresh).close()
+    assert _schema(path) == _schema(fresh)
+    with SqliteStore(path) as store:  # and it opens again as a version-2 store
+        assert store.header("old").owner == "me" and store.header("done").owner is None
+        assert store.inbox.get("old:reserve") == StoredReply("succeeded", {"id": 1}, None)
+
+
+def test_two_stores_opening_a_version_1_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    _v1_store(path)
+    stores = run_pair(lambda: SqliteStore(path), lambda: SqliteStore(path))
+    try:
+        assert all(isinstance(s, SqliteStore) for s in stores), stores
+        assert [s.header("old").last_seq for s in stores] == [2, 2]
+    finally:
+        for store in stores:
+            if isinstance(store, SqliteStore):
+                store.close()
+    assert _schema(path)["version"] == ("2",)
+
+
+# -- ownership across store objects and processes -------------------------------------------------
+
+
+def _lock_file(path: Path, owner: str) -> Path:
+    return path.with_name(path.name + ".owners") / f"{owner}.lock"
+
+
+def test_a_registered_owner_holds_a_lock_file_until_close(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    store.register_owner("rt-1")
+    assert _lock_file(path, "rt-1").is_file()
+    store.close()
+    assert not _lock_file(path, "rt-1").exists()
+    with SqliteStore(path) as other:
+        assert other.owner_alive("rt-1") is False
+
+
+def test_flock_makes_an_owner_alive_for_another_store_object_of_the_process(
+    tmp_path: Path,
+) -> None:
+    # flock locks belong to the open file, not the process: a second open() of the lock file
+    # in this process conflicts with the first, so a second store object sees the owner alive.
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as a, SqliteStore(path) as b:
+        a.register_owner("rt-1")
+        a.create(new_saga("s", owner="rt-1"))
+        assert b.owner_alive("rt-1") is True
+        b.register_owner("rt-2")
+        assert b.adopt("rt-2") == []
+        with pytest.raises(StoreUnavailable, match="already registered"):
+            b.register_owner("rt-1")
+        assert a.owner_alive("rt-1") is True  # b's failed attempt released nothing
+        a.close()
+        assert b.owner_alive("rt-1") is False
+        assert b.adopt("rt-2") == ["s"]
+
+
+def test_a_stale_lock_file_is_a_dead_owner_and_is_removed(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        lock = _lock_file(path, "crashed")
+        lock.parent.mkdir()
+        lock.write_bytes(b"")  # left behind, unlocked
+        store.create(new_saga("s", owner="crashed"))
+        assert store.owner_alive("crashed") is False
+        assert not lock.exists()
+        lock.write_bytes(b"")
+        store.register_owner("me")
+        assert store.adopt("me") == ["s"]
+        assert not lock.exists()
+        store.register_owner("crashed")  # the id can be registered again
+        assert store.owner_alive("crashed") is True
+
+
+def test_an_owner_id_in_the_file_that_is_not_a_valid_id_is_dead(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        store.create(new_saga("s"))
+    bystander = tmp_path / "s.db.lock"  # what "<db>.owners/../s.db" + ".lock" would name
+    bystander.write_text("not ours")
+    db = raw(path)
+    db.execute("UPDATE sagas SET owner = '../s.db'")  # written by hand: never a file name
+    db.close()
+    with SqliteStore(path) as store:
+        store.register_owner("me")  # makes <db>.owners/, so the path would resolve
+        assert store.adopt("me") == ["s"]
+    assert bystander.read_text() == "not ours"
+
+
+def test_two_store_objects_adopting_at_once_never_share_a_saga(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
+        race_adopts(a, b)
+
+
+OWNER_PROCESS = """
+import sys
+from sagas.stores import SqliteStore
+
+store = SqliteStore(sys.argv[1])
+store.register_owner(sys.argv[2])
+print("registered", flush=True)
+sys.stdin.readline()
+store.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float = JOIN_TIMEOUT) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "the owner process said nothing"
+    return proc.stdout.readline().strip()
+
+
+@contextmanager
+def owner_process(path: Path, owner: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process with a store on ``path`` that registered ``owner`` (said ``registered``).
+
+    Its store closes when it reads a line; it exits when it reads another (or is killed).
+    """
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER_PROCESS, str(path), owner],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        line = _read_line(proc)
+        if line != "registered":
+            proc.kill()
+            _, err = proc.communicate(timeout=JOIN_TIMEOUT)
+            pytest.fail(f"the owner process did not register: {line!r} {err}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=JOIN_TIMEOUT)
+
+
+def test_an_owner_killed_by_sigkill_is_dead_and_its_sagas_adoptable(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        store.create(new_saga("theirs", owner="child"))
+        store.create(new_saga("finished", owner="child", status="completed"))
+        store.register_owner("me")
+        with owner_process(path, "child") as proc:
+            assert store.owner_alive("child") is True
+            assert store.adopt("me") == []
+            assert store.adopt("me", ["theirs"]) == []
+            assert store.header("theirs").owner == "child"
+            proc.kill()  # SIGKILL: no cleanup runs in the child
+            proc.wait(timeout=JOIN_TIMEOUT)
+            assert _lock_file(path, "child").exists()  # the file stays, its lock is gone
+            assert store.owner_alive("child") is False
+            assert not _lock_file(path, "child").exists()
+            assert store.adopt("me") == ["theirs"]
+        assert store.header("theirs").owner == "me"
+        assert store.header("finished").owner == "child"
+
+
+def test_an_owner_that_closes_its_store_is_dead(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store, owner_process(path, "child") as proc:
+        assert proc.stdin is not None
+        assert store.owner_alive("child") is True
+        with pytest.raises(StoreUnavailable, match="already registered"):
+            store.register_owner("child")
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        assert _read_line(proc) == "closed"
+        assert not _lock_file(path, "child").exists()
+        assert store.owner_alive("child") is False
+        store.register_owner("child")  # free again
+        assert store.owner_alive("child") is True
+
+
+def _stale_lock_file(path: Path, owner: str) -> None:
+    """The lock file of an owner that died without cleaning up: present, unlocked."""
+    lock = _lock_file(path, owner)
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_bytes(b"")
+
+
+def _after_first_open(
+    monkeypatch: pytest.MonkeyPatch, creating: bool, action: Callable[[], None]
+) -> list[bool]:
+    """Run ``action`` right after the next ``os.open`` of a lock file by a registrant
+    (``creating``) or a check: between that open and the ``flock``. Returns ``[ran]``."""
+    real_open = os.open
+    ran = [False]
+
+    def open_then_act(file: str | os.PathLike[str], how: int, *args: int) -> int:
+        fd = real_open(file, how, *args)
+        if not ran[0] and bool(how & os.O_CREAT) == creating and str(file).endswith(".lock"):
+            ran[0] = True
+            action()
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_act)
+    return ran
+
+
+def test_a_registrant_that_opened_a_stale_file_being_removed_locks_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The registrant opens the stale file; a check removes it (under its lock); the registrant
+    # then gets the lock of a file no path names. It must notice and lock a new file, or every
+    # later check would find no file and call the live owner dead.
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as checker, SqliteStore(path) as owner:
+        _stale_lock_file(path, "rt")
+
+        def remove_stale() -> None:
+            assert checker.owner_alive("rt") is False
+            assert not _lock_file(path, "rt").exists()
+
+        ran = _after_first_open(monkeypatch, True, remove_stale)
+        owner.register_owner("rt")
+        monkeypatch.undo()
+        assert ran == [True]
+        assert _lock_file(path, "rt").exists()
+        assert checker.owner_alive("rt") is True
+
+
+def test_a_check_that_opened_a_stale_file_replaced_meanwhile_looks_at_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check opens the stale file; another check removes it and a runtime registers the id
+    # anew; the first check then locks the old file. It must look at the new file (alive),
+    # not call the owner dead, let alone remove the live owner's file.
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as checker, SqliteStore(path) as other, SqliteStore(path) as owner:
+        _stale_lock_file(path, "rt")
+
+        def replace() -> None:
+            assert other.owner_alive("rt") is False
+            owner.register_owner("rt")
+
+        ran = _after_first_open(monkeypatch, False, replace)
+        alive = checker.owner_alive("rt")
+        monkeypatch.undo()
+        assert ran == [True]
+        assert alive is True
+        assert _lock_file(path, "rt").exists()
+        assert other.owner_alive("rt") is True
+
+
+# -- the durable inbox and requests ---------------------------------------------------------------
+
+
+def test_the_inbox_survives_reopen_and_is_shared_by_store_objects(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    reply = StoredReply("succeeded", {"id": "r-1", "lines": [1, 2]}, None)
+    with SqliteStore(path) as a, SqliteStore(path) as b:
+        assert isinstance(a.inbox, SqliteInbox)
+        a.inbox.put("s:reserve", reply)
+        a.inbox.tombstone("s:pay")
+        assert b.inbox.get("s:reserve") == reply
+        assert b.inbox.is_tombstoned("s:pay") is True
+        b.inbox.put("s:ship", StoredReply("rejected", None, "no truck"))
+    with SqliteStore(path) as store:
+        assert store.inbox.get("s:reserve") == reply
+        assert store.inbox.get("s:ship") == StoredReply("rejected", None, "no truck")
+        assert store.inbox.is_tombstoned("s:pay") is True
+        assert store.inbox.is_tombstoned("s:reserve") is False
+
+
+def test_an_inbox_write_is_committed_when_put_returns(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        store.inbox.put("k", StoredReply("succeeded", {"a": 1}, None))
+        store.inbox.tombstone("t")
+        db = raw(path)  # another connection sees both while the store is still open
+        try:
+            assert db.execute("SELECT outcome, output, error FROM inbox").fetchall() == [
+                ("succeeded", '{"a":1}', None)
+            ]
+            assert db.execute("SELECT key FROM tombstones").fetchall() == [("t",)]
+        finally:
+            db.close()
+
+
+def test_a_closed_stores_inbox_is_unavailable(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    inbox = store.inbox
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        inbox.get("k")
+    with pytest.raises(StoreUnavailable):
+        inbox.put("k", StoredReply("succeeded", {}, None))
+    with pytest.raises(StoreUnavailable):
+        inbox.tombstone("k")
+    with pytest.raises(StoreUnavailable):
+        inbox.is_tombstoned("k")
+
+
+class _Counter(Service):
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    @handles("reserve")
+    def reserve(self, command: Command) -> dict[str, int]:
+        self.runs += 1
+        return {"run": self.runs}
+
+
+def test_a_redelivered_command_is_answered_from_the_durable_inbox_after_reopen(
+    tmp_path: Path,
+) -> None:
+    command = Command("c-1", "s", "reserve", "action", "reserve", 1, "s:reserve", {"qty": 1})
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        first = _Counter()
+        (reply,) = Dispatcher(first, service_name="inv", instance=0, inbox=store.inbox).process(
+            command
+        )
+        assert (reply.outcome, reply.output, reply.replayed, first.runs) == (
+            "succeeded",
+            {"run": 1},
+            False,
+            1,
+        )
+    with SqliteStore(path) as store:  # a new process, after a crash, would see the same
+        again = _Counter()
+        (reply,) = Dispatcher(again, service_name="inv", instance=0, inbox=store.inbox).process(
+            command
+        )
+        assert (reply.outcome, reply.output, reply.replayed, again.runs) == (
+            "succeeded",
+            {"run": 1},
+            True,
+            0,
+        )
+
+
+def test_requests_survive_reopen_and_ids_are_never_reused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        store.create(new_saga("s", owner="me"))
+        first = store.request("s", "retry", {"from": "cli"})
+        second = store.request("s", "cancel")
+        store.complete_request(second)
+    with SqliteStore(path) as store:
+        (pending,) = store.requests("me")
+        assert (pending.request_id, pending.kind, pending.data) == (first, "retry", {"from": "cli"})
+        assert store.request("s", "cancel") > second
+
+
+def test_polling_requests_reads_only_the_pending_ones(tmp_path: Path) -> None:
+    # An owner polls often; it may own many sagas and the file keeps every handled request.
+    with SqliteStore(tmp_path / "s.db") as store:
+        assert store._db is not None
+        plan = store._db.execute(f"EXPLAIN QUERY PLAN {_SELECT_REQUESTS_OF_OWNER}", (0, "me"))
+        steps = [row[3] for row in plan]
+        assert any("r USING INDEX requests_pending" in step for step in steps), steps
+        assert not any("sagas_by_owner" in step for step in steps), steps
