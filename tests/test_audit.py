@@ -22,7 +22,7 @@ from sagas.events import TERMINAL_EVENTS, Event
 from sagas.model import Flow
 from sagas.stores import MemoryStore, NewSaga, SagaRecord
 from sagas.testing import SagaTestEnvironment
-from tests.support import Scripted, StepSpec, make_flow
+from tests.support import Other, Scripted, StepSpec, make_flow
 
 ALIVE = "audit-test-owner"
 THREE = make_flow("a", "b", "c", attempts=2, name="three")
@@ -35,6 +35,7 @@ DEADLINE = make_flow("a", "b", "c", attempts=5, backoff="20s", timeout="1m", dea
                      name="deadline")
 NO_UNDO = make_flow("a", StepSpec("b", compensation=False), "c", name="no_undo")
 BLOCKING = make_flow("k1", "k2", "k3", name="blocking")
+BLOCKING_UNDO = make_flow("m1", StepSpec("m2", service="other"), "m3", name="blocking_undo")
 
 Faults = list[tuple[str, str, str, Iterable[int] | None]]  # (step, phase, kind, attempts)
 
@@ -69,7 +70,8 @@ def _run_scenarios() -> dict[str, SagaRecord]:
     store = MemoryStore()
     store.register_owner(ALIVE)
     service = Scripted({("k2", "action"): ["block"]})
-    with SagaTestEnvironment(store, services={"svc": service}) as env:
+    other = Other({("m2", "compensation"): ["block"]})
+    with SagaTestEnvironment(store, services={"svc": service, "other": other}) as env:
         for saga_id, (flow, faults, retry) in SCENARIOS.items():
             for step, phase, kind, attempts in faults:
                 env.faults.add(step, kind=kind, phase=phase, attempts=attempts,  # type: ignore[arg-type]
@@ -85,11 +87,18 @@ def _run_scenarios() -> dict[str, SagaRecord]:
         env.runtime.cancel(saga_id)
         service.release.set()
         env.drive(saga_id)
+        # cancelled while compensating: recorded, and nothing else changes
+        env.faults.add("m3", kind="reject", saga_id="cancel_compensating")
+        saga_id = env.start(BLOCKING_UNDO, {}, "cancel_compensating")
+        assert other.blocked.wait(10)
+        env.runtime.cancel(saga_id)
+        other.release.set()
+        env.drive(saga_id)
     records = {header.saga_id: store.load(header.saga_id) for header in store.list()}
     # a saga parked because its definition no longer runs: the engine's own event for it
     base = records["completed"]
-    head = base.events[:3]
-    parked = park_unavailable("unavailable", 3, head[-1].event_id, "no module named shop",
+    head = base.events[:4]  # b's action is in flight
+    parked = park_unavailable("unavailable", 4, head[-1].event_id, "no module named shop",
                               _Clock(head[-1].at))
     records["unavailable"] = _record("unavailable", base, [*head, parked])
     return records
@@ -155,10 +164,10 @@ def _found(violations: list[Violation]) -> list[tuple[str, int | None, str]]:
     return [(v.saga_id, v.seq, v.rule) for v in violations]
 
 
-def _ev(type_: str, step: str | None = None, attempt: int | None = None, at: float = 0.0,
+def _ev(type_: str, step: str | None = None, attempt: int | None = None, /,
         **data: Any) -> Event:
-    """A new event; its seq and id are set when the log is renumbered."""
-    return Event(0, type_, step, attempt, at, "", None, data)
+    """A new event with ``data``; its seq and id are set when the log is renumbered."""
+    return Event(0, type_, step, attempt, 0.0, "", None, data)
 
 
 def _at(events: list[Event], type_: str, step: str | None = None, attempt: int | None = None,
@@ -215,6 +224,8 @@ def test_the_scenarios_ended_as_designed(real):
     assert end("forever") == ("compensated", None)
     assert end("cancelled") == ("compensated", None)
     assert end("deadline_in_flight") == ("compensated", None)
+    assert end("cancel_compensating") == ("compensated", None)
+    assert "saga.cancelled" in {e.type for e in real["cancel_compensating"].events}
 
 
 def test_violation_format_and_json():
@@ -223,3 +234,406 @@ def test_violation_format_and_json():
     assert Violation("o-1", None, "orphaned", "x").format() == "o-1: orphaned: x"
     assert violation.to_json() == {"saga_id": "o-1", "seq": 7, "rule": "wrong_end",
                                    "message": "completed but 'b' never succeeded"}
+
+
+def test_every_prefix_of_a_real_log_is_a_clean_saga_in_flight(real):
+    for name, record in real.items():
+        for end in range(1, len(record.events) + 1):
+            prefix = _record(name, record, list(record.events[:end]))
+            assert audit_saga(prefix, now=0.0, owner_alive=True) == [], (name, end)
+            if prefix.header.status not in ("completed", "compensated", "failed"):
+                expected = [(name, None, "not_terminal")]
+                assert _found(audit_saga(prefix, now=0.0, expect_terminal=True)) == expected
+
+
+# -- the log as a sequence ---------------------------------------------------------------------
+def test_seq_gap(real):
+    events = [replace(e, seq=e.seq + (e.seq >= 5)) for e in real["completed"].events]
+    record = _record("bad", real["completed"], list(real["completed"].events))
+    record = replace(record, events=tuple(events),
+                     header=replace(record.header, last_seq=events[-1].seq))
+    assert _found(audit_saga(record, now=0.0)) == [("bad", 6, "seq_gap")]
+
+
+def test_seq_repeat(real):
+    events = [replace(e, seq=e.seq - (e.seq >= 5)) for e in real["completed"].events]
+    record = _record("bad", real["completed"], list(real["completed"].events))
+    record = replace(record, events=tuple(events),
+                     header=replace(record.header, last_seq=events[-1].seq))
+    assert _found(audit_saga(record, now=0.0)) == [("bad", 4, "seq_repeat")]
+
+
+def test_header_seq(real):
+    record = _record("bad", real["completed"], list(real["completed"].events))
+    record = replace(record, header=replace(record.header, last_seq=99))
+    assert _found(audit_saga(record, now=0.0)) == [("bad", None, "header_seq")]
+
+
+def test_empty_log(real):
+    record = _record("bad", real["completed"], [])
+    assert _found(audit_saga(record, now=0.0)) == [("bad", None, "empty_log")]
+
+
+def test_event_id_repeat(real):
+    bad = _record("bad", real["completed"], list(real["completed"].events))
+    events = list(bad.events)
+    events[5] = replace(events[5], event_id=events[4].event_id)
+    store = _store(real["completed"], replace(bad, events=tuple(events)))
+    _only(store, 6, "event_id_repeat")
+
+
+def test_unknown_event(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.succeeded", "a") + 1, _ev("step.exploded", "a", 1))
+
+    store, log = _corrupt(real, "completed", mutate)
+    _only(store, _at(log, "step.exploded") + 1, "unknown_event")
+
+
+def test_malformed_event(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "step.retrying", "a")
+        events[i] = replace(events[i], attempt=None)
+
+    store, log = _corrupt(real, "timeout", mutate)
+    _only(store, _at(log, "step.retrying", "a") + 1, "malformed_event")
+
+
+def test_first_event(real):
+    store, _ = _corrupt(real, "completed", lambda events: events.pop(0))
+    _only(store, 1, "first_event")
+
+
+def test_started_twice(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.succeeded", "a") + 1, events[0])
+
+    store, log = _corrupt(real, "completed", mutate)
+    _only(store, _at(log, "saga.started", nth=1) + 1, "started_twice")
+
+
+# -- epochs and terminal events ----------------------------------------------------------------
+def test_terminal_twice(real):
+    def mutate(events: list[Event]) -> None:
+        events.append(_ev("saga.failed", reason="forward_recovery"))
+
+    store, log = _corrupt(real, "completed", mutate, status="completed", reason=None)
+    _only(store, len(log), "terminal_twice")
+
+
+def test_after_terminal(real):
+    store, log = _corrupt(real, "completed", lambda events: events.append(
+        _ev("step.started", "c", 2, payload={}, timeout_at=0.0)), status="completed")
+    _only(store, len(log), "after_terminal")
+
+
+def test_reply_after_terminal(real):
+    store, log = _corrupt(real, "compensated", lambda events: events.append(
+        _ev("reply.ignored", "c", 1, phase="action", attempt=1, outcome="succeeded")))
+    _only(store, len(log), "reply_after_terminal")
+
+
+def test_bad_retry_of_a_saga_that_had_not_failed(real):
+    store, log = _corrupt(real, "completed", lambda events: events.append(
+        _ev("saga.retried", "c", requested_by=None, phase="action")))
+    assert log[-1].type == "saga.retried"
+    _only(store, len(log), "bad_retry")
+
+
+def test_bad_retry_that_resumes_elsewhere(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "saga.retried")
+        events[i] = replace(events[i], step="a")
+
+    store, log = _corrupt(real, "parked_retried", mutate)
+    _only(store, _at(log, "saga.retried") + 1, "bad_retry")
+
+
+def test_not_terminal_only_when_running_sagas_are_not_accepted(real):
+    store, _ = _corrupt(real, "completed", lambda events: events.pop())
+    assert audit_store(store, include_running=True) == []  # its owner is alive
+    _only(store, None, "not_terminal", include_running=False)
+
+
+def test_orphaned_when_in_flight_with_no_live_owner(real):
+    store, _ = _corrupt(real, "completed", lambda events: events.pop(), owner="gone-runtime")
+    violation = _only(store, None, "orphaned")
+    assert "saga resume" in violation.message
+    _only(store, None, "not_terminal", include_running=False)
+
+
+def test_header_status(real):
+    store, log = _corrupt(real, "compensated", lambda events: None, status="completed")
+    _only(store, len(log), "header_status")
+
+
+def test_header_status_reason(real):
+    store, log = _corrupt(real, "parked", lambda events: None, reason="pivot_unknown")
+    _only(store, len(log), "header_status")
+
+
+def test_definition_invalid(real):
+    bad = _record("bad", real["completed"], list(real["completed"].events),
+                  definition="f" * 64)
+    store = _store(real["completed"], replace(bad, definition_text="saga: [unclosed\n"))
+    violation = _only(store, None, "definition_invalid")
+    assert "<stored definition>:" in violation.message
+
+
+def test_definition_mismatch(real):
+    store, _ = _corrupt(real, "completed", lambda events: None, definition="e" * 64)
+    _only(store, None, "definition_mismatch")
+
+
+# -- attempts ----------------------------------------------------------------------------------
+def test_attempt_not_started(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.succeeded", "a") + 1,
+                      _ev("step.failed", "a", 5, error="boom", kind="error"))
+
+    store, log = _corrupt(real, "completed", mutate)
+    _only(store, _at(log, "step.failed", "a") + 1, "attempt_not_started")
+
+
+def test_attempt_order(real):
+    def mutate(events: list[Event]) -> None:
+        for i in (_at(events, "step.started", "a", 2), _at(events, "step.succeeded", "a", 2)):
+            events[i] = replace(events[i], attempt=3)
+
+    store, log = _corrupt(real, "timeout", mutate)
+    _only(store, _at(log, "step.started", "a", 3) + 1, "attempt_order")
+
+
+def test_two_outcomes(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.succeeded", "a") + 1,
+                      _ev("step.failed", "a", 1, error="boom", kind="error"))
+
+    store, log = _corrupt(real, "completed", mutate)
+    _only(store, _at(log, "step.failed", "a") + 1, "two_outcomes")
+
+
+def test_timed_out_twice(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "step.timed_out", "a")
+        events.insert(i + 1, events[i])
+
+    store, log = _corrupt(real, "timeout", mutate)
+    _only(store, _at(log, "step.timed_out", "a", nth=1) + 1, "timed_out_twice")
+
+
+def test_timed_out_after_reply(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.succeeded", "a") + 1,
+                      _ev("step.timed_out", "a", 1, timeout_at=0.0))
+
+    store, log = _corrupt(real, "completed", mutate)
+    _only(store, _at(log, "step.timed_out", "a") + 1, "timed_out_after_reply")
+
+
+def test_late_error(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.retrying", "a") + 1,
+                      _ev("step.failed", "a", 1, error="late", kind="error"))
+
+    store, log = _corrupt(real, "timeout", mutate)
+    _only(store, _at(log, "step.failed", "a") + 1, "late_error")
+
+
+def test_stale_outcome(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.started", "b") + 1,
+                      _ev("step.succeeded", "a", 1, output={}))
+
+    store, log = _corrupt(real, "timeout", mutate)
+    _only(store, _at(log, "step.succeeded", "a", 1) + 1, "stale_outcome")
+
+
+def test_left_in_flight(real):
+    store, log = _corrupt(real, "errors", lambda events: events.pop(
+        _at(events, "step.failed", "b", 2)))
+    _only(store, _at(log, "compensation.started", "b") + 1, "left_in_flight")
+
+
+def test_too_many_attempts(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "step.failed", "b", 2)
+        events[i + 1:i + 1] = [_ev("step.retrying", "b", 2, next_attempt_at=0.0),
+                               _ev("step.started", "b", 3, payload={}, timeout_at=0.0),
+                               _ev("step.failed", "b", 3, error="boom", kind="error")]
+
+    store, log = _corrupt(real, "errors", mutate)
+    _only(store, _at(log, "step.started", "b", 3) + 1, "too_many_attempts")
+
+
+def test_gave_up_early(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "step.retrying", "b")
+        del events[i:i + 3]  # retrying 1, started 2, failed 2
+
+    store, log = _corrupt(real, "errors", mutate)
+    _only(store, _at(log, "compensation.started", "b") + 1, "gave_up_early")
+
+
+# -- forward order, deadline and cancel --------------------------------------------------------
+def test_unknown_step(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "step.succeeded", "a") + 1, _ev(
+            "reply.ignored", "ghost", 1, phase="action", attempt=1, outcome="succeeded"))
+
+    store, log = _corrupt(real, "completed", mutate)
+    _only(store, _at(log, "reply.ignored") + 1, "unknown_step")
+
+
+def test_step_order(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "step.failed", "c")
+        events[i + 1:i + 1] = [_ev("step.started", "d", 1, payload={}, timeout_at=0.0),
+                               _ev("step.failed", "d", 1, error="no", kind="rejected")]
+
+    store, log = _corrupt(real, "four", mutate)
+    _only(store, _at(log, "step.started", "d") + 1, "step_order")
+
+
+def test_abort_ignored(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "saga.deadline_exceeded")
+        events[i + 1:i + 1] = [_ev("step.started", "b", 3, payload={}, timeout_at=0.0),
+                               _ev("step.failed", "b", 3, error="boom", kind="error")]
+
+    store, log = _corrupt(real, "deadline_backoff", mutate)
+    _only(store, _at(log, "step.started", "b", 3) + 1, "abort_ignored")
+
+
+def test_deadline_while_compensating(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "compensation.started", "b") + 1,
+                      _ev("saga.deadline_exceeded", deadline_at=0.0))
+
+    store, log = _corrupt(real, "compensated", mutate)
+    _only(store, _at(log, "saga.deadline_exceeded") + 1, "deadline_while_compensating")
+
+
+# -- compensation ------------------------------------------------------------------------------
+def _compensate(step: str, attempt: int = 1) -> list[Event]:
+    return [_ev("compensation.started", step, attempt, payload={}, timeout_at=0.0),
+            _ev("compensation.succeeded", step, attempt, output={})]
+
+
+def _insert_after(type_: str, step: str | None, new: list[Event]) -> Mutation:
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, type_, step) + 1
+        events[i:i] = new
+
+    return mutate
+
+
+def test_no_compensation(real):
+    store, log = _corrupt(real, "no_undo", _insert_after("step.failed", "c", _compensate("b")))
+    _only(store, _at(log, "compensation.started", "b") + 1, "no_compensation")
+
+
+def test_pivot_compensated_the_pivot_itself(real):
+    store, log = _corrupt(real, "pivot_rejected",
+                          _insert_after("step.failed", "p", _compensate("p")))
+    _only(store, _at(log, "compensation.started", "p") + 1, "pivot_compensated")
+
+
+def test_pivot_compensated_after_the_pivot_succeeded(real):
+    store, log = _corrupt(real, "forward", _insert_after("step.failed", "z", _compensate("b")))
+    _only(store, _at(log, "compensation.started", "b") + 1, "pivot_compensated")
+
+
+def test_compensated_not_started(real):
+    store, log = _corrupt(real, "four", _insert_after("step.failed", "c", _compensate("d")))
+    _only(store, _at(log, "compensation.started", "d") + 1, "compensated_not_started")
+
+
+def test_compensated_rejected(real):
+    store, log = _corrupt(real, "compensated",
+                          _insert_after("step.failed", "c", _compensate("c")))
+    _only(store, _at(log, "compensation.started", "c") + 1, "compensated_rejected")
+
+
+def test_compensation_unprovoked(real):
+    store, log = _corrupt(real, "completed",
+                          _insert_after("step.succeeded", "c", _compensate("c")))
+    _only(store, _at(log, "compensation.started", "c") + 1, "compensation_unprovoked")
+
+
+def test_compensation_order(real):
+    def mutate(events: list[Event]) -> None:
+        b, a = _at(events, "compensation.started", "b"), _at(events, "compensation.started", "a")
+        events[b:a + 2] = [*events[a:a + 2], *events[b:a]]  # a's compensation before b's
+
+    store, log = _corrupt(real, "compensated", mutate)
+    _only(store, _at(log, "compensation.started", "b") + 1, "compensation_order")
+
+
+def test_compensation_twice(real):
+    store, log = _corrupt(real, "comp_timeout", _insert_after(
+        "compensation.succeeded", "b", [_ev("compensation.succeeded", "b", 1, output={})]))
+    _only(store, _at(log, "compensation.succeeded", "b", 1) + 1, "compensation_twice")
+
+
+def test_missing_compensation(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "compensation.started", "b")
+        del events[i:i + 2]
+
+    store, log = _corrupt(real, "compensated", mutate)
+    violation = _only(store, len(log), "missing_compensation")
+    assert "'b'" in violation.message
+
+
+def test_pivot_unknown_compensated(real):
+    def mutate(events: list[Event]) -> None:
+        i = _at(events, "saga.failed")
+        events[i:i] = _compensate("b")
+
+    store, log = _corrupt(real, "pivot_unknown", mutate)
+    _only(store, _at(log, "compensation.started", "b") + 1, "pivot_unknown_compensated")
+
+
+def test_wrong_end_status(real):
+    def mutate(events: list[Event]) -> None:
+        events[-1] = _ev("saga.compensated")
+
+    store, log = _corrupt(real, "completed", mutate)
+    _only(store, len(log), "wrong_end")
+
+
+def test_wrong_end_reason(real):
+    def mutate(events: list[Event]) -> None:
+        events[-1] = _ev("saga.failed", reason="pivot_unknown")
+
+    store, log = _corrupt(real, "forward", mutate)
+    violation = _only(store, len(log), "wrong_end")
+    assert "forward_recovery" in violation.message
+
+
+def test_stuck_retry_forever(real):
+    def mutate(events: list[Event]) -> None:
+        del events[_at(events, "compensation.started", "b", 6):]
+
+    store, log = _corrupt(real, "forever", mutate)
+    since = log[_at(log, "compensation.started", "b")]
+    assert audit_store(store, now=since.at + 600) == []
+    violation = _only(store, since.seq, "stuck_retry_forever", now=since.at + 7200)
+    assert "2h" in violation.message
+    assert audit_store(store, now=since.at + 7200, stuck_after=3 * 3600) == []
+
+
+def test_every_rule_has_a_test():
+    tested = {name.removeprefix("test_") for name in globals() if name.startswith("test_")}
+    untested = [rule for rule in RULES if not any(t.startswith(rule) for t in tested)]
+    assert untested == []
+
+
+def test_late_error_of_a_compensation_rejection(real):
+    def mutate(events: list[Event]) -> None:
+        events.insert(_at(events, "compensation.retrying", "b") + 1,
+                      _ev("compensation.failed", "b", 1, error="no", kind="rejected"))
+
+    store, log = _corrupt(real, "comp_timeout", mutate)
+    _only(store, _at(log, "compensation.failed", "b") + 1, "late_error")

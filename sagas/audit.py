@@ -1,0 +1,1089 @@
+"""Auditing saga logs against the guarantees of DESIGN.md §4 (``saga audit``).
+
+The audit reads each saga's log as a store holds it and checks, rule by rule, that the history
+is one the engine is allowed to produce: seqs from 1 without gaps, one outcome per epoch and
+nothing after it, compensations exactly where §4.2–4.3 put them and in reverse order, attempts
+with at most one time-out and one reply, an end that follows from the history, a header that
+agrees with the log. It is pure: no actors, no threads, no IO beyond the store object it is
+given, and the clock only as a default for ``now``.
+
+::
+
+    from sagas.audit import audit_store
+
+    for violation in audit_store(store, include_running=False):
+        print(violation.format())   # "<saga_id> seq <n>: <rule>: <message>"
+
+**The parsed view.** A log is cut into *epochs*: the first opens at ``saga.started``, each
+``saga.retried`` opens another, and each ends at its terminal event. Within an epoch, the
+``*.started`` events for one (phase, step) in a row form a *visit* of that state; a visit ends
+at the next visit or at the epoch's terminal event. Its *trigger* is the compiled machine's
+(:mod:`sagas.compiler`): ``succeeded``, ``rejected`` (an action's business "no"), or
+``exhausted`` when it ended without either; ``abandoned`` when it ended with an attempt still
+awaiting its reply, ``parked`` when a ``definition_unavailable`` failure cut it short. Events
+after a terminal event are reported once (``after_terminal``...) and otherwise left out of the
+view, so one corruption is reported by the rule it breaks, not by every rule downstream.
+
+**Rules** (:data:`RULES` lists them with one line each) are small functions over that view;
+the ones that need the flow (steps, order, pivot, compensations, retry policies) rebuild it from
+the saga's stored definition text — a definition that no longer parses is itself reported, and
+those rules are then skipped for that saga.
+
+**In-flight sagas.** :func:`audit_store` with ``include_running=True`` (the CLI's default)
+audits the history so far of a saga still in flight and accepts it being in flight while a live
+runtime owns it; one whose owner is gone (or was never set) is reported ``orphaned``, since only
+``saga resume`` will finish it. With ``include_running=False`` (a test after draining, or a
+check after ``saga resume``), every saga not ended is reported ``not_terminal``. Either way a
+``retry_forever`` saga compensating for longer than ``stuck_after`` seconds is reported
+``stuck_retry_forever``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import pairwise
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .compiler import CompiledFlow, compensation_state, compile_flow, step_state
+from .errors import FlowErrors, UnknownSaga
+from .events import EVENT_TYPES, TERMINAL_EVENTS, Event
+from .loader import parse_flow
+from .model import Flow, Step, format_duration
+
+if TYPE_CHECKING:
+    from .stores._base import SagaRecord, SagaStore
+
+__all__ = ["RULES", "Violation", "audit_saga", "audit_store"]
+
+RULES: Mapping[str, str] = MappingProxyType({
+    # the log as a sequence
+    "empty_log": "a saga has at least its saga.started event",
+    "seq_gap": "seqs count from 1 with no gap",
+    "seq_repeat": "no seq appears twice or goes backwards",
+    "event_id_repeat": "event ids are unique within a saga",
+    "unknown_event": "every event type is one of DESIGN §6",
+    "malformed_event": "step events name a step and an attempt (>= 1); saga events name none",
+    "first_event": "the first event is saga.started",
+    "started_twice": "saga.started appears once",
+    # epochs and terminal events
+    "terminal_twice": "exactly one terminal event per epoch",
+    "after_terminal": "nothing after a terminal event but a saga.retried opening a new epoch",
+    "reply_after_terminal": "reply.ignored is never recorded after a terminal event",
+    "bad_retry": "saga.retried follows saga.failed and resumes where the saga stopped",
+    "not_terminal": "every saga has ended (include_running=False)",
+    "orphaned": "a saga in flight has a live owner (else `saga resume` must finish it)",
+    "header_status": "the header's status and reason are those of the log",
+    "header_seq": "the header's last_seq is the last event's seq",
+    "definition_invalid": "the stored flow definition still parses",
+    "definition_mismatch": "the stored flow text has the sha256 the header names",
+    # attempts
+    "attempt_not_started": "an attempt's outcome, time-out or retry follows its *.started",
+    "attempt_order": "attempts of a (phase, step) are numbered 1, 2, 3... and start once",
+    "two_outcomes": "an attempt has at most one reply outcome (succeeded / failed)",
+    "timed_out_twice": "an attempt times out at most once",
+    "timed_out_after_reply": "an attempt never times out after its reply was recorded",
+    "late_error": "a late error (or compensation rejection) of a timed-out attempt is ignored",
+    "stale_outcome": "outcomes are recorded only for the step in progress",
+    "left_in_flight": "a step is left only once its latest attempt has an outcome",
+    "too_many_attempts": "no more attempts than the step's retry policy allows",
+    "gave_up_early": "a step runs out only after all its attempts (or a deadline / cancel)",
+    # forward order, deadline and cancel
+    "unknown_step": "every step named in the log is a step of the flow",
+    "step_order": "a step's action starts only after the previous step succeeded",
+    "abort_ignored": "after a deadline or cancel before the pivot, the step in progress ends",
+    "deadline_while_compensating": "the deadline is disarmed while compensating",
+    # compensation
+    "no_compensation": "only steps that declare a compensation are compensated",
+    "pivot_compensated": "neither the pivot nor anything after its success is compensated",
+    "compensated_not_started": "a step is compensated only if its action was started",
+    "compensated_rejected": "a step whose final outcome was rejected is not compensated",
+    "compensation_unprovoked": "compensation starts only after a step failed before the pivot",
+    "compensation_order": "compensations run one at a time, in reverse step order",
+    "compensation_twice": "each compensation completes (succeeds) at most once",
+    "missing_compensation": "a compensated saga compensated every step §4.2 requires",
+    "pivot_unknown_compensated": "a saga failed with pivot_unknown compensated nothing",
+    "wrong_end": "the terminal status (and reason) follows from the history",
+    "stuck_retry_forever": "a retry_forever saga is not compensating for over stuck_after",
+})
+
+FAILED_REASONS = ("compensation_failed", "pivot_unknown", "forward_recovery",
+                  "definition_unavailable")
+_STARTED = {"step.started": "action", "compensation.started": "compensation"}
+_REPLIES = {"step.succeeded": "action", "step.failed": "action",
+            "compensation.succeeded": "compensation", "compensation.failed": "compensation"}
+_TIMED_OUT = {"step.timed_out": "action", "compensation.timed_out": "compensation"}
+_RETRYING = {"step.retrying": "action", "compensation.retrying": "compensation"}
+_ATTEMPT_EVENTS = {**_STARTED, **_REPLIES, **_TIMED_OUT, **_RETRYING}
+_SAGA_EVENTS = {"saga.started", "saga.deadline_exceeded", "saga.cancelled", *TERMINAL_EVENTS}
+_ABORTS = ("saga.deadline_exceeded", "saga.cancelled")
+_GAVE_UP = ("exhausted", "abandoned")  # triggers that mean "ran out": the effect is unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule: in saga ``saga_id``, at event ``seq`` (None: the saga as a whole)."""
+
+    saga_id: str
+    seq: int | None
+    rule: str  # a slug of RULES
+    message: str
+
+    def format(self) -> str:
+        """``<saga_id> seq <n>: <rule>: <message>`` (``<saga_id>: <rule>: ...`` without seq)."""
+        where = self.saga_id if self.seq is None else f"{self.saga_id} seq {self.seq}"
+        return f"{where}: {self.rule}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"saga_id", "seq", "rule", "message"}``."""
+        return {"saga_id": self.saga_id, "seq": self.seq, "rule": self.rule,
+                "message": self.message}
+
+
+# -- the parsed view ---------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Visit:
+    """A run of ``*.started`` events for one (phase, step) within one epoch, and its outcomes."""
+
+    phase: str
+    step: str
+    epoch: int
+    starts: list[Event] = field(default_factory=list)
+    outcomes: list[Event] = field(default_factory=list)  # replies and time-outs, in order
+    closed_by: Event | None = None  # the next visit's first start, or the terminal event
+    resumed: bool = False  # continues the same state after a saga.retried
+    definitive: Event | None = None  # the outcome that ended it: a success, an action's "no"
+    answered: set[int] = field(default_factory=set)  # attempts with a reply or a time-out
+    attempts: set[int] = field(default_factory=set)  # attempts started
+
+    def add_outcome(self, event: Event) -> None:
+        self.outcomes.append(event)
+        assert event.attempt is not None
+        self.answered.add(event.attempt)
+        if self.definitive is None and (
+                event.type.endswith(".succeeded")
+                or (event.type == "step.failed" and event.data.get("kind") == "rejected")):
+            self.definitive = event
+
+    @property
+    def first(self) -> Event:
+        return self.starts[0]
+
+    @property
+    def state(self) -> str:
+        return step_state(self.step) if self.phase == "action" else compensation_state(self.step)
+
+    def in_flight(self) -> bool:
+        """Whether the latest attempt has neither a reply nor a time-out."""
+        return self.starts[-1].attempt not in self.answered
+
+    @property
+    def trigger(self) -> str | None:
+        """``succeeded``, ``rejected``, ``exhausted``, ``abandoned``, ``parked``; None while
+        the visit is still in progress."""
+        definitive = self.definitive
+        if definitive is not None:
+            return "succeeded" if definitive.type.endswith(".succeeded") else "rejected"
+        if self.closed_by is None:
+            return None
+        if _is_unavailable(self.closed_by):
+            return "parked"
+        return "abandoned" if self.in_flight() else "exhausted"
+
+    def describe(self) -> str:
+        what = "compensation" if self.phase == "compensation" else "action"
+        return f"{what} of {self.step!r}"
+
+
+@dataclass(eq=False)
+class _Epoch:
+    """From ``saga.started`` (or ``saga.retried``) to its terminal event."""
+
+    index: int
+    opener: Event | None
+    events: list[Event] = field(default_factory=list)  # up to the terminal event included
+    after: list[Event] = field(default_factory=list)  # after the terminal event
+    terminal: Event | None = None
+    visits: list[_Visit] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str | None:
+        if self.terminal is None or self.terminal.type != "saga.failed":
+            return None
+        reason = self.terminal.data.get("reason")
+        return reason if isinstance(reason, str) else None
+
+
+@dataclass(eq=False)
+class _View:
+    """A saga's log, cut into epochs, visits and attempts, with its compiled flow (if any)."""
+
+    saga_id: str
+    record: SagaRecord
+    compiled: CompiledFlow | None
+    flow_error: str | None
+    now: float
+    stuck_after: float
+    expect_terminal: bool
+    owner_alive: bool | None
+    epochs: list[_Epoch] = field(default_factory=list)
+    visits: list[_Visit] = field(default_factory=list)
+    live: list[Event] = field(default_factory=list)  # events not after a terminal event
+    attempts: dict[tuple[str, str, int], list[Event]] = field(default_factory=dict)
+    stray: list[Event] = field(default_factory=list)  # outcomes of no visit in progress
+
+    def violation(self, seq: int | None, rule: str, message: str) -> Violation:
+        assert rule in RULES, rule
+        return Violation(self.saga_id, seq, rule, message)
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        return self.record.events
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.epochs) and self.epochs[-1].terminal is not None
+
+    # -- the flow ---------------------------------------------------------------------------
+    def step(self, name: str | None) -> Step | None:
+        if self.compiled is None or name is None:
+            return None
+        info = self.compiled.info.get(step_state(name))
+        return info.step if info is not None else None
+
+    def index(self, name: str | None) -> int | None:
+        if self.compiled is None or name is None:
+            return None
+        info = self.compiled.info.get(step_state(name))
+        return info.index if info is not None else None
+
+    @property
+    def pivot_index(self) -> int | None:
+        return None if self.compiled is None else self.compiled.flow.pivot_index
+
+    def compensable(self, name: str) -> bool:
+        """Whether the flow lets ``name`` be compensated: it declares a compensation and comes
+        before the pivot."""
+        step, index, pivot = self.step(name), self.index(name), self.pivot_index
+        return (step is not None and index is not None and step.compensation is not None
+                and (pivot is None or index < pivot))
+
+    # -- history ----------------------------------------------------------------------------
+    @cached_property
+    def pivot_success(self) -> Event | None:
+        """The pivot action's success, if it happened (read after parsing)."""
+        if self.compiled is None or self.compiled.flow.pivot is None:
+            return None
+        pivot = self.compiled.flow.pivot.name
+        for visit in self.visits:
+            if visit.phase == "action" and visit.step == pivot and visit.trigger == "succeeded":
+                return visit.definitive
+        return None
+
+    def action_before(self, name: str, seq: int) -> _Visit | None:
+        """The latest visit of ``name``'s action begun before ``seq``."""
+        found = None
+        for visit in self.visits:
+            if visit.first.seq >= seq:
+                break
+            if visit.phase == "action" and visit.step == name:
+                found = visit
+        return found
+
+    def backward(self, visit: _Visit) -> bool:
+        """Whether ``visit`` (an action) ended in a way that starts backward recovery."""
+        index, pivot = self.index(visit.step), self.pivot_index
+        if visit.phase != "action" or index is None or visit.closed_by is None:
+            return False
+        trigger = visit.trigger
+        if pivot is None or index < pivot:
+            return trigger in ("rejected", *_GAVE_UP)
+        return index == pivot and trigger == "rejected"
+
+    def compensation_visits(self) -> list[_Visit]:
+        return [v for v in self.visits if v.phase == "compensation"]
+
+
+def _is_unavailable(event: Event) -> bool:
+    return event.type == "saga.failed" and event.data.get("reason") == "definition_unavailable"
+
+
+def _parse(view: _View) -> None:
+    """Fill ``view`` from its record's events (see the module docstring)."""
+    epoch: _Epoch | None = None
+    visit: _Visit | None = None
+    for event in view.events:
+        if epoch is None or event.type == "saga.retried":
+            if visit is not None and visit.closed_by is None:
+                visit.closed_by = event
+            opener = event if event.type in ("saga.started", "saga.retried") else None
+            epoch = _Epoch(len(view.epochs), opener)
+            view.epochs.append(epoch)
+            visit = None
+        if epoch.terminal is not None:
+            epoch.after.append(event)
+            continue
+        epoch.events.append(event)
+        view.live.append(event)
+        if event.type in TERMINAL_EVENTS:
+            epoch.terminal = event
+            if visit is not None and visit.closed_by is None:
+                visit.closed_by = event
+            continue
+        phase = _ATTEMPT_EVENTS.get(event.type)
+        if phase is None or event.step is None or not _is_attempt(event.attempt):
+            continue
+        assert event.attempt is not None
+        view.attempts.setdefault((phase, event.step, event.attempt), []).append(event)
+        if event.type in _STARTED:
+            same = visit is not None and (visit.phase, visit.step) == (phase, event.step)
+            if visit is None or not same or visit.definitive is not None:
+                previous = view.visits[-1] if view.visits else None
+                if visit is not None:
+                    visit.closed_by = event
+                visit = _Visit(phase, event.step, epoch.index)
+                visit.resumed = (previous is not None and previous.epoch < epoch.index
+                                 and (previous.phase, previous.step) == (phase, event.step)
+                                 and previous.trigger != "succeeded")
+                epoch.visits.append(visit)
+                view.visits.append(visit)
+            visit.starts.append(event)
+            visit.attempts.add(event.attempt)
+        elif event.type in _REPLIES or event.type in _TIMED_OUT:
+            current = (visit is not None and (visit.phase, visit.step) == (phase, event.step)
+                       and event.attempt in visit.attempts)
+            if current:
+                assert visit is not None
+                visit.add_outcome(event)
+            else:
+                view.stray.append(event)
+
+
+def _is_attempt(attempt: object) -> bool:
+    return isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 1
+
+
+# -- rules: the log as a sequence --------------------------------------------------------------
+Rule = Callable[[_View], Iterator[Violation]]
+
+
+def _empty_log(view: _View) -> Iterator[Violation]:
+    if not view.events:
+        yield view.violation(None, "empty_log", "the saga has no events at all")
+
+
+def _seq_order(view: _View) -> Iterator[Violation]:
+    expected = 1
+    for event in view.events:
+        if event.seq > expected:
+            missing = (str(expected) if event.seq == expected + 1
+                       else f"{expected}..{event.seq - 1}")
+            yield view.violation(event.seq, "seq_gap",
+                                 f"seq {missing} missing before this {event.type}")
+            expected = event.seq + 1
+        elif event.seq < expected:
+            yield view.violation(event.seq, "seq_repeat",
+                                 f"{event.type} has seq {event.seq} after seq {expected - 1}")
+        else:
+            expected += 1
+
+
+def _event_id_repeat(view: _View) -> Iterator[Violation]:
+    seen: dict[str, int] = {}
+    for event in view.events:
+        if event.event_id in seen:
+            yield view.violation(event.seq, "event_id_repeat",
+                                 f"event id {event.event_id!r} already used at seq "
+                                 f"{seen[event.event_id]}")
+        else:
+            seen[event.event_id] = event.seq
+
+
+def _unknown_event(view: _View) -> Iterator[Violation]:
+    for event in view.events:
+        if event.type not in EVENT_TYPES:
+            yield view.violation(event.seq, "unknown_event", f"unknown event type {event.type!r}")
+
+
+def _malformed_event(view: _View) -> Iterator[Violation]:
+    for event in view.events:
+        if event.type in _ATTEMPT_EVENTS:
+            if event.step is None or not _is_attempt(event.attempt):
+                yield view.violation(event.seq, "malformed_event",
+                                     f"{event.type} without a step and an attempt >= 1 "
+                                     f"(step {event.step!r}, attempt {event.attempt!r})")
+        elif event.type in _SAGA_EVENTS and (event.step is not None or event.attempt is not None):
+            yield view.violation(event.seq, "malformed_event",
+                                 f"{event.type} names step {event.step!r} / attempt "
+                                 f"{event.attempt!r}: it concerns the whole saga")
+
+
+def _first_event(view: _View) -> Iterator[Violation]:
+    if view.events and view.events[0].type != "saga.started":
+        first = view.events[0]
+        yield view.violation(first.seq, "first_event",
+                             f"the log begins with {first.type}, not saga.started")
+
+
+def _started_twice(view: _View) -> Iterator[Violation]:
+    for event in view.events[1:]:
+        if event.type == "saga.started":
+            yield view.violation(event.seq, "started_twice", "a second saga.started")
+
+
+# -- rules: epochs and terminal events ---------------------------------------------------------
+def _after_terminal(view: _View) -> Iterator[Violation]:
+    for epoch in view.epochs:
+        if epoch.terminal is None:
+            continue
+        end = f"{epoch.terminal.type} at seq {epoch.terminal.seq}"
+        for event in epoch.after:
+            if event.type in TERMINAL_EVENTS:
+                yield view.violation(event.seq, "terminal_twice",
+                                     f"{event.type} after {end}: one outcome per epoch")
+            elif event.type == "reply.ignored":
+                yield view.violation(event.seq, "reply_after_terminal",
+                                     f"reply.ignored for {event.step!r} recorded after {end}")
+            else:
+                yield view.violation(event.seq, "after_terminal", f"{event.type} after {end}")
+
+
+def _bad_retry(view: _View) -> Iterator[Violation]:
+    for previous, epoch in pairwise(view.epochs):
+        retried = epoch.opener
+        assert retried is not None  # every epoch but the first opens at saga.retried
+        end = previous.terminal
+        if end is None or end.type != "saga.failed":
+            status = "still in flight" if end is None else TERMINAL_EVENTS[end.type]
+            yield view.violation(retried.seq, "bad_retry",
+                                 f"saga.retried of a saga that had not failed ({status})")
+            continue
+        resumed = (retried.data.get("phase"), retried.step)
+        stopped = previous.visits[-1] if previous.visits else None
+        if stopped is not None and resumed != (stopped.phase, stopped.step):
+            yield view.violation(retried.seq, "bad_retry",
+                                 f"saga.retried names the {resumed[0]} of {resumed[1]!r} but "
+                                 f"the saga stopped at the {stopped.describe()}")
+        elif epoch.visits and (epoch.visits[0].phase, epoch.visits[0].step) != resumed:
+            yield view.violation(epoch.visits[0].first.seq, "bad_retry",
+                                 f"after saga.retried for the {resumed[0]} of {resumed[1]!r}, "
+                                 f"the {epoch.visits[0].describe()} started instead")
+
+
+def _not_terminal(view: _View) -> Iterator[Violation]:
+    if view.expect_terminal and view.events and not view.ended:
+        last = view.events[-1]
+        yield view.violation(None, "not_terminal",
+                             f"still in flight (last event {last.type} at seq {last.seq})")
+
+
+def _orphaned(view: _View) -> Iterator[Violation]:
+    if view.expect_terminal or view.owner_alive is not False or not view.events or view.ended:
+        return
+    owner = view.record.header.owner
+    who = f"its owner {owner!r} is gone" if owner else "no runtime owns it"
+    yield view.violation(None, "orphaned", f"in flight but {who}: `saga resume` finishes it")
+
+
+def _expected_status(view: _View) -> tuple[str, str | None]:
+    """The status and reason the log implies."""
+    epoch = view.epochs[-1]
+    if epoch.terminal is not None:
+        status = TERMINAL_EVENTS[epoch.terminal.type]
+        return status, (epoch.terminal.data.get("reason") if status == "failed" else None)
+    if epoch.visits:
+        phase = epoch.visits[-1].phase
+    else:
+        phase = epoch.opener.data.get("phase") if epoch.opener is not None else "action"
+    return ("compensating" if phase == "compensation" else "running"), None
+
+
+def _header_status(view: _View) -> Iterator[Violation]:
+    if not view.events:
+        return
+    header = view.record.header
+    status, reason = _expected_status(view)
+    terminal = view.epochs[-1].terminal
+    seq = terminal.seq if terminal is not None else view.events[-1].seq
+    if header.status != status:
+        yield view.violation(seq, "header_status",
+                             f"header says {header.status!r}, the log says {status!r}")
+    elif header.reason != reason:
+        yield view.violation(seq, "header_status",
+                             f"header reason {header.reason!r}, the log says {reason!r}")
+
+
+def _header_seq(view: _View) -> Iterator[Violation]:
+    last = view.events[-1].seq if view.events else 0
+    if view.record.header.last_seq != last:
+        yield view.violation(None, "header_seq",
+                             f"header last_seq {view.record.header.last_seq}, last event seq "
+                             f"{last}")
+
+
+def _definition(view: _View) -> Iterator[Violation]:
+    if view.flow_error is not None:
+        yield view.violation(None, "definition_invalid",
+                             f"the stored flow definition no longer loads: {view.flow_error}")
+    elif view.compiled is not None and view.compiled.definition != view.record.header.definition:
+        yield view.violation(None, "definition_mismatch",
+                             f"the stored flow text has sha256 {view.compiled.definition[:12]}..."
+                             f", the header names {view.record.header.definition[:12]}...")
+
+
+# -- rules: attempts ---------------------------------------------------------------------------
+def _attempt_not_started(view: _View) -> Iterator[Violation]:
+    started: set[tuple[str, str, int]] = set()
+    for event in view.live:
+        phase = _ATTEMPT_EVENTS.get(event.type)
+        if phase is None or event.step is None or not _is_attempt(event.attempt):
+            continue
+        assert event.attempt is not None
+        key = (phase, event.step, event.attempt)
+        if event.type in _STARTED:
+            started.add(key)
+        elif key not in started:
+            yield view.violation(event.seq, "attempt_not_started",
+                                 f"{event.type} for attempt {event.attempt} of {event.step!r}, "
+                                 "which never started")
+
+
+def _attempt_order(view: _View) -> Iterator[Violation]:
+    last: dict[tuple[str, str], int] = {}
+    for visit in view.visits:
+        for start in visit.starts:
+            assert start.attempt is not None
+            key = (visit.phase, visit.step)
+            expected = last.get(key, 0) + 1
+            if start.attempt != expected:
+                yield view.violation(start.seq, "attempt_order",
+                                     f"the {visit.describe()} starts attempt {start.attempt}, "
+                                     f"expected {expected}")
+            last[key] = max(last.get(key, 0), start.attempt)
+
+
+def _outcomes(view: _View, kinds: Mapping[str, str]) -> Iterator[tuple[tuple[str, str, int],
+                                                                          list[Event]]]:
+    for key, events in view.attempts.items():
+        yield key, [e for e in events if e.type in kinds]
+
+
+def _two_outcomes(view: _View) -> Iterator[Violation]:
+    for (_, step, attempt), replies in _outcomes(view, _REPLIES):
+        for extra in replies[1:]:
+            yield view.violation(extra.seq, "two_outcomes",
+                                 f"{extra.type} for attempt {attempt} of {step!r}, which already "
+                                 f"had {replies[0].type} at seq {replies[0].seq}")
+
+
+def _timed_out_twice(view: _View) -> Iterator[Violation]:
+    for (_, step, attempt), timeouts in _outcomes(view, _TIMED_OUT):
+        for extra in timeouts[1:]:
+            yield view.violation(extra.seq, "timed_out_twice",
+                                 f"attempt {attempt} of {step!r} already timed out at seq "
+                                 f"{timeouts[0].seq}")
+
+
+def _timed_out_after_reply(view: _View) -> Iterator[Violation]:
+    for key, events in view.attempts.items():
+        reply = next((e for e in events if e.type in _REPLIES), None)
+        if reply is None:
+            continue
+        for event in events:
+            if event.type in _TIMED_OUT and event.seq > reply.seq:
+                yield view.violation(event.seq, "timed_out_after_reply",
+                                     f"attempt {key[2]} of {key[1]!r} times out after its "
+                                     f"{reply.type} at seq {reply.seq}")
+
+
+def _late_error(view: _View) -> Iterator[Violation]:
+    for key, events in view.attempts.items():
+        timed_out = next((e for e in events if e.type in _TIMED_OUT), None)
+        if timed_out is None:
+            continue
+        for event in events:
+            if event.seq < timed_out.seq or event.type not in ("step.failed",
+                                                               "compensation.failed"):
+                continue
+            if event.type == "compensation.failed" or event.data.get("kind") != "rejected":
+                what = "error" if event.data.get("kind") != "rejected" else "rejection"
+                yield view.violation(event.seq, "late_error",
+                                     f"a late {what} from attempt {key[2]} of {key[1]!r} (timed "
+                                     f"out at seq {timed_out.seq}) is recorded: it is ignored")
+
+
+def _stale_outcome(view: _View) -> Iterator[Violation]:
+    for event in view.stray:
+        phase = _ATTEMPT_EVENTS[event.type]
+        assert event.step is not None and event.attempt is not None
+        started = view.attempts.get((phase, event.step, event.attempt), [])
+        if not any(e.type in _STARTED and e.seq < event.seq for e in started):
+            continue  # attempt_not_started reports it
+        yield view.violation(event.seq, "stale_outcome",
+                             f"{event.type} for attempt {event.attempt} of {event.step!r}, no "
+                             "longer in progress: it is recorded as reply.ignored")
+
+
+def _left_in_flight(view: _View) -> Iterator[Violation]:
+    for visit in view.visits:
+        if visit.trigger == "abandoned":
+            assert visit.closed_by is not None
+            yield view.violation(visit.closed_by.seq, "left_in_flight",
+                                 f"the {visit.describe()} is left while attempt "
+                                 f"{visit.starts[-1].attempt} awaits its reply (no time-out)")
+
+
+def _too_many_attempts(view: _View) -> Iterator[Violation]:
+    for visit in view.visits:
+        step = view.step(visit.step)
+        if step is None or (visit.phase == "compensation"
+                            and step.on_compensation_failure == "retry_forever"):
+            continue
+        if len(visit.starts) > step.retry.attempts:
+            extra = visit.starts[step.retry.attempts]
+            yield view.violation(extra.seq, "too_many_attempts",
+                                 f"the {visit.describe()} has {len(visit.starts)} attempts in "
+                                 f"this epoch; its retry policy allows {step.retry.attempts}")
+
+
+def _aborted(view: _View, visit: _Visit) -> bool:
+    """Whether a deadline or cancel before the pivot's success cut ``visit`` short."""
+    if visit.phase != "action" or visit.closed_by is None:
+        return False
+    pivot = view.pivot_success
+    return any(e.type in _ABORTS and visit.first.seq < e.seq < visit.closed_by.seq
+               and (pivot is None or pivot.seq > e.seq) for e in view.live)
+
+
+def _gave_up_early(view: _View) -> Iterator[Violation]:
+    for visit in view.visits:
+        step = view.step(visit.step)
+        if step is None or visit.trigger != "exhausted" or _aborted(view, visit):
+            continue
+        if len(visit.starts) < step.retry.attempts:
+            assert visit.closed_by is not None
+            yield view.violation(visit.closed_by.seq, "gave_up_early",
+                                 f"the {visit.describe()} is given up after "
+                                 f"{len(visit.starts)} of {step.retry.attempts} attempts")
+
+
+# -- rules: forward order, deadline and cancel -------------------------------------------------
+def _unknown_step(view: _View) -> Iterator[Violation]:
+    if view.compiled is None:
+        return
+    for event in view.events:
+        if event.step is not None and view.index(event.step) is None:
+            yield view.violation(event.seq, "unknown_step",
+                                 f"{event.type} names step {event.step!r}, which the flow "
+                                 "does not have")
+
+
+def _step_order(view: _View) -> Iterator[Violation]:
+    if view.compiled is None:
+        return
+    steps = view.compiled.flow.steps
+    for position, visit in enumerate(view.visits):
+        index = view.index(visit.step)
+        if visit.phase != "action" or visit.resumed or index is None:
+            continue
+        previous = view.visits[position - 1] if position else None
+        problem = None
+        if index == 0:
+            if previous is not None:
+                problem = f"the first step starts again after the {previous.describe()}"
+        elif previous is None:
+            problem = f"{visit.step!r} is the first step started; {steps[0].name!r} comes first"
+        elif previous.phase == "compensation":
+            problem = (f"{visit.step!r} starts after the {previous.describe()}: no action "
+                       "runs once compensation began")
+        elif previous.step != steps[index - 1].name or previous.trigger != "succeeded":
+            problem = (f"{visit.step!r} starts after {previous.step!r} "
+                       f"{previous.trigger or 'in progress'}; it follows the success of "
+                       f"{steps[index - 1].name!r}")
+        if problem:
+            yield view.violation(visit.first.seq, "step_order", problem)
+
+
+def _current_visit(epoch: _Epoch, seq: int) -> _Visit | None:
+    """The visit in progress at ``seq`` in ``epoch``."""
+    current = None
+    for visit in epoch.visits:
+        if visit.first.seq > seq:
+            break
+        current = visit
+    return current
+
+
+def _abort_ignored(view: _View) -> Iterator[Violation]:
+    pivot = view.pivot_success
+    reported: set[int] = set()
+    for epoch in view.epochs:
+        for event in epoch.events:
+            if event.type not in _ABORTS or (pivot is not None and pivot.seq < event.seq):
+                continue
+            visit = _current_visit(epoch, event.seq)
+            if visit is None or visit.phase != "action" or id(visit) in reported:
+                continue
+            later = [e for e in (*visit.starts, *visit.outcomes)
+                     if e.seq > event.seq and e.type not in _TIMED_OUT]
+            if later:
+                reported.add(id(visit))
+                yield view.violation(later[0].seq, "abort_ignored",
+                                     f"{later[0].type} for {visit.step!r} after {event.type} at "
+                                     f"seq {event.seq}: the step in progress ends there")
+
+
+def _deadline_while_compensating(view: _View) -> Iterator[Violation]:
+    # a cancel while compensating is recorded and changes nothing (DESIGN §4.4): not checked
+    for epoch in view.epochs:
+        for event in epoch.events:
+            if event.type != "saga.deadline_exceeded":
+                continue
+            visit = _current_visit(epoch, event.seq)
+            if visit is None and epoch.opener is not None:
+                compensating = epoch.opener.data.get("phase") == "compensation"
+            else:
+                compensating = visit is not None and visit.phase == "compensation"
+            if compensating:
+                yield view.violation(event.seq, "deadline_while_compensating",
+                                     "saga.deadline_exceeded while compensating: the deadline "
+                                     "is disarmed then")
+
+
+# -- rules: compensation -----------------------------------------------------------------------
+def _entries(view: _View) -> Iterator[_Visit]:
+    """Compensation visits that begin a compensation (not resumed after a retry), known step."""
+    for visit in view.compensation_visits():
+        if not visit.resumed and view.index(visit.step) is not None:
+            yield visit
+
+
+def _no_compensation(view: _View) -> Iterator[Violation]:
+    pivot = view.pivot_index
+    for visit in _entries(view):
+        step, index = view.step(visit.step), view.index(visit.step)
+        assert step is not None and index is not None
+        if step.compensation is None and (pivot is None or index < pivot):
+            yield view.violation(visit.first.seq, "no_compensation",
+                                 f"{visit.step!r} is compensated but declares no compensation")
+
+
+def _pivot_compensated(view: _View) -> Iterator[Violation]:
+    pivot, success = view.pivot_index, view.pivot_success
+    if pivot is None:
+        return
+    for visit in _entries(view):
+        index = view.index(visit.step)
+        assert index is not None
+        if index == pivot:
+            problem = f"the pivot {visit.step!r} is compensated: it never is"
+        elif index > pivot:
+            problem = f"{visit.step!r} comes after the pivot and is compensated"
+        elif success is not None and success.seq < visit.first.seq:
+            problem = (f"{visit.step!r} is compensated after the pivot succeeded (seq "
+                       f"{success.seq}): recovery is forward from there")
+        else:
+            continue
+        yield view.violation(visit.first.seq, "pivot_compensated", problem)
+
+
+def _compensated_not_started(view: _View) -> Iterator[Violation]:
+    for visit in _entries(view):
+        if view.compensable(visit.step) and view.action_before(visit.step,
+                                                               visit.first.seq) is None:
+            yield view.violation(visit.first.seq, "compensated_not_started",
+                                 f"{visit.step!r} is compensated but its action never started")
+
+
+def _compensated_rejected(view: _View) -> Iterator[Violation]:
+    for visit in _entries(view):
+        action = view.action_before(visit.step, visit.first.seq)
+        if view.compensable(visit.step) and action is not None and action.trigger == "rejected":
+            assert action.definitive is not None
+            yield view.violation(visit.first.seq, "compensated_rejected",
+                                 f"{visit.step!r} is compensated but its action was rejected "
+                                 f"(seq {action.definitive.seq}): a rejection had no effect")
+
+
+def _compensation_unprovoked(view: _View) -> Iterator[Violation]:
+    pivot = view.pivot_success
+    for visit in _entries(view):
+        action = view.action_before(visit.step, visit.first.seq)
+        if (not view.compensable(visit.step) or action is None or action.trigger == "rejected"
+                or (pivot is not None and pivot.seq < visit.first.seq)
+                or view.epochs[visit.epoch].reason == "pivot_unknown"):
+            continue  # another rule owns these
+        if not any(view.backward(v) and v.closed_by is not None
+                   and v.closed_by.seq <= visit.first.seq for v in view.visits):
+            yield view.violation(visit.first.seq, "compensation_unprovoked",
+                                 f"{visit.step!r} is compensated though no step failed before "
+                                 "the pivot")
+            return  # the same cause for every later compensation
+
+
+def _compensation_order(view: _View) -> Iterator[Violation]:
+    visits = [v for v in view.compensation_visits() if view.index(v.step) is not None]
+    for position, visit in enumerate(visits):
+        if visit.resumed:
+            continue
+        index = view.index(visit.step)
+        assert index is not None
+        previous = visits[position - 1] if position else None
+        problem = None
+        if previous is not None and previous.step == visit.step and previous.definitive:
+            problem = (f"the compensation of {visit.step!r} starts again after it succeeded at "
+                       f"seq {previous.definitive.seq}")
+        elif previous is not None and previous.step != visit.step and not previous.definitive:
+            problem = (f"the compensation of {visit.step!r} starts while that of "
+                       f"{previous.step!r} has not succeeded: one at a time")
+        else:
+            for earlier in visits[:position]:
+                earlier_index = view.index(earlier.step)
+                assert earlier_index is not None
+                if earlier_index < index:
+                    problem = (f"the compensation of {visit.step!r} starts after that of "
+                               f"{earlier.step!r} (seq {earlier.first.seq}), an earlier step: "
+                               "compensations run in reverse step order")
+                    break
+        if problem:
+            yield view.violation(visit.first.seq, "compensation_order", problem)
+
+
+def _compensation_twice(view: _View) -> Iterator[Violation]:
+    done: dict[str, Event] = {}
+    for visit in view.compensation_visits():
+        for event in visit.outcomes:
+            if event.type != "compensation.succeeded":
+                continue
+            if visit.step in done:
+                yield view.violation(event.seq, "compensation_twice",
+                                     f"the compensation of {visit.step!r} succeeds again (first "
+                                     f"at seq {done[visit.step].seq})")
+            else:
+                done[visit.step] = event
+
+
+def _missing_compensation(view: _View) -> Iterator[Violation]:
+    if view.compiled is None:
+        return
+    for epoch in view.epochs:
+        end = epoch.terminal
+        if end is None or end.type != "saga.compensated" or not any(
+                view.backward(v) and v.first.seq < end.seq for v in view.visits):
+            continue  # without a failure to recover from, the end itself is wrong (wrong_end)
+        missing = []
+        for step in reversed(view.compiled.flow.steps):
+            if not view.compensable(step.name):
+                continue
+            action = view.action_before(step.name, end.seq)
+            if action is None or action.trigger in ("rejected", None):
+                continue
+            if not any(v.step == step.name and v.definitive is not None
+                       and v.definitive.seq < end.seq for v in view.compensation_visits()):
+                missing.append(step.name)
+        if missing:
+            names = ", ".join(repr(name) for name in missing)
+            yield view.violation(end.seq, "missing_compensation",
+                                 f"saga.compensated but {names} never compensated (started, "
+                                 "not rejected)")
+
+
+def _pivot_unknown_compensated(view: _View) -> Iterator[Violation]:
+    for epoch in view.epochs:
+        if epoch.reason != "pivot_unknown":
+            continue
+        visits = [v for v in epoch.visits if v.phase == "compensation"]
+        if visits:
+            assert epoch.terminal is not None
+            names = ", ".join(repr(v.step) for v in visits)
+            yield view.violation(visits[0].first.seq, "pivot_unknown_compensated",
+                                 f"compensates {names} but ends failed/pivot_unknown (seq "
+                                 f"{epoch.terminal.seq}): nothing is compensated then")
+
+
+def _end_problem(view: _View, epoch: _Epoch, end: Event) -> str | None:
+    """Why ``end`` does not follow from the history, or None."""
+    compiled = view.compiled
+    assert compiled is not None
+    status = TERMINAL_EVENTS[end.type]
+    actions = [v for v in epoch.visits if v.phase == "action"]
+    last_action = actions[-1] if actions else None
+    if status == "completed":
+        flow_steps = compiled.flow.steps
+        undone = [s.name for s in flow_steps
+                  if not any(v.phase == "action" and v.step == s.name and v.trigger == "succeeded"
+                             and v.first.seq < end.seq for v in view.visits)]
+        if undone:
+            return f"completed but {', '.join(map(repr, undone))} never succeeded"
+        if last_action is None or last_action.step != flow_steps[-1].name:
+            return f"completed right after {last_action.step!r}" if last_action else \
+                "completed with no step run in this epoch"
+        return None
+    if status == "compensated":
+        success = view.pivot_success
+        if success is not None and success.seq < end.seq:
+            return (f"compensated after the pivot succeeded (seq {success.seq}): recovery is "
+                    "forward from there")
+        if not any(view.backward(v) and v.first.seq < end.seq for v in view.visits):
+            return "compensated though no step failed before the pivot"
+        last = epoch.visits[-1] if epoch.visits else None
+        if last is not None and last.phase == "compensation" and last.trigger != "succeeded":
+            return f"compensated while the compensation of {last.step!r} had not succeeded"
+        if last is not None and last.phase == "action" and last.trigger == "succeeded":
+            return f"compensated right after {last.step!r} succeeded"
+        return None
+    reason = epoch.reason
+    if reason == "definition_unavailable":
+        return None
+    if reason not in FAILED_REASONS:
+        return f"saga.failed with reason {end.data.get('reason')!r}, not one of the engine's"
+    visit = (epoch.visits[-1] if epoch.visits else None) if reason == "compensation_failed" \
+        else last_action
+    if visit is None:
+        return f"failed/{reason} with no step run in this epoch"
+    trigger = "exhausted" if visit.trigger == "abandoned" else visit.trigger
+    move = compiled.next(visit.state, trigger) if trigger else None
+    if move != ("failed", reason):
+        after = f"the {visit.describe()} {visit.trigger or 'in progress'}"
+        if move is None:
+            return f"failed/{reason} after {after}, which has no way to end failed"
+        dest = move[0] if move[1] is None else f"{move[0]}/{move[1]}"
+        return f"failed/{reason} after {after}, which leads to {dest}"
+    return None
+
+
+def _wrong_end(view: _View) -> Iterator[Violation]:
+    if view.compiled is None:
+        return
+    for epoch in view.epochs:
+        if epoch.terminal is not None:
+            problem = _end_problem(view, epoch, epoch.terminal)
+            if problem:
+                yield view.violation(epoch.terminal.seq, "wrong_end", problem)
+
+
+def _stuck_retry_forever(view: _View) -> Iterator[Violation]:
+    if not view.epochs or view.ended:
+        return
+    epoch = view.epochs[-1]
+    current = epoch.visits[-1] if epoch.visits else None
+    step = view.step(current.step) if current is not None else None
+    if current is None or step is None or current.phase != "compensation" \
+            or step.on_compensation_failure != "retry_forever":
+        return
+    since = next(v.first for v in epoch.visits if v.phase == "compensation")
+    stuck = view.now - since.at
+    if stuck > view.stuck_after:
+        yield view.violation(since.seq, "stuck_retry_forever",
+                             f"compensating for {format_duration(stuck)} (over "
+                             f"{format_duration(view.stuck_after)}); the compensation of "
+                             f"{current.step!r} is at attempt {current.starts[-1].attempt}")
+
+
+_RULES: tuple[Rule, ...] = (
+    _empty_log, _seq_order, _event_id_repeat, _unknown_event, _malformed_event, _first_event,
+    _started_twice, _after_terminal, _bad_retry, _not_terminal, _orphaned, _header_status,
+    _header_seq, _definition, _attempt_not_started, _attempt_order, _two_outcomes,
+    _timed_out_twice, _timed_out_after_reply, _late_error, _stale_outcome, _left_in_flight,
+    _too_many_attempts, _gave_up_early, _unknown_step, _step_order, _abort_ignored,
+    _deadline_while_compensating, _no_compensation, _pivot_compensated, _compensated_not_started,
+    _compensated_rejected, _compensation_unprovoked, _compensation_order, _compensation_twice,
+    _missing_compensation, _pivot_unknown_compensated, _wrong_end, _stuck_retry_forever,
+)
+
+
+# -- entry points ------------------------------------------------------------------------------
+def _compile(text: str) -> CompiledFlow | str:
+    """The compiled flow of a stored definition, or why it no longer loads."""
+    try:
+        return compile_flow(parse_flow(text, source="<stored definition>"))
+    except FlowErrors as error:
+        first = error.errors[0].format() if error.errors else str(error)
+        more = f" (+{len(error.errors) - 1} more)" if len(error.errors) > 1 else ""
+        return first + more
+    except Exception as error:  # a compiler invariant: report it, keep auditing
+        return f"{type(error).__name__}: {error}"
+
+
+def audit_saga(record: SagaRecord, *, now: float, stuck_after: float = 3600.0,
+               flow: Flow | CompiledFlow | None = None, expect_terminal: bool = False,
+               owner_alive: bool | None = None) -> list[Violation]:
+    """Every rule ``record``'s log breaks, in seq order (saga-wide violations first).
+
+    ``flow`` overrides the flow rebuilt from ``record.definition_text``. ``now`` (a Unix time)
+    measures how long a ``retry_forever`` saga has been compensating against ``stuck_after``
+    seconds. A saga not ended is reported ``not_terminal`` when ``expect_terminal``; otherwise
+    ``orphaned`` when ``owner_alive`` is False (None: unknown, not checked).
+    """
+    if isinstance(flow, CompiledFlow):
+        built: CompiledFlow | str = flow
+    elif isinstance(flow, Flow):
+        built = compile_flow(flow)
+    else:
+        built = _compile(record.definition_text)
+    return _audit(record, built, now=now, stuck_after=stuck_after,
+                  expect_terminal=expect_terminal, owner_alive=owner_alive)
+
+
+def _audit(record: SagaRecord, built: CompiledFlow | str, *, now: float, stuck_after: float,
+           expect_terminal: bool, owner_alive: bool | None) -> list[Violation]:
+    """:func:`audit_saga` on a flow already compiled (or the reason it does not load)."""
+    compiled, error = (built, None) if isinstance(built, CompiledFlow) else (None, built)
+    view = _View(record.header.saga_id, record, compiled, error, now, stuck_after,
+                 expect_terminal, owner_alive)
+    _parse(view)
+    found = [violation for rule in _RULES for violation in rule(view)]
+    found.sort(key=lambda v: 0 if v.seq is None else v.seq)
+    return found
+
+
+def audit_store(store: SagaStore, *, now: float | None = None, stuck_after: float = 3600.0,
+                include_running: bool = True) -> list[Violation]:
+    """Audit every saga in ``store`` (in ``store.list()`` order: newest first).
+
+    ``include_running=True`` (what ``saga audit`` does): a saga in flight is audited as far
+    as it went, and is fine while its owner is alive; with no live owner it is ``orphaned``.
+    ``include_running=False``: every saga must have ended, else ``not_terminal``. ``now``
+    defaults to the current time. Flow definitions are parsed once per sha256.
+    """
+    moment = time.time() if now is None else now
+    compiled: dict[str, CompiledFlow | str] = {}
+    found: list[Violation] = []
+    for header in store.list():
+        try:
+            record = store.load(header.saga_id)
+        except UnknownSaga:  # pragma: no cover - stores never delete sagas
+            continue
+        key = record.header.definition
+        if key not in compiled:
+            compiled[key] = _compile(record.definition_text)
+        built = compiled[key]
+        alive = None
+        if include_running and not _log_ended(record):
+            alive = _owner_alive(store, record.header.owner)
+        found.extend(_audit(record, built, now=moment, stuck_after=stuck_after,
+                            expect_terminal=not include_running, owner_alive=alive))
+    return found
+
+
+def _log_ended(record: SagaRecord) -> bool:
+    """Whether the log's last epoch ended (what :func:`audit_saga` checks in detail)."""
+    for event in reversed(record.events):
+        if event.type == "saga.retried":
+            return False
+        if event.type in TERMINAL_EVENTS:
+            return True
+    return False
+
+
+def _owner_alive(store: SagaStore, owner: str | None) -> bool:
+    if not owner:
+        return False
+    try:
+        return bool(store.owner_alive(owner))
+    except ValueError:  # an owner id the store cannot even hold: nobody alive has it
+        return False
+
