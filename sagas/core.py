@@ -98,9 +98,12 @@ class TimerFired:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Cancel the saga (DESIGN.md §4.4); nothing happens to a terminal saga."""
+    """Cancel the saga (DESIGN.md §4.4); nothing happens to a terminal saga.
+
+    ``causation_id`` names what asked for it (e.g. ``request/7``, a store request)."""
 
     requested_by: str | None = None
+    causation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class Retry:
     """Re-drive a ``failed`` saga from where it stopped (DESIGN.md §4.2–4.3)."""
 
     requested_by: str | None = None
+    causation_id: str | None = None
 
 
 Signal = Start | ReplyReceived | TimerFired | Cancel | Retry
@@ -503,7 +507,7 @@ class _Decision:
         if saga.cancelled:
             return
         event = self.emit("saga.cancelled", None, None,
-                          {"requested_by": signal.requested_by}, None)
+                          {"requested_by": signal.requested_by}, signal.causation_id)
         if saga.status == "running" and not saga.pivot_done:
             self.abort_forward(event.event_id)
 
@@ -514,7 +518,8 @@ class _Decision:
         info = saga.info
         assert info is not None
         event = self.emit("saga.retried", info.step.name, None,
-                          {"requested_by": signal.requested_by, "phase": info.phase}, None)
+                          {"requested_by": signal.requested_by, "phase": info.phase},
+                          signal.causation_id)
         self.start_attempt(info, saga.attempt + 1, event.event_id)
 
 

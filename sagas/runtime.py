@@ -370,12 +370,12 @@ class Runtime:
         A saga driven by another live runtime gets the cancel through the store (its owner acts
         on it); one with no live owner is adopted and driven here.
         """
-        return self._act(saga_id, core.Cancel(), "cancel", timeout)
+        return self._act(saga_id, core.Cancel(self.owner), "cancel", timeout)
 
     def retry(self, saga_id: str, timeout: float = START_TIMEOUT) -> SagaResult:
         """Re-drive a ``failed`` saga from where it stopped (DESIGN.md §4.2–4.3): the parked
         compensation, or forward recovery. Anything else is left as it is."""
-        return self._act(saga_id, core.Retry(), "retry", timeout)
+        return self._act(saga_id, core.Retry(self.owner), "retry", timeout)
 
     def _act(self, saga_id: str, signal: core.Signal, kind: str, timeout: float) -> SagaResult:
         self._check_open()
@@ -384,7 +384,7 @@ class Runtime:
             return self.result(saga_id)  # left as it is
         owner = header.owner
         if owner is not None and owner != self.owner and self.store.owner_alive(owner):
-            request_id = self.store.request(saga_id, kind)
+            request_id = self.store.request(saga_id, kind, {"requested_by": self.owner})
             self._await_request(saga_id, request_id, timeout)
             return self.result(saga_id)
         if owner != self.owner or header.status in TERMINAL:
@@ -427,7 +427,10 @@ class Runtime:
             try:
                 for request in self.store.requests(self.owner, after):
                     after = max(after, request.request_id)
-                    signal = {"cancel": core.Cancel(), "retry": core.Retry()}.get(request.kind)
+                    cause = f"request/{request.request_id}"
+                    by = request.data.get("requested_by")
+                    signal = {"cancel": core.Cancel(by, cause),
+                              "retry": core.Retry(by, cause)}.get(request.kind)
                     if signal is not None:
                         ticket = Ticket()
                         self._tell_shard(request.saga_id,

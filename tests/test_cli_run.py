@@ -206,3 +206,34 @@ def test_an_unusable_store_exits_5(tmp_path):
     assert proc.returncode == 5
     assert len(proc.stderr.strip().splitlines()) == 1
     assert bad.read_text() == "hello, I am not SQLite\n" * 10
+
+
+@pytest.mark.parametrize("command", [
+    ["list"], ["show", "some-id"], ["resume"], ["audit"], ["retry", "some-id"],
+    ["cancel", "some-id"], ["run", ORDER, "--input", GOOD],
+])
+@pytest.mark.parametrize("damage", ["text", "truncated", "newer_schema"])
+def test_every_command_on_a_damaged_store_is_one_line_exit_5(tmp_path, command, damage):
+    path = tmp_path / "s.db"
+    url = f"sqlite:///{path}"
+    if damage == "text":
+        path.write_text("not a database at all\n" * 50)
+    else:
+        invoke("run", ORDER, "--input", GOOD, "--store", url)
+        if damage == "truncated":
+            data = path.read_bytes()
+            for extra in tmp_path.glob("s.db-*"):
+                extra.unlink()
+            path.write_bytes(data[: len(data) // 3 or 100])
+        else:
+            import sqlite3
+
+            db = sqlite3.connect(path)
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+            db.commit()
+            db.close()
+    before = path.read_bytes()
+    proc = saga(*command, "--store", url)
+    assert proc.returncode == 5, (proc.stdout, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert path.read_bytes() == before  # never reset or overwritten
