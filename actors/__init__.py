@@ -14,6 +14,7 @@ from __future__ import annotations
 from ._activity import Activity, CountingRef
 from ._clock import Clock, SystemClock, VirtualClock
 from ._deadletters import DeadLetter, DeadLetters
+from ._dispatch import Dispatcher
 from ._errors import (
     ActorError,
     ActorUnavailable,
@@ -58,6 +59,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "Deliver",
+    "Dispatcher",
     "Fault",
     "FaultInjector",
     "FaultKind",

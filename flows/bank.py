@@ -63,7 +63,9 @@ class SourceBank(Service):
         return {"settled": hold[1]}
 
     def snapshot(self) -> dict[str, Any]:
-        return {"balances": dict(self.balances), "holds": len(self.holds)}
+        """Balances that moved from the opening balance, and the holds in place."""
+        moved = {a: b for a, b in self.balances.items() if b != OPENING_BALANCE}
+        return {"balances": moved, "holds": len(self.holds)}
 
 
 class TargetBank(Service):
@@ -86,7 +88,7 @@ class TargetBank(Service):
         return {"credit_id": command.key, "amount": amount}
 
     def snapshot(self) -> dict[str, Any]:
-        return {"balances": dict(self.balances)}
+        return {"balances": {a: b for a, b in self.balances.items() if b}}
 
 
 class Ledger(Service):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors import Rejected, Service, handles
+from sagas.testing import invariant
 
 __all__ = ["FREIGHT_LIMIT", "INITIAL_STOCK", "Inventory", "Notifications", "Payment", "Shipping"]
 
@@ -58,6 +59,17 @@ class Inventory(Service):
     def snapshot(self) -> dict[str, Any]:
         return {"stock": dict(self.stock), "reservations": len(self.reservations)}
 
+    @invariant
+    def stock_is_never_negative(self) -> None:
+        negative = {sku: n for sku, n in self.stock.items() if n < 0}
+        assert not negative, f"negative stock: {negative}"
+
+    @invariant
+    def stock_and_reservations_add_up(self) -> None:
+        for sku, start in INITIAL_STOCK.items():
+            held = sum(q for s, q in self.reservations.values() if s == sku)
+            assert self.stock.get(sku, 0) + held == start, f"{sku}: units appeared or vanished"
+
 
 class Payment(Service):
     """Charges per order; ``charge`` takes the money, ``refund`` gives it back."""
@@ -88,6 +100,12 @@ class Payment(Service):
 
     def snapshot(self) -> dict[str, Any]:
         return {"collected": self.collected, "charges": len(self.charges)}
+
+    @invariant
+    def money_is_conserved(self) -> None:
+        assert self.collected == sum(self.charges.values()), (
+            f"collected {self.collected} but the charges held add up to "
+            f"{sum(self.charges.values())}")
 
 
 class Shipping(Service):

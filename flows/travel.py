@@ -22,7 +22,7 @@ class _Capacity(Service):
 
     resource_field = ""
     default_capacity: int | None = 0
-    unit = 1
+    initial_capacity: dict[str, int] = {}
 
     def __init__(self, capacity: dict[str, int] | None = None) -> None:
         super().__init__()
@@ -52,7 +52,11 @@ class _Capacity(Service):
         return {"cancelled": True}
 
     def snapshot(self) -> dict[str, Any]:
-        return {"capacity": dict(self.capacity), "bookings": len(self.bookings)}
+        """Capacity that differs from what a resource starts with, and the bookings held."""
+        initial = type(self).initial_capacity
+        used = {r: c for r, c in self.capacity.items()
+                if c != initial.get(r, self.default_capacity)}
+        return {"capacity": used, "bookings": len(self.bookings)}
 
 
 class Flights(_Capacity):
@@ -84,6 +88,7 @@ class Hotels(_Capacity):
 class Cars(_Capacity):
     resource_field = "car"
     default_capacity = None  # only the known classes exist
+    initial_capacity = CAR_CLASSES
 
     def __init__(self) -> None:
         super().__init__(CAR_CLASSES)

@@ -15,7 +15,7 @@ EXPORTS = {
     # messages
     "Command", "Reply", "Deliver", "StoredReply", "Teller", "Phase", "Outcome", "freeze", "thaw",
     # inbox
-    "InboxStore", "MemoryInbox",
+    "InboxStore", "MemoryInbox", "Dispatcher",
     # pools and supervision
     "ServicePool", "DeadLetters", "DeadLetter",
     # faults

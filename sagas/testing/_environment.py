@@ -27,14 +27,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from actors import Fault, Faults, Service, VirtualClock
+from actors import Faults, Service, VirtualClock
 
-from .events import Event
-from .model import Flow
-from .runtime import Runtime, SagaResult
-from .stores import TERMINAL, SagaStore
+from ..events import Event
+from ..model import Flow
+from ..runtime import Runtime, SagaResult
+from ..stores import TERMINAL, SagaStore
 
-__all__ = ["EventLog", "Fault", "Faults", "SagaTestEnvironment", "VirtualClock"]
+__all__ = ["EventLog", "SagaTestEnvironment"]
 
 START = 1_700_000_000.0
 
