@@ -22,3 +22,7 @@ settings.register_profile("dev", max_examples=40, deadline=None)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
 )
+
+# Installed, the package registers its pytest plugin (the `saga_env` fixture) by entry point;
+# importing the fixture here makes it available from a plain checkout too.
+from sagas.testing.pytest_plugin import saga_env  # noqa: E402, F401

@@ -133,3 +133,9 @@ def test_saga_test_invalid_flow_and_input_exit_2(tmp_path):
     assert saga_test(bad).returncode == 2
     proc = saga_test(ORDER_PATH, "--input", '{"qty": -1}')
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_pytest_plugin_provides_saga_env(saga_env):
+    saga_env.reject("charge_payment")
+    result = saga_env.run(str(ORDER_PATH), order())
+    assert result.status == "compensated"
