@@ -107,6 +107,11 @@ def main(debug: bool) -> None:
     Exit codes: 0 ok, 1 compensated, 2 usage error or invalid input, 3 failed (needs a person),
     4 unknown saga id, 5 store unusable.
     """
+    import logging
+
+    # the library logs; the CLI reports errors as one line and exit codes (logs with --debug)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.command()

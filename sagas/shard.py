@@ -141,6 +141,7 @@ class Shard(pykka.ThreadingActor):
         self.on_lost = on_lost
         self.me: CountingRef | None = None  # set on start: replies come back through it
         self.sagas: dict[str, core.Saga] = {}
+        self._definitions: dict[str, CompiledFlow] = {}  # stored flow texts, compiled once
         self.step_timers: dict[str, Any] = {}
         self.deadline_timers: dict[str, Any] = {}
 
@@ -236,9 +237,11 @@ class Shard(pykka.ThreadingActor):
         record = self.store.load(saga_id)
         header = record.header
         try:
-            flow = parse_flow(record.definition_text,
-                              source=f"<{header.flow} {header.definition[:12]}>")
-            compiled = compile_flow(flow)
+            compiled = self._definitions.get(header.definition)
+            if compiled is None:
+                flow = parse_flow(record.definition_text,
+                                  source=f"<{header.flow} {header.definition[:12]}>")
+                compiled = self._definitions[header.definition] = compile_flow(flow)
             self.pools(compiled)  # import and start its services
         except (FlowErrors, DefinitionUnavailable) as exc:
             if header.status not in TERMINAL:
