@@ -10,11 +10,15 @@ import pytest
 from hypothesis import given, settings
 
 from sagas.testing import (
+    InvariantViolation,
     Schedule,
+    batches,
+    check_batch,
     check_invariants,
     fault_schedules,
     inputs,
     load_flow,
+    run_batch,
     run_schedule,
 )
 
@@ -139,3 +143,23 @@ def test_the_pytest_plugin_provides_saga_env(saga_env):
     saga_env.reject("charge_payment")
     result = saga_env.run(str(ORDER_PATH), order())
     assert result.status == "compensated"
+
+
+ORDERS = [order(qty) for qty in (1, 3, 7)] + [order(2_000_000)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=batches(FLOW, examples=ORDERS))
+def test_business_invariants_hold_over_concurrent_sagas(batch):
+    sagas, crash_after = batch
+    check_batch(run_batch(FLOW, sagas, crash_after=crash_after))
+
+
+def test_check_batch_catches_a_broken_service_among_concurrent_sagas():
+    from tests.broken_services import LosesEffectOnRedelivery
+
+    sagas = [(order(), Schedule({("action", "reserve_inventory", 1): "redeliver"})),
+             (order(3), Schedule())]
+    batch = run_batch(FLOW, sagas, services={"inventory": LosesEffectOnRedelivery})
+    with pytest.raises(InvariantViolation, match="stock_and_reservations_add_up"):
+        check_batch(batch)

@@ -15,13 +15,20 @@ from actors import Fault, Faults, VirtualClock
 
 from ..loader import load_flow
 from ._environment import EventLog, SagaTestEnvironment
-from ._harness import FAULTS, HarnessRun, Schedule, run_schedule
-from ._invariants import Checked, InvariantViolation, check_invariants, invariant
+from ._harness import FAULTS, BatchRun, HarnessRun, Schedule, run_batch, run_schedule
+from ._invariants import (
+    Checked,
+    InvariantViolation,
+    check_batch,
+    check_invariants,
+    invariant,
+)
 from ._runner import FlowTestReport, test_flow
-from ._strategies import fault_schedules, inputs
+from ._strategies import batches, fault_schedules, inputs
 
 __all__ = [
     "FAULTS",
+    "BatchRun",
     "Checked",
     "EventLog",
     "Fault",
@@ -32,11 +39,14 @@ __all__ = [
     "SagaTestEnvironment",
     "Schedule",
     "VirtualClock",
+    "batches",
+    "check_batch",
     "check_invariants",
     "fault_schedules",
     "inputs",
     "invariant",
     "load_flow",
+    "run_batch",
     "run_schedule",
     "test_flow",
 ]

@@ -27,7 +27,7 @@ import heapq
 import itertools
 import os
 import random as random_module
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..runtime import validate_input
 from ..services import import_service
 from ..stores import SagaHeader, SagaRecord
 
-__all__ = ["FAULTS", "HarnessRun", "Schedule", "run_schedule"]
+__all__ = ["FAULTS", "BatchRun", "HarnessRun", "Schedule", "run_batch", "run_schedule"]
 
 FAULTS = ("error", "reject", "timeout", "late", "duplicate", "redeliver")
 START = 1_700_000_000.0
@@ -183,90 +183,145 @@ def run_schedule(flow: Flow | str | os.PathLike[str], input: Any,
     ``services`` maps service names to objects, classes or factories (default: a fresh object of
     each declared class). Deterministic: the same arguments give the same run.
     """
+    schedule = schedule or Schedule()
+    batch = run_batch(flow, [(input, Schedule(schedule.faults))], services=services, seed=seed,
+                      crash_after=schedule.crash_after, start=start, ids=[saga_id])
+    run = batch.runs[0]
+    run.schedule = schedule
+    return run
+
+
+@dataclass
+class BatchRun:
+    """Several sagas run concurrently on the same services."""
+
+    runs: list[HarnessRun]
+    services: dict[str, Service]
+    crash_after: int | None = None
+
+
+def run_batch(flow: Flow | str | os.PathLike[str], sagas: Sequence[tuple[Any, Schedule]], *,
+              services: Mapping[str, Any] | None = None, seed: int = 0,
+              crash_after: int | None = None, start: float = START,
+              ids: Sequence[str] | None = None) -> BatchRun:
+    """Run several sagas of ``flow`` at once on shared services, each under its own schedule
+    (its ``crash_after`` is ignored: ``crash_after`` here counts the events of all sagas, and
+    the crash hits them all). Their steps interleave in virtual time."""
     if not isinstance(flow, Flow):
         flow = load_flow(flow)
     compiled = compile_flow(flow)
-    saga_input = validate_input(flow, input)
-    schedule = schedule or Schedule()
     objects = make_services(flow, services)
-    inbox = MemoryInbox()
-    injector = _OneFault()
-    dispatchers = {name: Dispatcher(obj, service_name=name, instance=0, inbox=inbox,
-                                    faults=injector) for name, obj in objects.items()}
+    harness = _Harness(compiled, objects, seed, start, crash_after)
+    ids = list(ids) if ids is not None else [f"saga-{n + 1}" for n in range(len(sagas))]
     before = {name: _snapshot(obj) for name, obj in objects.items()}
-    env = _Env(start, seed)
-    events: list[Event] = []
-    invocations: list[tuple[str, str, int]] = []
-    pending: list[tuple[float, int, Any]] = []
-    order = itertools.count()
-    crashed = False
+    for saga_id, (saga_input, schedule) in zip(ids, sagas, strict=True):
+        harness.start(saga_id, validate_input(flow, saga_input), schedule)
+    harness.run()
+    after = {name: _snapshot(obj) for name, obj in objects.items()}
+    runs = [HarnessRun(compiled, saga_id, harness.inputs[saga_id], harness.schedules[saga_id],
+                       harness.events[saga_id], objects, before, after,
+                       harness.invocations[saga_id]) for saga_id in ids]
+    return BatchRun(runs, objects, crash_after)
 
-    def deliver(command: core.Execute) -> None:
-        kind = schedule.faults.get((command.phase, command.step, command.attempt))
+
+class _Harness:
+    """The event loop: a heap of replies and timers in virtual time, the pure core, the inbox."""
+
+    def __init__(self, compiled: CompiledFlow, objects: dict[str, Service], seed: int,
+                 start: float, crash_after: int | None):
+        self.compiled = compiled
+        inbox = MemoryInbox()
+        self.injector = _OneFault()
+        self.dispatchers = {name: Dispatcher(obj, service_name=name, instance=0, inbox=inbox,
+                                             faults=self.injector)
+                            for name, obj in objects.items()}
+        self.env = _Env(start, seed)
+        self.crash_after = crash_after
+        self.crashed = False
+        self.total = 0
+        self.sagas: dict[str, core.Saga] = {}
+        self.inputs: dict[str, Any] = {}
+        self.schedules: dict[str, Schedule] = {}
+        self.events: dict[str, list[Event]] = {}
+        self.invocations: dict[str, list[tuple[str, str, int]]] = {}
+        self.pending: list[tuple[float, int, Any]] = []
+        self.order = itertools.count()
+
+    def start(self, saga_id: str, saga_input: Any, schedule: Schedule) -> None:
+        self.inputs[saga_id], self.schedules[saga_id] = saga_input, schedule
+        self.events[saga_id], self.invocations[saga_id] = [], []
+        saga, new, commands = core.start(self.compiled, saga_id, saga_input, self.env)
+        self.sagas[saga_id] = saga
+        self.commit(saga_id, new, commands)
+
+    def commit(self, saga_id: str, new: list[Event], commands: list[core.Command]) -> None:
+        """Record a decision's events; crash right after, if it is time; else act on it."""
+        self.events[saga_id].extend(new)
+        self.total += len(new)
+        if self.total > MAX_EVENTS:
+            raise RuntimeError(f"the sagas did not end within {MAX_EVENTS} events")
+        if (not self.crashed and self.crash_after is not None and new
+                and self.total >= self.crash_after):
+            self.crashed = True
+            self.crash_and_resume()
+            return
+        self.act(commands)
+
+    def crash_and_resume(self) -> None:
+        self.pending.clear()  # everything in flight is lost with the process
+        for saga_id in self.sagas:
+            saga = core.replay(saga_id, self.compiled, self.events[saga_id])
+            self.sagas[saga_id] = saga
+            new, commands = core.resume(saga, self.env)
+            self.events[saga_id].extend(new)
+            self.total += len(new)
+            self.act(commands)
+
+    def act(self, commands: list[core.Command]) -> None:
+        for command in commands:
+            if isinstance(command, core.Execute):
+                self.deliver(command)
+            elif isinstance(command, core.SetTimer):
+                heapq.heappush(self.pending, (command.at, next(self.order),
+                                              (command.saga_id, command.fired())))
+
+    def deliver(self, command: core.Execute) -> None:
+        key = (command.phase, command.step, command.attempt)
+        kind = self.schedules[command.saga_id].faults.get(key)
+        invocations = self.invocations[command.saga_id]
         message = Command(command.command_id, command.saga_id, command.step,
                           command.phase, command.name, command.attempt, command.key,
                           command.payload if command.payload is not None else {},
                           command.result, command.timeout_at)
         if kind == "timeout":
             return
-        dispatcher = dispatchers[command.service]
+        dispatcher = self.dispatchers[command.service]
         if kind == "redeliver":
-            invocations.append((command.phase, command.step, command.attempt))
+            invocations.append(key)
             # the effect happens; the reply (or whatever it raised) is lost with the process
             with contextlib.suppress(Exception):
                 dispatcher.service.handler(command.name)(message)
         if kind in ("error", "reject", "duplicate"):
-            injector.next = Fault(kind)
+            self.injector.next = Fault(kind)
         for reply in dispatcher.process(message):
             if not reply.replayed and kind not in ("error", "reject"):
-                invocations.append((command.phase, command.step, command.attempt))
-            at = command.timeout_at + 0.001 if kind == "late" else env.t
-            heapq.heappush(pending, (at, next(order), reply))
+                invocations.append(key)
+            at = command.timeout_at + 0.001 if kind == "late" else self.env.t
+            heapq.heappush(self.pending, (at, next(self.order), (command.saga_id, reply)))
 
-    def act(commands: list[core.Command]) -> None:
-        for command in commands:
-            if isinstance(command, core.Execute):
-                deliver(command)
-            elif isinstance(command, core.SetTimer):
-                heapq.heappush(pending, (command.at, next(order), command.fired()))
-
-    def record(new: list[Event]) -> bool:
-        """Append events; True if the runtime crashes right after committing them."""
-        nonlocal crashed
-        events.extend(new)
-        if len(events) > MAX_EVENTS:
-            raise RuntimeError(f"saga did not end within {MAX_EVENTS} events")
-        if (not crashed and schedule.crash_after is not None
-                and len(events) >= schedule.crash_after and new):
-            crashed = True
-            return True
-        return False
-
-    def crash_and_resume() -> tuple[core.Saga, list[core.Command]]:
-        pending.clear()  # everything in flight is lost with the process
-        saga = core.replay(saga_id, compiled, events)
-        new, commands = core.resume(saga, env)
-        events.extend(new)
-        return saga, commands
-
-    saga, new, commands = core.start(compiled, saga_id, saga_input, env)
-    if record(new):
-        saga, commands = crash_and_resume()
-    act(commands)
-    while pending and not saga.terminal:
-        at, _, item = heapq.heappop(pending)
-        env.t = max(env.t, at)
-        if isinstance(item, Reply):
-            c = item.command
-            signal: core.Signal = core.ReplyReceived(c.phase, c.step, c.attempt, item.outcome,
-                                                     item.output, item.error, c.command_id)
-        else:
-            signal = item
-        new, commands = core.handle(saga, signal, env)
-        if record(new):
-            saga, commands = crash_and_resume()
-        act(commands)
-    after = {name: _snapshot(obj) for name, obj in objects.items()}
-    return HarnessRun(compiled, saga_id, saga_input, schedule, events, objects, before, after,
-                      invocations)
-
+    def run(self) -> None:
+        while self.pending:
+            at, _, (saga_id, item) = heapq.heappop(self.pending)
+            saga = self.sagas[saga_id]
+            if saga.terminal:
+                continue
+            self.env.t = max(self.env.t, at)
+            if isinstance(item, Reply):
+                c = item.command
+                signal: core.Signal = core.ReplyReceived(c.phase, c.step, c.attempt,
+                                                         item.outcome, item.output, item.error,
+                                                         c.command_id)
+            else:
+                signal = item
+            new, commands = core.handle(saga, signal, self.env)
+            self.commit(saga_id, new, commands)

@@ -12,9 +12,9 @@ from typing import Any
 
 from ..audit import audit_saga
 from ..plan import plan
-from ._harness import HarnessRun
+from ._harness import BatchRun, HarnessRun
 
-__all__ = ["Checked", "InvariantViolation", "check_invariants", "invariant"]
+__all__ = ["Checked", "InvariantViolation", "check_batch", "check_invariants", "invariant"]
 
 _MARK = "__sagactor_invariant__"
 
@@ -119,7 +119,33 @@ def check_invariants(run: HarnessRun, *,
                     f"before {before!r}, after {after!r}", run)
         checked.invariants.append("semantic atomicity")
 
-    for name, service in run.services.items():
+    _business(run, run.services, invariants, checked)
+    return checked
+
+
+def check_batch(batch: BatchRun, *,
+                invariants: Iterable[Callable[[Mapping[str, Any]], Any]] = ()) -> Checked:
+    """Check sagas that ran concurrently on shared services: each one's guarantees (§4), then
+    the business invariants once, over the services they shared. (Semantic atomicity is a
+    property of a saga run alone, so it is not checked here.)"""
+    checked = Checked()
+    for run in batch.runs:
+        if not run.events or run.status == "running":
+            raise InvariantViolation("termination", "the saga did not end", run)
+        for violation in audit_saga(run.record(), now=run.events[-1].at, flow=run.compiled,
+                                    expect_terminal=True):
+            raise InvariantViolation(f"§4 {violation.rule}", violation.message, run,
+                                     violation.seq)
+    checked.invariants.append(f"saga guarantees (§4) x{len(batch.runs)}")
+    if batch.runs:
+        _business(batch.runs[-1], batch.services, invariants, checked)
+    return checked
+
+
+def _business(run: HarnessRun, services: Mapping[str, Any],
+              invariants: Iterable[Callable[[Mapping[str, Any]], Any]],
+              checked: Checked) -> None:
+    for name, service in services.items():
         for attr in dir(type(service)):
             method = getattr(service, attr, None)
             if callable(method) and getattr(method, _MARK, False):
@@ -131,9 +157,8 @@ def check_invariants(run: HarnessRun, *,
                 checked.invariants.append(f"{name}.{attr}")
     for function in invariants:
         try:
-            function(run.services)
+            function(services)
         except Exception as exc:
             label = getattr(function, "__name__", repr(function))
             raise InvariantViolation(label, f"{type(exc).__name__}: {exc}", run) from None
         checked.invariants.append(getattr(function, "__name__", repr(function)))
-    return checked

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from ..model import Flow
 from ._harness import FAULTS, Schedule
 
-__all__ = ["fault_schedules", "inputs"]
+__all__ = ["batches", "fault_schedules", "inputs"]
 
 
 def fault_points(flow: Flow, max_attempt: int = 3) -> list[tuple[str, str, int]]:
@@ -77,3 +77,14 @@ def inputs(flow: Flow, examples: Sequence[Any] = (),
     from hypothesis_jsonschema import from_schema
 
     return from_schema(dict(flow.input_schema))
+
+
+def batches(flow: Flow, *, max_sagas: int = 4, max_faults: int = 2,
+            examples: Sequence[Any] = (), strategy: st.SearchStrategy[Any] | None = None,
+            ) -> st.SearchStrategy[tuple[list[tuple[Any, Schedule]], int | None]]:
+    """Batches of concurrent sagas for :func:`~sagas.testing.run_batch`: a list of
+    ``(input, schedule)`` and a crash point (or None) for the whole batch."""
+    one = st.tuples(inputs(flow, examples, strategy),
+                    fault_schedules(flow, max_faults=max_faults, crashes=False))
+    crash = st.none() | st.integers(min_value=1, max_value=6 * len(flow.steps) * max_sagas)
+    return st.tuples(st.lists(one, min_size=2, max_size=max_sagas), crash)
