@@ -29,6 +29,14 @@ class _Capacity(Service):
         self.capacity: dict[str, int] = dict(capacity or {})
         self.bookings: dict[str, tuple[str, int]] = {}
 
+    @handles("book")
+    def book(self, command: Any) -> dict[str, Any]:
+        return self._take(command, 1)
+
+    @handles("cancel")
+    def cancel(self, command: Any) -> dict[str, Any]:
+        return self._give_back(command)
+
     def _take(self, command: Any, units: int) -> dict[str, Any]:
         resource = command.payload[self.resource_field]
         if command.key in self.bookings:
@@ -63,26 +71,10 @@ class Flights(_Capacity):
     resource_field = "flight"
     default_capacity = DEFAULT_SEATS
 
-    @handles("book")
-    def book(self, command: Any) -> dict[str, Any]:
-        return self._take(command, 1)
-
-    @handles("cancel")
-    def cancel(self, command: Any) -> dict[str, Any]:
-        return self._give_back(command)
-
 
 class Hotels(_Capacity):
     resource_field = "hotel"
     default_capacity = DEFAULT_ROOMS
-
-    @handles("book")
-    def book(self, command: Any) -> dict[str, Any]:
-        return self._take(command, 1)
-
-    @handles("cancel")
-    def cancel(self, command: Any) -> dict[str, Any]:
-        return self._give_back(command)
 
 
 class Cars(_Capacity):
@@ -92,14 +84,6 @@ class Cars(_Capacity):
 
     def __init__(self) -> None:
         super().__init__(CAR_CLASSES)
-
-    @handles("book")
-    def book(self, command: Any) -> dict[str, Any]:
-        return self._take(command, 1)
-
-    @handles("cancel")
-    def cancel(self, command: Any) -> dict[str, Any]:
-        return self._give_back(command)
 
 
 class Itineraries(Service):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import builtins
 import heapq
 import json
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -33,13 +32,14 @@ from sagas.stores._base import (
     SagaRecord,
     StoredEvent,
 )
+from sagas.stores._common import check_owner as _check_owner
+from sagas.stores._common import encode as _encode
+from sagas.stores._common import request_json as _request_json
 
 __all__ = ["MemoryStore"]
 
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 _decode = json.loads
 
-_OWNER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 # A pending request as kept: (saga_id, kind, data JSON, created_at).
 _PendingRequest = tuple[str, str, str, float]
@@ -102,22 +102,8 @@ def _event(row: _Row) -> StoredEvent:
     return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
 
 
-def _check_owner(owner: object) -> str:
-    """``owner`` if it is a valid owner id (``[A-Za-z0-9_.-]{1,128}``), else ``ValueError``."""
-    if not isinstance(owner, str) or not _OWNER_ID.fullmatch(owner):
-        raise ValueError(f"an owner id is 1 to 128 of A-Z a-z 0-9 _ . -, got {owner!r}")
-    return owner
 
 
-def _request_json(kind: str, data: dict[str, Any] | None) -> str:
-    """A request's data as JSON text; ``ValueError`` / ``TypeError`` for a bad kind or data."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"a request kind is a non-empty string, got {kind!r}")
-    if data is None:
-        return "{}"
-    if not isinstance(data, dict):
-        raise TypeError(f"request data must be a JSON object (a dict), got {type(data).__name__}")
-    return _encode(data)
 
 
 def _ids(saga_ids: Sequence[str]) -> Sequence[str]:

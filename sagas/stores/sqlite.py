@@ -47,7 +47,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -66,6 +65,10 @@ from sagas.stores._base import (
     SagaRecord,
     StoredEvent,
 )
+from sagas.stores._common import OWNER_ID as _OWNER_ID
+from sagas.stores._common import check_owner as _check_owner
+from sagas.stores._common import encode as _encode
+from sagas.stores._common import request_json as _request_json
 
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "SqliteInbox", "SqliteStore"]
 
@@ -83,12 +86,10 @@ _TABLES = {  # the tables of each schema version
     2: frozenset({"meta", "definitions", "sagas", "events", "requests", "inbox", "tombstones"}),
 }
 
-_OWNER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _OWNER_GRACE = 0.2
 """Seconds ``register_owner`` retries a lock file held by someone checking whether a dead
 owner of the same id is alive (the check holds it for microseconds)."""
 
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 _decode = json.loads
 
 
@@ -270,22 +271,8 @@ def _event_rows(
         )
 
 
-def _check_owner(owner: object) -> str:
-    """``owner`` if it is a valid owner id (``[A-Za-z0-9_.-]{1,128}``), else ``ValueError``."""
-    if not isinstance(owner, str) or not _OWNER_ID.fullmatch(owner):
-        raise ValueError(f"an owner id is 1 to 128 of A-Z a-z 0-9 _ . -, got {owner!r}")
-    return owner
 
 
-def _request_json(kind: str, data: dict[str, Any] | None) -> str:
-    """A request's data as JSON text; ``ValueError`` / ``TypeError`` for a bad kind or data."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"a request kind is a non-empty string, got {kind!r}")
-    if data is None:
-        return "{}"
-    if not isinstance(data, dict):
-        raise TypeError(f"request data must be a JSON object (a dict), got {type(data).__name__}")
-    return _encode(data)
 
 
 def _request(row: Sequence[Any]) -> Request:
