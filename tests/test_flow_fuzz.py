@@ -8,17 +8,22 @@ comes from the hypothesis profile (``tests/conftest.py``): 2,000 per test in CI.
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sagas.errors import FlowError
 from sagas.loader import load_flow, parse_flow
+
+# the acceptance floor: at least 2,000 examples per fuzz property in CI
+FUZZ_EXAMPLES = 2000 if os.environ.get("CI") else 40
+FUZZ = settings(max_examples=FUZZ_EXAMPLES)
 
 SOURCE = "fuzz.yaml"
 # YAML's line breaks; column counts restart after each
@@ -71,6 +76,7 @@ TOKENS = [
 ]
 
 
+@FUZZ
 @given(st.text())
 @example("")
 @example("\ud800")
@@ -90,11 +96,13 @@ def test_arbitrary_text(text: str) -> None:
     check(text)
 
 
+@FUZZ
 @given(st.lists(st.sampled_from(TOKENS) | st.text(max_size=3), max_size=60).map("".join))
 def test_yaml_token_soup(text: str) -> None:
     check(text)
 
 
+@FUZZ
 @given(st.binary(max_size=300))
 @example(b"")
 @example(b"\xff\xfe")
@@ -182,11 +190,13 @@ dump_options = st.fixed_dictionaries({
 })
 
 
+@FUZZ
 @given(documents, dump_options)
 def test_arbitrary_yaml_documents(document: object, options: dict) -> None:
     check(yaml.safe_dump(document, sort_keys=False, **options))
 
 
+@FUZZ
 @given(flows, dump_options)
 def test_flow_shaped_documents(document: dict, options: dict) -> None:
     check(yaml.safe_dump(document, sort_keys=False, **options))
