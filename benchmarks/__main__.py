@@ -1,0 +1,358 @@
+"""``python -m benchmarks [--quick] [--json PATH] [--only S1,S3,...] [--markdown]``
+
+Runs every scenario (or those ``--only`` names, plus the bare-pykka baseline ``B1``), each in
+its own subprocess, prints one table — scenario, sagas/s, p50 / p99 latency, peak RSS, ratio to
+``B1`` of this same run — then the issue's targets with the figures that meet or miss them, and
+writes everything as JSON (default ``benchmarks/results.json``).
+
+Exit status: 0 when every scenario ran and proved its work, 1 when one failed (its error is
+shown), 2 on a usage error. No target is asserted: they are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .scenarios import BASELINE, Scenario, select
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
+PEER_SAGAS_PER_S = 200.0
+"""The best durable Python saga library measured on this machine (issue 6)."""
+
+
+def machine() -> dict[str, Any]:
+    """Where the run happened (the figures only compare within one machine and one run)."""
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pykka": version("pykka"),
+        "transitions": version("transitions"),
+        "sqlite": sqlite3.sqlite_version,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def run_child(scenario: Scenario, quick: bool, timeout: float) -> dict[str, Any]:
+    """Run one scenario in a subprocess; its result, or ``{"error": ...}``."""
+    with tempfile.TemporaryDirectory(prefix="sagactor-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        err = Path(tmp) / "stderr.txt"
+        command = [sys.executable, "-m", "benchmarks.child", scenario.id, "--out", str(out)]
+        if quick:
+            command.append("--quick")
+        begin = time.perf_counter()
+        with open(err, "w") as stderr:
+            child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=stderr, start_new_session=True)
+            try:
+                code = child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)  # the child and any process it started
+                child.wait()
+                code = None
+        wall = round(time.perf_counter() - begin, 2)
+        tail = err.read_text(errors="replace").strip()[-3000:]
+        if code is None:
+            return {"id": scenario.id, "title": scenario.title, "error":
+                    f"timed out after {timeout:.0f}s", "stderr": tail, "wall_s": wall}
+        if code != 0 or not out.exists():
+            return {"id": scenario.id, "title": scenario.title,
+                    "error": f"exit status {code}", "stderr": tail, "wall_s": wall}
+        result: dict[str, Any] = json.loads(out.read_text())
+        result["wall_s"] = wall
+        return result
+
+
+# -- targets (issue 6) -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    name: str
+    target: str
+    needs: tuple[str, ...]
+    measure: Callable[[dict[str, dict[str, Any]]], tuple[float, str]]
+    met: Callable[[float], bool]
+
+
+def _sps(results: dict[str, dict[str, Any]], sid: str) -> float:
+    return float(results[sid]["sagas_per_s"])
+
+
+def _ratio(sid: str) -> Callable[[dict[str, dict[str, Any]]], tuple[float, str]]:
+    def measure(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+        value = float(results[sid]["ratio"])
+        return value, f"{value:.2f}× ({_sps(results, sid):,.0f} sagas/s)"
+    return measure
+
+
+def _peer(sid: str) -> Callable[[dict[str, dict[str, Any]]], tuple[float, str]]:
+    def measure(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+        value = _sps(results, sid) / PEER_SAGAS_PER_S
+        return value, f"{value:.1f}× {PEER_SAGAS_PER_S:.0f}/s"
+    return measure
+
+
+def _s2_vs_s1(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    value = _sps(results, "S2") / _sps(results, "S1")
+    return value, f"{value:.0%} of S1"
+
+
+def _s1_p99(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    s1 = results["S1"]
+    value = float(s1["latency_ms"]["p99"])
+    return value, f"p99 {value:.1f} ms (mean in flight {s1['in_flight']['mean']:.0f})"
+
+
+def _s5(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    value = _sps(results, "S5")
+    batch = results["S5"]["extra"].get("batch_sagas_per_s", 0)
+    return value, f"{value:,.0f} sagas/s (run_batch {batch:,.0f}/s)"
+
+
+def _s6_memory(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    extra = results["S6"]["extra"]
+    value = float(extra["rss_per_saga_kib"])
+    return value, f"{value:.2f} KiB per saga ({extra['parked']:,} parked)"
+
+
+def _s6_waiting(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    extra = results["S6"]["extra"]
+    value = float(extra["s1_waiting_ratio"])
+    return value, (f"{value:.0%} ({_sps(results, 'S6'):,.0f} vs "
+                   f"{extra['s1_alone_sagas_per_s']:,.0f} sagas/s alone)")
+
+
+def _s7(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    s7 = results["S7"]
+    per_10k = float(s7["elapsed_s"]) * 10_000 / int(s7["sagas"])
+    return per_10k, f"{s7['sagas']:,} in {s7['elapsed_s']:.2f} s (≈ {per_10k:.1f} s per 10,000)"
+
+
+def _s8(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    value = _sps(results, "S8c") / _sps(results, "S8b")
+    return value, f"{value:.2f}× ({_sps(results, 'S8c'):,.0f} vs {_sps(results, 'S8b'):,.0f}/s)"
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("S1 throughput", "≥ 5× baseline", ("S1",), _ratio("S1"), lambda v: v >= 5),
+    Target("S2 throughput", "≥ 60% of S1", ("S1", "S2"), _s2_vs_s1, lambda v: v >= 0.6),
+    Target("S3 throughput", "≥ 3× baseline", ("S3",), _ratio("S3"), lambda v: v >= 3),
+    Target("S4 throughput", "≥ 2× baseline", ("S4",), _ratio("S4"), lambda v: v >= 2),
+    Target("S3 vs durable peer", "≥ 50× the best durable Python peer (200/s)", ("S3",),
+           _peer("S3"), lambda v: v >= 50),
+    Target("S4 vs durable peer", "≥ 50× the best durable Python peer (200/s)", ("S4",),
+           _peer("S4"), lambda v: v >= 50),
+    Target("S1 latency", "p99 ≤ 20 ms at 200 in flight", ("S1",), _s1_p99, lambda v: v <= 20),
+    Target("S5 throughput", "≥ 50,000 sagas/s", ("S5",), _s5, lambda v: v >= 50_000),
+    Target("S6 memory", "≤ 8 KiB RSS per in-flight saga", ("S6",), _s6_memory,
+           lambda v: v <= 8),
+    Target("S6 throughput", "S1 with them waiting ≥ 70% of S1 alone", ("S6",), _s6_waiting,
+           lambda v: v >= 0.7),
+    Target("S7 recovery", "10,000 resumed and finished in ≤ 2 s", ("S7",), _s7,
+           lambda v: v <= 2),
+    Target("S8 blocking handlers", "instances: 8 ≥ 6× instances: 1", ("S8b", "S8c"), _s8,
+           lambda v: v >= 6),
+)
+
+
+def evaluate(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every target whose scenarios ran successfully: the figure, and whether it is met."""
+    rows = []
+    for target in TARGETS:
+        needs = (*target.needs, BASELINE) if "baseline" in target.target else target.needs
+        if not all(sid in results and "error" not in results[sid] for sid in needs):
+            continue
+        value, text = target.measure(results)
+        rows.append({"name": target.name, "target": target.target, "value": round(value, 4),
+                     "measured": text, "met": bool(target.met(value))})
+    return rows
+
+
+# -- the table ---------------------------------------------------------------------------------
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _notes(result: dict[str, Any]) -> str:
+    extra = result.get("extra") or {}
+    notes = []
+    if result["id"] == "S5":
+        notes.append(f"run_batch of {extra['batch_size']}: {extra['batch_sagas_per_s']:,.0f}/s")
+    if result["id"] == "S6":
+        notes.append(f"{extra['parked']:,} parked at {extra['rss_per_saga_kib']:.2f} KiB each "
+                     f"(started at {extra['park_rate_per_s']:,.0f}/s); S1 alone "
+                     f"{extra['s1_alone_sagas_per_s']:,.0f}/s, waiting "
+                     f"{extra['s1_waiting_ratio']:.0%} of it")
+    if result["id"] == "S7":
+        notes.append(f"recover() returned after {extra['recover_call_s']:.2f} s; store built "
+                     f"in {extra['build_s']:.1f} s")
+    collector = extra.get("gc")
+    if collector:
+        notes.append(f"GC {collector['share']:.0%} of the time, longest pause "
+                     f"{collector['longest_ms']:.0f} ms")
+    in_flight = result.get("in_flight")
+    if in_flight:
+        notes.append(f"in flight ≈ {in_flight['mean']:.0f} (max {in_flight['max']:.0f} "
+                     f"of {in_flight['limit']:.0f})")
+    return "; ".join(notes)
+
+
+HEADER = ("id", "scenario", "sagas", "sagas/s", "p50 ms", "p99 ms", "peak RSS MiB", "× pykka",
+          "notes")
+
+
+def table_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row of text cells per scenario."""
+    rows: list[tuple[str, ...]] = []
+    for r in results:
+        if "error" in r:
+            rows.append((r["id"], r["title"], "-", "FAILED", "-", "-", "-", "-", r["error"]))
+            continue
+        ratio = r.get("ratio")
+        rows.append((r["id"], r["title"], f"{r['sagas']:,}", f"{r['sagas_per_s']:,.0f}",
+                     _ms(r["latency_ms"]["p50"]), _ms(r["latency_ms"]["p99"]),
+                     f"{r['peak_rss_mib']:.0f}", "-" if ratio is None else f"{ratio:.2f}",
+                     _notes(r)))
+    return rows
+
+
+NUMERIC = frozenset({2, 3, 4, 5, 6, 7})
+"""Columns of :data:`HEADER` aligned to the right."""
+
+
+def render_text(rows: list[tuple[str, ...]], header: tuple[str, ...],
+                right: frozenset[int] = frozenset()) -> str:
+    """A plain-text table; the columns in ``right`` aligned to the right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), line(tuple("-" * w for w in widths)),
+                      *(line(row) for row in rows)])
+
+
+def render_markdown(rows: list[tuple[str, ...]], header: tuple[str, ...],
+                    right: frozenset[int] = frozenset()) -> str:
+    """A Markdown table; the columns in ``right`` aligned to the right."""
+    def line(row: tuple[str, ...]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+
+    rule = tuple("---:" if i in right else "---" for i in range(len(header)))
+    return "\n".join([line(header), line(rule), *(line(row) for row in rows)])
+
+
+def target_rows(targets: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row of text cells per target."""
+    return [(t["name"], t["target"], t["measured"], "met" if t["met"] else "MISSED")
+            for t in targets]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="sagactor's benchmarks: each scenario in its own process; a table of "
+                    "sagas/s, p50/p99 latency, peak RSS and the ratio to bare pykka.")
+    parser.add_argument("--quick", action="store_true",
+                        help="far fewer sagas per scenario (about half a minute in all)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
+                        help=f"write the results here (default: {DEFAULT_JSON.relative_to(ROOT)})")
+    parser.add_argument("--only", metavar="IDS",
+                        help="comma-separated scenario ids (e.g. S1,S3,S8); B1 always runs")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="seconds a scenario may take (default 120 with --quick, else 900)")
+    args = parser.parse_args(argv)
+    try:
+        scenarios = select(args.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    timeout = args.timeout or (120.0 if args.quick else 900.0)
+
+    info = machine()
+    print(f"sagactor benchmarks{' (--quick)' if args.quick else ''}: {len(scenarios)} "
+          f"scenarios on {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, "
+          f"load average {info['load_average'][0]}", file=sys.stderr)
+    begin = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    for n, scenario in enumerate(scenarios, 1):
+        print(f"[{n:>2}/{len(scenarios)}] {scenario.id:<4} {scenario.title} "
+              f"({scenario.sagas(args.quick):,} sagas) ...", end="", file=sys.stderr, flush=True)
+        result = run_child(scenario, args.quick, timeout)
+        results.append(result)
+        if "error" in result:
+            print(f" FAILED ({result['error']}, {result['wall_s']:.1f} s)\n{result['stderr']}",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f" {result['sagas_per_s']:,.0f} sagas/s ({result['wall_s']:.1f} s)",
+                  file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - begin
+
+    by_id = {r["id"]: r for r in results}
+    baseline = by_id.get(BASELINE)
+    base_sps = baseline["sagas_per_s"] if baseline and "error" not in baseline else None
+    for r in results:
+        if "error" not in r:
+            r["ratio"] = round(r["sagas_per_s"] / base_sps, 4) if base_sps else None
+    targets = evaluate(by_id)
+    failed = [r["id"] for r in results if "error" in r]
+
+    render = render_markdown if args.markdown else render_text
+    print(render(table_rows(results), HEADER, NUMERIC))
+    if targets:
+        print()
+        print(render(target_rows(targets), ("target", "wanted", "measured", "")))
+    print(f"\n{len(results)} scenarios in {elapsed:.1f} s"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+
+    document = {
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python -m benchmarks", *(argv if argv is not None
+                                                         else sys.argv[1:])]),
+        "machine": info,
+        "baseline": {"id": BASELINE, "sagas_per_s": base_sps},
+        "elapsed_s": round(elapsed, 1),
+        "ok": not failed,
+        "scenarios": results,
+        "targets": targets,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    print(f"results written to {args.json}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
