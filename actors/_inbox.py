@@ -8,6 +8,7 @@ The semantics (what is stored, when a tombstone is written) live in the service 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from ._messages import StoredReply
@@ -40,6 +41,15 @@ class InboxStore(Protocol):
         """Whether :meth:`tombstone` was called for ``action_key``."""
         ...
 
+    def write_many(
+        self, replies: Sequence[tuple[str, StoredReply]], tombstones: Sequence[str]
+    ) -> None:
+        """Store each ``(key, reply)`` as :meth:`put` does (in order) and each tombstone as
+        :meth:`tombstone` does, all at once: a durable store commits them in one transaction,
+        so either all of them are kept or none. A service batching its commands writes its
+        replies and tombstones with one call."""
+        ...
+
 
 class MemoryInbox:
     """A thread-safe, in-process :class:`InboxStore` (a dict and a set behind one lock).
@@ -69,6 +79,28 @@ class MemoryInbox:
     def is_tombstoned(self, action_key: str) -> bool:
         with self._lock:
             return action_key in self._tombstones
+
+    def write_many(
+        self, replies: Sequence[tuple[str, StoredReply]], tombstones: Sequence[str]
+    ) -> None:
+        """``put`` each ``(key, reply)``, in order, and ``tombstone`` each key, atomically.
+
+        ``TypeError`` (nothing stored) for a reply that is not a :class:`StoredReply`, for
+        ``replies`` given as a mapping or ``tombstones`` as one string.
+        """
+        if isinstance(replies, (str, Mapping)):
+            raise TypeError("replies is a sequence of (key, reply) pairs")
+        if isinstance(tombstones, str):
+            raise TypeError("tombstones is a sequence of action keys, not one key")
+        pairs = list(replies)
+        for _, reply in pairs:
+            if not isinstance(reply, StoredReply):
+                kind = type(reply).__name__
+                raise TypeError(f"MemoryInbox.write_many expects StoredReply objects, got {kind}")
+        keys = list(tombstones)
+        with self._lock:
+            self._replies.update(pairs)
+            self._tombstones.update(keys)
 
     def __len__(self) -> int:
         """The number of stored replies."""

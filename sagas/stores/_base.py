@@ -6,6 +6,10 @@ writer took it, the store raises :class:`~sagas.errors.SeqConflict` and writes n
 batch. Every event also gets a global ``position`` (increasing across all sagas) for readers
 such as an event bus.
 
+``write`` is the one way in: creates and appends of many sagas in one transaction, so a shard
+commits a whole mailbox drain at once (``create`` and ``append`` are its one-kind forms).
+``load_many`` reads many sagas in one snapshot, for recovery.
+
 Flow definitions are stored once per sha256 (``definitions``), so every saga can be resumed on
 the exact text it started with.
 """
@@ -107,8 +111,27 @@ class SagaStore(Protocol):
 
     url: str
 
+    def write(
+        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+    ) -> list[tuple[bool, SagaHeader]]:
+        """Create sagas, then append to sagas, in one transaction (one commit): the group
+        commit of a shard's mailbox drain.
+
+        Each create has :meth:`create`'s semantics and gets one result, in order:
+        ``(True, header)`` when created, ``(False, existing_header)`` when the id exists (then
+        nothing of that create is written and the call goes on); of two creates of one id in
+        the call, the second gets ``(False, header of the first)``. The headers are those
+        right after the creates, before the call's appends.
+
+        The appends follow, with :meth:`append`'s semantics (they may extend sagas created by
+        this call). If any append fails (``SeqConflict``, ``UnknownSaga``) or any create or
+        append is refused (``ValueError`` / ``TypeError``), the error is raised and nothing of
+        the whole call is written, creates included.
+        """
+        ...
+
     def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
-        """Create the saga with its first events, atomically.
+        """Create the saga with its first events, atomically: ``write([saga], [])[0]``.
 
         Returns ``(True, header)`` when created, ``(False, existing_header)`` when the id exists
         (nothing is written then). Of two concurrent creates of one id, exactly one creates.
@@ -116,7 +139,7 @@ class SagaStore(Protocol):
         ...
 
     def append(self, batch: Sequence[Append]) -> None:
-        """Append to several sagas in one commit (a group commit).
+        """Append to several sagas in one commit (a group commit): ``write([], batch)``.
 
         Raises ``SeqConflict`` (nothing of the batch written) if an append's first seq is not the
         saga's next one; ``UnknownSaga`` if a saga does not exist.
@@ -125,6 +148,14 @@ class SagaStore(Protocol):
 
     def load(self, saga_id: str) -> SagaRecord:
         """The saga's header, definition text and full log; ``UnknownSaga`` if absent."""
+        ...
+
+    def load_many(self, saga_ids: Sequence[str]) -> list[SagaRecord]:
+        """The records of the sagas in ``saga_ids``, read as one snapshot (grouped recovery).
+
+        In the order of ``saga_ids``, each saga once (at its first place); ids that do not exist
+        are left out (no ``UnknownSaga``). ``TypeError`` for a lone string.
+        """
         ...
 
     def header(self, saga_id: str) -> SagaHeader:

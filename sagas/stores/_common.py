@@ -6,10 +6,30 @@ import json
 import re
 from typing import Any
 
-__all__ = ["OWNER_ID", "check_owner", "encode", "request_json"]
+__all__ = ["OWNER_ID", "check_owner", "decode", "encode", "request_json"]
 
 encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 """Compact JSON text; ``ValueError`` for NaN or infinity (no JSON value)."""
+
+_scan = json.JSONDecoder().scan_once
+
+
+def decode(text: str) -> Any:
+    """The value of a JSON text, as ``json.loads`` gives it.
+
+    Texts the stores wrote (compact, nothing around the value) are scanned directly, without
+    ``json.loads``'s two whitespace matches per call: a third of the time for the small
+    objects of event data, which recovery decodes by the ten thousand. Anything else (blanks
+    around the value, invalid text) goes through ``json.loads`` for its result or its error.
+    """
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError, TypeError):
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
+
 
 OWNER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 

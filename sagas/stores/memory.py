@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import builtins
 import heapq
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -33,12 +32,11 @@ from sagas.stores._base import (
     StoredEvent,
 )
 from sagas.stores._common import check_owner as _check_owner
+from sagas.stores._common import decode as _decode
 from sagas.stores._common import encode as _encode
 from sagas.stores._common import request_json as _request_json
 
 __all__ = ["MemoryStore"]
-
-_decode = json.loads
 
 
 # A pending request as kept: (saga_id, kind, data JSON, created_at).
@@ -46,6 +44,9 @@ _PendingRequest = tuple[str, str, str, float]
 
 # An event as kept: (position, seq, type, step, attempt, at, event_id, causation_id, data JSON).
 _Row = tuple[int, int, str, "str | None", "int | None", float, str, "str | None", str]
+
+# An event to write, with its data as JSON text.
+_Encoded = tuple[StoredEvent, str]
 
 
 class _Saga:
@@ -102,10 +103,6 @@ def _event(row: _Row) -> StoredEvent:
     return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
 
 
-
-
-
-
 def _ids(saga_ids: Sequence[str]) -> Sequence[str]:
     """``saga_ids``, refusing a lone string (a common slip for ``[saga_id]``)."""
     if isinstance(saga_ids, str):
@@ -116,6 +113,24 @@ def _ids(saga_ids: Sequence[str]) -> Sequence[str]:
 def _request(request_id: int, pending: _PendingRequest) -> Request:
     saga_id, kind, data, created_at = pending
     return Request(request_id, saga_id, kind, _decode(data), created_at)
+
+
+def _prepared_create(saga: NewSaga) -> tuple[NewSaga, str, builtins.list[_Encoded]]:
+    """``saga`` checked, with its input and events' data as JSON text (``ValueError`` /
+    ``TypeError`` for what a create refuses)."""
+    _check_seqs(saga.saga_id, saga.events, 1)
+    if saga.owner is not None:
+        _check_owner(saga.owner)
+    return saga, _encode(saga.input), [(e, _encode(e.data)) for e in saga.events]
+
+
+def _prepared_append(append: Append) -> tuple[Append, builtins.list[_Encoded]]:
+    """``append`` checked, with its events' data as JSON text (``ValueError`` / ``TypeError``
+    for what an append refuses)."""
+    if not append.events:
+        raise ValueError(f"saga {append.saga_id!r}: an append needs at least one event")
+    _check_seqs(append.saga_id, append.events, append.events[0].seq)
+    return append, [(e, _encode(e.data)) for e in append.events]
 
 
 def _check_seqs(saga_id: str, events: Sequence[StoredEvent], first: int) -> None:
@@ -159,60 +174,60 @@ class MemoryStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
-        """Create the saga with its first events (seqs 1..n), atomically.
+    def write(
+        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+    ) -> builtins.list[tuple[bool, SagaHeader]]:
+        """Create sagas, then append to sagas, atomically: all of it is written or none of it.
 
-        Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
-        exists, in which case nothing is written (not even the definition). Raises
-        ``ValueError`` if the events' seqs are not 1..n and ``TypeError`` / ``ValueError`` if
-        the input or an event's data is not JSON, ``ValueError`` for an invalid ``owner``;
-        nothing is written then.
+        Each create returns ``(True, header)`` when created and ``(False, existing_header)``
+        when the id exists (already, or by an earlier create of this call), in which case
+        nothing of that create is written (not even the definition) and the call goes on.
+        The headers are those right after the creates. Then each append's first seq must be
+        its saga's next one (counting this call's creates and earlier appends to the same
+        saga), else ``SeqConflict``; an unknown saga raises ``UnknownSaga``. Each saga's
+        status, reason and ``updated_at`` become those of its last append in the call.
+
+        Refused, with nothing of the call written: a create whose events' seqs are not 1..n or
+        whose ``owner`` is invalid and an append without events or with non-consecutive seqs
+        (``ValueError``), an input or event data that is not JSON (``TypeError`` /
+        ``ValueError``), and any append that fails as above.
         """
-        _check_seqs(saga.saga_id, saga.events, 1)
-        if saga.owner is not None:
-            _check_owner(saga.owner)
-        input_json = _encode(saga.input)
-        encoded = [(e, _encode(e.data)) for e in saga.events]
+        new = [_prepared_create(saga) for saga in creates]
+        added = [_prepared_append(append) for append in appends]
         with self._lock:
             self._check_open()
-            existing = self._sagas.get(saga.saga_id)
-            if existing is not None:
-                return False, existing.header()
-            entry = _Saga(saga, input_json)
-            self._sagas[saga.saga_id] = entry
-            self._by_status.setdefault(entry.status, set()).add(entry.saga_id)
-            self._definitions.setdefault(saga.definition, saga.definition_text)
-            self._write(entry, encoded)
-            return True, entry.header()
-
-    def append(self, batch: Sequence[Append]) -> None:
-        """Append to several sagas atomically: all of the batch is written, or none of it.
-
-        Each append's first seq must be its saga's next one (counting earlier appends to the
-        same saga in this batch), else ``SeqConflict``; an unknown saga raises ``UnknownSaga``.
-        Raises ``ValueError`` for an append without events or with non-consecutive seqs and
-        ``TypeError`` / ``ValueError`` for data that is not JSON. Each saga's status, reason
-        and ``updated_at`` become those of its last append in the batch.
-        """
-        encoded = []
-        for append in batch:
-            if not append.events:
-                raise ValueError(f"saga {append.saga_id!r}: an append needs at least one event")
-            _check_seqs(append.saga_id, append.events, append.events[0].seq)
-            encoded.append((append, [(e, _encode(e.data)) for e in append.events]))
-        with self._lock:
-            self._check_open()
+            sagas = self._sagas
+            # First decide everything (nothing changes if an append fails), then apply it.
             next_seq: dict[str, int] = {}
-            for append, _ in encoded:
-                entry = self._sagas.get(append.saga_id)
-                if entry is None:
-                    raise UnknownSaga(append.saga_id)
+            for saga, _, _ in new:
+                if saga.saga_id not in sagas and saga.saga_id not in next_seq:
+                    next_seq[saga.saga_id] = len(saga.events) + 1
+            for append, _ in added:
+                saga_id = append.saga_id
+                expected = next_seq.get(saga_id)
+                if expected is None:
+                    entry = sagas.get(saga_id)
+                    if entry is None:
+                        raise UnknownSaga(saga_id)
+                    expected = entry.last_seq + 1
                 first = append.events[0].seq
-                if first != next_seq.get(append.saga_id, entry.last_seq + 1):
-                    raise SeqConflict(append.saga_id, first)
-                next_seq[append.saga_id] = first + len(append.events)
-            for append, events in encoded:
-                entry = self._sagas[append.saga_id]
+                if first != expected:
+                    raise SeqConflict(saga_id, first)
+                next_seq[saga_id] = first + len(append.events)
+            results: builtins.list[tuple[bool, SagaHeader]] = []
+            for saga, input_json, events in new:
+                entry = sagas.get(saga.saga_id)
+                if entry is not None:
+                    results.append((False, entry.header()))
+                    continue
+                entry = _Saga(saga, input_json)
+                sagas[saga.saga_id] = entry
+                self._by_status.setdefault(entry.status, set()).add(entry.saga_id)
+                self._definitions.setdefault(saga.definition, saga.definition_text)
+                self._write(entry, events)
+                results.append((True, entry.header()))
+            for append, events in added:
+                entry = sagas[append.saga_id]
                 self._write(entry, events)
                 if entry.status != append.status:
                     self._by_status[entry.status].discard(entry.saga_id)
@@ -220,8 +235,32 @@ class MemoryStore:
                     entry.status = append.status
                 entry.reason = append.reason
                 entry.updated_at = append.updated_at
+            return results
 
-    def _write(self, entry: _Saga, events: builtins.list[tuple[StoredEvent, str]]) -> None:
+    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
+        """Create the saga with its first events (seqs 1..n), atomically: ``write([saga], [])``.
+
+        Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
+        exists, in which case nothing is written (not even the definition). Raises
+        ``ValueError`` if the events' seqs are not 1..n and ``TypeError`` / ``ValueError`` if
+        the input or an event's data is not JSON, ``ValueError`` for an invalid ``owner``;
+        nothing is written then.
+        """
+        return self.write((saga,), ())[0]
+
+    def append(self, batch: Sequence[Append]) -> None:
+        """Append to several sagas atomically (``write([], batch)``): all of the batch is
+        written, or none of it.
+
+        Each append's first seq must be its saga's next one (counting earlier appends to the
+        same saga in this batch), else ``SeqConflict``; an unknown saga raises ``UnknownSaga``.
+        Raises ``ValueError`` for an append without events or with non-consecutive seqs and
+        ``TypeError`` / ``ValueError`` for data that is not JSON. Each saga's status, reason
+        and ``updated_at`` become those of its last append in the batch.
+        """
+        self.write((), batch)
+
+    def _write(self, entry: _Saga, events: builtins.list[_Encoded]) -> None:
         log = self._log
         for event, data in events:
             row: _Row = (
@@ -250,6 +289,26 @@ class MemoryStore:
             rows = tuple(entry.events)
             text = self._definitions[entry.definition]
         return SagaRecord(header, text, tuple(_event(row) for row in rows))
+
+    def load_many(self, saga_ids: Sequence[str]) -> builtins.list[SagaRecord]:
+        """The records of the sagas in ``saga_ids``, as one snapshot: in the order of
+        ``saga_ids``, each saga once (at its first place); ids that do not exist are left out.
+
+        ``TypeError`` for a lone string (a slip for ``[saga_id]``).
+        """
+        wanted = dict.fromkeys(_ids(saga_ids))
+        with self._lock:
+            self._check_open()
+            found = []
+            for saga_id in wanted:
+                entry = self._sagas.get(saga_id)
+                if entry is not None:
+                    text = self._definitions[entry.definition]
+                    found.append((entry.header(), text, tuple(entry.events)))
+        return [
+            SagaRecord(header, text, tuple(_event(row) for row in rows))
+            for header, text, rows in found
+        ]
 
     def header(self, saga_id: str) -> SagaHeader:
         """The saga's header; ``UnknownSaga`` if absent."""

@@ -2,8 +2,12 @@
 
 The database runs in WAL mode with a busy timeout, so several processes (and several
 :class:`SqliteStore` objects) can use one file: writers take SQLite's write lock with
-``BEGIN IMMEDIATE`` and wait up to the busy timeout for it. Within one object, a single
-connection is shared by all threads and guarded by a lock.
+``BEGIN IMMEDIATE`` and wait up to the busy timeout for it. Within one object, every write goes
+through one connection guarded by a lock, and each thread reads on a connection of its own
+(opened on its first read, closed by :meth:`SqliteStore.close` or when the thread ends): in WAL
+mode readers do not wait for the writer, and a read sees everything committed before it starts.
+A read of one statement runs in autocommit; a read of several (``load``, ``load_many``) runs in
+one read transaction, so its statements agree.
 
 ``synchronous=normal`` (the default) survives a crash of the process; ``synchronous=full`` also
 survives a power loss, at the cost of an fsync per commit.
@@ -50,9 +54,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from actors import StoredReply
 from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
@@ -67,6 +72,7 @@ from sagas.stores._base import (
 )
 from sagas.stores._common import OWNER_ID as _OWNER_ID
 from sagas.stores._common import check_owner as _check_owner
+from sagas.stores._common import decode as _decode
 from sagas.stores._common import encode as _encode
 from sagas.stores._common import request_json as _request_json
 
@@ -90,7 +96,8 @@ _OWNER_GRACE = 0.2
 """Seconds ``register_owner`` retries a lock file held by someone checking whether a dead
 owner of the same id is alive (the check holds it for microseconds)."""
 
-_decode = json.loads
+
+_T = TypeVar("_T")
 
 
 def _plain(obj: object) -> object:
@@ -193,6 +200,12 @@ _SELECT_ALL_EVENTS = (
     f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )
 _SELECT_DEFINITION = "SELECT text FROM definitions WHERE sha256 = ?"
+# load_many, per chunk of ids (the {} is the chunk's placeholders)
+_SELECT_HEADERS_IN = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id IN ({{}})"
+_SELECT_EVENTS_IN = (
+    f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE saga_id IN ({{}}) ORDER BY saga_id, seq"
+)
+_SELECT_DEFINITIONS_IN = "SELECT sha256, text FROM definitions WHERE sha256 IN ({})"
 _SELECT_IN_FLIGHT = (
     "SELECT saga_id FROM sagas WHERE status NOT IN ({}) ORDER BY started_at, saga_id".format(
         ", ".join("?" * len(TERMINAL))
@@ -204,6 +217,9 @@ _SELECT_UNFINISHED = "SELECT saga_id, owner, started_at FROM sagas WHERE status 
 )
 _SET_OWNER = "UPDATE sagas SET owner = ? WHERE saga_id = ?"
 _IDS_PER_QUERY = 500  # below SQLite's oldest limit on bound parameters (999)
+_READ_CACHE_KIB = 16384
+"""The page cache of a read connection, at most (SQLite's default is 2 MiB): a ``load_many``
+of thousands of sagas walks the events index and table together, and thrashes a small cache."""
 
 _REQUEST_COLUMNS = "request_id, saga_id, kind, data, created_at"
 _INSERT_REQUEST = (
@@ -271,8 +287,93 @@ def _event_rows(
         )
 
 
+# A create as written: the saga, its row of _HEADER_COLUMNS and its events' rows.
+_Create = tuple[NewSaga, tuple[Any, ...], builtins.list[_EventRow]]
 
 
+def _create_rows(saga: NewSaga) -> _Create:
+    """What ``saga`` writes; ``ValueError`` / ``TypeError`` for what a create refuses (an
+    invalid owner, seqs that are not 1..n, an input or data that is not JSON)."""
+    if saga.owner is not None:
+        _check_owner(saga.owner)
+    rows: builtins.list[_EventRow] = []
+    _event_rows(saga.saga_id, saga.events, 1, rows)
+    params = (
+        saga.saga_id,
+        saga.flow,
+        saga.version,
+        saga.definition,
+        _encode(saga.input),
+        saga.status,
+        saga.reason,
+        saga.started_at,
+        saga.started_at,
+        len(rows),
+        saga.owner,
+    )
+    return saga, params, rows
+
+
+def _append_rows(
+    appends: Sequence[Append],
+) -> tuple[builtins.list[_EventRow], dict[str, builtins.list[Any]]]:
+    """The event rows of ``appends`` and, per saga, the parameters of its ``_UPDATE_SAGA``:
+    ``[new last_seq, status, reason, updated_at, saga_id, expected last_seq]``.
+
+    ``ValueError`` for an append without events or with non-consecutive seqs, ``TypeError`` /
+    ``ValueError`` for data that is not JSON, ``SeqConflict`` for an append that does not
+    follow the previous append of its saga here (the call conflicts with itself).
+    """
+    rows: builtins.list[_EventRow] = []
+    updates: dict[str, builtins.list[Any]] = {}
+    for append in appends:
+        saga_id, events = append.saga_id, append.events
+        if not events:
+            raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
+        first = events[0].seq
+        _event_rows(saga_id, events, first, rows)
+        last = first + len(events) - 1
+        update = updates.get(saga_id)
+        if update is None:
+            updates[saga_id] = [
+                last,
+                append.status,
+                append.reason,
+                append.updated_at,
+                saga_id,
+                first - 1,
+            ]
+        elif first != update[0] + 1:
+            raise SeqConflict(saga_id, first)
+        else:
+            update[:4] = (last, append.status, append.reason, append.updated_at)
+    return rows, updates
+
+
+def _chunks(items: builtins.list[str]) -> builtins.list[builtins.list[str]]:
+    """``items`` in slices of at most ``_IDS_PER_QUERY`` (one query's bound parameters)."""
+    return [items[i : i + _IDS_PER_QUERY] for i in range(0, len(items), _IDS_PER_QUERY)]
+
+
+def _placeholders(sql: str, chunk: Sequence[Any]) -> str:
+    """``sql`` with its ``{}`` replaced by one ``?`` per item of ``chunk``."""
+    return sql.format(", ".join("?" * len(chunk)))
+
+
+class _Reader:
+    """A thread's read connection, kept in the store's ``threading.local``: when the thread
+    ends the local drops it, and a ``weakref.finalize`` closes the connection."""
+
+    __slots__ = ("__weakref__", "db")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+
+def _close_quietly(db: sqlite3.Connection) -> None:
+    """Close a read connection (it writes nothing, so an error closing it loses nothing)."""
+    with contextlib.suppress(sqlite3.Error):
+        db.close()
 
 
 def _request(row: Sequence[Any]) -> Request:
@@ -332,9 +433,17 @@ class SqliteStore:
         query = "" if self.synchronous == "normal" else f"?synchronous={self.synchronous}"
         self.url = f"sqlite:///{os.path.abspath(self.path)}{query}"
         self._owners_dir = self.path.with_name(self.path.name + ".owners")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write connection's
         self._owner_fds: dict[str, int] = {}  # owners registered here -> their locked file
         self._inbox = SqliteInbox(self)
+        # Reads: each thread's _Reader in _local; _readers holds the finalizers of all the
+        # read connections opened (to close them in close()), _reading counts the reads under
+        # way (close() waits for them). _readers_lock guards the three and _reads_closed.
+        self._local = threading.local()
+        self._readers_lock = threading.Condition(threading.Lock())
+        self._readers: builtins.set[weakref.finalize] = set()
+        self._reading = 0
+        self._reads_closed = False
         self._db: sqlite3.Connection | None = self._open()
 
     def __repr__(self) -> str:
@@ -356,15 +465,7 @@ class SqliteStore:
                 f"saga store {self.path}: cannot create its directory ({err.strerror})"
             ) from err
         self._check_file()
-        try:
-            db = sqlite3.connect(
-                os.fspath(self.path),
-                timeout=self.busy_timeout,  # SQLite's busy timeout: waits for other writers
-                isolation_level=None,  # we issue BEGIN / COMMIT ourselves
-                check_same_thread=False,  # shared by threads, guarded by self._lock
-            )
-        except sqlite3.Error as err:
-            raise self._translate(err) from err
+        db = self._connect()
         try:
             self._prepare(db)
         except sqlite3.Error as err:
@@ -374,6 +475,21 @@ class SqliteStore:
             db.close()
             raise
         return db
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection to the file, in autocommit mode (we issue BEGIN / COMMIT)."""
+        try:
+            return sqlite3.connect(
+                os.fspath(self.path),
+                timeout=self.busy_timeout,  # SQLite's busy timeout: waits for other writers
+                isolation_level=None,
+                # the write connection is shared by threads (under self._lock); a read
+                # connection is used by its thread only, but closed by close() or a finalizer,
+                # which may run on another thread
+                check_same_thread=False,
+            )
+        except sqlite3.Error as err:
+            raise self._translate(err) from err
 
     def _check_file(self) -> None:
         """Refuse, without opening it with SQLite, a path that is not a SQLite file."""
@@ -540,47 +656,91 @@ class SqliteStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
-        """Create the saga with its first events (seqs 1..n) in one transaction.
+    def write(
+        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+    ) -> builtins.list[tuple[bool, SagaHeader]]:
+        """Create sagas, then append to sagas, in one transaction (one commit): all of it is
+        written or none of it.
 
-        Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
-        exists, in which case nothing is written. The insert of the saga row decides, under
-        SQLite's write lock, so of concurrent creates of one id (from any connection or
-        process) exactly one wins. Raises ``ValueError`` if the seqs are not 1..n or the
-        ``owner`` is not a valid owner id, and ``TypeError`` / ``ValueError`` if the input or an
-        event's data is not JSON.
+        Each create returns ``(True, header)`` when created and ``(False, existing_header)``
+        when the id exists (already, or by an earlier create of this call), in which case
+        nothing of that create is written and the call goes on. The insert of the saga row
+        decides, under SQLite's write lock, so of concurrent creates of one id (from any
+        connection or process) exactly one wins. The headers are those right after the
+        creates.
+
+        Then each append's first seq must be its saga's next one (counting this call's
+        creates and earlier appends to the same saga), else ``SeqConflict``; an unknown saga
+        raises ``UnknownSaga``. The ``UNIQUE(saga_id, seq)`` constraint backs the check up.
+        Each saga's status, reason and ``updated_at`` become those of its last append here.
+
+        Refused, with nothing of the call written: a create whose seqs are not 1..n or whose
+        ``owner`` is not a valid owner id and an append without events or with
+        non-consecutive seqs (``ValueError``), an input or event data that is not JSON
+        (``TypeError`` / ``ValueError``), and any append that fails as above.
         """
-        if saga.owner is not None:
-            _check_owner(saga.owner)
-        rows: builtins.list[_EventRow] = []
-        _event_rows(saga.saga_id, saga.events, 1, rows)
-        input_json = _encode(saga.input)
-        params = (
-            saga.saga_id,
-            saga.flow,
-            saga.version,
-            saga.definition,
-            input_json,
-            saga.status,
-            saga.reason,
-            saga.started_at,
-            saga.started_at,
-            len(rows),
-            saga.owner,
-        )
+        new = [_create_rows(saga) for saga in creates]
+        rows, updates = _append_rows(appends)
         with self._lock:
             db = self._connection()
+            if not new and not updates:
+                return []
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    if db.execute(_INSERT_SAGA, params).rowcount == 0:
-                        existing = db.execute(_SELECT_HEADER, (saga.saga_id,)).fetchone()
-                        return False, _header(existing)
-                    db.execute(_INSERT_DEFINITION, (saga.definition, saga.definition_text))
-                    db.executemany(_INSERT_EVENT, rows)
+                    results = self._insert_sagas(db, new)
+                    if updates:
+                        failure = self._extend_sagas(db, appends, rows, updates, bool(new))
+                        if failure is not None:
+                            raise failure
                     db.execute("COMMIT")
                 finally:
                     _rollback(db)
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+        return results
+
+    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
+        """Create the saga with its first events (seqs 1..n) in one transaction:
+        ``write([saga], [])``.
+
+        Returns ``(True, header)`` when created and ``(False, existing_header)`` when the id
+        exists, in which case nothing is written. Of concurrent creates of one id (from any
+        connection or process) exactly one wins. Raises ``ValueError`` if the seqs are not
+        1..n or the ``owner`` is not a valid owner id, and ``TypeError`` / ``ValueError`` if
+        the input or an event's data is not JSON.
+        """
+        return self.write((saga,), ())[0]
+
+    def append(self, batch: Sequence[Append]) -> None:
+        """Append to several sagas in one transaction (a group commit): ``write([], batch)``,
+        all or nothing.
+
+        Each append's first seq must be its saga's next one (counting earlier appends to the
+        same saga in this batch), else ``SeqConflict``; an unknown saga raises ``UnknownSaga``;
+        nothing of the batch is written then. Raises ``ValueError`` for an append without
+        events or with non-consecutive seqs and ``TypeError`` / ``ValueError`` for data that
+        is not JSON. Each saga's status, reason and ``updated_at`` become those of its last
+        append here.
+        """
+        self.write((), batch)
+
+    def _insert_sagas(
+        self, db: sqlite3.Connection, creates: builtins.list[_Create]
+    ) -> builtins.list[tuple[bool, SagaHeader]]:
+        """Insert the sagas whose ids are free, in the open transaction; one result each."""
+        results: builtins.list[tuple[bool, SagaHeader]] = []
+        defined: builtins.set[str] = set()
+        for saga, params, rows in creates:
+            try:
+                if db.execute(_INSERT_SAGA, params).rowcount == 0:
+                    existing = db.execute(_SELECT_HEADER, (saga.saga_id,)).fetchone()
+                    results.append((False, _header(existing)))
+                    continue
+                if saga.definition not in defined:
+                    db.execute(_INSERT_DEFINITION, (saga.definition, saga.definition_text))
+                    defined.add(saga.definition)
+                db.executemany(_INSERT_EVENT, rows)
             except sqlite3.IntegrityError as err:
                 if "UNIQUE" in str(err):
                     raise StoreUnavailable(
@@ -588,80 +748,42 @@ class SqliteStore:
                         "events but no header"
                     ) from err
                 raise ValueError(f"saga {saga.saga_id!r} refused by the store: {err}") from err
-            except sqlite3.Error as err:
-                raise self._translate(err) from err
-        return True, SagaHeader(
-            saga.saga_id,
-            saga.flow,
-            saga.version,
-            saga.definition,
-            _decode(input_json),
-            saga.status,
-            saga.reason,
-            saga.started_at,
-            saga.started_at,
-            len(rows),
-            saga.owner,
-        )
+            results.append((True, _header(params)))
+        return results
 
-    def append(self, batch: Sequence[Append]) -> None:
-        """Append to several sagas in one transaction (a group commit): all or nothing.
-
-        Each append's first seq must be its saga's next one (counting earlier appends to the
-        same saga in this batch), else ``SeqConflict``; an unknown saga raises ``UnknownSaga``;
-        nothing of the batch is written then. The ``UNIQUE(saga_id, seq)`` constraint backs
-        the check up. Raises ``ValueError`` for an append without events or with
-        non-consecutive seqs and ``TypeError`` / ``ValueError`` for data that is not JSON.
-        Each saga's status, reason and ``updated_at`` become those of its last append here.
-        """
-        if not batch:
-            return
-        rows: builtins.list[_EventRow] = []
-        # saga_id -> [new last_seq, status, reason, updated_at, saga_id, expected last_seq]
-        updates: dict[str, builtins.list[Any]] = {}
-        for append in batch:
-            saga_id, events = append.saga_id, append.events
-            if not events:
-                raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
-            first = events[0].seq
-            _event_rows(saga_id, events, first, rows)
-            last = first + len(events) - 1
-            update = updates.get(saga_id)
-            if update is None:
-                updates[saga_id] = [
-                    last,
-                    append.status,
-                    append.reason,
-                    append.updated_at,
-                    saga_id,
-                    first - 1,
-                ]
-            elif first != update[0] + 1:
-                raise SeqConflict(saga_id, first)  # conflicts with its own batch
-            else:
-                update[:4] = (last, append.status, append.reason, append.updated_at)
-        with self._lock:
-            db = self._connection()
-            try:
-                refused: sqlite3.IntegrityError | None = None
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    if db.executemany(_UPDATE_SAGA, updates.values()).rowcount == len(updates):
-                        db.executemany(_INSERT_EVENT, rows)
-                        db.execute("COMMIT")
-                        return
-                except sqlite3.IntegrityError as err:
-                    refused = err
-                finally:
-                    _rollback(db)
-                raise self._append_failure(db, batch, refused)
-            except sqlite3.Error as err:
-                raise self._translate(err) from err
+    def _extend_sagas(
+        self,
+        db: sqlite3.Connection,
+        appends: Sequence[Append],
+        rows: builtins.list[_EventRow],
+        updates: dict[str, builtins.list[Any]],
+        created: bool,
+    ) -> Exception | None:
+        """Apply the appends in the open transaction; ``None`` if they all fit, else the
+        error to raise, found once their writes are undone. If the call ``created`` sagas,
+        the appends are undone back to a savepoint, so that the error is found in what they
+        saw (the file plus this call's creates); else the whole transaction is rolled back
+        (one statement less per append, the common case) and the error found in the file."""
+        if created:
+            db.execute("SAVEPOINT appends")
+        refused: sqlite3.IntegrityError | None = None
+        try:
+            if db.executemany(_UPDATE_SAGA, updates.values()).rowcount == len(updates):
+                db.executemany(_INSERT_EVENT, rows)
+                if created:
+                    db.execute("RELEASE appends")
+                return None
+        except sqlite3.IntegrityError as err:
+            refused = err
+        db.execute("ROLLBACK TO appends" if created else "ROLLBACK")
+        return self._append_failure(db, appends, refused)
 
     def _append_failure(
         self, db: sqlite3.Connection, batch: Sequence[Append], refused: sqlite3.Error | None
     ) -> Exception:
-        """Why a rolled-back batch failed: the first unknown saga or seq conflict, in order."""
+        """Why the appends of ``batch`` failed: the first unknown saga or seq conflict, in
+        order, in the file as it is now (or as the open transaction, rolled back to before the
+        appends, sees it)."""
         last_seq: dict[str, int] = {}
         for append in batch:
             saga_id = append.saga_id
@@ -690,26 +812,69 @@ class SqliteStore:
     def load(self, saga_id: str) -> SagaRecord:
         """The saga's header, definition text and whole log (in seq order), read in one
         transaction so that they agree; ``UnknownSaga`` if absent."""
-        with self._lock:
-            db = self._connection()
-            try:
-                db.execute("BEGIN")
-                try:
-                    row = db.execute(_SELECT_HEADER, (saga_id,)).fetchone()
-                    if row is None:
-                        raise UnknownSaga(saga_id)
-                    text = db.execute(_SELECT_DEFINITION, (row[3],)).fetchone()
-                    events = db.execute(_SELECT_EVENTS, (saga_id,)).fetchall()
-                finally:
-                    _rollback(db)
-            except sqlite3.Error as err:
-                raise self._translate(err) from err
+
+        def read(db: sqlite3.Connection) -> tuple[Any, Any, builtins.list[Any]]:
+            row = db.execute(_SELECT_HEADER, (saga_id,)).fetchone()
+            if row is None:
+                raise UnknownSaga(saga_id)
+            text = db.execute(_SELECT_DEFINITION, (row[3],)).fetchone()
+            return row, text, db.execute(_SELECT_EVENTS, (saga_id,)).fetchall()
+
+        row, text, events = self._read(read)
         if text is None:
-            raise StoreUnavailable(
-                f"saga store {self.path} is damaged: the definition {row[3]} of saga "
-                f"{saga_id!r} is missing"
-            )
+            raise self._missing_definition(row)
         return SagaRecord(_header(row), text[0], tuple(_event(r) for r in events))
+
+    def load_many(self, saga_ids: Sequence[str]) -> builtins.list[SagaRecord]:
+        """The records of the sagas in ``saga_ids``, read in one transaction so that they
+        agree: in the order of ``saga_ids``, each saga once (at its first place); ids that do
+        not exist are left out.
+
+        A few queries per 500 ids (headers, then all their events at once, then each
+        definition once), not one per saga. ``TypeError`` for a lone string.
+        """
+        wanted = _ids(saga_ids)
+        logs: dict[str, builtins.list[StoredEvent]] = {}
+
+        def read(db: sqlite3.Connection) -> tuple[builtins.list[Any], dict[str, str]]:
+            headers: builtins.list[Any] = []
+            for chunk in _chunks(wanted):
+                headers += db.execute(_placeholders(_SELECT_HEADERS_IN, chunk), chunk).fetchall()
+                rows = db.execute(_placeholders(_SELECT_EVENTS_IN, chunk), chunk).fetchall()
+                # decoded chunk by chunk, so that at most one chunk's rows are held at once
+                for saga_id, position, seq, type_, step, attempt, at, event_id, cause, data in rows:
+                    event = StoredEvent(seq, type_, step, attempt, at, event_id, cause,
+                                        _decode(data), position)  # fmt: skip
+                    log = logs.get(saga_id)
+                    if log is None:
+                        logs[saga_id] = [event]
+                    else:
+                        log.append(event)
+            texts: dict[str, str] = {}
+            for chunk in _chunks(builtins.list({row[3] for row in headers})):
+                sql = _placeholders(_SELECT_DEFINITIONS_IN, chunk)
+                texts.update(db.execute(sql, chunk).fetchall())
+            return headers, texts
+
+        headers, texts = self._read(read)
+        by_id = {row[0]: row for row in headers}
+        records = []
+        for saga_id in wanted:
+            row = by_id.get(saga_id)
+            if row is None:
+                continue
+            text = texts.get(row[3])
+            if text is None:
+                raise self._missing_definition(row)
+            records.append(SagaRecord(_header(row), text, tuple(logs.get(saga_id, ()))))
+        return records
+
+    def _missing_definition(self, row: Sequence[Any]) -> StoreUnavailable:
+        """The error for a saga (a row of ``_HEADER_COLUMNS``) whose definition is missing."""
+        return StoreUnavailable(
+            f"saga store {self.path} is damaged: the definition {row[3]} of saga "
+            f"{row[0]!r} is missing"
+        )
 
     def header(self, saga_id: str) -> SagaHeader:
         """The saga's header; ``UnknownSaga`` if absent."""
@@ -764,12 +929,76 @@ class SqliteStore:
         return row[0][0]
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> builtins.list[Any]:
-        with self._lock:
-            db = self._connection()
+        """The rows of one reading statement, run in autocommit on this thread's read
+        connection (so it sees everything committed before it starts)."""
+        db = self._start_read()
+        try:
+            return db.execute(sql, params).fetchall()
+        except sqlite3.Error as err:
+            raise self._translate(err) from err
+        finally:
+            self._end_read()
+
+    def _read(self, read: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``read(db)`` on this thread's read connection, in one read transaction (so its
+        statements see one snapshot), ended before returning."""
+        db = self._start_read()
+        try:
+            db.execute("BEGIN")
             try:
-                return db.execute(sql, params).fetchall()
-            except sqlite3.Error as err:
-                raise self._translate(err) from err
+                return read(db)
+            finally:
+                _rollback(db)
+        except sqlite3.Error as err:
+            raise self._translate(err) from err
+        finally:
+            self._end_read()
+
+    def _start_read(self) -> sqlite3.Connection:
+        """This thread's read connection, opened on first use; counts a read under way until
+        ``_end_read`` (``close()`` waits for it). ``StoreUnavailable`` once closed."""
+        with self._readers_lock:
+            if self._reads_closed:
+                raise StoreUnavailable(f"saga store {self.path} is closed")
+            self._reading += 1
+        try:
+            reader: _Reader | None = getattr(self._local, "reader", None)
+            if reader is None:
+                reader = self._open_reader()
+            elif reader.db.in_transaction:  # a failed ROLLBACK: its snapshot would be stale
+                reader.db.execute("ROLLBACK")
+            return reader.db
+        except sqlite3.Error as err:
+            self._end_read()
+            raise self._translate(err) from err
+        except BaseException:
+            self._end_read()
+            raise
+
+    def _end_read(self) -> None:
+        """Count the read that ``_start_read`` began as done (and wake a waiting ``close()``)."""
+        with self._readers_lock:
+            self._reading -= 1
+            if self._reading == 0:
+                self._readers_lock.notify_all()
+
+    def _open_reader(self) -> _Reader:
+        """Open this thread's read connection (``query_only``: it never writes)."""
+        db = self._connect()
+        try:
+            db.execute("PRAGMA query_only = ON")
+            db.execute(f"PRAGMA cache_size = -{_READ_CACHE_KIB}")
+        except sqlite3.Error as err:
+            db.close()
+            raise self._translate(err) from err
+        reader = _Reader(db)
+        closer = weakref.finalize(reader, _close_quietly, db)
+        closer.atexit = False
+        with self._readers_lock:
+            self._readers = {c for c in self._readers if c.alive}  # drop ended threads'
+            self._readers.add(closer)
+        self._local.reader = reader
+        return reader
 
     def _write(self, sql: str, params: Sequence[Any]) -> tuple[int, int | None]:
         """Run one writing statement on its own, committed before it returns (autocommit);
@@ -779,6 +1008,25 @@ class SqliteStore:
             try:
                 cursor = db.execute(sql, params)
                 return cursor.rowcount, cursor.lastrowid
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+
+    def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Run each writing statement with each of its rows of parameters, all in one
+        transaction committed before it returns (nothing of them on an error). Nothing to run
+        is no transaction."""
+        with self._lock:
+            db = self._connection()
+            if not any(rows for _, rows in statements):
+                return
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, rows in statements:
+                        db.executemany(sql, rows)
+                    db.execute("COMMIT")
+                finally:
+                    _rollback(db)
             except sqlite3.Error as err:
                 raise self._translate(err) from err
 
@@ -952,7 +1200,15 @@ class SqliteStore:
 
     def close(self) -> None:
         """Release the owners registered here (their lock files are removed) and close the
-        connection; further use raises ``StoreUnavailable``. Closing twice is fine."""
+        connections, once the reads under way are done; further use raises
+        ``StoreUnavailable``. Closing twice is fine."""
+        with self._readers_lock:
+            self._reads_closed = True
+            while self._reading:
+                self._readers_lock.wait()
+            closers, self._readers = self._readers, set()
+        for closer in closers:
+            closer()
         with self._lock:
             db, self._db = self._db, None
             owner_fds, self._owner_fds = self._owner_fds, {}
@@ -977,8 +1233,10 @@ class SqliteInbox:
 
     Replies live in table ``inbox``, tombstones in ``tombstones``, in the store's file, so they
     survive a crash and are shared by every store object and process using the file. Each
-    write is committed before it returns; each call is one statement on the store's connection.
-    Thread-safe; raises ``StoreUnavailable`` once the store is closed.
+    write is committed before it returns: ``put`` and ``tombstone`` are one statement each on
+    the store's write connection, ``write_many`` one transaction. ``get`` and
+    ``is_tombstoned`` run on the calling thread's read connection, so they do not wait for
+    the store's writes. Thread-safe; raises ``StoreUnavailable`` once the store is closed.
     """
 
     __slots__ = ("_store",)
@@ -1002,10 +1260,7 @@ class SqliteInbox:
 
         ``TypeError`` unless ``reply`` is a :class:`actors.StoredReply` with JSON output.
         """
-        if not isinstance(reply, StoredReply):
-            raise TypeError(f"SqliteInbox.put expects a StoredReply, got {type(reply).__name__}")
-        output = None if reply.output is None else _encode_output(reply.output)
-        self._store._write(_PUT_REPLY, (key, reply.outcome, output, reply.error))
+        self._store._write(_PUT_REPLY, _reply_row(key, reply, "put"))
 
     def tombstone(self, action_key: str) -> None:
         """Record that ``action_key``'s compensation has started; committed on return."""
@@ -1014,3 +1269,30 @@ class SqliteInbox:
     def is_tombstoned(self, action_key: str) -> bool:
         """Whether :meth:`tombstone` was called for ``action_key`` (by anyone using the file)."""
         return bool(self._store._fetch(_SELECT_TOMBSTONE, (action_key,)))
+
+    def write_many(
+        self, replies: Sequence[tuple[str, StoredReply]], tombstones: Sequence[str]
+    ) -> None:
+        """Store every ``(key, reply)`` of ``replies`` (as :meth:`put`, in order: a later reply
+        for a key replaces an earlier one) and every tombstone (as :meth:`tombstone`), in one
+        transaction committed before it returns: all of them or none.
+
+        ``TypeError`` (nothing written) for a reply that is not a :class:`actors.StoredReply`
+        with JSON output, for ``replies`` given as a mapping or ``tombstones`` as one string.
+        """
+        if isinstance(replies, (str, Mapping)):
+            raise TypeError("replies is a sequence of (key, reply) pairs")
+        if isinstance(tombstones, str):
+            raise TypeError("tombstones is a sequence of action keys, not one key")
+        rows = [_reply_row(key, reply, "write_many") for key, reply in replies]
+        keys = [(action_key,) for action_key in tombstones]
+        self._store._write_many(((_PUT_REPLY, rows), (_PUT_TOMBSTONE, keys)))
+
+
+def _reply_row(key: str, reply: StoredReply, method: str) -> tuple[Any, ...]:
+    """The ``inbox`` row of ``reply``; ``TypeError`` unless it is a :class:`actors.StoredReply`
+    with JSON output (``ValueError`` for NaN or infinity)."""
+    if not isinstance(reply, StoredReply):
+        raise TypeError(f"SqliteInbox.{method} expects a StoredReply, got {type(reply).__name__}")
+    output = None if reply.output is None else _encode_output(reply.output)
+    return (key, reply.outcome, output, reply.error)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from actor_doubles import FlakyInbox, Scripted, command
 
-from actors import Fault, Faults, MemoryInbox, Service, StoredReply, handles
+from actors import Fault, Faults, InboxStore, MemoryInbox, Service, StoredReply, handles
 from actors._dispatch import Dispatcher
 
 
@@ -227,3 +227,44 @@ def test_a_custom_injector_is_consulted_once_per_delivery(service, inbox):
     assert len(list(dispatcher.process(command(attempt=1)))) == 2
     assert len(list(dispatcher.process(command(attempt=2)))) == 1
     assert calls == [1, 2]
+
+
+# -- the memory inbox's batch write ----------------------------------------------------------------
+
+
+def test_memory_inbox_writes_many_like_puts_and_tombstones():
+    inbox = MemoryInbox()
+    assert isinstance(inbox, InboxStore)
+    inbox.put("k0", StoredReply("succeeded", {"old": 1}, None))
+    inbox.write_many(
+        [
+            ("k0", StoredReply("rejected", None, "no")),
+            ("k1", StoredReply("succeeded", {"first": 1}, None)),
+            ("k1", StoredReply("succeeded", {"second": 2}, None)),  # in order: the later wins
+        ],
+        ("t1", "t2", "t1"),
+    )
+    assert inbox.get("k0") == StoredReply("rejected", None, "no")
+    assert inbox.get("k1") == StoredReply("succeeded", {"second": 2}, None)
+    assert inbox.is_tombstoned("t1") and inbox.is_tombstoned("t2")
+    assert not inbox.is_tombstoned("k1") and inbox.get("t1") is None
+    assert len(inbox) == 2
+    inbox.write_many([], [])
+    inbox.write_many(iter([("k2", StoredReply("succeeded", {}, None))]), iter(["t3"]))
+    assert len(inbox) == 3 and inbox.is_tombstoned("t3")
+    assert repr(inbox) == "MemoryInbox(3 replies, 3 tombstones)"
+
+
+@pytest.mark.parametrize(
+    ("replies", "tombstones"),
+    [
+        ([("k1", StoredReply("succeeded", {}, None)), ("k2", {"outcome": "succeeded"})], ["t"]),
+        ([("k1", StoredReply("succeeded", {}, None))], "t"),  # one key, not a list of keys
+        ({"k1": StoredReply("succeeded", {}, None)}, ["t"]),  # a dict, not a list of pairs
+    ],
+)
+def test_memory_inbox_writes_none_of_a_refused_batch(replies, tombstones):
+    inbox = MemoryInbox()
+    with pytest.raises(TypeError):
+        inbox.write_many(replies, tombstones)
+    assert len(inbox) == 0 and not inbox.is_tombstoned("t")

@@ -1,8 +1,9 @@
 """The contract every saga store passes: subclass :class:`StoreContract` and give ``make_store``.
 
 The class name does not start with ``Test``, so pytest collects only its subclasses.
-The race helpers (:func:`race_appends`, :func:`race_creates`, :func:`race_adopts`) take two
-handles, so a backend can also run them across two connections to one store.
+The race helpers (:func:`race_appends`, :func:`race_creates`, :func:`race_writes`,
+:func:`race_adopts`) and :func:`snapshots_agree` take two handles, so a backend can also run
+them across two connections to one store.
 """
 
 from __future__ import annotations
@@ -184,6 +185,63 @@ def race_creates(a: SagaStore, b: SagaStore, rounds: int = RACE_ROUNDS) -> None:
         record = a.load(saga_id)
         assert record.header.flow == winner_flow
         assert len(record.events) == (1 if winner_flow == "by-a" else 2)
+
+
+def race_writes(a: SagaStore, b: SagaStore, rounds: int = RACE_ROUNDS) -> None:
+    """Two writers each create one id and append to it in one ``write``: one call succeeds
+    whole; the other finds the saga created, so its append conflicts and it writes nothing."""
+    for n in range(rounds):
+        saga_id = f"race-write-{n}"
+        results = run_pair(
+            partial(a.write, [new_saga(saga_id, flow="by-a")], [append(saga_id, 2, tag="a")]),
+            partial(b.write, [new_saga(saga_id, flow="by-b")], [append(saga_id, 2, tag="b")]),
+        )
+        wins = [i for i, r in enumerate(results) if isinstance(r, list)]
+        assert len(wins) == 1, results
+        created, header = results[wins[0]][0]
+        loser = results[1 - wins[0]]
+        assert isinstance(loser, SeqConflict) and (loser.saga_id, loser.seq) == (saga_id, 2)
+        winner = "ab"[wins[0]]
+        assert created is True and header.flow == f"by-{winner}" and header.last_seq == 1
+        record = b.load(saga_id)
+        assert record.header.flow == f"by-{winner}" and record.header.last_seq == 2
+        assert record.events[1].event_id == f"{saga_id}-2{winner}"
+
+
+def snapshots_agree(writer: SagaStore, reader: SagaStore, sagas: int = 1100) -> None:
+    """``load_many`` is one snapshot: while ``writer`` appends one event to every saga in each
+    ``write`` (more sagas than one query of ids takes), every ``load_many`` on ``reader`` finds
+    all the sagas at one length."""
+    ids = [f"snap-{i}" for i in range(sagas)]
+    writer.write([new_saga(saga_id) for saga_id in ids], [])
+    rounds = 15
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for seq in range(2, rounds + 2):
+                writer.write([], [append(saga_id, seq) for saga_id in ids])
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    lengths: set[int] = set()
+    try:
+        while True:
+            finished = done.is_set()
+            records = reader.load_many(ids)
+            assert len(records) == sagas
+            seen = {len(r.events) for r in records}
+            assert len(seen) == 1, sorted(seen)
+            assert {r.header.last_seq for r in records} == seen
+            lengths |= seen
+            if finished:
+                break
+    finally:
+        thread.join(JOIN_TIMEOUT)
+    assert not thread.is_alive()
+    assert max(lengths) == rounds + 1
 
 
 def race_adopts(
@@ -416,6 +474,129 @@ class StoreContract:
         record.events[1].data["items"].append(3)
         assert store.load("s").events[1].data == {"items": [1]}
 
+    # -- write: creates, then appends, in one call -----------------------------------------------
+
+    def test_write_creates_then_appends_in_one_call(self, store: SagaStore) -> None:
+        store.create(new_saga("old", started_at=1.0, n_events=2))
+        results = store.write(
+            [new_saga("a", started_at=2.0, n_events=2), new_saga("b", started_at=3.0)],
+            [append("old", 3, status="compensating"), append("a", 3, 2, status="completed")],
+        )
+        assert [(created, header.saga_id, header.last_seq) for created, header in results] == [
+            (True, "a", 2),
+            (True, "b", 1),
+        ]
+        assert results[0][1] == SagaHeader(
+            "a", "order", 1, FLOW_SHA, {"order": "a"}, "running", None, 2.0, 2.0, 2
+        )
+        assert (store.header("a").last_seq, store.header("a").status) == (4, "completed")
+        assert store.header("old").status == "compensating"
+        assert [h.saga_id for h in store.list()] == ["b", "a", "old"]
+        order = [(saga_id, e.seq) for saga_id, e in store.read_all()]
+        assert order == [
+            ("old", 1), ("old", 2), ("a", 1), ("a", 2), ("b", 1), ("old", 3), ("a", 3), ("a", 4),
+        ]  # fmt: skip
+        assert store.load("a").events == tuple(e for s, e in store.read_all() if s == "a")
+
+    def test_write_of_an_existing_id_returns_it_and_goes_on(self, store: SagaStore) -> None:
+        _, first = store.create(new_saga("dup", started_at=10.0))
+        other = new_saga("dup", flow="refund", n_events=3, definition="b" * 64, definition_text="x")
+        results = store.write([new_saga("x"), other, new_saga("y")], [append("x", 2)])
+        assert [created for created, _ in results] == [True, False, True]
+        assert results[1][1] == first
+        assert store.load("dup").events == store.load("dup").events[:1]
+        assert store.header("x").last_seq == 2 and store.header("y").last_seq == 1
+        with pytest.raises(KeyError):
+            store.definition("b" * 64)
+
+    def test_write_of_one_id_twice_creates_the_first(self, store: SagaStore) -> None:
+        results = store.write(
+            [new_saga("s", flow="first"), new_saga("s", flow="second", n_events=3)],
+            [append("s", 2)],
+        )
+        (created, header), (again, existing) = results
+        assert (created, again) == (True, False)
+        assert header == existing and header.flow == "first" and header.last_seq == 1
+        assert header.input is not existing.input  # each result is a copy
+        record = store.load("s")
+        assert record.header.flow == "first" and [e.seq for e in record.events] == [1, 2]
+
+    def test_write_headers_are_those_before_the_calls_appends(self, store: SagaStore) -> None:
+        store.create(new_saga("old"))
+        results = store.write(
+            [new_saga("new"), new_saga("old")],
+            [append("new", 2, status="failed"), append("old", 2, status="failed")],
+        )
+        assert [(h.last_seq, h.status) for _, h in results] == [(1, "running"), (1, "running")]
+        assert store.header("new").status == store.header("old").status == "failed"
+
+    def test_an_append_to_a_saga_of_the_call_follows_its_events(self, store: SagaStore) -> None:
+        store.create(new_saga("other"))
+        before = snapshot(store)
+        with pytest.raises(SeqConflict) as caught:
+            store.write([new_saga("s", n_events=2)], [append("s", 2)])
+        assert (caught.value.saga_id, caught.value.seq) == ("s", 2)
+        assert snapshot(store) == before
+
+    def test_write_of_nothing_does_nothing(self, store: SagaStore) -> None:
+        store.create(new_saga("s"))
+        before = snapshot(store)
+        assert store.write([], []) == []
+        assert snapshot(store) == before
+
+    @pytest.mark.parametrize(
+        "failure",
+        [
+            "seq conflict",
+            "unknown saga",
+            "append without events",
+            "append with a gap",
+            "append data not json",
+            "create seqs",
+            "create input not json",
+            "create owner",
+        ],
+    )
+    def test_a_failed_write_writes_nothing_creates_included(
+        self, store: SagaStore, failure: str
+    ) -> None:
+        store.create(new_saga("old", n_events=2))
+        before = snapshot(store)
+        fresh = new_saga("fresh", definition="c" * 64, definition_text="fresh text")
+        creates = [new_saga("new"), fresh]
+        appends = [append("new", 2), append("old", 3, status="completed")]
+        expected: type[Exception] = ValueError
+        if failure == "seq conflict":
+            appends.append(append("old", 3))
+            expected = SeqConflict
+        elif failure == "unknown saga":
+            appends.append(append("ghost", 1))
+            expected = UnknownSaga
+        elif failure == "append without events":
+            appends.append(Append("old", (), "running", None, 1.0))
+        elif failure == "append with a gap":
+            appends.append(Append("fresh", (event(2), event(4)), "running", None, 1.0))
+        elif failure == "append data not json":
+            appends.append(Append("fresh", (event(2, data={"x": {1}}),), "running", None, 1.0))
+            expected = TypeError
+        elif failure == "create seqs":
+            saga = new_saga("bad", n_events=2)
+            creates.append(NewSaga(**{**_fields(saga), "events": (saga.events[1],)}))
+        elif failure == "create input not json":
+            creates.append(new_saga("bad", input={"when": object()}))
+            expected = TypeError
+        else:
+            creates.append(new_saga("bad", owner="no/slash"))
+        with pytest.raises(expected):
+            store.write(creates, appends)
+        assert snapshot(store) == before
+        with pytest.raises(KeyError):
+            store.definition("c" * 64)
+        assert store.write(creates[:2], appends[:2])[1][0] is True  # the rest was fine
+
+    def test_concurrent_writes_of_one_id_exactly_one_lands(self, store: SagaStore) -> None:
+        race_writes(store, store)
+
     # -- unknown ids ----------------------------------------------------------------------------
 
     def test_unknown_saga(self, store: SagaStore) -> None:
@@ -531,6 +712,47 @@ class StoreContract:
         assert store.read_all(0, 0) == []
         with pytest.raises(ValueError):
             store.read_all(0, -1)
+
+    # -- load_many ------------------------------------------------------------------------------
+
+    def test_load_many_is_load_of_each_in_the_order_asked(self, store: SagaStore) -> None:
+        store.write(
+            [
+                new_saga("a", n_events=3, input=[1, {"x": None}]),
+                new_saga("b", flow="refund", definition="d" * 64, definition_text="refund text"),
+                new_saga("c", owner="me"),
+            ],
+            [append("a", 4, status="compensating", reason="r")],
+        )
+        records = store.load_many(["c", "ghost", "a", "b", "a", "c"])
+        assert [r.header.saga_id for r in records] == ["c", "a", "b"]
+        assert records == [store.load("c"), store.load("a"), store.load("b")]
+        assert records[2].definition_text == "refund text"
+        assert [e.seq for e in records[1].events] == [1, 2, 3, 4]
+        assert store.load_many([]) == store.load_many(["ghost"]) == []
+        assert store.load_many(("b",)) == [store.load("b")]
+        with pytest.raises(TypeError):
+            store.load_many("a")  # one id is not a list of ids
+
+    def test_load_many_reads_more_sagas_than_one_query_takes(self, store: SagaStore) -> None:
+        ids = [f"s{n:04}" for n in range(1234)]
+        store.write([new_saga(saga_id, n_events=1 + n % 3) for n, saga_id in enumerate(ids)], [])
+        wanted = [*ids[::-1], "ghost"]
+        records = store.load_many(wanted)
+        assert [r.header.saga_id for r in records] == ids[::-1]
+        assert [len(r.events) for r in records] == [1 + n % 3 for n in range(1234)][::-1]
+        assert records[0] == store.load(ids[-1]) and records[-1] == store.load(ids[0])
+
+    def test_load_many_returns_copies(self, store: SagaStore) -> None:
+        store.create(new_saga("s", input={"items": [1]}))
+        (record,) = store.load_many(["s"])
+        record.header.input["items"].append(2)
+        record.events[0].data["input"]["items"].append(3)
+        assert store.load_many(["s"]) == [store.load("s")]
+        assert store.load("s").header.input == {"items": [1]}
+
+    def test_load_many_is_one_snapshot(self, store: SagaStore) -> None:
+        snapshots_agree(store, store)
 
     # -- ownership ------------------------------------------------------------------------------
 
@@ -749,6 +971,43 @@ class StoreContract:
             store.inbox.put("k", {"outcome": "succeeded"})  # type: ignore[arg-type]
         assert store.inbox.get("k") is None
 
+    def test_the_inbox_writes_many_at_once(self, store: SagaStore) -> None:
+        inbox = store.inbox
+        inbox.put("k0", StoredReply("succeeded", {"old": True}, None))
+        done = StoredReply("succeeded", freeze({"id": "r-1", "lines": [{"qty": 2}]}), None)
+        inbox.write_many(
+            [
+                ("k0", StoredReply("rejected", None, "no")),
+                ("k1", done),
+                ("k2", StoredReply("succeeded", {"first": 1}, None)),
+                ("k2", StoredReply("succeeded", {"second": 2}, None)),  # the later one wins
+            ],
+            ["t1", "t2", "t1"],
+        )
+        assert inbox.get("k0") == StoredReply("rejected", None, "no")
+        stored = inbox.get("k1")
+        assert stored is not None and thaw(stored.output) == {"id": "r-1", "lines": [{"qty": 2}]}
+        assert inbox.get("k2") == StoredReply("succeeded", {"second": 2}, None)
+        assert inbox.is_tombstoned("t1") and inbox.is_tombstoned("t2")
+        assert not inbox.is_tombstoned("k1") and inbox.get("t1") is None
+        inbox.write_many([], ["t3"])
+        inbox.write_many([("k3", StoredReply("succeeded", {}, None))], ())
+        inbox.write_many([], [])
+        assert inbox.is_tombstoned("t3") and inbox.get("k3") == StoredReply("succeeded", {}, None)
+
+    def test_the_inbox_writes_none_of_a_refused_batch(self, store: SagaStore) -> None:
+        inbox = store.inbox
+        good = ("k1", StoredReply("succeeded", {}, None))
+        for replies, tombstones in [
+            ([good, ("k2", {"outcome": "succeeded"})], ["t1"]),
+            ([good], "t1"),  # one key is not a list of keys
+            ({"k1": good[1]}, ["t1"]),  # nor is a dict a list of pairs
+        ]:
+            with pytest.raises(TypeError):
+                inbox.write_many(replies, tombstones)  # type: ignore[arg-type]
+        assert inbox.get("k1") is None and inbox.get("k2") is None
+        assert not inbox.is_tombstoned("t1") and not inbox.is_tombstoned("t")
+
     # -- closing --------------------------------------------------------------------------------
 
     def test_a_closed_store_is_unavailable(self, store: SagaStore) -> None:
@@ -775,6 +1034,14 @@ class StoreContract:
             store.requests_for("s")
         with pytest.raises(StoreUnavailable):
             store.complete_request(1)
+        with pytest.raises(StoreUnavailable):
+            store.write([new_saga("t")], [])
+        with pytest.raises(StoreUnavailable):
+            store.write([], [])
+        with pytest.raises(StoreUnavailable):
+            store.create(new_saga("t"))
+        with pytest.raises(StoreUnavailable):
+            store.load_many(["s"])
 
 
 def _fields(saga: NewSaga) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import select
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +19,8 @@ import pytest
 import sagas.stores
 from actors import Command, Service, StoredReply, handles
 from actors._dispatch import Dispatcher
-from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable
-from sagas.stores import Append, MemoryStore, SqliteStore, open_store
+from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores import Append, MemoryStore, NewSaga, SqliteStore, open_store
 from sagas.stores.sqlite import _SELECT_REQUESTS_OF_OWNER, SqliteInbox
 
 from .contract import (
@@ -32,8 +34,10 @@ from .contract import (
     race_adopts,
     race_appends,
     race_creates,
+    race_writes,
     run_pair,
     snapshot,
+    snapshots_agree,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +97,16 @@ def test_two_store_objects_racing_appends_exactly_one_wins(tmp_path: Path) -> No
 def test_two_store_objects_racing_creates_exactly_one_wins(tmp_path: Path) -> None:
     with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
         race_creates(a, b)
+
+
+def test_two_store_objects_racing_writes_exactly_one_lands(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
+        race_writes(a, b)
+
+
+def test_load_many_is_one_snapshot_of_another_store_objects_writes(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
+        snapshots_agree(a, b)
 
 
 def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None:
@@ -460,6 +474,272 @@ def test_a_store_damaged_while_open_is_unavailable(tmp_path: Path) -> None:
         with pytest.raises(StoreUnavailable, match="damaged") as caught:
             store.read_all(0, 100_000)
         assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_unique_violation_in_a_write_with_creates_writes_nothing(tmp_path: Path) -> None:
+    # as above, with creates in the call: they are undone with the appends
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        store.create(new_saga("s"))
+        other = raw(path)
+        other.execute(
+            "INSERT INTO events (saga_id, seq, type, at, event_id, data) "
+            "VALUES ('s', 2, 'step.started', 1.0, 'stray', '{}')"
+        )
+        other.close()
+        before = snapshot(store)
+        with pytest.raises(SeqConflict) as caught:
+            store.write([new_saga("n", n_events=2)], [append("n", 3), append("s", 2)])
+        assert (caught.value.saga_id, caught.value.seq) == ("s", 2)
+        assert snapshot(store) == before
+
+
+def test_a_create_the_schema_refuses_is_a_value_error_and_writes_nothing(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        saga = new_saga("bad", n_events=2)
+        untyped = event(2, saga_id="bad")
+        object.__setattr__(untyped, "type", None)  # events.type is NOT NULL
+        bad = NewSaga(**{**{f: getattr(saga, f) for f in NewSaga.__dataclass_fields__},
+                         "events": (saga.events[0], untyped)})  # fmt: skip
+        with pytest.raises(ValueError, match="'bad' refused"):
+            store.write([new_saga("good"), bad], [])
+        assert snapshot(store) == ([], [])
+
+
+def _statements(db: sqlite3.Connection) -> list[str]:
+    """The statements ``db`` runs from now on (its trace callback appends them)."""
+    seen: list[str] = []
+    db.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_write_is_one_transaction(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        store.create(new_saga("old"))
+        assert store._db is not None
+        seen = _statements(store._db)
+        results = store.write(
+            [new_saga(f"new-{n}", n_events=3) for n in range(5)],
+            [append("old", 2), append("new-0", 4, 2), append("old", 3)],
+        )
+        store._db.set_trace_callback(None)
+        assert [created for created, _ in results] == [True] * 5
+        assert seen.count("BEGIN IMMEDIATE") == seen.count("COMMIT") == 1
+        assert not any(s.startswith("ROLLBACK") for s in seen)
+        assert store.header("old").last_seq == 3 and store.header("new-0").last_seq == 5
+
+
+def test_load_many_runs_a_few_queries_per_chunk_in_one_read_transaction(
+    tmp_path: Path,
+) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        ids = [f"s{n}" for n in range(1234)]
+        store.write([new_saga(saga_id, n_events=3) for saga_id in ids], [])
+        store.header("s0")  # opens this thread's read connection
+        seen = _statements(store._local.reader.db)
+        assert len(store.load_many(ids)) == 1234
+        assert seen[0] == "BEGIN" and seen[-1] == "ROLLBACK"
+        selects = [s for s in seen if s.startswith("SELECT")]
+        assert len(selects) == 3 * 2 + 1  # headers and events per 500 ids, one definition
+        assert not store._local.reader.db.in_transaction
+
+
+def test_the_inbox_writes_many_in_one_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        assert store._db is not None
+        seen = _statements(store._db)
+        store.inbox.write_many(
+            [(f"k{n}", StoredReply("succeeded", {"n": n}, None)) for n in range(3)], ["t1", "t2"]
+        )
+        store._db.set_trace_callback(None)
+        assert seen.count("BEGIN IMMEDIATE") == seen.count("COMMIT") == 1
+        db = raw(path)  # committed: another connection sees it all
+        try:
+            assert db.execute("SELECT count(*) FROM inbox").fetchone() == (3,)
+            assert db.execute("SELECT key FROM tombstones ORDER BY key").fetchall() == [
+                ("t1",), ("t2",)
+            ]  # fmt: skip
+        finally:
+            db.close()
+
+
+def test_the_inbox_writes_none_of_a_batch_with_output_that_is_not_json(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        good = ("k1", StoredReply("succeeded", {}, None))
+        with pytest.raises(TypeError):
+            store.inbox.write_many([good, ("k2", StoredReply("succeeded", {"x": {1}}, None))], [])
+        with pytest.raises(ValueError):
+            store.inbox.write_many([good, ("k2", StoredReply("succeeded", {"x": 1e999}, None))],
+                                   ["t"])  # fmt: skip
+        assert store.inbox.get("k1") is None and not store.inbox.is_tombstoned("t")
+
+
+def test_an_inbox_batch_that_cannot_get_the_write_lock_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path, busy_timeout=0.05) as store:
+        other = raw(path)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                store.inbox.write_many([("k", StoredReply("succeeded", {}, None))], ["t"])
+            assert store.inbox.get("k") is None  # reads go on meanwhile
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert not store.inbox.is_tombstoned("t")
+        store.inbox.write_many([("k", StoredReply("succeeded", {}, None))], ["t"])
+        assert store.inbox.is_tombstoned("t")
+
+
+# -- read connections -----------------------------------------------------------------------------
+
+
+def test_reads_do_not_wait_for_the_stores_writes(tmp_path: Path) -> None:
+    # A shard committing holds the store's write lock; service actors reading the inbox and
+    # other readers go on, on their own connections.
+    with SqliteStore(tmp_path / "s.db") as store:
+        store.create(new_saga("s", n_events=2))
+        store.inbox.put("k", StoredReply("succeeded", {"a": 1}, None))
+        store.inbox.tombstone("t")
+        reads = {
+            "get": lambda: store.inbox.get("k"),
+            "is_tombstoned": lambda: store.inbox.is_tombstoned("t"),
+            "header": lambda: store.header("s").last_seq,
+            "load": lambda: len(store.load("s").events),
+            "load_many": lambda: len(store.load_many(["s"])),
+            "list": lambda: len(store.list()),
+            "in_flight": store.in_flight,
+            "read_all": lambda: len(store.read_all()),
+            "definition": lambda: store.definition(FLOW_SHA),
+            "requests_for": lambda: store.requests_for("s"),
+        }
+        results: dict[str, object] = {}
+        with store._lock:  # as a commit under way would
+            thread = threading.Thread(
+                target=lambda: results.update({name: read() for name, read in reads.items()})
+            )
+            thread.start()
+            thread.join(JOIN_TIMEOUT)
+            assert not thread.is_alive(), "a read waited for the write lock"
+        assert results == {
+            "get": StoredReply("succeeded", {"a": 1}, None),
+            "is_tombstoned": True,
+            "header": 2,
+            "load": 2,
+            "load_many": 1,
+            "list": 1,
+            "in_flight": ["s"],
+            "read_all": 2,
+            "definition": FLOW_TEXT,
+            "requests_for": [],
+        }
+
+
+def test_a_read_sees_every_commit_before_it(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store, SqliteStore(tmp_path / "s.db") as other:
+        store.create(new_saga("s"))
+        with pytest.raises(UnknownSaga):
+            store.load("ghost")  # a failed read ends its transaction too
+        assert store.load_many(["s"])[0].header.last_seq == 1
+        assert store.header("s").last_seq == 1
+        reader = store._local.reader.db
+        assert not reader.in_transaction
+        for seq in range(2, 6):  # written on this store's write connection, then another's
+            (store if seq % 2 else other).append([append("s", seq)])
+            assert store.header("s").last_seq == seq
+            assert len(store.load("s").events) == seq
+            assert store.load_many(["s"])[0].header.last_seq == seq
+            other.inbox.put(f"k{seq}", StoredReply("succeeded", {}, None))
+            assert store.inbox.get(f"k{seq}") is not None
+        assert store._local.reader.db is reader  # one read connection per thread, kept
+        assert not reader.in_transaction
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_close_closes_every_read_connection(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    before = _open_fds()
+    store = SqliteStore(path)
+    store.create(new_saga("s"))
+    readers: list[sqlite3.Connection] = []
+    barrier = threading.Barrier(5, timeout=JOIN_TIMEOUT)
+
+    def read() -> None:
+        store.header("s")
+        readers.append(store._local.reader.db)
+        barrier.wait()  # all four read connections are open at once
+        barrier.wait()  # ... until the store is closed
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    assert len({id(db) for db in readers}) == 4
+    store.close()
+    assert _open_fds() == before
+    for db in readers:
+        with pytest.raises(sqlite3.ProgrammingError):
+            db.execute("SELECT 1")
+    barrier.wait()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+    with pytest.raises(StoreUnavailable):
+        store.header("s")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_thread_that_ends_closes_its_read_connection(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    baseline = _open_fds()
+    with SqliteStore(path) as store:
+        store.create(new_saga("s"))
+        store.header("s")
+        before = _open_fds()
+        for _ in range(20):  # threads come and go; their connections do not pile up
+            thread = threading.Thread(target=lambda: store.header("s"))
+            thread.start()
+            thread.join(JOIN_TIMEOUT)
+        gc.collect()
+        assert len([c for c in store._readers if c.alive]) == 1  # this thread's
+        # SQLite may hold back the descriptor of a closed connection while others of the
+        # process have the file locked (closing it would drop their POSIX locks); it reuses
+        # that one for the next connection, so at most one is held back.
+        assert _open_fds() <= before + 1
+    assert _open_fds() == baseline
+
+
+def test_close_waits_for_a_read_under_way(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.create(new_saga("s"))
+    reading, release = threading.Event(), threading.Event()
+
+    def slow(db: sqlite3.Connection) -> object:
+        reading.set()
+        assert release.wait(JOIN_TIMEOUT)
+        return db.execute("SELECT last_seq FROM sagas").fetchall()
+
+    results: list[object] = []
+    reader = threading.Thread(target=lambda: results.append(store._read(slow)))
+    reader.start()
+    assert reading.wait(JOIN_TIMEOUT)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # waiting for the read
+    with pytest.raises(StoreUnavailable):
+        store.header("s")  # no new read starts meanwhile
+    release.set()
+    for thread in (reader, closer):
+        thread.join(JOIN_TIMEOUT)
+        assert not thread.is_alive()
+    assert results == [[(1,)]]
 
 
 # -- open_store -----------------------------------------------------------------------------------
