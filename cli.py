@@ -378,6 +378,7 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
 def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrency: int,
               progress: bool = False) -> dict[str, Any]:
     """Run ``total`` sagas, at most ``concurrency`` in flight; the summary of DESIGN.md §6."""
+    import collections
     import threading
     import time
 
@@ -416,20 +417,34 @@ def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrenc
                        TimeElapsedColumn(), console=Console(stderr=True), transient=False)
         bar.start()
         task = bar.add_task(f"{flow.name}", total=total)
+    # Starts are submitted without waiting for each to commit (the shards commit them in
+    # groups); a refused start (the store failing) never ends, so it is looked for here.
+    submitted: collections.deque[Any] = collections.deque()
+
+    def check_starts() -> None:
+        while submitted and submitted[0].done():
+            refused = submitted.popleft().exception()
+            if refused is not None:
+                raise refused
+
     begin = time.perf_counter()
+    last_update = begin
     try:
         for n in range(total):
-            slots.acquire()
+            while not slots.acquire(timeout=0.1):
+                check_starts()
             saga_input = inputs[n % len(inputs)]
+            saga_id = runtime.new_id()
             with lock:
-                pending_start = time.perf_counter()
-            saga_id = runtime._ids()
-            with lock:
-                started_at[saga_id] = pending_start
-            runtime.start(flow, saga_input, saga_id, on_end=on_end)
-            if bar is not None and task is not None:
+                started_at[saga_id] = time.perf_counter()
+            submitted.append(runtime.submit(flow, saga_input, saga_id, on_end=on_end))
+            if len(submitted) > concurrency:
+                check_starts()
+            if bar is not None and task is not None and time.perf_counter() - last_update > 0.1:
+                last_update = time.perf_counter()
                 bar.update(task, completed=done[0])
         while not finished.wait(0.1):
+            check_starts()
             if bar is not None and task is not None:
                 bar.update(task, completed=done[0])
     finally:

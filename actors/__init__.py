@@ -26,11 +26,13 @@ from ._errors import (
 )
 from ._faults import Fault, FaultInjector, FaultKind, Faults
 from ._inbox import InboxStore, MemoryInbox
+from ._mailbox import fast_inbox
 from ._messages import (
     Command,
     Deliver,
     Outcome,
     Phase,
+    Replies,
     Reply,
     StoredReply,
     Teller,
@@ -69,6 +71,7 @@ __all__ = [
     "Outcome",
     "Phase",
     "Rejected",
+    "Replies",
     "Reply",
     "Scheduler",
     "SchedulerStopped",
@@ -83,6 +86,7 @@ __all__ = [
     "TimerHandle",
     "VirtualClock",
     "VirtualScheduler",
+    "fast_inbox",
     "freeze",
     "handles",
     "make_scheduler",

@@ -19,6 +19,7 @@ __all__ = [
     "Deliver",
     "Outcome",
     "Phase",
+    "Replies",
     "Reply",
     "StoredReply",
     "Teller",
@@ -147,6 +148,17 @@ class Reply:
             raise ValueError(
                 f"Reply.outcome must be one of {sorted(OUTCOMES)}, not {self.outcome!r}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Replies:
+    """Several :class:`Reply` s to one receiver, sent as one message (in the order produced).
+
+    A service actor that handled a batch of commands answers each receiver once; a receiver
+    handles ``replies`` in order, as if each had arrived alone.
+    """
+
+    replies: tuple[Reply, ...]
 
 
 @dataclass(frozen=True, slots=True)

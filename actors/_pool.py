@@ -13,8 +13,14 @@ Supervision, and why no message is lost
     over the same service object and re-tells it everything still pending, in order, recording
     each as a dead letter ``redelivered=True``. A ``tell`` that meets the dead actor
     (``ActorDeadError``) stays pending, so it is redelivered too. The command being processed
-    when the actor died is answered with an ``error`` reply (its handler may have run).
-    No pykka private API is used.
+    when the actor died is answered with an ``error`` reply (its handler may have run), after
+    the replies to the commands of its batch that it had already handled.
+
+Mailboxes
+    Instances use :func:`actors.fast_inbox` (a ``queue.SimpleQueue`` through pykka's private
+    ``_create_actor_inbox`` hook; see :mod:`actors._mailbox`). :meth:`ServicePool.tell_many`
+    sends one message per instance for many commands, and such a batch is answered with one
+    message per receiver.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from ._errors import (
     describe_exception,
     safe_repr,
 )
-from ._messages import Command, Deliver, Reply, Teller
+from ._inbox_buffer import InboxBuffer
+from ._mailbox import fast_inbox
+from ._messages import Command, Deliver, Replies, Reply, Teller
 from ._service import Service
 
 if TYPE_CHECKING:
@@ -66,6 +74,12 @@ class _Mail(NamedTuple):
     deliver: Deliver
 
 
+class _Mails(NamedTuple):
+    """Several deliveries to one instance in one message (``ServicePool.tell_many``)."""
+
+    mails: tuple[_Mail, ...]
+
+
 class _Call(NamedTuple):
     """``ServicePool.call``: run ``fn(service)`` on the actor's thread (sent with ``ask``)."""
 
@@ -80,6 +94,7 @@ class _Slot:
     """One instance of a pool: its service, its current actor, its pending ledger."""
 
     __slots__ = (
+        "buffer",
         "changed",
         "dispatcher",
         "index",
@@ -94,10 +109,12 @@ class _Slot:
         "thread",
     )
 
-    def __init__(self, index: int, service: Service, dispatcher: Dispatcher, label: str) -> None:
+    def __init__(self, index: int, service: Service, dispatcher: Dispatcher, buffer: InboxBuffer,
+                 label: str) -> None:
         self.index = index
         self.service = service
         self.dispatcher = dispatcher
+        self.buffer = buffer
         self.label = label
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -117,8 +134,15 @@ class _ServiceActor(pykka.ThreadingActor):
         self._pool = pool
         self._slot = slot
         self._dispatcher = slot.dispatcher
+        self._buffer = slot.buffer
         self._activity = pool.activity
         self._inflight: Deliver | None = None
+        # replies produced by the batch being handled, not sent yet: receiver -> replies
+        self._unsent: dict[Teller, list[Reply]] = {}
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return fast_inbox()
 
     def on_start(self) -> None:
         thread = threading.current_thread()
@@ -129,6 +153,9 @@ class _ServiceActor(pykka.ThreadingActor):
         """Handle one message. Handler failures become replies; only the inbox store or the
         fault injector raising (or a bug) escapes, which crashes the actor (see ``on_failure``)."""
         try:
+            if type(message) is _Mails:
+                self._handle_batch(message.mails)
+                return None
             if type(message) is _Mail:
                 if self._pool._claim(self._slot, message.seq):
                     try:
@@ -149,11 +176,55 @@ class _ServiceActor(pykka.ThreadingActor):
         except BaseException as exc:  # pykka would stop *every* actor on a BaseException
             raise _Crash(describe_exception(exc)) from exc
 
+    def _handle_batch(self, mails: tuple[_Mail, ...]) -> None:
+        """Handle each delivery still pending, then answer each receiver with one message."""
+        handled = 0
+        unsent = self._unsent
+        try:
+            for mail in mails:
+                if not self._pool._claim(self._slot, mail.seq):
+                    continue
+                handled += 1
+                deliver = mail.deliver
+                self._inflight = deliver
+                for reply in self._dispatcher.process(deliver.command):
+                    queued = unsent.get(deliver.reply_to)
+                    if queued is None:
+                        unsent[deliver.reply_to] = [reply]
+                    else:
+                        queued.append(reply)
+                self._inflight = None
+            self._commit_and_send()
+        finally:
+            if handled and self._activity is not None:
+                self._activity.end(handled)
+
     def _handle(self, deliver: Deliver) -> None:
         self._inflight = deliver
         for reply in self._dispatcher.process(deliver.command):
-            self._send(deliver.reply_to, reply)
+            queued = self._unsent.get(deliver.reply_to)
+            if queued is None:
+                self._unsent[deliver.reply_to] = [reply]
+            else:
+                queued.append(reply)
         self._inflight = None
+        self._commit_and_send()
+
+    def _commit_and_send(self) -> None:
+        """Commit the inbox writes of what was handled, then send its replies (write-ahead).
+
+        If the commit fails, the replies are dropped with the writes (the sagas time out and
+        retry) and the error crashes the actor, which its pool restarts.
+        """
+        try:
+            self._buffer.commit()
+        except BaseException:
+            self._buffer.discard()
+            self._unsent = {}
+            raise
+        unsent, self._unsent = self._unsent, {}
+        for reply_to, replies in unsent.items():
+            self._send(reply_to, replies[0] if len(replies) == 1 else Replies(tuple(replies)))
 
     def _call(self, fn: Callable[[Any], Any]) -> Any:
         try:
@@ -163,7 +234,7 @@ class _ServiceActor(pykka.ThreadingActor):
         except BaseException as exc:
             raise CallFailed(f"{self._slot.label}: {describe_exception(exc)}") from exc
 
-    def _send(self, reply_to: Teller, reply: Reply) -> None:
+    def _send(self, reply_to: Teller, reply: Reply | Replies) -> None:
         try:
             reply_to.tell(reply)
         except Exception as exc:
@@ -182,6 +253,10 @@ class _ServiceActor(pykka.ThreadingActor):
         """After a crash (pykka has logged it and marked this actor dead): answer the command in
         flight with an ``error`` and have the pool restart the instance. Never raises."""
         try:
+            try:
+                self._commit_and_send()  # the commands handled before the crash
+            except Exception:
+                logger.exception("%s: the inbox commit after a crash failed", self._slot.label)
             deliver, self._inflight = self._inflight, None
             exc = exception_value if exception_value is not None else RuntimeError("crash")
             if isinstance(exc, _Crash) and exc.__cause__ is not None:
@@ -222,15 +297,14 @@ class ServicePool(Generic[S]):
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters()
         self._services = tuple(services)
         self._stopping = False
-        self._slots = tuple(
-            _Slot(
-                index,
-                service,
-                Dispatcher(service, service_name=name, instance=index, inbox=inbox, faults=faults),
-                f"{name}[{index}]",
+        slots = []
+        for index, service in enumerate(services):
+            buffer = InboxBuffer(inbox)
+            dispatcher = Dispatcher(
+                service, service_name=name, instance=index, inbox=buffer, faults=faults
             )
-            for index, service in enumerate(services)
-        )
+            slots.append(_Slot(index, service, dispatcher, buffer, f"{name}[{index}]"))
+        self._slots = tuple(slots)
 
     @classmethod
     def start(
@@ -330,6 +404,38 @@ class ServicePool(Generic[S]):
                 self.activity.begin()
             self._enqueue(slot, deliver)
 
+    def tell_many(self, commands: Sequence[Command], reply_to: Teller) -> None:
+        """:meth:`tell` for several commands, with one message per instance they go to.
+
+        Each instance receives its commands in the order given, and answers them with one
+        message per receiver (a :class:`Replies`, or a lone :class:`Reply`).
+        """
+        slots = self._slots
+        count = len(slots)
+        if count == 1:
+            groups = {0: commands}
+        else:
+            groups = {}
+            for command in commands:
+                index = zlib.crc32(command.saga_id.encode()) % count
+                group = groups.get(index)
+                if group is None:
+                    groups[index] = [command]
+                else:
+                    group.append(command)  # type: ignore[union-attr]
+        for index, group in groups.items():
+            slot = slots[index]
+            delivers = [Deliver(command, reply_to) for command in group]
+            with slot.lock:
+                if self._stopping or not slot.running:
+                    why = "pool stopped" if self._stopping else "instance stopped"
+                    for deliver in delivers:
+                        self.dead_letters.record(deliver, target=slot.label, reason=why)
+                    continue
+                if self.activity is not None:
+                    self.activity.begin(len(delivers))
+                self._enqueue_many(slot, delivers)
+
     def call(self, instance: int, fn: Callable[[S], T], timeout: float) -> T:
         """Run ``fn(service)`` on instance ``instance``'s actor thread and return its result.
 
@@ -417,6 +523,23 @@ class ServicePool(Generic[S]):
         # A dead actor leaves it pending: its restart redelivers it, or its burial dead-letters it.
         with contextlib.suppress(pykka.ActorDeadError):
             slot.ref.tell(_Mail(slot.seq, deliver))
+
+    def _enqueue_many(self, slot: _Slot, delivers: Sequence[Deliver]) -> None:
+        """:meth:`_enqueue` for several deliveries, told as one message. Holds ``slot.lock``."""
+        if len(delivers) == 1:
+            self._enqueue(slot, delivers[0])
+            return
+        pending = slot.pending
+        mails = []
+        seq = slot.seq
+        for deliver in delivers:
+            seq += 1
+            pending[seq] = deliver
+            mails.append(_Mail(seq, deliver))
+        slot.seq = seq
+        assert slot.ref is not None
+        with contextlib.suppress(pykka.ActorDeadError):
+            slot.ref.tell(_Mails(tuple(mails)))
 
     def _claim(self, slot: _Slot, seq: int) -> bool:
         """The actor takes message ``seq`` off the ledger; ``False`` if it is no longer there."""

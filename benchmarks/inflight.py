@@ -29,7 +29,6 @@ from sagas import Runtime
 from sagas.model import Flow
 
 from ._common import (
-    CALLERS,
     FLOWS,
     WAIT_LIMIT,
     BenchmarkFailed,
@@ -37,6 +36,7 @@ from ._common import (
     expect,
     rss_kib,
     sqlite_counts,
+    start_all,
 )
 from .actor_runtime import FlowRun
 from .services import counts
@@ -69,26 +69,13 @@ class DropParked:
 
 
 def _park(runtime: Runtime, flow: Flow, total: int, first: int) -> float:
-    """Start sagas ``park-{first}`` … from :data:`CALLERS` threads; their start rate."""
-    errors: list[BaseException] = []
-
-    def caller(k: int) -> None:
-        try:
-            for n in range(first + k, first + total, CALLERS):
-                runtime.start(flow, {"n": n}, f"park-{n}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(CALLERS)]
+    """Start sagas ``park-{first}`` …; their start rate."""
     begin = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - begin
-    if errors:
-        raise BenchmarkFailed(f"parking a saga failed: {errors[0]!r}") from errors[0]
-    return total / elapsed
+    try:
+        start_all(runtime, flow, ((f"park-{n}", {"n": n}) for n in range(first, first + total)))
+    except Exception as exc:
+        raise BenchmarkFailed(f"parking a saga failed: {exc!r}") from exc
+    return total / (time.perf_counter() - begin)
 
 
 def run_s6(parked: int) -> Result:

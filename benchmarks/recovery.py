@@ -37,7 +37,6 @@ from sagas import Runtime
 from sagas.events import Event
 
 from ._common import (
-    CALLERS,
     FLOWS,
     WAIT_LIMIT,
     BenchmarkFailed,
@@ -45,6 +44,7 @@ from ._common import (
     Result,
     expect,
     sqlite_counts,
+    start_all,
 )
 from .services import counts
 
@@ -82,23 +82,11 @@ def build(path: str, sagas: int) -> int:
     faults = _DropThird(sagas)
     runtime = Runtime(f"sqlite:///{path}", faults=faults)
     flow = runtime.compile(FLOW).flow
-    errors: list[BaseException] = []
-
-    def caller(k: int) -> None:
-        try:
-            for n in range(k, sagas, CALLERS):
-                runtime.start(flow, {"n": n}, f"r-{n}")
-        except BaseException as exc:
-            errors.append(exc)
-
     begin = time.perf_counter()
-    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(CALLERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        print(f"starting a saga failed: {errors[0]!r}", file=sys.stderr)
+    try:
+        start_all(runtime, flow, ((f"r-{n}", {"n": n}) for n in range(sagas)))
+    except Exception as exc:
+        print(f"starting a saga failed: {exc!r}", file=sys.stderr)
         return 1
     if not faults.done.wait(WAIT_LIMIT):
         print(f"only {faults.dropped} of {sagas} sagas reached step 3", file=sys.stderr)

@@ -56,16 +56,19 @@ from .events import Event
 from .loader import load_flow
 from .model import Flow
 from .services import ServiceRegistry
-from .shard import LoadSaga, Shard, StartSaga, Ticket, shard_of
+from .shard import LoadSaga, LoadSagas, Shard, StartSaga, Ticket, shard_of
 from .stores import TERMINAL, SagaStore, open_store
 
-__all__ = ["SAGA_ID", "Runtime", "SagaResult", "validate_input", "validate_saga_id"]
+__all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "validate_input",
+           "validate_saga_id"]
 
 log = logging.getLogger(__name__)
 
 SAGA_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 SAGA_ID = "[A-Za-z0-9_.-]{1,128}"
 START_TIMEOUT = 30.0
+RECOVERY_CHUNK = 500
+"""Sagas a shard loads, replays and resumes in one go when recovering (one read, one commit)."""
 
 
 def validate_saga_id(saga_id: str) -> str:
@@ -137,6 +140,35 @@ class SagaResult:
             "context": self.context,
             "history": [event.to_json() for event in self.history],
         }
+
+
+class Submitted:
+    """A saga start sent with :meth:`Runtime.submit`: its id now, its outcome later."""
+
+    __slots__ = ("_ticket", "saga_id")
+
+    def __init__(self, saga_id: str, ticket: Ticket):
+        self.saga_id = saga_id
+        self._ticket = ticket
+
+    def done(self) -> bool:
+        """Whether the shard has answered (``saga.started`` committed, or the start refused)."""
+        return self._ticket.done()
+
+    def exception(self) -> BaseException | None:
+        """The error the start was refused with, if it has been answered so; else ``None``."""
+        return self._ticket.error if self._ticket.done() else None
+
+    def result(self, timeout: float | None = START_TIMEOUT) -> bool:
+        """Wait for the answer: ``True`` if the saga was created, ``False`` if it existed with
+        the same definition and input. Raises what :meth:`Runtime.start` would
+        (``IdConflict``, ``StoreError``...), or ``TimeoutError``."""
+        _, created = self._ticket.wait(timeout)
+        return bool(created)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"Submitted({self.saga_id!r}, {state})"
 
 
 def load_result(store: SagaStore, saga_id: str) -> SagaResult:
@@ -276,28 +308,55 @@ class Runtime:
         changes nothing. With a caller-chosen ``saga_id`` that exists already, the same
         definition and input return the existing saga; anything else raises
         :class:`IdConflict`. ``on_end(saga_id, status, reason)`` is called when a saga this
-        runtime drives ends (on a shard thread; at once, on the caller's thread, if it had
-        already ended).
+        runtime drives ends (on a shard thread; before ``start`` returns if it had already
+        ended).
+        """
+        submitted = self.submit(flow, input, saga_id, on_end=on_end)
+        try:
+            submitted.result(START_TIMEOUT)
+        except BaseException:
+            self._drop_callback(submitted.saga_id, on_end)
+            raise
+        return submitted.saga_id
+
+    def submit(self, flow: Flow | str | os.PathLike[str], input: Any,
+               saga_id: str | None = None, *,
+               on_end: Callable[[str, str, str | None], None] | None = None) -> Submitted:
+        """Start a saga without waiting for ``saga.started`` to be committed.
+
+        What :meth:`start` does, except that it returns at once: the input is checked here
+        (``InputError``), the rest of the answer comes through the :class:`Submitted`. Use it
+        to keep many sagas in flight from one thread: their starts share the shards' group
+        commits. ``on_end`` is called as for :meth:`start`, and never if the start is refused
+        (an ``IdConflict``, a store failure: :meth:`Submitted.result` raises it).
         """
         self._check_open()
         compiled = self.compile(flow)
         input = validate_input(compiled.flow, input)
         saga_id = validate_saga_id(saga_id) if saga_id is not None else self._ids()
-        ticket = Ticket()
         if on_end is not None:
             with self._lock:
                 self._callbacks.setdefault(saga_id, []).append(on_end)
+
+        def answered(ticket: Ticket) -> None:
+            if on_end is None:
+                return
+            if ticket.error is not None:
+                self._drop_callback(saga_id, on_end)
+                return
+            _, created = ticket.value
+            if not created:
+                header = self.store.header(saga_id)
+                if header.status in TERMINAL and self._drop_callback(saga_id, on_end):
+                    on_end(saga_id, header.status, header.reason)
+
+        ticket = Ticket(answered)
         try:
             self._tell_shard(saga_id, StartSaga(saga_id, compiled, input, ticket))
-            _, created = ticket.wait(START_TIMEOUT)
         except BaseException:
             self._drop_callback(saga_id, on_end)
             raise
-        if not created and on_end is not None:
-            header = self.store.header(saga_id)
-            if header.status in TERMINAL and self._drop_callback(saga_id, on_end):
-                on_end(saga_id, header.status, header.reason)
-        return saga_id
+        return Submitted(saga_id, ticket)
 
     def _drop_callback(self, saga_id: str, callback: Any) -> bool:
         """Forget one registration of ``callback``; whether it was still registered."""
@@ -411,11 +470,16 @@ class Runtime:
         alive are never taken."""
         self._check_open()
         adopted = self.store.adopt(self.owner, saga_ids)
-        tickets = []
+        by_shard: dict[int, list[str]] = {}
         for saga_id in adopted:
-            ticket = Ticket()
-            self._tell_shard(saga_id, LoadSaga(saga_id, None, ticket))
-            tickets.append(ticket)
+            by_shard.setdefault(shard_of(saga_id, len(self._shards)), []).append(saga_id)
+        tickets = []
+        for index, ids in by_shard.items():
+            for first in range(0, len(ids), RECOVERY_CHUNK):
+                ticket = Ticket()
+                chunk = tuple(ids[first:first + RECOVERY_CHUNK])
+                self._shard_refs[index].tell(LoadSagas(chunk, ticket))
+                tickets.append(ticket)
         for ticket in tickets:
             ticket.wait(timeout)
         return adopted

@@ -3,13 +3,15 @@
 A saga belongs to shard ``crc32(saga_id) % shards``, so all of its signals — replies, timers,
 cancels — pass through one mailbox and are handled one at a time, in order (DESIGN.md §4.6). For
 each signal the shard asks the pure core what it means, commits the resulting events to the
-store, and only then sends the commands they cause (write-ahead, §4.7).
+store, and only then sends the commands they cause (write-ahead, §4.7). The events decided while
+the mailbox holds more messages are committed together (a group commit) once it is empty.
 
 Everything here runs on the shard's own thread; nothing in it blocks on another actor.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import random as random_module
@@ -21,7 +23,17 @@ from typing import Any
 
 import pykka
 
-from actors import Activity, Clock, Command, CountingRef, DeadLetters, Reply, Scheduler
+from actors import (
+    Activity,
+    Clock,
+    Command,
+    CountingRef,
+    DeadLetters,
+    Replies,
+    Reply,
+    Scheduler,
+    fast_inbox,
+)
 
 from . import core
 from .compiler import CompiledFlow, compile_flow
@@ -29,14 +41,12 @@ from .errors import (
     DefinitionUnavailable,
     FlowErrors,
     IdConflict,
-    SagactorError,
-    StoreError,
 )
 from .events import Event
 from .loader import parse_flow
 from .stores import TERMINAL, Append, NewSaga, SagaStore
 
-__all__ = ["LoadSaga", "SagaSignal", "Shard", "StartSaga", "Ticket", "shard_of"]
+__all__ = ["LoadSaga", "LoadSagas", "SagaSignal", "Shard", "StartSaga", "Ticket", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +62,31 @@ def canonical(value: Any) -> str:
 
 
 class Ticket:
-    """A one-shot answer handed from a shard to a waiting caller thread."""
+    """A one-shot answer handed from a shard to a caller: waited on, or called back.
 
-    __slots__ = ("_done", "error", "value")
+    ``then(ticket)``, if given, runs on the resolving (shard) thread once the answer is set,
+    before a waiter wakes.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_done", "error", "then", "value")
+
+    def __init__(self, then: Callable[[Ticket], None] | None = None) -> None:
         self._done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.then = then
 
     def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value, self.error = value, error
+        if self.then is not None:
+            try:
+                self.then(self)
+            except Exception:
+                log.exception("a start callback failed")
         self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def wait(self, timeout: float | None) -> Any:
         if not self._done.wait(timeout):
@@ -117,8 +140,58 @@ class _Env:
         return random_module.Random(f"{self._seed}:{key}").random()
 
 
+@dataclass(frozen=True, slots=True)
+class LoadSagas:
+    """Host many sagas from the store at once (recovery): one read, one commit, then sends.
+
+    The ticket resolves to the number of sagas put back in motion.
+    """
+
+    saga_ids: tuple[str, ...]
+    ticket: Ticket = field(compare=False)
+
+
+class _Wake:
+    """The scheduler's nudge: some of the shard's timers may be due."""
+
+    __slots__ = ()
+
+
+WAKE = _Wake()
+
+MAX_BATCH_EVENTS = 1024
+"""A shard commits once its mailbox is empty, or once this many events wait for a commit."""
+
+
+class _Pending:
+    """What a shard has decided since its last commit, and what to do once it is durable.
+
+    ``after`` holds, in decision order, ``(saga, events, commands, ticket, answer)``: once the
+    commit succeeds, listeners see the events, the commands are sent, and the ticket (if any)
+    gets its answer.
+    """
+
+    __slots__ = ("after", "appends", "creates", "events", "handled", "new_ids")
+
+    def __init__(self) -> None:
+        self.creates: list[tuple[NewSaga, StartSaga]] = []
+        self.new_ids: set[str] = set()
+        self.appends: list[Append] = []
+        self.after: list[tuple[core.Saga | None, list[Event], list[core.Command],
+                               Ticket | None, Any]] = []
+        self.events = 0
+        self.handled = 0  # messages handled since the last commit (Activity.end once sent)
+
+
 class Shard(pykka.ThreadingActor):
-    """Hosts the sagas of one shard. Runs on its own thread; never raises out of a message."""
+    """Hosts the sagas of one shard. Runs on its own thread; never raises out of a message.
+
+    Write-ahead group commit: decisions are taken one message at a time, in mailbox order, but
+    their events are committed together once the mailbox is empty (or the batch is large); only
+    then are listeners told, commands sent (one batch per service instance) and callers
+    answered. A failed commit loses nothing: the sagas concerned are dropped from memory and
+    `saga resume` finishes them from what the store holds.
+    """
 
     def __init__(self, index: int, *, store: SagaStore, clock: Clock, scheduler: Scheduler,
                  seed: str, pools: Callable[[CompiledFlow], dict[str, Any]],
@@ -142,8 +215,19 @@ class Shard(pykka.ThreadingActor):
         self.me: CountingRef | None = None  # set on start: replies come back through it
         self.sagas: dict[str, core.Saga] = {}
         self._definitions: dict[str, CompiledFlow] = {}  # stored flow texts, compiled once
-        self.step_timers: dict[str, Any] = {}
-        self.deadline_timers: dict[str, Any] = {}
+        # The sagas' timers live here, not in the scheduler: a heap (with lazy deletion) of
+        # (due time, seq, (saga_id, "step" | "deadline")) and the live timer of each key. The
+        # scheduler holds one timer per shard, the wake-up for the earliest of them.
+        self._timer_heap: list[tuple[float, int, tuple[str, str]]] = []
+        self._timers: dict[tuple[str, str], tuple[int, core.TimerFired]] = {}
+        self._timer_seq = 0
+        self._wake_at: float | None = None
+        self._wake_handle: Any = None
+        self._pending = _Pending()
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return fast_inbox()
 
     def on_start(self) -> None:
         self.me = self.activity.counting(self.actor_ref)
@@ -151,21 +235,34 @@ class Shard(pykka.ThreadingActor):
     # -- the mailbox ----------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
         try:
-            if isinstance(message, Reply):
+            kind = type(message)
+            if kind is Replies:
+                for reply in message.replies:
+                    self._reply(reply)
+            elif kind is Reply:
                 self._reply(message)
-            elif isinstance(message, SagaSignal):
+            elif kind is SagaSignal:
                 self._signal(message)
-            elif isinstance(message, StartSaga):
+            elif kind is _Wake:
+                self._fire_timers()
+            elif kind is StartSaga:
                 self._start(message)
-            elif isinstance(message, LoadSaga):
+            elif kind is LoadSaga:
                 self._load(message)
+            elif kind is LoadSagas:
+                self._load_many(message)
             else:
                 log.warning("shard %d: unexpected message %r", self.index, message)
         except Exception:  # never let one saga's trouble stop the shard
             log.exception("shard %d: failed to handle %r", self.index, message)
-        finally:
-            self.activity.end()
+        pending = self._pending
+        pending.handled += 1
+        if pending.events >= MAX_BATCH_EVENTS or self.actor_inbox.empty():
+            self._flush()
         return None
+
+    def on_stop(self) -> None:
+        self._flush()
 
     def _reply(self, reply: Reply) -> None:
         command = reply.command
@@ -178,13 +275,14 @@ class Shard(pykka.ThreadingActor):
         self._decide(saga, signal)
 
     def _signal(self, message: SagaSignal) -> None:
+        if message.saga_id in self._pending.new_ids:
+            self._flush()  # its creation must be durable (or refused) before anything else
         saga = self.sagas.get(message.saga_id)
         if saga is None:
             if message.ticket is not None:
                 message.ticket.resolve(None)
             return
-        self._decide(saga, message.signal)
-        if message.ticket is not None:
+        if not self._decide(saga, message.signal, message.ticket) and message.ticket is not None:
             message.ticket.resolve(saga.status)
 
     def _start(self, message: StartSaga) -> None:
@@ -195,28 +293,30 @@ class Shard(pykka.ThreadingActor):
             if existing is not None:
                 self._same_or_conflict(saga_id, existing.compiled.definition, existing.input,
                                        compiled, message.input)
-                ticket.resolve((saga_id, False))
+                if saga_id in self._pending.new_ids:
+                    self._pending.after.append((existing, [], [], ticket, (saga_id, False)))
+                else:
+                    ticket.resolve((saga_id, False))
                 return
             saga, events, commands = core.start(compiled, saga_id, message.input, self.env)
             flow = compiled.flow
-            created, header = self.store.create(NewSaga(
+            new = NewSaga(
                 saga_id=saga_id, flow=flow.name, version=flow.version,
                 definition=flow.definition, definition_text=flow.text, input=message.input,
                 status=saga.status, reason=saga.reason, started_at=saga.started_at,
-                events=tuple(events), owner=self.owner))
-            if not created:
-                self._same_or_conflict(saga_id, header.definition, header.input, compiled,
-                                       message.input)
-                ticket.resolve((saga_id, False))
-                return
-            self.sagas[saga_id] = saga
-            self._notify(saga_id, events)
-            ticket.resolve((saga_id, True))
-            self._send(saga, commands)
+                events=tuple(events), owner=self.owner)
         except BaseException as exc:
             ticket.resolve(error=exc)
+            return
+        pending = self._pending
+        pending.creates.append((new, message))
+        pending.new_ids.add(saga_id)
+        pending.after.append((saga, events, commands, ticket, (saga_id, True)))
+        pending.events += len(events)
+        self.sagas[saga_id] = saga
 
     def _load(self, message: LoadSaga) -> None:
+        self._flush()  # hosting reads the store: what was decided is committed first
         ticket = message.ticket
         try:
             saga = self.sagas.get(message.saga_id)
@@ -224,6 +324,7 @@ class Shard(pykka.ThreadingActor):
                 saga = self._host(message.saga_id)
             if saga is not None and message.then is not None:
                 self._decide(saga, message.then)
+                self._flush()
             if saga is not None and saga.terminal:
                 self._forget(message.saga_id)
             status = saga.status if saga is not None else \
@@ -232,10 +333,26 @@ class Shard(pykka.ThreadingActor):
         except BaseException as exc:
             ticket.resolve(error=exc)
 
+    def _load_many(self, message: LoadSagas) -> None:
+        self._flush()
+        try:
+            wanted = [saga_id for saga_id in message.saga_ids if saga_id not in self.sagas]
+            hosted = 0
+            for record in self.store.load_many(wanted):
+                if self._host_record(record, flush=False) is not None:
+                    hosted += 1
+            self._pending.after.append((None, [], [], message.ticket, hosted))
+        except BaseException as exc:
+            message.ticket.resolve(error=exc)
+
     def _host(self, saga_id: str) -> core.Saga | None:
         """Load, replay and resume a saga from the store; None if it cannot run here."""
-        record = self.store.load(saga_id)
+        saga = self._host_record(self.store.load(saga_id), flush=True)
+        return saga
+
+    def _host_record(self, record: Any, *, flush: bool) -> core.Saga | None:
         header = record.header
+        saga_id = header.saga_id
         try:
             compiled = self._definitions.get(header.definition)
             if compiled is None:
@@ -258,9 +375,14 @@ class Shard(pykka.ThreadingActor):
         saga = core.replay(saga_id, compiled, record.events)
         self.sagas[saga_id] = saga
         events, commands = core.resume(saga, self.env)
-        if events and not self._commit(saga, events, saga.status):
-            return None
-        self._send(saga, commands)
+        if events:
+            self._stage(saga, events, commands, None)
+        else:
+            self._pending.after.append((saga, [], commands, None, None))
+        if flush:
+            self._flush()
+            if saga_id not in self.sagas:  # its commit failed
+                return None
         return saga
 
     @staticmethod
@@ -271,31 +393,132 @@ class Shard(pykka.ThreadingActor):
         if canonical(saga_input) != canonical(new_input):
             raise IdConflict(f"saga id {saga_id!r} exists with different input")
 
-    # -- deciding and acting --------------------------------------------------------------------
-    def _decide(self, saga: core.Saga, signal: core.Signal) -> None:
-        status_before = saga.status
+    # -- deciding -------------------------------------------------------------------------------
+    def _decide(self, saga: core.Saga, signal: core.Signal, ticket: Ticket | None = None) -> bool:
+        """Decide on one signal; whether anything was staged (the ticket then rides along)."""
         events, commands = core.handle(saga, signal, self.env)
         if not events:
-            return
-        if not self._commit(saga, events, status_before):
-            return
-        self._send(saga, commands)
-
-    def _commit(self, saga: core.Saga, events: list[Event], status_before: str) -> bool:
-        try:
-            self.store.append([Append(saga.saga_id, tuple(events), saga.status, saga.reason,
-                                      saga.updated_at)])
-        except (StoreError, SagactorError) as exc:
-            # What was decided is not durable: forget the saga here; `saga resume` picks it up
-            # from what the store holds.
-            log.error("shard %d: saga %s: could not commit %d events (%s); dropping it from "
-                      "memory", self.index, saga.saga_id, len(events), exc)
-            self._forget(saga.saga_id)
-            if self.on_lost is not None:
-                self.on_lost(saga.saga_id, str(exc))
             return False
-        self._notify(saga.saga_id, events)
+        self._stage(saga, events, commands, ticket)
         return True
+
+    def _stage(self, saga: core.Saga, events: list[Event], commands: list[core.Command],
+               ticket: Ticket | None) -> None:
+        pending = self._pending
+        pending.appends.append(Append(saga.saga_id, tuple(events), saga.status, saga.reason,
+                                      saga.updated_at))
+        pending.after.append((saga, events, commands, ticket, saga.status))
+        pending.events += len(events)
+
+    # -- committing and acting ------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Commit what was decided, then act on it (listeners, sends, timers, answers)."""
+        pending = self._pending
+        if not pending.after and not pending.creates and not pending.appends:
+            if pending.handled:
+                self.activity.end(pending.handled)
+                pending.handled = 0
+            return
+        self._pending = _Pending()
+        refused = self._commit(pending)
+        sends: dict[Any, list[Command]] = {}
+        for saga, events, commands, ticket, answer in pending.after:
+            if saga is not None:
+                saga_id = saga.saga_id
+                if saga_id in refused:
+                    if ticket is not None:
+                        ticket.resolve(*refused[saga_id])
+                    continue
+                if events:
+                    self._notify(saga_id, events)
+            if ticket is not None:
+                ticket.resolve(answer)
+            if commands:
+                self._act(commands, sends)
+        for pool, messages in sends.items():
+            try:
+                pool.tell_many(messages, self.me)
+            except Exception:  # their timeouts are armed: the attempts time out and are retried
+                log.exception("shard %d: could not send %d commands", self.index, len(messages))
+        if pending.handled:
+            self.activity.end(pending.handled)
+
+    def _commit(self, pending: _Pending) -> dict[str, tuple[Any, BaseException | None]]:
+        """Write the batch in one transaction; the sagas refused, with their ticket's answer.
+
+        If the batch as a whole fails, each creation and each saga's appends are retried on
+        their own, so one bad saga does not sink the others.
+        """
+        creates = [new for new, _ in pending.creates]
+        if not creates and not pending.appends:
+            return {}
+        try:
+            results = self.store.write(creates, pending.appends)
+        except Exception as exc:
+            if len(creates) + len(pending.appends) == 1:
+                return self._refuse_all(pending, exc)
+            return self._commit_one_by_one(pending)
+        return self._refused_creates(pending, results)
+
+    def _refused_creates(self, pending: _Pending,
+                         results: list[tuple[bool, Any]]) -> dict[str, tuple[Any, Any]]:
+        refused: dict[str, tuple[Any, BaseException | None]] = {}
+        for (new, message), (created, header) in zip(pending.creates, results, strict=True):
+            if created:
+                continue
+            self.sagas.pop(new.saga_id, None)
+            try:
+                self._same_or_conflict(new.saga_id, header.definition, header.input,
+                                       message.compiled, message.input)
+            except IdConflict as exc:
+                refused[new.saga_id] = (None, exc)
+            else:
+                refused[new.saga_id] = ((new.saga_id, False), None)
+        return refused
+
+    def _refuse_all(self, pending: _Pending, exc: BaseException) -> dict[str, tuple[Any, Any]]:
+        refused: dict[str, tuple[Any, BaseException | None]] = {}
+        for new, _ in pending.creates:
+            self.sagas.pop(new.saga_id, None)
+            refused[new.saga_id] = (None, exc)
+        for append in pending.appends:
+            self._lost(append.saga_id, exc)
+            refused[append.saga_id] = (None, exc)
+        return refused
+
+    def _commit_one_by_one(self, pending: _Pending) -> dict[str, tuple[Any, Any]]:
+        refused: dict[str, tuple[Any, BaseException | None]] = {}
+        for new, message in pending.creates:
+            try:
+                results = self.store.write([new], [])
+            except Exception as exc:
+                self.sagas.pop(new.saga_id, None)
+                refused[new.saga_id] = (None, exc)
+            else:
+                one = _Pending()
+                one.creates.append((new, message))
+                refused.update(self._refused_creates(one, results))
+        by_saga: dict[str, list[Append]] = {}
+        for append in pending.appends:
+            by_saga.setdefault(append.saga_id, []).append(append)
+        for saga_id, appends in by_saga.items():
+            if saga_id in refused:
+                continue
+            try:
+                self.store.write([], appends)
+            except Exception as exc:
+                self._lost(saga_id, exc)
+                refused[saga_id] = (None, exc)
+        return refused
+
+    def _lost(self, saga_id: str, exc: BaseException) -> None:
+        # What was decided is not durable: forget the saga here; `saga resume` picks it up from
+        # what the store holds.
+        log.error("shard %d: saga %s: could not commit its events (%s); dropping it from "
+                  "memory", self.index, saga_id, exc)
+        self._forget(saga_id)
+        if self.on_lost is not None:
+            self.on_lost(saga_id, str(exc))
 
     def _notify(self, saga_id: str, events: list[Event]) -> None:
         for listener in self.listeners:
@@ -304,16 +527,23 @@ class Shard(pykka.ThreadingActor):
             except Exception:
                 log.exception("shard %d: event listener %r failed", self.index, listener)
 
-    def _send(self, saga: core.Saga, commands: list[core.Command]) -> None:
+    def _act(self, commands: list[core.Command], sends: dict[Any, list[Command]]) -> None:
         for command in commands:
-            if isinstance(command, core.Execute):
+            kind = type(command)
+            if kind is core.Execute:
                 try:
-                    self._execute(command)
+                    pool, message = self._message(command)  # type: ignore[arg-type]
                 except Exception:  # its timeout is armed: the attempt times out and is retried
                     log.exception("shard %d: could not send %s", self.index, command)
-            elif isinstance(command, core.SetTimer):
-                self._set_timer(command)
-            elif isinstance(command, core.Ended):
+                    continue
+                batch = sends.get(pool)
+                if batch is None:
+                    sends[pool] = [message]
+                else:
+                    batch.append(message)
+            elif kind is core.SetTimer:
+                self._set_timer(command)  # type: ignore[arg-type]
+            elif kind is core.Ended:
                 self._forget(command.saga_id)
                 try:
                     self.on_end(command.saga_id, command.status, command.reason)
@@ -321,32 +551,68 @@ class Shard(pykka.ThreadingActor):
                     log.exception("shard %d: end callback for %s failed", self.index,
                                   command.saga_id)
 
-    def _execute(self, command: core.Execute) -> None:
+    def _message(self, command: core.Execute) -> tuple[Any, Command]:
         saga = self.sagas[command.saga_id]
         pool = self.pools(saga.compiled)[command.service]
-        message = Command(
+        return pool, Command(
             command_id=command.command_id, saga_id=command.saga_id, step=command.step,
             phase=command.phase, name=command.name, attempt=command.attempt, key=command.key,
             payload=command.payload if command.payload is not None else {},
             result=command.result,
             timeout_at=command.timeout_at)
-        pool.tell(message, self.me)
 
+    # -- timers ---------------------------------------------------------------------------------
     def _set_timer(self, command: core.SetTimer) -> None:
-        message = SagaSignal(command.saga_id, command.fired())
-        handle = self.scheduler.schedule(command.at, self.actor_ref, message)
-        timers = self.deadline_timers if command.kind == "deadline" else self.step_timers
-        old = timers.get(command.saga_id)
-        timers[command.saga_id] = handle
+        """Arm the saga's step (or deadline) timer, replacing the one it had."""
+        self._timer_seq += 1
+        seq = self._timer_seq
+        key = (command.saga_id, "deadline" if command.kind == "deadline" else "step")
+        self._timers[key] = (seq, command.fired())
+        heap = self._timer_heap
+        heapq.heappush(heap, (command.at, seq, key))
+        if len(heap) > 2 * len(self._timers) + 1024:  # mostly replaced timers: rebuild
+            self._timer_heap = heap = [(at, seq_, key_) for at, seq_, key_ in heap
+                                       if self._timers.get(key_, (None,))[0] == seq_]
+            heapq.heapify(heap)
+        if self._wake_at is None or command.at < self._wake_at:
+            self._arm_wake(command.at)
+
+    def _arm_wake(self, at: float) -> None:
+        old = self._wake_handle
+        self._wake_at = at
+        self._wake_handle = self.scheduler.schedule(at, self.actor_ref, WAKE)
         if old is not None:
             self.scheduler.cancel(old)
 
+    def _fire_timers(self) -> None:
+        """Handle every live timer due by now, in due order, then re-arm the wake-up."""
+        self._wake_at = None
+        now = self.env.now()
+        heap, timers = self._timer_heap, self._timers
+        while heap and heap[0][0] <= now:
+            _, seq, key = heapq.heappop(heap)
+            live = timers.get(key)
+            if live is None or live[0] != seq:
+                continue  # replaced or cancelled
+            del timers[key]
+            saga_id = key[0]
+            if saga_id in self._pending.new_ids:
+                self._flush()
+            saga = self.sagas.get(saga_id)
+            if saga is not None:
+                self._decide(saga, live[1])
+        while heap:
+            _, seq, key = heap[0]
+            live = timers.get(key)
+            if live is not None and live[0] == seq:
+                self._arm_wake(heap[0][0])
+                return
+            heapq.heappop(heap)
+
     def _forget(self, saga_id: str) -> None:
         self.sagas.pop(saga_id, None)
-        for timers in (self.step_timers, self.deadline_timers):
-            handle = timers.pop(saga_id, None)
-            if handle is not None:
-                self.scheduler.cancel(handle)
+        self._timers.pop((saga_id, "step"), None)
+        self._timers.pop((saga_id, "deadline"), None)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("shard %d stopped by %s", self.index, exception_value)

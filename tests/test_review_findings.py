@@ -306,10 +306,10 @@ class _CommitFails(MemoryStore):
 
     failing = False
 
-    def append(self, batch: Any) -> None:
-        if self.failing:
+    def write(self, creates: Any, appends: Any) -> Any:
+        if self.failing and appends:
             raise StoreError("disk I/O error")
-        super().append(batch)
+        return super().write(creates, appends)
 
 
 def test_wait_surfaces_a_failed_commit_instead_of_hanging():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import actors
 from actors import Command, MemoryInbox, Rejected, Service, StoredReply, handles
 
 WAIT = 5.0  # seconds: the most any test waits for something that should happen at once
@@ -36,15 +37,21 @@ def command(
 
 
 class Replies:
-    """A ``reply_to`` that collects what it is told; tests wait on it (never sleep)."""
+    """A ``reply_to`` that collects the replies it is told (a batch counts for each reply it
+    holds, and ``batches`` counts the batches); tests wait on it (never sleep)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.items: list[Any] = []
+        self.batches = 0
 
     def tell(self, message: Any) -> None:
         with self._cond:
-            self.items.append(message)
+            if isinstance(message, actors.Replies):
+                self.items.extend(message.replies)
+                self.batches += 1
+            else:
+                self.items.append(message)
             self._cond.notify_all()
 
     def wait(self, n: int, timeout: float = WAIT) -> list[Any]:

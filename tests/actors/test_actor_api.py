@@ -13,7 +13,10 @@ EXPORTS = {
     # services
     "Service", "handles", "Rejected",
     # messages
-    "Command", "Reply", "Deliver", "StoredReply", "Teller", "Phase", "Outcome", "freeze", "thaw",
+    "Command", "Reply", "Replies", "Deliver", "StoredReply", "Teller", "Phase", "Outcome",
+    "freeze", "thaw",
+    # mailboxes
+    "fast_inbox",
     # inbox
     "InboxStore", "MemoryInbox", "Dispatcher",
     # pools and supervision
