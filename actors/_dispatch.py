@@ -190,8 +190,18 @@ class Dispatcher:
         return "succeeded", text, None
 
 
+_scan = json.JSONDecoder().scan_once
+
+
 def _load(text: str | None) -> dict[str, Any] | None:
-    return None if text is None else json.loads(text)
+    """Decode a JSON text this module produced with ``json.dumps`` (no blanks around it), by
+    scanning it directly: ``json.loads`` would first match leading and trailing whitespace."""
+    if text is None:
+        return None
+    value, end = _scan(text, 0)
+    if end != len(text):  # pragma: no cover - json.dumps never pads its output
+        return json.loads(text)
+    return value
 
 
 def _rejection_text(rejected: Rejected) -> str:

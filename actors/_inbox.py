@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ._messages import StoredReply
 
@@ -59,18 +59,21 @@ class MemoryInbox:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._replies: dict[str, StoredReply] = {}
+        # plain tuples, not StoredReply objects: the garbage collector stops tracking tuples of
+        # untracked values, and an inbox holds one entry per command ever run
+        self._replies: dict[str, tuple[Any, Any, str | None]] = {}
         self._tombstones: set[str] = set()
 
     def get(self, key: str) -> StoredReply | None:
         with self._lock:
-            return self._replies.get(key)
+            found = self._replies.get(key)
+        return None if found is None else StoredReply(*found)
 
     def put(self, key: str, reply: StoredReply) -> None:
         if not isinstance(reply, StoredReply):
             raise TypeError(f"MemoryInbox.put expects a StoredReply, got {type(reply).__name__}")
         with self._lock:
-            self._replies[key] = reply
+            self._replies[key] = (reply.outcome, reply.output, reply.error)
 
     def tombstone(self, action_key: str) -> None:
         with self._lock:
@@ -98,8 +101,9 @@ class MemoryInbox:
                 kind = type(reply).__name__
                 raise TypeError(f"MemoryInbox.write_many expects StoredReply objects, got {kind}")
         keys = list(tombstones)
+        rows = [(key, (reply.outcome, reply.output, reply.error)) for key, reply in pairs]
         with self._lock:
-            self._replies.update(pairs)
+            self._replies.update(rows)
             self._tombstones.update(keys)
 
     def __len__(self) -> int:

@@ -181,6 +181,7 @@ class _ServiceActor(pykka.ThreadingActor):
         handled = 0
         unsent = self._unsent
         try:
+            self._buffer.prefetch([mail.deliver.command for mail in mails])
             for mail in mails:
                 if not self._pool._claim(self._slot, mail.seq):
                     continue

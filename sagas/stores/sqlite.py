@@ -1270,6 +1270,36 @@ class SqliteInbox:
         """Whether :meth:`tombstone` was called for ``action_key`` (by anyone using the file)."""
         return bool(self._store._fetch(_SELECT_TOMBSTONE, (action_key,)))
 
+    def read_many(
+        self, keys: Sequence[str], action_keys: Sequence[str]
+    ) -> tuple[dict[str, StoredReply], set[str]]:
+        """What :meth:`get` gives for each of ``keys`` (only those with a stored reply) and
+        which of ``action_keys`` are tombstoned, read in one transaction (a service actor
+        looks up a whole batch of commands at once)."""
+        keys, action_keys = list(dict.fromkeys(keys)), list(dict.fromkeys(action_keys))
+
+        def read(db: sqlite3.Connection) -> tuple[dict[str, StoredReply], set[str]]:
+            replies: dict[str, StoredReply] = {}
+            tombstoned: set[str] = set()
+            for first in range(0, len(keys), _IDS_PER_QUERY):
+                chunk = keys[first:first + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                for key, outcome, output, error in db.execute(
+                        f"SELECT key, outcome, output, error FROM inbox WHERE key IN ({marks})",
+                        chunk):
+                    replies[key] = StoredReply(outcome, None if output is None else
+                                               _decode(output), error)
+            for first in range(0, len(action_keys), _IDS_PER_QUERY):
+                chunk = action_keys[first:first + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                tombstoned.update(key for (key,) in db.execute(
+                    f"SELECT key FROM tombstones WHERE key IN ({marks})", chunk))
+            return replies, tombstoned
+
+        if not keys and not action_keys:
+            return {}, set()
+        return self._store._read(read)
+
     def write_many(
         self, replies: Sequence[tuple[str, StoredReply]], tombstones: Sequence[str]
     ) -> None:

@@ -159,3 +159,43 @@ def test_the_buffer_writes_one_at_a_time_to_an_inbox_without_batches():
     buffer.tombstone("s:a")
     buffer.commit()
     assert plain.log == [("tombstone", "s:a"), ("put", "s:a:compensation")]
+
+
+class PrefetchingInbox(CountingInbox):
+    """An inbox offering ``read_many``; counts the single-key reads that still happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bulk_reads = 0
+        self.single_reads = 0
+
+    def read_many(self, keys: Any, action_keys: Any) -> tuple[dict[str, Any], set[str]]:
+        self.bulk_reads += 1
+        with self._lock:
+            replies = {k: StoredReply(*self._replies[k]) for k in keys if k in self._replies}
+            tombstoned = {k for k in action_keys if k in self._tombstones}
+        return replies, tombstoned
+
+    def get(self, key: str) -> Any:
+        self.single_reads += 1
+        return super().get(key)
+
+    def is_tombstoned(self, action_key: str) -> bool:
+        self.single_reads += 1
+        return super().is_tombstoned(action_key)
+
+
+def test_a_batch_reads_the_inbox_once_when_it_can(start_pool):
+    inbox = PrefetchingInbox()
+    inbox.put("done:reserve", StoredReply("succeeded", {"kept": True}, None))
+    inbox.tombstone("gone:reserve")
+    service = Scripted()
+    pool = start_pool([service], inbox=inbox)
+    replies = Replies()
+    pool.tell_many([command("new"), command("done"), command("gone")], replies)
+    new, done, gone = replies.wait(3)
+    assert (new.outcome, new.replayed) == ("succeeded", False)
+    assert (done.outcome, done.replayed, done.output) == ("succeeded", True, {"kept": True})
+    assert gone.outcome == "rejected" and gone.error.startswith("compensated: ")
+    assert [key for _, key, _ in service.runs] == ["new:reserve"]
+    assert (inbox.bulk_reads, inbox.single_reads) == (1, 0)

@@ -564,6 +564,27 @@ def test_the_inbox_writes_many_in_one_transaction(tmp_path: Path) -> None:
             db.close()
 
 
+def test_the_inbox_reads_many_keys_in_one_read_transaction(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        inbox = store.inbox
+        inbox.write_many(
+            [(f"k{n}", StoredReply("succeeded", {"n": n}, None)) for n in range(0, 1200, 2)],
+            [f"k{n}" for n in range(0, 1200, 3)],
+        )
+        keys = [f"k{n}" for n in range(1200)]
+        inbox.get("k0")  # opens this thread's read connection
+        seen = _statements(store._local.reader.db)
+        replies, tombstoned = inbox.read_many(keys, keys[:600])
+        assert seen[0] == "BEGIN" and seen[-1] == "ROLLBACK"
+        assert len([s for s in seen if s.startswith("SELECT")]) == 3 + 2  # 500 keys per query
+        assert replies == {f"k{n}": StoredReply("succeeded", {"n": n}, None)
+                           for n in range(0, 1200, 2)}
+        assert tombstoned == {f"k{n}" for n in range(0, 600, 3)}
+        assert inbox.read_many([], []) == ({}, set())
+        replies["k0"].output["n"] = 99  # a private copy
+        assert inbox.get("k0") == StoredReply("succeeded", {"n": 0}, None)
+
+
 def test_the_inbox_writes_none_of_a_batch_with_output_that_is_not_json(tmp_path: Path) -> None:
     with SqliteStore(tmp_path / "s.db") as store:
         good = ("k1", StoredReply("succeeded", {}, None))
