@@ -23,7 +23,7 @@ from .errors import (
 from .loader import load_flow, parse_flow
 from .model import Flow, FlowWarning, RetryPolicy, ServiceSpec, Step
 from .plan import Plan, plan, plans
-from .runtime import Runtime, SagaResult
+from .runtime import Runtime, SagaResult, Submitted
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,7 @@ __all__ = [
     "Step",
     "StoreError",
     "StoreUnavailable",
+    "Submitted",
     "UnknownSaga",
     "__version__",
     "compile_flow",
