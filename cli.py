@@ -112,6 +112,9 @@ def main(debug: bool) -> None:
     # the library logs; the CLI reports errors as one line and exit codes (logs with --debug)
     logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL,
                         format="%(levelname)s %(name)s: %(message)s")
+    from sagas.gc_tuning import tune_gc
+
+    tune_gc()  # the CLI is an application: it opts in to throughput thresholds
 
 
 @main.command()

@@ -27,6 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sagas.gc_tuning import THROUGHPUT_THRESHOLDS
+
 from .scenarios import BASELINE, Scenario, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +64,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_child(scenario: Scenario, quick: bool, timeout: float) -> dict[str, Any]:
+def run_child(scenario: Scenario, quick: bool, timeout: float,
+              default_gc: bool = False) -> dict[str, Any]:
     """Run one scenario in a subprocess; its result, or ``{"error": ...}``."""
     with tempfile.TemporaryDirectory(prefix="sagactor-bench-") as tmp:
         out = Path(tmp) / "result.json"
@@ -70,6 +73,8 @@ def run_child(scenario: Scenario, quick: bool, timeout: float) -> dict[str, Any]
         command = [sys.executable, "-m", "benchmarks.child", scenario.id, "--out", str(out)]
         if quick:
             command.append("--quick")
+        if default_gc:
+            command.append("--default-gc")
         begin = time.perf_counter()
         with open(err, "w") as stderr:
             child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -293,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="seconds a scenario may take (default 120 with --quick, else 900)")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="run with CPython's collector thresholds instead of those the saga "
+                             "CLI sets (sagas.gc_tuning)")
     args = parser.parse_args(argv)
     try:
         scenarios = select(args.only)
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, scenario in enumerate(scenarios, 1):
         print(f"[{n:>2}/{len(scenarios)}] {scenario.id:<4} {scenario.title} "
               f"({scenario.sagas(args.quick):,} sagas) ...", end="", file=sys.stderr, flush=True)
-        result = run_child(scenario, args.quick, timeout)
+        result = run_child(scenario, args.quick, timeout, args.default_gc)
         results.append(result)
         if "error" in result:
             print(f" FAILED ({result['error']}, {result['wall_s']:.1f} s)\n{result['stderr']}",
@@ -342,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m benchmarks", *(argv if argv is not None
                                                          else sys.argv[1:])]),
         "machine": info,
+        "gc_thresholds": "cpython-default" if args.default_gc else list(THROUGHPUT_THRESHOLDS),
         "baseline": {"id": BASELINE, "sagas_per_s": base_sps},
         "elapsed_s": round(elapsed, 1),
         "ok": not failed,

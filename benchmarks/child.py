@@ -4,6 +4,9 @@
 is per scenario. Run it yourself to profile one scenario, e.g.
 ``py-spy record -o s1.svg -- python -m benchmarks.child S1``. Writes the result as JSON to
 ``--out`` (or stdout); exits 1 with one line on stderr when the scenario cannot prove its work.
+
+Every scenario, the baselines included, runs with the collector thresholds the ``saga`` CLI
+uses (:func:`sagas.gc_tuning.tune_gc`); ``--default-gc`` keeps CPython's defaults instead.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 import sys
 import time
 import traceback
+
+from sagas.gc_tuning import tune_gc
 
 from ._common import BenchmarkFailed
 from .scenarios import SCENARIOS
@@ -25,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the --quick number of sagas")
     parser.add_argument("--sagas", type=int, help="this many sagas instead")
     parser.add_argument("--out", help="write the JSON result here (default: stdout)")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep CPython's collector thresholds (the CLI's are the default)")
     args = parser.parse_args(argv)
+    if not args.default_gc:
+        tune_gc()
     scenario = next(s for s in SCENARIOS if s.id == args.scenario)
     sagas = args.sagas if args.sagas is not None else scenario.sagas(args.quick)
     if sagas < 1:
