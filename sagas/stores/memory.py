@@ -6,6 +6,17 @@ input are kept as JSON text, so every read returns a fresh copy, later changes t
 given to :meth:`MemoryStore.create` / :meth:`MemoryStore.append` do not reach the log, and data
 that is not JSON is refused when written (as the SQLite store refuses it).
 
+The store is built so that Python's cyclic garbage collector has next to nothing to do with it,
+however many sagas it holds: a full collection visits every tracked container, and every item
+of those, each time it runs. So the store keeps plain tuples of strings, numbers and such tuples
+(CPython untracks them once a collection has seen them, and visits them no more) and dicts of
+strings (never tracked), not lists, sets or instances: a saga is one tuple of its header fields
+and of the tuple of its events, replaced whole on each change, and the global log is a list of
+frozen chunks of :data:`_CHUNK` events each, plus one list filling the next chunk. The price is
+that each append to a saga copies its events, a cost quadratic in the length of a saga's log:
+nothing for the tens of events a saga usually has, felt from thousands of events on one saga,
+which this store (for tests and throwaway runs) does not expect.
+
 Ownership lives in the store object too: an owner is alive while it is registered on this object
 (:meth:`MemoryStore.register_owner`) and until :meth:`MemoryStore.close`; any other owner is dead.
 The service inbox is an :class:`actors.MemoryInbox`.
@@ -45,56 +56,54 @@ _PendingRequest = tuple[str, str, str, float]
 # An event as kept: (position, seq, type, step, attempt, at, event_id, causation_id, data JSON).
 _Row = tuple[int, int, str, "str | None", "int | None", float, str, "str | None", str]
 
+# An event of the global log: (saga_id, row), the row being the one the saga keeps.
+_Entry = tuple[str, _Row]
+
+# A saga as kept, replaced whole on each change (its last seq is the number of its events):
+# (saga_id, flow, version, definition, input JSON, status, reason, started_at, updated_at, owner,
+# events in seq order).
+_Saga = tuple[
+    str, str, int, str, str, str, "str | None", float, float, "str | None", tuple[_Row, ...]
+]
+_SAGA_ID, _FLOW, _DEFINITION, _STATUS, _STARTED_AT, _OWNER, _EVENTS = 0, 1, 3, 5, 7, 9, 10
+
 # An event to write, with its data as JSON text.
 _Encoded = tuple[StoredEvent, str]
 
+_CHUNK = 1024
+"""Events per frozen chunk of the global log."""
 
-class _Saga:
-    """A saga's header fields (input as JSON text) and its log, mutated under the store's lock."""
 
-    __slots__ = (
-        "definition",
-        "events",
-        "flow",
-        "input",
-        "last_seq",
-        "owner",
-        "reason",
-        "saga_id",
-        "started_at",
-        "status",
-        "updated_at",
-        "version",
+def _header(saga: _Saga) -> SagaHeader:
+    """The header of ``saga``, with a fresh copy of its input."""
+    (saga_id, flow, version, definition, input_json, status, reason, started_at, updated_at,
+     owner, events) = saga
+    return SagaHeader(
+        saga_id=saga_id,
+        flow=flow,
+        version=version,
+        definition=definition,
+        input=_decode(input_json),
+        status=status,
+        reason=reason,
+        started_at=started_at,
+        updated_at=updated_at,
+        last_seq=len(events),
+        owner=owner,
     )
 
-    def __init__(self, saga: NewSaga, input_json: str) -> None:
-        self.saga_id = saga.saga_id
-        self.flow = saga.flow
-        self.version = saga.version
-        self.definition = saga.definition
-        self.input = input_json
-        self.status = saga.status
-        self.reason = saga.reason
-        self.started_at = saga.started_at
-        self.updated_at = saga.started_at
-        self.last_seq = 0
-        self.owner = saga.owner
-        self.events: builtins.list[_Row] = []
 
-    def header(self) -> SagaHeader:
-        return SagaHeader(
-            saga_id=self.saga_id,
-            flow=self.flow,
-            version=self.version,
-            definition=self.definition,
-            input=_decode(self.input),
-            status=self.status,
-            reason=self.reason,
-            started_at=self.started_at,
-            updated_at=self.updated_at,
-            last_seq=self.last_seq,
-            owner=self.owner,
-        )
+def _with_owner(saga: _Saga, owner: str) -> _Saga:
+    """``saga`` with another owner."""
+    (saga_id, flow, version, definition, input_json, status, reason, started_at, updated_at,
+     _, events) = saga
+    return (saga_id, flow, version, definition, input_json, status, reason, started_at,
+            updated_at, owner, events)
+
+
+def _age(saga: _Saga) -> tuple[float, str]:
+    """The key that orders sagas oldest first: ``started_at``, then id."""
+    return (saga[_STARTED_AT], saga[_SAGA_ID])
 
 
 def _event(row: _Row) -> StoredEvent:
@@ -155,16 +164,21 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._closed = False
         self._sagas: dict[str, _Saga] = {}
-        self._by_status: dict[str, set[str]] = {}
+        # status -> ids of the sagas in it (dicts as ordered sets: of strings, never tracked)
+        self._by_status: dict[str, dict[str, None]] = {}
         self._definitions: dict[str, str] = {}
-        self._log: builtins.list[tuple[str, _Row]] = []  # position - 1 -> (saga_id, row)
+        # The global log, position p at index p - 1 of the concatenation of the frozen chunks
+        # (_CHUNK events each) and of the tail being filled (fewer than _CHUNK events).
+        self._chunks: builtins.list[tuple[_Entry, ...]] = []
+        self._tail: builtins.list[_Entry] = []
+        self._last_position = 0
         self._owners: set[str] = set()
         self._pending: dict[int, _PendingRequest] = {}  # request_id -> request, in id order
         self._last_request_id = 0
         self._inbox = MemoryInbox()
 
     def __repr__(self) -> str:
-        return f"MemoryStore({len(self._sagas)} sagas, {len(self._log)} events)"
+        return f"MemoryStore({len(self._sagas)} sagas, {self._last_position} events)"
 
     def __enter__(self) -> MemoryStore:
         return self
@@ -197,6 +211,7 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             sagas = self._sagas
+            by_status = self._by_status
             # First decide everything (nothing changes if an append fails), then apply it.
             next_seq: dict[str, int] = {}
             for saga, _, _ in new:
@@ -209,32 +224,55 @@ class MemoryStore:
                     entry = sagas.get(saga_id)
                     if entry is None:
                         raise UnknownSaga(saga_id)
-                    expected = entry.last_seq + 1
+                    expected = len(entry[_EVENTS]) + 1
                 first = append.events[0].seq
                 if first != expected:
                     raise SeqConflict(saga_id, first)
                 next_seq[saga_id] = first + len(append.events)
             results: builtins.list[tuple[bool, SagaHeader]] = []
             for saga, input_json, events in new:
-                entry = sagas.get(saga.saga_id)
+                saga_id = saga.saga_id
+                entry = sagas.get(saga_id)
                 if entry is not None:
-                    results.append((False, entry.header()))
+                    results.append((False, _header(entry)))
                     continue
-                entry = _Saga(saga, input_json)
-                sagas[saga.saga_id] = entry
-                self._by_status.setdefault(entry.status, set()).add(entry.saga_id)
+                entry = (
+                    saga_id,
+                    saga.flow,
+                    saga.version,
+                    saga.definition,
+                    input_json,
+                    saga.status,
+                    saga.reason,
+                    saga.started_at,
+                    saga.started_at,
+                    saga.owner,
+                    self._rows(saga_id, events),
+                )
+                sagas[saga_id] = entry
+                by_status.setdefault(saga.status, {})[saga_id] = None
                 self._definitions.setdefault(saga.definition, saga.definition_text)
-                self._write(entry, events)
-                results.append((True, entry.header()))
+                results.append((True, _header(entry)))
             for append, events in added:
-                entry = sagas[append.saga_id]
-                self._write(entry, events)
-                if entry.status != append.status:
-                    self._by_status[entry.status].discard(entry.saga_id)
-                    self._by_status.setdefault(append.status, set()).add(entry.saga_id)
-                    entry.status = append.status
-                entry.reason = append.reason
-                entry.updated_at = append.updated_at
+                saga_id = append.saga_id
+                (_, flow, version, definition, input_json, status, _, started_at, _, owner,
+                 rows) = sagas[saga_id]
+                if status != append.status:
+                    del by_status[status][saga_id]
+                    by_status.setdefault(append.status, {})[saga_id] = None
+                sagas[saga_id] = (
+                    saga_id,
+                    flow,
+                    version,
+                    definition,
+                    input_json,
+                    append.status,
+                    append.reason,
+                    started_at,
+                    append.updated_at,
+                    owner,
+                    rows + self._rows(saga_id, events),
+                )
             return results
 
     def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
@@ -260,11 +298,15 @@ class MemoryStore:
         """
         self.write((), batch)
 
-    def _write(self, entry: _Saga, events: builtins.list[_Encoded]) -> None:
-        log = self._log
+    def _rows(self, saga_id: str, events: builtins.list[_Encoded]) -> tuple[_Row, ...]:
+        """The rows of ``events`` (of saga ``saga_id``), put at the end of the global log."""
+        position = self._last_position
+        tail = self._tail
+        rows: builtins.list[_Row] = []
         for event, data in events:
+            position += 1
             row: _Row = (
-                len(log) + 1,
+                position,
                 event.seq,
                 event.type,
                 event.step,
@@ -274,10 +316,13 @@ class MemoryStore:
                 event.causation_id,
                 data,
             )
-            log.append((entry.saga_id, row))
-            entry.events.append(row)
-        if events:
-            entry.last_seq = events[-1][0].seq
+            rows.append(row)
+            tail.append((saga_id, row))
+            if len(tail) == _CHUNK:
+                self._chunks.append(tuple(tail))
+                tail.clear()
+        self._last_position = position
+        return tuple(rows)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -285,10 +330,9 @@ class MemoryStore:
         """The saga's header, definition text and whole log (in seq order), as one snapshot."""
         with self._lock:
             entry = self._entry(saga_id)
-            header = entry.header()
-            rows = tuple(entry.events)
-            text = self._definitions[entry.definition]
-        return SagaRecord(header, text, tuple(_event(row) for row in rows))
+            text = self._definitions[entry[_DEFINITION]]
+        # The entry is immutable: what follows reads the snapshot taken under the lock.
+        return SagaRecord(_header(entry), text, tuple(_event(row) for row in entry[_EVENTS]))
 
     def load_many(self, saga_ids: Sequence[str]) -> builtins.list[SagaRecord]:
         """The records of the sagas in ``saga_ids``, as one snapshot: in the order of
@@ -299,21 +343,23 @@ class MemoryStore:
         wanted = dict.fromkeys(_ids(saga_ids))
         with self._lock:
             self._check_open()
-            found = []
-            for saga_id in wanted:
-                entry = self._sagas.get(saga_id)
-                if entry is not None:
-                    text = self._definitions[entry.definition]
-                    found.append((entry.header(), text, tuple(entry.events)))
+            sagas = self._sagas
+            definitions = self._definitions
+            found = [
+                (entry, definitions[entry[_DEFINITION]])
+                for entry in map(sagas.get, wanted)
+                if entry is not None
+            ]
         return [
-            SagaRecord(header, text, tuple(_event(row) for row in rows))
-            for header, text, rows in found
+            SagaRecord(_header(entry), text, tuple(_event(row) for row in entry[_EVENTS]))
+            for entry, text in found
         ]
 
     def header(self, saga_id: str) -> SagaHeader:
         """The saga's header; ``UnknownSaga`` if absent."""
         with self._lock:
-            return self._entry(saga_id).header()
+            entry = self._entry(saga_id)
+        return _header(entry)
 
     def list(
         self, *, status: str | None = None, flow: str | None = None, limit: int | None = None
@@ -327,31 +373,29 @@ class MemoryStore:
             if status is None:
                 entries = builtins.list(self._sagas.values())
             else:
-                entries = [self._sagas[i] for i in self._by_status.get(status, ())]
-            if flow is not None:
-                entries = [e for e in entries if e.flow == flow]
-
-            def key(e: _Saga) -> tuple[float, str]:
-                return (e.started_at, e.saga_id)
-
-            if limit is None:
-                entries.sort(key=key, reverse=True)
-            else:
-                entries = heapq.nlargest(limit, entries, key=key)
-            return [e.header() for e in entries]
+                sagas = self._sagas
+                entries = [sagas[i] for i in self._by_status.get(status, ())]
+        if flow is not None:
+            entries = [e for e in entries if e[_FLOW] == flow]
+        if limit is None:
+            entries.sort(key=_age, reverse=True)
+        else:
+            entries = heapq.nlargest(limit, entries, key=_age)
+        return [_header(e) for e in entries]
 
     def in_flight(self) -> builtins.list[str]:
         """Ids of every saga whose status is not terminal, oldest first."""
         with self._lock:
             self._check_open()
+            sagas = self._sagas
             entries = [
-                self._sagas[saga_id]
+                sagas[saga_id]
                 for status, ids in self._by_status.items()
                 if status not in TERMINAL
                 for saga_id in ids
             ]
-        entries.sort(key=lambda e: (e.started_at, e.saga_id))
-        return [e.saga_id for e in entries]
+        entries.sort(key=_age)
+        return [e[_SAGA_ID] for e in entries]
 
     def read_all(self, after: int = 0, limit: int = 1000) -> builtins.list[tuple[str, StoredEvent]]:
         """Up to ``limit`` events of all sagas with ``position > after``, in position order."""
@@ -360,8 +404,26 @@ class MemoryStore:
         start = max(after, 0)
         with self._lock:
             self._check_open()
-            rows = self._log[start : start + limit]
-        return [(saga_id, _event(row)) for saga_id, row in rows]
+            entries = self._log_slice(start, min(start + limit, self._last_position))
+        return [(saga_id, _event(row)) for saga_id, row in entries]
+
+    def _log_slice(self, start: int, stop: int) -> builtins.list[_Entry]:
+        """The global log's events at indices ``start`` to ``stop`` (excluded): positions
+        ``start + 1`` to ``stop``; ``stop`` is at most the last position."""
+        chunks = self._chunks
+        frozen = len(chunks) * _CHUNK
+        if start >= frozen:  # all in the tail (a reader keeping up with the writers)
+            return self._tail[start - frozen : stop - frozen]
+        entries: builtins.list[_Entry] = []
+        index = start
+        while index < min(stop, frozen):
+            chunk, offset = divmod(index, _CHUNK)
+            end = min(stop - chunk * _CHUNK, _CHUNK)
+            entries += chunks[chunk][offset:end]
+            index = chunk * _CHUNK + end
+        if index < stop:
+            entries += self._tail[index - frozen : stop - frozen]
+        return entries
 
     def definition(self, sha256: str) -> str:
         """The flow text stored under that sha256; ``KeyError`` if absent."""
@@ -401,17 +463,18 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             live = self._owners | {owner}
+            sagas = self._sagas
             adopted: builtins.list[_Saga] = []
             for status, ids in self._by_status.items():
                 if status in TERMINAL and not (include_failed and status == "failed"):
                     continue
-                for saga_id in ids if wanted is None else ids & wanted:
-                    entry = self._sagas[saga_id]
-                    if entry.owner is None or entry.owner not in live:
-                        entry.owner = owner
+                for saga_id in ids if wanted is None else ids.keys() & wanted:
+                    entry = sagas[saga_id]
+                    if entry[_OWNER] is None or entry[_OWNER] not in live:
+                        sagas[saga_id] = _with_owner(entry, owner)
                         adopted.append(entry)
-        adopted.sort(key=lambda e: (e.started_at, e.saga_id))
-        return [e.saga_id for e in adopted]
+        adopted.sort(key=_age)
+        return [e[_SAGA_ID] for e in adopted]
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -438,7 +501,7 @@ class MemoryStore:
             found = [
                 (request_id, pending)
                 for request_id, pending in self._pending.items()
-                if request_id > after and sagas[pending[0]].owner == owner
+                if request_id > after and sagas[pending[0]][_OWNER] == owner
             ]
         return [_request(request_id, pending) for request_id, pending in found]
 
@@ -472,7 +535,9 @@ class MemoryStore:
             self._sagas.clear()
             self._by_status.clear()
             self._definitions.clear()
-            self._log.clear()
+            self._chunks.clear()
+            self._tail.clear()
+            self._last_position = 0
             self._owners.clear()
             self._pending.clear()
 
