@@ -192,6 +192,11 @@ class Runtime:
     ``random.Random`` or a seed) are injected for deterministic tests; ``faults`` injects
     failures into service calls; ``services`` supplies service objects by import path or
     service name instead of importing them.
+
+    ``shards`` is how many shard actors host the sagas. One is the default and the fastest:
+    with one interpreter lock, more shards add no parallelism, and they split the mailbox so
+    each group commit carries fewer decisions (on SQLite, 4 shards ran at a third of the speed
+    of 1 in BENCHMARKS.md). Scale out with processes sharing a store instead.
     """
 
     def __init__(
@@ -200,7 +205,7 @@ class Runtime:
         *,
         clock: Clock | None = None,
         random: random_module.Random | int | None = None,
-        shards: int = 4,
+        shards: int = 1,
         ids: Callable[[], str] | None = None,
         faults: FaultInjector | None = None,
         services: Mapping[str, Service | Sequence[Service]] | None = None,
