@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._errors import describe_exception, safe_repr
+from ._json import dumps_compact
 from ._messages import Command, Outcome, Reply, StoredReply
 from ._service import Rejected
 
@@ -180,7 +181,7 @@ class Dispatcher:
                 "return a dict (e.g. {})",
             )
         try:
-            text = json.dumps(value, allow_nan=False, default=_json_default)
+            text = dumps_compact(value, default=_json_default)
         except BaseException as exc:  # hostile mappings may raise anything from items()
             return (
                 "error",
@@ -194,12 +195,12 @@ _scan = json.JSONDecoder().scan_once
 
 
 def _load(text: str | None) -> dict[str, Any] | None:
-    """Decode a JSON text this module produced with ``json.dumps`` (no blanks around it), by
+    """Decode a JSON text this module produced (no blanks around it), by
     scanning it directly: ``json.loads`` would first match leading and trailing whitespace."""
     if text is None:
         return None
     value, end = _scan(text, 0)
-    if end != len(text):  # pragma: no cover - json.dumps never pads its output
+    if end != len(text):  # pragma: no cover - the encoder never pads its output
         return json.loads(text)
     return value
 

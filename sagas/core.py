@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .compiler import TERMINAL_STATES, CompiledFlow, StateInfo, compensation_state, step_state
 from .events import TERMINAL_EVENTS, Event
@@ -72,8 +72,7 @@ class Start:
     input: Any
 
 
-@dataclass(frozen=True, slots=True)
-class ReplyReceived:
+class ReplyReceived(NamedTuple):
     """A service's reply to the attempt ``(phase, step, attempt)``."""
 
     phase: str  # "action" | "compensation"
@@ -85,8 +84,7 @@ class ReplyReceived:
     command_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TimerFired:
+class TimerFired(NamedTuple):
     """A timer set by :class:`SetTimer` is due."""
 
     kind: str  # "timeout" | "backoff" | "deadline"
@@ -118,8 +116,7 @@ Signal = Start | ReplyReceived | TimerFired | Cancel | Retry
 
 
 # -- commands -----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Execute:
+class Execute(NamedTuple):
     """Send one attempt of a step's action or compensation to its service."""
 
     command_id: str
@@ -135,8 +132,7 @@ class Execute:
     timeout_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class SetTimer:
+class SetTimer(NamedTuple):
     """Deliver ``TimerFired(kind, phase, step, attempt, causation_id)`` to the saga at ``at``."""
 
     saga_id: str
@@ -151,8 +147,7 @@ class SetTimer:
         return TimerFired(self.kind, self.phase, self.step, self.attempt, self.causation_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Ended:
+class Ended(NamedTuple):
     """The saga reached a terminal state."""
 
     saga_id: str

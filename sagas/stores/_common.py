@@ -6,10 +6,14 @@ import json
 import re
 from typing import Any
 
+from actors._json import dumps_compact
+
 __all__ = ["OWNER_ID", "check_owner", "decode", "encode", "request_json"]
 
-encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
-"""Compact JSON text; ``ValueError`` for NaN or infinity (no JSON value)."""
+def encode(value: Any) -> str:
+    """Compact JSON text; ``ValueError`` for NaN or infinity (no JSON value), ``TypeError`` for
+    a value with no JSON form."""
+    return dumps_compact(value)
 
 _scan = json.JSONDecoder().scan_once
 
