@@ -182,11 +182,15 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
 
     compiled = compile_flow(load_flow(flow))
     if fail_step is not None:
-        names = [s.name for s in compiled.flow.steps]
+        names = [s.name for s in compiled.flow.steps if not s.is_delay]
         if fail_step not in names:
-            raise click.BadParameter(
-                f"no step {fail_step!r} in flow {compiled.flow.name} (steps: {', '.join(names)})",
-                param_hint="--fail")
+            if any(s.name == fail_step for s in compiled.flow.steps):
+                message = (f"step {fail_step!r} is a delay, which cannot fail (steps that can: "
+                           f"{', '.join(names)})")
+            else:
+                message = (f"no step {fail_step!r} in flow {compiled.flow.name} "
+                           f"(steps: {', '.join(names)})")
+            raise click.BadParameter(message, param_hint="--fail")
         result = make_plan(compiled, fail_step, kind)
         if as_json:
             click.echo(json.dumps(result.to_json(), indent=2))
@@ -211,6 +215,9 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
         by_step.setdefault(p.step, {})[p.kind] = _short_outcome(p)
     for step in compiled.flow.steps:
         name = f"{step.name} (pivot)" if step.pivot else step.name
+        if step.is_delay:
+            table.add_row(f"{step.name} (delay)", *(["cannot fail"] * 3))
+            continue
         table.add_row(name, *(by_step[step.name][k] for k in ("rejected", "error", "timeout")))
     Console(soft_wrap=False, width=max(140, Console().width)).print(table)
 
@@ -340,7 +347,7 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
 
     loaded = load_flow(flow)
     inputs = _read_inputs(input_json, input_file)
-    names = [s.name for s in loaded.steps]
+    names = [s.name for s in loaded.steps if not s.is_delay]
     for step in fail:
         if step not in names:
             raise click.BadParameter(f"no step {step!r} in flow {loaded.name} "

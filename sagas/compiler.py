@@ -173,7 +173,12 @@ def _edges(flow: Flow) -> list[Edge]:
         state = step_state(step.name)
         following = step_state(steps[i + 1].name) if i + 1 < len(steps) else COMPLETED
         edges.append(Edge(state, "succeeded", following))
-        if pivot is None or i < pivot:
+        if step.is_delay:  # a pause is never rejected; a cancel or the deadline exhausts it
+            if pivot is None or i < pivot:
+                edges.append(Edge(state, "exhausted", backward_from(i)))
+            else:
+                edges.append(Edge(state, "exhausted", FAILED, "forward_recovery"))
+        elif pivot is None or i < pivot:
             edges.append(Edge(state, "rejected", backward_from(i - 1)))
             edges.append(Edge(state, "exhausted", backward_from(i)))
         elif i == pivot:

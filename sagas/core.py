@@ -87,7 +87,7 @@ class ReplyReceived(NamedTuple):
 class TimerFired(NamedTuple):
     """A timer set by :class:`SetTimer` is due."""
 
-    kind: str  # "timeout" | "backoff" | "deadline"
+    kind: str  # "timeout" | "backoff" | "deadline" | "delay"
     phase: str | None
     step: str | None
     attempt: int | None
@@ -358,7 +358,10 @@ class _Decision:
         saga = self.saga
         step = info.step
         timeout_at = self.now + step.timeout
-        if info.phase == "action":
+        if step.is_delay:  # a pause: its "attempt" ends when its time has passed
+            self.emit("step.started", step.name, attempt,
+                      {"payload": None, "timeout_at": timeout_at, "delay": step.delay}, cause)
+        elif info.phase == "action":
             payload = (evaluate(step.input, saga.context()) if step.input is not None
                        else saga.input)
             self.emit("step.started", step.name, attempt,
@@ -374,6 +377,10 @@ class _Decision:
         saga = self.saga
         step = info.step
         assert saga.timeout_at is not None and saga.command_id is not None
+        if step.is_delay:
+            self.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "delay", info.phase,
+                                          step.name, saga.attempt, saga.command_id))
+            return
         if info.phase == "action":
             key = f"{saga.saga_id}:{step.name}{saga.key_suffix.get(step.name, '')}"
             name, result = step.action, None
@@ -493,6 +500,12 @@ class _Decision:
             if saga.in_flight or saga.next_attempt_at is None:
                 return
             self.start_attempt(info, saga.attempt + 1, signal.causation_id)
+        elif signal.kind == "delay":
+            if not saga.in_flight:
+                return
+            event = self.emit("step.succeeded", info.step.name, saga.attempt,
+                              {"output": {}}, signal.causation_id)
+            self.advance("succeeded", event.event_id)
 
     def cancel(self, signal: Cancel) -> None:
         """Record ``saga.cancelled``; before the pivot has succeeded, roll back as a deadline
@@ -590,8 +603,9 @@ def resume(saga: Saga, env: Env) -> tuple[list[Event], list[Command]]:
                                               None, None, deadline_cause))
     if saga.in_flight:
         assert saga.timeout_at is not None
-        if saga.timeout_at <= decision.now:
-            decision.timer(TimerFired("timeout", info.phase, info.step.name, saga.attempt,
+        if saga.timeout_at <= decision.now:  # past its time: a delay is over, a call timed out
+            kind = "delay" if info.step.is_delay else "timeout"
+            decision.timer(TimerFired(kind, info.phase, info.step.name, saga.attempt,
                                       saga.command_id))
         else:
             decision.send_attempt(info)

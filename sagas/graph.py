@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from .compiler import COMPENSATION_PREFIX, STEP_PREFIX, TERMINAL_STATES, CompiledFlow
+from .model import format_duration
 
 __all__ = ["FORMATS", "render", "to_dot", "to_mermaid"]
 
@@ -19,6 +20,8 @@ def _label(compiled: CompiledFlow, state: str) -> str:
     if info is None:
         return state
     step = info.step
+    if step.is_delay and step.delay is not None:
+        return f"{step.name}: wait {format_duration(step.delay)}"
     if state.startswith(STEP_PREFIX):
         extra = " (pivot)" if step.pivot else ""
         return f"{step.name}{extra}: {step.service}.{step.action}"

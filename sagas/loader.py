@@ -50,8 +50,9 @@ RETRY_KEYS = ("attempts", "backoff", "multiplier", "max_backoff", "jitter")
 SERVICE_KEYS = ("class", "instances")
 STEP_KEYS = (
     "name", "service", "action", "compensation", "input", "retry", "timeout", "pivot", "effects",
-    "on_compensation_failure",
+    "on_compensation_failure", "delay",
 )
+DELAY_KEYS = ("name", "delay")
 COMPENSATION_FAILURE = ("park", "retry_forever")
 MAX_FLOW_BYTES = 1_000_000
 
@@ -448,6 +449,8 @@ class _Checker:
         if item.kind == "map" and (n := item.get("name")) is not None and \
                 isinstance(n.value, str):
             what = f"step {n.value!r}"
+        if item.kind == "map" and item.get("delay") is not None:
+            return self.delay_step(item, what)
         if not self.mapping(item, what, STEP_KEYS, ("name", "service", "action")):
             return None
         ok = True
@@ -501,6 +504,30 @@ class _Checker:
         self._retry_nodes[name] = retry_node
         return step
 
+    def delay_step(self, item: YNode, what: str) -> Step | None:
+        """``{name: ..., delay: 10s}``: a timed pause, and nothing else."""
+        extra = False
+        for key, _ in item.items:
+            if key.value in DELAY_KEYS:
+                continue
+            extra = True
+            if key.value in STEP_KEYS:
+                self.error(key, f"{what} is a delay: it has only a name and a delay, not "
+                                f"{key.value!r} (a pause calls no service and undoes nothing)")
+            else:
+                self.error(key, f"unknown key {key.value!r} in {what}"
+                                f"{_suggest(str(key.value), DELAY_KEYS)}")
+        name_node, delay_node = item.get("name"), item.get("delay")
+        if name_node is None:
+            self.error(item, f"{what} is missing required key 'name'")
+        name = self.identifier(name_node, "step name") if name_node is not None else None
+        seconds = self.duration(delay_node, "delay", positive=True) \
+            if delay_node is not None else None
+        if extra or name is None or seconds is None:
+            return None
+        return Step(name=name, service="", action="", timeout=seconds, effects="none",
+                    delay=seconds, line=item.line)
+
     def payload(self, node: YNode, earlier: dict[str, YNode], step: str | None) -> Any:
         if node.kind != "map":
             self.error(node, f"a step's input must be a mapping of field to value or path "
@@ -545,6 +572,8 @@ class _Checker:
         for index, step in enumerate(steps):
             item = by_name.get(step.name)
             if item is None:
+                continue
+            if step.is_delay:
                 continue
             before_pivot = pivot_index is None or index < pivot_index
             if before_pivot and step.compensation is None and step.effects != "none":

@@ -151,7 +151,9 @@ class ServiceSpec:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step of a flow: an action on a service and, usually, its compensation."""
+    """One step of a flow: an action on a service and, usually, its compensation; or a
+    ``delay``: a durable timed pause (``service`` and ``action`` empty, ``timeout`` the delay).
+    """
 
     name: str
     service: str
@@ -164,6 +166,12 @@ class Step:
     effects: str | None = None  # "none" declares a step without side effects
     on_compensation_failure: str = "park"  # "park" | "retry_forever"
     line: int = 0  # where the step starts in the file, for messages
+    delay: float | None = None  # a timed pause (seconds): no service, nothing to compensate
+
+    @property
+    def is_delay(self) -> bool:
+        """A ``delay`` step: it calls no service; it succeeds when its time has passed."""
+        return self.delay is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,11 +48,13 @@ def plan(compiled: CompiledFlow, step: str, kind: str = "rejected") -> Plan:
     """The recovery plan if ``step`` fails with ``kind`` (``rejected``, ``error``, ``timeout``).
 
     ``error`` and ``timeout`` mean the step's attempts ran out that way. Raises ``KeyError`` for
-    an unknown step and ``ValueError`` for an unknown kind.
+    an unknown step and ``ValueError`` for an unknown kind or a ``delay`` step (a pause cannot
+    fail: only a cancel or the deadline stops it, and that recovers as an exhausted step).
     """
     if kind not in _TRIGGER:
         raise ValueError(f"unknown failure kind {kind!r}: use one of {', '.join(KINDS)}")
-    compiled.flow.step(step)  # KeyError for an unknown step
+    if compiled.flow.step(step).is_delay:  # KeyError for an unknown step
+        raise ValueError(f"step {step!r} is a delay: it cannot fail")
     target = step_state(step)
     state = compiled.initial
     ran: list[str] = []
@@ -86,5 +88,6 @@ def plan(compiled: CompiledFlow, step: str, kind: str = "rejected") -> Plan:
 
 
 def plans(compiled: CompiledFlow) -> list[Plan]:
-    """The plan for every step and every kind of failure, in step order."""
-    return [plan(compiled, s.name, kind) for s in compiled.flow.steps for kind in KINDS]
+    """The plan for every step that can fail (not the delays) and every kind, in step order."""
+    return [plan(compiled, s.name, kind) for s in compiled.flow.steps if not s.is_delay
+            for kind in KINDS]

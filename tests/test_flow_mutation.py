@@ -127,8 +127,10 @@ Mutation = Callable[[str, st.DataObject], tuple[str, int]]
 def delete_required_key(text: str, data: st.DataObject) -> tuple[str, int]:
     root = compose(text)
     targets: list[tuple[tuple[str, ...], str]] = [((), k) for k in ("saga", "services", "steps")]
-    for index in range(len(steps_of(root))):
-        targets += [(("steps", str(index)), k) for k in ("name", "service", "action")]
+    for index, step in enumerate(steps_of(root)):
+        required = ("name", "delay") if entry(step, "delay") is not None else \
+            ("name", "service", "action")
+        targets += [(("steps", str(index)), k) for k in required]
     where, key = data.draw(st.sampled_from(targets), label="delete")
     mapping = root if not where else steps_of(root)[int(where[1])]
     found = entry(mapping, key)
@@ -220,7 +222,8 @@ def add_unknown_step_key(text: str, data: st.DataObject) -> tuple[str, int]:
 def undeclared_service(text: str, data: st.DataObject) -> tuple[str, int]:
     root = compose(text)
     declared = {k.value for k, _ in entry(root, "services")[1].value}  # type: ignore[index]
-    step = data.draw(st.sampled_from(steps_of(root)), label="step")
+    calling = [s for s in steps_of(root) if entry(s, "service") is not None]  # not delays
+    step = data.draw(st.sampled_from(calling), label="step")
     node = entry(step, "service")[1]  # type: ignore[index]
     names = [n for n in ("nosuch", node.value + "s", node.value[:-1]) if n not in declared]
     name = data.draw(st.sampled_from(names), label="service")

@@ -109,6 +109,8 @@ def _exhaustive(flow: Flow, saga_input: Any, services: Mapping[str, Any] | None,
     points = fault_points(flow)
     singles = [{point: kind} for point in points for kind in FAULTS]
     for step in flow.steps:
+        if step.is_delay:
+            continue
         for kind in ("error", "timeout"):
             singles.append({("action", step.name, n): kind
                             for n in range(1, min(step.retry.attempts, 3) + 1)})

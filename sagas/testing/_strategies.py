@@ -18,6 +18,8 @@ def fault_points(flow: Flow, max_attempt: int = 3) -> list[tuple[str, str, int]]
     steps that have one, up to ``max_attempt`` attempts (or the step's own limit)."""
     points = []
     for step in flow.steps:
+        if step.is_delay:
+            continue  # a pause calls no service: nothing to fault
         attempts = min(step.retry.attempts, max_attempt)
         phases = ("action", "compensation") if step.compensation else ("action",)
         for phase in phases:
@@ -45,7 +47,7 @@ def fault_schedules(flow: Flow, *, max_faults: int = 3, kinds: Sequence[str] = F
     # weight the two situations where recovery bugs hide: a step that says no (so the saga
     # compensates), and trouble while compensating
     if "reject" in kinds:
-        options.append(st.sampled_from([s.name for s in flow.steps]).map(
+        options.append(st.sampled_from([s.name for s in flow.steps if not s.is_delay]).map(
             lambda name: {("action", name, 1): "reject"}))
     undoable = [t for t in targets if t[0] == "compensation"]
     if undoable:
