@@ -139,6 +139,7 @@ class _ServiceActor(pykka.ThreadingActor):
         self._inflight: Deliver | None = None
         # replies produced by the batch being handled, not sent yet: receiver -> replies
         self._unsent: dict[Teller, list[Reply]] = {}
+        self._owed = 0  # deliveries handled whose Activity.end waits for their replies
 
     @staticmethod
     def _create_actor_inbox() -> Any:
@@ -158,11 +159,9 @@ class _ServiceActor(pykka.ThreadingActor):
                 return None
             if type(message) is _Mail:
                 if self._pool._claim(self._slot, message.seq):
-                    try:
-                        self._handle(message.deliver)
-                    finally:
-                        if self._activity is not None:
-                            self._activity.end()
+                    self._owed += 1
+                    self._handle(message.deliver)
+                    self._settle_owed()
                 return None
             if isinstance(message, Deliver):  # told directly, not through a pool: not supervised
                 self._handle(message)
@@ -178,27 +177,30 @@ class _ServiceActor(pykka.ThreadingActor):
 
     def _handle_batch(self, mails: tuple[_Mail, ...]) -> None:
         """Handle each delivery still pending, then answer each receiver with one message."""
-        handled = 0
         unsent = self._unsent
-        try:
-            self._buffer.prefetch([mail.deliver.command for mail in mails])
-            for mail in mails:
-                if not self._pool._claim(self._slot, mail.seq):
-                    continue
-                handled += 1
-                deliver = mail.deliver
-                self._inflight = deliver
-                for reply in self._dispatcher.process(deliver.command):
-                    queued = unsent.get(deliver.reply_to)
-                    if queued is None:
-                        unsent[deliver.reply_to] = [reply]
-                    else:
-                        queued.append(reply)
-                self._inflight = None
-            self._commit_and_send()
-        finally:
-            if handled and self._activity is not None:
-                self._activity.end(handled)
+        self._buffer.prefetch([mail.deliver.command for mail in mails])
+        for mail in mails:
+            if not self._pool._claim(self._slot, mail.seq):
+                continue
+            self._owed += 1
+            deliver = mail.deliver
+            self._inflight = deliver
+            for reply in self._dispatcher.process(deliver.command):
+                queued = unsent.get(deliver.reply_to)
+                if queued is None:
+                    unsent[deliver.reply_to] = [reply]
+                else:
+                    queued.append(reply)
+            self._inflight = None
+        self._commit_and_send()
+        self._settle_owed()
+
+    def _settle_owed(self) -> None:
+        """Count the deliveries handled as done, once what they caused has been sent. After a
+        crash ``on_failure`` does it, after sending the replies and the crash reply."""
+        owed, self._owed = self._owed, 0
+        if owed and self._activity is not None:
+            self._activity.end(owed)
 
     def _handle(self, deliver: Deliver) -> None:
         self._inflight = deliver
@@ -264,9 +266,11 @@ class _ServiceActor(pykka.ThreadingActor):
                 exc = exc.__cause__  # report the BaseException itself, not its wrapper
             if deliver is not None:
                 self._send(deliver.reply_to, self._dispatcher.crash_reply(deliver.command, exc))
+            self._settle_owed()
             self._pool._restart(self._slot, self.actor_ref, exc)
         except Exception:
             logger.exception("%s: supervision failed", self._slot.label)
+            self._settle_owed()
 
     def on_stop(self) -> None:
         """After a clean stop: the instance is stopped for good; leftovers become dead letters."""

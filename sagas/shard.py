@@ -32,6 +32,7 @@ from actors import (
     Replies,
     Reply,
     Scheduler,
+    SchedulerStopped,
     fast_inbox,
 )
 
@@ -238,7 +239,10 @@ class Shard(pykka.ThreadingActor):
             kind = type(message)
             if kind is Replies:
                 for reply in message.replies:
-                    self._reply(reply)
+                    try:  # one reply's trouble must not drop the others
+                        self._reply(reply)
+                    except Exception:
+                        log.exception("shard %d: failed to handle %r", self.index, reply)
             elif kind is Reply:
                 self._reply(message)
             elif kind is SagaSignal:
@@ -258,14 +262,22 @@ class Shard(pykka.ThreadingActor):
         pending = self._pending
         pending.handled += 1
         if pending.events >= MAX_BATCH_EVENTS or self.actor_inbox.empty():
-            self._flush()
+            self._safe_flush()
         return None
 
     def on_stop(self) -> None:
-        self._flush()
+        self._safe_flush()
+
+    def _safe_flush(self) -> None:
+        try:
+            self._flush()
+        except Exception:  # a bug: logged, and the shard lives on (pykka would stop it)
+            log.exception("shard %d: acting on a commit failed", self.index)
 
     def _reply(self, reply: Reply) -> None:
         command = reply.command
+        if command.saga_id in self._pending.new_ids:
+            return  # a saga whose start is not committed has sent nothing: a stray reply
         saga = self.sagas.get(command.saga_id)
         if saga is None:
             return  # the saga has ended (or is driven elsewhere): nothing is recorded
@@ -337,13 +349,19 @@ class Shard(pykka.ThreadingActor):
         self._flush()
         try:
             wanted = [saga_id for saga_id in message.saga_ids if saga_id not in self.sagas]
-            hosted = 0
-            for record in self.store.load_many(wanted):
-                if self._host_record(record, flush=False) is not None:
-                    hosted += 1
-            self._pending.after.append((None, [], [], message.ticket, hosted))
+            records = self.store.load_many(wanted)
         except BaseException as exc:
             message.ticket.resolve(error=exc)
+            return
+        hosted = 0
+        for record in records:
+            try:  # one saga that cannot be hosted must not strand the rest of the chunk
+                if self._host_record(record, flush=False) is not None:
+                    hosted += 1
+            except Exception:
+                log.exception("shard %d: saga %s could not be put back in motion",
+                              self.index, record.header.saga_id)
+        self._pending.after.append((None, [], [], message.ticket, hosted))
 
     def _host(self, saga_id: str) -> core.Saga | None:
         """Load, replay and resume a saga from the store; None if it cannot run here."""
@@ -420,28 +438,41 @@ class Shard(pykka.ThreadingActor):
                 pending.handled = 0
             return
         self._pending = _Pending()
-        refused = self._commit(pending)
-        sends: dict[Any, list[Command]] = {}
-        for saga, events, commands, ticket, answer in pending.after:
-            if saga is not None:
-                saga_id = saga.saga_id
-                if saga_id in refused:
-                    if ticket is not None:
-                        ticket.resolve(*refused[saga_id])
-                    continue
-                if events:
-                    self._notify(saga_id, events)
-            if ticket is not None:
-                ticket.resolve(answer)
-            if commands:
-                self._act(commands, sends)
-        for pool, messages in sends.items():
-            try:
-                pool.tell_many(messages, self.me)
-            except Exception:  # their timeouts are armed: the attempts time out and are retried
-                log.exception("shard %d: could not send %d commands", self.index, len(messages))
-        if pending.handled:
-            self.activity.end(pending.handled)
+        try:
+            refused = self._commit(pending)
+            sends: dict[Any, list[Command]] = {}
+            for saga, events, commands, ticket, answer in pending.after:
+                try:
+                    self._after_commit(saga, events, commands, ticket, answer, refused, sends)
+                except Exception:  # a bug in one saga's follow-up must not skip the others'
+                    log.exception("shard %d: acting on saga %s failed", self.index,
+                                  saga.saga_id if saga is not None else None)
+            for pool, messages in sends.items():
+                try:
+                    pool.tell_many(messages, self.me)
+                except Exception:  # their timeouts are armed: the attempts time out and retry
+                    log.exception("shard %d: could not send %d commands", self.index,
+                                  len(messages))
+        finally:
+            if pending.handled:
+                self.activity.end(pending.handled)
+
+    def _after_commit(self, saga: core.Saga | None, events: list[Event],
+                      commands: list[core.Command], ticket: Ticket | None, answer: Any,
+                      refused: dict[str, tuple[Any, BaseException | None]],
+                      sends: dict[Any, list[Command]]) -> None:
+        if saga is not None:
+            saga_id = saga.saga_id
+            if saga_id in refused:
+                if ticket is not None:
+                    ticket.resolve(*refused[saga_id])
+                return
+            if events:
+                self._notify(saga_id, events)
+        if ticket is not None:
+            ticket.resolve(answer)
+        if commands:
+            self._act(commands, sends)
 
     def _commit(self, pending: _Pending) -> dict[str, tuple[Any, BaseException | None]]:
         """Write the batch in one transaction; the sagas refused, with their ticket's answer.
@@ -578,15 +609,23 @@ class Shard(pykka.ThreadingActor):
             self._arm_wake(command.at)
 
     def _arm_wake(self, at: float) -> None:
-        old = self._wake_handle
-        self._wake_at = at
-        self._wake_handle = self.scheduler.schedule(at, self.actor_ref, WAKE)
+        try:
+            handle = self.scheduler.schedule(at, self.actor_ref, WAKE)
+        except SchedulerStopped:  # the runtime is closing: the timers die with it (resume)
+            return
+        old, self._wake_handle, self._wake_at = self._wake_handle, handle, at
         if old is not None:
             self.scheduler.cancel(old)
 
     def _fire_timers(self) -> None:
         """Handle every live timer due by now, in due order, then re-arm the wake-up."""
         self._wake_at = None
+        try:
+            self._fire_due()
+        finally:  # whatever happened, the remaining timers keep a wake-up
+            self._rearm()
+
+    def _fire_due(self) -> None:
         now = self.env.now()
         heap, timers = self._timer_heap, self._timers
         while heap and heap[0][0] <= now:
@@ -596,11 +635,17 @@ class Shard(pykka.ThreadingActor):
                 continue  # replaced or cancelled
             del timers[key]
             saga_id = key[0]
-            if saga_id in self._pending.new_ids:
-                self._flush()
-            saga = self.sagas.get(saga_id)
-            if saga is not None:
-                self._decide(saga, live[1])
+            try:
+                if saga_id in self._pending.new_ids:
+                    self._flush()
+                saga = self.sagas.get(saga_id)
+                if saga is not None:
+                    self._decide(saga, live[1])
+            except Exception:
+                log.exception("shard %d: saga %s: its timer failed", self.index, saga_id)
+
+    def _rearm(self) -> None:
+        heap, timers = self._timer_heap, self._timers
         while heap:
             _, seq, key = heap[0]
             live = timers.get(key)
