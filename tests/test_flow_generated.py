@@ -40,6 +40,7 @@ class SpecStep:
     compensation: str | None
     pivot: bool
     on_compensation_failure: str  # park | retry_forever
+    delay: bool = False  # a timed pause: never fails, nothing to compensate
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ RETRY = st.fixed_dictionaries({}, optional={
     "jitter": st.booleans(),
 })
 ON_FAILURE = st.sampled_from(["park", "retry_forever"])
+DELAY = st.sampled_from(["10ms", "5s", "2m", "1h", 1, 2.5])
 
 
 def shuffled(draw: Any, mapping: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +101,10 @@ def flows(draw: Any) -> tuple[str, list[SpecStep]]:
     steps, spec = [], []
     for i, name in enumerate(names):
         before_pivot = pivot is None or i < pivot
+        if i != pivot and draw(st.integers(0, 4)) == 0:  # a delay (issue 7)
+            steps.append(shuffled(draw, {"name": name, "delay": draw(DELAY)}))
+            spec.append(SpecStep(name, None, False, "park", delay=True))
+            continue
         step: dict[str, Any] = {"name": name, "service": draw(st.sampled_from(services)),
                                 "action": draw(IDENT)}
         compensation = draw(st.none() | IDENT) if before_pivot else None
@@ -201,8 +207,9 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, list[Sp
     assert [s.name for s in loaded.steps] == [s.name for s in spec]
     assert [s.compensation for s in loaded.steps] == [s.compensation for s in spec]
     assert [s.pivot for s in loaded.steps] == [s.pivot for s in spec]
-    assert [s.on_compensation_failure for s in loaded.steps] == [
-        s.on_compensation_failure for s in spec]
+    assert [s.on_compensation_failure for s in loaded.steps if not s.is_delay] == [
+        s.on_compensation_failure for s in spec if not s.delay]
+    assert [s.is_delay for s in loaded.steps] == [s.delay for s in spec]
 
     compiled = compile_flow(loaded)
     table = machine_table(compiled)
@@ -248,9 +255,18 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, list[Sp
             assert (state, "exhausted") not in table
         assert (state, "rejected") not in table
 
+    # a delay is never rejected; a cancel or the deadline exhausts it like a step without a
+    # compensation
+    for index, s in enumerate(spec):
+        if s.delay:
+            assert (f"step:{s.name}", "rejected") not in table
+            assert walk(compiled, table, s.name, "error") == reference(spec, index, "error")
+
     # every (step, kind): the machine agrees with DESIGN, compensations in reverse step order
     machine = {}
     for index, name in enumerate(names):
+        if spec[index].delay:
+            continue  # cannot fail: no plan (saga plan --fail refuses it)
         for kind in KINDS:
             outcome = walk(compiled, table, name, kind)
             assert outcome == reference(spec, index, kind), (name, kind)
@@ -273,7 +289,10 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, list[Sp
         seen.add(key)
     assert seen == set(machine)
 
-    name = data.draw(st.sampled_from(names), label="--fail")
+    failing = [s.name for s in spec if not s.delay]
+    if not failing:
+        return
+    name = data.draw(st.sampled_from(failing), label="--fail")
     kind = data.draw(st.sampled_from(KINDS), label="--kind")
     result = runner.invoke(main, ["plan", str(path), "--fail", name, "--kind", kind, "--json"])
     assert result.exit_code == 0, result.output
