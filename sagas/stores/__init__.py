@@ -24,6 +24,7 @@ from sagas.errors import BadStoreUrl
 from sagas.stores._base import (
     TERMINAL,
     Append,
+    ExternalEvent,
     NewSaga,
     Request,
     SagaHeader,
@@ -37,6 +38,7 @@ from sagas.stores.sqlite import SYNCHRONOUS, SqliteStore
 __all__ = [
     "TERMINAL",
     "Append",
+    "ExternalEvent",
     "MemoryStore",
     "NewSaga",
     "Request",

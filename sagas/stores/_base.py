@@ -12,19 +12,30 @@ commits a whole mailbox drain at once (``create`` and ``append`` are its one-kin
 
 Flow definitions are stored once per sha256 (``definitions``), so every saga can be resumed on
 the exact text it started with.
+
+External events (``saga send PaymentConfirmed --key o-1``) are kept apart from the sagas'
+logs, each with a global ``position`` of its own: ``send_event`` records one (at most once per
+``event_id``) whether or not a saga waits for it yet, owners poll ``events_after``, and a
+waiting saga takes one with ``claim_event``, which hands each event to one saga only.
 """
 
 from __future__ import annotations
 
+import builtins
+import math
+import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from ..events import Event as StoredEvent
+from ._common import encode
 
 __all__ = [
     "TERMINAL",
     "Append",
+    "ExternalEvent",
     "NewSaga",
     "Request",
     "SagaHeader",
@@ -103,6 +114,132 @@ class Append:
     status: str
     reason: str | None
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalEvent:
+    """An event sent to sagas from outside (``saga send``), as the store keeps it.
+
+    ``type`` and ``key`` say which waiting saga may take it (one waiting for that event type
+    with that correlation key); ``consumed_by`` is the saga that took it, if one has.
+    """
+
+    position: int  # global order of arrival, from 1, increasing
+    event_id: str  # the sender's id, or a generated one (uuid4 hex)
+    type: str  # e.g. "PaymentConfirmed"
+    key: str  # the correlation key, e.g. "o-1"
+    data: dict[str, Any]  # a JSON object (a private copy on every read)
+    sent_at: float
+    consumed_by: str | None  # the saga that took it, or None
+    consumed_at: float | None
+
+
+EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
+"""What an external event's type is: a letter, then up to 127 of ``A-Za-z0-9_.-``."""
+
+EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+"""What an external event's id is: 1 to 128 of ``A-Za-z0-9_.:-``."""
+
+MAX_KEY = 512
+"""The longest correlation key, in characters."""
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short for an error message of one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}... ({len(text)} characters)"
+
+
+def _kind(value: object) -> str:
+    """The name of ``value``'s class, for messages (``type`` is a parameter below)."""
+    return builtins.type(value).__name__
+
+
+def check_event_match(type: str, key: str) -> None:
+    """``ValueError`` / ``TypeError`` unless ``type`` is a valid external event type and
+    ``key`` a valid correlation key (messages fit for a command-line user)."""
+    if not isinstance(type, str):
+        raise TypeError(f"an event type is a string, got {_kind(type)}")
+    if not EVENT_TYPE.fullmatch(type):
+        raise ValueError(
+            "an event type is a letter then up to 127 of A-Z a-z 0-9 _ . - "
+            f"(e.g. PaymentConfirmed), got {_shown(type)}"
+        )
+    if not isinstance(key, str):
+        raise TypeError(f"an event key is a string, got {_kind(key)}")
+    if not key or len(key) > MAX_KEY:
+        raise ValueError(
+            f"an event key is a non-empty string of at most {MAX_KEY} characters, "
+            f"got {_shown(key)}"
+        )
+    _check_text("an event key", key)
+
+
+def _check_text(what: str, text: str) -> None:
+    """``ValueError`` if ``text`` has no UTF-8 form (a lone surrogate, as undecodable bytes
+    of a command line become): SQLite could not store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (it has a lone surrogate)") from None
+
+
+def check_time(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite number (of seconds), else ``TypeError`` /
+    ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} is a number of seconds, got {_kind(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is a finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_claim(type: str, key: str, saga_id: str, at: float) -> float:
+    """``at`` as a float if ``claim_event``'s arguments are valid, else ``ValueError`` /
+    ``TypeError``."""
+    check_event_match(type, key)
+    if not isinstance(saga_id, str):
+        raise TypeError(f"a saga id is a string, got {_kind(saga_id)}")
+    if not saga_id:
+        raise ValueError(f"a saga id is a non-empty string, got {_shown(saga_id)}")
+    return check_time("at", at)
+
+
+def external_event_fields(
+    type: str, key: str, data: dict[str, Any] | None, event_id: str | None, sent_at: float
+) -> tuple[str, str, str, str, float]:
+    """What ``send_event`` writes, checked: ``(event_id, type, key, data as JSON text,
+    sent_at)``, with a fresh uuid4 hex id when ``event_id`` is ``None``.
+
+    ``ValueError`` / ``TypeError``, with a message fit for a command-line user, for an
+    invalid type, key or id, data that is not a JSON object (``None`` means ``{}``; NaN and
+    infinity are refused) and a ``sent_at`` that is not a finite number.
+    """
+    check_event_match(type, key)
+    if event_id is None:
+        event_id = new_event_id()
+    elif not isinstance(event_id, str):
+        raise TypeError(f"an event id is a string, got {_kind(event_id)}")
+    elif not EVENT_ID.fullmatch(event_id):
+        raise ValueError(f"an event id is 1 to 128 of A-Z a-z 0-9 _ . : -, got {_shown(event_id)}")
+    if data is None:
+        data_json = "{}"
+    elif not isinstance(data, dict):
+        raise TypeError(f"event data must be a JSON object, got {_kind(data)}")
+    else:
+        try:
+            data_json = encode(data)
+        except TypeError as err:
+            raise TypeError(f"event data is not JSON: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"event data is not JSON: {err}") from err
+        _check_text("event data", data_json)
+    return event_id, type, key, data_json, check_time("sent_at", sent_at)
+
+
+def new_event_id() -> str:
+    """A fresh external event id: a uuid4 in hex."""
+    return uuid.uuid4().hex
 
 
 @runtime_checkable
@@ -219,6 +356,42 @@ class SagaStore(Protocol):
 
     def complete_request(self, request_id: int) -> None:
         """Mark a request handled; it is no longer returned as pending."""
+        ...
+
+    # -- external events (``saga send``) -------------------------------------------------------
+    def send_event(
+        self,
+        type: str,
+        key: str,
+        data: dict[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        sent_at: float,
+    ) -> tuple[ExternalEvent, bool]:
+        """Record an external event, committed before it returns, whether or not a saga waits
+        for it yet: ``(event, True)``; or ``(the existing event, False)`` when an event with
+        that ``event_id`` exists already (then nothing is written, whatever the rest of the
+        arguments: a duplicate is ignored). Without ``event_id`` a uuid4 hex one is made.
+
+        The arguments are checked first (see :func:`external_event_fields`): ``ValueError`` /
+        ``TypeError`` with a message fit for a command-line user, nothing written.
+        """
+        ...
+
+    def events_after(self, position: int = 0, limit: int = 1000) -> list[ExternalEvent]:
+        """At most ``limit`` external events with a position above ``position``, in position
+        order (the owners' pollers)."""
+        ...
+
+    def claim_event(self, type: str, key: str, saga_id: str, *, at: float) -> ExternalEvent | None:
+        """Atomically take the external event a waiting saga consumes.
+
+        The event of that type and key this ``saga_id`` claimed already, if any (idempotent:
+        a saga that crashed after claiming gets the same event again, even if newer ones
+        arrived); else the oldest unclaimed one, now marked ``consumed_by=saga_id``,
+        ``consumed_at=at``; ``None`` if there is none. Of concurrent claimers (threads or
+        processes) no two ever get one event.
+        """
         ...
 
     @property

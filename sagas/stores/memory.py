@@ -17,6 +17,12 @@ that each append to a saga copies its events, a cost quadratic in the length of 
 nothing for the tens of events a saga usually has, felt from thousands of events on one saga,
 which this store (for tests and throwaway runs) does not expect.
 
+External events (``saga send``) follow the same rule: each is one tuple of plain values in a
+log of frozen chunks, like the sagas' global log; who consumed it lives in dicts from position
+to saga id and time, and the queue of unclaimed events of each (type, key) is a chain of
+positions in dicts of strings and ints (the next event of the same type and key, and the first
+unclaimed one of each), never tracked either.
+
 Ownership lives in the store object too: an owner is alive while it is registered on this object
 (:meth:`MemoryStore.register_owner`) and until :meth:`MemoryStore.close`; any other owner is dead.
 The service inbox is an :class:`actors.MemoryInbox`.
@@ -36,11 +42,15 @@ from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores._base import (
     TERMINAL,
     Append,
+    ExternalEvent,
     NewSaga,
     Request,
     SagaHeader,
     SagaRecord,
     StoredEvent,
+    check_claim,
+    external_event_fields,
+    new_event_id,
 )
 from sagas.stores._common import check_owner as _check_owner
 from sagas.stores._common import decode as _decode
@@ -70,8 +80,51 @@ _SAGA_ID, _FLOW, _DEFINITION, _STATUS, _STARTED_AT, _OWNER, _EVENTS = 0, 1, 3, 5
 # An event to write, with its data as JSON text.
 _Encoded = tuple[StoredEvent, str]
 
+# An external event as kept: (position, event_id, type, key, data JSON, sent_at).
+_Sent = tuple[int, str, str, str, str, float]
+
 _CHUNK = 1024
-"""Events per frozen chunk of the global log."""
+"""Events per frozen chunk of the global log (and of the external events' log)."""
+
+
+# An external event with who consumed it and when: (row, consumed_by, consumed_at).
+_Taken = tuple[_Sent, "str | None", "float | None"]
+
+
+def _external(taken: _Taken) -> ExternalEvent:
+    """The external event of ``taken``, with a fresh copy of its data."""
+    (position, event_id, type_, key, data, sent_at), consumed_by, consumed_at = taken
+    return ExternalEvent(position, event_id, type_, key, _decode(data), sent_at, consumed_by,
+                         consumed_at)
+
+
+def _match(type_: str, key: str) -> str:
+    """The one string naming an external event's (type, key): a type has no NUL in it."""
+    return f"{type_}\0{key}"
+
+
+def _claim(type_: str, key: str, saga_id: str) -> str:
+    """The one string naming (type, key, saga_id): the key's length tells where it ends."""
+    return f"{type_}\0{len(key)}\0{key}{saga_id}"
+
+
+def _slice(chunks: builtins.list[tuple[Any, ...]], tail: builtins.list[Any], start: int,
+           stop: int) -> builtins.list[Any]:
+    """Items ``start`` to ``stop`` (excluded) of the concatenation of ``chunks`` (frozen,
+    :data:`_CHUNK` items each) and ``tail``; ``stop`` is at most their total length."""
+    frozen = len(chunks) * _CHUNK
+    if start >= frozen:  # all in the tail (a reader keeping up with the writers)
+        return tail[start - frozen : stop - frozen]
+    items: builtins.list[Any] = []
+    index = start
+    while index < min(stop, frozen):
+        chunk, offset = divmod(index, _CHUNK)
+        end = min(stop - chunk * _CHUNK, _CHUNK)
+        items += chunks[chunk][offset:end]
+        index = chunk * _CHUNK + end
+    if index < stop:
+        items += tail[index - frozen : stop - frozen]
+    return items
 
 
 def _header(saga: _Saga) -> SagaHeader:
@@ -175,6 +228,21 @@ class MemoryStore:
         self._owners: set[str] = set()
         self._pending: dict[int, _PendingRequest] = {}  # request_id -> request, in id order
         self._last_request_id = 0
+        # External events: the log as the global one (position p at index p - 1), the ids
+        # (event_id -> position), who took which (position -> saga id, position -> time) and
+        # which a saga took (_claim(type, key, saga_id) -> position). The unclaimed events of
+        # one (type, key) are the end of a chain: _first_unclaimed[_match(type, key)], then
+        # _next_same[position]... up to _last_sent[_match(type, key)].
+        self._sent_chunks: builtins.list[tuple[_Sent, ...]] = []
+        self._sent_tail: builtins.list[_Sent] = []
+        self._last_sent_position = 0
+        self._event_ids: dict[str, int] = {}
+        self._consumed_by: dict[int, str] = {}
+        self._consumed_at: dict[int, float] = {}
+        self._claimed: dict[str, int] = {}
+        self._first_unclaimed: dict[str, int] = {}
+        self._last_sent: dict[str, int] = {}
+        self._next_same: dict[int, int] = {}
         self._inbox = MemoryInbox()
 
     def __repr__(self) -> str:
@@ -410,20 +478,7 @@ class MemoryStore:
     def _log_slice(self, start: int, stop: int) -> builtins.list[_Entry]:
         """The global log's events at indices ``start`` to ``stop`` (excluded): positions
         ``start + 1`` to ``stop``; ``stop`` is at most the last position."""
-        chunks = self._chunks
-        frozen = len(chunks) * _CHUNK
-        if start >= frozen:  # all in the tail (a reader keeping up with the writers)
-            return self._tail[start - frozen : stop - frozen]
-        entries: builtins.list[_Entry] = []
-        index = start
-        while index < min(stop, frozen):
-            chunk, offset = divmod(index, _CHUNK)
-            end = min(stop - chunk * _CHUNK, _CHUNK)
-            entries += chunks[chunk][offset:end]
-            index = chunk * _CHUNK + end
-        if index < stop:
-            entries += self._tail[index - frozen : stop - frozen]
-        return entries
+        return _slice(self._chunks, self._tail, start, stop)
 
     def definition(self, sha256: str) -> str:
         """The flow text stored under that sha256; ``KeyError`` if absent."""
@@ -519,6 +574,116 @@ class MemoryStore:
             self._check_open()
             self._pending.pop(request_id, None)
 
+    # -- external events ----------------------------------------------------------------------
+
+    def send_event(
+        self,
+        type: str,
+        key: str,
+        data: dict[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        sent_at: float,
+    ) -> tuple[ExternalEvent, bool]:
+        """Record an external event: ``(event, True)``, or ``(the existing event, False)``
+        when one with that ``event_id`` exists (nothing is written then, whatever the other
+        arguments). Without ``event_id`` a uuid4 hex one is made.
+
+        ``ValueError`` / ``TypeError`` (nothing written) for an invalid type, key, id,
+        ``sent_at`` or data that is not a JSON object (``None`` means ``{}``).
+        """
+        generated = event_id is None
+        fields = external_event_fields(type, key, data, event_id, sent_at)
+        with self._lock:
+            self._check_open()
+            event_ids = self._event_ids
+            if not generated and fields[0] in event_ids:
+                existing: _Taken | None = self._consumed(self._sent_row(event_ids[fields[0]]))
+            else:
+                existing = None
+                while fields[0] in event_ids:  # a uuid4 collision: never, in practice
+                    fields = (new_event_id(), *fields[1:])
+                row = self._add_sent(fields)
+        if existing is not None:
+            return _external(existing), False
+        return _external((row, None, None)), True
+
+    def _add_sent(self, fields: tuple[str, str, str, str, float]) -> _Sent:
+        """Put an external event (``(event_id, type, key, data JSON, sent_at)``, its id new)
+        at the end of the external events' log, unclaimed; its row."""
+        position = self._last_sent_position + 1
+        event_id, type_, key, data, sent_at = fields
+        row: _Sent = (position, event_id, type_, key, data, sent_at)
+        self._last_sent_position = position
+        tail = self._sent_tail
+        tail.append(row)
+        if len(tail) == _CHUNK:
+            self._sent_chunks.append(tuple(tail))
+            tail.clear()
+        self._event_ids[event_id] = position
+        match = _match(type_, key)
+        last = self._last_sent.get(match)
+        if last is None:
+            self._first_unclaimed[match] = position
+        else:
+            self._next_same[last] = position
+        self._last_sent[match] = position
+        return row
+
+    def events_after(self, position: int = 0, limit: int = 1000) -> builtins.list[ExternalEvent]:
+        """Up to ``limit`` external events with a position above ``position``, in position
+        order."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        start = max(position, 0)
+        with self._lock:
+            self._check_open()
+            stop = min(start + limit, self._last_sent_position)
+            rows = _slice(self._sent_chunks, self._sent_tail, start, stop)
+            taken = [self._consumed(row) for row in rows]
+        return [_external(t) for t in taken]
+
+    def claim_event(self, type: str, key: str, saga_id: str, *, at: float) -> ExternalEvent | None:
+        """The external event of that type and key ``saga_id`` took already, if any; else the
+        oldest unclaimed one, taken now (``consumed_by=saga_id``, ``consumed_at=at``); else
+        ``None``. Atomic: of concurrent claimers, one takes each event.
+
+        ``ValueError`` / ``TypeError`` for an invalid type, key, saga id or ``at``.
+        """
+        at = check_claim(type, key, saga_id, at)
+        claim = _claim(type, key, saga_id)
+        with self._lock:
+            self._check_open()
+            position = self._claimed.get(claim)
+            if position is None:
+                match = _match(type, key)
+                position = self._first_unclaimed.get(match)
+                if position is None:
+                    return None
+                following = self._next_same.pop(position, None)
+                if following is None:  # it was the last of the chain
+                    del self._first_unclaimed[match], self._last_sent[match]
+                else:
+                    self._first_unclaimed[match] = following
+                self._consumed_by[position] = saga_id
+                self._consumed_at[position] = at
+                self._claimed[claim] = position
+            taken = self._consumed(self._sent_row(position))
+        return _external(taken)
+
+    def _sent_row(self, position: int) -> _Sent:
+        """The external event at ``position`` (which exists), as kept."""
+        index = position - 1
+        frozen = len(self._sent_chunks) * _CHUNK
+        if index >= frozen:
+            return self._sent_tail[index - frozen]
+        return self._sent_chunks[index // _CHUNK][index % _CHUNK]
+
+    def _consumed(self, row: _Sent) -> _Taken:
+        """``row`` with who consumed it and when (under the lock)."""
+        position = row[0]
+        return row, self._consumed_by.get(position), self._consumed_at.get(position)
+
     # -- the service inbox --------------------------------------------------------------------
 
     @property
@@ -540,6 +705,12 @@ class MemoryStore:
             self._last_position = 0
             self._owners.clear()
             self._pending.clear()
+            self._sent_chunks.clear()
+            self._sent_tail.clear()
+            self._last_sent_position = 0
+            for index in (self._event_ids, self._consumed_by, self._consumed_at, self._claimed,
+                          self._first_unclaimed, self._last_sent, self._next_same):
+                index.clear()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -12,7 +12,7 @@ one read transaction, so its statements agree.
 ``synchronous=normal`` (the default) survives a crash of the process; ``synchronous=full`` also
 survives a power loss, at the cost of an fsync per commit.
 
-Schema (version 2)::
+Schema (version 3)::
 
     meta(key PRIMARY KEY, value)                      -- key 'schema_version'
     definitions(sha256 PRIMARY KEY, text)
@@ -24,11 +24,15 @@ Schema (version 2)::
              handled)                                 -- pending ones indexed by saga_id
     inbox(key PRIMARY KEY, outcome, output, error)    -- services' definitive replies
     tombstones(key PRIMARY KEY)                       -- actions whose compensation started
+    external_events(position INTEGER PRIMARY KEY AUTOINCREMENT, event_id UNIQUE, type, key,
+                    data, sent_at, consumed_by, consumed_at)
+                                                      -- indexed by type, key, consumed_by
 
 ``input``, ``data`` and ``output`` hold compact JSON text. Their columns are declared ``TEXT``,
 not ``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the JSON text
 ``3`` into the integer 3. Version 2 added ``sagas.owner``, ``requests``, ``inbox`` and
-``tombstones``; a version-1 file is migrated forward in place when opened (one transaction).
+``tombstones``, version 3 ``external_events``; an older file is migrated forward in place when
+opened (one transaction).
 
 Ownership (several processes sharing one file): a runtime registers its owner id with
 :meth:`SqliteStore.register_owner`, which takes an exclusive ``flock`` on
@@ -64,11 +68,15 @@ from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores._base import (
     TERMINAL,
     Append,
+    ExternalEvent,
     NewSaga,
     Request,
     SagaHeader,
     SagaRecord,
     StoredEvent,
+    check_claim,
+    external_event_fields,
+    new_event_id,
 )
 from sagas.stores._common import OWNER_ID as _OWNER_ID
 from sagas.stores._common import check_owner as _check_owner
@@ -80,7 +88,7 @@ __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "SqliteInbox", "SqliteStore"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this code writes and reads (older ones are migrated forward on open)."""
 
 SYNCHRONOUS = ("normal", "full")
@@ -91,6 +99,7 @@ _TABLES = {  # the tables of each schema version
     1: frozenset({"meta", "definitions", "sagas", "events"}),
     2: frozenset({"meta", "definitions", "sagas", "events", "requests", "inbox", "tombstones"}),
 }
+_TABLES[3] = _TABLES[2] | {"external_events"}
 
 _OWNER_GRACE = 0.2
 """Seconds ``register_owner`` retries a lock file held by someone checking whether a dead
@@ -164,7 +173,21 @@ _V2_TABLES = (
     "CREATE TABLE tombstones (key TEXT PRIMARY KEY) WITHOUT ROWID",
 )
 
-_SCHEMA += _V2_TABLES
+_V3_TABLES = (
+    """CREATE TABLE external_events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        key TEXT NOT NULL,
+        data TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        consumed_by TEXT,
+        consumed_at REAL
+    )""",
+    "CREATE INDEX external_events_by_match ON external_events (type, key, consumed_by, position)",
+)
+
+_SCHEMA += _V2_TABLES + _V3_TABLES
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # from version n to n + 1
@@ -173,6 +196,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX sagas_by_owner ON sagas (owner)",
         *_V2_TABLES,
     ),
+    2: _V3_TABLES,
 }
 
 _HEADER_COLUMNS = (
@@ -244,6 +268,29 @@ _SELECT_REPLY = "SELECT outcome, output, error FROM inbox WHERE key = ?"
 _PUT_REPLY = "INSERT OR REPLACE INTO inbox (key, outcome, output, error) VALUES (?, ?, ?, ?)"
 _SELECT_TOMBSTONE = "SELECT 1 FROM tombstones WHERE key = ?"
 _PUT_TOMBSTONE = "INSERT OR IGNORE INTO tombstones (key) VALUES (?)"
+
+_EXTERNAL_COLUMNS = "position, event_id, type, key, data, sent_at, consumed_by, consumed_at"
+_INSERT_EXTERNAL = (
+    "INSERT INTO external_events (event_id, type, key, data, sent_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_SELECT_EXTERNAL_BY_ID = f"SELECT {_EXTERNAL_COLUMNS} FROM external_events WHERE event_id = ?"
+_SELECT_EXTERNAL_AFTER = (
+    f"SELECT {_EXTERNAL_COLUMNS} FROM external_events WHERE position > ? ORDER BY position LIMIT ?"
+)
+# claim_event: what the saga took already, else the oldest unclaimed (both on the index)
+_SELECT_CLAIMED = (
+    f"SELECT {_EXTERNAL_COLUMNS} FROM external_events "
+    "WHERE type = ? AND key = ? AND consumed_by = ? ORDER BY position LIMIT 1"
+)
+_SELECT_UNCLAIMED = (
+    f"SELECT {_EXTERNAL_COLUMNS} FROM external_events "
+    "WHERE type = ? AND key = ? AND consumed_by IS NULL ORDER BY position LIMIT 1"
+)
+_CLAIM = (
+    "UPDATE external_events SET consumed_by = ?, consumed_at = ? "
+    "WHERE position = ? AND consumed_by IS NULL"
+)
 
 # An event row as written: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data).
 _EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str]
@@ -380,6 +427,14 @@ def _request(row: Sequence[Any]) -> Request:
     """A request from a row of ``_REQUEST_COLUMNS``."""
     request_id, saga_id, kind, data, created_at = row
     return Request(request_id, saga_id, kind, _decode(data), created_at)
+
+
+def _external(row: Sequence[Any]) -> ExternalEvent:
+    """An external event from a row of ``_EXTERNAL_COLUMNS``."""
+    position, event_id, type_, key, data, sent_at, consumed_by, consumed_at = row
+    return ExternalEvent(
+        position, event_id, type_, key, _decode(data), sent_at, consumed_by, consumed_at
+    )
 
 
 def _ids(saga_ids: Sequence[str]) -> builtins.list[str]:
@@ -1190,6 +1245,85 @@ class SqliteStore:
         """Mark the request handled (committed before it returns): it is no longer pending.
         An unknown or already completed id is ignored."""
         self._write(_COMPLETE_REQUEST, (request_id,))
+
+    # -- external events ----------------------------------------------------------------------
+
+    def send_event(
+        self,
+        type: str,
+        key: str,
+        data: dict[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        sent_at: float,
+    ) -> tuple[ExternalEvent, bool]:
+        """Record an external event, committed before it returns: ``(event, True)``, or
+        ``(the existing event, False)`` when one with that ``event_id`` exists (nothing is
+        written then, whatever the other arguments). Without ``event_id`` a uuid4 hex one is
+        made. The ``UNIQUE`` event id decides, so of concurrent sends of one id (any
+        connection or process) exactly one records it.
+
+        ``ValueError`` / ``TypeError`` (nothing written) for an invalid type, key, id,
+        ``sent_at`` or data that is not a JSON object (``None`` means ``{}``).
+        """
+        generated = event_id is None
+        params = external_event_fields(type, key, data, event_id, sent_at)
+        with self._lock:
+            db = self._connection()
+            try:
+                while True:
+                    # one statement, in autocommit; the existing row is read after it, on
+                    # the same connection (an event is never deleted, only marked consumed)
+                    cursor = db.execute(_INSERT_EXTERNAL, params)
+                    if cursor.rowcount == 1:
+                        position = cursor.lastrowid
+                        break
+                    if not generated:
+                        existing = db.execute(_SELECT_EXTERNAL_BY_ID, (params[0],)).fetchone()
+                        return _external(existing), False
+                    params = (new_event_id(), *params[1:])  # a uuid4 collision: never, in practice
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+        return _external((position, *params, None, None)), True
+
+    def events_after(self, position: int = 0, limit: int = 1000) -> builtins.list[ExternalEvent]:
+        """Up to ``limit`` external events with a position above ``position``, in position
+        order, read on this thread's read connection.
+
+        Positions are assigned under SQLite's write lock, so a reader never sees a position
+        before a smaller one is committed.
+        """
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return [_external(row) for row in self._fetch(_SELECT_EXTERNAL_AFTER, (position, limit))]
+
+    def claim_event(self, type: str, key: str, saga_id: str, *, at: float) -> ExternalEvent | None:
+        """The external event of that type and key ``saga_id`` took already, if any; else the
+        oldest unclaimed one, taken now (``consumed_by=saga_id``, ``consumed_at=at``) and
+        committed before it returns; else ``None``.
+
+        One ``BEGIN IMMEDIATE`` transaction: the event is found and marked under SQLite's
+        write lock, so of concurrent claimers (any connection or process) one takes each
+        event. ``ValueError`` / ``TypeError`` for an invalid type, key, saga id or ``at``.
+        """
+        at = check_claim(type, key, saga_id, at)
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute(_SELECT_CLAIMED, (type, key, saga_id)).fetchone()
+                    if row is None:
+                        row = db.execute(_SELECT_UNCLAIMED, (type, key)).fetchone()
+                        if row is not None:
+                            db.execute(_CLAIM, (saga_id, at, row[0]))
+                            row = (*row[:6], saga_id, at)
+                    db.execute("COMMIT")
+                finally:
+                    _rollback(db)
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+        return None if row is None else _external(row)
 
     # -- the service inbox --------------------------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 The class name does not start with ``Test``, so pytest collects only its subclasses.
 The race helpers (:func:`race_appends`, :func:`race_creates`, :func:`race_writes`,
-:func:`race_adopts`) and :func:`snapshots_agree` take two handles, so a backend can also run
-them across two connections to one store.
+:func:`race_adopts`) and :func:`snapshots_agree` take two handles (:func:`race_claims` a list
+of them), so a backend can also run them across several connections to one store.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores import (
     TERMINAL,
     Append,
+    ExternalEvent,
     NewSaga,
     Request,
     SagaHeader,
@@ -265,6 +267,50 @@ def race_adopts(
             **{saga_id: "owner-a" for saga_id in by_a},
             **{saga_id: "owner-b" for saga_id in by_b},
         }
+
+
+def race_claims(
+    stores: list[SagaStore], threads: int = 8, events: int = 40, type: str = "Paid"
+) -> None:
+    """``threads`` claimers (on the ``stores`` in turn) take ``events`` events of one (type,
+    key), each claim by a saga of its own, until none is left: every event is taken exactly
+    once, by the saga the store says consumed it."""
+    sent = [
+        stores[0].send_event(type, "race", {"n": n}, sent_at=float(n))[0] for n in range(events)
+    ]
+    stores[0].send_event(type, "other-key", sent_at=0.0)  # never taken by them
+    barrier = threading.Barrier(threads, timeout=JOIN_TIMEOUT)
+    taken: list[list[tuple[str, ExternalEvent]]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def claim(index: int) -> None:
+        store = stores[index % len(stores)]
+        try:
+            barrier.wait()
+            for n in range(events + 1):
+                saga_id = f"claimer-{index}-{n}"
+                got = store.claim_event(type, "race", saga_id, at=float(n))
+                if got is None:
+                    return
+                taken[index].append((saga_id, got))
+        except BaseException as err:  # reported to the test below
+            errors.append(err)
+
+    workers = [threading.Thread(target=claim, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(JOIN_TIMEOUT)
+        assert not worker.is_alive(), "a claimer did not finish"
+    assert errors == []
+    claims = [pair for mine in taken for pair in mine]
+    assert sorted(e.position for _, e in claims) == [e.position for e in sent]
+    assert all(e.consumed_by == saga_id for saga_id, e in claims)
+    by_position = {e.position: e for e in stores[-1].events_after(0, 10 * events)}
+    for saga_id, event in claims:
+        assert by_position[event.position].consumed_by == saga_id
+    assert [e.consumed_by for e in by_position.values() if e.key == "other-key"] == [None]
+    assert stores[-1].claim_event(type, "race", "late", at=0.0) is None
 
 
 class StoreContract:
@@ -1008,6 +1054,233 @@ class StoreContract:
         assert inbox.get("k1") is None and inbox.get("k2") is None
         assert not inbox.is_tombstoned("t1") and not inbox.is_tombstoned("t")
 
+    # -- external events (saga send) ------------------------------------------------------------
+
+    def test_sent_events_are_read_in_order_of_arrival(self, store: SagaStore) -> None:
+        assert store.events_after() == []
+        before = time.time()
+        first, new = store.send_event("PaymentConfirmed", "o-1", {"amount": 12.5}, sent_at=before)
+        assert new is True and isinstance(first, ExternalEvent)
+        assert (first.position, first.type, first.key, first.data, first.sent_at) == (
+            1, "PaymentConfirmed", "o-1", {"amount": 12.5}, before,
+        )  # fmt: skip
+        assert (first.consumed_by, first.consumed_at) == (None, None)
+        second, _ = store.send_event("Shipped", "o-2", event_id="ship-o-2", sent_at=5)
+        third, _ = store.send_event("PaymentConfirmed", "o-1", {"n": [1, None]}, sent_at=6.0)
+        assert second.event_id == "ship-o-2" and second.data == {} and second.sent_at == 5.0
+        assert first.position < second.position < third.position
+        assert store.events_after() == [first, second, third]
+        assert store.events_after(first.position) == [second, third]
+        assert store.events_after(0, limit=2) == [first, second]
+        assert store.events_after(second.position, limit=1) == [third]
+        assert store.events_after(third.position) == []
+        assert store.events_after(-5) == [first, second, third]
+        assert store.events_after(0, limit=0) == []
+        with pytest.raises(ValueError):
+            store.events_after(0, limit=-1)
+
+    def test_a_duplicate_id_is_ignored(self, store: SagaStore) -> None:
+        sent, new = store.send_event("Paid", "o-1", {"a": 1}, event_id="pay-1", sent_at=1.0)
+        assert new is True
+        for type_, key, data, at in [
+            ("Paid", "o-1", {"a": 1}, 1.0),
+            ("Refunded", "o-9", {"b": 2}, 9.0),
+            ("Paid", "o-1", None, 2.0),
+        ]:
+            assert store.send_event(type_, key, data, event_id="pay-1", sent_at=at) == (
+                sent, False,
+            )  # fmt: skip
+        assert store.events_after() == [sent]
+        taken = store.claim_event("Paid", "o-1", "s1", at=3.0)
+        assert taken is not None
+        assert store.send_event("Paid", "o-1", event_id="pay-1", sent_at=4.0) == (taken, False)
+        assert store.events_after() == [taken]
+        other, new = store.send_event("Paid", "o-1", event_id="PAY-1", sent_at=5.0)
+        assert new is True and other.position > sent.position  # ids are case-sensitive
+
+    def test_generated_ids_are_unique_uuid4_hex(self, store: SagaStore) -> None:
+        sent = [store.send_event("Tick", "k", sent_at=float(n))[0] for n in range(50)]
+        ids = [e.event_id for e in sent]
+        assert len(set(ids)) == 50
+        assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+        assert [e.event_id for e in store.events_after()] == ids
+
+    def test_event_data_is_private(self, store: SagaStore) -> None:
+        data: dict[str, Any] = {"items": [1], "nested": {"a": 1}}
+        sent, _ = store.send_event("Paid", "o-1", data, sent_at=1.0)
+        data["items"].append(2)
+        data["nested"]["b"] = 2
+        sent.data["items"].append(3)
+        (read,) = store.events_after()
+        assert read.data == {"items": [1], "nested": {"a": 1}}
+        read.data["items"].append(4)
+        taken = store.claim_event("Paid", "o-1", "s1", at=2.0)
+        assert taken is not None and taken.data == {"items": [1], "nested": {"a": 1}}
+        taken.data.clear()
+        again = store.claim_event("Paid", "o-1", "s1", at=3.0)
+        assert again is not None and again.data == {"items": [1], "nested": {"a": 1}}
+        duplicate, _ = store.send_event("Paid", "o-1", event_id=sent.event_id, sent_at=4.0)
+        assert duplicate.data == {"items": [1], "nested": {"a": 1}}
+        assert duplicate.data is not again.data
+
+    def test_claim_takes_the_oldest_unclaimed_matching_event(self, store: SagaStore) -> None:
+        a1, _ = store.send_event("Paid", "o-1", {"n": 1}, sent_at=1.0)
+        b, _ = store.send_event("Paid", "o-2", sent_at=2.0)
+        c, _ = store.send_event("Shipped", "o-1", sent_at=3.0)
+        a2, _ = store.send_event("Paid", "o-1", {"n": 2}, sent_at=4.0)
+        a3, _ = store.send_event("Paid", "o-1", {"n": 3}, sent_at=5.0)
+        taken = store.claim_event("Paid", "o-1", "s1", at=10.0)
+        assert taken is not None
+        assert (taken.position, taken.event_id, taken.data) == (a1.position, a1.event_id, {"n": 1})
+        assert (taken.consumed_by, taken.consumed_at) == ("s1", 10.0)
+        assert store.events_after() == [taken, b, c, a2, a3]  # the others untouched
+        second = store.claim_event("Paid", "o-1", "s2", at=11.0)
+        assert second is not None and second.position == a2.position
+        assert (second.consumed_by, second.consumed_at) == ("s2", 11.0)
+        third = store.claim_event("Paid", "o-1", "s3", at=12.0)
+        assert third is not None and third.position == a3.position
+        assert store.claim_event("Paid", "o-1", "s4", at=13.0) is None
+        a4, _ = store.send_event("Paid", "o-1", sent_at=14.0)  # the queue starts again
+        fourth = store.claim_event("Paid", "o-1", "s4", at=15.0)
+        assert fourth is not None and fourth.position == a4.position
+        assert [e.consumed_by for e in store.events_after()] == [
+            "s1", None, None, "s2", "s3", "s4",
+        ]  # fmt: skip
+
+    def test_a_second_claim_by_one_saga_returns_the_same_event(self, store: SagaStore) -> None:
+        first, _ = store.send_event("Paid", "o-1", {"n": 1}, sent_at=1.0)
+        taken = store.claim_event("Paid", "o-1", "s1", at=10.0)
+        store.send_event("Paid", "o-1", {"n": 2}, sent_at=2.0)  # newer ones exist
+        store.send_event("Paid", "o-1", {"n": 3}, sent_at=3.0)
+        again = store.claim_event("Paid", "o-1", "s1", at=20.0)
+        assert taken is not None and again == taken
+        assert (again.position, again.consumed_by, again.consumed_at) == (
+            first.position, "s1", 10.0,
+        )  # fmt: skip
+        assert [e.consumed_by for e in store.events_after()] == ["s1", None, None]
+        other = store.claim_event("Paid", "o-1", "s2", at=30.0)
+        assert other is not None and other.data == {"n": 2}
+
+    def test_another_saga_cannot_take_a_claimed_event(self, store: SagaStore) -> None:
+        store.send_event("Paid", "o-1", sent_at=1.0)
+        taken = store.claim_event("Paid", "o-1", "s1", at=2.0)
+        assert taken is not None
+        assert store.claim_event("Paid", "o-1", "s2", at=3.0) is None
+        (read,) = store.events_after()
+        assert read == taken and read.consumed_by == "s1" and read.consumed_at == 2.0
+
+    def test_a_claim_with_nothing_to_take_is_none(self, store: SagaStore) -> None:
+        assert store.claim_event("Paid", "o-1", "s1", at=1.0) is None
+        assert store.events_after() == []
+        store.send_event("Paid", "o-1", sent_at=2.0)
+        assert store.claim_event("Paid", "o-1", "s1", at=3.0) is not None
+        assert store.claim_event("Paid", "o-1", "s1", at=4.0) is not None  # its own, again
+
+    def test_events_of_another_type_or_key_never_match(self, store: SagaStore) -> None:
+        for type_, key in [
+            ("Paid", "o-10"),
+            ("Paid", "O-1"),
+            ("Paid", "o-1 "),
+            ("paid", "o-1"),
+            ("PaidX", "o-1"),
+            ("Pai", "do-1"),
+        ]:
+            store.send_event(type_, key, sent_at=1.0)
+        assert store.claim_event("Paid", "o-1", "s1", at=2.0) is None
+        assert store.claim_event("Paid", "o-", "s1", at=2.0) is None
+        # a saga's claim is its own for that type and key: "1s" took (Paid, "k"), "s" wants
+        # (Paid, "k1"), whose names run together the same way
+        store.send_event("Paid", "k", sent_at=3.0)
+        assert store.claim_event("Paid", "k", "1s", at=4.0) is not None
+        assert store.claim_event("Paid", "k1", "s", at=5.0) is None
+        assert store.claim_event("Pai", "dk", "1s", at=5.0) is None
+        assert [e.consumed_by for e in store.events_after()] == [None] * 6 + ["1s"]
+
+    @pytest.mark.parametrize(
+        ("args", "error"),
+        [
+            (("", "o-1"), ValueError),
+            (("1Paid", "o-1"), ValueError),
+            (("_Paid", "o-1"), ValueError),
+            (("Payment Confirmed", "o-1"), ValueError),
+            (("Paid\n", "o-1"), ValueError),
+            (("P" * 129, "o-1"), ValueError),
+            ((None, "o-1"), TypeError),
+            ((5, "o-1"), TypeError),
+            (("Paid", ""), ValueError),
+            (("Paid", "k" * 513), ValueError),
+            (("Paid", "o-\udcff"), ValueError),
+            (("Paid", None), TypeError),
+            (("Paid", 1), TypeError),
+        ],
+    )
+    def test_an_invalid_type_or_key_is_refused(
+        self, store: SagaStore, args: tuple[Any, Any], error: type[Exception]
+    ) -> None:
+        with pytest.raises(error) as caught:
+            store.send_event(*args, sent_at=1.0)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+        with pytest.raises(error):
+            store.claim_event(*args, "s1", at=1.0)
+        assert store.events_after() == []
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error"),
+        [
+            ({"event_id": ""}, ValueError),
+            ({"event_id": "pay 1"}, ValueError),
+            ({"event_id": "pay/1"}, ValueError),
+            ({"event_id": "é"}, ValueError),
+            ({"event_id": "x" * 129}, ValueError),
+            ({"event_id": 7}, TypeError),
+            ({"data": ["not", "an", "object"]}, TypeError),
+            ({"data": "{}"}, TypeError),
+            ({"data": {"x": float("nan")}}, ValueError),
+            ({"data": {"x": float("inf")}}, ValueError),
+            ({"data": {"x": object()}}, TypeError),
+            ({"data": {"x": "\ud800"}}, ValueError),
+            ({"data": {"\udcff": 1}}, ValueError),
+            ({"sent_at": "now"}, TypeError),
+            ({"sent_at": None}, TypeError),
+            ({"sent_at": True}, TypeError),
+            ({"sent_at": float("nan")}, ValueError),
+        ],
+    )
+    def test_an_invalid_id_data_or_time_is_refused_and_writes_nothing(
+        self, store: SagaStore, kwargs: dict[str, Any], error: type[Exception]
+    ) -> None:
+        arguments: dict[str, Any] = {"sent_at": 1.0, **kwargs}
+        with pytest.raises(error) as caught:
+            store.send_event("Paid", "o-1", **arguments)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+        assert store.events_after() == []
+
+    def test_the_longest_valid_type_key_and_id_are_taken(self, store: SagaStore) -> None:
+        type_, key, event_id = "P" + "a_.-9" * 25 + "xx", "é" * 512, "a:b.c_d-E" * 14 + "12"
+        assert (len(type_), len(key), len(event_id)) == (128, 512, 128)
+        sent, _ = store.send_event(type_, key, {"k": key}, event_id=event_id, sent_at=1)
+        assert (sent.type, sent.key, sent.event_id, sent.data) == (
+            type_, key, event_id, {"k": key},
+        )  # fmt: skip
+        assert store.claim_event(type_, key, "s", at=2.0) == store.events_after()[0]
+
+    @pytest.mark.parametrize(("saga_id", "error"), [("", ValueError), (None, TypeError),
+                                                    (3, TypeError)])
+    def test_a_claim_needs_a_saga_id_and_a_time(
+        self, store: SagaStore, saga_id: Any, error: type[Exception]
+    ) -> None:
+        store.send_event("Paid", "o-1", sent_at=1.0)
+        with pytest.raises(error):
+            store.claim_event("Paid", "o-1", saga_id, at=1.0)
+        with pytest.raises(TypeError):
+            store.claim_event("Paid", "o-1", "s1", at="later")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            store.claim_event("Paid", "o-1", "s1", at=float("inf"))
+        assert [e.consumed_by for e in store.events_after()] == [None]
+
+    def test_concurrent_claimers_never_share_an_event(self, store: SagaStore) -> None:
+        race_claims([store])
+
     # -- closing --------------------------------------------------------------------------------
 
     def test_a_closed_store_is_unavailable(self, store: SagaStore) -> None:
@@ -1042,6 +1315,12 @@ class StoreContract:
             store.create(new_saga("t"))
         with pytest.raises(StoreUnavailable):
             store.load_many(["s"])
+        with pytest.raises(StoreUnavailable):
+            store.send_event("Paid", "o-1", sent_at=1.0)
+        with pytest.raises(StoreUnavailable):
+            store.events_after()
+        with pytest.raises(StoreUnavailable):
+            store.claim_event("Paid", "o-1", "s", at=1.0)
 
 
 def _fields(saga: NewSaga) -> dict[str, Any]:

@@ -21,7 +21,12 @@ from actors import Command, Service, StoredReply, handles
 from actors._dispatch import Dispatcher
 from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores import Append, MemoryStore, NewSaga, SqliteStore, open_store
-from sagas.stores.sqlite import _SELECT_REQUESTS_OF_OWNER, SqliteInbox
+from sagas.stores.sqlite import (
+    _SELECT_CLAIMED,
+    _SELECT_REQUESTS_OF_OWNER,
+    _SELECT_UNCLAIMED,
+    SqliteInbox,
+)
 
 from .contract import (
     FLOW_SHA,
@@ -33,6 +38,7 @@ from .contract import (
     new_saga,
     race_adopts,
     race_appends,
+    race_claims,
     race_creates,
     race_writes,
     run_pair,
@@ -123,14 +129,14 @@ def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None
 # -- schema and settings --------------------------------------------------------------------------
 
 
-def test_schema_is_version_2_in_wal_mode(tmp_path: Path) -> None:
+def test_schema_is_version_3_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     SqliteStore(path).close()
     db = raw(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "2",
+            "3",
         )
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {
@@ -141,6 +147,7 @@ def test_schema_is_version_2_in_wal_mode(tmp_path: Path) -> None:
             "requests",
             "inbox",
             "tombstones",
+            "external_events",
         } <= tables
         indexed = {
             r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index'") if r[0]
@@ -148,6 +155,7 @@ def test_schema_is_version_2_in_wal_mode(tmp_path: Path) -> None:
         assert any("(status)" in sql for sql in indexed)
         assert any("(started_at" in sql for sql in indexed)
         assert any("(owner)" in sql for sql in indexed)
+        assert any("(type, key, consumed_by, position)" in sql for sql in indexed)
     finally:
         db.close()
 
@@ -266,6 +274,66 @@ def _v1_store(path: Path, *, drop: str | None = None, extra: str | None = None) 
     db.close()
 
 
+V2_SCHEMA = (  # the schema of version 2, as sagactor wrote it before external events
+    *V1_SCHEMA[:-1],
+    "ALTER TABLE sagas ADD COLUMN owner TEXT",
+    "CREATE INDEX sagas_by_owner ON sagas (owner)",
+    """CREATE TABLE requests (
+        request_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        saga_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        handled INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX requests_pending ON requests (saga_id) WHERE handled = 0",
+    """CREATE TABLE inbox (
+        key TEXT PRIMARY KEY,
+        outcome TEXT NOT NULL,
+        output TEXT,
+        error TEXT
+    ) WITHOUT ROWID""",
+    "CREATE TABLE tombstones (key TEXT PRIMARY KEY) WITHOUT ROWID",
+    "INSERT INTO meta (key, value) VALUES ('schema_version', '2')",
+)
+
+
+def _v2_store(path: Path, *, drop: str | None = None, extra: str | None = None) -> None:
+    """A version-2 store with two sagas ('old' running, owned by 'gone', with a pending
+    request; 'done' completed), an inbox reply and a tombstone, closed."""
+    db = raw(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    for statement in V2_SCHEMA:
+        db.execute(statement)
+    db.execute("INSERT INTO definitions VALUES (?, ?)", (FLOW_SHA, FLOW_TEXT))
+    for saga_id, status, last_seq, owner in (
+        ("old", "running", 2, "gone"),
+        ("done", "completed", 1, None),
+    ):
+        db.execute(
+            "INSERT INTO sagas VALUES (?, 'order', 1, ?, ?, ?, NULL, 1000.0, 1001.0, ?, ?)",
+            (saga_id, FLOW_SHA, f'{{"order":"{saga_id}"}}', status, last_seq, owner),
+        )
+        for seq in range(1, last_seq + 1):
+            db.execute(
+                "INSERT INTO events (saga_id, seq, type, step, attempt, at, event_id, "
+                "causation_id, data) VALUES (?, ?, 'step.started', 'reserve', 1, 1000.5, ?, "
+                "NULL, ?)",
+                (saga_id, seq, f"{saga_id}-{seq}", f'{{"seq":{seq}}}'),
+            )
+    db.execute(
+        "INSERT INTO requests (saga_id, kind, data, created_at) VALUES "
+        "('old', 'cancel', '{\"why\":\"cli\"}', 1002.0)"
+    )
+    db.execute("INSERT INTO inbox VALUES ('old:reserve', 'succeeded', '{\"id\":1}', NULL)")
+    db.execute("INSERT INTO tombstones VALUES ('done:reserve')")
+    if drop:
+        db.execute(f"DROP TABLE {drop}")
+    if extra:
+        db.execute(extra)
+    db.close()
+
+
 def _text(path: Path) -> None:
     path.write_text("order-1,reserve,ok\nthis is not a database\n")
 
@@ -330,7 +398,7 @@ DAMAGED = {
     "another application's meta table": (_other_meta_table, "not a sagactor store"),
     "newer schema": (
         _schema_version("99"),
-        "schema version 99 is newer than this sagactor supports (2)",
+        "schema version 99 is newer than this sagactor supports (3)",
     ),
     "older schema": (_schema_version("0"), "unknown schema version 0"),
     "unreadable schema version": (_schema_version("one"), "schema version"),
@@ -342,6 +410,14 @@ DAMAGED = {
     "version 1 that cannot be migrated": (
         lambda path: _v1_store(path, extra="CREATE TABLE inbox (x)"),
         "table inbox already exists",
+    ),
+    "version 2 with a table missing": (
+        lambda path: _v2_store(path, drop="requests"),
+        "requests missing",
+    ),
+    "version 2 that cannot be migrated": (
+        lambda path: _v2_store(path, extra="CREATE TABLE external_events (x)"),
+        "table external_events already exists",
     ),
 }
 
@@ -859,6 +935,7 @@ def test_public_exports() -> None:
         [
             "TERMINAL",
             "Append",
+            "ExternalEvent",
             "MemoryStore",
             "NewSaga",
             "Request",
@@ -919,9 +996,48 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
         assert store.inbox.get("old:reserve") == StoredReply("succeeded", {"id": 1}, None)
 
 
-def test_two_stores_opening_a_version_1_file_at_once_migrate_it_once(tmp_path: Path) -> None:
-    path = tmp_path / "v1.db"
-    _v1_store(path)
+def test_a_version_2_store_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    _v2_store(path)
+    with SqliteStore(path) as store:
+        assert _schema(path)["version"] == ("3",)
+        record = store.load("old")
+        assert record.header.owner == "gone" and record.header.status == "running"
+        assert record.header.input == {"order": "old"} and record.header.last_seq == 2
+        assert [e.event_id for e in record.events] == ["old-1", "old-2"]
+        assert record.definition_text == FLOW_TEXT
+        assert store.header("done").status == "completed"
+        ((_, event),) = store.read_all(2)
+        assert (event.event_id, event.position) == ("done-1", 3)
+        (request,) = store.requests_for("old")
+        assert (request.kind, request.data) == ("cancel", {"why": "cli"})
+        assert request.created_at == 1002.0
+        assert store.inbox.get("old:reserve") == StoredReply("succeeded", {"id": 1}, None)
+        assert store.inbox.is_tombstoned("done:reserve")
+        assert store.events_after() == []
+        sent, _ = store.send_event("Paid", "o-1", {"n": 1}, event_id="pay-1", sent_at=5.0)
+        assert sent.position == 1
+        taken = store.claim_event("Paid", "o-1", "old", at=6.0)
+        assert taken is not None and taken.event_id == "pay-1"
+        store.register_owner("me")
+        assert store.adopt("me") == ["old"]
+        assert [r.request_id for r in store.requests("me")] == [request.request_id]
+    fresh = tmp_path / "fresh.db"
+    SqliteStore(fresh).close()
+    assert _schema(path) == _schema(fresh)
+    with SqliteStore(path) as store:  # and it opens again as a version-3 store
+        (event,) = store.events_after()
+        assert (event.event_id, event.consumed_by, event.consumed_at) == ("pay-1", "old", 6.0)
+        assert store.send_event("Paid", "o-1", event_id="pay-1", sent_at=7.0) == (event, False)
+        assert store.header("old").owner == "me"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / f"v{version}.db"
+    (_v1_store if version == 1 else _v2_store)(path)
     stores = run_pair(lambda: SqliteStore(path), lambda: SqliteStore(path))
     try:
         assert all(isinstance(s, SqliteStore) for s in stores), stores
@@ -930,7 +1046,7 @@ def test_two_stores_opening_a_version_1_file_at_once_migrate_it_once(tmp_path: P
         for store in stores:
             if isinstance(store, SqliteStore):
                 store.close()
-    assert _schema(path)["version"] == ("2",)
+    assert _schema(path)["version"] == ("3",)
 
 
 # -- ownership across store objects and processes -------------------------------------------------
@@ -1277,3 +1393,60 @@ def test_polling_requests_reads_only_the_pending_ones(tmp_path: Path) -> None:
         steps = [row[3] for row in plan]
         assert any("r USING INDEX requests_pending" in step for step in steps), steps
         assert not any("sagas_by_owner" in step for step in steps), steps
+
+
+# -- external events across store objects and reopen ----------------------------------------------
+
+
+def test_external_events_survive_reopen_and_are_shared_by_store_objects(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as sender, SqliteStore(path) as owner:
+        sent, _ = sender.send_event("Paid", "o-1", {"amount": 3}, event_id="pay-1", sent_at=1.0)
+        assert owner.events_after() == [sent]  # the owner's poller sees another's send
+        taken = owner.claim_event("Paid", "o-1", "s1", at=2.0)
+        assert taken is not None and taken.position == sent.position
+        assert sender.send_event("Paid", "o-1", event_id="pay-1", sent_at=3.0) == (taken, False)
+        assert sender.claim_event("Paid", "o-1", "s2", at=4.0) is None
+        assert sender.claim_event("Paid", "o-1", "s1", at=5.0) == taken
+    with SqliteStore(path) as store:
+        assert store.events_after() == [taken]
+        later, _ = store.send_event("Paid", "o-1", sent_at=6.0)
+        assert later.position > taken.position
+
+
+def test_two_store_objects_claiming_at_once_never_share_an_event(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as a, SqliteStore(path) as b:
+        race_claims([a, b], threads=8, events=60)
+
+
+def test_a_claim_that_cannot_get_the_write_lock_takes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path, busy_timeout=0.05) as store:
+        store.send_event("Paid", "o-1", sent_at=1.0)
+        other = raw(path)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                store.claim_event("Paid", "o-1", "s1", at=2.0)
+            with pytest.raises(StoreUnavailable, match="locked"):
+                store.send_event("Paid", "o-1", sent_at=3.0)
+            assert [e.consumed_by for e in store.events_after()] == [None]  # reads go on
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        taken = store.claim_event("Paid", "o-1", "s1", at=4.0)
+        assert taken is not None and taken.consumed_at == 4.0
+
+
+def test_claims_find_their_event_through_the_index(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        assert store._db is not None
+        for sql, params in (
+            (_SELECT_CLAIMED, ("Paid", "o-1", "s")),
+            (_SELECT_UNCLAIMED, ("Paid", "o-1")),
+        ):
+            plan = store._db.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            steps = [row[3] for row in plan]
+            assert any("USING INDEX external_events_by_match" in step for step in steps), steps
+            assert not any("TEMP B-TREE" in step for step in steps), steps
