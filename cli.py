@@ -191,7 +191,10 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
                 message = (f"no step {fail_step!r} in flow {compiled.flow.name} "
                            f"(steps: {', '.join(names)})")
             raise click.BadParameter(message, param_hint="--fail")
-        result = make_plan(compiled, fail_step, kind)
+        try:
+            result = make_plan(compiled, fail_step, kind)
+        except ValueError as exc:  # a wait step only times out
+            raise click.BadParameter(str(exc), param_hint="--kind") from None
         if as_json:
             click.echo(json.dumps(result.to_json(), indent=2))
         else:
@@ -217,6 +220,9 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
         name = f"{step.name} (pivot)" if step.pivot else step.name
         if step.is_delay:
             table.add_row(f"{step.name} (delay)", *(["cannot fail"] * 3))
+            continue
+        if step.is_wait:
+            table.add_row(f"{step.name} (wait)", "—", "—", by_step[step.name]["timeout"])
             continue
         table.add_row(name, *(by_step[step.name][k] for k in ("rejected", "error", "timeout")))
     Console(soft_wrap=False, width=max(140, Console().width)).print(table)
@@ -347,7 +353,7 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
 
     loaded = load_flow(flow)
     inputs = _read_inputs(input_json, input_file)
-    names = [s.name for s in loaded.steps if not s.is_delay]
+    names = [s.name for s in loaded.steps if s.calls_service]
     for step in fail:
         if step not in names:
             raise click.BadParameter(f"no step {step!r} in flow {loaded.name} "
@@ -644,6 +650,51 @@ def cancel(saga_id: str, store_url: str, as_json: bool) -> None:
     A terminal saga is left as it is. Exit as `run`: 0 completed, 1 compensated, 3 failed.
     """
     _act_on(saga_id, store_url, as_json, "cancel")
+
+
+@main.command()
+@click.argument("event", metavar="EVENT")
+@click.option("--key", required=True, metavar="KEY",
+              help="The correlation key a waiting saga expects (e.g. the order id).")
+@click.option("--id", "event_id", default=None, metavar="ID",
+              help="The event's identity: sending the same id again is ignored.")
+@click.option("--data", "data_json", default=None, metavar="JSON",
+              help="The event's data, a JSON object: the wait step's output.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@handle_errors
+def send(event: str, key: str, event_id: str | None, data_json: str | None, store_url: str,
+         as_json: bool) -> None:
+    """Send EVENT to the saga that waits (or will wait) for it with this --key.
+
+    The event is kept in the store until a saga's wait_for step consumes it, so it may be sent
+    before the saga gets there, and from any shell: the process driving the saga picks it up.
+    Exit 0 when recorded or already recorded (--id), 2 for a malformed event, 5 if the store
+    cannot be used.
+    """
+    data = _parse_json(data_json, "--data") if data_json is not None else {}
+    if not isinstance(data, dict):
+        raise InputError(f"--data must be a JSON object, got {type(data).__name__}")
+    store = _open_store(store_url)
+    try:
+        import time
+
+        try:
+            recorded, created = store.send_event(event, key, data, event_id=event_id,
+                                                 sent_at=time.time())
+        except (ValueError, TypeError) as exc:
+            raise InputError(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"event_id": recorded.event_id, "event": recorded.type,
+                               "key": recorded.key, "recorded": created,
+                               "position": recorded.position}, indent=2))
+    elif created:
+        click.echo(f"sent {recorded.type} key={recorded.key} (id {recorded.event_id})")
+    else:
+        click.echo(f"already sent: {recorded.type} key={recorded.key} (id {recorded.event_id});"
+                   " ignored")
 
 
 @main.command()

@@ -173,7 +173,8 @@ def _edges(flow: Flow) -> list[Edge]:
         state = step_state(step.name)
         following = step_state(steps[i + 1].name) if i + 1 < len(steps) else COMPLETED
         edges.append(Edge(state, "succeeded", following))
-        if step.is_delay:  # a pause is never rejected; a cancel or the deadline exhausts it
+        if not step.calls_service:  # a delay or a wait is never rejected: it is exhausted by
+            # a cancel, the deadline, or (a wait) its timeout
             if pivot is None or i < pivot:
                 edges.append(Edge(state, "exhausted", backward_from(i)))
             else:

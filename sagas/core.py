@@ -19,12 +19,14 @@ as it emits events.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from .compiler import TERMINAL_STATES, CompiledFlow, StateInfo, compensation_state, step_state
 from .events import TERMINAL_EVENTS, Event
+from .model import Step
 from .paths import evaluate
 
 __all__ = [
@@ -112,7 +114,16 @@ class Retry:
     causation_id: str | None = None
 
 
-Signal = Start | ReplyReceived | TimerFired | Cancel | Retry
+class EventReceived(NamedTuple):
+    """An external event sent to the saga (``saga send``), for the wait ``(event, key)``."""
+
+    event: str
+    key: str
+    data: dict[str, Any]
+    event_id: str
+
+
+Signal = Start | ReplyReceived | TimerFired | Cancel | Retry | EventReceived
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -155,7 +166,18 @@ class Ended(NamedTuple):
     reason: str | None
 
 
-Command = Execute | SetTimer | Ended
+class Await(NamedTuple):
+    """The saga waits for the external event ``(event, key)`` (a ``wait_for`` step): deliver
+    :class:`EventReceived` once one is there, whether it was sent before or after."""
+
+    saga_id: str
+    step: str
+    attempt: int
+    event: str
+    key: str
+
+
+Command = Execute | SetTimer | Ended | Await
 
 
 # -- the saga's state ---------------------------------------------------------------------------
@@ -190,6 +212,7 @@ class Saga:
         "timed_out",
         "timeout_at",
         "updated_at",
+        "waiting",
     )
 
     def __init__(self, saga_id: str, compiled: CompiledFlow):
@@ -220,6 +243,7 @@ class Saga:
         self.key_suffix: dict[str, str] = {}  # step -> suffix of its action key after a retry
         self.started_at = 0.0
         self.updated_at = 0.0
+        self.waiting: tuple[str, str] | None = None  # (event, key) of the wait in progress
 
     @property
     def terminal(self) -> bool:
@@ -231,6 +255,15 @@ class Saga:
 
     def context(self) -> dict[str, Any]:
         return context_of(self.input, self.outputs)
+
+
+def wait_key(step: Step, context: Mapping[str, Any]) -> str:
+    """The correlation key of a ``wait_for`` step in ``context``: the text its path names (a
+    number is written as JSON; a path that names nothing gives ``"null"``), or its literal."""
+    key = step.wait_key
+    if isinstance(key, str) and key.startswith("$"):
+        key = evaluate(key, context)
+    return key if isinstance(key, str) else json.dumps(key, sort_keys=True)
 
 
 def context_of(saga_input: Any, outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,6 +295,8 @@ def apply(saga: Saga, event: Event) -> None:
         saga.next_attempt_at = None
         if kind == "step.started":
             saga.payloads[step] = data.get("payload")
+            wait = data.get("wait_for")
+            saga.waiting = (wait["event"], wait["key"]) if wait else None
     elif kind in ("step.succeeded", "step.failed", "compensation.succeeded",
                   "compensation.failed"):
         if kind == "step.succeeded":
@@ -361,6 +396,11 @@ class _Decision:
         if step.is_delay:  # a pause: its "attempt" ends when its time has passed
             self.emit("step.started", step.name, attempt,
                       {"payload": None, "timeout_at": timeout_at, "delay": step.delay}, cause)
+        elif step.is_wait:  # a wait: its "attempt" ends when its event arrives, or times out
+            self.emit("step.started", step.name, attempt,
+                      {"payload": None, "timeout_at": timeout_at,
+                       "wait_for": {"event": step.wait_event,
+                                    "key": wait_key(step, saga.context())}}, cause)
         elif info.phase == "action":
             payload = (evaluate(step.input, saga.context()) if step.input is not None
                        else saga.input)
@@ -380,6 +420,12 @@ class _Decision:
         if step.is_delay:
             self.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "delay", info.phase,
                                           step.name, saga.attempt, saga.command_id))
+            return
+        if step.is_wait:
+            assert saga.waiting is not None
+            self.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "timeout", info.phase,
+                                          step.name, saga.attempt, saga.command_id))
+            self.commands.append(Await(saga.saga_id, step.name, saga.attempt, *saga.waiting))
             return
         if info.phase == "action":
             key = f"{saga.saga_id}:{step.name}{saga.key_suffix.get(step.name, '')}"
@@ -507,6 +553,19 @@ class _Decision:
                               {"output": {}}, signal.causation_id)
             self.advance("succeeded", event.event_id)
 
+    def event(self, signal: EventReceived) -> None:
+        """The awaited event: the wait succeeds with the event's data as its output. Anything
+        else (no wait in progress, another event or key) changes nothing."""
+        saga = self.saga
+        info = saga.info
+        if (info is None or not info.step.is_wait or not saga.in_flight
+                or saga.waiting != (signal.event, signal.key)):
+            return
+        event = self.emit("step.succeeded", info.step.name, saga.attempt,
+                          {"output": signal.data, "event_id": signal.event_id},
+                          saga.command_id)
+        self.advance("succeeded", event.event_id)
+
     def cancel(self, signal: Cancel) -> None:
         """Record ``saga.cancelled``; before the pivot has succeeded, roll back as a deadline
         does. While compensating (the deadline is disarmed), or after the pivot, nothing else
@@ -550,6 +609,7 @@ def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env) -> tu
 _HANDLERS: dict[type, Callable[[_Decision, Any], None]] = {
     ReplyReceived: _Decision.reply,
     TimerFired: _Decision.timer,
+    EventReceived: _Decision.event,
     Cancel: _Decision.cancel,
     Retry: _Decision.retry,
 }

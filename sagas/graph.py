@@ -22,6 +22,8 @@ def _label(compiled: CompiledFlow, state: str) -> str:
     step = info.step
     if step.is_delay and step.delay is not None:
         return f"{step.name}: wait {format_duration(step.delay)}"
+    if step.is_wait:
+        return f"{step.name}: wait for {step.wait_event} ({step.wait_key})"
     if state.startswith(STEP_PREFIX):
         extra = " (pivot)" if step.pivot else ""
         return f"{step.name}{extra}: {step.service}.{step.action}"

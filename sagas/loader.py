@@ -40,6 +40,7 @@ from .paths import PathError, parse_path
 __all__ = ["load_flow", "parse_flow"]
 
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+EVENT_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,127}$")
 IMPORT_PATH = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 )
@@ -50,9 +51,11 @@ RETRY_KEYS = ("attempts", "backoff", "multiplier", "max_backoff", "jitter")
 SERVICE_KEYS = ("class", "instances")
 STEP_KEYS = (
     "name", "service", "action", "compensation", "input", "retry", "timeout", "pivot", "effects",
-    "on_compensation_failure", "delay",
+    "on_compensation_failure", "delay", "wait_for",
 )
 DELAY_KEYS = ("name", "delay")
+WAIT_KEYS = ("name", "wait_for", "timeout")
+WAIT_FOR_KEYS = ("event", "key")
 COMPENSATION_FAILURE = ("park", "retry_forever")
 MAX_FLOW_BYTES = 1_000_000
 
@@ -451,6 +454,8 @@ class _Checker:
             what = f"step {n.value!r}"
         if item.kind == "map" and item.get("delay") is not None:
             return self.delay_step(item, what)
+        if item.kind == "map" and item.get("wait_for") is not None:
+            return self.wait_step(item, what, defaults, earlier)
         if not self.mapping(item, what, STEP_KEYS, ("name", "service", "action")):
             return None
         ok = True
@@ -504,29 +509,83 @@ class _Checker:
         self._retry_nodes[name] = retry_node
         return step
 
-    def delay_step(self, item: YNode, what: str) -> Step | None:
-        """``{name: ..., delay: 10s}``: a timed pause, and nothing else."""
-        extra = False
+    def special_step(self, item: YNode, what: str, allowed: tuple[str, ...],
+                     refusal: str) -> tuple[bool, str | None]:
+        """The keys and name of a step that calls no service (a delay, a wait): whether it has
+        only ``allowed`` keys (``refusal``, with ``{key}`` in it, says why a service step's key
+        is not one), and its name (None when missing or malformed)."""
+        ok = True
         for key, _ in item.items:
-            if key.value in DELAY_KEYS:
+            if key.value in allowed:
                 continue
-            extra = True
+            ok = False
             if key.value in STEP_KEYS:
-                self.error(key, f"{what} is a delay: it has only a name and a delay, not "
-                                f"{key.value!r} (a pause calls no service and undoes nothing)")
+                self.error(key, f"{what} {refusal.format(key=repr(key.value))}")
             else:
                 self.error(key, f"unknown key {key.value!r} in {what}"
-                                f"{_suggest(str(key.value), DELAY_KEYS)}")
-        name_node, delay_node = item.get("name"), item.get("delay")
+                                f"{_suggest(str(key.value), allowed)}")
+        name_node = item.get("name")
         if name_node is None:
             self.error(item, f"{what} is missing required key 'name'")
-        name = self.identifier(name_node, "step name") if name_node is not None else None
+            return ok, None
+        return ok, self.identifier(name_node, "step name")
+
+    def delay_step(self, item: YNode, what: str) -> Step | None:
+        """``{name: ..., delay: 10s}``: a timed pause, and nothing else."""
+        ok, name = self.special_step(
+            item, what, DELAY_KEYS, "is a delay: it has only a name and a delay, not {key} (a "
+                                    "pause calls no service and undoes nothing)")
+        delay_node = item.get("delay")
         seconds = self.duration(delay_node, "delay", positive=True) \
             if delay_node is not None else None
-        if extra or name is None or seconds is None:
+        if not ok or name is None or seconds is None:
             return None
         return Step(name=name, service="", action="", timeout=seconds, effects="none",
                     delay=seconds, line=item.line)
+
+    def wait_step(self, item: YNode, what: str, defaults: _Defaults,
+                  earlier: dict[str, YNode]) -> Step | None:
+        """``{name, wait_for: {event: PaymentConfirmed, key: $.input.order_id}, timeout}``."""
+        ok, name = self.special_step(
+            item, what, WAIT_KEYS, "waits for an event: it has only a name, wait_for and a "
+                                   "timeout, not {key} (a wait calls no service)")
+        spec = item.get("wait_for")
+        assert spec is not None
+        event = key_value = None
+        if self.mapping(spec, f"{what}.wait_for", WAIT_FOR_KEYS, WAIT_FOR_KEYS):
+            if (n := spec.get("event")) is not None:
+                if isinstance(n.value, str) and EVENT_TYPE.match(n.value):
+                    event = n.value
+                else:
+                    self.error(n, f"wait_for.event must be an event type like PaymentConfirmed "
+                                  f"(a letter, then letters, digits, _ . -), got {n.value!r}")
+            if (n := spec.get("key")) is not None:
+                key_value = self.correlation_key(n, earlier, name)
+        else:
+            ok = False
+        timeout = defaults.timeout
+        if (n := item.get("timeout")) is not None:
+            timeout = self.duration(n, "timeout", positive=True) or timeout
+        if not ok or name is None or event is None or key_value is None:
+            return None
+        return Step(name=name, service="", action="", timeout=timeout, effects="none",
+                    retry=RetryPolicy(attempts=1, backoff=0.0, jitter=False),
+                    wait_event=event, wait_key=key_value, line=item.line)
+
+    def correlation_key(self, node: YNode, earlier: dict[str, YNode],
+                        step: str | None) -> Any:
+        """A wait's key: a path into the context ($.input..., $.steps.<earlier>...) or a text."""
+        if node.kind != "scalar" or node.value is None or isinstance(node.value, bool):
+            self.error(node, f"wait_for.key must be a path like $.input.order_id or a text, "
+                             f"got {node.type_name}")
+            return None
+        if isinstance(node.value, str) and node.value.startswith("$"):
+            before = len(self.errors)
+            wrapper = YNode("map", node.line, node.column,
+                            items=[(YNode("scalar", node.line, node.column, "key"), node)])
+            self.payload(wrapper, earlier, step)  # the same path checks as a step's input
+            return node.value if len(self.errors) == before else None
+        return str(node.value)
 
     def payload(self, node: YNode, earlier: dict[str, YNode], step: str | None) -> Any:
         if node.kind != "map":
@@ -573,7 +632,7 @@ class _Checker:
             item = by_name.get(step.name)
             if item is None:
                 continue
-            if step.is_delay:
+            if not step.calls_service:
                 continue
             before_pivot = pivot_index is None or index < pivot_index
             if before_pivot and step.compensation is None and step.effects != "none":

@@ -152,7 +152,9 @@ class ServiceSpec:
 @dataclass(frozen=True, slots=True)
 class Step:
     """One step of a flow: an action on a service and, usually, its compensation; or a
-    ``delay``: a durable timed pause (``service`` and ``action`` empty, ``timeout`` the delay).
+    ``delay``: a durable timed pause (``service`` and ``action`` empty, ``timeout`` the delay);
+    or a ``wait_for``: a pause until an external event with the step's correlation key arrives
+    (``service`` and ``action`` empty, one attempt of ``timeout``).
     """
 
     name: str
@@ -167,11 +169,23 @@ class Step:
     on_compensation_failure: str = "park"  # "park" | "retry_forever"
     line: int = 0  # where the step starts in the file, for messages
     delay: float | None = None  # a timed pause (seconds): no service, nothing to compensate
+    wait_event: str | None = None  # wait_for: the external event type awaited
+    wait_key: Any = None  # wait_for: its correlation key (a path like $.input.order_id, or text)
 
     @property
     def is_delay(self) -> bool:
         """A ``delay`` step: it calls no service; it succeeds when its time has passed."""
         return self.delay is not None
+
+    @property
+    def is_wait(self) -> bool:
+        """A ``wait_for`` step: it succeeds when its event arrives, and times out otherwise."""
+        return self.wait_event is not None
+
+    @property
+    def calls_service(self) -> bool:
+        """Whether the step sends a command to a service (not a delay nor a wait)."""
+        return self.delay is None and self.wait_event is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,11 @@ def plan(compiled: CompiledFlow, step: str, kind: str = "rejected") -> Plan:
     """
     if kind not in _TRIGGER:
         raise ValueError(f"unknown failure kind {kind!r}: use one of {', '.join(KINDS)}")
-    if compiled.flow.step(step).is_delay:  # KeyError for an unknown step
+    found = compiled.flow.step(step)  # KeyError for an unknown step
+    if found.is_delay:
         raise ValueError(f"step {step!r} is a delay: it cannot fail")
+    if found.is_wait and kind != "timeout":
+        raise ValueError(f"step {step!r} waits for an event: it can only time out")
     target = step_state(step)
     state = compiled.initial
     ran: list[str] = []
@@ -88,6 +91,7 @@ def plan(compiled: CompiledFlow, step: str, kind: str = "rejected") -> Plan:
 
 
 def plans(compiled: CompiledFlow) -> list[Plan]:
-    """The plan for every step that can fail (not the delays) and every kind, in step order."""
+    """The plan for every step that can fail (not the delays) and every kind it can fail with
+    (a wait only times out), in step order."""
     return [plan(compiled, s.name, kind) for s in compiled.flow.steps if not s.is_delay
-            for kind in KINDS]
+            for kind in (("timeout",) if s.is_wait else KINDS)]

@@ -56,7 +56,7 @@ from .events import Event
 from .loader import load_flow
 from .model import Flow
 from .services import ServiceRegistry
-from .shard import LoadSaga, LoadSagas, Shard, StartSaga, Ticket, shard_of
+from .shard import EventPosted, LoadSaga, LoadSagas, Shard, StartSaga, Ticket, shard_of
 from .stores import TERMINAL, SagaStore, open_store
 
 __all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "validate_input",
@@ -254,6 +254,7 @@ class Runtime:
         ]
         self._shard_refs = [self.activity.counting(ref) for ref in self._shards]
         self._poll_interval = poll_interval
+        self._event_position = self._last_event_position()
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll_requests, daemon=True,
                                         name=f"sagactor-requests-{self.owner}")
@@ -490,10 +491,12 @@ class Runtime:
         return adopted
 
     def _poll_requests(self) -> None:
-        """Act on requests (cancel, retry) that other processes wrote for sagas owned here."""
+        """Act on requests (cancel, retry) that other processes wrote for sagas owned here, and
+        pass on the external events they sent (``saga send``)."""
         after = 0
         while not self._stop_polling.wait(self._poll_interval):
             try:
+                self._poll_events()
                 for request in self.store.requests(self.owner, after):
                     after = max(after, request.request_id)
                     cause = f"request/{request.request_id}"
@@ -510,6 +513,44 @@ class Runtime:
                 if self._stop_polling.is_set():
                     return
                 log.exception("runtime %s: handling requests failed", self.owner)
+
+    # -- external events (wait_for) -------------------------------------------------------------
+    def send(self, event: str, key: str, data: Mapping[str, Any] | None = None, *,
+             event_id: str | None = None) -> tuple[str, bool]:
+        """Send an external event to whichever saga waits (or will wait) for ``(event, key)``.
+
+        The event is recorded in the store first, so it is kept until a saga's ``wait_for``
+        step consumes it (one event, one saga), even if none waits yet, and whatever process
+        drives that saga. ``event_id`` makes it idempotent: an id already recorded is ignored.
+        Returns ``(event_id, recorded)``; ``ValueError`` / ``TypeError`` for a malformed event.
+        """
+        self._check_open()
+        data_copy = dict(data) if data is not None else {}
+        recorded, created = self.store.send_event(event, key, data_copy, event_id=event_id,
+                                                  sent_at=self.clock.now())
+        if created:
+            self._post(EventPosted(recorded.type, recorded.key))
+        return recorded.event_id, created
+
+    def _post(self, message: EventPosted) -> None:
+        for ref in self._shard_refs:
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:  # closing: the event waits in the store
+                return
+
+    def _last_event_position(self) -> int:
+        """Where the poller starts: events sent before this runtime are found by the waits
+        themselves (they look in the store when they start)."""
+        position = 0
+        while batch := self.store.events_after(position, 10_000):
+            position = batch[-1].position
+        return position
+
+    def _poll_events(self) -> None:
+        for recorded in self.store.events_after(self._event_position):
+            self._event_position = recorded.position
+            self._post(EventPosted(recorded.type, recorded.key))
 
     def _ended(self, saga_id: str, status: str, reason: str | None) -> None:
         with self._lock:

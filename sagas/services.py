@@ -78,8 +78,8 @@ class ServiceRegistry:
                     self._pools[spec.import_path] = pool
                 bound[name] = pool
             for step in flow.steps:
-                if step.is_delay:
-                    continue  # a pause calls no service
+                if not step.calls_service:
+                    continue  # a delay or a wait calls no service
                 handlers = type(bound[step.service].instances[0]).handler_names()
                 for handler in (step.action, step.compensation):
                     if handler is not None and handler not in handlers:

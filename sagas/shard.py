@@ -47,7 +47,8 @@ from .events import Event
 from .loader import parse_flow
 from .stores import TERMINAL, Append, NewSaga, SagaStore
 
-__all__ = ["LoadSaga", "LoadSagas", "SagaSignal", "Shard", "StartSaga", "Ticket", "shard_of"]
+__all__ = ["EventPosted", "LoadSaga", "LoadSagas", "SagaSignal", "Shard", "StartSaga", "Ticket",
+           "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,15 @@ class LoadSagas:
     ticket: Ticket = field(compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class EventPosted:
+    """An external event ``(event, key)`` was recorded in the store: a saga hosted here that
+    waits for it claims it."""
+
+    event: str
+    key: str
+
+
 class _Wake:
     """The scheduler's nudge: some of the shard's timers may be due."""
 
@@ -225,6 +235,9 @@ class Shard(pykka.ThreadingActor):
         self._wake_at: float | None = None
         self._wake_handle: Any = None
         self._pending = _Pending()
+        # sagas in a wait_for step: (event, key) -> saga ids, and saga id -> (event, key)
+        self._awaiting: dict[tuple[str, str], set[str]] = {}
+        self._waits: dict[str, tuple[str, str]] = {}
 
     @staticmethod
     def _create_actor_inbox() -> Any:
@@ -255,6 +268,8 @@ class Shard(pykka.ThreadingActor):
                 self._load(message)
             elif kind is LoadSagas:
                 self._load_many(message)
+            elif kind is EventPosted:
+                self._claim_for((message.event, message.key))
             else:
                 log.warning("shard %d: unexpected message %r", self.index, message)
         except Exception:  # never let one saga's trouble stop the shard
@@ -574,6 +589,8 @@ class Shard(pykka.ThreadingActor):
                     batch.append(message)
             elif kind is core.SetTimer:
                 self._set_timer(command)  # type: ignore[arg-type]
+            elif kind is core.Await:
+                self._await(command)  # type: ignore[arg-type]
             elif kind is core.Ended:
                 self._forget(command.saga_id)
                 try:
@@ -654,7 +671,41 @@ class Shard(pykka.ThreadingActor):
                 return
             heapq.heappop(heap)
 
+    # -- waits for external events ------------------------------------------------------------
+    def _await(self, command: core.Await) -> None:
+        """A saga now waits for ``(event, key)`` (its wait_for step started, committed): take
+        an event already in the store, or be told when one is posted."""
+        wanted = (command.event, command.key)
+        self._unwait(command.saga_id)
+        self._waits[command.saga_id] = wanted
+        self._awaiting.setdefault(wanted, set()).add(command.saga_id)
+        self.me.tell(EventPosted(*wanted))  # type: ignore[union-attr]  # check the store soon
+
+    def _unwait(self, saga_id: str) -> None:
+        wanted = self._waits.pop(saga_id, None)
+        if wanted is not None:
+            waiting = self._awaiting.get(wanted)
+            if waiting is not None:
+                waiting.discard(saga_id)
+                if not waiting:
+                    del self._awaiting[wanted]
+
+    def _claim_for(self, wanted: tuple[str, str]) -> None:
+        """Hand stored events of ``(event, key)`` to the sagas here that wait for one."""
+        for saga_id in sorted(self._awaiting.get(wanted, ())):
+            saga = self.sagas.get(saga_id)
+            if saga is None or saga.waiting != wanted or not saga.in_flight:
+                self._unwait(saga_id)
+                continue
+            found = self.store.claim_event(wanted[0], wanted[1], saga_id, at=self.env.now())
+            if found is None:
+                return  # none left for the others either
+            self._unwait(saga_id)
+            self._decide(saga, core.EventReceived(found.type, found.key, dict(found.data),
+                                                  found.event_id))
+
     def _forget(self, saga_id: str) -> None:
+        self._unwait(saga_id)
         self.sagas.pop(saga_id, None)
         self._timers.pop((saga_id, "step"), None)
         self._timers.pop((saga_id, "deadline"), None)

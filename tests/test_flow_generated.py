@@ -41,6 +41,13 @@ class SpecStep:
     pivot: bool
     on_compensation_failure: str  # park | retry_forever
     delay: bool = False  # a timed pause: never fails, nothing to compensate
+    wait: bool = False  # a wait for an external event: only times out, nothing to compensate
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """How it can fail: every kind for a service call, a timeout for a wait, never for a
+        delay."""
+        return () if self.delay else ("timeout",) if self.wait else KINDS
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,15 @@ def flows(draw: Any) -> tuple[str, list[SpecStep]]:
         if i != pivot and draw(st.integers(0, 4)) == 0:  # a delay (issue 7)
             steps.append(shuffled(draw, {"name": name, "delay": draw(DELAY)}))
             spec.append(SpecStep(name, None, False, "park", delay=True))
+            continue
+        if i != pivot and draw(st.integers(0, 5)) == 0:  # a wait for an event (issue 7)
+            wait: dict[str, Any] = {"name": name, "wait_for": {
+                "event": draw(st.sampled_from(["PaymentConfirmed", "Shipped", "a.b-c_1"])),
+                "key": draw(st.sampled_from(["$.input.x", "fixed-key", 42]))}}
+            if draw(st.booleans()):
+                wait["timeout"] = draw(DELAY)
+            steps.append(shuffled(draw, wait))
+            spec.append(SpecStep(name, None, False, "park", wait=True))
             continue
         step: dict[str, Any] = {"name": name, "service": draw(st.sampled_from(services)),
                                 "action": draw(IDENT)}
@@ -207,9 +223,10 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, list[Sp
     assert [s.name for s in loaded.steps] == [s.name for s in spec]
     assert [s.compensation for s in loaded.steps] == [s.compensation for s in spec]
     assert [s.pivot for s in loaded.steps] == [s.pivot for s in spec]
-    assert [s.on_compensation_failure for s in loaded.steps if not s.is_delay] == [
-        s.on_compensation_failure for s in spec if not s.delay]
+    assert [s.on_compensation_failure for s in loaded.steps if s.calls_service] == [
+        s.on_compensation_failure for s in spec if not (s.delay or s.wait)]
     assert [s.is_delay for s in loaded.steps] == [s.delay for s in spec]
+    assert [s.is_wait for s in loaded.steps] == [s.wait for s in spec]
 
     compiled = compile_flow(loaded)
     table = machine_table(compiled)
@@ -258,16 +275,14 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, list[Sp
     # a delay is never rejected; a cancel or the deadline exhausts it like a step without a
     # compensation
     for index, s in enumerate(spec):
-        if s.delay:
+        if s.delay or s.wait:
             assert (f"step:{s.name}", "rejected") not in table
             assert walk(compiled, table, s.name, "error") == reference(spec, index, "error")
 
     # every (step, kind): the machine agrees with DESIGN, compensations in reverse step order
     machine = {}
     for index, name in enumerate(names):
-        if spec[index].delay:
-            continue  # cannot fail: no plan (saga plan --fail refuses it)
-        for kind in KINDS:
+        for kind in spec[index].kinds:  # a delay cannot fail: no plan (--fail refuses it)
             outcome = walk(compiled, table, name, kind)
             assert outcome == reference(spec, index, kind), (name, kind)
             order = [names.index(step) for step, _ in outcome.compensations]
@@ -289,11 +304,12 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, list[Sp
         seen.add(key)
     assert seen == set(machine)
 
-    failing = [s.name for s in spec if not s.delay]
+    failing = [s for s in spec if s.kinds]
     if not failing:
         return
-    name = data.draw(st.sampled_from(failing), label="--fail")
-    kind = data.draw(st.sampled_from(KINDS), label="--kind")
+    chosen = data.draw(st.sampled_from(failing), label="--fail")
+    name = chosen.name
+    kind = data.draw(st.sampled_from(chosen.kinds), label="--kind")
     result = runner.invoke(main, ["plan", str(path), "--fail", name, "--kind", kind, "--json"])
     assert result.exit_code == 0, result.output
     single = json.loads(result.stdout)

@@ -128,8 +128,12 @@ def delete_required_key(text: str, data: st.DataObject) -> tuple[str, int]:
     root = compose(text)
     targets: list[tuple[tuple[str, ...], str]] = [((), k) for k in ("saga", "services", "steps")]
     for index, step in enumerate(steps_of(root)):
-        required = ("name", "delay") if entry(step, "delay") is not None else \
-            ("name", "service", "action")
+        if entry(step, "delay") is not None:
+            required: tuple[str, ...] = ("name", "delay")
+        elif entry(step, "wait_for") is not None:
+            required = ("name", "wait_for")
+        else:
+            required = ("name", "service", "action")
         targets += [(("steps", str(index)), k) for k in required]
     where, key = data.draw(st.sampled_from(targets), label="delete")
     mapping = root if not where else steps_of(root)[int(where[1])]

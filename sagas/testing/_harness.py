@@ -284,6 +284,18 @@ class _Harness:
             elif isinstance(command, core.SetTimer):
                 heapq.heappush(self.pending, (command.at, next(self.order),
                                               (command.saga_id, command.fired())))
+            elif isinstance(command, core.Await):
+                self.await_event(command)
+
+    def await_event(self, command: core.Await) -> None:
+        """A wait_for step: its event arrives at once (data ``{}``), unless the schedule puts
+        a fault (of any kind) on it: then it never comes and the wait times out."""
+        key = ("action", command.step, command.attempt)
+        if self.schedules[command.saga_id].faults.get(key) is not None:
+            return
+        event_id = f"{command.saga_id}/{command.step}/{command.attempt}"
+        signal = core.EventReceived(command.event, command.key, {}, event_id)
+        heapq.heappush(self.pending, (self.env.t, next(self.order), (command.saga_id, signal)))
 
     def deliver(self, command: core.Execute) -> None:
         key = (command.phase, command.step, command.attempt)

@@ -64,6 +64,8 @@ def _single_final_fault(run: HarnessRun) -> tuple[str, str] | None:
     first = next((e for e in run.events if e.type in ("step.failed", "step.timed_out")), None)
     if first is None or (first.step, first.attempt) != (step_name, attempt):
         return None  # the fault never decided anything: the step was not reached, or failed
+    if step.is_wait:
+        return step_name, "timeout"  # any fault on a wait: its event never comes
     if kind == "reject":
         return step_name, "rejected"
     if step.retry.attempts == 1 and attempt == 1:

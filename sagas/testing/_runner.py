@@ -109,7 +109,7 @@ def _exhaustive(flow: Flow, saga_input: Any, services: Mapping[str, Any] | None,
     points = fault_points(flow)
     singles = [{point: kind} for point in points for kind in FAULTS]
     for step in flow.steps:
-        if step.is_delay:
+        if not step.calls_service:
             continue
         for kind in ("error", "timeout"):
             singles.append({("action", step.name, n): kind

@@ -20,6 +20,9 @@ def fault_points(flow: Flow, max_attempt: int = 3) -> list[tuple[str, str, int]]
     for step in flow.steps:
         if step.is_delay:
             continue  # a pause calls no service: nothing to fault
+        if step.is_wait:  # a fault on a wait: its event never comes, so it times out
+            points.append(("action", step.name, 1))
+            continue
         attempts = min(step.retry.attempts, max_attempt)
         phases = ("action", "compensation") if step.compensation else ("action",)
         for phase in phases:
