@@ -542,10 +542,7 @@ class Runtime:
     def _last_event_position(self) -> int:
         """Where the poller starts: events sent before this runtime are found by the waits
         themselves (they look in the store when they start)."""
-        position = 0
-        while batch := self.store.events_after(position, 10_000):
-            position = batch[-1].position
-        return position
+        return self.store.last_event_position()
 
     def _poll_events(self) -> None:
         for recorded in self.store.events_after(self._event_position):

@@ -383,6 +383,10 @@ class SagaStore(Protocol):
         order (the owners' pollers)."""
         ...
 
+    def last_event_position(self) -> int:
+        """The position of the newest external event (0 if none): where a poller starts."""
+        ...
+
     def claim_event(self, type: str, key: str, saga_id: str, *, at: float) -> ExternalEvent | None:
         """Atomically take the external event a waiting saga consumes.
 

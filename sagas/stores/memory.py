@@ -643,6 +643,12 @@ class MemoryStore:
             taken = [self._consumed(row) for row in rows]
         return [_external(t) for t in taken]
 
+    def last_event_position(self) -> int:
+        """The position of the newest external event (0 if none)."""
+        with self._lock:
+            self._check_open()
+            return self._last_sent_position
+
     def claim_event(self, type: str, key: str, saga_id: str, *, at: float) -> ExternalEvent | None:
         """The external event of that type and key ``saga_id`` took already, if any; else the
         oldest unclaimed one, taken now (``consumed_by=saga_id``, ``consumed_at=at``); else

@@ -1297,6 +1297,11 @@ class SqliteStore:
             raise ValueError(f"limit must be >= 0, got {limit}")
         return [_external(row) for row in self._fetch(_SELECT_EXTERNAL_AFTER, (position, limit))]
 
+    def last_event_position(self) -> int:
+        """The position of the newest external event (0 if none)."""
+        rows = self._fetch("SELECT COALESCE(MAX(position), 0) FROM external_events", ())
+        return int(rows[0][0])
+
     def claim_event(self, type: str, key: str, saga_id: str, *, at: float) -> ExternalEvent | None:
         """The external event of that type and key ``saga_id`` took already, if any; else the
         oldest unclaimed one, taken now (``consumed_by=saga_id``, ``consumed_at=at``) and

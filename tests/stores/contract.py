@@ -1056,6 +1056,13 @@ class StoreContract:
 
     # -- external events (saga send) ------------------------------------------------------------
 
+    def test_last_event_position_is_where_a_poller_starts(self, store: SagaStore) -> None:
+        assert store.last_event_position() == 0
+        sent = [store.send_event("Shipped", f"o-{n}", sent_at=1.0)[0] for n in range(3)]
+        store.send_event("Shipped", "o-0", event_id=sent[0].event_id, sent_at=2.0)  # ignored
+        assert store.last_event_position() == sent[-1].position
+        assert store.events_after(store.last_event_position()) == []
+
     def test_sent_events_are_read_in_order_of_arrival(self, store: SagaStore) -> None:
         assert store.events_after() == []
         before = time.time()
