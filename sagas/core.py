@@ -238,7 +238,8 @@ class Saga:
         self.last_event_id: str | None = None
         self.command_id: str | None = None  # the *.started event of the latest attempt
         self.retrying_id: str | None = None  # the *.retrying event that armed the backoff
-        self.last_kind: str | None = None  # "rejected" | "error" of the latest *.failed
+        # how the latest attempt ended: "rejected" | "error" (its *.failed) or "timeout"
+        self.last_kind: str | None = None
         self.retries = 0  # saga.retried events so far
         self.key_suffix: dict[str, str] = {}  # step -> suffix of its action key after a retry
         self.started_at = 0.0
@@ -316,6 +317,8 @@ def apply(saga: Saga, event: Event) -> None:
         if event.attempt == saga.attempt:
             saga.in_flight = False
             saga.timeout_at = None
+            # the latest attempt ended without a "no": a retry after it keeps the key
+            saga.last_kind = "timeout"
     elif kind in ("step.retrying", "compensation.retrying"):
         saga.next_attempt_at = data.get("next_attempt_at")
         saga.retrying_id = event.event_id

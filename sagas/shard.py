@@ -16,6 +16,7 @@ import json
 import logging
 import random as random_module
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -171,7 +172,11 @@ class _Wake:
 WAKE = _Wake()
 
 MAX_BATCH_EVENTS = 1024
-"""A shard commits once its mailbox is empty, or once this many events wait for a commit."""
+"""A shard commits once its mailbox is empty, or once this many events wait for a commit..."""
+
+MAX_BATCH_DELAY = 0.005
+"""... or once the oldest decision has waited this many seconds (a busy mailbox never empties:
+without a bound, a caller waiting for its start would wait for the whole batch)."""
 
 
 class _Pending:
@@ -182,7 +187,7 @@ class _Pending:
     gets its answer.
     """
 
-    __slots__ = ("after", "appends", "creates", "events", "handled", "new_ids")
+    __slots__ = ("after", "appends", "creates", "events", "handled", "new_ids", "since")
 
     def __init__(self) -> None:
         self.creates: list[tuple[NewSaga, StartSaga]] = []
@@ -191,6 +196,7 @@ class _Pending:
         self.after: list[tuple[core.Saga | None, list[Event], list[core.Command],
                                Ticket | None, Any]] = []
         self.events = 0
+        self.since: float | None = None  # when the first decision of the batch was staged
         self.handled = 0  # messages handled since the last commit (Activity.end once sent)
 
 
@@ -276,7 +282,9 @@ class Shard(pykka.ThreadingActor):
             log.exception("shard %d: failed to handle %r", self.index, message)
         pending = self._pending
         pending.handled += 1
-        if pending.events >= MAX_BATCH_EVENTS or self.actor_inbox.empty():
+        if (pending.events >= MAX_BATCH_EVENTS or self.actor_inbox.empty()
+                or (pending.since is not None
+                    and time.monotonic() - pending.since >= MAX_BATCH_DELAY)):
             self._safe_flush()
         return None
 
@@ -340,6 +348,8 @@ class Shard(pykka.ThreadingActor):
         pending.new_ids.add(saga_id)
         pending.after.append((saga, events, commands, ticket, (saga_id, True)))
         pending.events += len(events)
+        if pending.since is None:
+            pending.since = time.monotonic()
         self.sagas[saga_id] = saga
 
     def _load(self, message: LoadSaga) -> None:
@@ -442,6 +452,8 @@ class Shard(pykka.ThreadingActor):
                                       saga.updated_at))
         pending.after.append((saga, events, commands, ticket, saga.status))
         pending.events += len(events)
+        if pending.since is None:
+            pending.since = time.monotonic()
 
     # -- committing and acting ------------------------------------------------------------------
     def _flush(self) -> None:

@@ -707,3 +707,30 @@ def test_guard_histories_through_the_runtime_keep_the_event_contract():
     for event in doc["history"]:
         if event["type"].startswith("saga."):
             assert event["attempt"] is None
+
+
+def test_a_retry_after_a_visit_that_timed_out_keeps_the_key_of_the_rejected_one():
+    """§3 and the retry rule: a retry asks anew (a fresh key) only when the visit that parked
+    the saga ended in a *rejection*. Here the first visit of z is rejected (so the first retry
+    uses ``:retry1``), the second visit runs out on time-outs while the service's late "no" is
+    stored under ``:retry1``; the second retry must send that key again (and get the stored
+    "no"), not ask anew: the engine used to remember the first visit's rejection. Found by
+    ``tests/test_engine_stateful.py``."""
+    service = Scripted({("z", "action"): ["reject", "reject"]})
+    flow = make_flow("a", StepSpec("p", pivot=True), StepSpec("z", compensation=False),
+                     attempts=2, timeout="1s")
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        first = env.run(flow, {})
+        assert (first.status, first.reason) == ("failed", "forward_recovery")
+        env.faults.add(step="z", kind="run_then_drop")  # the "no" is stored, its reply lost
+        env.runtime.retry(first.saga_id)
+        second = env.drive(first.saga_id)
+        assert (second.status, second.reason) == ("failed", "forward_recovery")
+        env.faults.clear()
+        env.runtime.retry(first.saga_id)
+        third = env.drive(first.saga_id)
+    keys = [c.key for c in service.calls if c.step == "z"]
+    assert keys == [f"{first.saga_id}:z", f"{first.saga_id}:z:retry1"]  # no third run
+    last = [e for e in third.history if e.step == "z" and e.type == "step.failed"][-1]
+    assert last.data["kind"] == "rejected"
+    assert (third.status, third.reason) == ("failed", "forward_recovery")
