@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._errors import describe_exception, safe_repr
-from ._json import dumps_compact
+from ._json import dumps_compact, loads_compact
 from ._messages import Command, Outcome, Reply, StoredReply
 from ._service import Rejected
 
@@ -191,18 +191,8 @@ class Dispatcher:
         return "succeeded", text, None
 
 
-_scan = json.JSONDecoder().scan_once
-
-
 def _load(text: str | None) -> dict[str, Any] | None:
-    """Decode a JSON text this module produced (no blanks around it), by
-    scanning it directly: ``json.loads`` would first match leading and trailing whitespace."""
-    if text is None:
-        return None
-    value, end = _scan(text, 0)
-    if end != len(text):  # pragma: no cover - the encoder never pads its output
-        return json.loads(text)
-    return value
+    return None if text is None else loads_compact(text)
 
 
 def _rejection_text(rejected: Rejected) -> str:
