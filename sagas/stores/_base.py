@@ -17,6 +17,11 @@ External events (``saga send PaymentConfirmed --key o-1``) are kept apart from t
 logs, each with a global ``position`` of its own: ``send_event`` records one (at most once per
 ``event_id``) whether or not a saga waits for it yet, owners poll ``events_after``, and a
 waiting saga takes one with ``claim_event``, which hands each event to one saga only.
+
+Readers of the log (the event bus, :mod:`sagas.bus`) page through it with ``read_log``, which
+gives each event with its saga's flow name in one read, and keep a durable *cursor* per
+subscriber name (``cursor`` / ``save_cursor``): the position of the last event the subscriber
+has handled, so it resumes there after a restart or a crash.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..events import Event as StoredEvent
 from ._common import encode
@@ -36,6 +41,7 @@ __all__ = [
     "TERMINAL",
     "Append",
     "ExternalEvent",
+    "LogEntry",
     "NewSaga",
     "Request",
     "SagaHeader",
@@ -132,6 +138,42 @@ class ExternalEvent:
     sent_at: float
     consumed_by: str | None  # the saga that took it, or None
     consumed_at: float | None
+
+
+class LogEntry(NamedTuple):
+    """An event of the global log with its saga's id and flow name: what an event bus reads
+    (the flow name makes the event's topic, ``<flow>.<event type>``)."""
+
+    saga_id: str
+    flow: str
+    event: StoredEvent
+
+
+SUBSCRIBER = re.compile(r"[A-Za-z0-9_.:/-]{1,256}")
+"""What a subscriber name (the key of a durable cursor) is: 1 to 256 of ``A-Za-z0-9_.:/-``,
+e.g. ``notifications`` or ``flows.shop:Notifications.on_completed``."""
+
+
+def check_subscriber(name: object) -> str:
+    """``name`` if it is a valid subscriber name (:data:`SUBSCRIBER`), else ``TypeError`` /
+    ``ValueError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"a subscriber name is a string, got {_kind(name)}")
+    if not SUBSCRIBER.fullmatch(name):
+        raise ValueError(
+            f"a subscriber name is 1 to 256 of A-Z a-z 0-9 _ . : / -, got {_shown(name)}"
+        )
+    return name
+
+
+def check_position(position: object) -> int:
+    """``position`` if it is a log position a cursor may hold (an int >= 0), else
+    ``TypeError`` / ``ValueError``."""
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise TypeError(f"a log position is an int, got {_kind(position)}")
+    if position < 0:
+        raise ValueError(f"a log position is >= 0, got {position}")
+    return position
 
 
 EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")
@@ -316,8 +358,45 @@ class SagaStore(Protocol):
         """
         ...
 
+    def read_log(self, after: int = 0, limit: int = 1000) -> list[LogEntry]:
+        """:meth:`read_all` with each saga's flow name: at most ``limit`` entries
+        ``(saga_id, flow, event)`` with ``position > after``, in position order, read in one
+        query (an event bus pages through the log with it).
+
+        A position becomes visible only after every smaller one has (positions are given out
+        under the store's write lock and committed in that order), so a reader that has seen
+        position ``p`` never sees a new event below ``p`` later.
+        """
+        ...
+
+    def last_position(self) -> int:
+        """The position of the newest saga event (0 if none): where a subscriber that starts
+        "from the end" starts."""
+        ...
+
     def definition(self, sha256: str) -> str:
         """The flow text stored under that sha256; ``KeyError`` if absent."""
+        ...
+
+    # -- subscribers' cursors (the event bus) --------------------------------------------------
+    def cursor(self, subscriber: str) -> int | None:
+        """The position of the last event ``subscriber`` has handled, or ``None`` if it has
+        no cursor (a new subscriber). ``ValueError`` / ``TypeError`` for an invalid name."""
+        ...
+
+    def save_cursor(self, subscriber: str, position: int) -> None:
+        """Set ``subscriber``'s cursor to ``position`` (created if absent), committed before it
+        returns. The cursor is set as given, even below its current value (a deliberate
+        replay). ``ValueError`` / ``TypeError`` for an invalid name or position."""
+        ...
+
+    def cursors(self) -> dict[str, int]:
+        """Every subscriber's cursor, by name."""
+        ...
+
+    def delete_cursor(self, subscriber: str) -> None:
+        """Forget ``subscriber``'s cursor (it starts afresh next time); an unknown name is
+        ignored."""
         ...
 
     # -- ownership (DESIGN.md §5: a store shared by several processes) ------------------------

@@ -25,7 +25,8 @@ unclaimed one of each), never tracked either.
 
 Ownership lives in the store object too: an owner is alive while it is registered on this object
 (:meth:`MemoryStore.register_owner`) and until :meth:`MemoryStore.close`; any other owner is dead.
-The service inbox is an :class:`actors.MemoryInbox`.
+The service inbox is an :class:`actors.MemoryInbox`. The event bus's cursors are a dict from
+subscriber name to position.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ from sagas.stores._base import (
     TERMINAL,
     Append,
     ExternalEvent,
+    LogEntry,
     NewSaga,
     Request,
     SagaHeader,
     SagaRecord,
     StoredEvent,
     check_claim,
+    check_position,
+    check_subscriber,
     external_event_fields,
     new_event_id,
 )
@@ -243,6 +247,7 @@ class MemoryStore:
         self._first_unclaimed: dict[str, int] = {}
         self._last_sent: dict[str, int] = {}
         self._next_same: dict[int, int] = {}
+        self._cursors: dict[str, int] = {}  # subscriber -> position (never tracked)
         self._inbox = MemoryInbox()
 
     def __repr__(self) -> str:
@@ -475,6 +480,27 @@ class MemoryStore:
             entries = self._log_slice(start, min(start + limit, self._last_position))
         return [(saga_id, _event(row)) for saga_id, row in entries]
 
+    def read_log(self, after: int = 0, limit: int = 1000) -> builtins.list[LogEntry]:
+        """Up to ``limit`` events with ``position > after``, in position order, each with its
+        saga's id and flow name. Appends take the store's lock, so positions become visible
+        in order."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        start = max(after, 0)
+        with self._lock:
+            self._check_open()
+            entries = self._log_slice(start, min(start + limit, self._last_position))
+            sagas = self._sagas
+            flows = [sagas[saga_id][_FLOW] for saga_id, _ in entries]
+        return [LogEntry(saga_id, flow, _event(row))
+                for (saga_id, row), flow in zip(entries, flows, strict=True)]
+
+    def last_position(self) -> int:
+        """The position of the newest saga event (0 if none)."""
+        with self._lock:
+            self._check_open()
+            return self._last_position
+
     def _log_slice(self, start: int, stop: int) -> builtins.list[_Entry]:
         """The global log's events at indices ``start`` to ``stop`` (excluded): positions
         ``start + 1`` to ``stop``; ``stop`` is at most the last position."""
@@ -690,6 +716,36 @@ class MemoryStore:
         position = row[0]
         return row, self._consumed_by.get(position), self._consumed_at.get(position)
 
+    # -- subscribers' cursors -----------------------------------------------------------------
+
+    def cursor(self, subscriber: str) -> int | None:
+        """The position of the last event ``subscriber`` handled, or ``None`` if it has none."""
+        check_subscriber(subscriber)
+        with self._lock:
+            self._check_open()
+            return self._cursors.get(subscriber)
+
+    def save_cursor(self, subscriber: str, position: int) -> None:
+        """Set ``subscriber``'s cursor to ``position`` (as given, even below its value)."""
+        check_subscriber(subscriber)
+        check_position(position)
+        with self._lock:
+            self._check_open()
+            self._cursors[subscriber] = position
+
+    def cursors(self) -> dict[str, int]:
+        """Every subscriber's cursor, by name."""
+        with self._lock:
+            self._check_open()
+            return dict(self._cursors)
+
+    def delete_cursor(self, subscriber: str) -> None:
+        """Forget ``subscriber``'s cursor; an unknown name is ignored."""
+        check_subscriber(subscriber)
+        with self._lock:
+            self._check_open()
+            self._cursors.pop(subscriber, None)
+
     # -- the service inbox --------------------------------------------------------------------
 
     @property
@@ -711,6 +767,7 @@ class MemoryStore:
             self._last_position = 0
             self._owners.clear()
             self._pending.clear()
+            self._cursors.clear()
             self._sent_chunks.clear()
             self._sent_tail.clear()
             self._last_sent_position = 0

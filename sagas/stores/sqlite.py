@@ -12,7 +12,7 @@ one read transaction, so its statements agree.
 ``synchronous=normal`` (the default) survives a crash of the process; ``synchronous=full`` also
 survives a power loss, at the cost of an fsync per commit.
 
-Schema (version 3)::
+Schema (version 4)::
 
     meta(key PRIMARY KEY, value)                      -- key 'schema_version'
     definitions(sha256 PRIMARY KEY, text)
@@ -27,12 +27,19 @@ Schema (version 3)::
     external_events(position INTEGER PRIMARY KEY AUTOINCREMENT, event_id UNIQUE, type, key,
                     data, sent_at, consumed_by, consumed_at)
                                                       -- indexed by type, key, consumed_by
+    cursors(subscriber PRIMARY KEY, position)         -- the event bus's durable cursors
 
 ``input``, ``data`` and ``output`` hold compact JSON text. Their columns are declared ``TEXT``,
 not ``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the JSON text
 ``3`` into the integer 3. Version 2 added ``sagas.owner``, ``requests``, ``inbox`` and
-``tombstones``, version 3 ``external_events``; an older file is migrated forward in place when
-opened (one transaction).
+``tombstones``, version 3 ``external_events``, version 4 ``cursors``; an older file is
+migrated forward in place when opened (one transaction).
+
+Positions (``events.position``) are given out by ``AUTOINCREMENT`` inside a write transaction,
+which holds SQLite's one write lock (``BEGIN IMMEDIATE``) until it commits, whatever process
+writes: position ``p + 1`` cannot be allocated before the transaction holding ``p`` has
+committed or rolled back. So positions become visible to readers in order, never with a hole
+that fills later, and a log reader (the event bus) may advance past everything it has read.
 
 Ownership (several processes sharing one file): a runtime registers its owner id with
 :meth:`SqliteStore.register_owner`, which takes an exclusive ``flock`` on
@@ -69,12 +76,15 @@ from sagas.stores._base import (
     TERMINAL,
     Append,
     ExternalEvent,
+    LogEntry,
     NewSaga,
     Request,
     SagaHeader,
     SagaRecord,
     StoredEvent,
     check_claim,
+    check_position,
+    check_subscriber,
     external_event_fields,
     new_event_id,
 )
@@ -88,7 +98,7 @@ __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "SqliteInbox", "SqliteStore"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this code writes and reads (older ones are migrated forward on open)."""
 
 SYNCHRONOUS = ("normal", "full")
@@ -100,6 +110,7 @@ _TABLES = {  # the tables of each schema version
     2: frozenset({"meta", "definitions", "sagas", "events", "requests", "inbox", "tombstones"}),
 }
 _TABLES[3] = _TABLES[2] | {"external_events"}
+_TABLES[4] = _TABLES[3] | {"cursors"}
 
 _OWNER_GRACE = 0.2
 """Seconds ``register_owner`` retries a lock file held by someone checking whether a dead
@@ -187,7 +198,14 @@ _V3_TABLES = (
     "CREATE INDEX external_events_by_match ON external_events (type, key, consumed_by, position)",
 )
 
-_SCHEMA += _V2_TABLES + _V3_TABLES
+_V4_TABLES = (
+    """CREATE TABLE cursors (
+        subscriber TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_SCHEMA += _V2_TABLES + _V3_TABLES + _V4_TABLES
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # from version n to n + 1
@@ -197,6 +215,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         *_V2_TABLES,
     ),
     2: _V3_TABLES,
+    3: _V4_TABLES,
 }
 
 _HEADER_COLUMNS = (
@@ -222,6 +241,16 @@ _SELECT_HEADER = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = ?"
 _SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE saga_id = ? ORDER BY seq"
 _SELECT_ALL_EVENTS = (
     f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+_SELECT_LOG = (
+    "SELECT e.saga_id, s.flow, e.position, e.seq, e.type, e.step, e.attempt, e.at, e.event_id, "
+    "e.causation_id, e.data FROM events AS e CROSS JOIN sagas AS s ON s.saga_id = e.saga_id "
+    "WHERE e.position > ? ORDER BY e.position LIMIT ?"
+)
+_SELECT_CURSOR = "SELECT position FROM cursors WHERE subscriber = ?"
+_SAVE_CURSOR = (
+    "INSERT INTO cursors (subscriber, position) VALUES (?, ?) "
+    "ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position"
 )
 _SELECT_DEFINITION = "SELECT text FROM definitions WHERE sha256 = ?"
 # load_many, per chunk of ids (the {} is the chunk's placeholders)
@@ -976,6 +1005,21 @@ class SqliteStore:
         rows = self._fetch(_SELECT_ALL_EVENTS, (after, limit))
         return [(row[0], _event(row[1:])) for row in rows]
 
+    def read_log(self, after: int = 0, limit: int = 1000) -> builtins.list[LogEntry]:
+        """Up to ``limit`` events with ``position > after``, in position order, each with its
+        saga's id and flow name: one query (the events joined to their sagas' headers), read on
+        this thread's read connection. Positions become visible in order (see the module
+        docstring)."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return [LogEntry(row[0], row[1], _event(row[2:]))
+                for row in self._fetch(_SELECT_LOG, (after, limit))]
+
+    def last_position(self) -> int:
+        """The position of the newest saga event (0 if none)."""
+        rows = self._fetch("SELECT COALESCE(MAX(position), 0) FROM events", ())
+        return int(rows[0][0])
+
     def definition(self, sha256: str) -> str:
         """The flow text stored under that sha256; ``KeyError`` if absent."""
         row = self._fetch(_SELECT_DEFINITION, (sha256,))
@@ -1245,6 +1289,26 @@ class SqliteStore:
         """Mark the request handled (committed before it returns): it is no longer pending.
         An unknown or already completed id is ignored."""
         self._write(_COMPLETE_REQUEST, (request_id,))
+
+    # -- subscribers' cursors -----------------------------------------------------------------
+
+    def cursor(self, subscriber: str) -> int | None:
+        """The position of the last event ``subscriber`` handled, or ``None`` if it has none."""
+        rows = self._fetch(_SELECT_CURSOR, (check_subscriber(subscriber),))
+        return int(rows[0][0]) if rows else None
+
+    def save_cursor(self, subscriber: str, position: int) -> None:
+        """Set ``subscriber``'s cursor to ``position`` (as given, even below its value),
+        committed before it returns (one statement in autocommit)."""
+        self._write(_SAVE_CURSOR, (check_subscriber(subscriber), check_position(position)))
+
+    def cursors(self) -> dict[str, int]:
+        """Every subscriber's cursor, by name."""
+        return dict(self._fetch("SELECT subscriber, position FROM cursors", ()))
+
+    def delete_cursor(self, subscriber: str) -> None:
+        """Forget ``subscriber``'s cursor; an unknown name is ignored."""
+        self._write("DELETE FROM cursors WHERE subscriber = ?", (check_subscriber(subscriber),))
 
     # -- external events ----------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from sagas.stores import (
     SagaStore,
     StoredEvent,
 )
+from sagas.stores._base import LogEntry
 
 FLOW_TEXT = "name: order\nversion: 1\nsteps: []\n"
 FLOW_SHA = "a" * 64
@@ -759,6 +760,89 @@ class StoreContract:
         with pytest.raises(ValueError):
             store.read_all(0, -1)
 
+    # -- the log with flow names, and subscribers' cursors (the event bus) ------------------------
+
+    def test_read_log_is_read_all_with_each_sagas_flow(self, store: SagaStore) -> None:
+        store.create(new_saga("a", n_events=2, flow="order"))
+        store.create(new_saga("b", flow="trip"))
+        store.append([append("b", 2), append("a", 3)])
+        log = store.read_log()
+        assert all(isinstance(entry, LogEntry) for entry in log)
+        assert [(e.saga_id, e.event) for e in log] == store.read_all()
+        assert [(e.saga_id, e.flow, e.event.seq) for e in log] == [
+            ("a", "order", 1),
+            ("a", "order", 2),
+            ("b", "trip", 1),
+            ("b", "trip", 2),
+            ("a", "order", 3),
+        ]
+        pages: list[LogEntry] = []
+        after = 0
+        while page := store.read_log(after, 2):
+            assert len(page) <= 2
+            pages += page
+            after = page[-1].event.position
+        assert pages == log
+        assert store.read_log(log[-1].event.position) == []
+        assert store.read_log(0, 0) == []
+        with pytest.raises(ValueError):
+            store.read_log(0, -1)
+
+    def test_read_log_gives_private_copies_of_event_data(self, store: SagaStore) -> None:
+        store.create(new_saga("a"))
+        (first,) = store.read_log()
+        before = store.read_all()[0][1].data
+        first.event.data["input"] = "changed"
+        assert store.read_log()[0].event.data == before != first.event.data
+
+    def test_last_position_is_the_newest_events(self, store: SagaStore) -> None:
+        assert store.last_position() == 0
+        store.create(new_saga("a", n_events=3))
+        store.create(new_saga("b"))
+        assert store.last_position() == store.read_all()[-1][1].position
+        store.send_event("Paid", "o-1", sent_at=1.0)  # external events have positions of their own
+        assert store.last_position() == store.read_all()[-1][1].position
+
+    def test_a_cursor_is_kept_per_subscriber(self, store: SagaStore) -> None:
+        assert store.cursor("mailer") is None
+        assert store.cursors() == {}
+        store.save_cursor("mailer", 5)
+        store.save_cursor("flows.shop:Notifications.on_completed", 0)
+        assert store.cursor("mailer") == 5
+        store.save_cursor("mailer", 9)
+        assert store.cursor("mailer") == 9
+        store.save_cursor("mailer", 2)  # set as given: a deliberate replay
+        assert store.cursors() == {"mailer": 2, "flows.shop:Notifications.on_completed": 0}
+        store.delete_cursor("mailer")
+        store.delete_cursor("mailer")  # an unknown name is ignored
+        assert store.cursor("mailer") is None
+        assert store.cursors() == {"flows.shop:Notifications.on_completed": 0}
+
+    @pytest.mark.parametrize(
+        ("name", "position", "error"),
+        [
+            ("", 1, ValueError),
+            ("has space", 1, ValueError),
+            ("x" * 257, 1, ValueError),
+            (7, 1, TypeError),
+            ("ok", -1, ValueError),
+            ("ok", 1.5, TypeError),
+            ("ok", True, TypeError),
+            ("ok", "3", TypeError),
+        ],
+    )
+    def test_an_invalid_subscriber_or_position_is_refused(
+        self, store: SagaStore, name: Any, position: Any, error: type[Exception]
+    ) -> None:
+        with pytest.raises(error):
+            store.save_cursor(name, position)
+        assert store.cursors() == {}
+
+    def test_the_longest_subscriber_name_is_taken(self, store: SagaStore) -> None:
+        name = "a:" + "b" * 254
+        store.save_cursor(name, 1)
+        assert store.cursor(name) == 1
+
     # -- load_many ------------------------------------------------------------------------------
 
     def test_load_many_is_load_of_each_in_the_order_asked(self, store: SagaStore) -> None:
@@ -1328,6 +1412,16 @@ class StoreContract:
             store.events_after()
         with pytest.raises(StoreUnavailable):
             store.claim_event("Paid", "o-1", "s", at=1.0)
+        with pytest.raises(StoreUnavailable):
+            store.read_log()
+        with pytest.raises(StoreUnavailable):
+            store.last_position()
+        with pytest.raises(StoreUnavailable):
+            store.cursor("mailer")
+        with pytest.raises(StoreUnavailable):
+            store.save_cursor("mailer", 1)
+        with pytest.raises(StoreUnavailable):
+            store.cursors()
 
 
 def _fields(saga: NewSaga) -> dict[str, Any]:

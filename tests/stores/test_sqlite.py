@@ -129,14 +129,14 @@ def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None
 # -- schema and settings --------------------------------------------------------------------------
 
 
-def test_schema_is_version_3_in_wal_mode(tmp_path: Path) -> None:
+def test_schema_is_version_4_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     SqliteStore(path).close()
     db = raw(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "3",
+            "4",
         )
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {
@@ -148,6 +148,7 @@ def test_schema_is_version_3_in_wal_mode(tmp_path: Path) -> None:
             "inbox",
             "tombstones",
             "external_events",
+            "cursors",
         } <= tables
         indexed = {
             r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index'") if r[0]
@@ -305,6 +306,19 @@ def _v2_store(path: Path, *, drop: str | None = None, extra: str | None = None) 
     db.execute("PRAGMA journal_mode = WAL")
     for statement in V2_SCHEMA:
         db.execute(statement)
+    db.close()
+    _v2_rows(path)
+    db = raw(path)
+    if drop:
+        db.execute(f"DROP TABLE {drop}")
+    if extra:
+        db.execute(extra)
+    db.close()
+
+
+def _v2_rows(path: Path) -> None:
+    """The rows of :func:`_v2_store`, written into a store of version 2 or later."""
+    db = raw(path)
     db.execute("INSERT INTO definitions VALUES (?, ?)", (FLOW_SHA, FLOW_TEXT))
     for saga_id, status, last_seq, owner in (
         ("old", "running", 2, "gone"),
@@ -327,6 +341,40 @@ def _v2_store(path: Path, *, drop: str | None = None, extra: str | None = None) 
     )
     db.execute("INSERT INTO inbox VALUES ('old:reserve', 'succeeded', '{\"id\":1}', NULL)")
     db.execute("INSERT INTO tombstones VALUES ('done:reserve')")
+    db.close()
+
+
+V3_SCHEMA = (  # the schema of version 3, as sagactor wrote it before the event bus's cursors
+    *V2_SCHEMA[:-1],
+    """CREATE TABLE external_events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        key TEXT NOT NULL,
+        data TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        consumed_by TEXT,
+        consumed_at REAL
+    )""",
+    "CREATE INDEX external_events_by_match ON external_events (type, key, consumed_by, position)",
+    "INSERT INTO meta (key, value) VALUES ('schema_version', '3')",
+)
+
+
+def _v3_store(path: Path, *, drop: str | None = None, extra: str | None = None) -> None:
+    """A version-3 store: the version-2 one (see :func:`_v2_store`) with one external event
+    ('pay-1', consumed by 'old'), closed."""
+    db = raw(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    for statement in V3_SCHEMA:
+        db.execute(statement)
+    db.close()
+    _v2_rows(path)
+    db = raw(path)
+    db.execute(
+        "INSERT INTO external_events (event_id, type, key, data, sent_at, consumed_by, "
+        "consumed_at) VALUES ('pay-1', 'Paid', 'o-1', '{\"n\":1}', 5.0, 'old', 6.0)"
+    )
     if drop:
         db.execute(f"DROP TABLE {drop}")
     if extra:
@@ -398,7 +446,7 @@ DAMAGED = {
     "another application's meta table": (_other_meta_table, "not a sagactor store"),
     "newer schema": (
         _schema_version("99"),
-        "schema version 99 is newer than this sagactor supports (3)",
+        "schema version 99 is newer than this sagactor supports (4)",
     ),
     "older schema": (_schema_version("0"), "unknown schema version 0"),
     "unreadable schema version": (_schema_version("one"), "schema version"),
@@ -418,6 +466,14 @@ DAMAGED = {
     "version 2 that cannot be migrated": (
         lambda path: _v2_store(path, extra="CREATE TABLE external_events (x)"),
         "table external_events already exists",
+    ),
+    "version 3 with a table missing": (
+        lambda path: _v3_store(path, drop="external_events"),
+        "external_events missing",
+    ),
+    "version 3 that cannot be migrated": (
+        lambda path: _v3_store(path, extra="CREATE TABLE cursors (x)"),
+        "table cursors already exists",
     ),
 }
 
@@ -618,6 +674,19 @@ def test_load_many_runs_a_few_queries_per_chunk_in_one_read_transaction(
         selects = [s for s in seen if s.startswith("SELECT")]
         assert len(selects) == 3 * 2 + 1  # headers and events per 500 ids, one definition
         assert not store._local.reader.db.in_transaction
+
+
+def test_read_log_reads_a_page_with_its_flows_in_one_query_on_the_indexes(tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        store.write([new_saga(f"s{n}", n_events=3, flow=f"flow{n % 3}") for n in range(50)], [])
+        store.header("s0")  # opens this thread's read connection
+        db = store._local.reader.db
+        seen = _statements(db)
+        page = store.read_log(10, 100)
+        assert len(page) == 100 and {e.flow for e in page} == {"flow0", "flow1", "flow2"}
+        assert len(seen) == 1
+        plan = " / ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {seen[0]}"))
+        assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_the_inbox_writes_many_in_one_transaction(tmp_path: Path) -> None:
@@ -1000,7 +1069,7 @@ def test_a_version_2_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     path = tmp_path / "v2.db"
     _v2_store(path)
     with SqliteStore(path) as store:
-        assert _schema(path)["version"] == ("3",)
+        assert _schema(path)["version"] == ("4",)
         record = store.load("old")
         assert record.header.owner == "gone" and record.header.status == "running"
         assert record.header.input == {"order": "old"} and record.header.last_seq == 2
@@ -1025,19 +1094,44 @@ def test_a_version_2_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-3 store
+    with SqliteStore(path) as store:  # and it opens again as a version-4 store
         (event,) = store.events_after()
         assert (event.event_id, event.consumed_by, event.consumed_at) == ("pay-1", "old", 6.0)
         assert store.send_event("Paid", "o-1", event_id="pay-1", sent_at=7.0) == (event, False)
         assert store.header("old").owner == "me"
 
 
-@pytest.mark.parametrize("version", [1, 2])
+def test_a_version_3_store_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    _v3_store(path)
+    with SqliteStore(path) as store:
+        assert _schema(path)["version"] == ("4",)
+        assert store.header("old").owner == "gone" and store.header("done").status == "completed"
+        log = store.read_log()
+        assert [(e.saga_id, e.flow, e.event.event_id) for e in log] == [
+            ("old", "order", "old-1"),
+            ("old", "order", "old-2"),
+            ("done", "order", "done-1"),
+        ]
+        assert store.last_position() == 3
+        (sent,) = store.events_after()
+        assert (sent.event_id, sent.consumed_by) == ("pay-1", "old")
+        assert store.inbox.get("old:reserve") == StoredReply("succeeded", {"id": 1}, None)
+        assert store.cursors() == {}
+        store.save_cursor("mailer", 2)
+    fresh = tmp_path / "fresh.db"
+    SqliteStore(fresh).close()
+    assert _schema(path) == _schema(fresh)
+    with SqliteStore(path) as store:  # and it opens again as a version-4 store
+        assert store.cursor("mailer") == 2
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
     tmp_path: Path, version: int
 ) -> None:
     path = tmp_path / f"v{version}.db"
-    (_v1_store if version == 1 else _v2_store)(path)
+    {1: _v1_store, 2: _v2_store, 3: _v3_store}[version](path)
     stores = run_pair(lambda: SqliteStore(path), lambda: SqliteStore(path))
     try:
         assert all(isinstance(s, SqliteStore) for s in stores), stores
@@ -1046,7 +1140,7 @@ def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
         for store in stores:
             if isinstance(store, SqliteStore):
                 store.close()
-    assert _schema(path)["version"] == ("3",)
+    assert _schema(path)["version"] == ("4",)
 
 
 # -- ownership across store objects and processes -------------------------------------------------
