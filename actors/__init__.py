@@ -1,7 +1,8 @@
 """The actor runtime of sagactor: service actors, their inbox, supervision, timers.
 
 It knows nothing of sagas. Users write :class:`Service` classes with :func:`handles` methods (and
-raise :class:`Rejected` for a business "no"); the saga engine starts them as
+raise :class:`Rejected` for a business "no"; :func:`subscribes` marks a method that reacts to
+published events); the saga engine starts them as
 :class:`ServicePool` s and talks to them with :class:`Command` / :class:`Reply` messages.
 
 Threads: every service object runs on its own pykka actor thread; a :class:`ThreadScheduler` has
@@ -40,7 +41,7 @@ from ._messages import (
     thaw,
 )
 from ._pool import ServicePool
-from ._service import Rejected, Service, handles
+from ._service import Rejected, Service, handles, subscribes
 from ._timers import (
     Scheduler,
     ThreadScheduler,
@@ -90,5 +91,6 @@ __all__ = [
     "freeze",
     "handles",
     "make_scheduler",
+    "subscribes",
     "thaw",
 ]

@@ -6,6 +6,12 @@ thread, one command at a time, so it needs no locks. What it does decides the ou
 - returns a JSON object (``dict``)     → ``succeeded`` (the runtime hands the caller a private copy)
 - raises :class:`Rejected`              → ``rejected``: a business "no", by contract without effect
 - raises anything else                  → ``error``: transient, the caller may retry
+
+A method marked ``@subscribes("order_inventory.saga.completed")`` reacts to published saga
+events instead (the event bus, :mod:`sagas.bus`): ``def name(self, delivery) -> None``. It runs
+on its subscription's own actor thread, *not* the service's, so a slow reaction never delays
+the service's commands (nor the sagas waiting on them); state it shares with ``@handles``
+methods needs a lock.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ if TYPE_CHECKING:
 
     from ._messages import Command
 
-__all__ = ["Rejected", "Service", "handles"]
+__all__ = ["Rejected", "Service", "check_topics", "handles", "subscribes"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 _MARK = "__sagactor_handles__"
-_RESERVED = frozenset({"handler", "handler_names"})
+_TOPICS_MARK = "__sagactor_subscribes__"
+_RESERVED = frozenset({"handler", "handler_names", "subscriptions"})
+_TOPIC = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,256}\Z")
 
 
 class Rejected(Exception):
@@ -110,6 +118,72 @@ def handles(name: str) -> Callable[[F], F]:
     return decorate
 
 
+def check_topics(topics: object) -> tuple[str, ...]:
+    """``topics`` as a tuple if it is a non-empty sequence of topic patterns, else
+    ``ServiceDefinitionError``. A pattern is 1 to 256 of ``A-Za-z0-9_.-`` and the
+    ``fnmatch`` wildcards ``* ? [ ] !`` (e.g. ``order_inventory.saga.completed``,
+    ``order_inventory.*``, ``*.saga.completed``, ``*``)."""
+    if isinstance(topics, str) or not isinstance(topics, (list, tuple, set, frozenset)):
+        raise ServiceDefinitionError(
+            f"topics are a list of topic patterns, got {type(topics).__name__} {topics!r}"
+        )
+    if not topics:
+        raise ServiceDefinitionError("a subscription needs at least one topic pattern")
+    for topic in topics:
+        if not isinstance(topic, str) or not _TOPIC.match(topic):
+            raise ServiceDefinitionError(
+                f"bad topic pattern {topic!r}: a topic is '<flow>.<event type>' "
+                "(e.g. 'order_inventory.saga.completed'), a pattern may use * ? [ ] "
+                "(e.g. 'order_inventory.*', '*.saga.completed', '*')"
+            )
+    return tuple(sorted(topics) if isinstance(topics, (set, frozenset)) else topics)
+
+
+def subscribes(*topics: str) -> Callable[[F], F]:
+    """Mark a method of a :class:`Service` as a subscriber to published saga events whose
+    topic matches one of ``topics`` (see :func:`check_topics` for the patterns).
+
+    Checked when applied (``ServiceDefinitionError``): at least one valid pattern, on a plain,
+    synchronous ``def method(self, delivery)``. A method may both handle a command and
+    subscribe. The runtime subscribes it when it starts the service (named
+    ``<module>:<Class>.<method>``, the name of its durable cursor).
+    """
+    if len(topics) == 1 and callable(topics[0]):
+        raise ServiceDefinitionError(
+            "@subscribes needs topics: write @subscribes('order_inventory.saga.completed'), "
+            "not @subscribes"
+        )
+    checked = check_topics(list(topics))
+
+    def decorate(fn: F) -> F:
+        where = f"@subscribes({', '.join(map(repr, checked))})"
+        if not isinstance(fn, FunctionType):
+            raise ServiceDefinitionError(
+                f"{where} must decorate a method defined with `def`, got {type(fn).__name__}"
+            )
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or \
+                inspect.isgeneratorfunction(fn):
+            raise ServiceDefinitionError(
+                f"{where} on {fn.__qualname__}: a subscriber is a plain synchronous `def`"
+            )
+        if getattr(fn, _TOPICS_MARK, None) is not None:
+            raise ServiceDefinitionError(
+                f"{where} on {fn.__qualname__}: already subscribed; list every topic in one "
+                "@subscribes(...)"
+            )
+        try:
+            inspect.signature(fn).bind(object(), object())
+        except TypeError:
+            raise ServiceDefinitionError(
+                f"{where} on {fn.__qualname__}: a subscriber takes (self, delivery); "
+                f"write `def {fn.__name__}(self, delivery): ...`"
+            ) from None
+        setattr(fn, _TOPICS_MARK, checked)
+        return fn
+
+    return decorate
+
+
 def _guess(fn: object) -> str:
     guess = getattr(fn, "__name__", "name")
     return guess if isinstance(guess, str) and _NAME.match(guess) else "name"
@@ -128,6 +202,7 @@ class Service:
 
     _sagactor_handlers: ClassVar[Mapping[str, str]] = MappingProxyType({})
     _sagactor_names: ClassVar[frozenset[str]] = frozenset()
+    _sagactor_subscriptions: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -159,11 +234,28 @@ class Service:
                 )
         cls._sagactor_handlers = MappingProxyType(table)
         cls._sagactor_names = frozenset(table)
+        subscriptions: dict[str, tuple[str, ...]] = {}
+        for attr in dir(cls):
+            topics = getattr(getattr(cls, attr, None), _TOPICS_MARK, None)
+            if topics is None:
+                continue
+            if attr in _RESERVED:
+                raise ServiceDefinitionError(
+                    f"{cls.__qualname__}.{attr}: the method name {attr!r} is used by Service; "
+                    "give the subscriber another name"
+                )
+            subscriptions[attr] = topics
+        cls._sagactor_subscriptions = MappingProxyType(subscriptions)
 
     @classmethod
     def handler_names(cls) -> frozenset[str]:
         """The command names this class handles."""
         return cls._sagactor_names
+
+    @classmethod
+    def subscriptions(cls) -> Mapping[str, tuple[str, ...]]:
+        """The methods marked :func:`subscribes`, by name, with their topic patterns."""
+        return cls._sagactor_subscriptions
 
     def handler(self, name: str) -> Callable[[Command], Any]:
         """The bound handler method for command ``name``; ``KeyError`` if there is none."""

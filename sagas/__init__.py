@@ -5,6 +5,7 @@ The public API is re-exported here; submodules whose names start with ``_`` are 
 
 from __future__ import annotations
 
+from .bus import Delivery, EventBus, Subscriber, Subscription
 from .compiler import CompiledFlow, compile_flow
 from .errors import (
     BadStoreUrl,
@@ -31,6 +32,8 @@ __all__ = [
     "BadStoreUrl",
     "CompiledFlow",
     "DefinitionUnavailable",
+    "Delivery",
+    "EventBus",
     "Flow",
     "FlowError",
     "FlowErrors",
@@ -49,6 +52,8 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "Submitted",
+    "Subscriber",
+    "Subscription",
     "UnknownSaga",
     "__version__",
     "compile_flow",

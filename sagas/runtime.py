@@ -43,6 +43,7 @@ from actors import (
 )
 
 from . import core
+from .bus import Delivery, EventBus, Start, Subscriber, Subscription
 from .compiler import CompiledFlow, compile_flow
 from .errors import (
     BadStoreUrl,
@@ -191,7 +192,8 @@ class Runtime:
     default, ``sqlite:///path``) or a store object; ``clock`` and ``random`` (a
     ``random.Random`` or a seed) are injected for deterministic tests; ``faults`` injects
     failures into service calls; ``services`` supplies service objects by import path or
-    service name instead of importing them.
+    service name instead of importing them. ``subscribers`` are subscribed to the runtime's
+    event bus (:attr:`bus`, :mod:`sagas.bus`) as it starts; :meth:`subscribe` adds more.
 
     ``shards`` is how many shard actors host the sagas. One is the default and the fastest:
     with one interpreter lock, more shards add no parallelism, and they split the mailbox so
@@ -214,6 +216,7 @@ class Runtime:
         owner: str | None = None,
         recover: bool = False,
         poll_interval: float = 0.1,
+        subscribers: Sequence[Subscriber] = (),
     ):
         if shards < 1:
             raise ValueError("a runtime needs at least one shard")
@@ -259,6 +262,13 @@ class Runtime:
         self._poller = threading.Thread(target=self._poll_requests, daemon=True,
                                         name=f"sagactor-requests-{self.owner}")
         self._poller.start()
+        # -- event bus (sagas.bus): saga events published to subscribers from the log --------
+        self.bus = EventBus(self.store, services=self.services.pools)
+        for subscriber in subscribers:
+            self.bus.subscribe(subscriber.name, subscriber.topics, subscriber.handler,
+                               start=subscriber.start, attempts=subscriber.attempts,
+                               backoff=subscriber.backoff)
+        # -- end of event bus --------------------------------------------------------------------
         if recover:
             self.recover()
 
@@ -279,6 +289,7 @@ class Runtime:
         self._closed = True
         self._stop_polling.set()
         self._poller.join(timeout)
+        self.bus.close(timeout)  # event bus: subscribers' cursors saved before the store closes
         self.scheduler.stop()
         for ref in self._shards:
             try:
@@ -577,6 +588,18 @@ class Runtime:
             self._shard_refs[shard_of(saga_id, len(self._shards))].tell(message)
         except pykka.ActorDeadError:
             raise SagactorError("this runtime's shards have stopped") from None
+
+    # -- event bus (sagas.bus) -----------------------------------------------------------------
+    def subscribe(self, name: str, topics: Sequence[str],
+                  handler: Callable[[Delivery], object], *, start: Start = "beginning",
+                  attempts: int = 5, backoff: float = 0.1) -> Subscription:
+        """Subscribe ``handler(delivery)`` to the saga events whose topic
+        (``<flow>.<event type>``) matches one of ``topics``, from the durable cursor ``name``
+        (see :mod:`sagas.bus`: at-least-once, in log order, none missing, across restarts).
+        ``start`` is where a new subscriber starts: ``"beginning"`` or ``"end"`` of the log."""
+        self._check_open()
+        return self.bus.subscribe(name, topics, handler, start=start, attempts=attempts,
+                                  backoff=backoff)
 
     # -- introspection --------------------------------------------------------------------------
     def instances(self, import_path: str) -> list[Service]:

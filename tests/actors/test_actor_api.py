@@ -11,7 +11,7 @@ PACKAGE = Path(actors.__file__).parent
 
 EXPORTS = {
     # services
-    "Service", "handles", "Rejected",
+    "Service", "handles", "subscribes", "Rejected",
     # messages
     "Command", "Reply", "Replies", "Deliver", "StoredReply", "Teller", "Phase", "Outcome",
     "freeze", "thaw",
