@@ -162,6 +162,13 @@ def _s7(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
     return per_10k, f"{s7['sagas']:,} in {s7['elapsed_s']:.2f} s (≈ {per_10k:.1f} s per 10,000)"
 
 
+def _s10(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
+    extra = results["S10"]["extra"]
+    value = float(extra["with_vs_without"])
+    return value, (f"{value:.0%} ({extra['with_sagas_per_s']:,.0f} vs "
+                   f"{extra['without_sagas_per_s']:,.0f} sagas/s)")
+
+
 def _s8(results: dict[str, dict[str, Any]]) -> tuple[float, str]:
     value = _sps(results, "S8c") / _sps(results, "S8b")
     return value, f"{value:.2f}× ({_sps(results, 'S8c'):,.0f} vs {_sps(results, 'S8b'):,.0f}/s)"
@@ -186,6 +193,8 @@ TARGETS: tuple[Target, ...] = (
            lambda v: v <= 2),
     Target("S8 blocking handlers", "instances: 8 ≥ 6× instances: 1", ("S8b", "S8c"), _s8,
            lambda v: v >= 6),
+    Target("S10 event bus", "a subscriber sleeping 10 ms per event: ≥ 90% of the batch "
+           "without it", ("S10",), _s10, lambda v: v >= 0.9),
 )
 
 
@@ -220,6 +229,10 @@ def _notes(result: dict[str, Any]) -> str:
     if result["id"] == "S7":
         notes.append(f"recover() returned after {extra['recover_call_s']:.2f} s; store built "
                      f"in {extra['build_s']:.1f} s")
+    if result["id"] == "S10":
+        notes.append(f"without the subscriber {extra['without_sagas_per_s']:,.0f}/s: "
+                     f"{extra['with_vs_without']:.0%} of it; the subscriber had "
+                     f"{extra['delivered_by_end']:,} of {extra['events']:,} events by the end")
     collector = extra.get("gc")
     if collector:
         notes.append(f"GC {collector['share']:.0%} of the time, longest pause "

@@ -60,6 +60,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              3_000, 500),
     Scenario("S8c", "handlers block 1 ms per call, instances: 8", "actor_runtime:run_s8_io8",
              5_000, 500),
+    Scenario("S10", "S3 with a subscriber sleeping 10 ms per event", "event_bus:run_s10",
+             1_000, 300),
 )
 
 BASELINE = "B1"
