@@ -512,6 +512,10 @@ def _event_detail(event: Any) -> str:
         return "next attempt scheduled"
     if kind == "reply.ignored":
         return f"{data.get('phase')} attempt {data.get('attempt')}: {data.get('outcome')}"
+    if kind.startswith("branch."):
+        return f"branch {data.get('branch')}"
+    if kind == "choice.made":
+        return f"took {data.get('branch')}"
     return ""
 
 
@@ -608,6 +612,61 @@ def resume(store_url: str, as_json: bool) -> None:
     else:
         click.echo(f"resumed {len(adopted)} sagas: {counts['completed']} completed, "
                    f"{counts['compensated']} compensated, {counts['failed']} failed")
+
+
+@main.command()
+@click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
+@store_option
+@click.option("--for", "duration", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line for each saga started.")
+@handle_errors
+def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_json: bool) -> None:
+    """Start a saga of each FLOW for every event of its trigger, until stopped.
+
+    A flow declares `trigger: {event: OrderPlaced, id: $.input.order_id}`; then every
+    `saga send OrderPlaced --key K --data JSON` (from any shell, on the same store) starts
+    one saga with the event's data as input and the id `<flow>.<order_id>`: the same event or
+    id never starts two. Events sent while nothing served the flow are started on the next
+    serve. In-flight sagas whose owner is gone are finished too (as `saga resume`). Prints
+    `started <saga id>` per saga; exit 0 when stopped, 2 for a flow without a trigger.
+    """
+    import signal
+    import threading
+
+    from sagas.loader import load_flow
+    from sagas.runtime import Runtime
+
+    loaded = [load_flow(path) for path in flows]
+    for flow in loaded:
+        if flow.trigger is None:
+            raise InputError(f"{flow.source}: flow {flow.name!r} has no trigger to serve: add "
+                             "`trigger: {event: <EventType>, id: $.input.<field>}`")
+    stop = threading.Event()
+
+    def started(flow_name: str) -> Any:
+        def report(saga_id: str) -> None:
+            if as_json:
+                click.echo(json.dumps({"started": saga_id, "flow": flow_name}))
+            else:
+                click.echo(f"started {saga_id}")
+        return report
+
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with Runtime(store_url) as runtime:
+            runtime.recover()
+            for flow in loaded:
+                runtime.add_trigger(flow, on_start=started(flow.name))
+                assert flow.trigger is not None
+                click.echo(f"serving {flow.name}: a saga per {flow.trigger.event} event "
+                           f"(id {flow.trigger.id}); stop with Ctrl-C", err=True)
+            stop.wait(duration)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _act_on(saga_id: str, store_url: str, as_json: bool, what: str) -> None:

@@ -13,11 +13,13 @@ from typing import Any
 from actors import Rejected, Service, handles
 from sagas.testing import invariant
 
-__all__ = ["FREIGHT_LIMIT", "INITIAL_STOCK", "Inventory", "Notifications", "Payment", "Shipping"]
+__all__ = ["FREIGHT_LIMIT", "INITIAL_STOCK", "INSURANCE_LIMIT", "Insurance", "Inventory",
+           "Notifications", "Payment", "Shipping"]
 
 INITIAL_STOCK = {"widget": 1_000_000, "gadget": 250_000, "gizmo": 10_000}
 CARD_LIMIT = 10_000_000  # cents: one charge above this is declined
 FREIGHT_LIMIT = 50_000  # items: one shipment above this cannot be booked
+INSURANCE_LIMIT = 100_000  # items: one shipment above this cannot be insured
 
 
 def _action_key(command: Any) -> str:
@@ -129,6 +131,32 @@ class Shipping(Service):
 
     def snapshot(self) -> dict[str, Any]:
         return {"shipments": len(self.shipments)}
+
+
+class Insurance(Service):
+    """Transport insurance for large orders (``flows/order_paid_later.yaml`` takes this path
+    only for them): ``insure`` takes out a policy, ``cancel`` withdraws it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policies: dict[str, int] = {}  # action key -> items insured
+
+    @handles("insure")
+    def insure(self, command: Any) -> dict[str, Any]:
+        qty = command.payload["qty"]
+        if command.key not in self.policies:
+            if qty > INSURANCE_LIMIT:
+                raise Rejected(f"{qty} items exceed the insurable limit of {INSURANCE_LIMIT}")
+            self.policies[command.key] = qty
+        return {"policy_id": command.key, "insured": self.policies[command.key]}
+
+    @handles("cancel")
+    def cancel(self, command: Any) -> dict[str, Any]:
+        withdrawn = self.policies.pop(_action_key(command), None) is not None
+        return {"withdrawn": withdrawn}  # safe when the policy was never taken out
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"policies": len(self.policies)}
 
 
 class Notifications(Service):

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import pairwise
 from types import MappingProxyType
@@ -108,6 +108,9 @@ RULES: Mapping[str, str] = MappingProxyType({
     "pivot_unknown_compensated": "a saga failed with pivot_unknown compensated nothing",
     "wrong_end": "the terminal status (and reason) follows from the history",
     "stuck_retry_forever": "a retry_forever saga is not compensating for over stuck_after",
+    # parallel branches (each audited as a history of its own, by the attempt and compensation
+    # rules above and this one)
+    "branch_not_undone": "a branch that ends compensated undid every step it did",
 })
 
 FAILED_REASONS = ("compensation_failed", "pivot_unknown", "forward_recovery",
@@ -239,6 +242,25 @@ class _View:
         assert rule in RULES, rule
         return Violation(self.saga_id, seq, rule, message)
 
+    def skip(self, event: Event) -> bool:
+        """Whether ``event`` belongs to a parallel branch (audited in a view of its own)."""
+        if self.compiled is None or not self.compiled.tracks:
+            return False
+        return event.type.startswith("branch.") or event.step in self.compiled.track_of
+
+    @cached_property
+    def sequence(self) -> tuple[Step, ...]:
+        """The steps of the main sequence on the route this saga's choices took (a parallel
+        block counts as one step; its branches are audited apart)."""
+        if self.compiled is None:
+            return ()
+        route = tuple(e.data.get("branch") for e in self.events if e.type == "choice.made")
+        return self.compiled.route_steps(route)
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {step.name: index for index, step in enumerate(self.sequence)}
+
     @property
     def events(self) -> tuple[Event, ...]:
         return self.record.events
@@ -255,20 +277,20 @@ class _View:
         return info.step if info is not None else None
 
     def index(self, name: str | None) -> int | None:
-        if self.compiled is None or name is None:
+        """The step's position on the saga's route (None: not on it, or no flow)."""
+        if name is None:
             return None
-        info = self.compiled.info.get(step_state(name))
-        return info.index if info is not None else None
+        return self._positions.get(name)
 
     @property
     def pivot_index(self) -> int | None:
-        return None if self.compiled is None else self.compiled.flow.pivot_index
+        return next((i for i, step in enumerate(self.sequence) if step.pivot), None)
 
     def compensable(self, name: str) -> bool:
         """Whether the flow lets ``name`` be compensated: it declares a compensation and comes
         before the pivot."""
         step, index, pivot = self.step(name), self.index(name), self.pivot_index
-        return (step is not None and index is not None and step.compensation is not None
+        return (step is not None and index is not None and step.undoable
                 and (pivot is None or index < pivot))
 
     # -- history ----------------------------------------------------------------------------
@@ -303,6 +325,11 @@ class _View:
             return trigger in ("rejected", *_GAVE_UP)
         return index == pivot and trigger == "rejected"
 
+    def route_at(self, visit: _Visit) -> tuple[str, ...]:
+        """The branches the saga's choices had taken when ``visit`` began."""
+        return tuple(e.data.get("branch") for e in self.events
+                     if e.type == "choice.made" and e.seq < visit.first.seq)
+
     def compensation_visits(self) -> list[_Visit]:
         return [v for v in self.visits if v.phase == "compensation"]
 
@@ -325,6 +352,8 @@ def _parse(view: _View) -> None:
             visit = None
         if epoch.terminal is not None:
             epoch.after.append(event)
+            continue
+        if view.skip(event):
             continue
         epoch.events.append(event)
         view.live.append(event)
@@ -675,7 +704,8 @@ def _unknown_step(view: _View) -> Iterator[Violation]:
     if view.compiled is None:
         return
     for event in view.events:
-        if event.step is not None and view.index(event.step) is None:
+        if event.step is not None and step_state(event.step) not in view.compiled.info \
+                and event.step not in view.compiled.choices:
             yield view.violation(event.seq, "unknown_step",
                                  f"{event.type} names step {event.step!r}, which the flow "
                                  "does not have")
@@ -684,7 +714,7 @@ def _unknown_step(view: _View) -> Iterator[Violation]:
 def _step_order(view: _View) -> Iterator[Violation]:
     if view.compiled is None:
         return
-    steps = view.compiled.flow.steps
+    steps = view.sequence
     for position, visit in enumerate(view.visits):
         index = view.index(visit.step)
         if visit.phase != "action" or visit.resumed or index is None:
@@ -766,7 +796,7 @@ def _no_compensation(view: _View) -> Iterator[Violation]:
     for visit in _entries(view):
         step, index = view.step(visit.step), view.index(visit.step)
         assert step is not None and index is not None
-        if step.compensation is None and (pivot is None or index < pivot):
+        if not step.undoable and (pivot is None or index < pivot):
             yield view.violation(visit.first.seq, "no_compensation",
                                  f"{visit.step!r} is compensated but declares no compensation")
 
@@ -875,7 +905,7 @@ def _missing_compensation(view: _View) -> Iterator[Violation]:
                 view.backward(v) and v.first.seq < end.seq for v in view.visits):
             continue  # without a failure to recover from, the end itself is wrong (wrong_end)
         missing = []
-        for step in reversed(view.compiled.flow.steps):
+        for step in reversed(view.sequence):
             if not view.compensable(step.name):
                 continue
             action = view.action_before(step.name, end.seq)
@@ -912,7 +942,7 @@ def _end_problem(view: _View, epoch: _Epoch, end: Event) -> str | None:
     actions = [v for v in epoch.visits if v.phase == "action"]
     last_action = actions[-1] if actions else None
     if status == "completed":
-        flow_steps = compiled.flow.steps
+        flow_steps = view.sequence
         undone = [s.name for s in flow_steps
                   if not any(v.phase == "action" and v.step == s.name and v.trigger == "succeeded"
                              and v.first.seq < end.seq for v in view.visits)]
@@ -945,7 +975,7 @@ def _end_problem(view: _View, epoch: _Epoch, end: Event) -> str | None:
     if visit is None:
         return f"failed/{reason} with no step run in this epoch"
     trigger = "exhausted" if visit.trigger == "abandoned" else visit.trigger
-    move = compiled.next(visit.state, trigger) if trigger else None
+    move = compiled.next(visit.state, trigger, view.route_at(visit)) if trigger else None
     if move != ("failed", reason):
         after = f"the {visit.describe()} {visit.trigger or 'in progress'}"
         if move is None:
@@ -995,6 +1025,71 @@ _RULES: tuple[Rule, ...] = (
 )
 
 
+def _branch_not_undone(view: _View) -> Iterator[Violation]:
+    """A branch that ended compensated undid every step it started that was not rejected
+    (whether the branch failed, or was halted or undone after it completed)."""
+    for epoch in view.epochs:
+        end = epoch.terminal
+        if end is None or end.type != "saga.compensated":
+            continue
+        missing = [step.name for step in view.sequence if view.compensable(step.name)
+                   and (action := view.action_before(step.name, end.seq)) is not None
+                   and action.trigger != "rejected"
+                   and not any(v.step == step.name and v.definitive is not None
+                               and v.definitive.seq < end.seq
+                               for v in view.compensation_visits())]
+        if missing:
+            yield view.violation(end.seq, "branch_not_undone",
+                                 f"branch ended compensated but {', '.join(map(repr, missing))} "
+                                 "never compensated (started, not rejected)")
+
+
+_BRANCH_RULES: tuple[Rule, ...] = (
+    _attempt_not_started, _attempt_order, _two_outcomes, _timed_out_twice,
+    _timed_out_after_reply, _late_error, _stale_outcome, _too_many_attempts, _no_compensation,
+    _compensated_not_started, _compensated_rejected, _compensation_order, _compensation_twice,
+    _branch_not_undone,
+)
+"""The rules a parallel branch's own history is held to. The rules of order, abort and end
+are the main sequence's: a branch is halted (it stops at its next step boundary) rather than
+cancelled, and its end is the block's to decide."""
+
+_BRANCH_ENDS = {"branch.compensated": "saga.compensated", "branch.failed": "saga.failed"}
+
+
+def _branch_records(record: SagaRecord, compiled: CompiledFlow) -> Iterator[
+        tuple[str, SagaRecord, CompiledFlow]]:
+    """Each parallel branch's history as a log of its own (keeping the saga's seqs), with the
+    branch compiled as a flow of its own."""
+    flow = compiled.flow
+    for route, (block, branch) in compiled.tracks.items():
+        steps = {s.name for s in branch.steps}
+        events: list[Event] = []
+        for event in record.events:
+            if event.step == block.name and event.type == "step.started" and not events:
+                events.append(Event(event.seq, "saga.started", None, None, event.at,
+                                    event.event_id, None, {"input": None}))
+            elif not events:
+                continue
+            elif event.step in steps:
+                events.append(event)
+            elif event.data.get("branch") == route and event.type in _BRANCH_ENDS:
+                data = {"reason": "compensation_failed"} if event.type == "branch.failed" \
+                    else {}
+                events.append(Event(event.seq, _BRANCH_ENDS[event.type], None, None, event.at,
+                                    event.event_id, event.causation_id, data))
+            elif event.type == "saga.retried" and events[-1].type == "saga.failed":
+                events.append(event)
+        if not events:
+            continue
+        branch_flow = Flow(name=f"{flow.name}.{route}", version=flow.version,
+                           steps=branch.steps, services=flow.services,
+                           definition=f"{flow.definition}:{route}", text=flow.text,
+                           source=flow.source)
+        yield route, type(record)(record.header, record.definition_text, tuple(events)), \
+            compile_flow(branch_flow)
+
+
 # -- entry points ------------------------------------------------------------------------------
 def _compile(text: str) -> CompiledFlow | str:
     """The compiled flow of a stored definition, or why it no longer loads."""
@@ -1036,6 +1131,13 @@ def _audit(record: SagaRecord, built: CompiledFlow | str, *, now: float, stuck_a
                  expect_terminal, owner_alive)
     _parse(view)
     found = [violation for rule in _RULES for violation in rule(view)]
+    if compiled is not None and compiled.tracks:
+        for route, branch_record, branch_compiled in _branch_records(record, compiled):
+            branch_view = _View(branch_record.header.saga_id, branch_record, branch_compiled,
+                                None, now, stuck_after, False, None)
+            _parse(branch_view)
+            found.extend(replace(violation, message=f"branch {route}: {violation.message}")
+                         for rule in _BRANCH_RULES for violation in rule(branch_view))
     found.sort(key=lambda v: 0 if v.seq is None else v.seq)
     return found
 

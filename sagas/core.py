@@ -24,7 +24,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from .compiler import TERMINAL_STATES, CompiledFlow, StateInfo, compensation_state, step_state
+from .compiler import (
+    CHOICE_PREFIX,
+    STEP_PREFIX,
+    TERMINAL_STATES,
+    CompiledFlow,
+    StateInfo,
+    compensation_state,
+    step_state,
+)
 from .events import TERMINAL_EVENTS, Event
 from .model import Step
 from .paths import evaluate
@@ -192,6 +200,7 @@ class Saga:
         "compiled",
         "deadline_at",
         "deadline_passed",
+        "halting",
         "in_flight",
         "input",
         "key_suffix",
@@ -204,6 +213,7 @@ class Saga:
         "reason",
         "retries",
         "retrying_id",
+        "route",
         "saga_id",
         "seq",
         "started_at",
@@ -211,6 +221,7 @@ class Saga:
         "status",
         "timed_out",
         "timeout_at",
+        "tracks",
         "updated_at",
         "waiting",
     )
@@ -245,6 +256,9 @@ class Saga:
         self.started_at = 0.0
         self.updated_at = 0.0
         self.waiting: tuple[str, str] | None = None  # (event, key) of the wait in progress
+        self.route: tuple[str, ...] = ()  # the branches its choices took, in order
+        self.tracks: dict[str, Track] = {}  # the branches of the parallel blocks it entered
+        self.halting = False  # (a branch's flag: the main sequence is never halted)
 
     @property
     def terminal(self) -> bool:
@@ -256,6 +270,57 @@ class Saga:
 
     def context(self) -> dict[str, Any]:
         return context_of(self.input, self.outputs)
+
+
+class Track:
+    """One branch of a parallel block: the part of a saga's state that is per branch.
+
+    A saga itself is the track of its main sequence (it has the same attributes), so the
+    decisions below work on either. ``route`` is the branch's track id ``<block>.<branch>``
+    (the saga's is the tuple of branches its choices took); ``status`` is ``running``,
+    ``completed`` (all its steps succeeded: it waits for the others), ``compensating``,
+    ``compensated`` or ``failed``; ``halting`` means another branch failed, so it stops at its
+    next step boundary.
+    """
+
+    __slots__ = ("attempt", "base_attempt", "command_id", "compiled", "halting", "in_flight",
+                 "last_kind", "next_attempt_at", "retrying_id", "route", "state", "status",
+                 "timed_out", "timeout_at", "waiting")
+
+    def __init__(self, route: str, compiled: CompiledFlow, state: str):
+        self.route = route
+        self.compiled = compiled
+        self.state = state
+        self.status = "running"
+        self.halting = False
+        self.attempt = 0
+        self.base_attempt = 0
+        self.in_flight = False
+        self.timeout_at: float | None = None
+        self.timed_out: set[int] = set()
+        self.next_attempt_at: float | None = None
+        self.command_id: str | None = None
+        self.retrying_id: str | None = None
+        self.last_kind: str | None = None
+        self.waiting: tuple[str, str] | None = None
+
+    @property
+    def info(self) -> StateInfo | None:
+        return self.compiled.info.get(self.state)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("compensated", "failed")
+
+
+AnyTrack = Saga | Track
+BRANCH_ENDS = ("completed", "compensated", "failed")
+
+
+def _track(saga: Saga, step: str | None) -> AnyTrack:
+    """The track a step's events belong to: its parallel branch's, or the saga's own."""
+    route = saga.compiled.track_of.get(step) if step is not None else None
+    return saga if route is None else saga.tracks[route]
 
 
 def wait_key(step: Step, context: Mapping[str, Any]) -> str:
@@ -283,23 +348,35 @@ def apply(saga: Saga, event: Event) -> None:
     if kind == "step.started" or kind == "compensation.started":
         step = event.step
         assert step is not None and event.attempt is not None
+        t = _track(saga, step)
         state = step_state(step) if kind == "step.started" else compensation_state(step)
-        if state != saga.state:
-            saga.state = state
-            saga.timed_out = set()
-            saga.base_attempt = 0
-        saga.status = "running" if kind == "step.started" else "compensating"
-        saga.attempt = event.attempt
-        saga.command_id = event.event_id
-        saga.in_flight = True
-        saga.timeout_at = data.get("timeout_at")
-        saga.next_attempt_at = None
+        if state != t.state:
+            t.state = state
+            t.timed_out = set()
+            t.base_attempt = 0
+        status = "running" if kind == "step.started" else "compensating"
+        if t is saga:
+            saga.status = status
+        else:
+            t.status = status
+        t.attempt = event.attempt
+        t.command_id = event.event_id
+        t.in_flight = True
+        t.timeout_at = data.get("timeout_at")
+        t.next_attempt_at = None
         if kind == "step.started":
             saga.payloads[step] = data.get("payload")
             wait = data.get("wait_for")
-            saga.waiting = (wait["event"], wait["key"]) if wait else None
+            t.waiting = (wait["event"], wait["key"]) if wait else None
+        branches = data.get("parallel")
+        if branches is not None:
+            for route in branches:
+                if route not in saga.tracks:
+                    saga.tracks[route] = Track(route, saga.compiled,
+                                               saga.compiled.track_initial[route])
     elif kind in ("step.succeeded", "step.failed", "compensation.succeeded",
                   "compensation.failed"):
+        t = _track(saga, event.step)
         if kind == "step.succeeded":
             assert event.step is not None
             saga.outputs[event.step] = data.get("output")
@@ -307,21 +384,29 @@ def apply(saga: Saga, event: Event) -> None:
             if info is not None and info.step.pivot:
                 saga.pivot_done = True
         elif kind.endswith(".failed"):
-            saga.last_kind = data.get("kind")
-        if event.attempt == saga.attempt:
-            saga.in_flight = False
-            saga.timeout_at = None
+            t.last_kind = data.get("kind")
+        if event.attempt == t.attempt:
+            t.in_flight = False
+            t.timeout_at = None
     elif kind in ("step.timed_out", "compensation.timed_out"):
         assert event.attempt is not None
-        saga.timed_out.add(event.attempt)
-        if event.attempt == saga.attempt:
-            saga.in_flight = False
-            saga.timeout_at = None
+        t = _track(saga, event.step)
+        t.timed_out.add(event.attempt)
+        if event.attempt == t.attempt:
+            t.in_flight = False
+            t.timeout_at = None
             # the latest attempt ended without a "no": a retry after it keeps the key
-            saga.last_kind = "timeout"
+            t.last_kind = "timeout"
     elif kind in ("step.retrying", "compensation.retrying"):
-        saga.next_attempt_at = data.get("next_attempt_at")
-        saga.retrying_id = event.event_id
+        t = _track(saga, event.step)
+        t.next_attempt_at = data.get("next_attempt_at")
+        t.retrying_id = event.event_id
+    elif kind == "choice.made":
+        saga.route = (*saga.route, data["branch"])
+    elif kind == "branch.halted":
+        saga.tracks[data["branch"]].halting = True
+    elif kind in ("branch.completed", "branch.compensated", "branch.failed"):
+        saga.tracks[data["branch"]].status = kind[7:]
     elif kind == "saga.started":
         saga.input = data.get("input")
         saga.deadline_at = data.get("deadline_at")
@@ -341,6 +426,10 @@ def apply(saga: Saga, event: Event) -> None:
             # the inbox holds the definitive "no" under the old key: a retry asks anew
             saga.key_suffix[info.step.name] = f":retry{saga.retries}"
         saga.status = "compensating" if info and info.phase == "compensation" else "running"
+        for track in saga.tracks.values():
+            if track.status == "failed":  # a parked branch: its compensation is re-driven
+                track.base_attempt = track.attempt
+                track.timed_out = set()
     elif kind in TERMINAL_EVENTS:
         saga.status = TERMINAL_EVENTS[kind]
         saga.reason = data.get("reason")
@@ -360,7 +449,11 @@ def replay(saga_id: str, compiled: CompiledFlow, events: Iterable[Event]) -> Sag
 
 # -- deciding -----------------------------------------------------------------------------------
 class _Decision:
-    """Collects the events and commands of one call to :func:`handle`."""
+    """Collects the events and commands of one call to :func:`handle`.
+
+    Methods that drive one sequence of steps take its track ``t``: the saga itself for the main
+    sequence, or a :class:`Track` for a branch of a parallel block.
+    """
 
     __slots__ = ("commands", "env", "events", "now", "saga")
 
@@ -382,17 +475,60 @@ class _Decision:
         return event
 
     # -- entering states ------------------------------------------------------------------------
-    def enter(self, state: str, reason: str | None, cause: str | None) -> None:
+    def enter(self, state: str, reason: str | None, cause: str | None, t: AnyTrack) -> None:
         saga = self.saga
-        if state in TERMINAL_STATES:
+        if t is not saga:
+            assert isinstance(t, Track)
+            if state in saga.compiled.branch_terminals:
+                self.branch_ended(t, state.rsplit(":", 1)[1], cause)
+                return
+        elif state in TERMINAL_STATES:
             data: dict[str, Any] = {"reason": reason} if state == "failed" else {}
             self.emit(f"saga.{state}", None, None, data, cause)
             self.commands.append(Ended(saga.saga_id, state, reason))
             return
+        elif state.startswith(CHOICE_PREFIX):
+            self.choose(state, cause)
+            return
         info = saga.compiled.info[state]
-        self.start_attempt(info, 1, cause)
+        if info.step.is_parallel:
+            self.start_block(info, 1, cause)
+            return
+        self.start_attempt(info, 1, cause, t)
 
-    def start_attempt(self, info: StateInfo, attempt: int, cause: str | None) -> None:
+    def choose(self, state: str, cause: str | None) -> None:
+        """A choice: the first branch whose condition holds (the default has none)."""
+        saga = self.saga
+        choice = saga.compiled.choices[state[len(CHOICE_PREFIX):]]
+        context = saga.context()
+        branch = next(b for b in choice.branches if b.when is None or b.when.holds(context))
+        event = self.emit("choice.made", choice.name, None, {"branch": branch.name}, cause)
+        move = saga.compiled.next(state, "chosen", saga.route)
+        assert move is not None, f"no route from {state} through {branch.name}"
+        self.enter(move[0], move[1], event.event_id, saga)
+
+    def start_block(self, info: StateInfo, attempt: int, cause: str | None) -> None:
+        """Run a parallel block's branches (action), or undo the branches that completed
+        (compensation)."""
+        saga = self.saga
+        block = info.step
+        routes = saga.compiled.blocks[block.name]
+        kind = "step.started" if info.phase == "action" else "compensation.started"
+        event = self.emit(kind, block.name, attempt,
+                          {"payload": None, "timeout_at": None, "parallel": list(routes)}, cause)
+        aborted = saga.cancelled or saga.deadline_passed
+        reason = ("deadline" if saga.deadline_passed else "cancelled") if aborted else None
+        for route in routes:
+            t = saga.tracks[route]
+            if info.phase == "action":
+                self.enter(t.state, None, event.event_id, t)
+            else:  # undo what completed; stop what still runs (at its next step boundary,
+                # or at once after a cancel or the deadline)
+                self.halt(t, event.event_id, reason)
+        self.join(block, event.event_id)
+
+    def start_attempt(self, info: StateInfo, attempt: int, cause: str | None,
+                      t: AnyTrack) -> None:
         saga = self.saga
         step = info.step
         timeout_at = self.now + step.timeout
@@ -412,23 +548,23 @@ class _Decision:
         else:
             self.emit("compensation.started", step.name, attempt,
                       {"payload": saga.payloads.get(step.name), "timeout_at": timeout_at}, cause)
-        self.send_attempt(info)
+        self.send_attempt(info, t)
 
-    def send_attempt(self, info: StateInfo) -> None:
-        """The commands of the saga's latest attempt: its timeout first, then the call (so a
+    def send_attempt(self, info: StateInfo, t: AnyTrack) -> None:
+        """The commands of the track's latest attempt: its timeout first, then the call (so a
         call that cannot be sent still times out and is retried)."""
         saga = self.saga
         step = info.step
-        assert saga.timeout_at is not None and saga.command_id is not None
+        assert t.timeout_at is not None and t.command_id is not None
         if step.is_delay:
-            self.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "delay", info.phase,
-                                          step.name, saga.attempt, saga.command_id))
+            self.commands.append(SetTimer(saga.saga_id, t.timeout_at, "delay", info.phase,
+                                          step.name, t.attempt, t.command_id))
             return
         if step.is_wait:
-            assert saga.waiting is not None
-            self.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "timeout", info.phase,
-                                          step.name, saga.attempt, saga.command_id))
-            self.commands.append(Await(saga.saga_id, step.name, saga.attempt, *saga.waiting))
+            assert t.waiting is not None
+            self.commands.append(SetTimer(saga.saga_id, t.timeout_at, "timeout", info.phase,
+                                          step.name, t.attempt, t.command_id))
+            self.commands.append(Await(saga.saga_id, step.name, t.attempt, *t.waiting))
             return
         if info.phase == "action":
             key = f"{saga.saga_id}:{step.name}{saga.key_suffix.get(step.name, '')}"
@@ -436,27 +572,32 @@ class _Decision:
         else:
             key = f"{saga.saga_id}:{step.name}:compensation"
             name, result = step.compensation or "", saga.outputs.get(step.name)
-        self.commands.append(SetTimer(saga.saga_id, saga.timeout_at, "timeout", info.phase,
-                                      step.name, saga.attempt, saga.command_id))
-        self.commands.append(Execute(saga.command_id, saga.saga_id, step.name, info.phase,
-                                     step.service, name, saga.attempt, key,
-                                     saga.payloads.get(step.name), result, saga.timeout_at))
+        self.commands.append(SetTimer(saga.saga_id, t.timeout_at, "timeout", info.phase,
+                                      step.name, t.attempt, t.command_id))
+        self.commands.append(Execute(t.command_id, saga.saga_id, step.name, info.phase,
+                                     step.service, name, t.attempt, key,
+                                     saga.payloads.get(step.name), result, t.timeout_at))
 
-    def advance(self, trigger: str, cause: str | None) -> None:
+    def advance(self, trigger: str, cause: str | None, t: AnyTrack) -> None:
         saga = self.saga
-        move = saga.compiled.next(saga.state, trigger)
+        failing = (t is not saga and trigger != "succeeded" and not t.halting
+                   and t.state.startswith(STEP_PREFIX))
+        move = saga.compiled.next(t.state, trigger, t.route)
         if move is None:  # pragma: no cover - the compiler guarantees every needed edge
-            raise RuntimeError(f"saga {saga.saga_id}: no {trigger!r} transition from {saga.state}")
-        self.enter(move[0], move[1], cause)
+            raise RuntimeError(f"saga {saga.saga_id}: no {trigger!r} transition from {t.state}")
+        self.enter(move[0], move[1], cause, t)
+        if failing:  # a branch failed: so does the block, which undoes its branches
+            assert isinstance(t, Track)
+            self.block_failed(t, cause)
 
-    def retry_or_give_up(self, info: StateInfo, cause: str | None) -> None:
+    def retry_or_give_up(self, info: StateInfo, cause: str | None, t: AnyTrack) -> None:
         saga = self.saga
         step = info.step
         policy = step.retry
-        done = saga.attempt - saga.base_attempt
+        done = t.attempt - t.base_attempt
         forever = info.phase == "compensation" and step.on_compensation_failure == "retry_forever"
-        if not forever and done >= policy.attempts:
-            self.advance("exhausted", cause)
+        if (not forever and done >= policy.attempts) or (t.halting and info.phase == "action"):
+            self.advance("exhausted", cause, t)
             return
         draw = self.env.random(f"{saga.saga_id}/{saga.seq}") if policy.jitter else None
         delay = policy.delay(min(done, 64), draw)
@@ -464,68 +605,138 @@ class _Decision:
             delay = min(delay, policy.max_backoff or RETRY_FOREVER_CAP)
         at = self.now + delay
         prefix = "step" if info.phase == "action" else "compensation"
-        event = self.emit(f"{prefix}.retrying", step.name, saga.attempt,
+        event = self.emit(f"{prefix}.retrying", step.name, t.attempt,
                           {"next_attempt_at": at}, cause)
         if delay <= 0:
-            self.start_attempt(info, saga.attempt + 1, event.event_id)
+            self.start_attempt(info, t.attempt + 1, event.event_id, t)
         else:
             self.commands.append(SetTimer(saga.saga_id, at, "backoff", info.phase, step.name,
-                                          saga.attempt, event.event_id))
+                                          t.attempt, event.event_id))
 
     def abort_forward(self, cause: str | None) -> None:
         """Deadline or cancel before the pivot succeeded: the step in progress counts as timed
-        out, pending backoff is dropped, and recovery proceeds as for an exhausted step."""
+        out, pending backoff is dropped, and recovery proceeds as for an exhausted step. In a
+        parallel block, every branch still going forward is stopped that way at once."""
         saga = self.saga
         info = saga.info
         assert info is not None and info.phase == "action"
-        if saga.in_flight:
+        reason = "deadline" if saga.deadline_passed else "cancelled"
+        if saga.in_flight:  # (a parallel block too: undoing it stops its branches at once)
             event = self.emit("step.timed_out", info.step.name, saga.attempt,
-                              {"timeout_at": saga.timeout_at,
-                               "reason": "deadline" if saga.deadline_passed else "cancelled"},
-                              cause)
+                              {"timeout_at": saga.timeout_at, "reason": reason}, cause)
             cause = event.event_id
-        self.advance("exhausted", cause)
+        self.advance("exhausted", cause, saga)
+
+    # -- parallel blocks ------------------------------------------------------------------------
+    def block_failed(self, failed: Track, cause: str | None) -> None:
+        """A branch failed going forward: the block fails as a step whose effect is unknown
+        (some branches may have done their part), so it is compensated — which stops the
+        other branches and undoes what they did."""
+        saga = self.saga
+        info = saga.info
+        block = failed.route.rsplit(".", 1)[0]
+        if info is None or info.phase != "action" or info.step.name != block \
+                or not saga.in_flight:
+            return
+        event = self.emit("step.failed", block, saga.attempt,
+                          {"error": f"branch {failed.route} failed", "kind": "error"}, cause)
+        self.advance("exhausted", event.event_id, saga)
+
+    def halt(self, t: Track, cause: str | None, reason: str | None) -> None:
+        """Stop a branch going forward. ``reason`` None (another branch failed): a step in
+        flight finishes first; "cancelled" or "deadline": it counts as timed out now."""
+        if t.status == "completed":
+            self.enter(self.saga.compiled.undo_entry[t.route], None, cause, t)
+            return
+        if t.status != "running":
+            return  # already compensating, or ended
+        block = t.route.rsplit(".", 1)[0]
+        if not t.halting:
+            self.emit("branch.halted", block, None, {"branch": t.route}, cause)
+        info = t.info
+        assert info is not None and info.phase == "action"
+        if t.in_flight:
+            if reason is None and not info.step.is_delay:
+                return  # stops when its reply (or timeout) comes
+            event = self.emit("step.timed_out", info.step.name, t.attempt,
+                              {"timeout_at": t.timeout_at, "reason": reason or "halted"}, cause)
+            cause = event.event_id
+        self.advance("exhausted", cause, t)
+
+    def branch_ended(self, t: Track, end: str, cause: str | None) -> None:
+        block = t.route.rsplit(".", 1)[0]
+        event = self.emit(f"branch.{end}", block, None, {"branch": t.route}, cause)
+        self.join(self.saga.compiled.flow.step(block), event.event_id)
+
+    def join(self, block: Step, cause: str | None) -> None:
+        """After a branch of ``block`` ended: once every branch has, the block ends too."""
+        saga = self.saga
+        info = saga.info
+        if info is None or info.step is not block or not saga.in_flight:
+            return
+        statuses = [saga.tracks[r].status for r in saga.compiled.blocks[block.name]]
+        if info.phase == "action":
+            if all(s == "completed" for s in statuses):
+                event = self.emit("step.succeeded", block.name, saga.attempt, {"output": {}},
+                                  cause)
+                self.advance("succeeded", event.event_id, saga)
+            return
+        if not all(s in ("compensated", "failed") for s in statuses):
+            return
+        parked = [r for r in saga.compiled.blocks[block.name]
+                  if saga.tracks[r].status == "failed"]
+        if parked:
+            event = self.emit("compensation.failed", block.name, saga.attempt,
+                              {"error": f"compensation failed in branch {', '.join(parked)}",
+                               "kind": "error"}, cause)
+            self.advance("exhausted", event.event_id, saga)
+        else:
+            event = self.emit("compensation.succeeded", block.name, saga.attempt,
+                              {"output": None}, cause)
+            self.advance("succeeded", event.event_id, saga)
 
     # -- signals --------------------------------------------------------------------------------
     def reply(self, signal: ReplyReceived) -> None:
         saga = self.saga
-        info = saga.info
+        t = _track(saga, signal.step)
+        info = t.info
         current = (info is not None and signal.phase == info.phase
                    and signal.step == info.step.name)
         cause = signal.command_id
-        if current and signal.attempt == saga.attempt and saga.in_flight:
+        if current and signal.attempt == t.attempt and t.in_flight:
             assert info is not None
-            self.outcome(info, signal, cause)
-        elif (current and signal.attempt in saga.timed_out
+            self.outcome(info, signal, cause, t)
+        elif (current and signal.attempt in t.timed_out
               and (signal.outcome == "succeeded"
                    or (signal.outcome == "rejected" and signal.phase == "action"))):
             # a late, definitive reply from a timed-out attempt of the step in progress ends it
             assert info is not None
-            self.outcome(info, signal, cause)
+            self.outcome(info, signal, cause, t)
         else:
             self.emit("reply.ignored", signal.step, signal.attempt,
                       {"phase": signal.phase, "attempt": signal.attempt,
                        "outcome": signal.outcome}, cause)
 
-    def outcome(self, info: StateInfo, signal: ReplyReceived, cause: str | None) -> None:
+    def outcome(self, info: StateInfo, signal: ReplyReceived, cause: str | None,
+                t: AnyTrack) -> None:
         prefix = "step" if info.phase == "action" else "compensation"
         step = info.step.name
         if signal.outcome == "succeeded":
             event = self.emit(f"{prefix}.succeeded", step, signal.attempt,
                               {"output": signal.output}, cause)
-            self.advance("succeeded", event.event_id)
+            halted = t.halting and info.phase == "action"  # done, but to be undone
+            self.advance("exhausted" if halted else "succeeded", event.event_id, t)
             return
         kind = "rejected" if signal.outcome == "rejected" else "error"
         event = self.emit(f"{prefix}.failed", step, signal.attempt,
                           {"error": signal.error or kind, "kind": kind}, cause)
         if kind == "rejected" and info.phase == "action":
-            self.advance("rejected", event.event_id)
+            self.advance("rejected", event.event_id, t)
         else:
-            self.retry_or_give_up(info, event.event_id)
+            self.retry_or_give_up(info, event.event_id, t)
 
     def timer(self, signal: TimerFired) -> None:
         saga = self.saga
-        info = saga.info
         if signal.kind == "deadline":
             if saga.status != "running" or saga.deadline_passed:
                 return  # disarmed while compensating
@@ -534,27 +745,29 @@ class _Decision:
             if not saga.pivot_done:
                 self.abort_forward(event.event_id)
             return
+        t = _track(saga, signal.step)
+        info = t.info
         if info is None or signal.phase != info.phase or signal.step != info.step.name \
-                or signal.attempt != saga.attempt:
+                or signal.attempt != t.attempt:
             return  # a stale timer
         if signal.kind == "timeout":
-            if not saga.in_flight:
+            if not t.in_flight:
                 return
             prefix = "step" if info.phase == "action" else "compensation"
-            event = self.emit(f"{prefix}.timed_out", info.step.name, saga.attempt,
-                              {"timeout_at": saga.timeout_at, "reason": "timeout"},
+            event = self.emit(f"{prefix}.timed_out", info.step.name, t.attempt,
+                              {"timeout_at": t.timeout_at, "reason": "timeout"},
                               signal.causation_id)
-            self.retry_or_give_up(info, event.event_id)
+            self.retry_or_give_up(info, event.event_id, t)
         elif signal.kind == "backoff":
-            if saga.in_flight or saga.next_attempt_at is None:
+            if t.in_flight or t.next_attempt_at is None:
                 return
-            self.start_attempt(info, saga.attempt + 1, signal.causation_id)
+            self.start_attempt(info, t.attempt + 1, signal.causation_id, t)
         elif signal.kind == "delay":
-            if not saga.in_flight:
+            if not t.in_flight:
                 return
-            event = self.emit("step.succeeded", info.step.name, saga.attempt,
+            event = self.emit("step.succeeded", info.step.name, t.attempt,
                               {"output": {}}, signal.causation_id)
-            self.advance("succeeded", event.event_id)
+            self.advance("exhausted" if t.halting else "succeeded", event.event_id, t)
 
     def event(self, signal: EventReceived) -> None:
         """The awaited event: the wait succeeds with the event's data as its output. Anything
@@ -567,7 +780,7 @@ class _Decision:
         event = self.emit("step.succeeded", info.step.name, saga.attempt,
                           {"output": signal.data, "event_id": signal.event_id},
                           saga.command_id)
-        self.advance("succeeded", event.event_id)
+        self.advance("succeeded", event.event_id, saga)
 
     def cancel(self, signal: Cancel) -> None:
         """Record ``saga.cancelled``; before the pivot has succeeded, roll back as a deadline
@@ -590,7 +803,20 @@ class _Decision:
         event = self.emit("saga.retried", info.step.name, None,
                           {"requested_by": signal.requested_by, "phase": info.phase},
                           signal.causation_id)
-        self.start_attempt(info, saga.attempt + 1, event.event_id)
+        if not info.step.is_parallel:
+            self.start_attempt(info, saga.attempt + 1, event.event_id, saga)
+            return
+        # a block whose branch parked: its branches' compensations are driven again
+        failed = [saga.tracks[r] for r in saga.compiled.blocks[info.step.name]
+                  if saga.tracks[r].status == "failed"]
+        started = self.emit("compensation.started", info.step.name, saga.attempt + 1,
+                            {"payload": None, "timeout_at": None,
+                             "parallel": list(saga.compiled.blocks[info.step.name])},
+                            event.event_id)
+        for t in failed:
+            t_info = t.info
+            assert t_info is not None
+            self.start_attempt(t_info, t.attempt + 1, started.event_id, t)
 
 
 def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env) -> tuple[
@@ -605,7 +831,7 @@ def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env) -> tu
     if deadline_at is not None:
         decision.commands.append(SetTimer(saga_id, deadline_at, "deadline", None, None, None,
                                           event.event_id))
-    decision.enter(compiled.initial, None, event.event_id)
+    decision.enter(compiled.initial, None, event.event_id, saga)
     return saga, decision.events, decision.commands
 
 
@@ -656,6 +882,7 @@ def resume(saga: Saga, env: Env) -> tuple[list[Event], list[Command]]:
     if info is None:  # pragma: no cover - a non-terminal saga is always in a step state
         return [], []
     deadline_cause = f"{saga.saga_id}/1"  # saga.started armed it
+    before = {route: t.command_id for route, t in saga.tracks.items()}
     if saga.deadline_at is not None and saga.status == "running" and not saga.deadline_passed:
         if saga.deadline_at <= decision.now:
             decision.timer(TimerFired("deadline", None, None, None, deadline_cause))
@@ -664,16 +891,30 @@ def resume(saga: Saga, env: Env) -> tuple[list[Event], list[Command]]:
         else:
             decision.commands.append(SetTimer(saga.saga_id, saga.deadline_at, "deadline", None,
                                               None, None, deadline_cause))
-    if saga.in_flight:
-        assert saga.timeout_at is not None
-        if saga.timeout_at <= decision.now:  # past its time: a delay is over, a call timed out
-            kind = "delay" if info.step.is_delay else "timeout"
-            decision.timer(TimerFired(kind, info.phase, info.step.name, saga.attempt,
-                                      saga.command_id))
-        else:
-            decision.send_attempt(info)
-    elif saga.next_attempt_at is not None:
-        decision.commands.append(SetTimer(saga.saga_id, saga.next_attempt_at, "backoff",
-                                          info.phase, info.step.name, saga.attempt,
-                                          saga.retrying_id))
+    if info.step.is_parallel:
+        for route in saga.compiled.blocks[info.step.name]:
+            track = saga.tracks[route]
+            track_info = track.info
+            if (track_info is not None and not track.ended and track.status != "completed"
+                    and track.command_id == before.get(route)):  # (not moved by the deadline)
+                _resume_track(decision, track_info, track)
+    else:
+        _resume_track(decision, info, saga)
     return decision.events, decision.commands
+
+
+def _resume_track(decision: _Decision, info: StateInfo, t: AnyTrack) -> None:
+    """Re-send a track's attempt in flight (or time it out), or re-arm its backoff."""
+    saga = decision.saga
+    if t.in_flight:
+        assert t.timeout_at is not None
+        if t.timeout_at <= decision.now:  # past its time: a delay is over, a call timed out
+            kind = "delay" if info.step.is_delay else "timeout"
+            decision.timer(TimerFired(kind, info.phase, info.step.name, t.attempt,
+                                      t.command_id))
+        else:
+            decision.send_attempt(info, t)
+    elif t.next_attempt_at is not None:
+        decision.commands.append(SetTimer(saga.saga_id, t.next_attempt_at, "backoff",
+                                          info.phase, info.step.name, t.attempt,
+                                          t.retrying_id))

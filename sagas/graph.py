@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import re
 
-from .compiler import COMPENSATION_PREFIX, STEP_PREFIX, TERMINAL_STATES, CompiledFlow
+from .compiler import (
+    BRANCH_PREFIX,
+    CHOICE_PREFIX,
+    COMPENSATION_PREFIX,
+    STEP_PREFIX,
+    TERMINAL_STATES,
+    CompiledFlow,
+    Edge,
+)
 from .model import format_duration
 
 __all__ = ["FORMATS", "render", "to_dot", "to_mermaid"]
@@ -17,9 +25,21 @@ FORMATS = ("mermaid", "dot")
 
 def _label(compiled: CompiledFlow, state: str) -> str:
     info = compiled.info.get(state)
+    if state.startswith(CHOICE_PREFIX):
+        return f"{state[len(CHOICE_PREFIX):]}: choose a branch"
+    if state.startswith(BRANCH_PREFIX):
+        track, _, end = state[len(BRANCH_PREFIX):].rpartition(":")
+        meaning = {"completed": "done, waits for the others", "compensated": "undone",
+                   "failed": "compensation failed"}[end]
+        return f"branch {track}: {meaning}"
     if info is None:
         return state
     step = info.step
+    if step.branches is not None:
+        names = ", ".join(b.name for b in step.branches)
+        if state.startswith(STEP_PREFIX):
+            return f"{step.name}: run {names} at once"
+        return f"undo {step.name}: undo {names} at once, each in reverse"
     if step.is_delay and step.delay is not None:
         return f"{step.name}: wait {format_duration(step.delay)}"
     if step.is_wait:
@@ -30,8 +50,13 @@ def _label(compiled: CompiledFlow, state: str) -> str:
     return f"undo {step.name}: {step.service}.{step.compensation}"
 
 
-def _edge_label(trigger: str, reason: str | None) -> str:
-    return f"{trigger} [{reason}]" if reason else trigger
+def _edge_label(compiled: CompiledFlow, edge: Edge) -> str:
+    if edge.trigger == "chosen":
+        choice = compiled.choices[edge.source[len(CHOICE_PREFIX):]]
+        branch = next(b for b in choice.branches if b.name == edge.label)
+        return f"{branch.name}: {branch.when.describe()}" if branch.when else "default"
+    text = f"{edge.trigger} [{edge.reason}]" if edge.reason else edge.trigger
+    return f"{text} ({edge.label})" if edge.label else text
 
 
 def mermaid_id(state: str) -> str:
@@ -46,10 +71,12 @@ def to_mermaid(compiled: CompiledFlow) -> str:
         lines.append(f"    %% {compiled.flow.name} v{compiled.flow.version}: {description}")
     for state in compiled.states:
         lines.append(f'    state "{_label(compiled, state)}" as {mermaid_id(state)}')
+        if state.startswith(CHOICE_PREFIX):
+            lines.append(f"    state {mermaid_id(state)} <<choice>>")
     lines.append(f"    [*] --> {mermaid_id(compiled.initial)}")
     for edge in compiled.edges:
         lines.append(f"    {mermaid_id(edge.source)} --> {mermaid_id(edge.dest)} : "
-                     f"{_edge_label(edge.trigger, edge.reason)}")
+                     f"{_edge_label(compiled, edge)}")
     for state in TERMINAL_STATES:
         lines.append(f"    {mermaid_id(state)} --> [*]")
     return "\n".join(lines) + "\n"
@@ -76,7 +103,7 @@ def to_dot(compiled: CompiledFlow) -> str:
     lines.append(f"    start -> {_quote(compiled.initial)};")
     for edge in compiled.edges:
         lines.append(f"    {_quote(edge.source)} -> {_quote(edge.dest)} "
-                     f"[label={_quote(_edge_label(edge.trigger, edge.reason))}];")
+                     f"[label={_quote(_edge_label(compiled, edge))}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -23,15 +23,20 @@ from typing import Any
 import jsonschema
 
 from ._yaml import YNode, compose, to_python
+from .conditions import COMBINATORS, COMPARISONS, Condition
 from .errors import FlowError, FlowErrors
 from .model import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
+    MAX_DURATION,
+    Branch,
+    Choice,
     Flow,
     FlowWarning,
     RetryPolicy,
     ServiceSpec,
     Step,
+    Trigger,
     format_duration,
     parse_duration,
 )
@@ -45,14 +50,19 @@ IMPORT_PATH = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 )
 
-TOP_KEYS = ("saga", "version", "description", "services", "input", "defaults", "deadline", "steps")
+TOP_KEYS = ("saga", "version", "description", "services", "input", "defaults", "deadline", "steps",
+            "trigger")
+TRIGGER_KEYS = ("event", "id")
 DEFAULTS_KEYS = ("retry", "timeout", "on_compensation_failure")
 RETRY_KEYS = ("attempts", "backoff", "multiplier", "max_backoff", "jitter")
 SERVICE_KEYS = ("class", "instances")
 STEP_KEYS = (
     "name", "service", "action", "compensation", "input", "retry", "timeout", "pivot", "effects",
-    "on_compensation_failure", "delay", "wait_for",
+    "on_compensation_failure", "delay", "wait_for", "choice", "parallel",
 )
+CHOICE_KEYS = ("name", "choice", "default")
+CHOICE_BRANCH_KEYS = ("name", "when", "steps")
+PARALLEL_KEYS = ("name", "parallel")
 DELAY_KEYS = ("name", "delay")
 WAIT_KEYS = ("name", "wait_for", "timeout")
 WAIT_FOR_KEYS = ("event", "key")
@@ -131,6 +141,7 @@ class _Checker:
         self.warnings: list[FlowWarning] = []
         self._retry_nodes: dict[str, YNode | None] = {}  # step -> the retry mapping in effect
         self.declared_services: set[str] = set()
+        self.layout: list[Any] = []
 
     # -- reporting -------------------------------------------------------------------------
     def error(self, node: YNode, message: str) -> None:
@@ -254,9 +265,10 @@ class _Checker:
         if deadline_node is not None:
             deadline = self.duration(deadline_node, "deadline", positive=True)
         steps = self.steps(tree.get("steps"), services, defaults)
+        trigger = self.trigger(tree.get("trigger")) if tree.get("trigger") is not None else None
 
         if steps and deadline is not None and deadline_node is not None:
-            worst = sum(step.retry.worst_case(step.timeout) for step in steps)
+            worst = _worst_case(self.layout)
             if deadline < worst:
                 self.warn(deadline_node,
                           f"deadline {format_duration(deadline)} is shorter than the worst case "
@@ -275,6 +287,8 @@ class _Checker:
             name=name,
             version=version,
             steps=tuple(steps),
+            layout=tuple(self.layout),
+            trigger=trigger,
             services=MappingProxyType({n: spec for n, (_, spec) in services.items()}),
             definition=hashlib.sha256(text.encode("utf-8")).hexdigest(),
             text=text,
@@ -284,6 +298,33 @@ class _Checker:
             deadline=deadline,
             warnings=tuple(sorted(self.warnings, key=lambda w: (w.line, w.column))),
         )
+
+    def trigger(self, node: YNode) -> Trigger | None:
+        """``trigger: {event: OrderPlaced, id: $.input.order_id}``."""
+        if not self.mapping(node, "trigger", TRIGGER_KEYS, TRIGGER_KEYS):
+            return None
+        event = id_path = None
+        if (n := node.get("event")) is not None:
+            if isinstance(n.value, str) and EVENT_TYPE.match(n.value):
+                event = n.value
+            else:
+                self.error(n, f"trigger.event must be an event type like OrderPlaced (a letter, "
+                              f"then letters, digits, _ . -), got {n.value!r}")
+        if (n := node.get("id")) is not None:
+            text = n.value if n.kind == "scalar" else None
+            try:
+                parts = parse_path(text) if isinstance(text, str) else None
+            except PathError as exc:
+                self.error(n, str(exc))
+            else:
+                if parts is None or parts[0] != "input" or len(parts) < 2:
+                    self.error(n, "trigger.id must be a path into the event's data, which "
+                                  f"becomes the saga input: $.input.<field>, got {text!r}")
+                else:
+                    id_path = text
+        if event is None or id_path is None:
+            return None
+        return Trigger(event, id_path)
 
     def services(self, node: YNode | None) -> dict[str, tuple[YNode, ServiceSpec]]:
         result: dict[str, tuple[YNode, ServiceSpec]] = {}
@@ -404,6 +445,8 @@ class _Checker:
 
     def steps(self, node: YNode | None, services: dict[str, tuple[YNode, ServiceSpec]],
               defaults: _Defaults) -> list[Step]:
+        """The flow's steps, every one (those inside choices and parallel blocks too), in the
+        order written; the top-level sequence with its choices is kept in ``self.layout``."""
         if node is None:
             return []
         if node.kind != "seq":
@@ -412,39 +455,252 @@ class _Checker:
         if not node.items:
             self.error(node, "steps is empty: a flow needs at least one step")
             return []
-        steps: list[Step] = []
-        seen: dict[str, YNode] = {}
-        pivot_node: YNode | None = None
+        self.flat: list[Step] = []
+        self.items: dict[str, YNode] = {}  # step name -> its YAML mapping
+        self.names: dict[str, YNode] = {}  # every step, block and choice name -> its node
+        self.pivot_node: YNode | None = None
+        self.layout = self.sequence(node, services, defaults, {}, "top")
+        self.semantic_checks(self.flat)
+        return self.flat
+
+    def sequence(self, node: YNode, services: dict[str, tuple[YNode, ServiceSpec]],
+                 defaults: _Defaults, earlier: dict[str, YNode], where: str) -> list[Any]:
+        """A list of steps (``where``: "top", "choice" or "parallel" branch). Adds the names
+        whose outputs later steps may read to ``earlier``."""
+        result: list[Any] = []
         for index, item in enumerate(node.items):
-            step = self.step(item, index, services, defaults, seen)
             name_node = item.get("name") if item.kind == "map" else None
             if name_node is not None and isinstance(name_node.value, str) \
                     and IDENTIFIER.match(name_node.value):
                 name = name_node.value
-                if name in seen:
+                if name in self.names:
                     self.error(name_node, f"duplicate step name {name!r} "
-                                          f"(first at line {seen[name].line})")
+                                          f"(first at line {self.names[name].line})")
                 else:
-                    seen[name] = name_node
+                    self.names[name] = name_node
+            if item.kind == "map" and item.get("choice") is not None:
+                if where == "parallel":
+                    self.error(item, "a parallel branch holds plain steps only, not a choice")
+                    continue
+                block = self.choice_block(item, services, defaults, earlier, where)
+                if block is not None:
+                    result.append(block)
+                continue
+            if item.kind == "map" and item.get("parallel") is not None:
+                if where == "parallel":
+                    self.error(item, "a parallel branch holds plain steps only, not another "
+                                     "parallel block")
+                    continue
+                step = self.parallel_block(item, services, defaults, earlier)
+                if step is not None:
+                    result.append(step)
+                continue
+            step = self.step(item, index, services, defaults, earlier)
+            if name_node is not None and isinstance(name_node.value, str):
+                earlier.setdefault(name_node.value, name_node)
             if step is None:
                 continue
+            self.items[step.name] = item
             pivot_value = item.get("pivot")
             if step.pivot:
-                if pivot_node is not None:
-                    assert pivot_value is not None
+                assert pivot_value is not None
+                if where != "top":
+                    self.error(pivot_value, f"the pivot {step.name!r} must be a top-level step, "
+                                            f"not inside a {where}")
+                elif self.pivot_node is not None:
                     self.error(pivot_value, f"a second pivot: {step.name!r}; a flow has at most "
-                                            f"one (the first is at line {pivot_node.line})")
+                                            f"one (the first is at line {self.pivot_node.line})")
                 else:
-                    pivot_node = pivot_value
-            if step.compensation is not None and (pivot_node is not None):
-                where = "the pivot" if step.pivot else "a step after the pivot"
+                    self.pivot_node = pivot_value
+            if step.compensation is not None and self.pivot_node is not None:
+                where_text = "the pivot" if step.pivot else "a step after the pivot"
                 comp = item.get("compensation")
                 assert comp is not None
-                self.error(comp, f"step {step.name!r} is {where} and cannot have a compensation: "
-                                 "after the pivot, recovery goes forward")
-            steps.append(step)
-        self.semantic_checks(node, steps)
-        return steps
+                self.error(comp, f"step {step.name!r} is {where_text} and cannot have a "
+                                 "compensation: after the pivot, recovery goes forward")
+            if where == "parallel" and step.is_wait:
+                self.error(item, f"step {step.name!r} waits for an event: a parallel branch "
+                                 "cannot wait (put the wait before or after the block)")
+            self.flat.append(step)
+            result.append(step)
+        return result
+
+    def branch_steps(self, node: YNode, what: str, services: dict[str, tuple[YNode, ServiceSpec]],
+                     defaults: _Defaults, earlier: dict[str, YNode], where: str, *,
+                     allow_empty: bool) -> list[Any] | None:
+        if node.kind != "seq":
+            self.error(node, f"{what} must be a list of steps, got {node.type_name}")
+            return None
+        if not node.items and not allow_empty:
+            self.error(node, f"{what} is empty: a branch needs at least one step")
+            return None
+        return self.sequence(node, services, defaults, earlier, where)
+
+    def choice_block(self, item: YNode, services: dict[str, tuple[YNode, ServiceSpec]],
+                     defaults: _Defaults, earlier: dict[str, YNode], where: str) -> Choice | None:
+        """``{name, choice: [{name?, when, steps}, ...], default?: [steps]}``."""
+        name_node = item.get("name")
+        what = f"choice {name_node.value!r}" if name_node is not None and \
+            isinstance(name_node.value, str) else "a choice"
+        ok = self.mapping(item, what, CHOICE_KEYS, ("name", "choice"))
+        name = self.identifier(name_node, "choice name") if name_node is not None else None
+        spec = item.get("choice")
+        assert spec is not None
+        if spec.kind != "seq" or not spec.items:
+            self.error(spec, f"{what}: choice must be a non-empty list of branches "
+                             "({when: ..., steps: [...]})")
+            return None
+        visible_after = dict(earlier)
+        branches: list[Branch] = []
+        labels: dict[str, YNode] = {}
+        for number, branch_node in enumerate(spec.items, start=1):
+            if not self.mapping(branch_node, f"{what} branch {number}", CHOICE_BRANCH_KEYS,
+                                ("when", "steps")):
+                ok = False
+                continue
+            label = f"branch{number}"
+            if (n := branch_node.get("name")) is not None:
+                label = self.identifier(n, "branch name") or label
+            if label in labels or label == "default":
+                self.error(branch_node.get("name") or branch_node,
+                           f"{what}: duplicate branch name {label!r}")
+                ok = False
+            labels[label] = branch_node
+            when = None
+            if (n := branch_node.get("when")) is not None:
+                when = self.condition(n, earlier, name)
+            steps_node = branch_node.get("steps")
+            seen = dict(earlier)
+            body = self.branch_steps(steps_node, f"{what} branch {label!r} steps", services,
+                                     defaults, seen, where if where != "top" else "choice",
+                                     allow_empty=True) if steps_node is not None else None
+            visible_after.update(seen)
+            if when is None or body is None:
+                ok = False
+                continue
+            branches.append(Branch(label, tuple(body), when, branch_node.line))
+        if (n := item.get("default")) is not None:
+            seen = dict(earlier)
+            body = self.branch_steps(n, f"{what} default", services, defaults, seen,
+                                     where if where != "top" else "choice", allow_empty=True)
+            visible_after.update(seen)
+            if body is None:
+                ok = False
+            else:
+                branches.append(Branch("default", tuple(body), None, n.line))
+        else:  # no default: when no condition holds, the saga goes on after the choice
+            branches.append(Branch("default", (), None, item.line))
+        earlier.update(visible_after)
+        if not ok or name is None:
+            return None
+        return Choice(name, tuple(branches), item.line)
+
+    def condition(self, node: YNode, earlier: dict[str, YNode], step: str | None) -> Any:
+        """A ``when``: ``{path: $..., <op>: value}``, or ``all``/``any`` of a list, ``not``."""
+        if node.kind != "map":
+            self.error(node, f"a condition must be a mapping like {{path: $.input.amount, gt: "
+                             f"100}}, got {node.type_name}")
+            return None
+        keys = [k.value for k, _ in node.items]
+        combinators = [k for k in keys if k in COMBINATORS]
+        if combinators:
+            if len(keys) != 1:
+                self.error(node, f"a condition with {combinators[0]!r} has no other key")
+                return None
+            op = combinators[0]
+            value = node.items[0][1]
+            if op == "not":
+                inner = self.condition(value, earlier, step)
+                return None if inner is None else Condition("not", operands=(inner,))
+            if value.kind != "seq" or not value.items:
+                self.error(value, f"{op} must be a non-empty list of conditions")
+                return None
+            operands = [self.condition(v, earlier, step) for v in value.items]
+            if any(o is None for o in operands):
+                return None
+            return Condition(op, operands=tuple(operands))
+        if not self.mapping(node, "a condition", ("path", *COMPARISONS), ("path",)):
+            return None
+        ops = [k for k in keys if k in COMPARISONS]
+        if len(ops) != 1:
+            self.error(node, "a condition compares its path with exactly one of "
+                             f"{', '.join(COMPARISONS)} (or combines with all, any, not)")
+            return None
+        op = ops[0]
+        path_node = node.get("path")
+        value_node = node.get(op)
+        assert path_node is not None and value_node is not None
+        if not (isinstance(path_node.value, str) and path_node.value.startswith("$")):
+            self.error(path_node, f"path must be a path like $.input.amount, got "
+                                  f"{path_node.value!r}")
+            return None
+        before = len(self.errors)
+        wrapper = YNode("map", path_node.line, path_node.column,
+                        items=[(YNode("scalar", path_node.line, path_node.column, "path"),
+                                path_node)])
+        self.payload(wrapper, earlier, step)  # the same path checks as a step's input
+        if len(self.errors) != before:
+            return None
+        if _non_json(value_node):
+            self.error(value_node, "a condition's value must be JSON")
+            return None
+        value = to_python(value_node)
+        if op == "exists" and not isinstance(value, bool):
+            self.error(value_node, "exists takes true or false")
+            return None
+        if op == "in" and not isinstance(value, list):
+            self.error(value_node, f"in takes a list of values, got {value_node.type_name}")
+            return None
+        if op in ("gt", "ge", "lt", "le") and (
+                isinstance(value, bool) or not isinstance(value, (int, float, str))):
+            self.error(value_node, f"{op} compares with a number or a text, got "
+                                   f"{value_node.type_name}")
+            return None
+        return Condition(op, path_node.value, tuple(value) if op == "in" else value)
+
+    def parallel_block(self, item: YNode, services: dict[str, tuple[YNode, ServiceSpec]],
+                       defaults: _Defaults, earlier: dict[str, YNode]) -> Step | None:
+        """``{name, parallel: {branch: [steps], ...}}``: at least two non-empty branches."""
+        name_node = item.get("name")
+        what = f"parallel block {name_node.value!r}" if name_node is not None and \
+            isinstance(name_node.value, str) else "a parallel block"
+        ok = self.mapping(item, what, PARALLEL_KEYS, ("name", "parallel"))
+        name = self.identifier(name_node, "parallel block name") if name_node is not None \
+            else None
+        if self.pivot_node is not None:
+            self.error(item, f"{what} comes after the pivot: after the pivot recovery goes "
+                             "forward, and parallel blocks run before it")
+            ok = False
+        spec = item.get("parallel")
+        assert spec is not None
+        if spec.kind != "map" or len(spec.items) < 2:
+            self.error(spec, f"{what}: parallel must map two or more branch names to their "
+                             "steps")
+            return None
+        visible_after = dict(earlier)
+        branches: list[Branch] = []
+        for key, value in spec.items:
+            label = self.identifier(key, "branch name")
+            seen = dict(earlier)
+            body = self.branch_steps(value, f"{what} branch {key.value!r}", services, defaults,
+                                     seen, "parallel", allow_empty=False)
+            visible_after.update(seen)
+            if label is None or body is None:
+                ok = False
+                continue
+            branches.append(Branch(label, tuple(body), None, key.line))
+        earlier.update(visible_after)
+        if name_node is not None and name is not None:
+            earlier.setdefault(name, name_node)
+        if not ok or name is None:
+            return None
+        block = Step(name=name, service="", action="", timeout=MAX_DURATION, effects="none",
+                     retry=RetryPolicy(attempts=1, backoff=0.0, jitter=False),
+                     branches=tuple(branches), line=item.line)
+        self.items[name] = item
+        index = len(self.flat)
+        self.flat.insert(index - sum(len(b.steps) for b in branches), block)
+        return block
 
     def step(self, item: YNode, index: int, services: dict[str, tuple[YNode, ServiceSpec]],
              defaults: _Defaults, earlier: dict[str, YNode]) -> Step | None:
@@ -620,16 +876,10 @@ class _Checker:
 
         return walk(node)
 
-    def semantic_checks(self, steps_node: YNode, steps: list[Step]) -> None:
+    def semantic_checks(self, steps: list[Step]) -> None:
         pivot_index = next((i for i, s in enumerate(steps) if s.pivot), None)
-        items = [i for i in steps_node.items if i.kind == "map"]
-        by_name = {}
-        for item in items:
-            n = item.get("name")
-            if n is not None and isinstance(n.value, str):
-                by_name.setdefault(n.value, item)
         for index, step in enumerate(steps):
-            item = by_name.get(step.name)
+            item = self.items.get(step.name)
             if item is None:
                 continue
             if not step.calls_service:
@@ -657,6 +907,20 @@ class _Defaults:
         self.retry_node: YNode | None = None
         self.timeout: float = DEFAULT_TIMEOUT
         self.on_compensation_failure: str = "park"
+
+
+def _worst_case(sequence: list[Any] | tuple[Any, ...]) -> float:
+    """The longest the forward phase of ``sequence`` can take: the steps one after another, a
+    parallel block as long as its longest branch, a choice as long as its longest branch."""
+    total = 0.0
+    for node in sequence:
+        if isinstance(node, Choice):
+            total += max((_worst_case(b.steps) for b in node.branches), default=0.0)
+        elif node.is_parallel:
+            total += max(_worst_case(b.steps) for b in node.branches)
+        else:
+            total += node.retry.worst_case(node.timeout)
+    return total
 
 
 def _non_json(node: YNode) -> list[YNode]:

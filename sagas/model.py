@@ -15,11 +15,14 @@ from typing import Any
 __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TIMEOUT",
+    "Branch",
+    "Choice",
     "Flow",
     "FlowWarning",
     "RetryPolicy",
     "ServiceSpec",
     "Step",
+    "Trigger",
     "format_duration",
     "parse_duration",
 ]
@@ -171,6 +174,20 @@ class Step:
     delay: float | None = None  # a timed pause (seconds): no service, nothing to compensate
     wait_event: str | None = None  # wait_for: the external event type awaited
     wait_key: Any = None  # wait_for: its correlation key (a path like $.input.order_id, or text)
+    branches: tuple[Branch, ...] | None = None  # parallel: the branches run concurrently
+
+    @property
+    def is_parallel(self) -> bool:
+        """A ``parallel`` block: its branches run concurrently; it succeeds when all do."""
+        return self.branches is not None
+
+    @property
+    def undoable(self) -> bool:
+        """Whether compensating the step does anything: it has a compensation, or it is a
+        parallel block with a step that has one."""
+        if self.branches is not None:
+            return any(s.compensation for b in self.branches for s in b.steps)
+        return self.compensation is not None
 
     @property
     def is_delay(self) -> bool:
@@ -184,8 +201,29 @@ class Step:
 
     @property
     def calls_service(self) -> bool:
-        """Whether the step sends a command to a service (not a delay nor a wait)."""
-        return self.delay is None and self.wait_event is None
+        """Whether the step sends a command to a service (not a delay, a wait, a parallel)."""
+        return self.delay is None and self.wait_event is None and self.branches is None
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """A named list of steps: a branch of a ``parallel`` block (plain steps only) or of a
+    ``choice`` (steps and nested choices), taken when ``when`` holds (None: always/default)."""
+
+    name: str
+    steps: tuple[Any, ...]  # Step | Choice
+    when: Any = None  # sagas.conditions.Condition | None
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A ``choice``: the first branch whose condition holds is taken (the default has none).
+    It calls nothing and is not a step: the saga records ``choice.made`` and goes on."""
+
+    name: str
+    branches: tuple[Branch, ...]
+    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +237,16 @@ class FlowWarning:
 
     def format(self) -> str:
         return f"{self.source}:{self.line}:{self.column}: warning: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """``trigger: {event: OrderPlaced, id: $.input.order_id}``: every external event of that
+    type starts a saga of the flow, with the event's data as its input and the saga id
+    ``<flow>.<id>`` (so the same event, or the same id, starts it once)."""
+
+    event: str
+    id: str  # a path into the input: $.input.<field>...
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +264,13 @@ class Flow:
     input_schema: Mapping[str, Any] | None = None
     deadline: float | None = None
     warnings: tuple[FlowWarning, ...] = field(default=())
+    layout: tuple[Any, ...] = ()  # the top-level sequence: Step | Choice (empty: ``steps``)
+    trigger: Trigger | None = None
+
+    @property
+    def sequence(self) -> tuple[Any, ...]:
+        """The top-level sequence of steps and choices, as declared."""
+        return self.layout or self.steps
 
     @property
     def pivot(self) -> Step | None:

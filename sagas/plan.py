@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .compiler import STEP_PREFIX, TERMINAL_STATES, CompiledFlow, step_state
+from .compiler import CHOICE_PREFIX, STEP_PREFIX, TERMINAL_STATES, CompiledFlow, step_state
+from .model import Branch, Step
 
 __all__ = ["KINDS", "Plan", "plan", "plans"]
 
@@ -44,38 +45,82 @@ class Plan:
         }
 
 
-def plan(compiled: CompiledFlow, step: str, kind: str = "rejected") -> Plan:
+def plan(compiled: CompiledFlow, step: str, kind: str = "rejected",
+         route: tuple[str, ...] | None = None) -> Plan:
     """The recovery plan if ``step`` fails with ``kind`` (``rejected``, ``error``, ``timeout``).
 
     ``error`` and ``timeout`` mean the step's attempts ran out that way. Raises ``KeyError`` for
     an unknown step and ``ValueError`` for an unknown kind or a ``delay`` step (a pause cannot
     fail: only a cancel or the deadline stops it, and that recovers as an exhausted step).
+
+    In a flow with choices, ``route`` (the branches taken) picks the path; by default the first
+    path on which ``step`` runs. A step in a parallel branch is planned as if the other
+    branches had finished: every step they did is undone too, concurrently.
     """
     if kind not in _TRIGGER:
         raise ValueError(f"unknown failure kind {kind!r}: use one of {', '.join(KINDS)}")
     found = compiled.flow.step(step)  # KeyError for an unknown step
     if found.is_delay:
         raise ValueError(f"step {step!r} is a delay: it cannot fail")
+    if found.is_parallel:
+        raise ValueError(f"step {step!r} is a parallel block: plan one of its branches' steps")
     if found.is_wait and kind != "timeout":
         raise ValueError(f"step {step!r} waits for an event: it can only time out")
-    target = step_state(step)
-    state = compiled.initial
+    track = compiled.track_of.get(step)
+    block = compiled.flow.step(track.rsplit(".", 1)[0]) if track is not None else None
+    main_target = block.name if block is not None else step
+    if route is None or compiled.route_steps(route) == () or not any(
+            s.name == main_target for s in compiled.route_steps(route)):
+        route = compiled.routes_to(main_target)
+    assert route is not None
     ran: list[str] = []
-    while state != target:
-        ran.append(state[len(STEP_PREFIX):])
-        move = compiled.next(state, "succeeded")
+    state, picks = compiled.initial, 0
+    while state != step_state(main_target):  # forward, along the route that reaches the step
+        if state.startswith(CHOICE_PREFIX):
+            picks += 1
+            move = compiled.next(state, "chosen", route[:picks])
+        else:
+            ran.extend(_ran(compiled, compiled.info[state].step))
+            move = compiled.next(state, "succeeded", route[:picks])
         assert move is not None, f"no way forward from {state}"
         state = move[0]
-    ran.append(step)
-    move = compiled.next(state, _TRIGGER[kind])
+    compensations: list[tuple[str, str]] = []
+    if block is None:
+        ran.append(step)
+        move = compiled.next(state, _TRIGGER[kind], route[:picks])
+    else:  # in a branch: the branch undoes itself, the others (assumed done) are undone, then
+        # the steps before the block
+        assert block.branches is not None and track is not None
+        others = [b for b in block.branches if f"{block.name}.{b.name}" != track]
+        branch = next(b for b in block.branches if f"{block.name}.{b.name}" == track)
+        for other in others:
+            ran.extend(s.name for s in other.steps)
+        branch_state = compiled.track_initial[track]
+        while branch_state != step_state(step):
+            ran.append(branch_state[len(STEP_PREFIX):])
+            found = compiled.next(branch_state, "succeeded", track)
+            assert found is not None
+            branch_state = found[0]
+        ran.append(step)
+        found = compiled.next(branch_state, _TRIGGER[kind], track)
+        assert found is not None
+        compensations.extend(_walk_back(compiled, found[0], track))
+        for other in others:
+            compensations.extend(_branch_undo(other))
+        move = compiled.next(state, "exhausted", route[:picks])
     assert move is not None, f"no {kind} transition from {state}"
     state, reason = move
-    compensations: list[tuple[str, str]] = []
     while state not in TERMINAL_STATES:
         info = compiled.info[state]
         assert info.phase == "compensation"
-        compensations.append((info.step.name, info.step.compensation or ""))
-        move = compiled.next(state, "succeeded")
+        if info.step is block:
+            pass  # its branches' compensations are listed above
+        elif info.step.branches is not None:
+            for branch in info.step.branches:
+                compensations.extend(_branch_undo(branch))
+        else:
+            compensations.append((info.step.name, info.step.compensation or ""))
+        move = compiled.next(state, "succeeded", route[:picks])
         assert move is not None
         state, reason = move
     return Plan(
@@ -90,8 +135,33 @@ def plan(compiled: CompiledFlow, step: str, kind: str = "rejected") -> Plan:
     )
 
 
+def _ran(compiled: CompiledFlow, step: Step) -> list[str]:
+    """The actions that ran when ``step`` succeeded: a parallel block's are its branches'."""
+    if step.branches is None:
+        return [step.name]
+    return [s.name for b in step.branches for s in b.steps]
+
+
+def _branch_undo(branch: Branch) -> list[tuple[str, str]]:
+    """Undoing a whole branch: its compensations, last step first."""
+    return [(s.name, s.compensation) for s in reversed(branch.steps) if s.compensation]
+
+
+def _walk_back(compiled: CompiledFlow, state: str, track: str) -> list[tuple[str, str]]:
+    """The compensations a branch runs from ``state`` until it has ended."""
+    found: list[tuple[str, str]] = []
+    while state not in compiled.branch_terminals:
+        info = compiled.info[state]
+        found.append((info.step.name, info.step.compensation or ""))
+        move = compiled.next(state, "succeeded", track)
+        assert move is not None
+        state = move[0]
+    return found
+
+
 def plans(compiled: CompiledFlow) -> list[Plan]:
     """The plan for every step that can fail (not the delays) and every kind it can fail with
     (a wait only times out), in step order."""
-    return [plan(compiled, s.name, kind) for s in compiled.flow.steps if not s.is_delay
+    return [plan(compiled, s.name, kind) for s in compiled.flow.steps
+            if not s.is_delay and not s.is_parallel
             for kind in (("timeout",) if s.is_wait else KINDS)]

@@ -59,6 +59,7 @@ from .model import Flow
 from .services import ServiceRegistry
 from .shard import EventPosted, LoadSaga, LoadSagas, Shard, StartSaga, Ticket, shard_of
 from .stores import TERMINAL, SagaStore, open_store
+from .triggers import TriggerStarter
 
 __all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "validate_input",
            "validate_saga_id"]
@@ -257,6 +258,8 @@ class Runtime:
         ]
         self._shard_refs = [self.activity.counting(ref) for ref in self._shards]
         self._poll_interval = poll_interval
+        self._triggers = TriggerStarter(
+            self.store, lambda compiled, data, saga_id: self.submit(compiled.flow, data, saga_id))
         self._event_position = self._last_event_position()
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll_requests, daemon=True,
@@ -508,6 +511,8 @@ class Runtime:
         while not self._stop_polling.wait(self._poll_interval):
             try:
                 self._poll_events()
+                if self._triggers.active:
+                    self._triggers.poll()
                 for request in self.store.requests(self.owner, after):
                     after = max(after, request.request_id)
                     cause = f"request/{request.request_id}"
@@ -524,6 +529,18 @@ class Runtime:
                 if self._stop_polling.is_set():
                     return
                 log.exception("runtime %s: handling requests failed", self.owner)
+
+    # -- triggers: flows started by external events ---------------------------------------------
+    def add_trigger(self, flow: Flow | str | os.PathLike[str], *,
+                    on_start: Callable[[str], None] | None = None) -> CompiledFlow:
+        """Start a saga of ``flow`` for every external event of its ``trigger``'s type, sent
+        before or after this call (see :mod:`sagas.triggers`); ``on_start(saga_id)`` is called
+        (on the runtime's poller thread) for each. ``SagactorError`` if the flow has no
+        trigger."""
+        self._check_open()
+        compiled = self.compile(flow)
+        self._triggers.add(compiled, on_start)
+        return compiled
 
     # -- external events (wait_for) -------------------------------------------------------------
     def send(self, event: str, key: str, data: Mapping[str, Any] | None = None, *,

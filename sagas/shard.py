@@ -623,10 +623,17 @@ class Shard(pykka.ThreadingActor):
 
     # -- timers ---------------------------------------------------------------------------------
     def _set_timer(self, command: core.SetTimer) -> None:
-        """Arm the saga's step (or deadline) timer, replacing the one it had."""
+        """Arm the saga's step (or deadline) timer, replacing the one it had. Each branch of
+        a parallel block has a step timer of its own."""
         self._timer_seq += 1
         seq = self._timer_seq
-        key = (command.saga_id, "deadline" if command.kind == "deadline" else "step")
+        if command.kind == "deadline":
+            key = (command.saga_id, "deadline")
+        else:
+            saga = self.sagas.get(command.saga_id)
+            track = saga.compiled.track_of.get(command.step) if saga is not None and \
+                command.step is not None else None
+            key = (command.saga_id, track or "step")
         self._timers[key] = (seq, command.fired())
         heap = self._timer_heap
         heapq.heappush(heap, (command.at, seq, key))
@@ -718,9 +725,12 @@ class Shard(pykka.ThreadingActor):
 
     def _forget(self, saga_id: str) -> None:
         self._unwait(saga_id)
-        self.sagas.pop(saga_id, None)
+        saga = self.sagas.pop(saga_id, None)
         self._timers.pop((saga_id, "step"), None)
         self._timers.pop((saga_id, "deadline"), None)
+        if saga is not None:
+            for track in saga.compiled.tracks:
+                self._timers.pop((saga_id, track), None)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("shard %d stopped by %s", self.index, exception_value)

@@ -19,6 +19,7 @@ import pytest
 from sagas.audit import RULES, Violation, audit_saga, audit_store
 from sagas.core import park_unavailable
 from sagas.events import TERMINAL_EVENTS, Event
+from sagas.loader import parse_flow
 from sagas.model import Flow
 from sagas.stores import MemoryStore, NewSaga, SagaRecord
 from sagas.testing import SagaTestEnvironment
@@ -36,6 +37,22 @@ DEADLINE = make_flow("a", "b", "c", attempts=5, backoff="20s", timeout="1m", dea
 NO_UNDO = make_flow("a", StepSpec("b", compensation=False), "c", name="no_undo")
 BLOCKING = make_flow("k1", "k2", "k3", name="blocking")
 BLOCKING_UNDO = make_flow("m1", StepSpec("m2", service="other"), "m3", name="blocking_undo")
+
+PARALLEL = parse_flow("""
+saga: par
+services: {svc: tests.support:Scripted}
+steps:
+  - {name: a, service: svc, action: do, compensation: undo}
+  - name: blk
+    parallel:
+      left: [{name: l1, service: svc, action: do, compensation: undo}]
+      right:
+        - {name: r1, service: svc, action: do, compensation: undo}
+        - {name: r2, service: svc, action: do, compensation: undo}
+  - {name: z, service: svc, action: do, compensation: undo}
+""")
+
+BRANCH_STEPS = {"l1", "r1", "r2"}
 
 Faults = list[tuple[str, str, str, Iterable[int] | None]]  # (step, phase, kind, attempts)
 
@@ -63,6 +80,9 @@ SCENARIOS: dict[str, tuple[Flow, Faults, bool]] = {
     "deadline_backoff": (DEADLINE, [("b", "action", "error", None)], False),
     "deadline_in_flight": (DEADLINE, [("b", "action", "drop", None)], False),
     "no_undo": (NO_UNDO, [("c", "action", "reject", None)], False),
+    "parallel_branch": (PARALLEL, [("r2", "action", "reject", None)], False),
+    "parallel_after": (PARALLEL, [("z", "action", "reject", None)], False),
+    "parallel_done": (PARALLEL, [], False),
 }
 
 
@@ -126,6 +146,8 @@ def _status_of(events: list[Event]) -> tuple[str, str | None]:
         if event.type in TERMINAL_EVENTS:
             status = TERMINAL_EVENTS[event.type]
             return status, event.data.get("reason") if status == "failed" else None
+        if event.step in BRANCH_STEPS:
+            continue  # a branch's steps never set the saga's status: its block's do
         if event.type in ("step.started", "compensation.started", "saga.retried"):
             phase = event.data.get("phase", "compensation" if "compensation" in event.type
                                    else "action")
@@ -584,6 +606,28 @@ def test_missing_compensation(real):
     store, log = _corrupt(real, "compensated", mutate)
     violation = _only(store, len(log), "missing_compensation")
     assert "'b'" in violation.message
+
+
+def test_branch_not_undone(real):
+    def mutate(events: list[Event]) -> None:  # the left branch's l1 is never cancelled
+        i = _at(events, "compensation.started", "l1")
+        del events[i]
+        del events[_at(events, "compensation.succeeded", "l1")]
+
+    store, log = _corrupt(real, "parallel_after", mutate)
+    left_end = next(i for i, e in enumerate(log, 1) if e.type == "branch.compensated"
+                    and e.data["branch"] == "blk.left")
+    violation = _only(store, left_end, "branch_not_undone")
+    assert "branch blk.left" in violation.message and "'l1'" in violation.message
+
+
+def test_parallel_sagas_audit_clean_and_undo_every_branch(real):
+    for name in ("parallel_branch", "parallel_after", "parallel_done"):
+        assert audit_saga(real[name], now=1_700_000_000.0) == []
+    undone = [e.step for e in real["parallel_after"].events
+              if e.type == "compensation.succeeded"]
+    assert undone[-1] == "a" and set(undone[:-1]) == {"l1", "r1", "r2", "blk"}
+    assert undone.index("r2") < undone.index("r1")  # each branch in reverse
 
 
 def test_pivot_unknown_compensated(real):

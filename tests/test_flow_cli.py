@@ -122,7 +122,7 @@ def test_validate_reports_every_file_and_fails_if_one_is_invalid() -> None:
     result = saga("validate", ORDER, str(INVALID_FLOW), str(FLOWS / "trip_booking.yaml"))
     assert result.exit_code == 2
     assert result.stdout.splitlines() == ["ok: order_inventory v1 (4 steps)",
-                                          "ok: trip_booking v1 (4 steps)"]
+                                          "ok: trip_booking v1 (5 steps)"]
     assert one_clear_line(result.stderr).startswith(f"{INVALID_FLOW}:9:11: ")
 
 
@@ -323,6 +323,8 @@ def parse_mermaid(text: str) -> tuple[dict[str, str], set[tuple[str, str, str | 
         if m := re.fullmatch(r'state "([^"]*)" as (\w+)', line):
             assert m[2] not in states, f"state {m[2]} declared twice"
             states[m[2]] = m[1]
+        elif m := re.fullmatch(r"state (\w+) <<choice>>", line):
+            assert m[1] in states and m[1].startswith("choice_"), line
         elif m := re.fullmatch(r"(\[\*\]|\w+) --> (\[\*\]|\w+)(?: : (.+))?", line):
             edges.add((m[1], m[2], m[3]))
         else:
@@ -360,11 +362,18 @@ def test_mermaid_matches_the_compiled_machine(path: Path) -> None:
     machine = set()
     for trigger, event in compiled.machine.events.items():
         for source, transitions in event.transitions.items():
-            for transition in transitions:
-                reason = compiled.next(source, trigger)[1]
-                machine.add((mermaid_id(source), mermaid_id(transition.dest),
-                             label(trigger, reason)))
-    assert {e for e in edges if "[*]" not in e[:2]} == machine
+            machine |= {(source, t.dest, trigger) for t in transitions}
+    assert machine == {(e.source, e.dest, e.trigger) for e in compiled.edges}
+    drawn = set()
+    for edge in compiled.edges:
+        if edge.trigger == "chosen":  # a choice's edge names its branch and condition
+            branch = next(b for b in compiled.choices[edge.source.split(":")[1]].branches
+                          if b.name == edge.label)
+            text = f"{branch.name}: {branch.when.describe()}" if branch.when else "default"
+        else:  # an edge that depends on the route taken says which
+            text = label(edge.trigger, edge.reason) + (f" ({edge.label})" if edge.label else "")
+        drawn.add((mermaid_id(edge.source), mermaid_id(edge.dest), text))
+    assert {e for e in edges if "[*]" not in e[:2]} == drawn
 
 
 def test_mermaid_keeps_a_multiline_description_out_of_the_diagram(tmp_path: Path) -> None:

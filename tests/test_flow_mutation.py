@@ -54,9 +54,31 @@ def line(node: yaml.Node) -> int:
 
 
 def steps_of(root: yaml.MappingNode) -> list[yaml.MappingNode]:
+    """Every step mapping in document order: top-level ones, parallel blocks and choices, and
+    the steps inside their branches."""
+    found = entry(root, "steps")
+    assert found is not None
+    return list(_nested(found[1]))
+
+
+def top_steps(root: yaml.MappingNode) -> list[yaml.MappingNode]:
     found = entry(root, "steps")
     assert found is not None
     return list(found[1].value)
+
+
+def _nested(sequence: yaml.Node) -> Iterator[yaml.MappingNode]:
+    for item in sequence.value:
+        yield item
+        if (block := entry(item, "parallel")) is not None:
+            for _, branch in block[1].value:
+                yield from _nested(branch)
+        if (choice := entry(item, "choice")) is not None:
+            for branch in choice[1].value:
+                if (steps := entry(branch, "steps")) is not None:
+                    yield from _nested(steps[1])
+        if (default := entry(item, "default")) is not None:
+            yield from _nested(default[1])
 
 
 def step_name(step: yaml.MappingNode) -> str:
@@ -99,9 +121,9 @@ def typed_scalars(root: yaml.MappingNode) -> list[yaml.ScalarNode]:
     result = []
     for key, value in root.value:
         if key.value == "steps":
-            for step in value.value:
-                for k, v in step.value:
-                    if k.value != "input":
+            for step in steps_of(root):
+                for k, v in step.value:  # (a choice's conditions hold values, like payloads)
+                    if k.value not in ("input", "parallel", "choice", "default"):
                         result.extend(scalars(v))
         else:
             result.extend(scalars(value))
@@ -132,6 +154,10 @@ def delete_required_key(text: str, data: st.DataObject) -> tuple[str, int]:
             required: tuple[str, ...] = ("name", "delay")
         elif entry(step, "wait_for") is not None:
             required = ("name", "wait_for")
+        elif entry(step, "parallel") is not None:
+            required = ("name",)  # (deleting a whole block leaves broken YAML)
+        elif entry(step, "choice") is not None:
+            required = ("name",)
         else:
             required = ("name", "service", "action")
         targets += [(("steps", str(index)), k) for k in required]
@@ -166,7 +192,7 @@ def break_type(text: str, data: st.DataObject) -> tuple[str, int]:
 
 def duplicate_step(text: str, data: st.DataObject) -> tuple[str, int]:
     root = compose(text)
-    steps = steps_of(root)
+    steps = top_steps(root)
     steps_node = entry(root, "steps")[1]  # type: ignore[index]
     starts = [s.start_mark.line for s in steps]  # 0-based line of each "- name:"
     end = steps_node.end_mark.line + (1 if steps_node.end_mark.column else 0)
@@ -179,7 +205,7 @@ def duplicate_step(text: str, data: st.DataObject) -> tuple[str, int]:
     block = lines[bounds[i]:bounds[i + 1]]
     mutated = "".join(lines[:bounds[at]] + block + lines[bounds[at]:])
     name = step_name(steps[i])
-    copies = [s for s in steps_of(compose(mutated)) if step_name(s) == name]
+    copies = [s for s in top_steps(compose(mutated)) if step_name(s) == name]
     assert len(copies) == 2
     return mutated, line(entry(copies[1], "name")[0])  # type: ignore[index]
 

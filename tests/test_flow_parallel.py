@@ -331,11 +331,6 @@ def test_saga_retry_from_the_cli_finishes_a_parked_branch_compensation(tmp_path:
     assert done[-2:] == ["book_hotel", "prepare"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: the shard keeps ONE step timer per saga (sagas/shard.py _set_timer, key "
-    "(saga_id, 'step')), so a timer armed by one parallel branch replaces another branch's "
-    "delay/backoff/timeout timer; here the flight's backoff replaces the hotel's delay timer, "
-    "so the hotel branch hangs until the 1 h deadline compensates the saga"))
 def test_timers_of_concurrent_branches_do_not_replace_each_other():
     flow = parse_flow(TRIP.replace(
         "        - {name: book_hotel, service: ho, action: do, compensation: undo}\n",

@@ -18,8 +18,8 @@ def fault_points(flow: Flow, max_attempt: int = 3) -> list[tuple[str, str, int]]
     steps that have one, up to ``max_attempt`` attempts (or the step's own limit)."""
     points = []
     for step in flow.steps:
-        if step.is_delay:
-            continue  # a pause calls no service: nothing to fault
+        if step.is_delay or step.is_parallel:
+            continue  # a pause calls no service, nor does a block (its branches' steps do)
         if step.is_wait:  # a fault on a wait: its event never comes, so it times out
             points.append(("action", step.name, 1))
             continue
@@ -50,7 +50,8 @@ def fault_schedules(flow: Flow, *, max_faults: int = 3, kinds: Sequence[str] = F
     # weight the two situations where recovery bugs hide: a step that says no (so the saga
     # compensates), and trouble while compensating
     if "reject" in kinds:
-        options.append(st.sampled_from([s.name for s in flow.steps if not s.is_delay]).map(
+        options.append(st.sampled_from([s.name for s in flow.steps
+                                        if s.calls_service or s.is_wait]).map(
             lambda name: {("action", name, 1): "reject"}))
     undoable = [t for t in targets if t[0] == "compensation"]
     if undoable:
