@@ -57,8 +57,8 @@ from actors import ServicePool, freeze
 
 from ._bus_subscriber import Page, Resume, SubscriberActor, Subscription
 from ._bus_topics import TopicFilter, topic_of
-from .stores import SagaStore
-from .stores._base import LogEntry, check_subscriber
+from .stores import LogEntry, SagaStore
+from .stores._base import check_subscriber
 
 __all__ = ["MAX_PAGES", "PAGE_SIZE", "Delivery", "EventBus", "Subscriber", "Subscription",
            "topic_of"]
