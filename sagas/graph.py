@@ -59,6 +59,19 @@ def _edge_label(compiled: CompiledFlow, edge: Edge) -> str:
     return f"{text} ({edge.label})" if edge.label else text
 
 
+def _forks(compiled: CompiledFlow) -> list[tuple[str, str, str]]:
+    """Where a parallel block starts its branches, and where undoing it starts each branch's
+    undo: drawn dashed, as they are not transitions of one machine but the branches' starts."""
+    forks = []
+    for track, (block, branch) in compiled.tracks.items():
+        forks.append((STEP_PREFIX + block.name, compiled.track_initial[track],
+                      f"starts {branch.name}"))
+        undo = compiled.undo_entry[track]
+        if block.undoable and undo.startswith(COMPENSATION_PREFIX):
+            forks.append((COMPENSATION_PREFIX + block.name, undo, f"undoes {branch.name}"))
+    return forks
+
+
 def mermaid_id(state: str) -> str:
     """A Mermaid-safe identifier for a state name."""
     return re.sub(r"[^A-Za-z0-9_]", "_", state)
@@ -77,6 +90,8 @@ def to_mermaid(compiled: CompiledFlow) -> str:
     for edge in compiled.edges:
         lines.append(f"    {mermaid_id(edge.source)} --> {mermaid_id(edge.dest)} : "
                      f"{_edge_label(compiled, edge)}")
+    for source, dest, text in _forks(compiled):
+        lines.append(f"    {mermaid_id(source)} --> {mermaid_id(dest)} : {text}")
     for state in TERMINAL_STATES:
         lines.append(f"    {mermaid_id(state)} --> [*]")
     return "\n".join(lines) + "\n"
@@ -104,6 +119,9 @@ def to_dot(compiled: CompiledFlow) -> str:
     for edge in compiled.edges:
         lines.append(f"    {_quote(edge.source)} -> {_quote(edge.dest)} "
                      f"[label={_quote(_edge_label(compiled, edge))}];")
+    for source, dest, text in _forks(compiled):
+        lines.append(f"    {_quote(source)} -> {_quote(dest)} [label={_quote(text)}, "
+                     "style=dashed];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

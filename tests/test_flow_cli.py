@@ -373,6 +373,11 @@ def test_mermaid_matches_the_compiled_machine(path: Path) -> None:
         else:  # an edge that depends on the route taken says which
             text = label(edge.trigger, edge.reason) + (f" ({edge.label})" if edge.label else "")
         drawn.add((mermaid_id(edge.source), mermaid_id(edge.dest), text))
+    for track, (block, branch) in compiled.tracks.items():  # a block starts its branches
+        drawn.add((mermaid_id(f"step:{block.name}"), mermaid_id(compiled.track_initial[track]),
+                   f"starts {branch.name}"))
+        drawn.add((mermaid_id(f"compensation:{block.name}"),
+                   mermaid_id(compiled.undo_entry[track]), f"undoes {branch.name}"))
     assert {e for e in edges if "[*]" not in e[:2]} == drawn
 
 
