@@ -177,14 +177,17 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     after the pivot failing (forward_recovery).
     """
     from sagas.compiler import compile_flow
-    from sagas.plan import plan as make_plan
-    from sagas.plan import plans
+    from sagas.plan import plans, route_plans
 
     compiled = compile_flow(load_flow(flow))
     if fail_step is not None:
-        names = [s.name for s in compiled.flow.steps if not s.is_delay]
+        names = [s.name for s in compiled.flow.steps if not s.is_delay and not s.is_parallel]
         if fail_step not in names:
-            if any(s.name == fail_step for s in compiled.flow.steps):
+            found = next((s for s in compiled.flow.steps if s.name == fail_step), None)
+            if found is not None and found.is_parallel:
+                message = (f"step {fail_step!r} is a parallel block: plan one of its branches' "
+                           f"steps (steps that can fail: {', '.join(names)})")
+            elif found is not None:
                 message = (f"step {fail_step!r} is a delay, which cannot fail (steps that can: "
                            f"{', '.join(names)})")
             else:
@@ -192,13 +195,13 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
                            f"(steps: {', '.join(names)})")
             raise click.BadParameter(message, param_hint="--fail")
         try:
-            result = make_plan(compiled, fail_step, kind)
+            found_plans = route_plans(compiled, fail_step, kind)
         except ValueError as exc:  # a wait step only times out
             raise click.BadParameter(str(exc), param_hint="--kind") from None
-        if as_json:
-            click.echo(json.dumps(result.to_json(), indent=2))
+        if as_json:  # the first route's plan (each names its route)
+            click.echo(json.dumps(found_plans[0].to_json(), indent=2))
         else:
-            click.echo(_describe_plan(result))
+            click.echo("\n".join(_describe_plan(p, compiled) for p in found_plans))
         return
     every = plans(compiled)
     if as_json:
@@ -213,18 +216,29 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     table.add_column("step")
     for k in ("rejected", "error", "timeout"):
         table.add_column(f"{k}")
-    by_step: dict[str, dict[str, str]] = {}
+    by_step: dict[str, dict[str, dict[str, str]]] = {}  # step -> route -> kind -> outcome
     for p in every:
-        by_step.setdefault(p.step, {})[p.kind] = _short_outcome(p)
+        by_step.setdefault(p.step, {}).setdefault(p.describe_route(), {})[p.kind] = \
+            _short_outcome(p)
     for step in compiled.flow.steps:
         name = f"{step.name} (pivot)" if step.pivot else step.name
+        track = compiled.track_of.get(step.name)
+        if track is not None:
+            name = f"{name} (in {track})"
         if step.is_delay:
-            table.add_row(f"{step.name} (delay)", *(["cannot fail"] * 3))
+            table.add_row(f"{name} (delay)", *(["cannot fail"] * 3))
             continue
-        if step.is_wait:
-            table.add_row(f"{step.name} (wait)", "—", "—", by_step[step.name]["timeout"])
+        if step.is_parallel:
+            table.add_row(f"{name} (parallel)", *(["see its branches' steps"] * 3))
             continue
-        table.add_row(name, *(by_step[step.name][k] for k in ("rejected", "error", "timeout")))
+        routes = by_step[step.name]
+        for route, outcomes in routes.items():
+            label = f"{name} (after {route})" if len(routes) > 1 else name
+            if step.is_wait:
+                table.add_row(f"{label} (wait)", "—", "—", outcomes["timeout"])
+            else:
+                table.add_row(label, *(outcomes.get(k, "—") for k in
+                                       ("rejected", "error", "timeout")))
     Console(soft_wrap=False, width=max(140, Console().width)).print(table)
 
 
@@ -235,15 +249,18 @@ def _short_outcome(p: Any) -> str:
     return f"undo {undo} → {p.status}"
 
 
-def _describe_plan(p: Any) -> str:
+def _describe_plan(p: Any, compiled: Any) -> str:
     how = {"rejected": "is rejected", "error": "runs out of attempts on errors",
            "timeout": "runs out of attempts on timeouts"}[p.kind]
-    lines = [f"{p.flow} v{p.version}: if {p.step} {how}"]
+    route = f" (after {p.describe_route()})" if p.route else ""
+    lines = [f"{p.flow} v{p.version}: if {p.step} {how}{route}"]
     lines.append(f"  ran: {' → '.join(p.ran)}")
     if p.compensations:
         lines.append("  compensate, in this order:")
         for i, (step, compensation) in enumerate(p.compensations, 1):
-            lines.append(f"    {i}. {step} ({compensation})")
+            track = compiled.track_of.get(step)
+            where = f"  [branch {track}: concurrently with the other branches]" if track else ""
+            lines.append(f"    {i}. {step} ({compensation}){where}")
     else:
         lines.append("  compensate: nothing")
     if p.reason == "pivot_unknown":

@@ -256,6 +256,12 @@ class CompiledFlow:
             self._route_steps[route] = cached
         return cached
 
+    def routes_with(self, step: str) -> list[tuple[str, ...]]:
+        """Every full route on which ``step`` runs in the main sequence (none for a step of a
+        parallel branch: see :meth:`routes_to` of its block)."""
+        return [key for key, elems in self._routes
+                if any(isinstance(e, Step) and e.name == step for e in elems)]
+
     def is_terminal(self, state: str) -> bool:
         return state in TERMINAL_STATES
 

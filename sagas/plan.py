@@ -13,7 +13,7 @@ from typing import Any
 from .compiler import CHOICE_PREFIX, STEP_PREFIX, TERMINAL_STATES, CompiledFlow, step_state
 from .model import Branch, Step
 
-__all__ = ["KINDS", "Plan", "plan", "plans"]
+__all__ = ["KINDS", "Plan", "plan", "plans", "route_plans"]
 
 KINDS = ("rejected", "error", "timeout")
 _TRIGGER = {"rejected": "rejected", "error": "exhausted", "timeout": "exhausted"}
@@ -31,6 +31,7 @@ class Plan:
     compensations: tuple[tuple[str, str], ...]  # (step, compensation action), in order
     status: str
     reason: str | None
+    route: tuple[tuple[str, str], ...] = ()  # (choice, branch) taken before the step, in order
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -38,11 +39,16 @@ class Plan:
             "version": self.version,
             "fail": self.step,
             "kind": self.kind,
+            "route": [{"choice": c, "branch": b} for c, b in self.route],
             "ran": list(self.ran),
             "compensations": [{"step": s, "compensation": c} for s, c in self.compensations],
             "status": self.status,
             "reason": self.reason,
         }
+
+    def describe_route(self) -> str:
+        """``by_size: large, region: eu``, or empty without choices."""
+        return ", ".join(f"{choice}: {branch}" for choice, branch in self.route)
 
 
 def plan(compiled: CompiledFlow, step: str, kind: str = "rejected",
@@ -75,9 +81,11 @@ def plan(compiled: CompiledFlow, step: str, kind: str = "rejected",
     assert route is not None
     ran: list[str] = []
     state, picks = compiled.initial, 0
+    taken: list[tuple[str, str]] = []
     while state != step_state(main_target):  # forward, along the route that reaches the step
         if state.startswith(CHOICE_PREFIX):
             picks += 1
+            taken.append((state[len(CHOICE_PREFIX):], route[picks - 1]))
             move = compiled.next(state, "chosen", route[:picks])
         else:
             ran.extend(_ran(compiled, compiled.info[state].step))
@@ -132,6 +140,7 @@ def plan(compiled: CompiledFlow, step: str, kind: str = "rejected",
         compensations=tuple(compensations),
         status=state,
         reason=reason,
+        route=tuple(taken),
     )
 
 
@@ -159,9 +168,26 @@ def _walk_back(compiled: CompiledFlow, state: str, track: str) -> list[tuple[str
     return found
 
 
+def route_plans(compiled: CompiledFlow, step: str, kind: str = "rejected") -> list[Plan]:
+    """The plans of ``step`` failing with ``kind`` along every route through the flow's
+    choices that reaches it, one per distinct recovery (first route first)."""
+    routes = compiled.routes_with(step) or [None]
+    found: list[Plan] = []
+    seen = set()
+    for route in routes:
+        p = plan(compiled, step, kind, route=route)
+        outcome = (p.route, p.compensations, p.status, p.reason)
+        if outcome not in seen:
+            seen.add(outcome)
+            found.append(p)
+    distinct = {(p.compensations, p.status, p.reason) for p in found}
+    return found if len(distinct) > 1 else found[:1]
+
+
 def plans(compiled: CompiledFlow) -> list[Plan]:
-    """The plan for every step that can fail (not the delays) and every kind it can fail with
-    (a wait only times out), in step order."""
-    return [plan(compiled, s.name, kind) for s in compiled.flow.steps
-            if not s.is_delay and not s.is_parallel
-            for kind in (("timeout",) if s.is_wait else KINDS)]
+    """The plans for every step that can fail (not the delays, not a parallel block itself)
+    and every kind it can fail with (a wait only times out), in step order; a step whose
+    recovery depends on the branches taken before it has one plan per such route."""
+    return [p for s in compiled.flow.steps if not s.is_delay and not s.is_parallel
+            for kind in (("timeout",) if s.is_wait else KINDS)
+            for p in route_plans(compiled, s.name, kind)]

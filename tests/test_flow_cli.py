@@ -178,11 +178,30 @@ def compensated(document: dict) -> list[str]:
     return [c["step"] for c in document["compensations"]]
 
 
+def test_plan_of_a_step_after_a_choice_shows_each_route_that_recovers_differently() -> None:
+    paid_later = str(ROOT / "flows" / "order_paid_later.yaml")
+    text = saga("plan", paid_later, "--fail", "create_shipment")
+    assert text.exit_code == 0, text.output
+    assert "if create_shipment is rejected (after by_size: large)" in text.stdout
+    assert "if create_shipment is rejected (after by_size: default)" in text.stdout
+    large, default = text.stdout.split("(after by_size: default)")
+    assert "insure_shipment (cancel)" in large and "insure_shipment" not in default
+    document = plan_json(paid_later, "--fail", "create_shipment")
+    assert document["route"] == [{"choice": "by_size", "branch": "large"}]
+    every = plan_json(paid_later)["plans"]
+    routes = {p["route"][0]["branch"]: [c["step"] for c in p["compensations"]] for p in every
+              if p["fail"] == "create_shipment" and p["kind"] == "rejected"}
+    assert routes == {"large": ["insure_shipment", "reserve_inventory"],
+                      "default": ["reserve_inventory"]}
+    table = saga("plan", paid_later)
+    assert table.exit_code == 0 and "create_shipment" in table.stdout
+
+
 def test_plan_rejected_payment_compensates_the_reservation_only() -> None:
     document = plan_json(ORDER, "--fail", "charge_payment")
     assert document == {
         "flow": "order_inventory", "version": 1, "fail": "charge_payment", "kind": "rejected",
-        "ran": ["reserve_inventory", "charge_payment"],
+        "route": [], "ran": ["reserve_inventory", "charge_payment"],
         "compensations": [{"step": "reserve_inventory", "compensation": "release"}],
         "status": "compensated", "reason": None,
     }
