@@ -650,7 +650,7 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
     `started <saga id>` per saga; exit 0 when stopped, 2 for a flow without a trigger.
     """
     import signal
-    import threading
+    import time
 
     from sagas.loader import load_flow
     from sagas.runtime import Runtime
@@ -660,7 +660,7 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
         if flow.trigger is None:
             raise InputError(f"{flow.source}: flow {flow.name!r} has no trigger to serve: add "
                              "`trigger: {event: <EventType>, id: $.input.<field>}`")
-    stop = threading.Event()
+    stopped: list[int] = []  # a signal handler only appends: no lock is taken in a handler
 
     def started(flow_name: str) -> Any:
         def report(saga_id: str) -> None:
@@ -670,7 +670,7 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
                 click.echo(f"started {saga_id}")
         return report
 
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda signum, _: stopped.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Runtime(store_url) as runtime:
@@ -680,7 +680,10 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
                 assert flow.trigger is not None
                 click.echo(f"serving {flow.name}: a saga per {flow.trigger.event} event "
                            f"(id {flow.trigger.id}); stop with Ctrl-C", err=True)
-            stop.wait(duration)
+            until = time.monotonic() + duration if duration is not None else None
+            while not stopped and (until is None or time.monotonic() < until):
+                time.sleep(0.05 if until is None else max(0.0, min(0.05,
+                                                                   until - time.monotonic())))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

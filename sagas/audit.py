@@ -111,6 +111,8 @@ RULES: Mapping[str, str] = MappingProxyType({
     # parallel branches (each audited as a history of its own, by the attempt and compensation
     # rules above and this one)
     "branch_not_undone": "a branch that ends compensated undid every step it did",
+    "block_join": "a parallel block succeeds only once every branch completed",
+    "choice_branch": "a choice takes the first branch whose condition holds then",
 })
 
 FAILED_REASONS = ("compensation_failed", "pivot_unknown", "forward_recovery",
@@ -1013,6 +1015,53 @@ def _stuck_retry_forever(view: _View) -> Iterator[Violation]:
                              f"{current.step!r} is at attempt {current.starts[-1].attempt}")
 
 
+def _block_join(view: _View) -> Iterator[Violation]:
+    """A parallel block succeeds only once every branch has completed, and none failed."""
+    compiled = view.compiled
+    if compiled is None or not compiled.blocks:
+        return
+    for visit in view.visits:
+        if visit.phase != "action" or visit.step not in compiled.blocks \
+                or visit.trigger != "succeeded" or visit.definitive is None:
+            continue
+        success = visit.definitive
+        ends: dict[str, str] = {}
+        for event in view.events:
+            if visit.first.seq < event.seq < success.seq and event.type.startswith("branch.") \
+                    and event.type != "branch.halted":
+                ends[event.data.get("branch")] = event.type
+        wrong = [route for route in compiled.blocks[visit.step]
+                 if ends.get(route) != "branch.completed"]
+        if wrong:
+            yield view.violation(success.seq, "block_join",
+                                 f"block {visit.step!r} succeeded though branch "
+                                 f"{', '.join(wrong)} had not completed")
+
+
+def _choice_branch(view: _View) -> Iterator[Violation]:
+    """A choice takes the first branch whose condition holds on the context of that moment
+    (the input, and the outputs of the steps that had succeeded)."""
+    compiled = view.compiled
+    if compiled is None or not compiled.choices:
+        return
+    saga_input: Any = None
+    outputs: dict[str, Any] = {}
+    for event in view.live:
+        if event.type == "saga.started":
+            saga_input = event.data.get("input")
+        elif event.type == "step.succeeded" and event.step is not None:
+            outputs[event.step] = event.data.get("output")
+        elif event.type == "choice.made" and event.step in compiled.choices:
+            context = {"input": saga_input, "steps": dict(outputs)}
+            choice = compiled.choices[event.step]
+            expected = next((b.name for b in choice.branches
+                             if b.when is None or b.when.holds(context)), None)
+            if event.data.get("branch") != expected:
+                yield view.violation(event.seq, "choice_branch",
+                                     f"choice {event.step!r} took {event.data.get('branch')!r}; "
+                                     f"its conditions pick {expected!r} on that context")
+
+
 _RULES: tuple[Rule, ...] = (
     _empty_log, _seq_order, _event_id_repeat, _unknown_event, _malformed_event, _first_event,
     _started_twice, _after_terminal, _bad_retry, _not_terminal, _orphaned, _header_status,
@@ -1022,6 +1071,7 @@ _RULES: tuple[Rule, ...] = (
     _deadline_while_compensating, _no_compensation, _pivot_compensated, _compensated_not_started,
     _compensated_rejected, _compensation_unprovoked, _compensation_order, _compensation_twice,
     _missing_compensation, _pivot_unknown_compensated, _wrong_end, _stuck_retry_forever,
+    _block_join, _choice_branch,
 )
 
 

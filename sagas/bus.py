@@ -59,6 +59,7 @@ from ._bus_subscriber import Page, Resume, SubscriberActor, Subscription
 from ._bus_topics import TopicFilter, topic_of
 from .stores import LogEntry, SagaStore
 from .stores._base import check_subscriber
+from .triggers import CURSOR_PREFIX as RESERVED_PREFIX
 
 __all__ = ["MAX_PAGES", "PAGE_SIZE", "Delivery", "EventBus", "Subscriber", "Subscription",
            "topic_of"]
@@ -168,6 +169,9 @@ class EventBus:
         retry policy, or a name already subscribed on this bus.
         """
         check_subscriber(name)
+        if name.startswith(RESERVED_PREFIX):
+            raise ValueError(f"subscriber names starting with {RESERVED_PREFIX!r} are reserved "
+                             f"for flow triggers' cursors, got {name!r}")
         if start not in ("beginning", "end"):
             raise ValueError(f"start is 'beginning' or 'end', got {start!r}")
         if not callable(handler):

@@ -31,6 +31,7 @@ __all__ = [
     "COMPENSATED",
     "COMPLETED",
     "FAILED",
+    "MAX_PATHS",
     "TERMINAL_STATES",
     "TRIGGERS",
     "CompiledFlow",
@@ -90,8 +91,18 @@ class _Pick(NamedTuple):
     branch: str
 
 
-MAX_PATHS = 1024
-"""Routes through a flow's choices, at most (each is compiled into its own table)."""
+MAX_PATHS = 256
+"""Routes through a flow's choices, at most (each is compiled into its own table; the loader
+refuses a flow with more)."""
+
+
+def count_routes(sequence: Sequence[Any]) -> int:
+    """How many routes ``sequence``'s choices make (1 without a choice)."""
+    total = 1
+    for node in sequence:
+        if isinstance(node, Choice):
+            total *= sum(count_routes(branch.steps) for branch in node.branches)
+    return total
 
 
 def _expand(sequence: Sequence[Any]) -> list[tuple[tuple[str, ...], list[Any]]]:

@@ -36,9 +36,15 @@ def _ordered(a: Any, b: Any) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """JSON equality: ``1 == 1.0`` but ``true != 1``."""
+    """JSON equality, at every depth: ``1 == 1.0`` but ``true != 1``."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple, Mapping)) or isinstance(b, (list, tuple, Mapping)):
+        return False
     return bool(a == b)
 
 

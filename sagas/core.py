@@ -317,6 +317,15 @@ AnyTrack = Saga | Track
 BRANCH_ENDS = ("completed", "compensated", "failed")
 
 
+def _live(t: AnyTrack, phase: str) -> bool:
+    """Whether a branch is still in ``phase`` (a saga is: its terminal state is checked
+    before anything). An ended branch keeps its last state, so a late reply or a stale timer
+    for it would otherwise look current."""
+    if not isinstance(t, Track):
+        return True
+    return t.status == ("running" if phase == "action" else "compensating")
+
+
 def _track(saga: Saga, step: str | None) -> AnyTrack:
     """The track a step's events belong to: its parallel branch's, or the saga's own."""
     route = saga.compiled.track_of.get(step) if step is not None else None
@@ -427,9 +436,10 @@ def apply(saga: Saga, event: Event) -> None:
             saga.key_suffix[info.step.name] = f":retry{saga.retries}"
         saga.status = "compensating" if info and info.phase == "compensation" else "running"
         for track in saga.tracks.values():
-            if track.status == "failed":  # a parked branch: its compensation is re-driven
+            if track.status in ("running", "compensating", "failed"):  # driven again
                 track.base_attempt = track.attempt
                 track.timed_out = set()
+                track.next_attempt_at = None
     elif kind in TERMINAL_EVENTS:
         saga.status = TERMINAL_EVENTS[kind]
         saga.reason = data.get("reason")
@@ -701,7 +711,7 @@ class _Decision:
         t = _track(saga, signal.step)
         info = t.info
         current = (info is not None and signal.phase == info.phase
-                   and signal.step == info.step.name)
+                   and signal.step == info.step.name and _live(t, info.phase))
         cause = signal.command_id
         if current and signal.attempt == t.attempt and t.in_flight:
             assert info is not None
@@ -748,7 +758,7 @@ class _Decision:
         t = _track(saga, signal.step)
         info = t.info
         if info is None or signal.phase != info.phase or signal.step != info.step.name \
-                or signal.attempt != t.attempt:
+                or signal.attempt != t.attempt or not _live(t, info.phase):
             return  # a stale timer
         if signal.kind == "timeout":
             if not t.in_flight:
@@ -806,17 +816,19 @@ class _Decision:
         if not info.step.is_parallel:
             self.start_attempt(info, saga.attempt + 1, event.event_id, saga)
             return
-        # a block whose branch parked: its branches' compensations are driven again
-        failed = [saga.tracks[r] for r in saga.compiled.blocks[info.step.name]
-                  if saga.tracks[r].status == "failed"]
-        started = self.emit("compensation.started", info.step.name, saga.attempt + 1,
+        # a block: each branch that had not ended (or whose compensation parked) is driven
+        # again where it stopped, with a new attempt (as the saga's own step would be)
+        kind = "step.started" if info.phase == "action" else "compensation.started"
+        started = self.emit(kind, info.step.name, saga.attempt + 1,
                             {"payload": None, "timeout_at": None,
                              "parallel": list(saga.compiled.blocks[info.step.name])},
                             event.event_id)
-        for t in failed:
+        for route in saga.compiled.blocks[info.step.name]:
+            t = saga.tracks[route]
             t_info = t.info
-            assert t_info is not None
-            self.start_attempt(t_info, t.attempt + 1, started.event_id, t)
+            if t.status in ("running", "compensating", "failed") and t_info is not None:
+                self.start_attempt(t_info, t.attempt + 1, started.event_id, t)
+        self.join(info.step, started.event_id)
 
 
 def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env) -> tuple[

@@ -23,6 +23,7 @@ from typing import Any
 import jsonschema
 
 from ._yaml import YNode, compose, to_python
+from .compiler import MAX_PATHS, count_routes
 from .conditions import COMBINATORS, COMPARISONS, Condition
 from .errors import FlowError, FlowErrors
 from .model import (
@@ -460,6 +461,10 @@ class _Checker:
         self.names: dict[str, YNode] = {}  # every step, block and choice name -> its node
         self.pivot_node: YNode | None = None
         self.layout = self.sequence(node, services, defaults, {}, "top")
+        routes = count_routes(self.layout)
+        if routes > MAX_PATHS:
+            self.error(node, f"the choices make {routes} routes through the flow; at most "
+                             f"{MAX_PATHS} (split the flow, or merge choices)")
         self.semantic_checks(self.flat)
         return self.flat
 

@@ -183,11 +183,10 @@ class Step:
 
     @property
     def undoable(self) -> bool:
-        """Whether compensating the step does anything: it has a compensation, or it is a
-        parallel block with a step that has one."""
-        if self.branches is not None:
-            return any(s.compensation for b in self.branches for s in b.steps)
-        return self.compensation is not None
+        """Whether the step has a compensation state: it declares a compensation, or it is a
+        parallel block (undoing a block stops its branches, then undoes what they did — which
+        may be nothing)."""
+        return self.branches is not None or self.compensation is not None
 
     @property
     def is_delay(self) -> bool:

@@ -267,13 +267,17 @@ class Runtime:
         self._poller.start()
         # -- event bus (sagas.bus): saga events published to subscribers from the log --------
         self.bus = EventBus(self.store, services=self.services.pools)
-        for subscriber in subscribers:
-            self.bus.subscribe(subscriber.name, subscriber.topics, subscriber.handler,
-                               start=subscriber.start, attempts=subscriber.attempts,
-                               backoff=subscriber.backoff)
-        # -- end of event bus --------------------------------------------------------------------
-        if recover:
-            self.recover()
+        try:
+            for subscriber in subscribers:
+                self.bus.subscribe(subscriber.name, subscriber.topics, subscriber.handler,
+                                   start=subscriber.start, attempts=subscriber.attempts,
+                                   backoff=subscriber.backoff)
+            # -- end of event bus ----------------------------------------------------------------
+            if recover:
+                self.recover()
+        except BaseException:  # a refused subscriber: stop what was started, then say why
+            self.close()
+            raise
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Runtime:

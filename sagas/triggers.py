@@ -26,11 +26,14 @@ from .errors import IdConflict, InputError, SagactorError
 from .paths import MISSING, parse_path, resolve
 from .stores import SagaStore
 
-__all__ = ["TriggerStarter", "trigger_saga_id"]
+__all__ = ["CURSOR_PREFIX", "TriggerStarter", "trigger_saga_id"]
 
 log = logging.getLogger(__name__)
 
 PAGE = 500
+CURSOR_PREFIX = "trigger:"
+"""The cursors of triggers are named ``trigger:<flow>``; the event bus refuses subscriber
+names with that prefix, so the two never move each other's cursor."""
 
 
 def trigger_saga_id(compiled: CompiledFlow, data: Any) -> str:
@@ -86,7 +89,7 @@ class TriggerStarter:
     def _poll_flow(self, name: str, compiled: CompiledFlow, timeout: float) -> int:
         trigger = compiled.flow.trigger
         assert trigger is not None
-        cursor_name = f"trigger:{name}"
+        cursor_name = f"{CURSOR_PREFIX}{name}"
         position = self.store.cursor(cursor_name) or 0
         events = self.store.events_after(position, PAGE)
         if not events:

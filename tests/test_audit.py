@@ -52,6 +52,18 @@ steps:
   - {name: z, service: svc, action: do, compensation: undo}
 """)
 
+CHOOSER = parse_flow("""
+saga: chooser
+services: {svc: tests.support:Scripted}
+steps:
+  - {name: a, service: svc, action: do, compensation: undo}
+  - name: pick
+    choice:
+      - name: big
+        when: {path: $.input.n, gt: 10}
+        steps: [{name: b, service: svc, action: do, compensation: undo}]
+  - {name: c, service: svc, action: do, compensation: undo}
+""")
 BRANCH_STEPS = {"l1", "r1", "r2"}
 
 Faults = list[tuple[str, str, str, Iterable[int] | None]]  # (step, phase, kind, attempts)
@@ -83,6 +95,7 @@ SCENARIOS: dict[str, tuple[Flow, Faults, bool]] = {
     "parallel_branch": (PARALLEL, [("r2", "action", "reject", None)], False),
     "parallel_after": (PARALLEL, [("z", "action", "reject", None)], False),
     "parallel_done": (PARALLEL, [], False),
+    "chosen": (CHOOSER, [("c", "action", "reject", None)], False),
 }
 
 
@@ -628,6 +641,30 @@ def test_parallel_sagas_audit_clean_and_undo_every_branch(real):
               if e.type == "compensation.succeeded"]
     assert undone[-1] == "a" and set(undone[:-1]) == {"l1", "r1", "r2", "blk"}
     assert undone.index("r2") < undone.index("r1")  # each branch in reverse
+
+
+def test_block_join(real):
+    def mutate(events: list[Event]) -> None:  # the left branch never said it completed
+        del events[next(i for i, e in enumerate(events) if e.type == "branch.completed"
+                        and e.data["branch"] == "blk.left")]
+
+    store, log = _corrupt(real, "parallel_done", mutate)
+    violation = _only(store, _at(log, "step.succeeded", "blk") + 1, "block_join")
+    assert "blk.left" in violation.message
+
+
+def test_choice_branch(real):
+    assert [e.data["branch"] for e in real["chosen"].events if e.type == "choice.made"] == \
+        ["default"]
+    undone = [e.step for e in real["chosen"].events if e.type == "compensation.succeeded"]
+    assert undone == ["a"]  # b never ran on this route, so it is not compensated
+
+    def mutate(events: list[Event]) -> None:  # an input for which 'big' had to be taken
+        events[0] = replace(events[0], data={**events[0].data, "input": {"n": 50}})
+
+    store, log = _corrupt(real, "chosen", mutate)
+    violation = _only(store, _at(log, "choice.made", "pick") + 1, "choice_branch")
+    assert "'big'" in violation.message
 
 
 def test_pivot_unknown_compensated(real):

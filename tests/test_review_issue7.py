@@ -106,11 +106,6 @@ BLOCK = """\
 
 
 # -- (1) late replies for a branch that has ended -----------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "core.reply: a Track keeps its last step state after it ends, so a late 'succeeded' for a "
-    "timed-out attempt of a branch's step with nothing to undo is taken as that step's outcome "
-    "after the branch ended compensated: the branch turns 'completed', join never sees every "
-    "branch undone, and the saga stays compensating forever (resume re-sends nothing)"))
 def test_late_reply_after_a_branch_ended_compensated_leaves_the_saga_stuck():
     saga = _Core(BLOCK)
     saga.reply("prep")
@@ -129,10 +124,6 @@ def test_late_reply_after_a_branch_ended_compensated_leaves_the_saga_stuck():
     assert not saga.of("branch.completed", branch="blk.b")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core.reply: a late 'succeeded' for a timed-out attempt of a branch's last step, after a "
-    "later attempt succeeded and the branch ended, is recorded as a second step.succeeded and "
-    "a second branch.completed (the main sequence records reply.ignored in the same case)"))
 def test_late_reply_after_a_branch_completed_is_ignored():
     saga = _Core(BLOCK.replace("retry: {attempts: 1}", "retry: {attempts: 2, backoff: 0}"))
     saga.reply("prep")
@@ -167,11 +158,6 @@ STALE = textwrap.dedent("""\
     """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core.timer: a branch halted while in backoff goes straight to its end when nothing in it "
-    "can be undone, but keeps its state and next_attempt_at, and the shard keeps its backoff "
-    "timer: when it fires the halted branch starts a new attempt of its step (a new command to "
-    "the service) while the saga is undoing the steps before the block"))
 def test_a_halted_branch_starts_no_attempt_after_it_ended():
     svc = {"fl": FlightDesk({("a1", "action"): ["error", "reject"]}),
            "ho": HotelDesk({("b1", "action"): ["error"]}),
@@ -189,10 +175,6 @@ def test_a_halted_branch_starts_no_attempt_after_it_ended():
 
 
 # -- (1) a block whose branches have nothing to undo --------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "compiler/core: a parallel block none of whose steps has a compensation is not 'undoable', "
-    "so when a branch fails (or on cancel/deadline) the block's 'exhausted' edge skips it: its "
-    "other branches are never halted and go on starting steps while the saga compensates"))
 def test_a_block_with_nothing_to_undo_halts_its_branches_when_it_fails():
     saga = _Core("""\
         saga: review_flat
@@ -212,19 +194,16 @@ def test_a_block_with_nothing_to_undo_halts_its_branches_when_it_fails():
                 - {name: b2, service: s, action: do, effects: none}
         """)
     saga.reply("prep")
-    saga.reply("a1", "rejected")              # the block fails: prep is being undone
-    assert saga.of("compensation.started", "prep")
-    _, commands = saga.reply("b1")            # b1 was in flight: its branch must stop here
+    saga.reply("a1", "rejected")              # the block fails and is undone: b is halted
+    assert saga.of("branch.halted", "blk")
+    assert not saga.of("compensation.started", "prep")  # the branches end first
+    _, commands = saga.reply("b1")            # b1 was in flight: its branch stops here
     assert not saga.of("step.started", "b2")
     assert not [c for c in commands if isinstance(c, core.Execute) and c.phase == "action"]
+    assert saga.of("compensation.started", "prep")  # then the steps before the block
 
 
 # -- (1) saga retry of a saga parked mid-block --------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "core.retry: a saga parked definition_unavailable while its block was going forward is "
-    "re-driven as if a branch compensation had parked: it records compensation.started for "
-    "the block and sends nothing; the completed branch is never undone, the in-flight one "
-    "never re-sent by the retry, and join can never end the block (stuck compensating)"))
 def test_retry_of_a_saga_parked_unavailable_mid_block_goes_on_forward():
     text = BLOCK.replace("effects: none", "compensation: undo")
     saga = _Core(text)
@@ -246,9 +225,6 @@ def test_retry_of_a_saga_parked_unavailable_mid_block_goes_on_forward():
 
 
 # -- (4) the audit of parallel and choice logs --------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "audit: nothing checks a parallel block's join: a log where a branch was rejected and "
-    "compensated, yet the block succeeded and the saga completed, passes the audit"))
 def test_audit_flags_a_block_that_succeeded_though_a_branch_failed():
     saga = _Core(BLOCK.replace("effects: none", "compensation: undo"))
     saga.reply("prep")
@@ -286,10 +262,6 @@ CHOICE = """\
     """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "audit: choice.made is taken on trust: a log that took the 'big' branch for an input its "
-    "condition rejects (amount 5 > 100 is false) passes, though the engine takes the first "
-    "branch whose condition holds on the context of that moment"))
 def test_audit_flags_a_choice_its_conditions_do_not_allow():
     saga = _Core(CHOICE, {"amount": 500})
     saga.reply("prep")
@@ -303,10 +275,6 @@ def test_audit_flags_a_choice_its_conditions_do_not_allow():
 
 
 # -- (2) conditions -----------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "conditions._same compares only top-level booleans apart: nested values use Python "
-    "equality, so eq [true] holds for [1] and eq {flag: true} for {flag: 1}, against the "
-    "documented JSON equality (true != 1)"))
 def test_condition_equality_keeps_nested_booleans_apart_from_numbers():
     context = {"input": {"flags": [1], "obj": {"flag": 1}}, "steps": {}}
     assert not Condition("eq", "$.input.flags", [True]).holds(context)
@@ -324,10 +292,6 @@ def _many_choices(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "loader: 11 choices of 2 branches (2048 routes) pass `saga validate` (exit 0), but the "
-    "compiler refuses more than MAX_PATHS routes with a CompileError: run, plan and graph "
-    "then end in 'internal error' (exit 70) instead of a FILE:LINE:COL error and exit 2"))
 def test_validate_rejects_a_flow_with_more_routes_than_the_compiler_takes(tmp_path):
     path = tmp_path / "routes.yaml"
     path.write_text(_many_choices(11))
@@ -338,11 +302,6 @@ def test_validate_rejects_a_flow_with_more_routes_than_the_compiler_takes(tmp_pa
 
 
 # -- (6) the event bus: a runtime refused at construction ---------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "Runtime.__init__ subscribes `subscribers` after starting the shards, scheduler, request "
-    "poller and bus threads: a bad Subscriber (name, topics, duplicate) raises out of the "
-    "constructor with all of them left running (the shard threads are not daemons), so the "
-    "process never exits"))
 def test_a_runtime_refusing_a_subscriber_leaves_no_thread_behind():
     code = textwrap.dedent("""\
         from sagas import Runtime
@@ -361,11 +320,6 @@ def test_a_runtime_refusing_a_subscriber_leaves_no_thread_behind():
 
 
 # -- (5) triggers: the trigger's cursor shares the subscribers' namespace -----------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "triggers: a trigger keeps its position in the external events under the cursor "
-    "'trigger:<flow>', in the same table and namespace as the event bus's subscribers (':' is "
-    "allowed in their names): a subscriber named so overwrites it with a saga-log position, "
-    "and the trigger then skips every external event below it (those sagas never start)"))
 def test_a_subscriber_cannot_move_a_triggers_cursor():
     import time
 
@@ -388,7 +342,8 @@ def test_a_subscriber_cannot_move_a_triggers_cursor():
         return False
 
     with Runtime(poll_interval=0.02) as runtime:
-        runtime.subscribe("trigger:order_inventory", ["*"], lambda delivery: None)
+        with pytest.raises(ValueError, match="reserved for flow triggers"):
+            runtime.subscribe("trigger:order_inventory", ["*"], lambda delivery: None)
         runtime.add_trigger(flow)
         runtime.send("OrderPlaced", "o-1", data(1))
         assert appears(runtime, "order_inventory.o-1", 5)

@@ -1005,6 +1005,7 @@ def test_public_exports() -> None:
             "TERMINAL",
             "Append",
             "ExternalEvent",
+            "LogEntry",
             "MemoryStore",
             "NewSaga",
             "Request",
