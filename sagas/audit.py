@@ -950,6 +950,8 @@ def _end_problem(view: _View, epoch: _Epoch, end: Event) -> str | None:
                              and v.first.seq < end.seq for v in view.visits)]
         if undone:
             return f"completed but {', '.join(map(repr, undone))} never succeeded"
+        if not flow_steps and last_action is None:
+            return None  # a route through the choices with no step: nothing to run
         if last_action is None or last_action.step != flow_steps[-1].name:
             return f"completed right after {last_action.step!r}" if last_action else \
                 "completed with no step run in this epoch"

@@ -461,6 +461,9 @@ class _Checker:
         self.names: dict[str, YNode] = {}  # every step, block and choice name -> its node
         self.pivot_node: YNode | None = None
         self.layout = self.sequence(node, services, defaults, {}, "top")
+        if not self.flat and self.layout and not self.errors:
+            self.error(node, "steps holds no step to run: its choices have none (a flow needs "
+                             "at least one step)")
         routes = count_routes(self.layout)
         if routes > MAX_PATHS:
             self.error(node, f"the choices make {routes} routes through the flow; at most "

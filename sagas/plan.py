@@ -171,7 +171,9 @@ def _walk_back(compiled: CompiledFlow, state: str, track: str) -> list[tuple[str
 def route_plans(compiled: CompiledFlow, step: str, kind: str = "rejected") -> list[Plan]:
     """The plans of ``step`` failing with ``kind`` along every route through the flow's
     choices that reaches it, one per distinct recovery (first route first)."""
-    routes = compiled.routes_with(step) or [None]
+    track = compiled.track_of.get(step)  # a branch step runs where its block runs
+    main = track.rsplit(".", 1)[0] if track is not None else step
+    routes = compiled.routes_with(main) or [None]
     found: list[Plan] = []
     seen = set()
     for route in routes:

@@ -482,3 +482,14 @@ def test_saga_plan_for_a_step_in_a_branch_lists_that_branch_s_compensations(tmp_
     table = CliRunner().invoke(cli.main, ["plan", str(path)])
     assert table.exit_code == 0, table.output
     assert "d1" in table.output and "b2" in table.output
+
+
+def test_a_flow_whose_choices_hold_no_step_says_so_at_its_steps():
+    text = ("saga: hollow\nservices: {s: a.b:C}\nsteps:\n"
+            "  - name: pick\n    choice:\n      - when: {path: $.input.n, gt: 1}\n"
+            "        steps: []\n")
+    with pytest.raises(FlowErrors) as info:
+        parse_flow(text, source="hollow.yaml")
+    messages = [e.format() for e in info.value.errors]
+    assert any(m.startswith("hollow.yaml:4:") and "holds no step to run" in m
+               for m in messages), messages

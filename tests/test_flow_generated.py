@@ -714,10 +714,6 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, Shape],
             tuple((r["choice"], r["branch"]) for r in entry["route"]), as_outcome(entry))
            for entry in document["plans"]]
     wanted = [plan for s in spec for kind in s.kinds for plan in route_plans(shape, s.name, kind)]
-    if BRANCH_ROUTES_BUG:  # see test_plan_json_lists_every_route_for_a_branch_step
-        in_branch = {x.name for b in shape.parallels for x in b.steps}
-        wanted = [w for w in wanted if w[0] not in in_branch or w[2] == shape.taken(
-            w[0], shape.first_route(w[0]))]
     assert got == wanted, [(a, b) for a, b in zip(got, wanted, strict=False) if a != b][:1]
 
     failing = [s for s in spec if s.kinds]
@@ -789,11 +785,8 @@ def check_mermaid(text: str, compiled: Any, shape: Shape) -> None:
     assert edges == expected
 
 
-# `saga plan --json` (sagas.plan.plans / route_plans) lists one plan per route when recovery
-# depends on the branches taken before the failing step, but for a step of a parallel branch it
-# lists only the first route's plan (compiler.routes_with returns no route for a branch step).
-BRANCH_ROUTES_BUG = True
-
+# `saga plan --json` lists one plan per route when recovery depends on the branches taken
+# before the failing step: for a step of a parallel branch too (it runs where its block runs).
 ROUTED_BLOCK = """\
 saga: routed_block
 services: {svc: tests.support:Scripted}
@@ -811,8 +804,6 @@ steps:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="saga plan lists only the first route's plan for a step "
-                   "of a parallel branch after a choice, although its recovery differs by route")
 def test_plan_json_lists_every_route_for_a_branch_step(workdir: Path) -> None:
     path = workdir / "routed_block.yaml"
     path.write_text(ROUTED_BLOCK, encoding="utf-8")
