@@ -133,8 +133,11 @@ class SubscriberActor(pykka.ThreadingActor):
 
     def _handle_page(self, page: Page) -> None:
         sub = self._sub
-        if page.epoch != self._epoch or sub.status != "running" or sub._stopping.is_set():
-            return  # parked or stopping: the reader sends it again after a resume
+        # a page of an older epoch than the reader's (sent before a park, still queued when
+        # resume() came) is dropped: the reader sends those events again, in order
+        if page.epoch != sub._epoch or page.epoch != self._epoch or sub.status != "running" \
+                or sub._stopping.is_set():
+            return  # parked, resumed since, or stopping
         for delivery in page.deliveries:
             if not self._deliver(delivery):
                 return

@@ -290,3 +290,45 @@ def test_subscribes_is_checked_when_applied() -> None:
         @subscribes("*")
         async def on_any(self: Any, delivery: Any) -> None:
             pass
+
+
+def test_a_page_queued_before_a_park_is_dropped_after_the_resume() -> None:
+    # the race a review found: pages sent before a subscription parked can still be in its
+    # actor's mailbox when resume() runs; delivering them would put later events before the
+    # one it parked on (white-box: such a page is handed to the actor directly)
+    from sagas._bus_subscriber import Page, Resume
+    from sagas.bus import _delivery
+
+    broken = threading.Event()
+    broken.set()
+
+    def fails_on_completed(delivery: Delivery) -> None:
+        if delivery.type == "saga.completed" and broken.is_set():
+            raise RuntimeError("down")
+
+    got = Collector(before=fails_on_completed)
+    with Runtime() as runtime:
+        sub = runtime.subscribe("mailer", ["*"], got, attempts=1)
+        run_many(runtime, 2)
+        deadline = time.monotonic() + WAIT
+        while sub.status != "parked" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sub.status == "parked"
+        stale_epoch = sub._epoch - 1  # the epoch its pages had before it parked
+        entries = runtime.store.read_log(0, 10**6)
+        last = _delivery(entries, len(entries) - 1, {})  # a later event than the parked one
+        stale = Page(stale_epoch, (last,), last.position)
+        broken.clear()
+        actor = runtime.bus._feeds["mailer"].actor
+        with runtime.bus._wake:  # what resume() does, with the stale page queued before its
+            sub._epoch += 1      # Resume message: the order the race produces
+            sub._after = sub.position
+            sub._in_flight = 0
+            sub.error = None
+            sub.status = "running"
+            actor.tell(stale)
+            actor.tell(Resume(sub._epoch))
+            runtime.bus._wake.notify_all()
+        assert runtime.bus.wait_caught_up(WAIT)
+        positions = log_positions(runtime)
+        assert got.positions() == positions  # nothing skipped: the stale page moved nothing
