@@ -14,7 +14,10 @@ a replay.
   log, and :func:`resume` derives the commands that put a replayed saga back in motion.
 
 A :class:`Saga` is mutable and owned by one thread (its shard); ``handle`` updates it in place
-as it emits events.
+as it emits events. A ``choice`` is decided when the saga reaches it (``choice.made``; the
+saga's ``route`` then picks the compiled table). Each branch of a ``parallel`` block is a
+:class:`Track`: the per-branch part of the state (attempts, timers), driven by the same
+decisions as the main sequence, whose own track is the saga itself.
 """
 
 from __future__ import annotations
@@ -314,7 +317,6 @@ class Track:
 
 
 AnyTrack = Saga | Track
-BRANCH_ENDS = ("completed", "compensated", "failed")
 
 
 def _live(t: AnyTrack, phase: str) -> bool:
