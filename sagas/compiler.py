@@ -248,10 +248,8 @@ class CompiledFlow:
     def routes_to(self, step: str) -> tuple[str, ...] | None:
         """The first route (branches taken) on which ``step`` runs in the main sequence, or
         None when it runs in no route (it belongs to a parallel branch)."""
-        for key, elems in _expand(self.flow.sequence):
-            if any(isinstance(e, Step) and e.name == step for e in elems):
-                return key
-        return None
+        routes = self.routes_with(step)
+        return routes[0] if routes else None
 
     def route_steps(self, route: tuple[str, ...]) -> tuple[Step, ...]:
         """The main sequence's steps on the first route that begins with ``route`` (a

@@ -63,6 +63,7 @@ class TriggerStarter:
         self._start = start
         self._flows: dict[str, CompiledFlow] = {}
         self._on_start: dict[str, Callable[[str], None] | None] = {}
+        self._positions: dict[str, int] = {}  # each flow's cursor, read from the store once
 
     def add(self, compiled: CompiledFlow, on_start: Callable[[str], None] | None = None) -> None:
         """Serve ``compiled``'s trigger; ``on_start(saga_id)`` is called for each saga started
@@ -90,7 +91,9 @@ class TriggerStarter:
         trigger = compiled.flow.trigger
         assert trigger is not None
         cursor_name = f"{CURSOR_PREFIX}{name}"
-        position = self.store.cursor(cursor_name) or 0
+        position = self._positions.get(name)
+        if position is None:  # this starter is the cursor's only writer from then on
+            position = self._positions[name] = self.store.cursor(cursor_name) or 0
         events = self.store.events_after(position, PAGE)
         if not events:
             return 0
@@ -121,4 +124,5 @@ class TriggerStarter:
                 except Exception:
                     log.exception("trigger of %s: on_start callback failed", name)
         self.store.save_cursor(cursor_name, events[-1].position)
+        self._positions[name] = events[-1].position
         return len(events)
