@@ -808,35 +808,85 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
 @main.command(name="test")
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_examples", multiple=True, metavar="JSON",
-              help="An example input (repeatable). Without any, inputs are generated from the "
-                   "flow's input schema.")
-@click.option("--examples", type=click.IntRange(min=1), default=100, show_default=True,
-              help="How many (fault schedule, input) examples to run.")
+              help="An example input (repeatable). Without any, inputs that reach every route "
+                   "(the happy path, each choice branch, each business rejection) are searched "
+                   "for, from the input schema, the choices' conditions and the services' own "
+                   "constants.")
+@click.option("--examples", type=click.IntRange(min=1), default=None, metavar="N",
+              help="The budget of runs with faults. Default: every single fault point and "
+                   "recovery pair along every route, then 400 more (pairs and random "
+                   "schedules). A budget too small for the single faults is reported.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="The same seed gives the same run.")
+@click.option("--handler-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=5.0, show_default=True, metavar="SECONDS",
+              help="A call into a service (handler, snapshot, invariant) running longer than "
+                   "this, in wall-clock time, is a counterexample.")
+@click.option("--replay-db", type=click.Path(file_okay=False), default=None, metavar="PATH",
+              help="Keep the random phase's failing examples in PATH and replay them first "
+                   "next time (default: nothing is kept, nothing replayed).")
 @handle_errors
-def test_(flow: str, input_examples: tuple[str, ...], examples: int, seed: int) -> None:
-    """Property-test FLOW with its declared services under generated fault schedules.
+def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed: int,
+          handler_timeout: float, replay_db: str | None) -> None:
+    """Property-test FLOW with its declared services under faults.
 
-    Faults per step and attempt (errors, rejections, timeouts with and without the action
-    having run, duplicate and repeated deliveries, a runtime crash and resume) are searched for
-    a run that breaks the saga guarantees, the flow's plan, semantic atomicity (a compensated
-    saga leaves every service's snapshot() as it was) or a service's @invariant. A failure is
-    shrunk to the smallest schedule and printed with its history; exit 1.
+    \b
+    For each route the inputs reach, it runs:
+      1. the input without faults;
+      2. every single fault point along the route: each action and compensation that ran,
+         each fault kind (error, reject, timeout, late reply, duplicate, redelivery after
+         the effect, reply lost after the effect) on its first attempt and on a retry, each
+         persistent fault (every attempt errs, times out, or loses its reply), and a runtime
+         crash and resume after each event;
+      3. pairs of faults, where recovery bugs hide first; then random schedules.
+
+    A run must keep the saga guarantees (README: Guarantees), recover as `saga plan` says,
+    leave every service's snapshot() as it was if the saga was compensated, and as a run
+    without faults left it if the saga completed, and keep every @invariant. The first run
+    that breaks one is made as small as it goes and printed with its history, the faults
+    marked where they struck; exit 1. Nothing is written to the working directory.
     """
     from sagas.runtime import validate_input
-    from sagas.testing import test_flow
+
+    _private_hypothesis_home()
+    from sagas.testing import make_services, test_flow
 
     loaded = load_flow(flow)
     parsed = [_parse_json(text, "--input") for text in input_examples]
     for example in parsed:
         validate_input(loaded, example)
-    from sagas.testing._harness import make_services
-
     make_services(loaded)  # DefinitionUnavailable now, as one line, rather than per example
-    report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed)
+    database = None
+    if replay_db is not None:
+        from hypothesis.database import DirectoryBasedExampleDatabase
+
+        database = DirectoryBasedExampleDatabase(replay_db)
+    report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
+                       handler_timeout=handler_timeout, database=database)
     click.echo(report.describe())
-    sys.exit(0 if report.ok else 1)
+    if not report.complete:
+        _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "
+             f"points were tried within --examples {examples}")
+    sys.exit(EXIT_OK if report.ok else EXIT_COMPENSATED)
+
+
+def _private_hypothesis_home() -> None:
+    """Hypothesis keeps caches (e.g. unicode tables) in ``.hypothesis/`` under the working
+    directory: point it at the user's cache directory instead."""
+    import os
+    from pathlib import Path
+
+    from hypothesis import configuration
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    home = Path(base) / "sagactor" / "hypothesis"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        import tempfile
+
+        home = Path(tempfile.mkdtemp(prefix="sagactor-hypothesis-"))
+    configuration.set_hypothesis_home_dir(str(home))
 
 
 if __name__ == "__main__":

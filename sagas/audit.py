@@ -65,7 +65,7 @@ RULES: Mapping[str, str] = MappingProxyType({
     "seq_gap": "seqs count from 1 with no gap",
     "seq_repeat": "no seq appears twice or goes backwards",
     "event_id_repeat": "event ids are unique within a saga",
-    "unknown_event": "every event type is one of DESIGN §6",
+    "unknown_event": "every event type is one the engine records (README: JSON shapes)",
     "malformed_event": "step events name a step and an attempt (>= 1); saga events name none",
     "first_event": "the first event is saga.started",
     "started_twice": "saga.started appears once",
@@ -104,7 +104,8 @@ RULES: Mapping[str, str] = MappingProxyType({
     "compensation_unprovoked": "compensation starts only after a step failed before the pivot",
     "compensation_order": "compensations run one at a time, in reverse step order",
     "compensation_twice": "each compensation completes (succeeds) at most once",
-    "missing_compensation": "a compensated saga compensated every step §4.2 requires",
+    "missing_compensation": "a compensated saga compensated every step backward recovery "
+                            "requires",
     "pivot_unknown_compensated": "a saga failed with pivot_unknown compensated nothing",
     "wrong_end": "the terminal status (and reason) follows from the history",
     "stuck_retry_forever": "a retry_forever saga is not compensating for over stuck_after",

@@ -161,15 +161,3 @@ def test_the_shipped_money_transfer_has_a_review_window():
     flow = load_flow(Path(__file__).parent.parent / "flows" / "money_transfer.yaml")
     window = flow.step("review_window")
     assert window.is_delay and window.delay == 2.0
-
-
-def test_saga_test_on_the_shipped_flow_with_a_delay_passes_300_examples():
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, "-c", "import cli; cli.main()", "test", "flows/money_transfer.yaml",
-         "--examples", "300"], capture_output=True, text=True, timeout=300, cwd=root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "300 examples" in proc.stdout and "ok: every invariant held" in proc.stdout

@@ -233,7 +233,7 @@ def schedules(draw: Any, flow: Runnable, loaded: Any, max_faults: int = 3) -> Sc
         step = draw(st.sampled_from(inside))
         faults = {**schedule.faults, ("action", step, 1): draw(st.sampled_from(
             ["reject", "reject", "error", "timeout"]))}
-        schedule = Schedule(faults, schedule.crash_after)
+        schedule = Schedule(faults, schedule.crash_after, schedule.persistent)
     return schedule
 
 

@@ -14,15 +14,25 @@ A :class:`Schedule` says what goes wrong, per ``(phase, step, attempt)``:
 ``duplicate``    the command is delivered twice (the inbox answers the second from the first)
 ``redeliver``    the handler's effect happens, then the process dies before the reply is
                  recorded: the command is delivered again and the handler runs a second time
+``lost``         the handler runs (its effect happens) but its reply is lost: the attempt times
+                 out, and the engine cannot know the effect happened
 ===============  ================================================================================
 
-and ``crash_after=N`` restarts the runtime once the log holds N events: whatever was in flight is
-lost, the saga is rebuilt from its log and resumed (DESIGN.md §4.7).
+A *persistent* fault (``Schedule(persistent={(phase, step): kind})``) strikes every attempt of
+one action or compensation: a service that is down, or a network that loses every reply. It is
+one fault however many attempts the step has; it holds across a crash and resume; under
+``on_compensation_failure: retry_forever`` it lasts the step's ``retry.attempts`` attempts (so the
+saga can end). A saga that ends ``failed`` while a persistent fault was in force is retried once,
+as an operator would with ``saga retry`` once the trouble is over: the fault lifts there.
+
+``crash_after=N`` restarts the runtime once the log holds N events: whatever was in flight is
+lost, the saga is rebuilt from its log and resumed (see the README's Guarantees).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import itertools
 import os
@@ -41,10 +51,22 @@ from ..model import Flow
 from ..runtime import validate_input
 from ..services import import_service
 from ..stores import SagaHeader, SagaRecord
+from ._guard import DEFAULT_HANDLER_TIMEOUT, HandlerHung, Watch, current_watch, guarded
 
-__all__ = ["FAULTS", "BatchRun", "HarnessRun", "Schedule", "run_batch", "run_schedule"]
+__all__ = ["FAULTS", "PERSISTENT_FAULTS", "BatchRun", "HarnessRun", "Schedule", "hung_run",
+           "make_services", "run_batch", "run_schedule"]
 
-FAULTS = ("error", "reject", "timeout", "late", "duplicate", "redeliver")
+FAULTS = ("error", "reject", "timeout", "late", "duplicate", "redeliver", "lost")
+PERSISTENT_FAULTS = ("error", "timeout", "lost")  # the ones that exhaust a step's attempts
+_DESCRIBE = {
+    "error": "fails with an error (the handler does not run)",
+    "reject": "is answered Rejected (the handler does not run)",
+    "timeout": "is lost before it runs (no reply: timed out)",
+    "late": "runs; its reply arrives after the attempt timed out",
+    "duplicate": "is delivered twice (the second answered by the inbox)",
+    "redeliver": "runs, the process dies before its reply is recorded, and it runs again",
+    "lost": "runs (its effect happens), its reply is lost (timed out)",
+}
 START = 1_700_000_000.0
 MAX_EVENTS = 10_000
 
@@ -55,21 +77,56 @@ class Schedule:
 
     faults: Mapping[tuple[str, str, int], str] = field(default_factory=dict)
     crash_after: int | None = None
+    persistent: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for key, kind in self.faults.items():
+        for key, kind in [*self.faults.items(), *self.persistent.items()]:
             if kind not in FAULTS:
                 raise ValueError(f"unknown fault {kind!r} at {key}: use one of {FAULTS}")
+        for key in [*self.faults, *self.persistent]:
+            if key[0] not in ("action", "compensation"):
+                raise ValueError(f"unknown phase {key[0]!r} at {key}: action or compensation")
 
     @property
     def size(self) -> int:
-        """How many things go wrong (faults, plus one for a crash)."""
-        return len(self.faults) + (self.crash_after is not None)
+        """How many things go wrong: faults (a persistent one counts once), plus a crash."""
+        return len(self.faults) + len(self.persistent) + (self.crash_after is not None)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """A hashable identity: two schedules with the same key run the same way."""
+        return (tuple(sorted(self.faults.items())), self.crash_after,
+                tuple(sorted(self.persistent.items())))
+
+    def fault(self, phase: str, step: str, attempt: int) -> str | None:
+        """The fault of one attempt, ignoring persistent faults' lifting (see the harness)."""
+        return self.faults.get((phase, step, attempt)) or self.persistent.get((phase, step))
+
+    def without(self, part: Any) -> Schedule:
+        """This schedule less one fault (a key of ``faults`` or ``persistent``) or, for
+        ``"crash"``, the crash: how a counterexample is made smaller."""
+        if part == "crash":
+            return Schedule(self.faults, None, self.persistent)
+        return Schedule({k: v for k, v in self.faults.items() if k != part}, self.crash_after,
+                        {k: v for k, v in self.persistent.items() if k != part})
+
+    def parts(self) -> list[Any]:
+        """What :meth:`without` can take away, one at a time."""
+        crash = ["crash"] if self.crash_after is not None else []
+        return [*sorted(self.persistent), *sorted(self.faults), *crash]
+
+    def merged(self, other: Schedule) -> Schedule:
+        """Both schedules' faults (``other`` wins where they name the same attempt)."""
+        crash = other.crash_after if other.crash_after is not None else self.crash_after
+        return Schedule({**self.faults, **other.faults}, crash,
+                        {**self.persistent, **other.persistent})
 
     def describe(self) -> str:
         """One line per fault, in flow order, for counterexamples."""
-        lines = [f"{phase} {step} attempt {attempt}: {kind}"
-                 for (phase, step, attempt), kind in sorted(self.faults.items())]
+        lines = [f"{phase} {step} every attempt: {kind} (persistent)"
+                 for (phase, step), kind in sorted(self.persistent.items())]
+        lines += [f"{phase} {step} attempt {attempt}: {kind}"
+                  for (phase, step, attempt), kind in sorted(self.faults.items())]
         if self.crash_after is not None:
             lines.append(f"runtime crash after event {self.crash_after}")
         return "\n".join(lines) if lines else "no faults"
@@ -88,6 +145,8 @@ class HarnessRun:
     snapshots_before: dict[str, Any]
     snapshots_after: dict[str, Any]
     invocations: list[tuple[str, str, int]]  # (phase, step, attempt) per handler call
+    struck: list[tuple[int, str]] = field(default_factory=list)  # (events before it, what)
+    hung: str | None = None  # the call into service code that never returned, if one did
 
     @property
     def flow(self) -> Flow:
@@ -95,18 +154,41 @@ class HarnessRun:
 
     @property
     def status(self) -> str:
-        last = self.events[-1].type if self.events else ""
-        return {"saga.completed": "completed", "saga.compensated": "compensated",
-                "saga.failed": "failed"}.get(last, "running")
+        return _status(self.events)
 
     @property
     def reason(self) -> str | None:
-        last = self.events[-1] if self.events else None
-        return last.data.get("reason") if last is not None and last.type == "saga.failed" \
-            else None
+        return _reason(self.events)
 
-    def compensated(self) -> list[str]:
-        return [e.step or "" for e in self.events if e.type == "compensation.succeeded"]
+    @property
+    def first_end(self) -> int:
+        """How many events the log held when the saga first ended (before a ``saga retry``
+        the harness made after a persistent fault); all of them if it never ended."""
+        for n, event in enumerate(self.events, 1):
+            if event.type in _TERMINAL:
+                return n
+        return len(self.events)
+
+    @property
+    def first_status(self) -> str:
+        """The status the saga first ended in (before any retry)."""
+        return _status(self.events[:self.first_end])
+
+    @property
+    def first_reason(self) -> str | None:
+        return _reason(self.events[:self.first_end])
+
+    @property
+    def retried(self) -> bool:
+        return any(e.type == "saga.retried" for e in self.events)
+
+    def compensated(self, *, until_first_end: bool = False) -> list[str]:
+        events = self.events[:self.first_end] if until_first_end else self.events
+        return [e.step or "" for e in events if e.type == "compensation.succeeded"]
+
+    def route(self) -> tuple[str, ...]:
+        """The branches its choices took, in order."""
+        return tuple(str(e.data.get("branch")) for e in self.events if e.type == "choice.made")
 
     def record(self) -> SagaRecord:
         """The run as a store would hold it (for :mod:`sagas.audit`)."""
@@ -117,13 +199,36 @@ class HarnessRun:
         return SagaRecord(header, flow.text, tuple(self.events))
 
     def history(self) -> str:
-        """The log, one line per event."""
-        lines = []
-        for e in self.events:
+        """The log, one line per event, with the faults shown where they struck."""
+        notes: dict[int, list[str]] = {}
+        for after, note in self.struck:
+            notes.setdefault(after, []).append(note)
+        lines = [f"        !! {note}" for note in notes.get(0, [])]
+        for n, e in enumerate(self.events, 1):
             where = f"{e.step} #{e.attempt}" if e.step and e.attempt else (e.step or "")
+            if e.type.startswith("branch.") or e.type == "choice.made":
+                where = f"{where} [{e.data.get('branch')}]"
             detail = e.data.get("kind") or e.data.get("reason") or ""
+            if e.type.endswith(".failed") and e.data.get("error") and e.type != "saga.failed":
+                detail = f"{detail}: {e.data['error']}"
             lines.append(f"  {e.seq:>3} {e.type:<24} {where:<24} {detail}".rstrip())
+            lines.extend(f"        !! {note}" for note in notes.get(n, []))
+        if self.hung:
+            lines.append(f"        !! {self.hung}")
         return "\n".join(lines)
+
+
+_TERMINAL = {"saga.completed": "completed", "saga.compensated": "compensated",
+             "saga.failed": "failed"}
+
+
+def _status(events: Sequence[Event]) -> str:
+    return _TERMINAL.get(events[-1].type, "running") if events else "running"
+
+
+def _reason(events: Sequence[Event]) -> str | None:
+    last = events[-1] if events else None
+    return last.data.get("reason") if last is not None and last.type == "saga.failed" else None
 
 
 class _Env:
@@ -149,11 +254,17 @@ class _OneFault:
         return fault
 
 
-def _snapshot(service: Service) -> Any:
+def _snapshot(name: str, service: Service, watch: Watch | None) -> Any:
+    if watch is not None:
+        watch.enter(f"{name}.snapshot()")
     try:
-        return service.snapshot()
+        # a copy: a snapshot that hands out the service's own dict would change with it
+        return copy.deepcopy(service.snapshot())
     except Exception as exc:  # a snapshot that fails is itself a finding
         return f"<snapshot raised {type(exc).__name__}: {exc}>"
+    finally:
+        if watch is not None:
+            watch.leave()
 
 
 def make_services(flow: Flow, given: Mapping[str, Any] | None = None) -> dict[str, Service]:
@@ -177,15 +288,19 @@ def make_services(flow: Flow, given: Mapping[str, Any] | None = None) -> dict[st
 def run_schedule(flow: Flow | str | os.PathLike[str], input: Any,
                  schedule: Schedule | None = None, *,
                  services: Mapping[str, Any] | None = None, seed: int = 0,
-                 saga_id: str = "saga-1", start: float = START) -> HarnessRun:
+                 saga_id: str = "saga-1", start: float = START,
+                 handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT) -> HarnessRun:
     """Run one saga of ``flow`` under ``schedule`` to its end, on virtual time, and return it.
 
     ``services`` maps service names to objects, classes or factories (default: a fresh object of
-    each declared class). Deterministic: the same arguments give the same run.
+    each declared class). Deterministic: the same arguments give the same run. A call into a
+    service that does not return within ``handler_timeout`` wall-clock seconds ends the run
+    there, with :attr:`HarnessRun.hung` naming it (``None``: no guard).
     """
     schedule = schedule or Schedule()
-    batch = run_batch(flow, [(input, Schedule(schedule.faults))], services=services, seed=seed,
-                      crash_after=schedule.crash_after, start=start, ids=[saga_id])
+    batch = run_batch(flow, [(input, schedule)], services=services, seed=seed,
+                      crash_after=schedule.crash_after, start=start, ids=[saga_id],
+                      handler_timeout=handler_timeout)
     run = batch.runs[0]
     run.schedule = schedule
     return run
@@ -203,24 +318,81 @@ class BatchRun:
 def run_batch(flow: Flow | str | os.PathLike[str], sagas: Sequence[tuple[Any, Schedule]], *,
               services: Mapping[str, Any] | None = None, seed: int = 0,
               crash_after: int | None = None, start: float = START,
-              ids: Sequence[str] | None = None) -> BatchRun:
+              ids: Sequence[str] | None = None,
+              handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT) -> BatchRun:
     """Run several sagas of ``flow`` at once on shared services, each under its own schedule
     (its ``crash_after`` is ignored: ``crash_after`` here counts the events of all sagas, and
     the crash hits them all). Their steps interleave in virtual time."""
     if not isinstance(flow, Flow):
         flow = load_flow(flow)
     compiled = compile_flow(flow)
-    objects = make_services(flow, services)
-    harness = _Harness(compiled, objects, seed, start, crash_after)
     ids = list(ids) if ids is not None else [f"saga-{n + 1}" for n in range(len(sagas))]
-    before = {name: _snapshot(obj) for name, obj in objects.items()}
-    for saga_id, (saga_input, schedule) in zip(ids, sagas, strict=True):
-        harness.start(saga_id, validate_input(flow, saga_input), schedule)
-    harness.run()
-    after = {name: _snapshot(obj) for name, obj in objects.items()}
-    runs = [HarnessRun(compiled, saga_id, harness.inputs[saga_id], harness.schedules[saga_id],
-                       harness.events[saga_id], objects, before, after,
-                       harness.invocations[saga_id]) for saga_id in ids]
+    state: dict[str, Any] = {}
+
+    def work() -> BatchRun:
+        watch = current_watch()
+        if watch is not None:
+            watch.enter(f"creating the services of {flow.name}")
+        objects = make_services(flow, services)
+        if watch is not None:
+            watch.leave()
+        state["objects"] = objects
+        harness = _Harness(compiled, objects, seed, start, crash_after, watch)
+        state["harness"] = harness
+        before = {name: _snapshot(name, obj, watch) for name, obj in objects.items()}
+        state["before"] = harness.before = before
+        for saga_id, (saga_input, schedule) in zip(ids, sagas, strict=True):
+            harness.start(saga_id, validate_input(flow, saga_input), schedule)
+        harness.run()
+        after = {name: _snapshot(name, obj, watch) for name, obj in objects.items()}
+        return _batch(harness, objects, before, after, ids, crash_after)
+
+    try:
+        return guarded(work, handler_timeout)
+    except HandlerHung as hung:
+        harness = state.get("harness")
+        if harness is None:  # a service's constructor hung: nothing ran
+            harness = _Harness(compiled, {}, seed, start, crash_after, None)
+            for saga_id, (saga_input, schedule) in zip(ids, sagas, strict=True):
+                harness.inputs[saga_id], harness.schedules[saga_id] = saga_input, schedule
+                harness.events[saga_id], harness.invocations[saga_id] = [], []
+                harness.struck[saga_id] = []
+        before = state.get("before", {})
+        batch = _batch(harness, state.get("objects", {}), before, dict(before), ids,
+                       crash_after)
+        culprit = hung.context[1] if isinstance(hung.context, tuple) else None
+        for run in batch.runs:
+            if culprit in (None, run.saga_id):
+                run.hung = _hung_text(hung)
+        return batch
+
+
+def _hung_text(hung: HandlerHung) -> str:
+    return f"{hung.label} did not return within {hung.timeout:g}s (wall clock)"
+
+
+def hung_run(hung: HandlerHung) -> HarnessRun | None:
+    """The run a :class:`HandlerHung` raised from guarded work interrupted, as far as it got."""
+    context = hung.context
+    if isinstance(context, HarnessRun):  # an invariant or snapshot after the run
+        context.hung = _hung_text(hung)
+        return context
+    if not (isinstance(context, tuple) and isinstance(context[0], _Harness)):
+        return None
+    harness, saga_id = context
+    objects = {name: d.service for name, d in harness.dispatchers.items()}
+    before = harness.before
+    run = _batch(harness, objects, before, dict(before), [saga_id], harness.crash_after).runs[0]
+    run.hung = _hung_text(hung)
+    return run
+
+
+def _batch(harness: _Harness, objects: dict[str, Service], before: dict[str, Any],
+           after: dict[str, Any], ids: list[str], crash_after: int | None) -> BatchRun:
+    runs = [HarnessRun(harness.compiled, saga_id, harness.inputs[saga_id],
+                       harness.schedules[saga_id], list(harness.events[saga_id]), objects,
+                       before, after, list(harness.invocations[saga_id]),
+                       list(harness.struck[saga_id])) for saga_id in ids]
     return BatchRun(runs, objects, crash_after)
 
 
@@ -228,13 +400,15 @@ class _Harness:
     """The event loop: a heap of replies and timers in virtual time, the pure core, the inbox."""
 
     def __init__(self, compiled: CompiledFlow, objects: dict[str, Service], seed: int,
-                 start: float, crash_after: int | None):
+                 start: float, crash_after: int | None, watch: Watch | None):
         self.compiled = compiled
         inbox = MemoryInbox()
         self.injector = _OneFault()
         self.dispatchers = {name: Dispatcher(obj, service_name=name, instance=0, inbox=inbox,
                                              faults=self.injector)
                             for name, obj in objects.items()}
+        self.watch = watch
+        self.before: dict[str, Any] = {}
         self.env = _Env(start, seed)
         self.crash_after = crash_after
         self.crashed = False
@@ -244,12 +418,15 @@ class _Harness:
         self.schedules: dict[str, Schedule] = {}
         self.events: dict[str, list[Event]] = {}
         self.invocations: dict[str, list[tuple[str, str, int]]] = {}
+        self.struck: dict[str, list[tuple[int, str]]] = {}
+        self.lifted: set[str] = set()  # sagas retried after a persistent fault: it is over
         self.pending: list[tuple[float, int, Any]] = []
         self.order = itertools.count()
 
     def start(self, saga_id: str, saga_input: Any, schedule: Schedule) -> None:
         self.inputs[saga_id], self.schedules[saga_id] = saga_input, schedule
         self.events[saga_id], self.invocations[saga_id] = [], []
+        self.struck[saga_id] = []
         saga, new, commands = core.start(self.compiled, saga_id, saga_input, self.env)
         self.sagas[saga_id] = saga
         self.commit(saga_id, new, commands)
@@ -263,9 +440,13 @@ class _Harness:
         if (not self.crashed and self.crash_after is not None and new
                 and self.total >= self.crash_after):
             self.crashed = True
+            self.note(saga_id, "runtime crash: everything in flight is lost; resumed from the log")
             self.crash_and_resume()
             return
         self.act(commands)
+
+    def note(self, saga_id: str, text: str) -> None:
+        self.struck[saga_id].append((len(self.events[saga_id]), text))
 
     def crash_and_resume(self) -> None:
         self.pending.clear()  # everything in flight is lost with the process
@@ -287,11 +468,26 @@ class _Harness:
             elif isinstance(command, core.Await):
                 self.await_event(command)
 
+    def fault(self, saga_id: str, phase: str, step_name: str, attempt: int) -> str | None:
+        """The fault for one attempt: the schedule's, or its persistent fault's while that is
+        in force (not after the retry that lifts it; under retry_forever, for the step's
+        ``retry.attempts`` attempts)."""
+        schedule = self.schedules[saga_id]
+        kind = schedule.faults.get((phase, step_name, attempt))
+        if kind is not None or saga_id in self.lifted:
+            return kind
+        kind = schedule.persistent.get((phase, step_name))
+        if kind is not None and phase == "compensation":
+            step = self.compiled.flow.step(step_name)
+            if step.on_compensation_failure == "retry_forever" and attempt > step.retry.attempts:
+                return None
+        return kind
+
     def await_event(self, command: core.Await) -> None:
         """A wait_for step: its event arrives at once (data ``{}``), unless the schedule puts
         a fault (of any kind) on it: then it never comes and the wait times out."""
-        key = ("action", command.step, command.attempt)
-        if self.schedules[command.saga_id].faults.get(key) is not None:
+        if self.fault(command.saga_id, "action", command.step, command.attempt) is not None:
+            self.note(command.saga_id, f"{command.step}: the event {command.event} never comes")
             return
         event_id = f"{command.saga_id}/{command.step}/{command.attempt}"
         signal = core.EventReceived(command.event, command.key, {}, event_id)
@@ -299,41 +495,78 @@ class _Harness:
 
     def deliver(self, command: core.Execute) -> None:
         key = (command.phase, command.step, command.attempt)
-        kind = self.schedules[command.saga_id].faults.get(key)
-        invocations = self.invocations[command.saga_id]
-        message = Command(command.command_id, command.saga_id, command.step,
+        saga_id = command.saga_id
+        kind = self.fault(saga_id, *key)
+        invocations = self.invocations[saga_id]
+        message = Command(command.command_id, saga_id, command.step,
                           command.phase, command.name, command.attempt, command.key,
                           command.payload if command.payload is not None else {},
                           command.result, command.timeout_at)
+        label = f"{command.service}.{command.name}"
+        if kind is not None:
+            self.note(saga_id, f"{command.phase} {command.step} attempt {command.attempt}: "
+                               f"{label} {_DESCRIBE[kind]}")
         if kind == "timeout":
             return
         dispatcher = self.dispatchers[command.service]
+        watch = self.watch
         if kind == "redeliver":
             invocations.append(key)
             # the effect happens; the reply (or whatever it raised) is lost with the process
+            if watch is not None:
+                watch.enter(label, (self, saga_id))
             with contextlib.suppress(Exception):
                 dispatcher.service.handler(command.name)(message)
+            if watch is not None:
+                watch.leave()
         if kind in ("error", "reject", "duplicate"):
             self.injector.next = Fault(kind)
-        for reply in dispatcher.process(message):
+        elif kind == "lost":
+            self.injector.next = Fault("run_then_drop")
+        if watch is not None:
+            watch.enter(label, (self, saga_id))
+        replies = list(dispatcher.process(message))
+        if watch is not None:
+            watch.leave()
+        for reply in replies:
             if not reply.replayed and kind not in ("error", "reject"):
                 invocations.append(key)
             at = command.timeout_at + 0.001 if kind == "late" else self.env.t
-            heapq.heappush(self.pending, (at, next(self.order), (command.saga_id, reply)))
+            heapq.heappush(self.pending, (at, next(self.order), (saga_id, reply)))
+        if kind == "lost":
+            invocations.append(key)  # delivered and processed (run, or answered by the inbox)
 
     def run(self) -> None:
-        while self.pending:
-            at, _, (saga_id, item) = heapq.heappop(self.pending)
-            saga = self.sagas[saga_id]
-            if saga.terminal:
+        while True:
+            while self.pending:
+                at, _, (saga_id, item) = heapq.heappop(self.pending)
+                saga = self.sagas[saga_id]
+                if saga.terminal:
+                    continue
+                self.env.t = max(self.env.t, at)
+                if isinstance(item, Reply):
+                    c = item.command
+                    signal: core.Signal = core.ReplyReceived(c.phase, c.step, c.attempt,
+                                                             item.outcome, item.output,
+                                                             item.error, c.command_id)
+                else:
+                    signal = item
+                new, commands = core.handle(saga, signal, self.env)
+                self.commit(saga_id, new, commands)
+            if not self.retry_after_persistent_faults():
+                return
+
+    def retry_after_persistent_faults(self) -> bool:
+        """``saga retry`` for each saga that ended failed under a persistent fault: the trouble
+        is over (the fault lifts). Whether any was retried."""
+        retried = False
+        for saga_id, saga in self.sagas.items():
+            if (saga_id in self.lifted or not self.schedules[saga_id].persistent
+                    or saga.status != "failed"):
                 continue
-            self.env.t = max(self.env.t, at)
-            if isinstance(item, Reply):
-                c = item.command
-                signal: core.Signal = core.ReplyReceived(c.phase, c.step, c.attempt,
-                                                         item.outcome, item.output, item.error,
-                                                         c.command_id)
-            else:
-                signal = item
-            new, commands = core.handle(saga, signal, self.env)
+            self.lifted.add(saga_id)
+            self.note(saga_id, "the persistent fault is over; `saga retry` by an operator")
+            new, commands = core.handle(saga, core.Retry("saga test"), self.env)
             self.commit(saga_id, new, commands)
+            retried = True
+        return retried

@@ -1,4 +1,4 @@
-"""Checking a run: the saga guarantees (DESIGN.md §4), the flow's plan, and business rules.
+"""Checking a run: the saga guarantees (README, Guarantees), the flow's plan, business rules.
 
 :func:`check_invariants` raises :class:`InvariantViolation` (an ``AssertionError``, so pytest and
 hypothesis treat it as a test failure) naming the invariant and the place in the history.
@@ -12,6 +12,7 @@ from typing import Any
 
 from ..audit import audit_saga
 from ..plan import plan
+from ._guard import current_watch
 from ._harness import BatchRun, HarnessRun
 
 __all__ = ["Checked", "InvariantViolation", "check_batch", "check_invariants", "invariant"]
@@ -55,9 +56,13 @@ class Checked:
 def _single_final_fault(run: HarnessRun) -> tuple[str, str] | None:
     """The (step, kind) of ``saga plan`` that a one-fault schedule amounts to, if any."""
     schedule = run.schedule
-    if schedule.crash_after is not None or len(schedule.faults) != 1:
+    if schedule.crash_after is not None or schedule.size != 1:
         return None
-    ((phase, step_name, attempt), kind), = schedule.faults.items()
+    if schedule.persistent:  # every attempt of the action fails: the step's attempts run out
+        ((phase, step_name), kind), = schedule.persistent.items()
+        attempt = 1
+    else:
+        ((phase, step_name, attempt), kind), = schedule.faults.items()
     if phase != "action":
         return None
     step = run.flow.step(step_name)
@@ -66,6 +71,10 @@ def _single_final_fault(run: HarnessRun) -> tuple[str, str] | None:
         return None  # the fault never decided anything: the step was not reached, or failed
     if step.is_wait:
         return step_name, "timeout"  # any fault on a wait: its event never comes
+    if schedule.persistent:
+        if kind == "error":
+            return step_name, "error"
+        return (step_name, "timeout") if kind in ("timeout", "lost") else None
     if kind == "reject":
         return step_name, "rejected"
     if step.retry.attempts == 1 and attempt == 1:
@@ -89,30 +98,39 @@ def _as_parallel(compiled: Any, taken: tuple[Any, ...], wanted: tuple[Any, ...])
 
 def check_invariants(run: HarnessRun, *,
                      invariants: Iterable[Callable[[Mapping[str, Any]], Any]] = (),
-                     atomicity: bool = True) -> Checked:
+                     atomicity: bool = True, reference: HarnessRun | None = None) -> Checked:
     """Check one run; raise :class:`InvariantViolation` on the first broken invariant.
 
-    * every guarantee of DESIGN.md §4 over the history (:mod:`sagas.audit`);
+    * every call into a service returned (within the harness's ``handler_timeout``);
+    * every guarantee of the engine over the history (:mod:`sagas.audit`; the README's
+      Guarantees section lists them);
     * for a schedule with a single fault that decides a step's outcome: the recovery taken is
-      the one ``saga plan`` states for that failure;
+      the one ``saga plan`` states for that failure (up to the saga's first end);
     * semantic atomicity: a saga that ends ``compensated`` leaves every service's
       ``snapshot()`` as it was (services without one are listed as not checked);
+    * effects as without faults: given ``reference``, a run of the same input without faults
+      (on fresh services), a saga that ends ``completed`` on the same route leaves every
+      service's ``snapshot()`` as the reference did — a fault the engine recovers from must not
+      apply an effect twice, or lose one;
     * business invariants: service methods marked :func:`invariant`, and ``invariants``
       (functions of the services by name).
     """
     checked = Checked()
+    if run.hung is not None:
+        raise InvariantViolation("handlers return", run.hung, run)
     if not run.events or run.status == "running":
         raise InvariantViolation("termination", "the saga did not end", run)
     for violation in audit_saga(run.record(), now=run.events[-1].at, flow=run.compiled,
                                 expect_terminal=True):
-        raise InvariantViolation(f"§4 {violation.rule}", violation.message, run, violation.seq)
-    checked.invariants.append("saga guarantees (§4)")
+        raise InvariantViolation(f"guarantee {violation.rule}", violation.message, run,
+                                 violation.seq)
+    checked.invariants.append("saga guarantees")
 
     single = _single_final_fault(run)
     if single is not None:
         route = tuple(e.data.get("branch") for e in run.events if e.type == "choice.made")
         expected = plan(run.compiled, *single, route=route)
-        taken = (run.status, run.reason, run.compensated())
+        taken = (run.first_status, run.first_reason, run.compensated(until_first_end=True))
         wanted = (expected.status, expected.reason, [s for s, _ in expected.compensations])
         if run.compiled.tracks:  # parallel branches: the plan assumes the other branches had
             # finished; in a run they may have stopped sooner, and they undo concurrently
@@ -136,24 +154,47 @@ def check_invariants(run: HarnessRun, *,
                     f"before {before!r}, after {after!r}", run)
         checked.invariants.append("semantic atomicity")
 
+    if reference is not None:
+        _same_effects(run, reference, checked)
+
     _business(run, run.services, invariants, checked)
     return checked
 
 
+def _same_effects(run: HarnessRun, reference: HarnessRun, checked: Checked) -> None:
+    """A run that completed under faults left the services as the fault-free run did."""
+    if (run.status != "completed" or reference.status != "completed"
+            or run.route() != reference.route() or run.input != reference.input
+            or run.snapshots_before != reference.snapshots_before):
+        return
+    for name, wanted in reference.snapshots_after.items():
+        if wanted is None:
+            continue
+        after = run.snapshots_after.get(name)
+        if after != wanted:
+            raise InvariantViolation(
+                "effects as without faults",
+                f"service {name!r} ended {after!r}, but {wanted!r} when the same input ran "
+                "without faults: an effect was applied twice or lost", run)
+    checked.invariants.append("effects as without faults")
+
+
 def check_batch(batch: BatchRun, *,
                 invariants: Iterable[Callable[[Mapping[str, Any]], Any]] = ()) -> Checked:
-    """Check sagas that ran concurrently on shared services: each one's guarantees (§4), then
+    """Check sagas that ran concurrently on shared services: each one's guarantees, then
     the business invariants once, over the services they shared. (Semantic atomicity is a
     property of a saga run alone, so it is not checked here.)"""
     checked = Checked()
     for run in batch.runs:
+        if run.hung is not None:
+            raise InvariantViolation("handlers return", run.hung, run)
         if not run.events or run.status == "running":
             raise InvariantViolation("termination", "the saga did not end", run)
         for violation in audit_saga(run.record(), now=run.events[-1].at, flow=run.compiled,
                                     expect_terminal=True):
-            raise InvariantViolation(f"§4 {violation.rule}", violation.message, run,
+            raise InvariantViolation(f"guarantee {violation.rule}", violation.message, run,
                                      violation.seq)
-    checked.invariants.append(f"saga guarantees (§4) x{len(batch.runs)}")
+    checked.invariants.append(f"saga guarantees x{len(batch.runs)}")
     if batch.runs:
         _business(batch.runs[-1], batch.services, invariants, checked)
     return checked
@@ -162,20 +203,31 @@ def check_batch(batch: BatchRun, *,
 def _business(run: HarnessRun, services: Mapping[str, Any],
               invariants: Iterable[Callable[[Mapping[str, Any]], Any]],
               checked: Checked) -> None:
+    watch = current_watch()  # inside saga test: a hanging invariant is found like a handler
     for name, service in services.items():
         for attr in dir(type(service)):
             method = getattr(service, attr, None)
             if callable(method) and getattr(method, _MARK, False):
                 try:
+                    if watch is not None:
+                        watch.enter(f"invariant {name}.{attr}()", run)
                     method()
                 except Exception as exc:
                     raise InvariantViolation(f"{name}.{attr}", f"{type(exc).__name__}: {exc}",
                                              run) from None
+                finally:
+                    if watch is not None:
+                        watch.leave()
                 checked.invariants.append(f"{name}.{attr}")
     for function in invariants:
+        label = getattr(function, "__name__", repr(function))
         try:
+            if watch is not None:
+                watch.enter(f"invariant {label}()", run)
             function(services)
         except Exception as exc:
-            label = getattr(function, "__name__", repr(function))
             raise InvariantViolation(label, f"{type(exc).__name__}: {exc}", run) from None
-        checked.invariants.append(getattr(function, "__name__", repr(function)))
+        finally:
+            if watch is not None:
+                watch.leave()
+        checked.invariants.append(label)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
 
 from ..model import Flow
-from ._harness import FAULTS, Schedule
+from ._harness import FAULTS, PERSISTENT_FAULTS, Schedule
 
 __all__ = ["batches", "fault_schedules", "inputs"]
 
@@ -31,49 +31,59 @@ def fault_points(flow: Flow, max_attempt: int = 3) -> list[tuple[str, str, int]]
 
 
 def fault_schedules(flow: Flow, *, max_faults: int = 3, kinds: Sequence[str] = FAULTS,
-                    crashes: bool = True, max_attempt: int = 3) -> st.SearchStrategy[Schedule]:
-    """Schedules of up to ``max_faults`` fault groups (of ``kinds``) over the flow's steps and
-    attempts, plus, if ``crashes``, maybe one runtime crash and resume.
+                    crashes: bool = True, max_attempt: int = 3,
+                    min_faults: int = 1) -> st.SearchStrategy[Schedule]:
+    """Schedules of ``min_faults`` to ``max_faults`` faults (of ``kinds``) over the flow's
+    steps and attempts, plus, if ``crashes``, maybe one runtime crash and resume.
 
-    A group is one fault on one attempt, or the same fault on every attempt of one step's
-    action or compensation (a step that keeps failing, so recovery is exercised). Shrinks
-    towards fewer faults and no crash.
+    A fault strikes one attempt, or is *persistent*: every attempt of one action or
+    compensation, however many it has (one fault, never split when shrinking). Failures
+    that make a saga compensate (a step that says no) and trouble while compensating are
+    drawn more often: that is where recovery bugs hide. Shrinks towards fewer faults and no
+    crash. For covering every single fault systematically, see :func:`fault_sweep`.
     """
     points = fault_points(flow, max_attempt)
-    targets = sorted({(phase, step) for phase, step, _ in points})
-    attempts = {target: [n for p, s, n in points if (p, s) == target] for target in targets}
+    targets = sorted({(phase, step) for phase, step, _ in points
+                      if flow.step(step).calls_service})
     kind = st.sampled_from(list(kinds))
-    single = st.tuples(st.sampled_from(points), kind).map(lambda pk: {pk[0]: pk[1]})
-    persistent = st.tuples(st.sampled_from(targets), kind).map(
-        lambda tk: {(tk[0][0], tk[0][1], n): tk[1] for n in attempts[tk[0]]})
-    options = [single, persistent]
-    # weight the two situations where recovery bugs hide: a step that says no (so the saga
-    # compensates), and trouble while compensating
+    lasting = [k for k in PERSISTENT_FAULTS if k in kinds]
+    single = st.tuples(st.just("once"), st.sampled_from(points), kind)
+    options = [single]
+    if targets and lasting:
+        options.append(st.tuples(st.just("every"), st.sampled_from(targets),
+                                 st.sampled_from(lasting)))
     if "reject" in kinds:
-        options.append(st.sampled_from([s.name for s in flow.steps
-                                        if s.calls_service or s.is_wait]).map(
-            lambda name: {("action", name, 1): "reject"}))
-    undoable = [t for t in targets if t[0] == "compensation"]
+        options.append(st.tuples(st.just("once"), st.sampled_from(
+            [("action", s.name, 1) for s in flow.steps if s.calls_service or s.is_wait]),
+            st.just("reject")))
+    undoable = [p for p in points if p[0] == "compensation" and p[2] == 1]
     if undoable:
-        options.append(st.tuples(st.sampled_from(undoable), kind).map(
-            lambda tk: {(tk[0][0], tk[0][1], 1): tk[1]}))
-    groups = st.lists(st.one_of(*options), max_size=max_faults)
+        options.append(st.tuples(st.just("once"), st.sampled_from(undoable), kind))
+    groups = st.lists(st.one_of(*options), min_size=min_faults, max_size=max_faults)
 
-    def merge(parts: list[dict[tuple[str, str, int], str]]) -> dict[tuple[str, str, int], str]:
-        merged: dict[tuple[str, str, int], str] = {}
-        for part in parts:
-            merged.update(part)
-        return merged
+    def build(parts: list[tuple[str, Any, str]], crash: int | None) -> Schedule:
+        faults: dict[tuple[str, str, int], str] = {}
+        persistent: dict[tuple[str, str], str] = {}
+        for how, where, what in parts:
+            if how == "every":
+                persistent[where] = what
+            else:
+                faults[where] = what
+        return Schedule(faults, crash, persistent)
 
     crash = st.none() | st.integers(min_value=1, max_value=6 * len(flow.steps) + 6) \
         if crashes else st.none()
-    return st.builds(Schedule, groups.map(merge), crash)
+    return st.builds(build, groups, crash)
 
 
 def inputs(flow: Flow, examples: Sequence[Any] = (),
-           strategy: st.SearchStrategy[Any] | None = None) -> st.SearchStrategy[Any]:
+           strategy: st.SearchStrategy[Any] | None = None, *, routes: bool = True,
+           services: Mapping[str, Any] | None = None) -> st.SearchStrategy[Any]:
     """Saga inputs: from ``strategy`` if given, else drawn from ``examples`` if any, else
-    generated from the flow's input JSON Schema (``hypothesis-jsonschema``), else ``{}``."""
+    inputs that reach the flow's routes (the happy path, each choice branch, each business
+    "no" the services give: see :func:`explore_routes`; found on first use, with
+    ``services``) mixed with inputs generated from the input JSON Schema
+    (``hypothesis-jsonschema``), else ``{}``."""
     if strategy is not None:
         return strategy
     if examples:
@@ -82,7 +92,17 @@ def inputs(flow: Flow, examples: Sequence[Any] = (),
         return st.just({})
     from hypothesis_jsonschema import from_schema
 
-    return from_schema(dict(flow.input_schema))
+    drawn = from_schema(dict(flow.input_schema))
+    if not routes:
+        return drawn
+
+    def reaching() -> st.SearchStrategy[Any]:
+        from ._routes import explore_routes
+
+        found = [route.input for route in explore_routes(flow, services=services)]
+        return st.sampled_from(found) if found else drawn
+
+    return st.one_of(st.deferred(reaching), drawn)
 
 
 def batches(flow: Flow, *, max_sagas: int = 4, max_faults: int = 2,

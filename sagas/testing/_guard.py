@@ -1,0 +1,105 @@
+"""A wall-clock guard on service code called by the harness: a handler that blocks is found.
+
+The harness runs handlers on one worker thread; the caller's thread waits for the work and
+watches the call in progress. When one call has run longer than its timeout the caller stops
+waiting and raises :class:`HandlerHung` naming it. The worker thread is abandoned (a daemon, so
+the process can still exit: Python cannot stop a thread) and a new one serves the next run.
+
+Per call this costs a tuple store and a clock read; per guarded piece of work, one hand-off
+between threads. Work guarded from inside a guarded piece of work runs inline.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["DEFAULT_HANDLER_TIMEOUT", "HandlerHung", "Watch", "guarded"]
+
+DEFAULT_HANDLER_TIMEOUT = 5.0
+T = TypeVar("T")
+
+
+class HandlerHung(Exception):
+    """A call into service code did not return within its wall-clock timeout."""
+
+    def __init__(self, label: str, timeout: float, context: Any = None):
+        self.label = label
+        self.timeout = timeout
+        self.context = context  # what was running (the harness sets its own state here)
+        super().__init__(f"{label} did not return within {timeout:g}s")
+
+
+class Watch:
+    """What the worker is calling now: set around each call into service code."""
+
+    def __init__(self) -> None:
+        self.current: tuple[str, float, Any] | None = None
+
+    def enter(self, label: str, context: Any = None) -> None:
+        self.current = (label, time.monotonic(), context)
+
+    def leave(self) -> None:
+        self.current = None
+
+
+class _Worker(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="sagactor-test-worker", daemon=True)
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.watch = Watch()
+        self.stuck = False
+
+    def run(self) -> None:
+        _local.worker = self
+        while True:
+            job, box, done = self.jobs.get()
+            try:
+                box.append((True, job()))
+            except BaseException as exc:  # handed to the waiting caller
+                box.append((False, exc))
+            done.set()
+
+
+_local = threading.local()
+_lock = threading.Lock()
+_idle: list[_Worker] = []
+
+
+def current_watch() -> Watch | None:
+    """The watch of the worker running this code, or None outside a guarded piece of work."""
+    worker = getattr(_local, "worker", None)
+    return None if worker is None else worker.watch
+
+
+def guarded(work: Callable[[], T], timeout: float | None) -> T:
+    """Run ``work`` on a worker thread; raise :class:`HandlerHung` if one call into service
+    code (marked with :meth:`Watch.enter`) runs longer than ``timeout`` seconds.
+
+    ``timeout=None`` runs it inline, unguarded. So does a call from inside guarded work.
+    """
+    if timeout is None or getattr(_local, "worker", None) is not None:
+        return work()
+    with _lock:
+        worker = _idle.pop() if _idle else None
+    if worker is None:
+        worker = _Worker()
+        worker.start()
+    box: list[tuple[bool, Any]] = []
+    done = threading.Event()
+    worker.jobs.put((work, box, done))
+    tick = min(0.25, timeout / 4)
+    while not done.wait(tick):
+        current = worker.watch.current
+        if current is not None and time.monotonic() - current[1] > timeout:
+            worker.stuck = True  # abandoned: it stays blocked in the service's code
+            raise HandlerHung(current[0], timeout, current[2])
+    with _lock:
+        _idle.append(worker)
+    ok, value = box[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
