@@ -823,8 +823,8 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
               help="A call into a service (handler, snapshot, invariant) running longer than "
                    "this, in wall-clock time, is a counterexample.")
 @click.option("--replay-db", type=click.Path(file_okay=False), default=None, metavar="PATH",
-              help="Keep the random phase's failing examples in PATH and replay them first "
-                   "next time (default: nothing is kept, nothing replayed).")
+              help="Keep each counterexample found in the directory PATH and try the kept ones "
+                   "first next time (default: nothing is kept, nothing replayed).")
 @handle_errors
 def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed: int,
           handler_timeout: float, replay_db: str | None) -> None:
@@ -856,13 +856,8 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     for example in parsed:
         validate_input(loaded, example)
     make_services(loaded)  # DefinitionUnavailable now, as one line, rather than per example
-    database = None
-    if replay_db is not None:
-        from hypothesis.database import DirectoryBasedExampleDatabase
-
-        database = DirectoryBasedExampleDatabase(replay_db)
     report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
-                       handler_timeout=handler_timeout, database=database)
+                       handler_timeout=handler_timeout, replay=replay_db)
     click.echo(report.describe())
     if not report.complete:
         _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "

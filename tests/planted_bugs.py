@@ -76,6 +76,33 @@ class Stock(Service):
             self.reserved -= entry[1]
         return {"returned": 0 if entry is None else entry[1]}
 
+    @handles("take_lines")
+    def take_lines(self, command: Any) -> dict[str, Any]:
+        """Every line of an order, or none (``Rejected`` if one item is short)."""
+        lines = [(line["item"], line["qty"]) for line in command.payload["lines"]]
+        if command.key not in self.held:
+            for item, qty in lines:
+                if self.units.get(item, 0) < qty:
+                    raise Rejected(f"only {self.units.get(item, 0)} of {item} left")
+            for item, qty in lines:
+                self.units[item] -= qty
+                self.reserved += qty
+            self.held[command.key] = ("lines", sum(q for _, q in lines))
+            self.held.update({f"{command.key}/{n}": line for n, line in enumerate(lines)})
+        return {"lines": len(lines)}
+
+    @handles("put_back_lines")
+    def put_back_lines(self, command: Any) -> dict[str, Any]:
+        key = undone(command)
+        if self.held.pop(key, None) is None:
+            return {"returned": 0}
+        n = 0
+        while (line := self.held.pop(f"{key}/{n}", None)) is not None:
+            self.units[line[0]] += line[1]
+            self.reserved -= line[1]
+            n += 1
+        return {"returned": n}
+
     def snapshot(self) -> dict[str, Any]:
         return {"units": dict(self.units), "reserved": self.reserved, "held": len(self.held)}
 

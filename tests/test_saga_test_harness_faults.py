@@ -145,6 +145,16 @@ def test_fault_sweep_parametrizes_a_pytest_test_and_catches_what_the_cli_does(tm
     assert broken > 0
 
 
+def test_routes_are_found_through_nested_objects_and_array_items():
+    routes = explore_routes(load_flow(PLANTED / "order_lines.yaml"))
+    described = {r.describe() for r in routes}
+    assert "completed" in described  # an item the stock holds, found in its state
+    assert "compensated after hold_lines rejected" in described
+    assert "compensated after debit rejected" in described  # the frozen account
+    happy = next(r for r in routes if r.describe() == "completed")
+    assert happy.input["lines"][0]["item"] in ("A-100", "B-200")
+
+
 def test_the_inputs_strategy_reaches_the_routes(tmp_path):
     flow = load_flow(ROOT / "flows" / "order_inventory.yaml")
     routes = explore_routes(flow)
@@ -229,16 +239,26 @@ def test_saga_test_writes_nothing_to_the_working_directory(tmp_path):
     assert list(work.iterdir()) == []
 
 
-def test_the_same_seed_gives_the_same_report_and_replay_db_is_opt_in(tmp_path):
+def test_the_same_seed_gives_the_same_report(tmp_path):
     path = planted(tmp_path, "transfer", source="AccountsRefundTwice")
     first = saga("test", str(path), "--seed", "4")
     again = saga("test", str(path), "--seed", "4")
     assert first.returncode == again.returncode == 1
     strip = re.compile(r"\(\d+\.\ds\)")
     assert strip.sub("", first.stdout) == strip.sub("", again.stdout)
-    db = tmp_path / "replay"
-    proc = saga("test", "flows/money_transfer.yaml", "--replay-db", str(db), "--examples", "400")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_replay_db_keeps_counterexamples_and_tries_them_first(tmp_path):
+    path = planted(tmp_path, "transfer", source="AccountsTrustReply")
+    db = tmp_path / "kept"
+    first = saga("test", str(path), "--replay-db", str(db))
+    assert first.returncode == 1, first.stdout + first.stderr
+    kept = (db / "transfer.jsonl").read_text().splitlines()
+    assert len(kept) == 1 and json.loads(kept[0])["persistent"] == [["action", "debit", "lost"]]
+    again = saga("test", str(path), "--replay-db", str(db))
+    assert again.returncode == 1 and "kept counterexamples replayed: 1" in again.stdout
+    assert "runs with faults" in again.stdout and again.stdout.count("counterexample (1 ") == 1
+    assert len((db / "transfer.jsonl").read_text().splitlines()) == 1  # kept once
 
 
 def test_the_report_as_data():

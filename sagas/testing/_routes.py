@@ -34,7 +34,7 @@ from ..services import import_service
 from ._guard import current_watch
 from ._harness import HarnessRun, Schedule, run_schedule
 
-__all__ = ["Route", "explore_routes", "route_of"]
+__all__ = ["Route", "explore_routes", "field_values", "mutants", "route_of", "service_constants"]
 
 _WORD = re.compile(r"^[\w.:@/+-]{1,64}$")
 MAX_VALUES = 200  # per field
@@ -73,19 +73,25 @@ def describe_signature(signature: tuple[Any, ...]) -> str:
 
 # -- values ---------------------------------------------------------------------------------------
 
-def _leaves(schema: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """The fields of an object schema (nested objects included), with their schemas."""
-    if not isinstance(schema, Mapping):
+def _leaves(schema: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """The fields of an object schema, with their schemas: nested objects' fields, and the
+    fields of an array's first item (path element 0), included."""
+    if not isinstance(schema, Mapping) or len(path) > 6:
         return
     properties = schema.get("properties")
-    if isinstance(properties, Mapping) and properties:
-        for name, sub in properties.items():
-            if isinstance(sub, Mapping) and isinstance(sub.get("properties"), Mapping):
-                yield from _leaves(sub, (*path, str(name)))
-            else:
-                yield (*path, str(name)), sub
-    elif path == ():
+    if not isinstance(properties, Mapping):
         return
+    for name, sub in properties.items():
+        if not isinstance(sub, Mapping):
+            continue
+        items = sub.get("items")
+        if isinstance(sub.get("properties"), Mapping):
+            yield from _leaves(sub, (*path, str(name)))
+        elif sub.get("type") == "array" and isinstance(items, Mapping) \
+                and isinstance(items.get("properties"), Mapping):
+            yield from _leaves(items, (*path, str(name), 0))
+        else:
+            yield (*path, str(name)), sub
 
 
 def _conditions(sequence: Sequence[Any]) -> Iterator[Any]:
@@ -178,10 +184,10 @@ def service_constants(flow: Flow) -> list[Any]:
     return out
 
 
-def field_values(flow: Flow, constants: Sequence[Any] = ()) -> dict[tuple[str, ...], list[Any]]:
+def field_values(flow: Flow, constants: Sequence[Any] = ()) -> dict[tuple[Any, ...], list[Any]]:
     """Candidate values per input field, most telling first, each kept once."""
     schema = flow.input_schema or {}
-    compared: dict[tuple[str, ...], list[Any]] = {}
+    compared: dict[tuple[Any, ...], list[Any]] = {}
     for condition in _conditions(flow.sequence):
         path = condition.path or ""
         if not path.startswith("$.input."):
@@ -190,7 +196,7 @@ def field_values(flow: Flow, constants: Sequence[Any] = ()) -> dict[tuple[str, .
         options = list(condition.value) if condition.op == "in" else [condition.value]
         for option in options:
             compared.setdefault(key, []).extend(_neighbours(option))
-    values: dict[tuple[str, ...], list[Any]] = {}
+    values: dict[tuple[Any, ...], list[Any]] = {}
     for path, sub in _leaves(schema):
         if not isinstance(sub, Mapping):
             continue
@@ -268,8 +274,9 @@ def simplest(schema: Any) -> Any:
     if kind == "object" or (kind is None and "properties" in schema):
         props = schema.get("properties") or {}
         return {name: simplest(sub) for name, sub in props.items()}
-    if kind == "array":
-        return [simplest(schema.get("items", {})) for _ in range(schema.get("minItems", 0))]
+    if kind == "array":  # one item at least, where allowed: an empty list hides the items' effects
+        count = max(int(schema.get("minItems", 0)), min(1, int(schema.get("maxItems", 1))))
+        return [simplest(schema.get("items", {})) for _ in range(count)]
     if kind in ("integer", "number"):
         # small but not degenerate: an effect of 0 (or 1) hides a bug that applies it twice
         value: Any = 2
@@ -304,7 +311,7 @@ def drawn_inputs(flow: Flow, count: int, seed: int) -> list[Any]:
     @settings(max_examples=count, database=None, deadline=None, verbosity=Verbosity.quiet,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @hypothesis_seed(seed)
-    @given(from_schema(dict(flow.input_schema)))
+    @given(from_schema(_closed(flow.input_schema)))
     def collect(value: Any) -> None:
         drawn.append(value)
 
@@ -315,13 +322,45 @@ def drawn_inputs(flow: Flow, count: int, seed: int) -> list[Any]:
     return drawn
 
 
-def _set(document: Any, path: tuple[str, ...], value: Any) -> Any:
+def _closed(schema: Any) -> Any:
+    """``schema`` with objects that do not say otherwise closed to extra properties: drawing
+    large made-up extra fields is slow, and no route depends on a field the flow never reads."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    closed = {key: _closed(value) for key, value in schema.items()}
+    if isinstance(closed.get("properties"), Mapping) and "additionalProperties" not in closed \
+            and "patternProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
+def mutants(value: Any, values: Mapping[tuple[Any, ...], Sequence[Any]]) -> list[Any]:
+    """Every one-field change of ``value`` to one of ``values`` (by field path)."""
+    found = []
+    for path, options in values.items():
+        for option in options:
+            mutant = _set(value, path, option)
+            if mutant is not None and mutant != value:
+                found.append(mutant)
+    return found
+
+
+def _set(document: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """A copy of ``document`` with the field at ``path`` set to ``value`` (None: no such
+    place)."""
     copy = json.loads(json.dumps(document))
     node = copy
     for part in path[:-1]:
-        if not isinstance(node, dict):
+        if isinstance(part, int):
+            if not isinstance(node, list) or not node:
+                return None
+            node = node[part]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
             return None
-        node = node.setdefault(part, {})
     if not isinstance(node, dict):
         return None
     node[path[-1]] = value
@@ -393,14 +432,8 @@ def explore_routes(flow: Flow, *, services: Mapping[str, Any] | None = None,
             continue
         found[signature] = Route(candidate, signature, baseline)
         # a new route: every one-field change of this input is worth a try (before older ones)
-        mutants = []
-        for path, options in values.items():
-            for option in options:
-                mutant = _set(candidate, path, option)
-                if mutant is not None and json.dumps(mutant, sort_keys=True) not in tried \
-                        and valid(mutant):
-                    mutants.append(mutant)
-        queue = mutants + queue
+        queue = [m for m in mutants(candidate, values)
+                 if json.dumps(m, sort_keys=True) not in tried and valid(m)] + queue
     routes = list(found.values())
     routes.sort(key=lambda r: (r.signature[1] != "completed", r.signature[1] != "compensated"))
     return routes

@@ -19,6 +19,7 @@ fault is one fault and is never split).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from ..model import Flow
 from ._guard import DEFAULT_HANDLER_TIMEOUT, HandlerHung, guarded
 from ._harness import HarnessRun, Schedule, hung_run, run_schedule
 from ._invariants import InvariantViolation, check_invariants
-from ._routes import Route, explore_routes
+from ._replay import load_counterexamples, save_counterexample
+from ._routes import Route, explore_routes, field_values, mutants, service_constants
 from ._strategies import fault_schedules, inputs
 from ._sweep import other_pairs, recovery_pairs, single_faults
 
@@ -55,6 +57,7 @@ class FlowTestReport:
     recovery_pairs: int = 0
     other_pairs: int = 0
     random: int = 0
+    replayed: int = 0  # counterexamples kept from earlier runs (--replay-db), tried first
     budget: int | None = None
     seconds: float = 0.0
     invariants: set[str] = field(default_factory=set)
@@ -91,6 +94,8 @@ class FlowTestReport:
         stopped = " (the search stopped at the counterexample)" if self.failure else ""
         lines.append(f"  single-fault points covered: {self.singles_tried} of "
                      f"{self.singles_total}{stopped}")
+        if self.replayed:
+            lines.append(f"  kept counterexamples replayed: {self.replayed}")
         lines.append(f"  pairs tried: {self.recovery_pairs + self.other_pairs} "
                      f"({self.recovery_pairs} recovery pairs, {self.other_pairs} others); "
                      f"random schedules: {self.random}")
@@ -209,27 +214,30 @@ def test_flow(flow: Flow, *, examples: int | None = None, seed: int = 0,
               invariants: Iterable[Callable[[Mapping[str, Any]], Any]] = (),
               max_faults: int = 3, handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
               random_examples: int = RANDOM_EXAMPLES,
-              database: Any = None) -> FlowTestReport:
+              replay: str | os.PathLike[str] | None = None) -> FlowTestReport:
     """Property-test ``flow`` (see the module's docstring); stop at the first broken invariant
     and make it as small as it goes.
 
     ``examples`` is the budget of runs with faults; by default every single fault point and
     recovery pair, then ``random_examples`` more. ``input_examples`` replaces the search for
     inputs. A call into a service that runs longer than ``handler_timeout`` wall-clock seconds
-    is a counterexample. ``database`` is a hypothesis example database for the random phase
-    (default none: the same ``seed`` gives the same run).
+    is a counterexample. ``replay`` is a directory where counterexamples are kept and tried
+    first next time (default none: nothing kept; the same ``seed`` gives the same run).
     """
     report = FlowTestReport(f"{flow.name} v{flow.version}", budget=examples)
     started = time.monotonic()
     search = _Search(flow, services, tuple(invariants), seed, report, budget=0)
     try:
         guarded(lambda: _search(search, examples, input_examples, max_faults,
-                                random_examples, database), handler_timeout)
+                                random_examples, replay), handler_timeout)
     except HandlerHung as hung:
         run = hung_run(hung)
         if run is None:
             raise
         report.failure = InvariantViolation("handlers return", run.hung or str(hung), run)
+    if replay is not None and report.failure is not None:
+        run = report.failure.run
+        save_counterexample(replay, flow, run.input, run.schedule)
     report.seconds = time.monotonic() - started
     return report
 
@@ -238,12 +246,13 @@ test_flow.__test__ = False  # type: ignore[attr-defined]  # not a pytest test it
 
 
 def _search(search: _Search, examples: int | None, input_examples: Sequence[Any],
-            max_faults: int, random_examples: int, database: Any) -> None:
+            max_faults: int, random_examples: int,
+            replay: str | os.PathLike[str] | None) -> None:
     report = search.report
     try:
-        _sweep(search, examples, input_examples, random_examples)
+        _sweep(search, examples, input_examples, random_examples, replay)
         if search.left() > 0:
-            _random(search, input_examples, max_faults, database)
+            _random(search, input_examples, max_faults)
     except _Found:
         pass
     if search.failures:
@@ -255,7 +264,7 @@ def _search(search: _Search, examples: int | None, input_examples: Sequence[Any]
 
 
 def _sweep(search: _Search, examples: int | None, input_examples: Sequence[Any],
-           random_examples: int) -> None:
+           random_examples: int, replay: str | os.PathLike[str] | None) -> None:
     flow, report = search.flow, search.report
 
     def baseline_checked(run: HarnessRun) -> None:
@@ -281,6 +290,14 @@ def _sweep(search: _Search, examples: int | None, input_examples: Sequence[Any],
             report.not_checked.add("effects as without faults (a service's snapshot() "
                                    "differs between two runs without faults)")
 
+    if replay is not None:  # earlier counterexamples first (on top of the budget)
+        kept = load_counterexamples(replay, flow)
+        search.budget += len(kept)
+        for saga_input, schedule in kept:
+            if _valid(flow, saga_input):
+                report.replayed += 1
+                search.attempt(saga_input, schedule)
+
     def tagged(route: Route, items: Iterable[Any]) -> Iterator[tuple[Route, Any]]:
         return ((route, item) for item in items)
 
@@ -304,20 +321,22 @@ def _sweep(search: _Search, examples: int | None, input_examples: Sequence[Any],
             report.other_pairs += 1
 
 
-def _random(search: _Search, input_examples: Sequence[Any], max_faults: int,
-            database: Any) -> None:
+def _random(search: _Search, input_examples: Sequence[Any], max_faults: int) -> None:
     flow, report = search.flow, search.report
     chosen = [route.input for route in report.routes]
     saga_inputs = st.sampled_from(chosen) if chosen else inputs(flow, input_examples)
     if not input_examples and flow.input_schema is not None and chosen:
-        saga_inputs = st.one_of(saga_inputs, inputs(flow))
+        # and, now and then, a route's input with one field changed to a telling value
+        values = field_values(flow, service_constants(flow))
+        nearby = [m for value in chosen for m in mutants(value, values) if _valid(flow, m)]
+        if nearby:
+            saga_inputs = st.one_of(saga_inputs, st.sampled_from(nearby))
     budget = search.left()
 
-    @settings(max_examples=budget, deadline=None, database=database,
+    @settings(max_examples=budget, deadline=None, database=None,
               verbosity=Verbosity.quiet, suppress_health_check=list(HealthCheck),
               report_multiple_bugs=False,
-              phases=[Phase.reuse, Phase.generate] if database is not None
-              else [Phase.generate])  # no shrinking: the first failure ends the search
+              phases=[Phase.generate])  # no shrinking: the first failure ends the search
     @hypothesis_seed(search.seed)
     @given(schedule=fault_schedules(flow, max_faults=max_faults), saga_input=saga_inputs)
     def prop(schedule: Schedule, saga_input: Any) -> None:
@@ -325,6 +344,16 @@ def _random(search: _Search, input_examples: Sequence[Any], max_faults: int,
             report.random += 1
 
     prop()
+
+
+def _valid(flow: Flow, value: Any) -> bool:
+    from ..runtime import validate_input
+
+    try:
+        validate_input(flow, value)
+    except Exception:
+        return False
+    return True
 
 
 def _minimize(failure: InvariantViolation, search: _Search,
