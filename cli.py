@@ -7,10 +7,14 @@ Errors go to stderr as one line, never a traceback unless ``--debug``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -37,6 +41,40 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+class Stopped(KeyboardInterrupt):
+    """The first Ctrl-C or SIGTERM: the command stops gracefully (see :func:`graceful_stop`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[None]:
+    """While a command drives sagas: the first Ctrl-C or SIGTERM raises :class:`Stopped` in
+    the main thread, so runtimes close as usual (decisions taken are committed, services and
+    shards stopped); a second one exits at once with 130 (what is in flight stays in the
+    store for ``saga resume``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            os.write(2, b"interrupted again: exiting now; 'saga resume' finishes what is left\n")
+            os._exit(128 + signum)
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into one line on stderr and the right exit code."""
 
@@ -58,9 +96,15 @@ def handle_errors(func: F) -> F:
                 raise
             _err(f"error: {_one_line(exc)}")
             sys.exit(exc.exit_code)
+        except Stopped as stopped:
+            _err("interrupted")
+            sys.exit(128 + stopped.signum)
         except KeyboardInterrupt:
             _err("interrupted")
             sys.exit(130)
+        except BrokenPipeError:  # `saga list | head -1`: the reader has gone; say nothing more
+            _quiet_stdout()
+            sys.exit(141)
         except Exception as exc:
             if debug:
                 raise
@@ -71,10 +115,29 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 class SagaGroup(click.Group):
     """Prints every error, usage errors included, as one line on stderr."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._main(*args, **kwargs)
+        finally:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader went away before the last line: say nothing
+                _quiet_stdout()
+                raise SystemExit(141) from None
+
+    def _main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)
@@ -288,6 +351,8 @@ def _parse_json(text: str, what: str) -> Any:
     except json.JSONDecodeError as exc:
         raise InputError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}") from None
+    except RecursionError:
+        raise InputError(f"{what} is nested too deeply to be read") from None
 
 
 def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
@@ -387,20 +452,31 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     total = count if count is not None else len(inputs)
     if total > 1 and saga_id is not None:
         raise click.UsageError("--id names one saga; it cannot be used with a batch")
-    with _open_runtime(store_url, fail) as runtime:
-        if total == 1:
-            started = runtime.start(loaded, inputs[0], saga_id)
-            try:
-                result = runtime.wait(started)
-            except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
-                result = runtime.result(started)
-                _err(f"note: {exc}")
-            if as_json:
-                click.echo(json.dumps(result.to_json(), indent=2))
-            else:
-                click.echo(render_timeline(result))
-            sys.exit({"completed": 0, "compensated": 1, "failed": 3}.get(result.status, 3))
-        summary = run_batch(runtime, loaded, inputs, total, concurrency, progress=True)
+    progress = BatchProgress()
+    try:
+        with graceful_stop(), _runtime(store_url, fail) as runtime:
+            if total == 1:
+                started = runtime.start(loaded, inputs[0], saga_id)
+                progress.submitted, progress.last = 1, started
+                try:
+                    result = runtime.wait(started)
+                except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
+                    result = runtime.result(started)
+                    _err(f"note: {exc}")
+                if as_json:
+                    click.echo(json.dumps(result.to_json(), indent=2))
+                else:
+                    click.echo(render_timeline(result))
+                sys.exit(EXIT_BY_STATUS.get(result.status, EXIT_FAILED))
+            summary = run_batch(runtime, loaded, inputs, total, concurrency, progress=True,
+                                state=progress)
+    except Stopped as stopped:
+        left = progress.submitted - progress.ended
+        what = (f"saga {progress.last} was left in flight" if total == 1 and left
+                else f"{left} of {progress.submitted} sagas started were left in flight")
+        _err(f"interrupted: {what}; 'saga resume' finishes them"
+             if left else "interrupted: no saga was left in flight")
+        sys.exit(128 + stopped.signum)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -408,9 +484,33 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     sys.exit(3 if summary["failed"] else 0)
 
 
+EXIT_BY_STATUS = {"completed": EXIT_OK, "compensated": EXIT_COMPENSATED, "failed": EXIT_FAILED}
+
+
+class BatchProgress:
+    """How far a batch got: sagas submitted and ended (read after an interruption)."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.ended = 0
+        self.last: str | None = None
+
+
+@contextlib.contextmanager
+def _runtime(store_url: str, fail: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A runtime for one command, closed with a short wait for services: a handler that
+    blocks forever must not keep the command from exiting once its sagas are done."""
+    runtime = _open_runtime(store_url, fail)
+    try:
+        yield runtime
+    finally:
+        runtime.close(timeout=3.0)
+
+
 def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrency: int,
-              progress: bool = False) -> dict[str, Any]:
-    """Run ``total`` sagas, at most ``concurrency`` in flight; the summary of DESIGN.md §6."""
+              progress: bool = False, state: BatchProgress | None = None) -> dict[str, Any]:
+    """Run ``total`` sagas, at most ``concurrency`` in flight; the batch summary of the
+    README's JSON shapes. ``state`` is kept up to date as sagas are submitted and end."""
     import collections
     import threading
     import time
@@ -422,6 +522,7 @@ def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrenc
     latencies: list[float] = []
     counts = {"completed": 0, "compensated": 0, "failed": 0}
     done = [0]
+    state = state if state is not None else BatchProgress()
 
     def on_end(saga_id: str, status: str, reason: str | None) -> None:
         now = time.perf_counter()
@@ -430,6 +531,7 @@ def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrenc
             latencies.append(now - begun)
             counts[status] = counts.get(status, 0) + 1
             done[0] += 1
+            state.ended = done[0]
             if done[0] == total:
                 finished.set()
         slots.release()
@@ -471,6 +573,7 @@ def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrenc
             with lock:
                 started_at[saga_id] = time.perf_counter()
             submitted.append(runtime.submit(flow, saga_input, saga_id, on_end=on_end))
+            state.submitted += 1
             if len(submitted) > concurrency:
                 check_starts()
             if bar is not None and task is not None and time.perf_counter() - last_update > 0.1:
@@ -615,14 +718,19 @@ def resume(store_url: str, as_json: bool) -> None:
     Sagas still driven by a live process are left to it. Prints how many sagas were resumed
     and how they ended.
     """
-    from sagas.runtime import Runtime
-
     counts = {"completed": 0, "compensated": 0, "failed": 0}
-    with Runtime(store_url) as runtime:
-        adopted = runtime.recover()
-        for saga_id in adopted:
-            status = runtime.wait(saga_id).status
-            counts[status] = counts.get(status, 0) + 1
+    adopted: list[str] = []
+    try:
+        with graceful_stop(), _runtime(store_url) as runtime:
+            adopted = runtime.recover()
+            for saga_id in adopted:
+                status = runtime.wait(saga_id).status
+                counts[status] = counts.get(status, 0) + 1
+    except Stopped as stopped:
+        left = len(adopted) - sum(counts.values())
+        _err(f"interrupted: {left} of {len(adopted)} resumed sagas were left in flight; "
+             "'saga resume' again finishes them")
+        sys.exit(128 + stopped.signum)
     summary = {"resumed": len(adopted), **counts}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -690,17 +798,19 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
 
 
 def _act_on(saga_id: str, store_url: str, as_json: bool, what: str) -> None:
-    from sagas.runtime import Runtime
-
-    with Runtime(store_url) as runtime:
-        result = runtime.retry(saga_id) if what == "retry" else runtime.cancel(saga_id)
-        if not result.terminal:
-            result = runtime.wait(saga_id)
+    try:
+        with graceful_stop(), _runtime(store_url) as runtime:
+            result = runtime.retry(saga_id) if what == "retry" else runtime.cancel(saga_id)
+            if not result.terminal:
+                result = runtime.wait(saga_id)
+    except Stopped as stopped:
+        _err(f"interrupted: saga {saga_id} was left in flight; 'saga resume' finishes it")
+        sys.exit(128 + stopped.signum)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         click.echo(render_timeline(result))
-    sys.exit({"completed": 0, "compensated": 1, "failed": 3}.get(result.status, 3))
+    sys.exit(EXIT_BY_STATUS.get(result.status, EXIT_FAILED))
 
 
 @main.command()
@@ -856,8 +966,9 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     for example in parsed:
         validate_input(loaded, example)
     make_services(loaded)  # DefinitionUnavailable now, as one line, rather than per example
-    report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
-                       handler_timeout=handler_timeout, replay=replay_db)
+    with graceful_stop():
+        report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
+                           handler_timeout=handler_timeout, replay=replay_db)
     click.echo(report.describe())
     if not report.complete:
         _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "

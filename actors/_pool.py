@@ -1,6 +1,7 @@
 """Service actors, pools of them, and their supervision.
 
-Each service object runs as one pykka ``ThreadingActor`` (one OS thread, non-daemon). A
+Each service object runs as one pykka ``ThreadingActor`` (one OS thread, a daemon: a handler that
+blocks forever must not keep the process alive once its work is done and the pool stopped). A
 :class:`ServicePool` routes a saga's commands to one instance (``crc32(saga_id) % len(pool)``), so
 a compensation never overtakes its action, and keeps its instances alive.
 
@@ -128,6 +129,8 @@ class _Slot:
 
 class _ServiceActor(pykka.ThreadingActor):
     """Hosts one service object. All its hooks run on the actor's own thread."""
+
+    use_daemon_thread = True  # user code may block forever; :meth:`ServicePool.stop` first
 
     def __init__(self, pool: ServicePool[Any], slot: _Slot) -> None:
         super().__init__()
@@ -281,7 +284,8 @@ class ServicePool(Generic[S]):
     """A named pool of service actors, one per service object. Start it with :meth:`start`.
 
     Thread-safe: :meth:`tell` may be called from any thread (actors included). Use it as a context
-    manager, or call :meth:`stop`: actor threads are not daemons.
+    manager, or call :meth:`stop`: actor threads are daemons, so a process that ends without
+    stopping its pools ends their work wherever it is.
     """
 
     def __init__(

@@ -95,6 +95,8 @@ class SubscriberActor(pykka.ThreadingActor):
     handler's exception is retried then parks the subscription, a store error when saving
     the cursor is logged and the save tried again later: nothing escapes to stop the actor."""
 
+    use_daemon_thread = True  # a handler that blocks forever must not keep the process alive
+
     def __init__(self, subscription: Subscription, handler: Callable[[Any], object], *,
                  store: SagaStore, attempts: int, backoff: float,
                  page_done: Callable[[Subscription, int], None],

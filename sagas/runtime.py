@@ -93,6 +93,8 @@ def validate_input(flow: Flow, saga_input: Any) -> dict[str, Any]:
         copy = json.loads(json.dumps(saga_input, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InputError(f"saga input is not JSON: {exc}") from None
+    except RecursionError:
+        raise InputError("saga input is nested too deeply") from None
     if copy != saga_input:
         raise InputError("saga input is not plain JSON: object keys must be strings, and "
                          "lists must be lists (not tuples or sets)")
@@ -244,40 +246,51 @@ class Runtime:
         self._lost: dict[str, str] = {}  # sagas whose events could not be committed
         self._closed = False
         self.owner = owner or f"runtime-{uuid.uuid4().hex[:16]}"
+        # what close() stops: set as each part starts, so a failure part-way stops the rest
+        self._shards: list[Any] = []
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self.bus: EventBus | None = None
+        self.services: ServiceRegistry | None = None
+        try:
+            self._start(inbox, faults, services, listeners, shards, poll_interval, subscribers,
+                        recover)
+        except BaseException:  # a damaged store, a refused subscriber...: stop what started
+            self.close()
+            raise
+
+    def _start(self, inbox: InboxStore | None, faults: FaultInjector | None,
+               services: Mapping[str, Service | Sequence[Service]] | None,
+               listeners: Sequence[Callable[[str, Sequence[Event]], None]], shards: int,
+               poll_interval: float, subscribers: Sequence[Subscriber], recover: bool) -> None:
         self.store.register_owner(self.owner)
         inbox = inbox if inbox is not None else self.store.inbox
         self.services = ServiceRegistry(inbox=inbox, faults=faults, activity=self.activity,
                                         dead_letters=self.dead_letters, overrides=services)
-        self._shards = [
-            Shard.start(i, store=self.store, clock=self.clock, scheduler=self.scheduler,
-                        seed=self._seed, pools=self._pools,
-                        on_end=self._ended, activity=self.activity,
-                        dead_letters=self.dead_letters, listeners=tuple(listeners),
-                        owner=self.owner, on_lost=self._lost_commit)
-            for i in range(shards)
-        ]
+        for i in range(shards):
+            self._shards.append(
+                Shard.start(i, store=self.store, clock=self.clock, scheduler=self.scheduler,
+                            seed=self._seed, pools=self._pools,
+                            on_end=self._ended, activity=self.activity,
+                            dead_letters=self.dead_letters, listeners=tuple(listeners),
+                            owner=self.owner, on_lost=self._lost_commit))
         self._shard_refs = [self.activity.counting(ref) for ref in self._shards]
         self._poll_interval = poll_interval
         self._triggers = TriggerStarter(
             self.store, lambda compiled, data, saga_id: self.submit(compiled.flow, data, saga_id))
         self._event_position = self._last_event_position()
-        self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll_requests, daemon=True,
                                         name=f"sagactor-requests-{self.owner}")
         self._poller.start()
         # -- event bus (sagas.bus): saga events published to subscribers from the log --------
         self.bus = EventBus(self.store, services=self.services.pools)
-        try:
-            for subscriber in subscribers:
-                self.bus.subscribe(subscriber.name, subscriber.topics, subscriber.handler,
-                                   start=subscriber.start, attempts=subscriber.attempts,
-                                   backoff=subscriber.backoff)
-            # -- end of event bus ----------------------------------------------------------------
-            if recover:
-                self.recover()
-        except BaseException:  # a refused subscriber: stop what was started, then say why
-            self.close()
-            raise
+        for subscriber in subscribers:
+            self.bus.subscribe(subscriber.name, subscriber.topics, subscriber.handler,
+                               start=subscriber.start, attempts=subscriber.attempts,
+                               backoff=subscriber.backoff)
+        # -- end of event bus --------------------------------------------------------------------
+        if recover:
+            self.recover()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Runtime:
@@ -295,15 +308,18 @@ class Runtime:
             return
         self._closed = True
         self._stop_polling.set()
-        self._poller.join(timeout)
-        self.bus.close(timeout)  # event bus: subscribers' cursors saved before the store closes
+        if self._poller is not None:
+            self._poller.join(timeout)
+        if self.bus is not None:  # subscribers' cursors saved before the store closes
+            self.bus.close(timeout)
         self.scheduler.stop()
         for ref in self._shards:
             try:
                 ref.stop(timeout=timeout)
             except Exception:  # pragma: no cover - already dead
                 log.debug("shard already stopped", exc_info=True)
-        self.services.stop(timeout)
+        if self.services is not None:
+            self.services.stop(timeout)
         if self._owns_store:
             self.store.close()
 
@@ -558,8 +574,11 @@ class Runtime:
         """
         self._check_open()
         data_copy = dict(data) if data is not None else {}
-        recorded, created = self.store.send_event(event, key, data_copy, event_id=event_id,
-                                                  sent_at=self.clock.now())
+        try:
+            recorded, created = self.store.send_event(event, key, data_copy, event_id=event_id,
+                                                      sent_at=self.clock.now())
+        except RecursionError:
+            raise ValueError(f"event {event!r}: its data is nested too deeply") from None
         if created:
             self._post(EventPosted(recorded.type, recorded.key))
         return recorded.event_id, created
