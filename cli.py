@@ -22,6 +22,7 @@ import click
 from sagas import __version__
 from sagas.errors import FlowErrors, InputError, SagactorError, SagaOrphaned
 from sagas.loader import load_flow
+from sagas.render import printable, render_list, render_summary, render_timeline
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +30,7 @@ EXIT_OK, EXIT_COMPENSATED, EXIT_USAGE, EXIT_FAILED, EXIT_UNKNOWN, EXIT_STORE = 0
 
 
 def _err(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(printable(message, one_line=False), err=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -320,10 +321,19 @@ def _describe_plan(p: Any, compiled: Any) -> str:
     lines.append(f"  ran: {' → '.join(p.ran)}")
     if p.compensations:
         lines.append("  compensate, in this order:")
-        for i, (step, compensation) in enumerate(p.compensations, 1):
+        number = 0
+        previous_track = None
+        for step, compensation in p.compensations:
             track = compiled.track_of.get(step)
-            where = f"  [branch {track}: concurrently with the other branches]" if track else ""
-            lines.append(f"    {i}. {step} ({compensation}){where}")
+            if track is None:
+                number += 1
+                lines.append(f"    {number}. {step} ({compensation})")
+            else:
+                if previous_track is None:  # a parallel block: its branches undo together
+                    number += 1
+                    lines.append(f"    {number}. the branches, concurrently (each in reverse):")
+                lines.append(f"       - branch {track}: {step} ({compensation})")
+            previous_track = track
     else:
         lines.append("  compensate: nothing")
     if p.reason == "pivot_unknown":
@@ -355,6 +365,19 @@ def _parse_json(text: str, what: str) -> Any:
         raise InputError(f"{what} is nested too deeply to be read") from None
 
 
+def _read_text(path: str, option: str) -> str:
+    """A file's text ('-': standard input), or a usage error saying why it cannot be read."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise click.UsageError(f"{option} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise click.UsageError(f"{option} {path}: not UTF-8 text") from None
+
+
 def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
     if (input_json is None) == (input_file is None):
         raise click.UsageError("give the saga input with exactly one of --input JSON or "
@@ -362,17 +385,13 @@ def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
     if input_json is not None:
         return [_parse_json(input_json, "--input")]
     assert input_file is not None
-    try:
-        with open(input_file, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise click.UsageError(f"--input-file {input_file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise click.UsageError(f"--input-file {input_file}: not UTF-8 text") from None
+    text = _read_text(input_file, "--input-file")
     try:
         return [json.loads(text)]
     except json.JSONDecodeError:
         pass
+    except RecursionError:
+        raise InputError(f"--input-file {input_file} is nested too deeply to be read") from None
     inputs = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -406,8 +425,8 @@ def _open_store(store_url: str) -> Any:
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_json", metavar="JSON", help="The saga input, as JSON.")
 @click.option("--input-file", metavar="FILE",
-              help="The saga input from a file: one JSON document, or JSON Lines (one input per "
-                   "line; a batch takes them in turn).")
+              help="The saga input from a file ('-': standard input): one JSON document, or JSON "
+                   "Lines (one input per line; a batch takes them in turn).")
 @click.option("--id", "saga_id", metavar="ID",
               help="Choose the saga id (a business key, [A-Za-z0-9_.-]{1,128}). Running an id "
                    "that exists with the same input returns that saga; nothing runs twice.")
@@ -607,57 +626,6 @@ def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrenc
     }
 
 
-def render_summary(flow: str, summary: dict[str, Any]) -> str:
-    lat = summary["latency_ms"]
-    return "\n".join([
-        f"{flow}: {summary['count']} sagas in {summary['elapsed_s']:.2f}s "
-        f"({summary['sagas_per_s']:.0f} sagas/s)",
-        f"  completed    {summary['completed']}",
-        f"  compensated  {summary['compensated']}",
-        f"  failed       {summary['failed']}",
-        f"  latency ms   p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}",
-    ])
-
-
-def _event_detail(event: Any) -> str:
-    data = event.data
-    kind = event.type
-    if kind.endswith(".failed") and kind != "saga.failed":
-        return f"{data.get('kind')}: {data.get('error')}"
-    if kind == "saga.failed":
-        return str(data.get("reason"))
-    if kind.endswith(".succeeded"):
-        return json.dumps(data.get("output"), separators=(",", ":"))[:80]
-    if kind.endswith(".retrying"):
-        return "next attempt scheduled"
-    if kind == "reply.ignored":
-        return f"{data.get('phase')} attempt {data.get('attempt')}: {data.get('outcome')}"
-    if kind.startswith("branch."):
-        return f"branch {data.get('branch')}"
-    if kind == "choice.made":
-        return f"took {data.get('branch')}"
-    return ""
-
-
-def render_timeline(result: Any) -> str:
-    """A saga's history, one line per event, then its end."""
-    lines = [f"saga {result.saga_id}  {result.flow} v{result.version}"]
-    start = result.history[0].at if result.history else 0.0
-    for event in result.history:
-        where = ""
-        if event.step is not None:
-            where = event.step + (f" #{event.attempt}" if event.attempt is not None else "")
-        detail = _event_detail(event)
-        offset = f"+{event.at - start:.3f}s"
-        if len(detail) > 60:
-            detail = detail[:57] + "..."
-        lines.append(f"  {event.seq:>3} {offset:>10}  {event.type:<24} {where:<24} "
-                     f"{detail}".rstrip())
-    status = result.status + (f" ({result.reason})" if result.reason else "")
-    lines.append(status)
-    return "\n".join(lines)
-
-
 @main.command(name="list")
 @store_option
 @click.option("--status", type=click.Choice(["running", "compensating", "completed",
@@ -680,12 +648,7 @@ def list_(store_url: str, status: str | None, flow_name: str | None, limit: int 
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    import datetime
-
-    for row in rows:
-        started = datetime.datetime.fromtimestamp(row["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{row['saga_id']:<36} {row['flow']} v{row['version']:<4} "
-                   f"{row['status']:<12} {started}")
+    click.echo(render_list(rows))
 
 
 @main.command()
@@ -778,13 +741,19 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
                 click.echo(f"started {saga_id}")
         return report
 
+    def skipped(flow_name: str) -> Any:
+        def report(event_id: str, why: str) -> None:
+            _err(f"skipped event {event_id} for {flow_name}: {why}")
+        return report
+
     previous = {sig: signal.signal(sig, lambda signum, _: stopped.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Runtime(store_url) as runtime:
             runtime.recover()
             for flow in loaded:
-                runtime.add_trigger(flow, on_start=started(flow.name))
+                runtime.add_trigger(flow, on_start=started(flow.name),
+                                    on_skip=skipped(flow.name))
                 assert flow.trigger is not None
                 click.echo(f"serving {flow.name}: a saga per {flow.trigger.event} event "
                            f"(id {flow.trigger.id}); stop with Ctrl-C", err=True)
@@ -849,11 +818,14 @@ def cancel(saga_id: str, store_url: str, as_json: bool) -> None:
               help="The event's identity: sending the same id again is ignored.")
 @click.option("--data", "data_json", default=None, metavar="JSON",
               help="The event's data, a JSON object: the wait step's output.")
+@click.option("--data-file", default=None, metavar="FILE",
+              help="The event's data from a file ('-': standard input), for data too big for "
+                   "a command line.")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @handle_errors
-def send(event: str, key: str, event_id: str | None, data_json: str | None, store_url: str,
-         as_json: bool) -> None:
+def send(event: str, key: str, event_id: str | None, data_json: str | None,
+         data_file: str | None, store_url: str, as_json: bool) -> None:
     """Send EVENT to the saga that waits (or will wait) for it with this --key.
 
     The event is kept in the store until a saga's wait_for step consumes it, so it may be sent
@@ -861,9 +833,14 @@ def send(event: str, key: str, event_id: str | None, data_json: str | None, stor
     Exit 0 when recorded or already recorded (--id), 2 for a malformed event, 5 if the store
     cannot be used.
     """
-    data = _parse_json(data_json, "--data") if data_json is not None else {}
+    if data_json is not None and data_file is not None:
+        raise click.UsageError("give the event's data with one of --data or --data-file")
+    if data_file is not None:
+        data = _parse_json(_read_text(data_file, "--data-file"), f"--data-file {data_file}")
+    else:
+        data = _parse_json(data_json, "--data") if data_json is not None else {}
     if not isinstance(data, dict):
-        raise InputError(f"--data must be a JSON object, got {type(data).__name__}")
+        raise InputError(f"the event's data must be a JSON object, got {type(data).__name__}")
     store = _open_store(store_url)
     try:
         import time

@@ -107,12 +107,26 @@ def validate_input(flow: Flow, saga_input: Any) -> dict[str, Any]:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
         _validators[flow.definition] = validator
-    error = jsonschema.exceptions.best_match(validator.iter_errors(saga_input))
-    if error is not None:
-        where = "input" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                                  for p in error.absolute_path)
-        raise InputError(f"{where}: {error.message} (flow {flow.name} input schema)")
+    errors = sorted(validator.iter_errors(saga_input), key=jsonschema.exceptions.relevance)
+    if errors:
+        # every violation, one line: the best match first, then the others by place
+        first = jsonschema.exceptions.best_match(errors)
+        others = sorted((e for e in errors if e is not first),
+                        key=lambda e: [str(p) for p in e.absolute_path])
+        shown = [_violation(e) for e in [first, *others][:MAX_VIOLATIONS]]
+        more = len(errors) - len(shown)
+        tail = f"; and {more} more" if more > 0 else ""
+        raise InputError(f"{'; '.join(shown)}{tail} (flow {flow.name} input schema)")
     return saga_input
+
+
+MAX_VIOLATIONS = 5
+
+
+def _violation(error: Any) -> str:
+    where = "input" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                              for p in error.absolute_path)
+    return f"{where}: {error.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,14 +566,16 @@ class Runtime:
 
     # -- triggers: flows started by external events ---------------------------------------------
     def add_trigger(self, flow: Flow | str | os.PathLike[str], *,
-                    on_start: Callable[[str], None] | None = None) -> CompiledFlow:
+                    on_start: Callable[[str], None] | None = None,
+                    on_skip: Callable[[str, str], None] | None = None) -> CompiledFlow:
         """Start a saga of ``flow`` for every external event of its ``trigger``'s type, sent
         before or after this call (see :mod:`sagas.triggers`); ``on_start(saga_id)`` is called
-        (on the runtime's poller thread) for each. ``SagactorError`` if the flow has no
-        trigger."""
+        (on the runtime's poller thread) for each, ``on_skip(event_id, why)`` for an event
+        that can start none (data failing the input schema, no usable id). ``SagactorError``
+        if the flow has no trigger."""
         self._check_open()
         compiled = self.compile(flow)
-        self._triggers.add(compiled, on_start)
+        self._triggers.add(compiled, on_start, on_skip)
         return compiled
 
     # -- external events (wait_for) -------------------------------------------------------------

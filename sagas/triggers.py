@@ -63,17 +63,31 @@ class TriggerStarter:
         self._start = start
         self._flows: dict[str, CompiledFlow] = {}
         self._on_start: dict[str, Callable[[str], None] | None] = {}
+        self._on_skip: dict[str, Callable[[str, str], None] | None] = {}
         self._positions: dict[str, int] = {}  # each flow's cursor, read from the store once
 
-    def add(self, compiled: CompiledFlow, on_start: Callable[[str], None] | None = None) -> None:
+    def add(self, compiled: CompiledFlow, on_start: Callable[[str], None] | None = None,
+            on_skip: Callable[[str, str], None] | None = None) -> None:
         """Serve ``compiled``'s trigger; ``on_start(saga_id)`` is called for each saga started
-        (or found started already) for one of its events."""
+        (or found started already) for one of its events, ``on_skip(event_id, why)`` for each
+        of its events that can start no saga (it is logged, and passed over)."""
         flow = compiled.flow
         if flow.trigger is None:
             raise SagactorError(f"flow {flow.name!r} has no trigger: add "
                                 "`trigger: {event: <EventType>, id: $.input.<field>}`")
         self._flows[flow.name] = compiled
         self._on_start[flow.name] = on_start
+        self._on_skip[flow.name] = on_skip
+
+    def _skipped(self, name: str, event: Any, why: Exception) -> None:
+        log.warning("trigger of %s: event %s (%s) starts no saga: %s", name, event.event_id,
+                    event.type, why)
+        callback = self._on_skip.get(name)
+        if callback is not None:
+            try:
+                callback(event.event_id, str(why))
+            except Exception:
+                log.exception("trigger of %s: on_skip callback failed", name)
 
     @property
     def active(self) -> bool:
@@ -106,16 +120,14 @@ class TriggerStarter:
                 pending.append((event, saga_id, self._start(compiled, dict(event.data),
                                                              saga_id)))
             except InputError as exc:  # bad data or id: it can never start this flow
-                log.warning("trigger of %s: event %s (%s) starts no saga: %s", name,
-                            event.event_id, event.type, exc)
+                self._skipped(name, event, exc)
         for event, saga_id, submitted in pending:
             try:
                 submitted.result(timeout)
             except IdConflict as exc:  # the id is taken by a saga of other input
                 # (a store failure or a time-out raises: the cursor stays, the page is
                 # read again)
-                log.warning("trigger of %s: event %s (%s) starts no saga: %s", name,
-                            event.event_id, event.type, exc)
+                self._skipped(name, event, exc)
                 continue
             callback = self._on_start.get(name)
             if callback is not None:

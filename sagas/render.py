@@ -1,0 +1,126 @@
+"""Human-readable text for the CLI: a saga's timeline, a batch summary, a saga list.
+
+Text that came from outside (a handler's error, an input, an id) is passed through
+:func:`printable` first: control characters are shown escaped (``\\x1b``), never sent to the
+terminal, where an escape sequence in a rejection message could rewrite the screen.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .events import Event
+
+__all__ = ["printable", "render_list", "render_summary", "render_timeline"]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MIN_DETAIL = 40  # characters of an output shown however narrow the terminal
+
+
+def printable(text: str, *, one_line: bool = True) -> str:
+    """``text`` with control characters (and, if ``one_line``, newlines and tabs) escaped."""
+    pattern = _CONTROL_OR_NEWLINE if one_line else _CONTROL
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _cause_of_branch_failure(event: Event, by_id: Mapping[str, Event]) -> Event | None:
+    """The failure inside a branch that made its block fail: followed back along the
+    causation links from the block's ``step.failed``."""
+    current = event
+    for _ in range(64):
+        cause = by_id.get(current.causation_id or "")
+        if cause is None:
+            return None
+        if cause.type in ("step.failed", "step.timed_out") and cause.step != event.step:
+            return cause
+        current = cause
+    return None
+
+
+def _detail(event: Event, by_id: Mapping[str, Event]) -> tuple[str, bool]:
+    """What an event says beyond its type and step, and whether it may be shortened (only
+    outputs are: an error or a reason is shown whole)."""
+    data = event.data
+    kind = event.type
+    if kind.endswith(".failed") and kind != "saga.failed":
+        text = f"{data.get('kind')}: {data.get('error')}"
+        if kind == "step.failed" and str(data.get("error", "")).startswith("branch "):
+            cause = _cause_of_branch_failure(event, by_id)
+            if cause is not None:
+                why = ("timed out" if cause.type == "step.timed_out" else
+                       f"{cause.data.get('kind')}: {cause.data.get('error')}")
+                text += f" ({cause.step} #{cause.attempt} {why})"
+        return text, False
+    if kind == "step.timed_out" and data.get("reason"):
+        return f"({data['reason']})", False
+    if kind == "saga.failed":
+        return str(data.get("reason")), False
+    if kind.endswith(".succeeded"):
+        output = data.get("output")
+        if output is None:  # a parallel block: its branches' outputs are theirs
+            return "", True
+        return json.dumps(output, separators=(",", ":")), True
+    if kind.endswith(".retrying"):
+        return "next attempt scheduled", False
+    if kind == "reply.ignored":
+        return f"{data.get('phase')} attempt {data.get('attempt')}: {data.get('outcome')}", False
+    if kind.startswith("branch."):
+        return f"branch {data.get('branch')}", False
+    if kind == "choice.made":
+        return f"took {data.get('branch')}", False
+    return "", False
+
+
+def render_timeline(result: Any, width: int | None = None) -> str:
+    """A saga's history, one line per event, then its end. Columns fit the longest step
+    name; outputs are shortened to the terminal's ``width``, errors never."""
+    width = width if width is not None else shutil.get_terminal_size((100, 24)).columns
+    history: Sequence[Event] = result.history
+    by_id = {e.event_id: e for e in history}
+    wheres = [("" if e.step is None else e.step + (f" #{e.attempt}" if e.attempt is not None
+                                                   else "")) for e in history]
+    column = max([24, *(len(w) for w in wheres)])
+    lines = [printable(f"saga {result.saga_id}  {result.flow} v{result.version}")]
+    start = history[0].at if history else 0.0
+    for event, where in zip(history, wheres, strict=True):
+        detail, shortenable = _detail(event, by_id)
+        head = f"  {event.seq:>3} {'+' + format(event.at - start, '.3f') + 's':>10}  " \
+               f"{event.type:<24} {where:<{column}} "
+        room = max(MIN_DETAIL, width - len(head))
+        if shortenable and len(detail) > room:
+            detail = detail[:room - 3] + "..."
+        lines.append(printable(head + detail).rstrip())
+    lines.append(result.status + (f" ({printable(result.reason)})" if result.reason else ""))
+    return "\n".join(lines)
+
+
+def render_summary(flow: str, summary: Mapping[str, Any]) -> str:
+    """A batch's counts, throughput and latency percentiles."""
+    lat = summary["latency_ms"]
+    return "\n".join([
+        f"{flow}: {summary['count']} sagas in {summary['elapsed_s']:.2f}s "
+        f"({summary['sagas_per_s']:.0f} sagas/s)",
+        f"  completed    {summary['completed']}",
+        f"  compensated  {summary['compensated']}",
+        f"  failed       {summary['failed']}",
+        f"  latency ms   p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}",
+    ])
+
+
+def render_list(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``saga list``: one saga a line, newest first; says so when there is none."""
+    if not rows:
+        return "no sagas"
+    column = max(36, *(len(str(r["saga_id"])) for r in rows))
+    lines = []
+    for row in rows:
+        started = datetime.datetime.fromtimestamp(row["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(printable(f"{row['saga_id']:<{column}} {row['flow']} v{row['version']:<4} "
+                               f"{row['status']:<12} {started}"))
+    return "\n".join(lines)
