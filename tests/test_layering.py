@@ -97,3 +97,16 @@ def test_public_exports_of_sagas_are_pinned():
         "compile_flow", "load_flow", "parse_flow", "plan", "plans"])
     for name in sagas.__all__:
         assert hasattr(sagas, name)
+
+
+def test_running_a_saga_does_not_import_hypothesis():
+    """Services mark invariants with `sagas.testing.invariant`: that import must stay free."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flows.shop, flows.bank, flows.travel; from sagas import Runtime; "
+            "from sagas.testing import invariant; "
+            "assert 'hypothesis' not in sys.modules, 'hypothesis was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr

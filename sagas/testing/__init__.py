@@ -16,32 +16,64 @@
 
 from __future__ import annotations
 
-from actors import Fault, Faults, VirtualClock
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ..loader import load_flow
-from ._environment import EventLog, SagaTestEnvironment
-from ._guard import HandlerHung
-from ._harness import (
-    FAULTS,
-    PERSISTENT_FAULTS,
-    BatchRun,
-    HarnessRun,
-    Schedule,
-    make_services,
-    run_batch,
-    run_schedule,
-)
-from ._invariants import (
-    Checked,
-    InvariantViolation,
-    check_batch,
-    check_invariants,
-    invariant,
-)
-from ._routes import Route, explore_routes
-from ._runner import FlowTestReport, fault_sweep, test_flow
-from ._strategies import batches, fault_schedules, inputs
-from ._sweep import FaultPoint, single_faults
+from ._marks import invariant
+
+if TYPE_CHECKING:  # the names below load on first use: `invariant` alone imports nothing heavy
+    from actors import Fault, Faults, VirtualClock
+
+    from ..loader import load_flow
+    from ._environment import EventLog, SagaTestEnvironment
+    from ._guard import HandlerHung
+    from ._harness import (
+        FAULTS,
+        PERSISTENT_FAULTS,
+        BatchRun,
+        HarnessRun,
+        Schedule,
+        make_services,
+        run_batch,
+        run_schedule,
+    )
+    from ._invariants import Checked, InvariantViolation, check_batch, check_invariants
+    from ._routes import Route, explore_routes
+    from ._runner import FlowTestReport, fault_sweep, test_flow
+    from ._strategies import batches, fault_schedules, inputs
+    from ._sweep import FaultPoint, single_faults
+
+_WHERE = {
+    "Fault": "actors", "Faults": "actors", "VirtualClock": "actors",
+    "load_flow": "sagas.loader",
+    "EventLog": "._environment", "SagaTestEnvironment": "._environment",
+    "HandlerHung": "._guard",
+    "FAULTS": "._harness", "PERSISTENT_FAULTS": "._harness", "BatchRun": "._harness",
+    "HarnessRun": "._harness", "Schedule": "._harness", "make_services": "._harness",
+    "run_batch": "._harness", "run_schedule": "._harness",
+    "Checked": "._invariants", "InvariantViolation": "._invariants",
+    "check_batch": "._invariants", "check_invariants": "._invariants",
+    "Route": "._routes", "explore_routes": "._routes",
+    "FlowTestReport": "._runner", "fault_sweep": "._runner", "test_flow": "._runner",
+    "batches": "._strategies", "fault_schedules": "._strategies", "inputs": "._strategies",
+    "FaultPoint": "._sweep", "single_faults": "._sweep",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(where, __name__) if where.startswith(".") \
+        else importlib.import_module(where)
+    value = getattr(module, name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "FAULTS",

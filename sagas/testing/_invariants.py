@@ -14,20 +14,9 @@ from ..audit import audit_saga
 from ..plan import plan
 from ._guard import current_watch
 from ._harness import BatchRun, HarnessRun
+from ._marks import INVARIANT_MARK, invariant
 
 __all__ = ["Checked", "InvariantViolation", "check_batch", "check_invariants", "invariant"]
-
-_MARK = "__sagactor_invariant__"
-
-
-def invariant(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a service method as a business invariant (``def stock_never_negative(self)``).
-
-    It is called after every run and must raise (``AssertionError`` or anything) when broken.
-    """
-    setattr(method, _MARK, True)
-    return method
-
 
 class InvariantViolation(AssertionError):
     """A run broke an invariant; ``invariant`` names it, ``seq`` the place in the history."""
@@ -207,7 +196,7 @@ def _business(run: HarnessRun, services: Mapping[str, Any],
     for name, service in services.items():
         for attr in dir(type(service)):
             method = getattr(service, attr, None)
-            if callable(method) and getattr(method, _MARK, False):
+            if callable(method) and getattr(method, INVARIANT_MARK, False):
                 try:
                     if watch is not None:
                         watch.enter(f"invariant {name}.{attr}()", run)
