@@ -22,7 +22,13 @@ import click
 from sagas import __version__
 from sagas.errors import FlowErrors, InputError, SagactorError, SagaOrphaned
 from sagas.loader import load_flow
-from sagas.render import printable, render_list, render_summary, render_timeline
+from sagas.render import (
+    printable,
+    progress_bar,
+    render_list,
+    render_summary,
+    render_timeline,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -241,31 +247,23 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     after the pivot failing (forward_recovery).
     """
     from sagas.compiler import compile_flow
-    from sagas.plan import plans, route_plans
+    from sagas.plan import check_failable, plans, route_plans
+    from sagas.render import plan_table, render_plan
 
     compiled = compile_flow(load_flow(flow))
     if fail_step is not None:
-        names = [s.name for s in compiled.flow.steps if not s.is_delay and not s.is_parallel]
-        if fail_step not in names:
-            found = next((s for s in compiled.flow.steps if s.name == fail_step), None)
-            if found is not None and found.is_parallel:
-                message = (f"step {fail_step!r} is a parallel block: plan one of its branches' "
-                           f"steps (steps that can fail: {', '.join(names)})")
-            elif found is not None:
-                message = (f"step {fail_step!r} is a delay, which cannot fail (steps that can: "
-                           f"{', '.join(names)})")
-            else:
-                message = (f"no step {fail_step!r} in flow {compiled.flow.name} "
-                           f"(steps: {', '.join(names)})")
-            raise click.BadParameter(message, param_hint="--fail")
         try:
-            found_plans = route_plans(compiled, fail_step, kind)
+            check_failable(compiled, fail_step)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--fail") from None
+        try:
+            found = route_plans(compiled, fail_step, kind)
         except ValueError as exc:  # a wait step only times out
             raise click.BadParameter(str(exc), param_hint="--kind") from None
         if as_json:  # the first route's plan (each names its route)
-            click.echo(json.dumps(found_plans[0].to_json(), indent=2))
+            click.echo(json.dumps(found[0].to_json(), indent=2))
         else:
-            click.echo("\n".join(_describe_plan(p, compiled) for p in found_plans))
+            click.echo("\n".join(render_plan(p, compiled) for p in found))
         return
     every = plans(compiled)
     if as_json:
@@ -273,78 +271,8 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
                                "plans": [p.to_json() for p in every]}, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"{compiled.flow.name} v{compiled.flow.version}: recovery if a step "
-                        "fails", title_justify="left")
-    table.add_column("step")
-    for k in ("rejected", "error", "timeout"):
-        table.add_column(f"{k}")
-    by_step: dict[str, dict[str, dict[str, str]]] = {}  # step -> route -> kind -> outcome
-    for p in every:
-        by_step.setdefault(p.step, {}).setdefault(p.describe_route(), {})[p.kind] = \
-            _short_outcome(p)
-    for step in compiled.flow.steps:
-        name = f"{step.name} (pivot)" if step.pivot else step.name
-        track = compiled.track_of.get(step.name)
-        if track is not None:
-            name = f"{name} (in {track})"
-        if step.is_delay:
-            table.add_row(f"{name} (delay)", *(["cannot fail"] * 3))
-            continue
-        if step.is_parallel:
-            table.add_row(f"{name} (parallel)", *(["see its branches' steps"] * 3))
-            continue
-        routes = by_step[step.name]
-        for route, outcomes in routes.items():
-            label = f"{name} (after {route})" if len(routes) > 1 else name
-            if step.is_wait:
-                table.add_row(f"{label} (wait)", "—", "—", outcomes["timeout"])
-            else:
-                table.add_row(label, *(outcomes.get(k, "—") for k in
-                                       ("rejected", "error", "timeout")))
-    Console(soft_wrap=False, width=max(140, Console().width)).print(table)
-
-
-def _short_outcome(p: Any) -> str:
-    if p.status == "failed":
-        return f"failed ({p.reason})"
-    undo = ", ".join(s for s, _ in p.compensations) or "nothing"
-    return f"undo {undo} → {p.status}"
-
-
-def _describe_plan(p: Any, compiled: Any) -> str:
-    how = {"rejected": "is rejected", "error": "runs out of attempts on errors",
-           "timeout": "runs out of attempts on timeouts"}[p.kind]
-    route = f" (after {p.describe_route()})" if p.route else ""
-    lines = [f"{p.flow} v{p.version}: if {p.step} {how}{route}"]
-    lines.append(f"  ran: {' → '.join(p.ran)}")
-    if p.compensations:
-        lines.append("  compensate, in this order:")
-        number = 0
-        previous_track = None
-        for step, compensation in p.compensations:
-            track = compiled.track_of.get(step)
-            if track is None:
-                number += 1
-                lines.append(f"    {number}. {step} ({compensation})")
-            else:
-                if previous_track is None:  # a parallel block: its branches undo together
-                    number += 1
-                    lines.append(f"    {number}. the branches, concurrently (each in reverse):")
-                lines.append(f"       - branch {track}: {step} ({compensation})")
-            previous_track = track
-    else:
-        lines.append("  compensate: nothing")
-    if p.reason == "pivot_unknown":
-        lines.append(f"  ends failed (pivot_unknown): {p.step} is the pivot and its outcome is "
-                     "unknown, so nothing is undone; a person must check it")
-    elif p.reason == "forward_recovery":
-        lines.append(f"  ends failed (forward_recovery): {p.step} comes after the pivot; "
-                     "`saga retry` drives it forward")
-    else:
-        lines.append(f"  ends {p.status}")
-    return "\n".join(lines)
+    Console(soft_wrap=False, width=max(140, Console().width)).print(plan_table(compiled, every))
 
 
 # -- running sagas ------------------------------------------------------------------------------
@@ -471,6 +399,8 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     total = count if count is not None else len(inputs)
     if total > 1 and saga_id is not None:
         raise click.UsageError("--id names one saga; it cannot be used with a batch")
+    from sagas.batch import BatchProgress, run_batch
+
     progress = BatchProgress()
     try:
         with graceful_stop(), _runtime(store_url, fail) as runtime:
@@ -487,8 +417,9 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
                 else:
                     click.echo(render_timeline(result))
                 sys.exit(EXIT_BY_STATUS.get(result.status, EXIT_FAILED))
-            summary = run_batch(runtime, loaded, inputs, total, concurrency, progress=True,
-                                state=progress)
+            with progress_bar(loaded.name, total) as on_progress:
+                summary = run_batch(runtime, loaded, inputs, total, concurrency,
+                                    on_progress=on_progress, progress=progress)
     except Stopped as stopped:
         left = progress.submitted - progress.ended
         what = (f"saga {progress.last} was left in flight" if total == 1 and left
@@ -500,19 +431,10 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(render_summary(loaded.name, summary))
-    sys.exit(3 if summary["failed"] else 0)
+    sys.exit(EXIT_FAILED if summary["failed"] else EXIT_OK)
 
 
 EXIT_BY_STATUS = {"completed": EXIT_OK, "compensated": EXIT_COMPENSATED, "failed": EXIT_FAILED}
-
-
-class BatchProgress:
-    """How far a batch got: sagas submitted and ended (read after an interruption)."""
-
-    def __init__(self) -> None:
-        self.submitted = 0
-        self.ended = 0
-        self.last: str | None = None
 
 
 @contextlib.contextmanager
@@ -524,106 +446,6 @@ def _runtime(store_url: str, fail: tuple[str, ...] = ()) -> Iterator[Any]:
         yield runtime
     finally:
         runtime.close(timeout=3.0)
-
-
-def run_batch(runtime: Any, flow: Any, inputs: list[Any], total: int, concurrency: int,
-              progress: bool = False, state: BatchProgress | None = None) -> dict[str, Any]:
-    """Run ``total`` sagas, at most ``concurrency`` in flight; the batch summary of the
-    README's JSON shapes. ``state`` is kept up to date as sagas are submitted and end."""
-    import collections
-    import threading
-    import time
-
-    slots = threading.BoundedSemaphore(concurrency)
-    lock = threading.Lock()
-    finished = threading.Event()
-    started_at: dict[str, float] = {}
-    latencies: list[float] = []
-    counts = {"completed": 0, "compensated": 0, "failed": 0}
-    done = [0]
-    state = state if state is not None else BatchProgress()
-
-    def on_end(saga_id: str, status: str, reason: str | None) -> None:
-        now = time.perf_counter()
-        with lock:
-            begun = started_at.pop(saga_id, now)
-            latencies.append(now - begun)
-            counts[status] = counts.get(status, 0) + 1
-            done[0] += 1
-            state.ended = done[0]
-            if done[0] == total:
-                finished.set()
-        slots.release()
-
-    bar = None
-    task = None
-    if progress:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-        bar.start()
-        task = bar.add_task(f"{flow.name}", total=total)
-    # Starts are submitted without waiting for each to commit (the shards commit them in
-    # groups); a refused start (the store failing) never ends, so it is looked for here.
-    submitted: collections.deque[Any] = collections.deque()
-
-    def check_starts() -> None:
-        while submitted and submitted[0].done():
-            refused = submitted.popleft().exception()
-            if refused is not None:
-                raise refused
-
-    begin = time.perf_counter()
-    last_update = begin
-    try:
-        for n in range(total):
-            while not slots.acquire(timeout=0.1):
-                check_starts()
-            saga_input = inputs[n % len(inputs)]
-            saga_id = runtime.new_id()
-            with lock:
-                started_at[saga_id] = time.perf_counter()
-            submitted.append(runtime.submit(flow, saga_input, saga_id, on_end=on_end))
-            state.submitted += 1
-            if len(submitted) > concurrency:
-                check_starts()
-            if bar is not None and task is not None and time.perf_counter() - last_update > 0.1:
-                last_update = time.perf_counter()
-                bar.update(task, completed=done[0])
-        while not finished.wait(0.1):
-            check_starts()
-            if bar is not None and task is not None:
-                bar.update(task, completed=done[0])
-    finally:
-        if bar is not None and task is not None:
-            bar.update(task, completed=done[0])
-            bar.stop()
-    elapsed = time.perf_counter() - begin
-    ordered = sorted(latencies)
-
-    def percentile(q: float) -> float:
-        if not ordered:
-            return 0.0
-        index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
-        return round(ordered[index] * 1000, 3)
-
-    return {
-        "count": total,
-        "completed": counts.get("completed", 0),
-        "compensated": counts.get("compensated", 0),
-        "failed": counts.get("failed", 0),
-        "elapsed_s": round(elapsed, 3),
-        "sagas_per_s": round(total / elapsed, 1) if elapsed > 0 else 0.0,
-        "latency_ms": {"p50": percentile(0.50), "p95": percentile(0.95), "p99": percentile(0.99)},
-    }
 
 
 @main.command(name="list")

@@ -13,7 +13,7 @@ from typing import Any
 from .compiler import CHOICE_PREFIX, STEP_PREFIX, TERMINAL_STATES, CompiledFlow, step_state
 from .model import Branch, Step
 
-__all__ = ["KINDS", "Plan", "plan", "plans", "route_plans"]
+__all__ = ["KINDS", "Plan", "check_failable", "failable_steps", "plan", "plans", "route_plans"]
 
 KINDS = ("rejected", "error", "timeout")
 _TRIGGER = {"rejected": "rejected", "error": "exhausted", "timeout": "exhausted"}
@@ -193,3 +193,24 @@ def plans(compiled: CompiledFlow) -> list[Plan]:
     return [p for s in compiled.flow.steps if not s.is_delay and not s.is_parallel
             for kind in (("timeout",) if s.is_wait else KINDS)
             for p in route_plans(compiled, s.name, kind)]
+
+
+def failable_steps(compiled: CompiledFlow) -> list[str]:
+    """The steps that can fail, so have a plan: every step but delays and parallel blocks
+    (a block fails through its branches' steps)."""
+    return [s.name for s in compiled.flow.steps if not s.is_delay and not s.is_parallel]
+
+
+def check_failable(compiled: CompiledFlow, step: str) -> None:
+    """``ValueError`` saying why ``step`` has no plan of its own (unknown, a delay, a block)."""
+    names = failable_steps(compiled)
+    if step in names:
+        return
+    found = next((s for s in compiled.flow.steps if s.name == step), None)
+    if found is not None and found.is_parallel:
+        raise ValueError(f"step {step!r} is a parallel block: plan one of its branches' steps "
+                         f"(steps that can fail: {', '.join(names)})")
+    if found is not None:
+        raise ValueError(f"step {step!r} is a delay, which cannot fail (steps that can: "
+                         f"{', '.join(names)})")
+    raise ValueError(f"no step {step!r} in flow {compiled.flow.name} (steps: {', '.join(names)})")

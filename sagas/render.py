@@ -7,16 +7,18 @@ terminal, where an escape sequence in a rejection message could rewrite the scre
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .events import Event
 
-__all__ = ["printable", "render_list", "render_summary", "render_timeline"]
+__all__ = ["plan_table", "printable", "progress_bar", "render_list", "render_plan",
+           "render_summary", "render_timeline"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -124,3 +126,96 @@ def render_list(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(printable(f"{row['saga_id']:<{column}} {row['flow']} v{row['version']:<4} "
                                f"{row['status']:<12} {started}"))
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr while the block runs; yields ``update(done)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+    task = bar.add_task(printable(label), total=total)
+    bar.start()
+    try:
+        yield lambda done: bar.update(task, completed=done)
+    finally:
+        bar.stop()
+
+
+def _short_outcome(p: Any) -> str:
+    if p.status == "failed":
+        return f"failed ({p.reason})"
+    undo = ", ".join(s for s, _ in p.compensations) or "nothing"
+    return f"undo {undo} → {p.status}"
+
+
+def render_plan(p: Any, compiled: Any) -> str:
+    """One plan, as `saga plan --fail STEP` prints it."""
+    how = {"rejected": "is rejected", "error": "runs out of attempts on errors",
+           "timeout": "runs out of attempts on timeouts"}[p.kind]
+    route = f" (after {p.describe_route()})" if p.route else ""
+    lines = [f"{p.flow} v{p.version}: if {p.step} {how}{route}"]
+    lines.append(f"  ran: {' → '.join(p.ran)}")
+    if p.compensations:
+        lines.append("  compensate, in this order:")
+        number = 0
+        previous_track = None
+        for step, compensation in p.compensations:
+            track = compiled.track_of.get(step)
+            if track is None:
+                number += 1
+                lines.append(f"    {number}. {step} ({compensation})")
+            else:
+                if previous_track is None:  # a parallel block: its branches undo together
+                    number += 1
+                    lines.append(f"    {number}. the branches, concurrently (each in reverse):")
+                lines.append(f"       - branch {track}: {step} ({compensation})")
+            previous_track = track
+    else:
+        lines.append("  compensate: nothing")
+    if p.reason == "pivot_unknown":
+        lines.append(f"  ends failed (pivot_unknown): {p.step} is the pivot and its outcome is "
+                     "unknown, so nothing is undone; a person must check it")
+    elif p.reason == "forward_recovery":
+        lines.append(f"  ends failed (forward_recovery): {p.step} comes after the pivot; "
+                     "`saga retry` drives it forward")
+    else:
+        lines.append(f"  ends {p.status}")
+    return "\n".join(lines)
+
+
+def plan_table(compiled: Any, every: Sequence[Any]) -> Any:
+    """Every step's recovery for each way it can fail, as a rich table (`saga plan`)."""
+    from rich.table import Table
+
+    table = Table(title=f"{compiled.flow.name} v{compiled.flow.version}: recovery if a step "
+                        "fails", title_justify="left")
+    table.add_column("step")
+    for k in ("rejected", "error", "timeout"):
+        table.add_column(f"{k}")
+    by_step: dict[str, dict[str, dict[str, str]]] = {}  # step -> route -> kind -> outcome
+    for p in every:
+        by_step.setdefault(p.step, {}).setdefault(p.describe_route(), {})[p.kind] = \
+            _short_outcome(p)
+    for step in compiled.flow.steps:
+        name = f"{step.name} (pivot)" if step.pivot else step.name
+        track = compiled.track_of.get(step.name)
+        if track is not None:
+            name = f"{name} (in {track})"
+        if step.is_delay:
+            table.add_row(f"{name} (delay)", *(["cannot fail"] * 3))
+            continue
+        if step.is_parallel:
+            table.add_row(f"{name} (parallel)", *(["see its branches' steps"] * 3))
+            continue
+        routes = by_step[step.name]
+        for route, outcomes in routes.items():
+            label = f"{name} (after {route})" if len(routes) > 1 else name
+            if step.is_wait:
+                table.add_row(f"{label} (wait)", "—", "—", outcomes["timeout"])
+            else:
+                table.add_row(label, *(outcomes.get(k, "—") for k in
+                                       ("rejected", "error", "timeout")))
+    return table
