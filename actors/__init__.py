@@ -37,6 +37,8 @@ from ._messages import (
     Reply,
     StoredReply,
     Teller,
+    action_key,
+    compensation_key,
     freeze,
     thaw,
 )
@@ -87,6 +89,8 @@ __all__ = [
     "TimerHandle",
     "VirtualClock",
     "VirtualScheduler",
+    "action_key",
+    "compensation_key",
     "fast_inbox",
     "freeze",
     "handles",

@@ -23,6 +23,8 @@ __all__ = [
     "Reply",
     "StoredReply",
     "Teller",
+    "action_key",
+    "compensation_key",
     "freeze",
     "thaw",
 ]
@@ -121,8 +123,19 @@ class Command:
 
     @property
     def action_key(self) -> str:
-        """The key of the action this command belongs to: ``saga_id:step``."""
-        return f"{self.saga_id}:{self.step}"
+        """The key of the action this command belongs to: ``saga_id:step`` (what a
+        compensation looks up to find what it undoes)."""
+        return action_key(self.saga_id, self.step)
+
+
+def action_key(saga_id: str, step: str) -> str:
+    """The idempotency key of a step's action: the same for every attempt."""
+    return f"{saga_id}:{step}"
+
+
+def compensation_key(saga_id: str, step: str) -> str:
+    """The idempotency key of a step's compensation: the same for every attempt."""
+    return f"{saga_id}:{step}:compensation"
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ class SourceBank(Service):
 
     @handles("release_hold")
     def release_hold(self, command: Any) -> dict[str, Any]:
-        hold = self.holds.pop(f"{command.saga_id}:{command.step}", None)
+        hold = self.holds.pop(command.action_key, None)
         if hold is None:
             return {"released": 0}
         account, amount = hold

@@ -22,11 +22,6 @@ FREIGHT_LIMIT = 50_000  # items: one shipment above this cannot be booked
 INSURANCE_LIMIT = 100_000  # items: one shipment above this cannot be insured
 
 
-def _action_key(command: Any) -> str:
-    """The idempotency key of the action a compensation undoes."""
-    return f"{command.saga_id}:{command.step}"
-
-
 class Inventory(Service):
     """Stock levels per SKU; ``reserve`` takes stock, ``release`` puts it back."""
 
@@ -51,7 +46,7 @@ class Inventory(Service):
 
     @handles("release")
     def release(self, command: Any) -> dict[str, Any]:
-        reservation = self.reservations.pop(_action_key(command), None)
+        reservation = self.reservations.pop(command.action_key, None)
         if reservation is None:  # never reserved, or released already
             return {"released": 0}
         sku, qty = reservation
@@ -94,7 +89,7 @@ class Payment(Service):
 
     @handles("refund")
     def refund(self, command: Any) -> dict[str, Any]:
-        amount = self.charges.pop(_action_key(command), None)
+        amount = self.charges.pop(command.action_key, None)
         if amount is None:
             return {"refunded": 0}
         self.collected -= amount
@@ -152,7 +147,7 @@ class Insurance(Service):
 
     @handles("cancel")
     def cancel(self, command: Any) -> dict[str, Any]:
-        withdrawn = self.policies.pop(_action_key(command), None) is not None
+        withdrawn = self.policies.pop(command.action_key, None) is not None
         return {"withdrawn": withdrawn}  # safe when the policy was never taken out
 
     def snapshot(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class _Capacity(Service):
         return {"booking_id": command.key, self.resource_field: resource}
 
     def _give_back(self, command: Any) -> dict[str, Any]:
-        booking = self.bookings.pop(f"{command.saga_id}:{command.step}", None)
+        booking = self.bookings.pop(command.action_key, None)
         if booking is None:
             return {"cancelled": False}
         resource, units = booking

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from transitions import Machine
 
 from .model import Branch, Choice, Flow, Step
+from .paths import Template, compile_template
 
 __all__ = [
     "COMPENSATED",
@@ -215,6 +216,10 @@ class CompiledFlow:
             if step.undoable:
                 info[compensation_state(step.name)] = StateInfo("compensation", step, index)
         self.info = MappingProxyType(info)
+        # each step's input: paths parsed once here, not on every attempt
+        self.payload_of: Mapping[str, Template] = MappingProxyType({
+            step.name: compile_template(step.input) for step in flow.steps
+            if step.input is not None})
         self._check(initials)
 
     @staticmethod

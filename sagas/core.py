@@ -553,8 +553,8 @@ class _Decision:
                        "wait_for": {"event": step.wait_event,
                                     "key": wait_key(step, saga.context())}}, cause)
         elif info.phase == "action":
-            payload = (evaluate(step.input, saga.context()) if step.input is not None
-                       else saga.input)
+            template = saga.compiled.payload_of.get(step.name)
+            payload = template(saga.context()) if template is not None else saga.input
             self.emit("step.started", step.name, attempt,
                       {"payload": payload, "timeout_at": timeout_at}, cause)
         else:

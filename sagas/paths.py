@@ -7,10 +7,11 @@ command payload is its ``input:`` mapping with every path string replaced by the
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["MISSING", "PathError", "evaluate", "parse_path", "resolve"]
+__all__ = ["MISSING", "PathError", "Template", "compile_template", "evaluate", "parse_path",
+           "resolve"]
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 ROOTS = ("input", "steps")
@@ -59,17 +60,31 @@ def resolve(context: Mapping[str, Any], parts: tuple[str, ...]) -> Any:
     return current
 
 
-def evaluate(template: Any, context: Mapping[str, Any]) -> Any:
-    """A step's payload: ``template`` with each ``$.`` path replaced by its value.
+Template = Callable[[Mapping[str, Any]], Any]
 
-    A path that names nothing evaluates to ``None`` (as JSON ``null``). The result is made of
-    plain dicts and lists.
-    """
+
+def compile_template(template: Any) -> Template:
+    """``template`` (a step's ``input:``, a wait's key) as a function of the saga context, its
+    paths parsed once: each ``$.`` path is replaced by its value, a path that names nothing by
+    ``None`` (JSON ``null``). The values it makes are plain dicts and lists."""
     if isinstance(template, Mapping):
-        return {key: evaluate(value, context) for key, value in template.items()}
+        fields = [(key, compile_template(value)) for key, value in template.items()]
+        return lambda context: {key: field(context) for key, field in fields}
     if isinstance(template, (list, tuple)):
-        return [evaluate(item, context) for item in template]
+        items = [compile_template(item) for item in template]
+        return lambda context: [item(context) for item in items]
     if isinstance(template, str) and template.startswith("$."):
-        value = resolve(context, parse_path(template))
-        return None if value is MISSING else value
-    return template
+        parts = parse_path(template)
+
+        def value_at(context: Mapping[str, Any]) -> Any:
+            value = resolve(context, parts)
+            return None if value is MISSING else value
+
+        return value_at
+    return lambda context: template
+
+
+def evaluate(template: Any, context: Mapping[str, Any]) -> Any:
+    """``template`` evaluated on ``context`` (see :func:`compile_template`, which the engine
+    uses to parse a flow's paths once)."""
+    return compile_template(template)(context)

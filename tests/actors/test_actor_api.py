@@ -14,7 +14,7 @@ EXPORTS = {
     "Service", "handles", "subscribes", "Rejected",
     # messages
     "Command", "Reply", "Replies", "Deliver", "StoredReply", "Teller", "Phase", "Outcome",
-    "freeze", "thaw",
+    "freeze", "thaw", "action_key", "compensation_key",
     # mailboxes
     "fast_inbox",
     # inbox
