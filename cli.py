@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -21,6 +20,8 @@ import click
 
 from sagas import __version__
 from sagas.errors import FlowErrors, InputError, SagactorError, SagaOrphaned
+from sagas.inputs import parse_json, read_inputs, read_text
+from sagas.interrupts import Stopped, graceful_stop
 from sagas.loader import load_flow
 from sagas.render import (
     printable,
@@ -48,40 +49,6 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class Stopped(KeyboardInterrupt):
-    """The first Ctrl-C or SIGTERM: the command stops gracefully (see :func:`graceful_stop`)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def graceful_stop() -> Iterator[None]:
-    """While a command drives sagas: the first Ctrl-C or SIGTERM raises :class:`Stopped` in
-    the main thread, so runtimes close as usual (decisions taken are committed, services and
-    shards stopped); a second one exits at once with 130 (what is in flight stays in the
-    store for ``saga resume``)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hits: list[int] = []
-
-    def stop(signum: int, _frame: Any) -> None:
-        hits.append(signum)
-        if len(hits) > 1:
-            os.write(2, b"interrupted again: exiting now; 'saga resume' finishes what is left\n")
-            os._exit(128 + signum)
-        raise Stopped(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def handle_errors(func: F) -> F:
     """Turn library errors into one line on stderr and the right exit code."""
 
@@ -105,7 +72,7 @@ def handle_errors(func: F) -> F:
             sys.exit(exc.exit_code)
         except Stopped as stopped:
             _err("interrupted")
-            sys.exit(128 + stopped.signum)
+            sys.exit(stopped.exit_code)
         except KeyboardInterrupt:
             _err("interrupted")
             sys.exit(130)
@@ -283,51 +250,14 @@ store_option = click.option(
                         "absolute path) or memory:// (throwaway). Env: SAGA_STORE.")
 
 
-def _parse_json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from None
-    except RecursionError:
-        raise InputError(f"{what} is nested too deeply to be read") from None
-
-
-def _read_text(path: str, option: str) -> str:
-    """A file's text ('-': standard input), or a usage error saying why it cannot be read."""
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise click.UsageError(f"{option} {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise click.UsageError(f"{option} {path}: not UTF-8 text") from None
-
-
 def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
     if (input_json is None) == (input_file is None):
         raise click.UsageError("give the saga input with exactly one of --input JSON or "
                                "--input-file FILE")
     if input_json is not None:
-        return [_parse_json(input_json, "--input")]
+        return [parse_json(input_json, "--input")]
     assert input_file is not None
-    text = _read_text(input_file, "--input-file")
-    try:
-        return [json.loads(text)]
-    except json.JSONDecodeError:
-        pass
-    except RecursionError:
-        raise InputError(f"--input-file {input_file} is nested too deeply to be read") from None
-    inputs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        inputs.append(_parse_json(line, f"--input-file {input_file} line {number}"))
-    if not inputs:
-        raise click.UsageError(f"--input-file {input_file} holds no input")
-    return inputs
+    return read_inputs(input_file)
 
 
 def _open_runtime(store_url: str, fail: tuple[str, ...] = ()) -> Any:
@@ -426,7 +356,7 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
                 else f"{left} of {progress.submitted} sagas started were left in flight")
         _err(f"interrupted: {what}; 'saga resume' finishes them"
              if left else "interrupted: no saga was left in flight")
-        sys.exit(128 + stopped.signum)
+        sys.exit(stopped.exit_code)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -515,7 +445,7 @@ def resume(store_url: str, as_json: bool) -> None:
         left = len(adopted) - sum(counts.values())
         _err(f"interrupted: {left} of {len(adopted)} resumed sagas were left in flight; "
              "'saga resume' again finishes them")
-        sys.exit(128 + stopped.signum)
+        sys.exit(stopped.exit_code)
     summary = {"resumed": len(adopted), **counts}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -542,7 +472,6 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
     serve. In-flight sagas whose owner is gone are finished too (as `saga resume`). Prints
     `started <saga id>` per saga; exit 0 when stopped, 2 for a flow without a trigger.
     """
-    import signal
     import time
 
     from sagas.loader import load_flow
@@ -596,7 +525,7 @@ def _act_on(saga_id: str, store_url: str, as_json: bool, what: str) -> None:
                 result = runtime.wait(saga_id)
     except Stopped as stopped:
         _err(f"interrupted: saga {saga_id} was left in flight; 'saga resume' finishes it")
-        sys.exit(128 + stopped.signum)
+        sys.exit(stopped.exit_code)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -658,9 +587,9 @@ def send(event: str, key: str, event_id: str | None, data_json: str | None,
     if data_json is not None and data_file is not None:
         raise click.UsageError("give the event's data with one of --data or --data-file")
     if data_file is not None:
-        data = _parse_json(_read_text(data_file, "--data-file"), f"--data-file {data_file}")
+        data = parse_json(read_text(data_file, "--data-file"), f"--data-file {data_file}")
     else:
-        data = _parse_json(data_json, "--data") if data_json is not None else {}
+        data = parse_json(data_json, "--data") if data_json is not None else {}
     if not isinstance(data, dict):
         raise InputError(f"the event's data must be a JSON object, got {type(data).__name__}")
     store = _open_store(store_url)
@@ -756,12 +685,12 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     marked where they struck; exit 1. Nothing is written to the working directory.
     """
     from sagas.runtime import validate_input
+    from sagas.testing import make_services, private_hypothesis_home, test_flow
 
-    _private_hypothesis_home()
-    from sagas.testing import make_services, test_flow
+    private_hypothesis_home()
 
     loaded = load_flow(flow)
-    parsed = [_parse_json(text, "--input") for text in input_examples]
+    parsed = [parse_json(text, "--input") for text in input_examples]
     for example in parsed:
         validate_input(loaded, example)
     make_services(loaded)  # DefinitionUnavailable now, as one line, rather than per example
@@ -773,25 +702,6 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
         _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "
              f"points were tried within --examples {examples}")
     sys.exit(EXIT_OK if report.ok else EXIT_COMPENSATED)
-
-
-def _private_hypothesis_home() -> None:
-    """Hypothesis keeps caches (e.g. unicode tables) in ``.hypothesis/`` under the working
-    directory: point it at the user's cache directory instead."""
-    import os
-    from pathlib import Path
-
-    from hypothesis import configuration
-
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    home = Path(base) / "sagactor" / "hypothesis"
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        import tempfile
-
-        home = Path(tempfile.mkdtemp(prefix="sagactor-hypothesis-"))
-    configuration.set_hypothesis_home_dir(str(home))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the names below load on first use: `invariant` alone import
         run_batch,
         run_schedule,
     )
+    from ._home import private_hypothesis_home
     from ._invariants import Checked, InvariantViolation, check_batch, check_invariants
     from ._routes import Route, explore_routes
     from ._runner import FlowTestReport, fault_sweep, test_flow
@@ -47,7 +48,7 @@ _WHERE = {
     "Fault": "actors", "Faults": "actors", "VirtualClock": "actors",
     "load_flow": "sagas.loader",
     "EventLog": "._environment", "SagaTestEnvironment": "._environment",
-    "HandlerHung": "._guard",
+    "HandlerHung": "._guard", "private_hypothesis_home": "._home",
     "FAULTS": "._harness", "PERSISTENT_FAULTS": "._harness", "BatchRun": "._harness",
     "HarnessRun": "._harness", "Schedule": "._harness", "make_services": "._harness",
     "run_batch": "._harness", "run_schedule": "._harness",
@@ -102,6 +103,7 @@ __all__ = [
     "invariant",
     "load_flow",
     "make_services",
+    "private_hypothesis_home",
     "run_batch",
     "run_schedule",
     "single_faults",

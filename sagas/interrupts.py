@@ -1,0 +1,56 @@
+"""Stopping a process that drives sagas: the first Ctrl-C or SIGTERM stops it gracefully, a
+second one at once.
+
+Inside :func:`graceful_stop`, the first SIGINT or SIGTERM raises :class:`Stopped` in the main
+thread, so the code that drives sagas unwinds as usual: runtimes close (the decisions taken
+are committed, services and shards stopped) and the caller can say what it left in flight. A
+second signal exits at once (``128 + signal``): what is in flight stays in the store, and
+``saga resume`` finishes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["Stopped", "graceful_stop"]
+
+
+class Stopped(KeyboardInterrupt):
+    """The first Ctrl-C or SIGTERM; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Handle SIGINT and SIGTERM as the module's docstring says, while the block runs (in the
+    main thread only: elsewhere it changes nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            os.write(2, b"interrupted again: exiting now; 'saga resume' finishes what is left\n")
+            os._exit(128 + signum)
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
