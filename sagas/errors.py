@@ -13,6 +13,7 @@
     └── StoreError               anything a saga store cannot do
         ├── BadStoreUrl          an unknown scheme or malformed store URL (a usage error)
         ├── StoreUnavailable     the store cannot be used: damaged, locked, newer schema
+        │   └── StoreMissing     there is no store where one should be read (nothing is created)
         ├── UnknownSaga          no saga with that id
         └── SeqConflict          an append at a ``seq`` that is already taken
 
@@ -33,6 +34,7 @@ __all__ = [
     "SagactorError",
     "SeqConflict",
     "StoreError",
+    "StoreMissing",
     "StoreUnavailable",
     "UnknownSaga",
 ]
@@ -121,6 +123,17 @@ class StoreUnavailable(StoreError):
     """The store exists but cannot be used: damaged, locked, or of a newer schema."""
 
     exit_code = 5
+
+
+class StoreMissing(StoreUnavailable):
+    """No store exists where one was to be opened without creating it (``open_store(url,
+    create=False)``: the commands that only read or act on existing sagas)."""
+
+    exit_code = 5
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"no saga store at {path}")
 
 
 class UnknownSaga(StoreError):

@@ -14,6 +14,11 @@ URL                                store
 
 The SQLite forms follow SQLAlchemy's convention. The path is taken as written (no percent
 decoding), so it cannot contain ``?``.
+
+``open_store(url)`` creates a SQLite store that does not exist yet (its directories too, all
+private); ``open_store(url, create=False)`` opens only an existing one and raises
+:class:`~sagas.errors.StoreMissing` (``no saga store at PATH``, exit code 5) otherwise, having
+created nothing: what commands that only read or act on existing sagas use.
 """
 
 from __future__ import annotations
@@ -58,11 +63,14 @@ _SUPPORTED = (
 )
 
 
-def open_store(url: str) -> SagaStore:
-    """Open the store a URL names (see the module docstring for the forms).
+def open_store(url: str, *, create: bool = True) -> SagaStore:
+    """Open the store a URL names (see the module docstring for the forms), creating it if
+    it does not exist, or, with ``create=False``, only if it exists (``memory://`` is always
+    a new, empty store).
 
     Raises ``BadStoreUrl`` for an unknown scheme or a malformed URL (the message lists the
-    supported forms) and ``StoreUnavailable`` if the store exists but cannot be used.
+    supported forms), ``StoreMissing`` with ``create=False`` when there is no store (nothing
+    is created), and ``StoreUnavailable`` if the store exists but cannot be used.
     """
     if not isinstance(url, str):
         raise BadStoreUrl(f"a store URL must be a string, got {type(url).__name__}")
@@ -76,7 +84,7 @@ def open_store(url: str) -> SagaStore:
         return MemoryStore()
     if scheme == "sqlite":
         path, options = _sqlite_parts(url, rest)
-        return SqliteStore(path, **options)
+        return SqliteStore(path, **options, create=create)
     raise BadStoreUrl(f"unsupported store URL {url!r}: expected {_SUPPORTED}")
 
 

@@ -401,15 +401,20 @@ class SagaStore(Protocol):
 
     # -- ownership (DESIGN.md §5: a store shared by several processes) ------------------------
     def register_owner(self, owner: str) -> None:
-        """Declare ``owner`` (a runtime's id) alive for as long as this store object is open.
+        """Declare ``owner`` (a runtime's id) alive for as long as this store object is open
+        and its process lives.
 
         SQLite: an exclusive OS file lock on ``<db>.owners/<owner>.lock``, released by the OS
-        when the process dies, however it dies. Memory: alive until ``close()``.
+        when the process dies, however it dies, and a registration of the process (pid, start
+        time, boot) in the database, so that a deleted lock file takes nothing from a live
+        owner (see :mod:`sagas.stores.sqlite`). Memory: alive until ``close()``.
         """
         ...
 
     def owner_alive(self, owner: str) -> bool:
-        """Whether a runtime registered as ``owner`` is still alive (in any process)."""
+        """Whether a runtime registered as ``owner`` is still alive (in any process). Never
+        ``False`` for a live owner, whatever happened to files beside the store; ``True`` when
+        it cannot be known (a live owner's sagas are never adopted)."""
         ...
 
     def adopt(self, owner: str, saga_ids: Sequence[str] | None = None, *,

@@ -12,7 +12,7 @@ one read transaction, so its statements agree.
 ``synchronous=normal`` (the default) survives a crash of the process; ``synchronous=full`` also
 survives a power loss, at the cost of an fsync per commit.
 
-Schema (version 4)::
+Schema (version 5)::
 
     meta(key PRIMARY KEY, value)                      -- key 'schema_version'
     definitions(sha256 PRIMARY KEY, text)
@@ -28,12 +28,14 @@ Schema (version 4)::
                     data, sent_at, consumed_by, consumed_at)
                                                       -- indexed by type, key, consumed_by
     cursors(subscriber PRIMARY KEY, position)         -- the event bus's durable cursors
+    owners(owner PRIMARY KEY, pid, started, boot, pidns, registered_at)
+                                                      -- registered owners' processes
 
 ``input``, ``data`` and ``output`` hold compact JSON text. Their columns are declared ``TEXT``,
 not ``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the JSON text
 ``3`` into the integer 3. Version 2 added ``sagas.owner``, ``requests``, ``inbox`` and
-``tombstones``, version 3 ``external_events``, version 4 ``cursors``; an older file is
-migrated forward in place when opened (one transaction).
+``tombstones``, version 3 ``external_events``, version 4 ``cursors``, version 5 ``owners``;
+an older file is migrated forward in place when opened (one transaction).
 
 Positions (``events.position``) are given out by ``AUTOINCREMENT`` inside a write transaction,
 which holds SQLite's one write lock (``BEGIN IMMEDIATE``) until it commits, whatever process
@@ -41,12 +43,36 @@ writes: position ``p + 1`` cannot be allocated before the transaction holding ``
 committed or rolled back. So positions become visible to readers in order, never with a hole
 that fills later, and a log reader (the event bus) may advance past everything it has read.
 
-Ownership (several processes sharing one file): a runtime registers its owner id with
-:meth:`SqliteStore.register_owner`, which takes an exclusive ``flock`` on
-``<db file>.owners/<owner>.lock`` and holds it until :meth:`SqliteStore.close` or the death of
-the process, however it dies (the OS drops the lock). An owner is alive while its lock file is
-locked. The lock belongs to the open file, so a process that ``fork()`` s without ``exec``
-shares it with its child: the owner then lives until both are gone.
+Ownership (several processes sharing one file) must never hand a live owner's sagas to
+another runtime, and must notice a dead owner however it died. Two records say an owner lives,
+and neither alone is trusted when it says "dead":
+
+- *A lock*: :meth:`SqliteStore.register_owner` takes an exclusive ``flock`` on
+  ``<db file>.owners/<owner>.lock`` and holds it until :meth:`SqliteStore.close` or the death
+  of the process, however it dies (the OS drops the lock). A lock file that is there and
+  locked is a live owner; one that is there and unlocked is a stale one (removed when seen).
+- *A registration*: in the same call, a row of ``owners`` records the owner's process: its
+  pid, its start time (``/proc/<pid>/stat``), the boot id and the pid namespace
+  (:mod:`sagas.stores._process`). ``close()`` deletes it; a crash leaves it behind.
+
+An owner is alive if its lock file is locked, or else if it has a registration whose process
+still runs (same pid, same start time: a reused pid is another process). A process that exited
+(a zombie included), or that ran before the last boot, is gone. Deleting ``<db>.owners/`` or a
+lock file therefore takes nothing from a live owner: its registration keeps it alive. Where the
+process cannot be seen (another pid namespace, no ``/proc``) the lock file decides: unlocked,
+the owner is gone; missing, it is taken as alive (never adopted when unsure). A registration
+whose process is gone is deleted by the next ``adopt`` that finds it, or the next
+``register_owner``. Registering an id whose owner is alive (its lock held, or its lock file
+deleted but its process running) fails. The lock belongs to the open file, so a process that
+``fork()`` s without ``exec`` shares it with its child: the owner lives until both are gone.
+
+Files: everything the store creates is private (:mod:`sagas.stores._files`): directories
+``0700``, the database file ``0600`` (created empty before SQLite opens it; SQLite then gives
+its ``-wal``, ``-shm`` and ``-journal`` files the database file's mode), lock files ``0600``;
+a stricter umask is respected, and existing files and directories keep their modes. Opened
+with ``create=False`` (the commands that only read or act on existing sagas), a missing store
+raises :class:`~sagas.errors.StoreMissing` and nothing is created: no directory, no file.
+SQLite itself never creates the file (it is opened with ``mode=rw``).
 
 Every sqlite3 error is translated here: a file that cannot be used (not a database, damaged,
 truncated, another application's database, a newer schema, locked beyond the busy timeout)
@@ -58,6 +84,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import enum
 import fcntl
 import json
 import logging
@@ -69,9 +96,10 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from actors import StoredReply
-from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.errors import BadStoreUrl, SeqConflict, StoreMissing, StoreUnavailable, UnknownSaga
 from sagas.stores._base import (
     TERMINAL,
     Append,
@@ -93,12 +121,14 @@ from sagas.stores._common import check_owner as _check_owner
 from sagas.stores._common import decode as _decode
 from sagas.stores._common import encode as _encode
 from sagas.stores._common import request_json as _request_json
+from sagas.stores._files import PRIVATE_FILE, create_private_file, make_private_dirs
+from sagas.stores._process import ProcessIdentity, process_alive, this_process
 
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "SqliteInbox", "SqliteStore"]
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version this code writes and reads (older ones are migrated forward on open)."""
 
 SYNCHRONOUS = ("normal", "full")
@@ -111,6 +141,7 @@ _TABLES = {  # the tables of each schema version
 }
 _TABLES[3] = _TABLES[2] | {"external_events"}
 _TABLES[4] = _TABLES[3] | {"cursors"}
+_TABLES[5] = _TABLES[4] | {"owners"}
 
 _OWNER_GRACE = 0.2
 """Seconds ``register_owner`` retries a lock file held by someone checking whether a dead
@@ -205,7 +236,18 @@ _V4_TABLES = (
     ) WITHOUT ROWID""",
 )
 
-_SCHEMA += _V2_TABLES + _V3_TABLES + _V4_TABLES
+_V5_TABLES = (
+    """CREATE TABLE owners (
+        owner TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        started INTEGER,
+        boot TEXT,
+        pidns TEXT,
+        registered_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_SCHEMA += _V2_TABLES + _V3_TABLES + _V4_TABLES + _V5_TABLES
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # from version n to n + 1
@@ -216,6 +258,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     2: _V3_TABLES,
     3: _V4_TABLES,
+    4: _V5_TABLES,
 }
 
 _HEADER_COLUMNS = (
@@ -269,6 +312,13 @@ _SELECT_UNFINISHED = "SELECT saga_id, owner, started_at FROM sagas WHERE status 
     ", ".join("?" * len(TERMINAL))
 )
 _SET_OWNER = "UPDATE sagas SET owner = ? WHERE saga_id = ?"
+_SELECT_REGISTRATIONS = "SELECT owner, pid, started, boot, pidns FROM owners"
+_SELECT_REGISTRATION = f"{_SELECT_REGISTRATIONS} WHERE owner = ?"
+_REGISTER = (
+    "INSERT OR REPLACE INTO owners (owner, pid, started, boot, pidns, registered_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UNREGISTER = "DELETE FROM owners WHERE owner = ?"
 _IDS_PER_QUERY = 500  # below SQLite's oldest limit on bound parameters (999)
 _READ_CACHE_KIB = 16384
 """The page cache of a read connection, at most (SQLite's default is 2 MiB): a ``load_many``
@@ -483,6 +533,30 @@ def _same_file(fd: int, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
+class _Lock(enum.Enum):
+    """What an owner's lock file says of it."""
+
+    HELD = "held"  # there and locked: the owner is alive
+    FREE = "free"  # there, unlocked (now removed): nobody holds it
+    MISSING = "missing"  # not there (never made, removed on close, or deleted by someone)
+
+
+def _registration(row: Sequence[Any]) -> ProcessIdentity | None:
+    """The process an ``owners`` row (``pid, started, boot, pidns``) records; ``None`` if the
+    row is not one this store writes (written by hand: it proves nothing)."""
+    pid, started, boot, pidns = row
+    if not (isinstance(pid, int) and pid > 0 and isinstance(started, (int, type(None)))
+            and isinstance(boot, (str, type(None))) and isinstance(pidns, (str, type(None)))):
+        return None
+    return ProcessIdentity(pid, started, boot, pidns)
+
+
+def _database_uri(path: Path) -> str:
+    """The ``file:`` URI that opens the existing database at ``path`` and never creates one
+    (``mode=rw``), whatever the working directory is later."""
+    return f"file:{quote(os.path.abspath(path))}?mode=rw"
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     """End the open transaction, if any, without writing it (a no-op after COMMIT)."""
     if db.in_transaction:
@@ -493,11 +567,13 @@ def _rollback(db: sqlite3.Connection) -> None:
 class SqliteStore:
     """A :class:`~sagas.stores.SagaStore` in one SQLite file.
 
-    Opening creates the parent directory and, for a new or empty file, the schema; an existing
-    file must be a sagactor store of a schema this code supports, else ``StoreUnavailable``
-    (the file is left untouched), except that an older schema is migrated forward.
-    ``busy_timeout`` (seconds) is how long an operation waits for another connection's lock
-    before giving up with ``StoreUnavailable``.
+    Opening creates the missing directories and file (private: see the module docstring) and,
+    for a new or empty file, the schema; with ``create=False`` it creates nothing and raises
+    ``StoreMissing`` when there is no store (no file, or an empty one). An existing file must
+    be a sagactor store of a schema this code supports, else ``StoreUnavailable`` (the file is
+    left untouched), except that an older schema is migrated forward. ``busy_timeout``
+    (seconds) is how long an operation waits for another connection's lock before giving up
+    with ``StoreUnavailable``.
     """
 
     def __init__(
@@ -506,6 +582,7 @@ class SqliteStore:
         synchronous: str = "normal",
         *,
         busy_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         if not isinstance(synchronous, str) or synchronous.lower() not in SYNCHRONOUS:
             raise BadStoreUrl(
@@ -516,6 +593,7 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         query = "" if self.synchronous == "normal" else f"?synchronous={self.synchronous}"
         self.url = f"sqlite:///{os.path.abspath(self.path)}{query}"
+        self._uri = _database_uri(self.path)
         self._owners_dir = self.path.with_name(self.path.name + ".owners")
         self._lock = threading.Lock()  # the write connection's
         self._owner_fds: dict[str, int] = {}  # owners registered here -> their locked file
@@ -528,7 +606,7 @@ class SqliteStore:
         self._readers: builtins.set[weakref.finalize] = set()
         self._reading = 0
         self._reads_closed = False
-        self._db: sqlite3.Connection | None = self._open()
+        self._db: sqlite3.Connection | None = self._open(create)
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.url!r})"
@@ -541,17 +619,14 @@ class SqliteStore:
 
     # -- opening ------------------------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreUnavailable(
-                f"saga store {self.path}: cannot create its directory ({err.strerror})"
-            ) from err
-        self._check_file()
+    def _open(self, create: bool) -> sqlite3.Connection:
+        if create:
+            self._create_file()
+        if not self._check_file():
+            raise StoreMissing(os.fspath(self.path))
         db = self._connect()
         try:
-            self._prepare(db)
+            self._prepare(db, create)
         except sqlite3.Error as err:
             db.close()
             raise self._translate(err) from err
@@ -560,11 +635,29 @@ class SqliteStore:
             raise
         return db
 
+    def _create_file(self) -> None:
+        """Create the missing directories and an empty database file, private (SQLite gives
+        its ``-wal`` and ``-shm`` files the database file's mode); existing ones are kept."""
+        try:
+            make_private_dirs(self.path.parent)
+        except OSError as err:
+            raise StoreUnavailable(
+                f"saga store {self.path}: cannot create its directory ({err.strerror})"
+            ) from err
+        try:
+            create_private_file(Path(os.path.realpath(self.path)))  # a link's target, if one
+        except OSError as err:
+            raise StoreUnavailable(
+                f"saga store {self.path} cannot be created ({err.strerror})"
+            ) from err
+
     def _connect(self) -> sqlite3.Connection:
-        """A new connection to the file, in autocommit mode (we issue BEGIN / COMMIT)."""
+        """A new connection to the existing file, in autocommit mode (we issue BEGIN /
+        COMMIT); SQLite never creates the file (``mode=rw``)."""
         try:
             return sqlite3.connect(
-                os.fspath(self.path),
+                self._uri,
+                uri=True,
                 timeout=self.busy_timeout,  # SQLite's busy timeout: waits for other writers
                 isolation_level=None,
                 # the write connection is shared by threads (under self._lock); a read
@@ -575,13 +668,14 @@ class SqliteStore:
         except sqlite3.Error as err:
             raise self._translate(err) from err
 
-    def _check_file(self) -> None:
-        """Refuse, without opening it with SQLite, a path that is not a SQLite file."""
+    def _check_file(self) -> bool:
+        """Whether there is a file; refuse, without opening it with SQLite, one that is not
+        empty and not a SQLite file."""
         try:
             with open(self.path, "rb") as file:
                 head = file.read(len(_MAGIC))
         except FileNotFoundError:
-            return
+            return False
         except IsADirectoryError as err:
             raise StoreUnavailable(f"saga store {self.path} is a directory, not a file") from err
         except OSError as err:
@@ -590,10 +684,13 @@ class SqliteStore:
             ) from err
         if head and head != _MAGIC:
             raise StoreUnavailable(f"saga store {self.path} is not a SQLite database")
+        return True
 
-    def _prepare(self, db: sqlite3.Connection) -> None:
+    def _prepare(self, db: sqlite3.Connection, create: bool) -> None:
         tables = self._tables(db)
         if not tables:
+            if not create:
+                raise StoreMissing(os.fspath(self.path))
             self._create_schema(db)
             tables = self._tables(db)
         version = self._schema_version(db, tables)
@@ -1133,7 +1230,8 @@ class SqliteStore:
 
     def register_owner(self, owner: str) -> None:
         """Declare ``owner`` alive, in every process, until this store object is closed or its
-        process dies: an exclusive ``flock`` on ``<db file>.owners/<owner>.lock``.
+        process dies: an exclusive ``flock`` on ``<db file>.owners/<owner>.lock``, and a
+        registration of this process in ``owners`` (see the module docstring).
 
         Registering an owner twice on one store object is fine. Raises ``ValueError`` for an
         id that is not ``[A-Za-z0-9_.-]{1,128}`` and ``StoreUnavailable`` if the owner is
@@ -1142,18 +1240,25 @@ class SqliteStore:
         """
         _check_owner(owner)
         with self._lock:
-            self._connection()
-            if owner not in self._owner_fds:
-                self._owner_fds[owner] = self._lock_owner(owner)
+            db = self._connection()
+            if owner in self._owner_fds:
+                return
+            fd = self._lock_owner(owner)
+            try:
+                self._register(db, owner)
+            except BaseException:
+                self._unlock_owner(owner, fd)
+                raise
+            self._owner_fds[owner] = fd
 
     def _lock_owner(self, owner: str) -> int:
         """Create and lock the owner's lock file; its descriptor, held until ``close()``."""
-        path = self._owners_dir / f"{owner}.lock"
+        path = self._lock_path(owner)
         deadline = time.monotonic() + _OWNER_GRACE
         try:
-            self._owners_dir.mkdir(exist_ok=True)
+            make_private_dirs(self._owners_dir)
             while True:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     if _same_file(fd, path):
@@ -1161,10 +1266,7 @@ class SqliteStore:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         os.close(fd)
-                        raise StoreUnavailable(
-                            f"saga store {self.path}: owner {owner!r} is already registered by "
-                            "a live runtime"
-                        ) from None
+                        raise self._registered_elsewhere(owner) from None
                     time.sleep(0.001)
                 except BaseException:
                     os.close(fd)
@@ -1176,9 +1278,67 @@ class SqliteStore:
                 f"saga store {self.path}: cannot lock owner file {path} ({err.strerror})"
             ) from err
 
+    def _register(self, db: sqlite3.Connection, owner: str) -> None:
+        """Record this process as ``owner``'s, unless a live process holds the id already
+        (its lock file was deleted), and forget the registrations of processes that are gone."""
+        me = this_process()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                gone = []
+                for other, *row in db.execute(_SELECT_REGISTRATIONS).fetchall():
+                    process = _registration(row)
+                    running = None if process is None else process_alive(process)
+                    if other == owner and running:
+                        raise self._registered_elsewhere(owner)
+                    if running is False:
+                        gone.append((other,))
+                db.executemany(_UNREGISTER, gone)
+                db.execute(_REGISTER, (owner, *me, time.time()))
+                db.execute("COMMIT")
+            finally:
+                _rollback(db)
+        except sqlite3.Error as err:
+            raise self._translate(err) from err
+
+    def _registered_elsewhere(self, owner: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"saga store {self.path}: owner {owner!r} is already registered by a live runtime"
+        )
+
+    def _unlock_owner(self, owner: str, fd: int) -> None:
+        """Remove the owner's lock file if it is still the one ``fd`` holds (removed while
+        locked: registrants re-check), then let the lock go."""
+        path = self._lock_path(owner)
+        try:
+            if _same_file(fd, path):
+                os.unlink(path)
+        except OSError as err:
+            _log.warning("saga store %s: cannot remove %s (%s)", self.path, path, err)
+        finally:
+            os.close(fd)
+
+    def _unregister(self, db: sqlite3.Connection, owners: builtins.list[str]) -> None:
+        """Delete the registrations of ``owners`` (on close). If that fails they stay, and the
+        owners count as alive while this process runs: logged, not raised."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(_UNREGISTER, [(owner,) for owner in owners])
+                db.execute("COMMIT")
+            finally:
+                _rollback(db)
+        except sqlite3.Error as err:
+            _log.warning("saga store %s: cannot unregister owners %s (%s)", self.path,
+                         ", ".join(owners), err)
+
+    def _lock_path(self, owner: str) -> Path:
+        return self._owners_dir / f"{owner}.lock"
+
     def owner_alive(self, owner: str) -> bool:
         """Whether a runtime registered as ``owner`` (in any process, this one included) is
-        alive: its lock file exists and is locked.
+        alive: its lock file is locked, or its registered process still runs (see the module
+        docstring).
 
         A dead owner's stale lock file is removed. A check racing with another check of the
         same dead owner may see it alive, never the reverse. Raises ``ValueError`` for an
@@ -1186,25 +1346,42 @@ class SqliteStore:
         """
         _check_owner(owner)
         self._connection()
-        return self._alive(owner)
+        rows = self._fetch(_SELECT_REGISTRATION, (owner,))
+        return self._alive(owner, _registration(rows[0][1:]) if rows else None)
 
-    def _alive(self, owner: str) -> bool:
-        path = self._owners_dir / f"{owner}.lock"
+    def _alive(self, owner: str, registered: ProcessIdentity | None) -> bool:
+        """Whether ``owner``, whose registration (if any) names the process ``registered``,
+        is alive: its lock says so, or else its process does; when neither can tell, it is
+        alive unless its lock file is there, unlocked."""
+        lock = self._probe_lock(owner)
+        if lock is _Lock.HELD:
+            return True
+        if registered is None:
+            return False
+        running = process_alive(registered)
+        if running is not None:
+            return running
+        return lock is _Lock.MISSING
+
+    def _probe_lock(self, owner: str) -> _Lock:
+        """What ``owner``'s lock file says; a file found unlocked is removed (under the lock
+        taken to see it unlocked, so a registrant that opened it re-checks)."""
+        path = self._lock_path(owner)
         try:
             while True:
                 try:
-                    fd = os.open(path, os.O_RDONLY)
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
-                    return False
+                    return _Lock.MISSING
                 try:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
-                        return True
-                    if _same_file(fd, path):  # unlink under the lock: registrants re-check
+                        return _Lock.HELD
+                    if _same_file(fd, path):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(path)
-                        return False
+                        return _Lock.FREE
                     # replaced since we opened it (by a registrant): look at the new file
                 finally:
                     os.close(fd)
@@ -1219,9 +1396,10 @@ class SqliteStore:
         that has no owner or a dead one; returns their ids, oldest first.
 
         One ``BEGIN IMMEDIATE`` transaction: the owners are checked and the sagas taken under
-        SQLite's write lock, so of concurrent adopters (any process) one takes each saga.
-        ``owner`` itself counts as alive (its sagas are not returned); ids in ``saga_ids``
-        that do not exist, or are terminal, are ignored. ``ValueError`` for an invalid id.
+        SQLite's write lock, so of concurrent adopters (any process) one takes each saga; the
+        registrations of the dead owners found are deleted in it. ``owner`` itself counts as
+        alive (its sagas are not returned); ids in ``saga_ids`` that do not exist, or are
+        terminal, are ignored. ``ValueError`` for an invalid id.
         """
         _check_owner(owner)
         wanted = None if saga_ids is None else _ids(saga_ids)
@@ -1232,9 +1410,10 @@ class SqliteStore:
                 try:
                     rows = self._unfinished(db, wanted, include_failed)
                     owners = {o for _, o, _ in rows if o is not None and o != owner}
-                    dead = {o for o in owners if not _OWNER_ID.fullmatch(o) or not self._alive(o)}
+                    dead = self._dead(db, owners)
                     adopted = [row for row in rows if row[1] is None or row[1] in dead]
                     db.executemany(_SET_OWNER, [(owner, saga_id) for saga_id, _, _ in adopted])
+                    db.executemany(_UNREGISTER, [(o,) for o in dead])
                     db.execute("COMMIT")
                 finally:
                     _rollback(db)
@@ -1242,6 +1421,15 @@ class SqliteStore:
                 raise self._translate(err) from err
         adopted.sort(key=lambda row: (row[2], row[0]))
         return [saga_id for saga_id, _, _ in adopted]
+
+    def _dead(self, db: sqlite3.Connection, owners: builtins.set[str]) -> builtins.set[str]:
+        """Which of ``owners`` are dead, their registrations read in the open transaction (an
+        id that is not a valid owner id, written by hand, is nobody's: dead)."""
+        if not owners:
+            return set()
+        registered = {o: _registration(row) for o, *row in db.execute(_SELECT_REGISTRATIONS)}
+        return {o for o in owners
+                if not _OWNER_ID.fullmatch(o) or not self._alive(o, registered.get(o))}
 
     @staticmethod
     def _unfinished(
@@ -1402,9 +1590,9 @@ class SqliteStore:
         return self._inbox
 
     def close(self) -> None:
-        """Release the owners registered here (their lock files are removed) and close the
-        connections, once the reads under way are done; further use raises
-        ``StoreUnavailable``. Closing twice is fine."""
+        """Release the owners registered here (their registrations are deleted, then their
+        lock files removed) and close the connections, once the reads under way are done;
+        further use raises ``StoreUnavailable``. Closing twice is fine."""
         with self._readers_lock:
             self._reads_closed = True
             while self._reading:
@@ -1415,15 +1603,10 @@ class SqliteStore:
         with self._lock:
             db, self._db = self._db, None
             owner_fds, self._owner_fds = self._owner_fds, {}
+        if db is not None and owner_fds:
+            self._unregister(db, builtins.list(owner_fds))
         for owner, fd in owner_fds.items():
-            path = self._owners_dir / f"{owner}.lock"
-            try:
-                if _same_file(fd, path):  # unlink while still locked: registrants re-check
-                    os.unlink(path)
-            except OSError as err:
-                _log.warning("saga store %s: cannot remove %s (%s)", self.path, path, err)
-            finally:
-                os.close(fd)
+            self._unlock_owner(owner, fd)
         if db is not None:
             try:
                 db.close()

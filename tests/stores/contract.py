@@ -321,6 +321,11 @@ class StoreContract:
         """A new, empty store (files, if any, under ``tmp_path``)."""
         raise NotImplementedError
 
+    def lose_owner_files(self, store: SagaStore, owner: str | None) -> None:
+        """Delete what ``store`` keeps of its owners beside its data, as someone tidying up by
+        hand might: every owner's files (``owner=None``) or one owner's. A store that keeps
+        no such files does nothing."""
+
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SagaStore]:
         store = self.make_store(tmp_path)
@@ -976,6 +981,28 @@ class StoreContract:
         assert store.adopt("me", ("b",)) == ["b"]
         with pytest.raises(TypeError):
             store.adopt("me", "b")  # one id is not a list of ids
+
+    @pytest.mark.parametrize("lost", ["every owner's files", "the owner's files"])
+    def test_a_live_owner_keeps_its_sagas_when_its_files_are_deleted(
+        self, store: SagaStore, lost: str
+    ) -> None:
+        store.register_owner("live")
+        store.register_owner("other")
+        store.create(new_saga("busy", started_at=1.0, owner="live"))
+        store.create(new_saga("orphan", started_at=2.0, owner="dead"))
+        store.create(new_saga("theirs", started_at=3.0, owner="other"))
+        self.lose_owner_files(store, None if lost == "every owner's files" else "live")
+        assert store.owner_alive("live") is True
+        assert store.owner_alive("other") is True
+        assert store.adopt("me") == ["orphan"]
+        assert store.adopt("me", ["busy", "theirs"], include_failed=True) == []
+        assert {h.saga_id: h.owner for h in store.list()} == {
+            "busy": "live",
+            "orphan": "me",
+            "theirs": "other",
+        }
+        store.register_owner("live")  # still registered here: twice is fine
+        assert store.owner_alive("live") is True
 
     def test_an_owner_may_adopt_without_registering(self, store: SagaStore) -> None:
         store.create(new_saga("orphan", owner="gone"))

@@ -6,10 +6,13 @@ import gc
 import os
 import random
 import select
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +22,9 @@ import pytest
 import sagas.stores
 from actors import Command, Service, StoredReply, handles
 from actors._dispatch import Dispatcher
-from sagas.errors import BadStoreUrl, SeqConflict, StoreUnavailable, UnknownSaga
-from sagas.stores import Append, MemoryStore, NewSaga, SqliteStore, open_store
+from sagas.errors import BadStoreUrl, SeqConflict, StoreMissing, StoreUnavailable, UnknownSaga
+from sagas.stores import Append, MemoryStore, NewSaga, SagaStore, SqliteStore, open_store
+from sagas.stores._process import ProcessIdentity, this_process
 from sagas.stores.sqlite import (
     _SELECT_CLAIMED,
     _SELECT_REQUESTS_OF_OWNER,
@@ -52,6 +56,13 @@ ROOT = Path(__file__).resolve().parents[2]
 class TestSqliteStore(StoreContract):
     def make_store(self, tmp_path: Path) -> SqliteStore:
         return SqliteStore(tmp_path / "sagas.db")
+
+    def lose_owner_files(self, store: SagaStore, owner: str | None) -> None:
+        assert isinstance(store, SqliteStore)
+        if owner is None:
+            shutil.rmtree(owners_dir(store.path))
+        else:
+            _lock_file(store.path, owner).unlink()
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -129,14 +140,14 @@ def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None
 # -- schema and settings --------------------------------------------------------------------------
 
 
-def test_schema_is_version_4_in_wal_mode(tmp_path: Path) -> None:
+def test_schema_is_version_5_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     SqliteStore(path).close()
     db = raw(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "4",
+            "5",
         )
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {
@@ -149,6 +160,7 @@ def test_schema_is_version_4_in_wal_mode(tmp_path: Path) -> None:
             "tombstones",
             "external_events",
             "cursors",
+            "owners",
         } <= tables
         indexed = {
             r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index'") if r[0]
@@ -382,6 +394,34 @@ def _v3_store(path: Path, *, drop: str | None = None, extra: str | None = None) 
     db.close()
 
 
+V4_SCHEMA = (  # the schema of version 4, as sagactor wrote it before owners' registrations
+    *V3_SCHEMA[:-1],
+    """CREATE TABLE cursors (
+        subscriber TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO meta (key, value) VALUES ('schema_version', '4')",
+)
+
+
+def _v4_store(path: Path, *, drop: str | None = None, extra: str | None = None) -> None:
+    """A version-4 store: the version-2 one (see :func:`_v2_store`) with a cursor ('mailer'
+    at 2), closed."""
+    db = raw(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    for statement in V4_SCHEMA:
+        db.execute(statement)
+    db.close()
+    _v2_rows(path)
+    db = raw(path)
+    db.execute("INSERT INTO cursors VALUES ('mailer', 2)")
+    if drop:
+        db.execute(f"DROP TABLE {drop}")
+    if extra:
+        db.execute(extra)
+    db.close()
+
+
 def _text(path: Path) -> None:
     path.write_text("order-1,reserve,ok\nthis is not a database\n")
 
@@ -446,7 +486,7 @@ DAMAGED = {
     "another application's meta table": (_other_meta_table, "not a sagactor store"),
     "newer schema": (
         _schema_version("99"),
-        "schema version 99 is newer than this sagactor supports (4)",
+        "schema version 99 is newer than this sagactor supports (5)",
     ),
     "older schema": (_schema_version("0"), "unknown schema version 0"),
     "unreadable schema version": (_schema_version("one"), "schema version"),
@@ -475,6 +515,14 @@ DAMAGED = {
         lambda path: _v3_store(path, extra="CREATE TABLE cursors (x)"),
         "table cursors already exists",
     ),
+    "version 4 with a table missing": (
+        lambda path: _v4_store(path, drop="cursors"),
+        "cursors missing",
+    ),
+    "version 4 that cannot be migrated": (
+        lambda path: _v4_store(path, extra="CREATE TABLE owners (x)"),
+        "table owners already exists",
+    ),
 }
 
 
@@ -486,9 +534,14 @@ def test_a_file_that_is_not_a_usable_store_is_unavailable_and_left_alone(
     path = tmp_path / "damaged.db"
     make(path)
     before = path.read_bytes()
-    for opener in (lambda: SqliteStore(path), lambda: open_store(f"sqlite:///{path}")):
+    for opener in (
+        lambda: SqliteStore(path),
+        lambda: open_store(f"sqlite:///{path}"),
+        lambda: open_store(f"sqlite:///{path}", create=False),
+    ):
         with pytest.raises(StoreUnavailable) as caught:
             opener()
+        assert not isinstance(caught.value, StoreMissing)
         text = str(caught.value)
         assert str(path) in text and message in text
         assert "\n" not in text
@@ -1061,7 +1114,7 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-2 store
+    with SqliteStore(path) as store:  # and it opens again as a version-5 store
         assert store.header("old").owner == "me" and store.header("done").owner is None
         assert store.inbox.get("old:reserve") == StoredReply("succeeded", {"id": 1}, None)
 
@@ -1070,7 +1123,7 @@ def test_a_version_2_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     path = tmp_path / "v2.db"
     _v2_store(path)
     with SqliteStore(path) as store:
-        assert _schema(path)["version"] == ("4",)
+        assert _schema(path)["version"] == ("5",)
         record = store.load("old")
         assert record.header.owner == "gone" and record.header.status == "running"
         assert record.header.input == {"order": "old"} and record.header.last_seq == 2
@@ -1095,7 +1148,7 @@ def test_a_version_2_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-4 store
+    with SqliteStore(path) as store:  # and it opens again as a version-5 store
         (event,) = store.events_after()
         assert (event.event_id, event.consumed_by, event.consumed_at) == ("pay-1", "old", 6.0)
         assert store.send_event("Paid", "o-1", event_id="pay-1", sent_at=7.0) == (event, False)
@@ -1106,7 +1159,7 @@ def test_a_version_3_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     path = tmp_path / "v3.db"
     _v3_store(path)
     with SqliteStore(path) as store:
-        assert _schema(path)["version"] == ("4",)
+        assert _schema(path)["version"] == ("5",)
         assert store.header("old").owner == "gone" and store.header("done").status == "completed"
         log = store.read_log()
         assert [(e.saga_id, e.flow, e.event.event_id) for e in log] == [
@@ -1123,16 +1176,32 @@ def test_a_version_3_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-4 store
+    with SqliteStore(path) as store:  # and it opens again as a version-5 store
         assert store.cursor("mailer") == 2
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+def test_a_version_4_store_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    _v4_store(path)
+    with SqliteStore(path) as store:
+        assert _schema(path)["version"] == ("5",)
+        assert store.header("old").owner == "gone" and store.cursor("mailer") == 2
+        assert store.owner_alive("gone") is False
+        store.register_owner("me")
+        assert store.adopt("me") == ["old"]
+    fresh = tmp_path / "fresh.db"
+    SqliteStore(fresh).close()
+    assert _schema(path) == _schema(fresh)
+    with SqliteStore(path) as store:  # and it opens again as a version-5 store
+        assert store.header("old").owner == "me"
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
     tmp_path: Path, version: int
 ) -> None:
     path = tmp_path / f"v{version}.db"
-    {1: _v1_store, 2: _v2_store, 3: _v3_store}[version](path)
+    {1: _v1_store, 2: _v2_store, 3: _v3_store, 4: _v4_store}[version](path)
     stores = run_pair(lambda: SqliteStore(path), lambda: SqliteStore(path))
     try:
         assert all(isinstance(s, SqliteStore) for s in stores), stores
@@ -1141,14 +1210,18 @@ def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
         for store in stores:
             if isinstance(store, SqliteStore):
                 store.close()
-    assert _schema(path)["version"] == ("4",)
+    assert _schema(path)["version"] == ("5",)
 
 
 # -- ownership across store objects and processes -------------------------------------------------
 
 
+def owners_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".owners")
+
+
 def _lock_file(path: Path, owner: str) -> Path:
-    return path.with_name(path.name + ".owners") / f"{owner}.lock"
+    return owners_dir(path) / f"{owner}.lock"
 
 
 def test_a_registered_owner_holds_a_lock_file_until_close(tmp_path: Path) -> None:
@@ -1305,6 +1378,186 @@ def test_an_owner_that_closes_its_store_is_dead(tmp_path: Path) -> None:
         assert store.owner_alive("child") is False
         store.register_owner("child")  # free again
         assert store.owner_alive("child") is True
+
+
+def _lose(path: Path, lost: str, owner: str) -> None:
+    """Delete the owners directory, or only ``owner``'s lock file, behind the store's back."""
+    if lost == "the owners directory":
+        shutil.rmtree(owners_dir(path))
+    else:
+        _lock_file(path, owner).unlink()
+
+
+LOST = ["the owners directory", "its lock file"]
+
+
+@pytest.mark.parametrize("lost", LOST)
+def test_an_owner_in_another_process_keeps_its_sagas_when_its_lock_files_are_deleted(
+    tmp_path: Path, lost: str
+) -> None:
+    # issue 13: `saga resume` after `rm -r <db>.owners` took the sagas of a running batch
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        store.create(new_saga("theirs", started_at=1.0, owner="child"))
+        store.create(new_saga("orphan", started_at=2.0, owner="crashed"))
+        with owner_process(path, "child") as proc:
+            _lose(path, lost, "child")
+            with SqliteStore(path) as resumer:
+                resumer.register_owner("resume")
+                assert resumer.owner_alive("child") is True
+                assert resumer.adopt("resume") == ["orphan"]
+                assert resumer.adopt("resume", ["theirs"], include_failed=True) == []
+                with pytest.raises(StoreUnavailable, match="already registered"):
+                    resumer.register_owner("child")
+                assert not _lock_file(path, "child").exists()  # the refused one's, removed
+            assert store.header("theirs").owner == "child"
+            proc.kill()  # SIGKILL: really dead now, and no lock file says anything
+            proc.wait(timeout=JOIN_TIMEOUT)
+            assert store.owner_alive("child") is False
+            store.register_owner("me")
+            assert store.adopt("me", ["theirs"]) == ["theirs"]
+
+
+@pytest.mark.parametrize("lost", LOST)
+def test_an_owner_that_closes_its_store_after_its_lock_file_was_deleted_is_dead(
+    tmp_path: Path, lost: str
+) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store, owner_process(path, "child") as proc:
+        assert proc.stdin is not None
+        store.create(new_saga("theirs", owner="child"))
+        _lose(path, lost, "child")
+        assert store.owner_alive("child") is True
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        assert _read_line(proc) == "closed"
+        assert proc.poll() is None  # its process runs on: its registration is what ended
+        assert store.owner_alive("child") is False
+        assert store.adopt("me") == ["theirs"]
+
+
+def _zombie(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` and wait until it is a zombie (exited, not reaped)."""
+    proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the owner process did not exit"
+        time.sleep(0.01)
+
+
+def test_an_owner_whose_process_exited_but_is_not_reaped_is_dead(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store, owner_process(path, "child") as proc:
+        store.create(new_saga("theirs", owner="child"))
+        shutil.rmtree(owners_dir(path))
+        _zombie(proc)
+        assert store.owner_alive("child") is False
+        assert store.adopt("me") == ["theirs"]
+
+
+def _registrations(path: Path) -> dict[str, tuple[object, ...]]:
+    db = raw(path)
+    try:
+        rows = db.execute("SELECT owner, pid, started, boot, pidns FROM owners").fetchall()
+    finally:
+        db.close()
+    return {owner: tuple(rest) for owner, *rest in rows}
+
+
+def _register_by_hand(
+    path: Path, owner: str, process: ProcessIdentity | tuple[object, ...]
+) -> None:
+    """A registration as a runtime that did not close its store leaves it."""
+    db = raw(path)
+    db.execute("INSERT INTO owners VALUES (?, ?, ?, ?, ?, 0.0)", (owner, *process))
+    db.close()
+
+
+def test_a_registration_records_the_process_and_close_deletes_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        store.register_owner("rt-1")
+        assert _registrations(path) == {"rt-1": tuple(this_process())}
+        assert this_process().pid == os.getpid() and this_process().started is not None
+    assert _registrations(path) == {}
+
+
+def _gone(process: ProcessIdentity) -> dict[str, ProcessIdentity]:
+    """Registrations of processes that are not running, each in its own way."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait(timeout=JOIN_TIMEOUT)
+    assert process.started is not None
+    return {
+        "ended": process._replace(pid=ended.pid),
+        "pid-reused": process._replace(started=process.started + 1),
+        "before-boot": process._replace(boot="an-earlier-boot"),
+    }
+
+
+def test_registrations_of_processes_that_are_gone_are_dead_and_forgotten(tmp_path: Path) -> None:
+    # a crashed runtime leaves its registration; its lock file may be gone too
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        gone = _gone(this_process())
+        for n, (owner, process) in enumerate(gone.items()):
+            _register_by_hand(path, owner, process)
+            store.create(new_saga(f"s-{owner}", started_at=float(n), owner=owner))
+        for owner in gone:
+            assert store.owner_alive(owner) is False, owner
+        assert store.adopt("me", ["s-ended"]) == ["s-ended"]
+        assert set(_registrations(path)) == {"pid-reused", "before-boot"}
+        store.register_owner("me")  # forgets the registrations of processes that are gone
+        assert set(_registrations(path)) == {"me"}
+        assert store.adopt("me") == ["s-pid-reused", "s-before-boot"]
+
+
+def test_an_owner_whose_process_cannot_be_seen_is_dead_only_if_its_lock_file_is_free(
+    tmp_path: Path,
+) -> None:
+    # another pid namespace (a container sharing the store's directory): its pids mean
+    # nothing here, so the lock file decides; if it was deleted, nobody can be sure: kept
+    path = tmp_path / "s.db"
+    elsewhere = this_process()._replace(pid=1, pidns="pid:[1]")
+    with SqliteStore(path) as store:
+        for owner in ("missing", "free"):
+            _register_by_hand(path, owner, elsewhere)
+            store.create(new_saga(owner, owner=owner))
+        _stale_lock_file(path, "free")
+        assert store.adopt("me") == ["free"]
+        assert store.owner_alive("missing") is True
+        assert set(_registrations(path)) == {"missing"}
+
+
+@pytest.mark.parametrize(
+    "row", [("one", 5, "b", "n"), (-1, 5, "b", "n"), (0, 5, "b", "n"), (1, "soon", "b", "n")]
+)
+def test_a_registration_written_by_hand_proves_nothing(
+    tmp_path: Path, row: tuple[object, ...]
+) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as store:
+        _register_by_hand(path, "forged", row)
+        store.create(new_saga("s", owner="forged"))
+        assert store.owner_alive("forged") is False
+        assert store.adopt("me") == ["s"]
+        store.register_owner("forged")
+        assert _registrations(path)["forged"] == tuple(this_process())
+
+
+def test_an_id_registered_in_this_process_cannot_be_registered_again_without_its_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    with SqliteStore(path) as first, SqliteStore(path) as second:
+        first.register_owner("rt")
+        shutil.rmtree(owners_dir(path))
+        with pytest.raises(StoreUnavailable, match="already registered"):
+            second.register_owner("rt")
+        assert first.owner_alive("rt") is True and second.owner_alive("rt") is True
+        first.close()
+        assert second.owner_alive("rt") is False
+        second.register_owner("rt")
+        assert _lock_file(path, "rt").exists()
 
 
 def _stale_lock_file(path: Path, owner: str) -> None:
