@@ -260,23 +260,12 @@ def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
     return read_inputs(input_file)
 
 
-def _open_runtime(store_url: str, fail: tuple[str, ...] = ()) -> Any:
-    from actors import Faults
-    from sagas.runtime import Runtime
-
-    faults = None
-    if fail:
-        faults = Faults()
-        for step in fail:
-            faults.add(step=step, phase="action", kind="reject",
-                       message=f"injected by --fail {step}")
-    return Runtime(store_url, faults=faults)
-
-
-def _open_store(store_url: str) -> Any:
+def _open_store(store_url: str, *, create: bool) -> Any:
+    """Only `run`, `serve`, `resume` and `send` create a store; other commands on a missing
+    one say `no saga store at PATH` (exit 5) and create nothing."""
     from sagas.stores import open_store
 
-    return open_store(store_url)
+    return open_store(store_url, create=create)
 
 
 @main.command()
@@ -368,14 +357,28 @@ EXIT_BY_STATUS = {"completed": EXIT_OK, "compensated": EXIT_COMPENSATED, "failed
 
 
 @contextlib.contextmanager
-def _runtime(store_url: str, fail: tuple[str, ...] = ()) -> Iterator[Any]:
+def _runtime(store_url: str, fail: tuple[str, ...] = (), *, create: bool = True) -> Iterator[Any]:
     """A runtime for one command, closed with a short wait for services: a handler that
-    blocks forever must not keep the command from exiting once its sagas are done."""
-    runtime = _open_runtime(store_url, fail)
+    blocks forever must not keep the command from exiting once its sagas are done.
+    ``fail``: steps whose every action attempt is rejected (`run --fail`)."""
+    from actors import Faults
+    from sagas.runtime import Runtime
+
+    faults = None
+    if fail:
+        faults = Faults()
+        for step in fail:
+            faults.add(step=step, phase="action", kind="reject",
+                       message=f"injected by --fail {step}")
+    store = _open_store(store_url, create=create)
     try:
-        yield runtime
+        runtime = Runtime(store, faults=faults)
+        try:
+            yield runtime
+        finally:
+            runtime.close(timeout=3.0)
     finally:
-        runtime.close(timeout=3.0)
+        store.close()
 
 
 @main.command(name="list")
@@ -390,7 +393,7 @@ def _runtime(store_url: str, fail: tuple[str, ...] = ()) -> Iterator[Any]:
 def list_(store_url: str, status: str | None, flow_name: str | None, limit: int | None,
           as_json: bool) -> None:
     """List the sagas in a store, newest first."""
-    store = _open_store(store_url)
+    store = _open_store(store_url, create=False)
     try:
         headers = store.list(status=status, flow=flow_name, limit=limit)
     finally:
@@ -412,7 +415,7 @@ def show(saga_id: str, store_url: str, as_json: bool) -> None:
     """Show one saga's full history (exit 4 if there is no such saga)."""
     from sagas.runtime import load_result
 
-    store = _open_store(store_url)
+    store = _open_store(store_url, create=False)
     try:
         result = load_result(store, saga_id)
     finally:
@@ -519,7 +522,7 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
 
 def _act_on(saga_id: str, store_url: str, as_json: bool, what: str) -> None:
     try:
-        with graceful_stop(), _runtime(store_url) as runtime:
+        with graceful_stop(), _runtime(store_url, create=False) as runtime:
             result = runtime.retry(saga_id) if what == "retry" else runtime.cancel(saga_id)
             if not result.terminal:
                 result = runtime.wait(saga_id)
@@ -592,7 +595,7 @@ def send(event: str, key: str, event_id: str | None, data_json: str | None,
         data = parse_json(data_json, "--data") if data_json is not None else {}
     if not isinstance(data, dict):
         raise InputError(f"the event's data must be a JSON object, got {type(data).__name__}")
-    store = _open_store(store_url)
+    store = _open_store(store_url, create=True)
     try:
         import time
 
@@ -627,7 +630,7 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
     """
     from sagas.audit import audit_store
 
-    store = _open_store(store_url)
+    store = _open_store(store_url, create=False)
     try:
         violations = audit_store(store, stuck_after=stuck_after)
     finally:

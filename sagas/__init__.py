@@ -18,6 +18,7 @@ from .errors import (
     SagaTimeout,
     SeqConflict,
     StoreError,
+    StoreMissing,
     StoreUnavailable,
     UnknownSaga,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ServiceSpec",
     "Step",
     "StoreError",
+    "StoreMissing",
     "StoreUnavailable",
     "Submitted",
     "Subscriber",

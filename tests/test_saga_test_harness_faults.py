@@ -201,7 +201,7 @@ def test_the_random_phase_alone_stops_at_its_first_failure_and_shrinks_it(tmp_pa
     monkeypatch.setattr(_runner, "recovery_pairs", lambda flow, baseline: [])
     path = planted(tmp_path, "order_pivot", packaging="StockTakesTwice",
                      ledger="LedgerBooksTwice", accounts="AccountsRefundTwice")
-    report = test_flow(load_flow(path), random_examples=500)
+    report = test_flow(load_flow(path), random_examples=3000)
     assert report.singles_total == 0 and report.random > 0
     assert not report.ok and report.counterexample is not None
     assert report.counterexample.schedule.size <= 3

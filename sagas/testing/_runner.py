@@ -191,11 +191,32 @@ class _Search:
         if key in self.done or schedule.size == 0:
             return False
         self.done.add(key)
+        reference = self.reference(saga_input, text)
         run = run_schedule(self.flow, saga_input, schedule, services=self.services,
                            seed=self.seed, handler_timeout=None)
         self.report.examples += 1
-        self.check(run, self.references.get(text))
+        self.check(run, reference)
         return True
+
+    def reference(self, saga_input: Any, text: str,
+                  baseline: HarnessRun | None = None) -> HarnessRun | None:
+        """The run of ``saga_input`` without faults, if the services are deterministic (two
+        such runs leave the same snapshots): what "effects as without faults" compares
+        with. Made once per input; the first one is checked like any run."""
+        if text in self.references:
+            return self.references[text]
+        if baseline is None:
+            baseline = run_schedule(self.flow, saga_input, Schedule(), services=self.services,
+                                    seed=self.seed, handler_timeout=None)
+            self.check(baseline, None)
+        again = run_schedule(self.flow, saga_input, Schedule(), services=self.services,
+                             seed=self.seed, handler_timeout=None)
+        found = baseline if again.snapshots_after == baseline.snapshots_after else None
+        if found is None:
+            self.report.not_checked.add("effects as without faults (a service's snapshot() "
+                                        "differs between two runs without faults)")
+        self.references[text] = found
+        return found
 
 
 def _round_robin(queues: list[Iterator[Any]]) -> Iterator[Any]:
@@ -280,15 +301,7 @@ def _sweep(search: _Search, examples: int | None, input_examples: Sequence[Any],
     search.budget = examples if examples is not None else (
         report.singles_total + sum(len(p) for p in pairs.values()) + random_examples)
     for route in routes:  # are the services deterministic? then compare with this run
-        again = run_schedule(flow, route.input, Schedule(), services=search.services,
-                             seed=search.seed, handler_timeout=None)
-        text = json.dumps(route.input, sort_keys=True)
-        if again.snapshots_after == route.baseline.snapshots_after:
-            search.references[text] = route.baseline
-        else:
-            search.references[text] = None
-            report.not_checked.add("effects as without faults (a service's snapshot() "
-                                   "differs between two runs without faults)")
+        search.reference(route.input, json.dumps(route.input, sort_keys=True), route.baseline)
 
     if replay is not None:  # earlier counterexamples first (on top of the budget)
         kept = load_counterexamples(replay, flow)
