@@ -1,15 +1,40 @@
-"""Test doubles shared by the engine tests: a scripted service and a flow builder."""
+"""Shared by the engine tests: a scripted service, a flow builder, a check of the event
+contract on a history, and :func:`eventually` (the one way a test polls for something)."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from actors import Rejected, Service, handles
 from sagas import Flow, parse_flow
+from sagas.events import TERMINAL_EVENTS, Event
+
+T = TypeVar("T")
+
+
+def eventually(condition: Callable[[], T], timeout: float = 10.0, *, what: str = "",
+               interval: float = 0.01) -> T:
+    """Poll ``condition`` every ``interval`` seconds until it returns something true, and return
+    that; fail the test once ``timeout`` seconds have passed, naming ``what`` was awaited (or
+    where the condition is written) and the last value it returned. An exception the condition
+    raises fails the test at once."""
+    give_up = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= give_up:
+            code = getattr(condition, "__code__", None)
+            where = what or (f"the condition at {code.co_filename}:{code.co_firstlineno}"
+                             if code is not None else repr(condition))
+            raise AssertionError(f"{where} did not hold within {timeout}s "
+                                 f"(it last returned {value!r})")
+        time.sleep(interval)
+    return value
 
 
 @dataclass
@@ -26,8 +51,9 @@ class Call:
 class Scripted(Service):
     """One service for every step: ``do`` (action) and ``undo`` (compensation).
 
-    ``script[(step, phase)]`` lists what each attempt does: ``ok``, ``reject``, ``error`` or
-    ``block`` (wait on ``self.release`` first, then succeed); attempts past the list succeed.
+    ``script[(step, phase)]`` lists what each attempt does: ``ok``, ``reject``, ``error``,
+    ``block`` (wait on ``self.release`` first, then succeed) or ``block_reject`` (wait, then
+    raise ``Rejected``); attempts past the list succeed.
     """
 
     def __init__(self, script: dict[tuple[str, str], list[str]] | None = None) -> None:
@@ -47,13 +73,13 @@ class Scripted(Service):
         index = sum(1 for c in self.calls if c.step == command.step and c.phase == phase) - 1
         what = plan[index] if index < len(plan) else "ok"
         try:
-            if what == "reject":
+            if what in ("block", "block_reject"):
+                self.blocked.set()
+                assert self.release.wait(30), "test never released the handler"
+            if what in ("reject", "block_reject"):
                 raise Rejected(f"{command.step} says no")
             if what == "error":
                 raise RuntimeError(f"{command.step} broke")
-            if what == "block":
-                self.blocked.set()
-                assert self.release.wait(30), "test never released the handler"
             return {"step": command.step, "attempt": command.attempt}
         finally:
             call.finished = True
@@ -134,3 +160,54 @@ def make_flow(*steps: StepSpec | str, name: str = "test_flow", attempts: int = 1
 def types(result: Any, *, with_step: bool = True) -> list[str]:
     """The history as ``type`` or ``type:step`` strings."""
     return [f"{e.type}:{e.step}" if with_step and e.step else e.type for e in result.history]
+
+
+# -- the DESIGN.md §6 EVENT contract and the §4.5 invariants, checked on a history -------------
+DATA_KEYS = {
+    "saga.started": {"input", "deadline_at"},
+    "step.started": {"payload", "timeout_at"},
+    "compensation.started": {"payload", "timeout_at"},
+    "step.succeeded": {"output"},
+    "compensation.succeeded": {"output"},
+    "step.failed": {"error", "kind"},
+    "compensation.failed": {"error", "kind"},
+    "step.retrying": {"next_attempt_at"},
+    "compensation.retrying": {"next_attempt_at"},
+    "reply.ignored": {"phase", "attempt", "outcome"},
+    "saga.failed": {"reason"},
+}
+PER_ATTEMPT = ("step.", "compensation.")
+REPLY_OUTCOMES = ("succeeded", "failed")
+
+
+def check_history(history: Sequence[Event]) -> None:
+    """DESIGN.md §6 EVENT shape, §4.1 (nothing after a terminal event but a retry) and §4.5
+    (an attempt has at most one ``timed_out`` and one reply outcome)."""
+    assert [e.seq for e in history] == list(range(1, len(history) + 1))
+    seen: set[str] = set()
+    outcomes: Counter[tuple[str, str, str | None, int | None]] = Counter()
+    ended = False
+    for event in history:
+        where = f"seq {event.seq} {event.type}"
+        assert not ended or event.type == "saga.retried", f"{where} after a terminal event"
+        ended = event.type in TERMINAL_EVENTS or (ended and event.type != "saga.retried")
+        assert DATA_KEYS.get(event.type, set()) <= set(event.data), where
+        if event.type.startswith(PER_ATTEMPT) or event.type == "reply.ignored":
+            assert event.step is not None and event.attempt is not None, where
+        if event.type.endswith(".failed") and event.type != "saga.failed":
+            assert event.data["kind"] in ("rejected", "error"), where
+        if event.type.startswith(PER_ATTEMPT):
+            prefix, _, what = event.type.partition(".")
+            bucket = "reply" if what in REPLY_OUTCOMES else what
+            if bucket in ("reply", "timed_out"):
+                outcomes[(prefix, bucket, event.step, event.attempt)] += 1
+        if event.seq > 1 and event.type not in ("saga.cancelled", "saga.retried"):
+            assert event.causation_id in seen, f"{where}: causation {event.causation_id!r}"
+        seen.add(event.event_id)
+    doubled = {k: n for k, n in outcomes.items() if n > 1}
+    assert not doubled, f"an attempt has more than one outcome of a kind: {doubled}"
+
+
+def attempts_of(history: Sequence[Event], type_: str, step: str) -> list[int | None]:
+    """The attempt of each ``type_`` event of ``step``, in order."""
+    return [e.attempt for e in history if e.type == type_ and e.step == step]

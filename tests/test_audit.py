@@ -23,6 +23,7 @@ from sagas.loader import parse_flow
 from sagas.model import Flow
 from sagas.stores import MemoryStore, NewSaga, SagaRecord
 from sagas.testing import SagaTestEnvironment
+from tests.core_support import BLOCK, CoreSaga, FakeEnv
 from tests.support import Other, Scripted, StepSpec, make_flow
 
 ALIVE = "audit-test-owner"
@@ -132,20 +133,9 @@ def _run_scenarios() -> dict[str, SagaRecord]:
     base = records["completed"]
     head = base.events[:4]  # b's action is in flight
     parked = park_unavailable("unavailable", 4, head[-1].event_id, "no module named shop",
-                              _Clock(head[-1].at))
+                              FakeEnv(head[-1].at))
     records["unavailable"] = _record("unavailable", base, [*head, parked])
     return records
-
-
-class _Clock:
-    def __init__(self, at: float) -> None:
-        self.at = at
-
-    def now(self) -> float:
-        return self.at
-
-    def random(self, key: str) -> float:  # pragma: no cover - not drawn
-        return 0.0
 
 
 @pytest.fixture(scope="module")
@@ -718,3 +708,34 @@ def test_late_error_of_a_compensation_rejection(real):
 
     store, log = _corrupt(real, "comp_timeout", mutate)
     _only(store, _at(log, "compensation.failed", "b") + 1, "late_error")
+
+
+# -- logs of parallel blocks and choices, corrupted on the pure core ------------------------------
+def test_audit_flags_a_block_that_succeeded_though_a_branch_failed():
+    saga = CoreSaga(BLOCK.replace("effects: none", "compensation: undo"))
+    saga.reply("prep")
+    saga.reply("a1")
+    saga.reply("b1")
+    assert saga.saga.status == "completed"
+    assert audit_saga(saga.record(), now=2_000.0) == []
+    corrupt = []
+    for event in saga.events:
+        if event.step == "b1" and event.type == "step.succeeded":
+            event = replace(event, type="step.failed",
+                            data={"error": "no", "kind": "rejected"})
+        elif event.type == "branch.completed" and event.data["branch"] == "blk.b":
+            event = replace(event, type="branch.compensated")
+        corrupt.append(event)
+    assert audit_saga(saga.record(corrupt), now=2_000.0) != []
+
+
+def test_audit_flags_a_choice_its_conditions_do_not_allow():
+    saga = CoreSaga(CHOOSER, {"n": 50})  # 'big' is taken
+    saga.reply("a")
+    saga.reply("b")
+    saga.reply("c")
+    assert saga.saga.status == "completed"
+    assert audit_saga(saga.record(), now=2_000.0) == []
+    corrupt = [replace(e, data={"input": {"n": 5}, "deadline_at": None})
+               if e.type == "saga.started" else e for e in saga.events]
+    assert audit_saga(saga.record(corrupt), now=2_000.0) != []

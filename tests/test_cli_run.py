@@ -11,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from sagas.testing import SagaTestEnvironment
+from tests.support import make_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = str(ROOT / "flows" / "order_inventory.yaml")
@@ -138,6 +140,29 @@ def test_run_the_same_id_twice_returns_the_first_saga(tmp_path):
     other = saga("run", ORDER, "--input", HUGE, "--id", "order-42", "--store", url)
     assert other.returncode == 2
     assert other.stderr.strip() == "error: saga id 'order-42' exists with different input"
+
+
+def test_run_with_the_id_of_an_orphaned_running_saga_returns_instead_of_hanging(tmp_path):
+    """§4.9: starting an id that exists with the same definition and input "returns the
+    existing saga (running or finished)"; §5: ``saga run`` drives only its own sagas. A saga
+    left ``running`` by a runtime that is gone is driven by no one, so ``saga run --id`` must
+    not wait for it to end (without a timeout, it once hung): it prints the existing saga."""
+    flow = make_flow("a", name="orphan_flow")
+    path = tmp_path / "orphan_flow.yaml"
+    path.write_text(flow.text, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with SagaTestEnvironment(store=url) as env:
+        env.faults.add(step="a", kind="drop")  # a's reply never comes: the saga stays running
+        env.start(path, {}, "order-7")
+        env.settle()
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), "run", str(path), "--input", "{}", "--id",
+             "order-7", "--store", url, "--json"],
+            capture_output=True, text=True, cwd=ROOT, timeout=3)
+    except subprocess.TimeoutExpired:
+        pytest.fail("`saga run --id` of an orphaned running saga hangs")
+    assert json.loads(proc.stdout)["saga_id"] == "order-7", proc.stderr
 
 
 def test_show_returns_the_full_history_and_unknown_ids_exit_4(tmp_path):

@@ -1,4 +1,5 @@
-"""The engine's behaviour beyond the §4 rules: retries, inbox semantics, pools, threads, hangs."""
+"""The engine's behaviour beyond the §4 rules: retries (and the keys a retry asks under), inbox
+semantics, pools, threads, hangs, the saga input, and failures of the store and of a timer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 
 from actors import Rejected, Service, handles
-from sagas import Runtime
+from sagas import Runtime, core
+from sagas.errors import InputError, StoreError
+from sagas.stores import MemoryStore
 from sagas.testing import SagaTestEnvironment
 from tests.support import Scripted, StepSpec, make_flow, types
 
@@ -52,6 +55,51 @@ def test_retry_after_an_error_runs_the_handler_again():
     assert result.status == "completed"
     assert [c.attempt for c in service.calls] == [1, 2]
     assert all(c.key == f"{result.saga_id}:a" for c in service.calls)  # one key for all tries
+
+
+def test_retry_after_forward_recovery_rejection_runs_the_step_again():
+    """§4.3: after the pivot, "if one is rejected or runs out, the saga ends ``failed``
+    (``forward_recovery``) and ``saga retry`` drives it forward". The inbox stores an
+    action's ``Rejected`` under ``saga_id:step`` (§3); a retried attempt must ask anew under
+    another key, or the handler never runs again and every retry replays the old rejection
+    (``saga.retried``, ``step.started`` #2, ``step.failed`` #2 "z says no", ``saga.failed``
+    again), as it once did."""
+    service = Scripted({("z", "action"): ["reject"]})
+    flow = make_flow("a", StepSpec("p", pivot=True), StepSpec("z", compensation=False))
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        first = env.run(flow, {})
+        assert (first.status, first.reason) == ("failed", "forward_recovery")
+        env.runtime.retry(first.saga_id)
+        result = env.drive(first.saga_id)
+    assert service.actions().count("z") == 2  # the retry ran the handler again
+    assert result.status == "completed"
+
+
+def test_a_retry_after_a_visit_that_timed_out_keeps_the_key_of_the_rejected_one():
+    """§3 and the retry rule: a retry asks anew (a fresh key) only when the visit that parked
+    the saga ended in a *rejection*. Here the first visit of z is rejected (so the first retry
+    uses ``:retry1``), the second visit runs out on time-outs while the service's late "no" is
+    stored under ``:retry1``; the second retry must send that key again (and get the stored
+    "no"), not ask anew: the engine used to remember the first visit's rejection. Found by
+    ``tests/test_engine_stateful.py``."""
+    service = Scripted({("z", "action"): ["reject", "reject"]})
+    flow = make_flow("a", StepSpec("p", pivot=True), StepSpec("z", compensation=False),
+                     attempts=2, timeout="1s")
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        first = env.run(flow, {})
+        assert (first.status, first.reason) == ("failed", "forward_recovery")
+        env.faults.add(step="z", kind="run_then_drop")  # the "no" is stored, its reply lost
+        env.runtime.retry(first.saga_id)
+        second = env.drive(first.saga_id)
+        assert (second.status, second.reason) == ("failed", "forward_recovery")
+        env.faults.clear()
+        env.runtime.retry(first.saga_id)
+        third = env.drive(first.saga_id)
+    keys = [c.key for c in service.calls if c.step == "z"]
+    assert keys == [f"{first.saga_id}:z", f"{first.saga_id}:z:retry1"]  # no third run
+    last = [e for e in third.history if e.step == "z" and e.type == "step.failed"][-1]
+    assert last.data["kind"] == "rejected"
+    assert (third.status, third.reason) == ("failed", "forward_recovery")
 
 
 def test_redelivery_after_success_returns_the_stored_reply_without_running():
@@ -251,3 +299,96 @@ def test_a_late_action_after_its_compensation_is_rejected_without_running():
     assert compensation.outcome == "succeeded"
     assert action.outcome == "rejected" and not action.replayed
     assert [c.phase for c in service.calls] == ["compensation"]  # the action never ran
+
+
+# -- the saga input ---------------------------------------------------------------------------
+def test_input_with_non_string_keys_is_refused_at_start_instead_of_hanging_the_saga():
+    """§2/§6: the saga input is a JSON object; "a bad input" is an error at start (exit 2),
+    and §4.1: every saga ends. ``json.dumps`` silently turns ``{1: "x"}`` into
+    ``{"1": "x"}``, so an input check that only asks whether it can be dumped lets it through;
+    the first step's command then fails to build (``Command`` refuses a non-string key) *after*
+    ``start()`` returned, the step's timeout timer is never set, and the saga stays
+    ``running`` with nothing in flight, for ever (or ``start()`` raises the shard's late
+    ``TypeError``, the saga stuck in the store all the same). It is refused at start."""
+    with SagaTestEnvironment(services={"svc": Scripted()}) as env:
+        with pytest.raises(InputError):
+            env.start(make_flow("a"), {1: "x"})
+        env.settle()
+        assert env.runtime.store.in_flight() == []
+
+
+def test_mutating_the_input_after_start_does_not_change_later_payloads():
+    """§2: a step's payload is its ``input:`` evaluated on the saga context, whose ``input`` is
+    the one recorded in ``saga.started``; §6 "recovery needs nothing beyond the log" and §3
+    "payloads are immutable". The shard must not keep the caller's own dict as
+    ``saga.input``: a caller that reuses its dict after ``start()`` would change what later
+    steps are sent, and the live run and a replay of its log would disagree."""
+    service = Scripted({("a", "action"): ["block"]})
+    flow = make_flow("a", StepSpec("b", extra={"input": {"qty": "$.input.qty"}}))
+    order = {"qty": 1}
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        saga_id = env.start(flow, order)
+        assert service.blocked.wait(10)
+        order["qty"] = 99  # the caller reuses its dict for the next order
+        service.release.set()
+        result = env.drive(saga_id)
+    started_b = next(e for e in result.history if e.type == "step.started" and e.step == "b")
+    assert result.history[0].data["input"] == {"qty": 1}
+    assert started_b.data["payload"] == {"qty": 1}
+
+
+
+# -- a store that fails, a timer that fails ---------------------------------------------------
+class _CommitFails(MemoryStore):
+    """A store whose appends fail (a full disk, a locked database) once ``failing`` is set."""
+
+    failing = False
+
+    def write(self, creates: Any, appends: Any) -> Any:
+        if self.failing and appends:
+            raise StoreError("disk I/O error")
+        return super().write(creates, appends)
+
+
+def test_wait_surfaces_a_failed_commit_instead_of_hanging():
+    """§6: "5 for a store that cannot be used"; errors are one line, nothing hangs. When a
+    decision cannot be committed the shard drops the saga from memory (``Shard._commit``);
+    whoever waits on it is told with a ``StoreError``, where ``Runtime.wait``/``run`` (and so
+    ``saga run``, which waits without a timeout) once polled the store's ``running`` status
+    for ever."""
+    store = _CommitFails()
+    try:
+        with SagaTestEnvironment(store=store) as env:
+            store.failing = True
+            saga_id = env.start(make_flow("a", "b"), {})  # saga.started is a create: it works
+            env.settle()  # a's reply cannot be committed
+            with pytest.raises(StoreError):
+                env.runtime.wait(saga_id, timeout=0.5)
+    finally:
+        store.close()
+
+
+def test_a_timer_that_fails_does_not_stop_the_other_timers(monkeypatch: pytest.MonkeyPatch):
+    """A bug in deciding one saga's timer fails that saga's timer only: the others still
+    fire (here the good saga's step times out and it is compensated)."""
+    real = core.handle
+
+    def handle(saga: Any, signal: Any, env: Any) -> Any:
+        if saga.saga_id == "bad" and isinstance(signal, core.TimerFired):
+            raise RuntimeError("a bug deciding one timer")
+        return real(saga, signal, env)
+
+    monkeypatch.setattr(core, "handle", handle)
+    flow = make_flow("a", timeout="10s", attempts=1)
+    with SagaTestEnvironment(shards=1) as env:
+        env.faults.add(step="a", kind="drop")
+        env.start(flow, {"k": 0}, "bad")
+        env.settle()
+        env.advance(1)
+        env.start(flow, {"k": 1}, "good")
+        env.settle()
+        env.advance(30)
+        env.settle()
+        result = env.result("good")
+    assert result.status == "compensated"
+    assert "step.timed_out" in [e.type for e in result.history]

@@ -1,12 +1,25 @@
-"""DESIGN.md §4, items 1–6 and 9: one test per rule, through the public API, on virtual time."""
+"""DESIGN.md §4, items 1–6 and 9, through the public API, on virtual time: each rule, and the
+corners of it (late replies of compensations, callbacks of repeated starts), with histories
+checked against the §6 EVENT contract."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import pytest
 
 from sagas import IdConflict
 from sagas.testing import SagaTestEnvironment
-from tests.support import Other, Scripted, StepSpec, make_flow, types
+from tests.support import (
+    Other,
+    Scripted,
+    StepSpec,
+    attempts_of,
+    check_history,
+    make_flow,
+    types,
+)
 
 THREE = ("a", "b", "c")
 
@@ -88,6 +101,22 @@ def test_backward_recovery_compensation_out_of_attempts_parks_saga_failed():
     assert (result.status, result.reason) == ("failed", "compensation_failed")
     assert service.compensations() == ["b", "b"]  # a is not compensated: parked at b
     assert events_of(result, "saga.failed")[0].data == {"reason": "compensation_failed"}
+
+
+def test_backward_recovery_retry_resumes_a_parked_compensation_and_ends_compensated():
+    """§4.2: after a compensation runs out of attempts (``park``), ``saga retry ID``
+    "appends ``saga.retried`` and resumes from the parked compensation": ``Runtime.retry``
+    re-hosts the ended saga (it once told the shard, which had forgotten it: a silent no-op)."""
+    service = Scripted({("c", "action"): ["reject"], ("b", "compensation"): ["error", "error"]})
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        first = env.run(make_flow("a", "b", "c", attempts=2), {})
+        assert (first.status, first.reason) == ("failed", "compensation_failed")
+        env.runtime.retry(first.saga_id)
+        result = env.drive(first.saga_id)
+    assert "saga.retried" in [e.type for e in result.history]
+    assert result.status == "compensated"
+    assert service.compensations() == ["b", "b", "b", "a"]
+    check_history(result.history)
 
 
 def test_backward_recovery_retry_forever_keeps_compensating_until_it_succeeds():
@@ -258,6 +287,74 @@ def test_replies_never_recorded_after_a_terminal_event():
     assert "reply.ignored" not in types(result)
 
 
+def _compensation_attempt_1_rejected_late(attempts: int) -> tuple[Any, Scripted]:
+    """b is rejected; a's compensation attempt 1 blocks past its 5s timeout; after the 1s
+    backoff attempt 2 is sent (and queues behind the blocked call); then attempt 1 answers
+    ``Rejected``, late. The saga's result once driven to its end, and the service."""
+    service = Scripted({("b", "action"): ["reject"], ("a", "compensation"): ["block_reject"]})
+    flow = make_flow("a", "b", attempts=attempts, timeout="5s", backoff="1s")
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        saga_id = env.start(flow, {})
+        assert service.blocked.wait(10)
+        env.advance(5)
+        env.wait_for(saga_id, "compensation.timed_out", step="a", attempt=1)
+        env.advance(1)
+        env.wait_for(saga_id, "compensation.started", step="a", attempt=2)
+        service.release.set()
+        return env.drive(saga_id), service
+
+
+def test_late_rejected_compensation_reply_does_not_end_compensation_with_attempt_2_in_flight():
+    """§3: a compensation's ``Rejected`` counts as a failed attempt; §4.5: only a late
+    *succeeded*/*rejected* reply that ends the step is acted on, any other late reply is
+    ``reply.ignored``. Here a's compensation attempt 1 timed out (already counted as a failed
+    attempt) and attempt 2 is in flight when attempt 1's late ``Rejected`` arrives: it must not
+    count attempt 1 a second time and exhaust the compensation while attempt 2 (which then
+    succeeds) is still running. §4.2: the saga ends ``compensated``."""
+    result, _ = _compensation_attempt_1_rejected_late(attempts=2)
+    assert (result.status, result.reason) == ("compensated", None)
+    assert attempts_of(result.history, "compensation.succeeded", "a") == [2]
+    check_history(result.history)
+
+
+def test_late_rejected_compensation_reply_does_not_discard_the_in_flight_attempts_success():
+    """§4.5: replies are matched on (phase, step, attempt); only "a late error, a reply for a
+    step no longer in progress, a duplicate" are ``reply.ignored``. With ``attempts: 3``,
+    attempt 1's late ``Rejected`` (attempt 2 in flight) must not be recorded as
+    ``compensation.failed`` #1 — that would mark the saga as having nothing in flight and
+    schedule a backoff, attempt 2's ``succeeded`` would then be ``reply.ignored`` and a third,
+    needless compensation attempt would run. Attempt 2's success completes the compensation;
+    the handler runs twice."""
+    result, service = _compensation_attempt_1_rejected_late(attempts=3)
+    assert result.status == "compensated"
+    assert attempts_of(result.history, "compensation.succeeded", "a") == [2]
+    assert [c.attempt for c in service.calls if c.phase == "compensation"] == [1, 2]
+    check_history(result.history)
+
+
+def test_duplicate_late_rejected_compensation_reply_records_one_outcome_for_the_attempt():
+    """§4.5: "an attempt has at most one ``timed_out`` and one reply outcome"; a duplicate
+    reply is ``reply.ignored``. A's compensation attempt 1 times out, then its ``Rejected``
+    arrives twice (a duplicated delivery) during the backoff: at most one
+    ``compensation.failed`` is recorded for attempt 1, and one ``compensation.retrying``."""
+    service = Scripted({("b", "action"): ["reject"],
+                        ("a", "compensation"): ["block_reject", "reject"]})
+    flow = make_flow("a", "b", attempts=5, timeout="5s", backoff="1m")
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        env.faults.add(step="a", phase="compensation", kind="duplicate", attempts={1})
+        saga_id = env.start(flow, {})
+        assert service.blocked.wait(10)
+        env.advance(5)
+        env.wait_for(saga_id, "compensation.retrying", step="a")
+        service.release.set()
+        env.settle()
+        result = env.drive(saga_id)
+    assert result.status == "compensated"
+    assert len(attempts_of(result.history, "compensation.failed", "a")) <= 1
+    assert len(attempts_of(result.history, "compensation.retrying", "a")) == 1
+    check_history(result.history)
+
+
 # -- 6. ordering ------------------------------------------------------------------------------
 def test_ordering_events_of_a_saga_are_gapless_and_causally_linked():
     env, _ = env_with({("c", "action"): ["error", "reject"]})
@@ -271,6 +368,30 @@ def test_ordering_events_of_a_saga_are_gapless_and_causally_linked():
         for event in result.history[1:]:
             assert event.causation_id in ids_seen  # every event traces back into its log
         assert [e.at for e in result.history] == sorted(e.at for e in result.history)
+
+
+def test_ordering_histories_through_the_runtime_keep_the_event_contract():
+    """§6 EVENT shape and §4.5 on real runs: retries, a timeout with a late success, a
+    duplicate, compensations, a cancel."""
+    service = Scripted({("b", "action"): ["block"], ("c", "action"): ["error", "reject"]})
+    flow = make_flow("a", "b", "c", attempts=3, backoff="1m", timeout="5s")
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        env.faults.add(step="a", kind="duplicate")
+        saga_id = env.start(flow, {})
+        assert service.blocked.wait(10)
+        env.advance(5)
+        env.wait_for(saga_id, "step.retrying", step="b")
+        service.release.set()
+        result = env.drive(saga_id)
+        cancelled = env.runtime.cancel(saga_id)  # terminal: nothing happens
+    assert result.status == "compensated"
+    assert len(cancelled.history) == len(result.history)
+    check_history(result.history)
+    doc = result.to_json()
+    assert json.loads(json.dumps(doc)) == doc
+    for event in doc["history"]:
+        if event["type"].startswith("saga."):
+            assert event["attempt"] is None
 
 
 # -- 9. identity ------------------------------------------------------------------------------
@@ -294,3 +415,45 @@ def test_identity_same_id_different_input_is_an_error():
             env.start(flow, {"order": 2}, saga_id="order-42")
         with pytest.raises(IdConflict, match="different flow definition"):
             env.start(make_flow("a", "b"), {"order": 1}, saga_id="order-42")
+
+
+def test_identity_on_end_of_the_first_caller_survives_an_idempotent_start():
+    """§4.9 (starting an existing id returns the existing saga) and ``Runtime.start``'s
+    contract: ``on_end`` "is called when the saga ends". A second, idempotent ``start`` of a
+    running saga with its own ``on_end`` adds its callback: it does not overwrite the first
+    caller's (as ``self._callbacks[saga_id] = on_end`` in ``runtime.py`` once did)."""
+    service = Scripted({("a", "action"): ["block"]})
+    seen: list[tuple[str, str, str, str | None]] = []
+    flow = make_flow("a")
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        env.runtime.start(flow, {"n": 1}, "order-1",
+                          on_end=lambda *args: seen.append(("first", *args)))
+        assert service.blocked.wait(10)
+        assert env.runtime.start(flow, {"n": 1}, "order-1",
+                                 on_end=lambda *args: seen.append(("second", *args))) \
+            == "order-1"
+        service.release.set()
+        env.drive("order-1")
+        env.settle()
+    assert sorted(seen) == [("first", "order-1", "completed", None),
+                            ("second", "order-1", "completed", None)]
+
+
+def test_identity_a_conflicting_start_does_not_drop_the_running_sagas_on_end():
+    """§4.9: a start with a different input is an error ("id exists with different input") —
+    and nothing else: the failed start neither overwrites the running saga's ``on_end`` nor
+    drops it (it once did both), so the original caller is told the saga ended (``saga run
+    --count`` waits on exactly this callback)."""
+    service = Scripted({("a", "action"): ["block"]})
+    seen: list[tuple[str, str | None]] = []
+    flow = make_flow("a")
+    with SagaTestEnvironment(services={"svc": service}) as env:
+        env.runtime.start(flow, {"n": 1}, "order-2",
+                          on_end=lambda _id, status, reason: seen.append((status, reason)))
+        assert service.blocked.wait(10)
+        with pytest.raises(IdConflict, match="different input"):
+            env.runtime.start(flow, {"n": 2}, "order-2", on_end=lambda *args: None)
+        service.release.set()
+        env.drive("order-2")
+        env.settle()
+    assert seen == [("completed", None)]

@@ -3,8 +3,10 @@ public API (``Runtime.subscribe``, ``Runtime(subscribers=...)``, ``@subscribes``
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from sagas import Delivery, Runtime, Subscriber
 from sagas.bus import MAX_PAGES, PAGE_SIZE
 from sagas.stores import SqliteStore
 from tests.bus_support import Notifier, flow, notify_flow
+from tests.support import eventually
 
+ROOT = Path(__file__).resolve().parent.parent
 WAIT = 30.0
 
 
@@ -165,6 +169,23 @@ def test_a_subscriber_name_is_subscribed_once_and_checked() -> None:
             runtime.subscribe("z", [], Collector())
 
 
+def test_a_runtime_refusing_a_subscriber_leaves_no_thread_behind():
+    code = textwrap.dedent("""\
+        from sagas import Runtime
+        from sagas.bus import Subscriber
+        try:
+            Runtime(subscribers=[Subscriber("bad name", ["*"], print)])
+        except ValueError:
+            pass
+        """)
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=15,
+                              capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: the refused runtime's threads still run")
+    assert done.returncode == 0, done.stderr
+
+
 # -- a slow subscriber blocks no one -------------------------------------------------------------
 
 
@@ -177,9 +198,7 @@ def test_a_stuck_subscriber_blocks_neither_the_sagas_nor_other_subscribers() -> 
         run_many(runtime, 200)  # every saga completes while "stuck" holds its first event
         total = len(log_positions(runtime))
         assert total > PAGE_SIZE * MAX_PAGES * 2
-        deadline = time.monotonic() + WAIT
-        while len(fast.got) < total and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: len(fast.positions()) >= total, WAIT, what="the fast subscriber")
         assert fast.positions() == log_positions(runtime)
         assert stuck.got == []  # still on its first event, far behind
         stuck_sub = runtime.bus.subscriptions()["stuck"]
@@ -226,9 +245,7 @@ def test_a_handler_that_keeps_failing_parks_its_subscription_at_that_event(
         other = Collector()
         runtime.subscribe("other", ["*"], other)
         run_many(runtime, 2)
-        deadline = time.monotonic() + WAIT
-        while sub.status != "parked" and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: sub.status == "parked", WAIT)
         assert sub.status == "parked" and isinstance(sub.error, RuntimeError)
         positions = log_positions(runtime)
         first_completed = next(e.position for _, e in runtime.store.read_all(0, 10**9)
@@ -256,9 +273,7 @@ def test_a_services_subscribes_method_is_subscribed_when_the_service_starts() ->
         (notifier,) = runtime.instances("tests.bus_support:Notifier")
         assert isinstance(notifier, Notifier)
         name = "tests.bus_support:Notifier.on_completed"
-        deadline = time.monotonic() + WAIT
-        while name not in runtime.bus.subscriptions() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: name in runtime.bus.subscriptions(), WAIT)
         assert runtime.bus.wait_caught_up(WAIT)
         assert sorted(notifier.completed) == sorted(ids)
         assert runtime.bus.subscriptions()[name].topics == ("bus_notify.saga.completed",)
@@ -293,7 +308,7 @@ def test_subscribes_is_checked_when_applied() -> None:
 
 
 def test_a_page_queued_before_a_park_is_dropped_after_the_resume() -> None:
-    # the race a review found: pages sent before a subscription parked can still be in its
+    # the race this guards against: pages sent before a subscription parked can still be in its
     # actor's mailbox when resume() runs; delivering them would put later events before the
     # one it parked on (white-box: such a page is handed to the actor directly)
     from sagas._bus_subscriber import Page, Resume
@@ -310,9 +325,7 @@ def test_a_page_queued_before_a_park_is_dropped_after_the_resume() -> None:
     with Runtime() as runtime:
         sub = runtime.subscribe("mailer", ["*"], got, attempts=1)
         run_many(runtime, 2)
-        deadline = time.monotonic() + WAIT
-        while sub.status != "parked" and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: sub.status == "parked", WAIT)
         assert sub.status == "parked"
         stale_epoch = sub._epoch - 1  # the epoch its pages had before it parked
         entries = runtime.store.read_log(0, 10**6)

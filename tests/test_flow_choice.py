@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import cli
 from sagas import FlowErrors, parse_flow
 from sagas.compiler import compile_flow
+from sagas.conditions import Condition
 from sagas.plan import plan
 from sagas.testing import SagaTestEnvironment
 from tests.support import Scripted
@@ -234,6 +235,13 @@ def test_each_operator_picks_the_right_branch(when, saga_input, taken):
     assert svc.actions() == ["a", "yes_step" if taken else "no_step"]
 
 
+def test_condition_equality_keeps_nested_booleans_apart_from_numbers():
+    context = {"input": {"flags": [1], "obj": {"flag": 1}}, "steps": {}}
+    assert not Condition("eq", "$.input.flags", [True]).holds(context)
+    assert not Condition("eq", "$.input.obj", {"flag": True}).holds(context)
+    assert not Condition("in", "$.input.flags", ([True],)).holds(context)
+
+
 # -- compensation follows the route -------------------------------------------------------------
 def test_a_failure_after_the_choice_compensates_the_branch_taken_in_reverse(routed):
     result, svc = run(routed, {"qty": 5000}, {("z", "action"): ["reject"]})
@@ -434,6 +442,24 @@ def test_saga_validate_reports_choice_errors_with_positions(tmp_path: Path):
     assert f"bad.yaml:{line}:{column}:" in out.output and "in takes a list" in out.output
     path.write_text(ROUTED)
     assert CliRunner().invoke(cli.main, ["validate", str(path)]).exit_code == 0
+
+
+def _many_choices(count: int) -> str:
+    lines = ["saga: many_routes", "services:", "  s: tests.flow_support:TripDesk", "steps:"]
+    for i in range(count):
+        lines += [f"  - name: c{i}", "    choice:",
+                  f"      - when: {{path: $.input.x, eq: {i}}}", "        steps:",
+                  f"          - {{name: s{i}, service: s, action: do, compensation: undo}}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_validate_rejects_a_flow_with_more_routes_than_the_compiler_takes(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(_many_choices(11))
+    result = CliRunner().invoke(cli.main, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    planned = CliRunner().invoke(cli.main, ["plan", str(path)])
+    assert planned.exit_code == 2, planned.output
 
 
 # -- graph and plan -----------------------------------------------------------------------------

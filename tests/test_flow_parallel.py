@@ -17,10 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from sagas import FlowErrors, parse_flow
+from sagas import FlowErrors, core, parse_flow
 from sagas.compiler import compile_flow
 from sagas.plan import plan
 from sagas.testing import SagaTestEnvironment
+from tests.core_support import BLOCK, CoreSaga
 from tests.flow_support import CarDesk, FlightDesk, HotelDesk, SlowFlights, TripDesk
 from tests.support import Scripted
 
@@ -349,7 +350,116 @@ def test_timers_of_concurrent_branches_do_not_replace_each_other():
     assert wait_done.at == begin + 5
 
 
+# -- a branch that has ended; a block with nothing to undo (on the pure core) -------------------
+def test_a_late_reply_after_its_branch_was_compensated_is_ignored_and_the_saga_goes_on():
+    saga = CoreSaga(BLOCK)
+    saga.reply("prep")
+    saga.reply("a1")                          # branch a completed
+    saga.fire("timeout", "b1")                # b1 times out: branch b compensated, block fails
+    assert saga.of("branch.compensated", branch="blk.b")
+    assert saga.of("compensation.started", "a1")
+    saga.reply("b1", attempt=1)               # the late reply of b1's timed-out attempt
+    saga.reply("a1", phase="compensation")    # branch a undone
+    # the block's compensation finishes: prep is undone next ...
+    assert saga.of("compensation.succeeded", "blk"), [(e.type, e.step) for e in saga.events]
+    assert saga.of("compensation.started", "prep")
+    # ... and the late reply was ignored (§4.5: it ends only the step *in progress*)
+    assert [e.type for e in saga.events if e.step == "b1"][-1] == "reply.ignored"
+    assert len(saga.of("branch.compensated", branch="blk.b")) == 1
+    assert not saga.of("branch.completed", branch="blk.b")
+
+
+def test_a_late_reply_after_its_branch_completed_is_ignored():
+    saga = CoreSaga(BLOCK.replace("retry: {attempts: 1}", "retry: {attempts: 2, backoff: 0}"))
+    saga.reply("prep")
+    saga.fire("timeout", "b1")                # attempt 1 times out, attempt 2 at once
+    saga.reply("b1", attempt=2)               # branch b completed
+    assert len(saga.of("branch.completed", branch="blk.b")) == 1
+    saga.reply("b1", attempt=1)               # attempt 1's reply comes late
+    assert len(saga.of("step.succeeded", "b1")) == 1
+    assert len(saga.of("branch.completed", branch="blk.b")) == 1
+    assert saga.events[-1].type == "reply.ignored"
+
+
+def test_a_block_with_nothing_to_undo_halts_its_branches_when_it_fails():
+    b1 = "            - {name: b1, service: s, action: do, effects: none}\n"
+    flat = BLOCK.replace("a1, service: s, action: do, compensation: undo",
+                         "a1, service: s, action: do, effects: none")
+    flat = flat.replace(b1, b1 + b1.replace("b1", "b2"))  # branch b: b1, then b2
+    assert "a1, service: s, action: do, effects: none" in flat and "b2" in flat
+    saga = CoreSaga(flat)
+    saga.reply("prep")
+    saga.reply("a1", outcome="rejected")      # the block fails and is undone: b is halted
+    assert saga.of("branch.halted", "blk")
+    assert not saga.of("compensation.started", "prep")  # the branches end first
+    before = len(saga.commands)
+    saga.reply("b1")                          # b1 was in flight: its branch stops here
+    commands = saga.commands[before:]
+    assert not saga.of("step.started", "b2")
+    assert not [c for c in commands if isinstance(c, core.Execute) and c.phase == "action"]
+    assert saga.of("compensation.started", "prep")  # then the steps before the block
+
+
+# -- a halted branch's backoff timer after the branch ended -------------------------------------
+HALTED = textwrap.dedent("""\
+    saga: halted_backoff
+    services:
+      fl: tests.flow_support:FlightDesk
+      ho: tests.flow_support:HotelDesk
+      ca: tests.flow_support:CarDesk
+      it: tests.flow_support:TripDesk
+    defaults:
+      retry: {attempts: 3, backoff: 10s, multiplier: 1, jitter: false}
+      timeout: 30s
+    steps:
+      - {name: prep, service: it, action: do, compensation: undo}
+      - name: blk
+        parallel:
+          a:
+            - {name: a1, service: fl, action: do, compensation: undo, retry: {backoff: 3s}}
+          b:
+            - {name: b1, service: ho, action: do, effects: none, retry: {backoff: 5s}}
+    """)
+
+
+def test_a_halted_branch_starts_no_attempt_after_it_ended():
+    svc = {"fl": FlightDesk({("a1", "action"): ["error", "reject"]}),
+           "ho": HotelDesk({("b1", "action"): ["error"]}),
+           "ca": CarDesk({}),
+           "it": TripDesk({("prep", "compensation"): ["error"]})}
+    # t+0: a1 error (again at +3s), b1 error (again at +5s); t+3: a1 rejected: the block
+    # fails, branch b (in backoff) is halted and ends, prep's undo errors (again at +13s)
+    with SagaTestEnvironment(services=svc) as env:
+        result = env.run(parse_flow(HALTED, source="halted.yaml"), {})
+    assert result.status == "compensated"
+    assert svc["ho"].actions() == ["b1"], [(e.type, e.step, e.attempt) for e in result.history]
+    undone = next(i for i, e in enumerate(result.history)
+                  if e.type == "compensation.succeeded" and e.step == "blk")
+    assert not [e for e in result.history[undone:] if e.type == "step.started"]
+
+
 # -- restart ------------------------------------------------------------------------------------
+def test_retry_of_a_saga_parked_unavailable_mid_block_goes_on_forward():
+    text = BLOCK.replace("effects: none", "compensation: undo")
+    saga = CoreSaga(text)
+    saga.reply("prep")
+    saga.reply("a1")                          # branch a completed, b1 in flight
+    last = saga.events[-1]
+    saga.events.append(core.park_unavailable(saga.saga_id, last.seq, last.event_id, "gone",
+                                             saga.env))
+    saga.saga = core.replay(saga.saga_id, saga.compiled, saga.events)  # the services import
+    assert (saga.saga.status, saga.saga.reason) == ("failed", "definition_unavailable")
+    saga.commands = []
+    saga.send(core.Retry("test"))
+    assert saga.saga.status == "running"
+    assert not saga.of("compensation.started", "blk")
+    sent = {(c.step, c.phase) for c in saga.commands if isinstance(c, core.Execute)}
+    assert ("b1", "action") in sent
+    saga.reply("b1")
+    assert saga.of("step.succeeded", "blk")
+    assert saga.saga.status == "completed"
+
+
 def test_a_restart_mid_block_finishes_without_running_completed_steps_again(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'sagas.db'}"
     flow = parse_flow(HELD, source="held.yaml")

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,19 @@ from click.testing import CliRunner
 
 import cli
 from sagas import Runtime
-from sagas.errors import FlowErrors, SagactorError
+from sagas.errors import FlowErrors, SagactorError, UnknownSaga
 from sagas.loader import load_flow, parse_flow
 from sagas.stores import open_store
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ROOT / "flows" / "order_inventory.yaml"
 TRADE = ROOT / "flows" / "trip_booking.yaml"  # a flow without a trigger
+WAIT = 20.0
 
 
 def order(order_id: str, qty: int = 1) -> dict[str, Any]:
     return {"order_id": order_id, "sku": "widget", "qty": qty, "amount": 2500}
-
-
-def wait_for(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting")
 
 
 def statuses(store: Any) -> dict[str, str]:
@@ -77,7 +68,7 @@ def test_each_event_starts_one_saga_with_its_data_as_input():
         runtime.send("OrderPlaced", "o-1", order("o-1"), event_id="shop:1")
         runtime.send("OrderPlaced", "o-2", order("o-2"), event_id="shop:2")
         runtime.send("PaymentConfirmed", "o-1", {})  # another type: starts nothing
-        wait_for(lambda: len(started) == 2)
+        eventually(lambda: len(started) == 2, WAIT)
         first = runtime.wait("order_inventory.o-1", timeout=10)
         second = runtime.wait("order_inventory.o-2", timeout=10)
     assert started == ["order_inventory.o-1", "order_inventory.o-2"]
@@ -92,7 +83,7 @@ def test_the_same_event_or_id_starts_one_saga():
         runtime.send("OrderPlaced", "o-1", order("o-1"), event_id="shop:1")
         runtime.send("OrderPlaced", "o-1", order("o-1"), event_id="shop:1")  # ignored: same id
         runtime.send("OrderPlaced", "o-1", order("o-1"), event_id="shop:1-again")  # same saga
-        wait_for(lambda: len(started) == 2)
+        eventually(lambda: len(started) == 2, WAIT)
         runtime.wait("order_inventory.o-1", timeout=10)
         sagas = [h.saga_id for h in runtime.store.list()]
     assert sagas == ["order_inventory.o-1"]
@@ -110,9 +101,12 @@ def test_events_that_cannot_start_the_flow_are_logged_and_passed_over(caplog):
         runtime.send("OrderPlaced", "o-1", order("o-1"), event_id="good")
         runtime.send("OrderPlaced", "o-1", order("o-1", qty=2), event_id="taken-id")
         runtime.send("OrderPlaced", "o-5", order("o-5"), event_id="after")
-        wait_for(lambda: len(started) == 2)
+        eventually(lambda: len(started) == 2, WAIT)
         runtime.wait("order_inventory.o-5", timeout=10)
-        time.sleep(0.3)  # one more poll: nothing else is started
+        # the trigger saves its cursor once it has acted on the events up to it: at the last
+        # event, none of them can start a saga any more
+        last = runtime.store.events_after(0)[-1].position
+        eventually(lambda: runtime.store.cursor("trigger:order_inventory") == last, WAIT)
         sagas = sorted(h.saga_id for h in runtime.store.list())
     assert sagas == ["order_inventory.o-1", "order_inventory.o-5"]
     warned = "\n".join(r.getMessage() for r in caplog.records)
@@ -133,19 +127,41 @@ def test_events_sent_while_nothing_served_the_flow_start_later_once(tmp_path: Pa
     with Runtime(url) as server:
         started: list[str] = []
         server.add_trigger(ORDER, on_start=started.append)
-        wait_for(lambda: len(started) == 2)
+        eventually(lambda: len(started) == 2, WAIT)
         for saga_id in started:
             assert server.wait(saga_id, timeout=10).status == "completed"
         position = server.store.events_after(0)[-1].position
-        wait_for(lambda: server.store.cursor("trigger:order_inventory") == position)
+        eventually(lambda: server.store.cursor("trigger:order_inventory") == position, WAIT)
     with Runtime(url) as again:  # the cursor is durable: nothing is started twice
         started_again: list[str] = []
         again.add_trigger(ORDER, on_start=started_again.append)
         again.send("OrderPlaced", "o-3", order("o-3"), event_id="e3")
-        wait_for(lambda: started_again == ["order_inventory.o-3"])
+        eventually(lambda: started_again == ["order_inventory.o-3"], WAIT)
         again.wait("order_inventory.o-3", timeout=10)
         assert sorted(statuses(again.store)) == ["order_inventory.o-1", "order_inventory.o-2",
                                                  "order_inventory.o-3"]
+
+
+def test_a_subscriber_cannot_move_a_triggers_cursor():
+    """A trigger's cursor is ``trigger:<flow>`` in the store; the bus refuses a subscriber of
+    that name, so no subscriber moves it and the trigger goes on starting a saga per event."""
+    def exists(runtime: Runtime, saga_id: str) -> bool:
+        try:
+            runtime.store.header(saga_id)
+        except UnknownSaga:
+            return False
+        return True
+
+    with Runtime(poll_interval=0.02) as runtime:
+        with pytest.raises(ValueError, match="reserved for flow triggers"):
+            runtime.subscribe("trigger:order_inventory", ["*"], lambda delivery: None)
+        runtime.add_trigger(ORDER)
+        runtime.send("OrderPlaced", "o-1", order("o-1"))
+        eventually(lambda: exists(runtime, "order_inventory.o-1"), 5)
+        runtime.wait("order_inventory.o-1", timeout=5)
+        assert runtime.bus.wait_caught_up(5)
+        runtime.send("OrderPlaced", "o-2", order("o-2"))
+        eventually(lambda: exists(runtime, "order_inventory.o-2"), 5)
 
 
 # -- the CLI -----------------------------------------------------------------------------------
@@ -168,8 +184,8 @@ def test_saga_serve_starts_a_saga_for_an_event_sent_from_another_shell(tmp_path:
         assert sent.wait(30) == 0, sent.stderr.read()
         store = open_store(url)
         try:
-            wait_for(lambda: statuses(store) == {"order_inventory.o-1": "completed",
-                                                 "order_inventory.o-2": "completed"}, 30)
+            eventually(lambda: statuses(store) == {"order_inventory.o-1": "completed",
+                                                   "order_inventory.o-2": "completed"}, 30)
         finally:
             store.close()
     finally:

@@ -117,6 +117,20 @@ def test_a_duplicate_start_in_the_same_commit_is_the_same_saga():
     assert sum(c for c, _ in store.writes) == 1
 
 
+def test_a_failing_flush_does_not_stop_the_shard():
+    """The scheduler stopped (as while closing) makes arming a timer fail after the commit:
+    every start is still answered and the shard keeps going."""
+    flow = make_flow("a", "b")
+    with Runtime() as runtime:
+        runtime.scheduler.stop()
+        pending = [runtime.submit(flow, {"n": n}, f"s-{n}") for n in range(50)]
+        assert all(p.result(WAIT) for p in pending)
+        assert runtime._shards[0].is_alive()
+        assert runtime.wait_idle(WAIT)
+        later = runtime.submit(flow, {"n": 99}, "later")
+        assert later.result(WAIT) is True
+
+
 class FailingCreates(MemoryStore):
     """A memory store whose creates fail once ``after`` sagas exist."""
 

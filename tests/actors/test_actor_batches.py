@@ -8,7 +8,7 @@ from typing import Any
 
 from actor_doubles import WAIT, Replies, Scripted, command, saga_for
 
-from actors import Activity, MemoryInbox, StoredReply
+from actors import Activity, Command, MemoryInbox, StoredReply
 from actors._inbox_buffer import InboxBuffer
 
 
@@ -199,3 +199,53 @@ def test_a_batch_reads_the_inbox_once_when_it_can(start_pool):
     assert gone.outcome == "rejected" and gone.error.startswith("compensated: ")
     assert [key for _, key, _ in service.runs] == ["new:reserve"]
     assert (inbox.bulk_reads, inbox.single_reads) == (1, 0)
+
+
+class BreaksOn:
+    """A fault injector that crashes the actor on one saga's command."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+
+    def decide(self, command: Command) -> None:
+        if command.saga_id == self.saga_id:
+            raise RuntimeError("fault injector broke")
+
+
+class Probe(Activity):
+    """An Activity that records how many replies had arrived each time it became idle."""
+
+    def __init__(self, received: list[Any]) -> None:
+        super().__init__()
+        self.received = received
+        self.idle_at: list[int] = []
+
+    def end(self, n: int = 1) -> None:
+        super().end(n)
+        if self.count == 0:
+            self.idle_at.append(len(self.received))
+
+
+class Ending(Replies):
+    """Ends the activity of each reply batch once it holds the replies, as a shard would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.activity = Probe(self.items)
+
+    def tell(self, message: Any) -> None:
+        super().tell(message)
+        self.activity.end()
+
+
+def test_a_crashing_batch_is_idle_only_after_its_replies_are_sent(start_pool):
+    replies = Ending()
+    activity = replies.activity
+    pool = start_pool([Scripted()], faults=BreaksOn("boom"), activity=activity)
+    pool.tell_many([command(saga_id) for saga_id in ["ok-1", "ok-2", "boom"]],
+                   activity.counting(replies))
+    received = replies.wait(3)
+    assert activity.wait_idle(WAIT)
+    assert [r.outcome for r in received] == ["succeeded", "succeeded", "error"]
+    idle_at = activity.idle_at
+    assert idle_at and all(n == 3 for n in idle_at), idle_at  # never idle with replies unsent
