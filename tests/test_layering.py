@@ -92,7 +92,8 @@ def test_public_exports_of_sagas_are_pinned():
         "BadStoreUrl", "CompiledFlow", "DefinitionUnavailable", "Flow", "FlowError",
         "FlowErrors", "FlowWarning", "IdConflict", "InputError", "Plan", "RetryPolicy",
         "Runtime", "SagaResult", "SagaTimeout", "SagactorError", "SeqConflict", "ServiceSpec",
-        "Step", "StoreError", "StoreMissing", "StoreUnavailable", "Submitted", "UnknownSaga", "__version__",
+        "Step", "StoreError", "StoreMissing", "StoreUnavailable", "Submitted", "UnknownSaga",
+        "__version__",
         "Delivery", "EventBus", "Subscriber", "Subscription",
         "compile_flow", "load_flow", "parse_flow", "plan", "plans"])
     for name in sagas.__all__:

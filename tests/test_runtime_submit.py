@@ -147,9 +147,9 @@ class FailingCreates(MemoryStore):
 
 
 def test_a_batch_run_stops_with_the_error_of_a_refused_start():
-    import cli
+    from sagas.batch import run_batch
 
     flow = make_flow("a")
     with Runtime(FailingCreates(after=5)) as runtime, \
             pytest.raises(Exception, match="disk full"):
-        cli.run_batch(runtime, flow, [{"n": 1}], total=50, concurrency=10)
+        run_batch(runtime, flow, [{"n": 1}], total=50, concurrency=10)
