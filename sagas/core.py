@@ -36,7 +36,33 @@ from .compiler import (
     compensation_state,
     step_state,
 )
-from .events import TERMINAL_EVENTS, Event
+from .events import (
+    BRANCH_COMPENSATED,
+    BRANCH_COMPLETED,
+    BRANCH_FAILED,
+    BRANCH_HALTED,
+    CHOICE_MADE,
+    COMPENSATION_FAILED,
+    COMPENSATION_RETRYING,
+    COMPENSATION_STARTED,
+    COMPENSATION_SUCCEEDED,
+    COMPENSATION_TIMED_OUT,
+    REPLY_IGNORED,
+    SAGA_CANCELLED,
+    SAGA_COMPENSATED,
+    SAGA_COMPLETED,
+    SAGA_DEADLINE_EXCEEDED,
+    SAGA_FAILED,
+    SAGA_RETRIED,
+    SAGA_STARTED,
+    STEP_FAILED,
+    STEP_RETRYING,
+    STEP_STARTED,
+    STEP_SUCCEEDED,
+    STEP_TIMED_OUT,
+    TERMINAL_EVENTS,
+    Event,
+)
 from .model import Step
 from .paths import evaluate
 
@@ -349,106 +375,151 @@ def context_of(saga_input: Any, outputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- folding events -----------------------------------------------------------------------------
-def apply(saga: Saga, event: Event) -> None:
-    """Fold ``event`` into ``saga``. Pure bookkeeping: never decides anything."""
+def _apply_started(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    kind, step = event.type, event.step
+    assert step is not None and event.attempt is not None
+    t = _track(saga, step)
+    state = step_state(step) if kind == STEP_STARTED else compensation_state(step)
+    if state != t.state:
+        t.state = state
+        t.timed_out = set()
+        t.base_attempt = 0
+    status = "running" if kind == STEP_STARTED else "compensating"
+    if t is saga:
+        saga.status = status
+    else:
+        t.status = status
+    t.attempt = event.attempt
+    t.command_id = event.event_id
+    t.in_flight = True
+    t.timeout_at = data.get("timeout_at")
+    t.next_attempt_at = None
+    if kind == STEP_STARTED:
+        saga.payloads[step] = data.get("payload")
+        wait = data.get("wait_for")
+        t.waiting = (wait["event"], wait["key"]) if wait else None
+    branches = data.get("parallel")
+    if branches is not None:
+        for route in branches:
+            if route not in saga.tracks:
+                saga.tracks[route] = Track(route, saga.compiled,
+                                           saga.compiled.track_initial[route])
+
+
+def _apply_outcome(saga: Saga, event: Event, data: dict[str, Any]) -> None:
     kind = event.type
+    t = _track(saga, event.step)
+    if kind == STEP_SUCCEEDED:
+        assert event.step is not None
+        saga.outputs[event.step] = data.get("output")
+        info = saga.compiled.info.get(step_state(event.step))
+        if info is not None and info.step.pivot:
+            saga.pivot_done = True
+    elif kind in (STEP_FAILED, COMPENSATION_FAILED):
+        t.last_kind = data.get("kind")
+    if event.attempt == t.attempt:
+        t.in_flight = False
+        t.timeout_at = None
+
+
+def _apply_timed_out(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    assert event.attempt is not None
+    t = _track(saga, event.step)
+    t.timed_out.add(event.attempt)
+    if event.attempt == t.attempt:
+        t.in_flight = False
+        t.timeout_at = None
+        # the latest attempt ended without a "no": a retry after it keeps the key
+        t.last_kind = "timeout"
+
+
+def _apply_retrying(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    t = _track(saga, event.step)
+    t.next_attempt_at = data.get("next_attempt_at")
+    t.retrying_id = event.event_id
+
+
+def _apply_choice(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.route = (*saga.route, data["branch"])
+
+
+def _apply_halted(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.tracks[data["branch"]].halting = True
+
+
+def _apply_branch_end(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.tracks[data["branch"]].status = event.type[len("branch."):]
+
+
+def _apply_saga_started(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.input = data.get("input")
+    saga.deadline_at = data.get("deadline_at")
+    saga.started_at = event.at
+    saga.status = "running"
+
+
+def _apply_deadline(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.deadline_passed = True
+
+
+def _apply_cancelled(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.cancelled = True
+
+
+def _apply_retried(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.reason = None
+    saga.base_attempt = saga.attempt
+    saga.timed_out = set()
+    saga.retries += 1
+    info = saga.info
+    if info is not None and info.phase == "action" and saga.last_kind == "rejected":
+        # the inbox holds the definitive "no" under the old key: a retry asks anew
+        saga.key_suffix[info.step.name] = f":retry{saga.retries}"
+    saga.status = "compensating" if info and info.phase == "compensation" else "running"
+    for track in saga.tracks.values():
+        if track.status in ("running", "compensating", "failed"):  # driven again
+            track.base_attempt = track.attempt
+            track.timed_out = set()
+            track.next_attempt_at = None
+
+
+def _apply_end(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    saga.status = TERMINAL_EVENTS[event.type]
+    saga.reason = data.get("reason")
+    saga.in_flight = False
+    saga.next_attempt_at = None
+    saga.timeout_at = None
+
+
+def _apply_nothing(saga: Saga, event: Event, data: dict[str, Any]) -> None:
+    """reply.ignored changes nothing."""
+
+
+_APPLY: dict[str, Callable[[Saga, Event, dict[str, Any]], None]] = {
+    STEP_STARTED: _apply_started, COMPENSATION_STARTED: _apply_started,
+    STEP_SUCCEEDED: _apply_outcome, STEP_FAILED: _apply_outcome,
+    COMPENSATION_SUCCEEDED: _apply_outcome, COMPENSATION_FAILED: _apply_outcome,
+    STEP_TIMED_OUT: _apply_timed_out, COMPENSATION_TIMED_OUT: _apply_timed_out,
+    STEP_RETRYING: _apply_retrying, COMPENSATION_RETRYING: _apply_retrying,
+    CHOICE_MADE: _apply_choice, BRANCH_HALTED: _apply_halted,
+    BRANCH_COMPLETED: _apply_branch_end, BRANCH_COMPENSATED: _apply_branch_end,
+    BRANCH_FAILED: _apply_branch_end,
+    SAGA_STARTED: _apply_saga_started, SAGA_DEADLINE_EXCEEDED: _apply_deadline,
+    SAGA_CANCELLED: _apply_cancelled, SAGA_RETRIED: _apply_retried,
+    SAGA_COMPLETED: _apply_end, SAGA_COMPENSATED: _apply_end, SAGA_FAILED: _apply_end,
+    REPLY_IGNORED: _apply_nothing,
+}
+
+
+def apply(saga: Saga, event: Event) -> None:
+    """Fold ``event`` into ``saga``. Pure bookkeeping: never decides anything. One function
+    per event type (:data:`_APPLY`); an unknown type changes nothing but the position."""
     saga.seq = event.seq
     saga.last_event_id = event.event_id
     saga.updated_at = event.at
-    data = event.data
-    if kind == "step.started" or kind == "compensation.started":
-        step = event.step
-        assert step is not None and event.attempt is not None
-        t = _track(saga, step)
-        state = step_state(step) if kind == "step.started" else compensation_state(step)
-        if state != t.state:
-            t.state = state
-            t.timed_out = set()
-            t.base_attempt = 0
-        status = "running" if kind == "step.started" else "compensating"
-        if t is saga:
-            saga.status = status
-        else:
-            t.status = status
-        t.attempt = event.attempt
-        t.command_id = event.event_id
-        t.in_flight = True
-        t.timeout_at = data.get("timeout_at")
-        t.next_attempt_at = None
-        if kind == "step.started":
-            saga.payloads[step] = data.get("payload")
-            wait = data.get("wait_for")
-            t.waiting = (wait["event"], wait["key"]) if wait else None
-        branches = data.get("parallel")
-        if branches is not None:
-            for route in branches:
-                if route not in saga.tracks:
-                    saga.tracks[route] = Track(route, saga.compiled,
-                                               saga.compiled.track_initial[route])
-    elif kind in ("step.succeeded", "step.failed", "compensation.succeeded",
-                  "compensation.failed"):
-        t = _track(saga, event.step)
-        if kind == "step.succeeded":
-            assert event.step is not None
-            saga.outputs[event.step] = data.get("output")
-            info = saga.compiled.info.get(step_state(event.step))
-            if info is not None and info.step.pivot:
-                saga.pivot_done = True
-        elif kind.endswith(".failed"):
-            t.last_kind = data.get("kind")
-        if event.attempt == t.attempt:
-            t.in_flight = False
-            t.timeout_at = None
-    elif kind in ("step.timed_out", "compensation.timed_out"):
-        assert event.attempt is not None
-        t = _track(saga, event.step)
-        t.timed_out.add(event.attempt)
-        if event.attempt == t.attempt:
-            t.in_flight = False
-            t.timeout_at = None
-            # the latest attempt ended without a "no": a retry after it keeps the key
-            t.last_kind = "timeout"
-    elif kind in ("step.retrying", "compensation.retrying"):
-        t = _track(saga, event.step)
-        t.next_attempt_at = data.get("next_attempt_at")
-        t.retrying_id = event.event_id
-    elif kind == "choice.made":
-        saga.route = (*saga.route, data["branch"])
-    elif kind == "branch.halted":
-        saga.tracks[data["branch"]].halting = True
-    elif kind in ("branch.completed", "branch.compensated", "branch.failed"):
-        saga.tracks[data["branch"]].status = kind[7:]
-    elif kind == "saga.started":
-        saga.input = data.get("input")
-        saga.deadline_at = data.get("deadline_at")
-        saga.started_at = event.at
-        saga.status = "running"
-    elif kind == "saga.deadline_exceeded":
-        saga.deadline_passed = True
-    elif kind == "saga.cancelled":
-        saga.cancelled = True
-    elif kind == "saga.retried":
-        saga.reason = None
-        saga.base_attempt = saga.attempt
-        saga.timed_out = set()
-        saga.retries += 1
-        info = saga.info
-        if info is not None and info.phase == "action" and saga.last_kind == "rejected":
-            # the inbox holds the definitive "no" under the old key: a retry asks anew
-            saga.key_suffix[info.step.name] = f":retry{saga.retries}"
-        saga.status = "compensating" if info and info.phase == "compensation" else "running"
-        for track in saga.tracks.values():
-            if track.status in ("running", "compensating", "failed"):  # driven again
-                track.base_attempt = track.attempt
-                track.timed_out = set()
-                track.next_attempt_at = None
-    elif kind in TERMINAL_EVENTS:
-        saga.status = TERMINAL_EVENTS[kind]
-        saga.reason = data.get("reason")
-        saga.in_flight = False
-        saga.next_attempt_at = None
-        saga.timeout_at = None
-    # reply.ignored changes nothing
+    fold = _APPLY.get(event.type)
+    if fold is not None:
+        fold(saga, event, event.data)
 
 
 def replay(saga_id: str, compiled: CompiledFlow, events: Iterable[Event]) -> Saga:

@@ -8,37 +8,126 @@ Recovery needs nothing beyond the log.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
-__all__ = ["EVENT_TYPES", "TERMINAL_EVENTS", "Event"]
+__all__ = [
+    "BRANCH_COMPENSATED", "BRANCH_COMPLETED", "BRANCH_FAILED", "BRANCH_HALTED", "CHOICE_MADE",
+    "COMPENSATION_FAILED", "COMPENSATION_RETRYING", "COMPENSATION_STARTED",
+    "COMPENSATION_SUCCEEDED", "COMPENSATION_TIMED_OUT", "EVENT_TYPES", "REPLY_IGNORED",
+    "SAGA_CANCELLED", "SAGA_COMPENSATED", "SAGA_COMPLETED", "SAGA_DEADLINE_EXCEEDED",
+    "SAGA_FAILED", "SAGA_RETRIED", "SAGA_STARTED", "STEP_FAILED", "STEP_RETRYING",
+    "STEP_STARTED", "STEP_SUCCEEDED", "STEP_TIMED_OUT", "TERMINAL_EVENTS", "BranchData",
+    "Event", "FailedData", "IgnoredData", "RequestData", "RetryingData", "SagaEndData",
+    "SagaStartedData", "StartedData", "SucceededData", "TimedOutData",
+]
+
+# the vocabulary: one name per event type (DESIGN's EVENT list, with the later constructs')
+SAGA_STARTED = "saga.started"
+STEP_STARTED = "step.started"
+STEP_SUCCEEDED = "step.succeeded"
+STEP_FAILED = "step.failed"
+STEP_TIMED_OUT = "step.timed_out"
+STEP_RETRYING = "step.retrying"
+COMPENSATION_STARTED = "compensation.started"
+COMPENSATION_SUCCEEDED = "compensation.succeeded"
+COMPENSATION_FAILED = "compensation.failed"
+COMPENSATION_TIMED_OUT = "compensation.timed_out"
+COMPENSATION_RETRYING = "compensation.retrying"
+REPLY_IGNORED = "reply.ignored"
+CHOICE_MADE = "choice.made"
+BRANCH_HALTED = "branch.halted"
+BRANCH_COMPLETED = "branch.completed"
+BRANCH_COMPENSATED = "branch.compensated"
+BRANCH_FAILED = "branch.failed"
+SAGA_DEADLINE_EXCEEDED = "saga.deadline_exceeded"
+SAGA_CANCELLED = "saga.cancelled"
+SAGA_RETRIED = "saga.retried"
+SAGA_COMPLETED = "saga.completed"
+SAGA_COMPENSATED = "saga.compensated"
+SAGA_FAILED = "saga.failed"
 
 EVENT_TYPES = (
-    "saga.started",
-    "step.started",
-    "step.succeeded",
-    "step.failed",
-    "step.timed_out",
-    "step.retrying",
-    "compensation.started",
-    "compensation.succeeded",
-    "compensation.failed",
-    "compensation.timed_out",
-    "compensation.retrying",
-    "reply.ignored",
-    "choice.made",
-    "branch.halted",
-    "branch.completed",
-    "branch.compensated",
-    "branch.failed",
-    "saga.deadline_exceeded",
-    "saga.cancelled",
-    "saga.retried",
-    "saga.completed",
-    "saga.compensated",
-    "saga.failed",
+    SAGA_STARTED, STEP_STARTED, STEP_SUCCEEDED, STEP_FAILED, STEP_TIMED_OUT, STEP_RETRYING,
+    COMPENSATION_STARTED, COMPENSATION_SUCCEEDED, COMPENSATION_FAILED, COMPENSATION_TIMED_OUT,
+    COMPENSATION_RETRYING, REPLY_IGNORED, CHOICE_MADE, BRANCH_HALTED, BRANCH_COMPLETED,
+    BRANCH_COMPENSATED, BRANCH_FAILED, SAGA_DEADLINE_EXCEEDED, SAGA_CANCELLED, SAGA_RETRIED,
+    SAGA_COMPLETED, SAGA_COMPENSATED, SAGA_FAILED,
 )
-TERMINAL_EVENTS = {"saga.completed": "completed", "saga.compensated": "compensated",
-                   "saga.failed": "failed"}
+TERMINAL_EVENTS = {SAGA_COMPLETED: "completed", SAGA_COMPENSATED: "compensated",
+                   SAGA_FAILED: "failed"}
+
+
+# -- the shape of each event's data (a JSON object; more keys may be added) --------------------
+# Typed dictionaries: free at run time (the log's data stays a plain dict), checked statically.
+class SagaStartedData(TypedDict, total=False):
+    """``saga.started``."""
+
+    input: Any
+    deadline_at: float | None
+
+
+class StartedData(TypedDict, total=False):
+    """``step.started`` / ``compensation.started``: ``wait_for`` for a wait step, ``parallel``
+    (its branches' track ids) for a block."""
+
+    payload: Any
+    timeout_at: float | None
+    wait_for: dict[str, str]
+    parallel: list[str]
+
+
+class SucceededData(TypedDict, total=False):
+    """``step.succeeded`` / ``compensation.succeeded``."""
+
+    output: dict[str, Any] | None
+
+
+class FailedData(TypedDict, total=False):
+    """``step.failed`` / ``compensation.failed``: ``kind`` is ``rejected`` or ``error``."""
+
+    error: str
+    kind: str
+
+
+class TimedOutData(TypedDict, total=False):
+    """``step.timed_out`` / ``compensation.timed_out``: ``reason`` when a deadline or a cancel
+    cut the attempt short."""
+
+    timeout_at: float | None
+    reason: str
+
+
+class RetryingData(TypedDict, total=False):
+    """``step.retrying`` / ``compensation.retrying``."""
+
+    next_attempt_at: float
+
+
+class IgnoredData(TypedDict, total=False):
+    """``reply.ignored``."""
+
+    phase: str
+    attempt: int
+    outcome: str
+
+
+class BranchData(TypedDict, total=False):
+    """``choice.made`` (the branch taken) and ``branch.*`` (the branch's track id)."""
+
+    branch: str
+
+
+class RequestData(TypedDict, total=False):
+    """``saga.cancelled`` / ``saga.retried`` (``phase``: where the retry resumes)."""
+
+    requested_by: str | None
+    phase: str
+
+
+class SagaEndData(TypedDict, total=False):
+    """``saga.failed`` (and the other ends, with no reason)."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
