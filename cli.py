@@ -19,7 +19,19 @@ from typing import Any, TypeVar
 import click
 
 from sagas import __version__
-from sagas.errors import FlowErrors, InputError, SagactorError, SagaOrphaned
+from sagas.errors import (
+    BadStoreUrl,
+    DefinitionUnavailable,
+    FlowError,
+    FlowErrors,
+    IdConflict,
+    InputError,
+    SagactorError,
+    SagaOrphaned,
+    SagaTimeout,
+    StoreError,
+    UnknownSaga,
+)
 from sagas.inputs import parse_json, read_inputs, read_text
 from sagas.interrupts import Stopped, graceful_stop
 from sagas.loader import load_flow
@@ -34,6 +46,20 @@ from sagas.render import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_COMPENSATED, EXIT_USAGE, EXIT_FAILED, EXIT_UNKNOWN, EXIT_STORE = 0, 1, 2, 3, 4, 5
+EXIT_INTERNAL, EXIT_SIGNALLED, EXIT_INTERRUPTED, EXIT_PIPE = 70, 128, 130, 141
+EXIT_VIOLATIONS = EXIT_COUNTEREXAMPLE = 1
+EXIT_BY_STATUS = {"completed": EXIT_OK, "compensated": EXIT_COMPENSATED, "failed": EXIT_FAILED}
+# the first match, most specific first, decides
+EXIT_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (FlowError, EXIT_USAGE), (InputError, EXIT_USAGE), (DefinitionUnavailable, EXIT_USAGE),
+    (IdConflict, EXIT_USAGE), (BadStoreUrl, EXIT_USAGE), (SagaOrphaned, EXIT_FAILED),
+    (UnknownSaga, EXIT_UNKNOWN), (StoreError, EXIT_STORE), (SagaTimeout, EXIT_COMPENSATED),
+    (SagactorError, EXIT_COMPENSATED),
+)
+
+
+def _exit_code(exc: BaseException) -> int:
+    return next(code for kind, code in EXIT_BY_ERROR if isinstance(exc, kind))
 
 
 def _err(message: str) -> None:
@@ -64,27 +90,27 @@ def handle_errors(func: F) -> F:
                 raise
             for error in exc.errors:
                 _err(error.format())
-            sys.exit(exc.exit_code)
+            sys.exit(_exit_code(exc))
         except SagactorError as exc:
             if debug:
                 raise
             _err(f"error: {_one_line(exc)}")
-            sys.exit(exc.exit_code)
+            sys.exit(_exit_code(exc))
         except Stopped as stopped:
             _err("interrupted")
-            sys.exit(stopped.exit_code)
+            sys.exit(EXIT_SIGNALLED + stopped.signum)
         except KeyboardInterrupt:
             _err("interrupted")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # `saga list | head -1`: the reader has gone; say nothing more
             _quiet_stdout()
-            sys.exit(141)
+            sys.exit(EXIT_PIPE)
         except Exception as exc:
             if debug:
                 raise
             _err(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
                  "(run with --debug for the traceback)")
-            sys.exit(70)
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper  # type: ignore[return-value]
 
@@ -109,7 +135,7 @@ class SagaGroup(click.Group):
                 sys.stdout.flush()
             except BrokenPipeError:  # the reader went away before the last line: say nothing
                 _quiet_stdout()
-                raise SystemExit(141) from None
+                raise SystemExit(EXIT_PIPE) from None
 
     def _main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -127,7 +153,7 @@ class SagaGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.Abort:
             _err("aborted")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=SagaGroup,
@@ -345,15 +371,12 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
                 else f"{left} of {progress.submitted} sagas started were left in flight")
         _err(f"interrupted: {what}; 'saga resume' finishes them"
              if left else "interrupted: no saga was left in flight")
-        sys.exit(stopped.exit_code)
+        sys.exit(EXIT_SIGNALLED + stopped.signum)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(render_summary(loaded.name, summary))
     sys.exit(EXIT_FAILED if summary["failed"] else EXIT_OK)
-
-
-EXIT_BY_STATUS = {"completed": EXIT_OK, "compensated": EXIT_COMPENSATED, "failed": EXIT_FAILED}
 
 
 @contextlib.contextmanager
@@ -448,7 +471,7 @@ def resume(store_url: str, as_json: bool) -> None:
         left = len(adopted) - sum(counts.values())
         _err(f"interrupted: {left} of {len(adopted)} resumed sagas were left in flight; "
              "'saga resume' again finishes them")
-        sys.exit(stopped.exit_code)
+        sys.exit(EXIT_SIGNALLED + stopped.signum)
     summary = {"resumed": len(adopted), **counts}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -528,7 +551,7 @@ def _act_on(saga_id: str, store_url: str, as_json: bool, what: str) -> None:
                 result = runtime.wait(saga_id)
     except Stopped as stopped:
         _err(f"interrupted: saga {saga_id} was left in flight; 'saga resume' finishes it")
-        sys.exit(stopped.exit_code)
+        sys.exit(EXIT_SIGNALLED + stopped.signum)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -643,7 +666,7 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
             click.echo(violation.format())
         if not violations:
             click.echo("ok: no violations")
-    sys.exit(1 if violations else 0)
+    sys.exit(EXIT_VIOLATIONS if violations else EXIT_OK)
 
 
 @main.command(name="test")
@@ -704,7 +727,7 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     if not report.complete:
         _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "
              f"points were tried within --examples {examples}")
-    sys.exit(EXIT_OK if report.ok else EXIT_COMPENSATED)
+    sys.exit(EXIT_OK if report.ok else EXIT_COUNTEREXAMPLE)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,6 @@ class Stopped(KeyboardInterrupt):
         super().__init__(signum)
         self.signum = signum
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
 
 @contextlib.contextmanager
 def graceful_stop() -> Iterator[None]:
