@@ -7,6 +7,7 @@ definition it started with.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 MAX_DURATION = 10 * 365 * 24 * 3600.0  # ten years: anything longer is a mistake
+_EXACT_DELAYS = 64  # RetryPolicy.worst_case adds this many delays one by one
 
 
 def parse_duration(value: Any) -> float:
@@ -106,29 +108,48 @@ class RetryPolicy:
         """Seconds to wait after attempt ``attempt`` (1-based) before the next one.
 
         ``min(backoff * multiplier ** (attempt - 1), max_backoff)``, scaled by a factor in
-        [0.5, 1) from ``draw`` (a number in [0, 1)) when ``jitter`` is on.
+        [0.5, 1) from ``draw`` (a number in [0, 1)) when ``jitter`` is on; never more than
+        ten years (:data:`MAX_DURATION`), whatever the policy, so a time is always finite.
         """
         try:
             base = self.backoff * self.multiplier ** (attempt - 1)
         except OverflowError:
             base = float("inf")
-        if self.max_backoff is not None:
-            base = min(base, self.max_backoff)
+        base = min(base, self._cap)
         if self.jitter and draw is not None:
             base *= 0.5 + draw / 2
         return base
 
+    @property
+    def _cap(self) -> float:
+        """The longest delay: ``max_backoff``, and never more than ten years."""
+        return MAX_DURATION if self.max_backoff is None else min(self.max_backoff, MAX_DURATION)
+
     def worst_case(self, timeout: float) -> float:
-        """The longest the forward attempts of one step can take (no jitter shortening)."""
+        """The longest the forward attempts of one step can take (no jitter shortening).
+
+        The first delays are added one by one; past :data:`_EXACT_DELAYS` of them the rest is
+        a geometric sum, so the cost does not grow with ``attempts``."""
         total = timeout * self.attempts
         previous = None
-        for attempt in range(1, self.attempts):
+        for attempt in range(1, min(self.attempts, _EXACT_DELAYS + 1)):
             delay = self.delay(attempt)
-            if delay == previous or delay == float("inf"):  # no more growth: the rest are equal
+            if delay == previous:  # no more growth: the rest are equal
                 return total + delay * (self.attempts - attempt)
             total += delay
             previous = delay
-        return total
+        return total + self._delays_from(_EXACT_DELAYS + 1)
+
+    def _delays_from(self, first_attempt: int) -> float:
+        """The sum of the delays after attempts ``first_attempt`` .. ``attempts - 1``."""
+        count = self.attempts - first_attempt
+        if count <= 0:
+            return 0.0
+        first, cap, multiplier = self.delay(first_attempt), self._cap, self.multiplier
+        if first <= 0 or first >= cap or multiplier <= 1:
+            return first * count
+        growing = min(count, math.ceil(math.log(cap / first) / math.log(multiplier)))
+        return first * (multiplier ** growing - 1) / (multiplier - 1) + cap * (count - growing)
 
 
 DEFAULT_RETRY = RetryPolicy()
