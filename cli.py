@@ -183,17 +183,23 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
 @click.option("--strict", is_flag=True, help="Treat warnings (semantic checks) as errors.")
+@click.option("--no-import", is_flag=True,
+              help="Do not import the services' modules (for flows whose services are not "
+                   "installed here, or whose code you do not want to run); every other check "
+                   "still runs.")
 @handle_errors
-def validate(flows: tuple[str, ...], strict: bool) -> None:
-    """Check flow files: syntax, structure, names, paths, and recovery semantics.
+def validate(flows: tuple[str, ...], strict: bool, no_import: bool) -> None:
+    """Check flow files: syntax, structure, names, paths, recovery semantics, and services.
 
-    Prints "ok: NAME vN (K steps)" per valid file; warnings and errors go to stderr as
-    FILE:LINE:COL: message. Exits 2 if any file is invalid.
+    Imports each declared service (module:Class, found as `saga run` finds it) and checks
+    that every action and compensation names one of its handlers; importing runs the
+    module's code (--no-import skips it). Prints "ok: NAME vN (K steps)" per valid file;
+    warnings and errors go to stderr as FILE:LINE:COL: message. Exits 2 if any is invalid.
     """
     invalid = False
     for path in flows:
         try:
-            flow = load_flow(path, strict=strict)
+            flow = load_flow(path, strict=strict, check_services=not no_import)
         except FlowErrors as exc:
             invalid = True
             for error in exc.errors:
