@@ -28,7 +28,7 @@ import pykka
 from actors import fast_inbox
 
 if TYPE_CHECKING:
-    from .stores import SagaStore
+    from .stores import Cursors
 
 __all__ = ["MAX_BACKOFF", "SAVE_INTERVAL", "Page", "Resume", "SubscriberActor", "Subscription"]
 
@@ -98,7 +98,7 @@ class SubscriberActor(pykka.ThreadingActor):
     use_daemon_thread = True  # a handler that blocks forever must not keep the process alive
 
     def __init__(self, subscription: Subscription, handler: Callable[[Any], object], *,
-                 store: SagaStore, attempts: int, backoff: float,
+                 store: Cursors, attempts: int, backoff: float,
                  page_done: Callable[[Subscription, int], None],
                  parked: Callable[[Subscription, Exception], None]) -> None:
         super().__init__()

@@ -55,7 +55,12 @@ from .loader import parse_flow
 from .model import Flow, Step, format_duration
 
 if TYPE_CHECKING:
-    from .stores._base import SagaRecord, SagaStore
+    from typing import Protocol
+
+    from .stores import EventLog, Ownership, SagaRecord
+
+    class _AuditedStore(EventLog, Ownership, Protocol):
+        """The store's facets an audit uses: the sagas' logs, and whether owners live."""
 
 __all__ = ["RULES", "Violation", "audit_saga", "audit_store"]
 
@@ -1195,7 +1200,7 @@ def _audit(record: SagaRecord, built: CompiledFlow | str, *, now: float, stuck_a
     return found
 
 
-def audit_store(store: SagaStore, *, now: float | None = None, stuck_after: float = 3600.0,
+def audit_store(store: _AuditedStore, *, now: float | None = None, stuck_after: float = 3600.0,
                 include_running: bool = True) -> list[Violation]:
     """Audit every saga in ``store`` (in ``store.list()`` order: newest first).
 
@@ -1234,7 +1239,7 @@ def _log_ended(record: SagaRecord) -> bool:
     return False
 
 
-def _owner_alive(store: SagaStore, owner: str | None) -> bool:
+def _owner_alive(store: Ownership, owner: str | None) -> bool:
     if not owner:
         return False
     try:

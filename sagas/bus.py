@@ -57,8 +57,7 @@ from actors import ServicePool, freeze
 
 from ._bus_subscriber import Page, Resume, SubscriberActor, Subscription
 from ._bus_topics import TopicFilter, topic_of
-from .stores import LogEntry, SagaStore
-from .stores._base import check_subscriber
+from .stores import LogEntry, LogReader, check_subscriber
 from .triggers import CURSOR_PREFIX as RESERVED_PREFIX
 
 __all__ = ["MAX_PAGES", "PAGE_SIZE", "Delivery", "EventBus", "Subscriber", "Subscription",
@@ -144,7 +143,7 @@ class EventBus:
     there is subscribed as ``<module>:<Class>.<method>``, calling instance 0's method.
     """
 
-    def __init__(self, store: SagaStore, *,
+    def __init__(self, store: LogReader, *,
                  services: Callable[[], Mapping[str, ServicePool[Any]]] | None = None) -> None:
         self.store = store
         self._services = services

@@ -58,7 +58,7 @@ from .loader import load_flow
 from .model import Flow
 from .services import ServiceRegistry
 from .shard import EventPosted, LoadSaga, LoadSagas, Shard, StartSaga, Ticket, shard_of
-from .stores import TERMINAL, SagaStore, open_store
+from .stores import TERMINAL, EventLog, SagaStore, open_store
 from .triggers import TriggerStarter
 
 __all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "validate_input",
@@ -189,7 +189,7 @@ class Submitted:
         return f"Submitted({self.saga_id!r}, {state})"
 
 
-def load_result(store: SagaStore, saga_id: str) -> SagaResult:
+def load_result(store: EventLog, saga_id: str) -> SagaResult:
     """Read a saga from ``store`` (``UnknownSaga`` if absent)."""
     record = store.load(saga_id)
     header = record.header

@@ -20,7 +20,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -46,7 +46,15 @@ from .errors import (
 )
 from .events import Event
 from .loader import parse_flow
-from .stores import TERMINAL, Append, NewSaga, SagaStore
+from .stores import TERMINAL, Append, NewSaga
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from .stores import EventLog, ExternalEvents
+
+    class _ShardStore(EventLog, ExternalEvents, Protocol):
+        """The store's facets a shard uses: the sagas' logs, and claiming external events."""
 
 __all__ = ["EventPosted", "LoadSaga", "LoadSagas", "SagaSignal", "Shard", "StartSaga", "Ticket",
            "shard_of"]
@@ -210,7 +218,7 @@ class Shard(pykka.ThreadingActor):
     `saga resume` finishes them from what the store holds.
     """
 
-    def __init__(self, index: int, *, store: SagaStore, clock: Clock, scheduler: Scheduler,
+    def __init__(self, index: int, *, store: _ShardStore, clock: Clock, scheduler: Scheduler,
                  seed: str, pools: Callable[[CompiledFlow], dict[str, Any]],
                  on_end: Callable[[str, str, str | None], None], activity: Activity,
                  dead_letters: DeadLetters,

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .compiler import CompiledFlow
 from .errors import IdConflict, InputError, SagactorError
 from .paths import MISSING, parse_path, resolve
-from .stores import SagaStore
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from .stores import Cursors, ExternalEvents
+
+    class _TriggerStore(ExternalEvents, Cursors, Protocol):
+        """The store's facets a trigger uses: external events, and a cursor in them."""
 
 __all__ = ["CURSOR_PREFIX", "TriggerStarter", "trigger_saga_id"]
 
@@ -57,7 +64,7 @@ class TriggerStarter:
     ``result(timeout)`` that raises if the start was refused (``Runtime.submit``).
     """
 
-    def __init__(self, store: SagaStore,
+    def __init__(self, store: _TriggerStore,
                  start: Callable[[CompiledFlow, Any, str], Any]) -> None:
         self.store = store
         self._start = start

@@ -19,6 +19,12 @@ decoding), so it cannot contain ``?``.
 private); ``open_store(url, create=False)`` opens only an existing one and raises
 :class:`~sagas.errors.StoreMissing` (``no saga store at PATH``, exit code 5) otherwise, having
 created nothing: what commands that only read or act on existing sagas use.
+
+The port a backend implements, :class:`SagaStore`, is made of small facets, each documented
+in one place: :class:`EventLog` (sagas and their logs), :class:`LogReader` (the global log,
+with :class:`Cursors`), :class:`Ownership`, :class:`Requests`, :class:`ExternalEvents` and
+:class:`ServiceInbox`; a component names the facets it uses. Every backend passes the contract
+suite :mod:`sagas.stores.contract` (a pytest suite, with the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -26,17 +32,26 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from sagas.errors import BadStoreUrl
-from sagas.stores._base import (
+from sagas.stores._checks import check_subscriber
+from sagas.stores._port import (
     TERMINAL,
     Append,
+    Cursors,
+    EventLog,
     ExternalEvent,
+    ExternalEvents,
     LogEntry,
+    LogReader,
     NewSaga,
+    Ownership,
     Request,
+    Requests,
     SagaHeader,
     SagaRecord,
     SagaStore,
+    ServiceInbox,
     StoredEvent,
+    StoreFacet,
 )
 from sagas.stores.memory import MemoryStore
 from sagas.stores.sqlite import SYNCHRONOUS, SqliteStore
@@ -44,16 +59,25 @@ from sagas.stores.sqlite import SYNCHRONOUS, SqliteStore
 __all__ = [
     "TERMINAL",
     "Append",
+    "Cursors",
+    "EventLog",
     "ExternalEvent",
+    "ExternalEvents",
     "LogEntry",
+    "LogReader",
     "MemoryStore",
     "NewSaga",
+    "Ownership",
     "Request",
+    "Requests",
     "SagaHeader",
     "SagaRecord",
     "SagaStore",
+    "ServiceInbox",
     "SqliteStore",
+    "StoreFacet",
     "StoredEvent",
+    "check_subscriber",
     "open_store",
 ]
 

@@ -1,4 +1,4 @@
-"""The memory store passes the store contract."""
+"""The memory store passes the store contract (:mod:`sagas.stores.contract`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from sagas.stores import MemoryStore, open_store
-
-from .contract import StoreContract, append, new_saga
+from sagas.stores.contract import StoreContract, append, new_saga
 
 
 class TestMemoryStore(StoreContract):

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from sagas.stores._process import ProcessIdentity, _stat, process_alive, this_process
-
-from .contract import JOIN_TIMEOUT
+from sagas.stores.contract import JOIN_TIMEOUT
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 

@@ -12,8 +12,7 @@ import pytest
 
 from sagas.errors import StoreMissing, StoreUnavailable
 from sagas.stores import MemoryStore, SqliteStore, open_store
-
-from .contract import JOIN_TIMEOUT, new_saga
+from sagas.stores.contract import JOIN_TIMEOUT, new_saga
 
 
 def _tree(root: Path) -> list[str]:

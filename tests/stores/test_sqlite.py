@@ -25,14 +25,7 @@ from actors._dispatch import Dispatcher
 from sagas.errors import BadStoreUrl, SeqConflict, StoreMissing, StoreUnavailable, UnknownSaga
 from sagas.stores import Append, MemoryStore, NewSaga, SagaStore, SqliteStore, open_store
 from sagas.stores._process import ProcessIdentity, this_process
-from sagas.stores.sqlite import (
-    _SELECT_CLAIMED,
-    _SELECT_REQUESTS_OF_OWNER,
-    _SELECT_UNCLAIMED,
-    SqliteInbox,
-)
-
-from .contract import (
+from sagas.stores.contract import (
     FLOW_SHA,
     FLOW_TEXT,
     JOIN_TIMEOUT,
@@ -40,15 +33,12 @@ from .contract import (
     append,
     event,
     new_saga,
-    race_adopts,
-    race_appends,
-    race_claims,
-    race_creates,
-    race_writes,
     run_pair,
     snapshot,
-    snapshots_agree,
 )
+from sagas.stores.sqlite import SqliteInbox
+from sagas.stores.sqlite._external import _SELECT_CLAIMED, _SELECT_UNCLAIMED
+from sagas.stores.sqlite._requests import _SELECT_REQUESTS_OF_OWNER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[2]
 class TestSqliteStore(StoreContract):
     def make_store(self, tmp_path: Path) -> SqliteStore:
         return SqliteStore(tmp_path / "sagas.db")
+
+    def open_again(self, store: SagaStore) -> SqliteStore:
+        assert isinstance(store, SqliteStore)
+        return SqliteStore(store.path)
 
     def lose_owner_files(self, store: SagaStore, owner: str | None) -> None:
         assert isinstance(store, SqliteStore)
@@ -93,37 +87,6 @@ def test_sagas_persist_across_reopen(tmp_path: Path) -> None:
         positions = [e.position for e in store.load("s").events]
         assert positions == sorted(positions) and len(set(positions)) == 4
         assert store.in_flight() == []
-
-
-def test_two_store_objects_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
-        a.create(new_saga("s"))
-        assert b.header("s").last_seq == 1
-        b.append([append("s", 2, status="completed")])
-        assert a.header("s").status == "completed"
-        with pytest.raises(SeqConflict):
-            a.append([append("s", 2)])
-        assert a.create(new_saga("s"))[0] is False
-
-
-def test_two_store_objects_racing_appends_exactly_one_wins(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
-        race_appends(a, b)
-
-
-def test_two_store_objects_racing_creates_exactly_one_wins(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
-        race_creates(a, b)
-
-
-def test_two_store_objects_racing_writes_exactly_one_lands(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
-        race_writes(a, b)
-
-
-def test_load_many_is_one_snapshot_of_another_store_objects_writes(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
-        snapshots_agree(a, b)
 
 
 def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None:
@@ -1057,16 +1020,25 @@ def test_public_exports() -> None:
         [
             "TERMINAL",
             "Append",
+            "Cursors",
+            "EventLog",
             "ExternalEvent",
+            "ExternalEvents",
             "LogEntry",
+            "LogReader",
             "MemoryStore",
             "NewSaga",
+            "Ownership",
             "Request",
+            "Requests",
             "SagaHeader",
             "SagaRecord",
             "SagaStore",
+            "ServiceInbox",
             "SqliteStore",
+            "StoreFacet",
             "StoredEvent",
+            "check_subscriber",
             "open_store",
         ]
     )
@@ -1285,11 +1257,6 @@ def test_an_owner_id_in_the_file_that_is_not_a_valid_id_is_dead(tmp_path: Path) 
         store.register_owner("me")  # makes <db>.owners/, so the path would resolve
         assert store.adopt("me") == ["s"]
     assert bystander.read_text() == "not ours"
-
-
-def test_two_store_objects_adopting_at_once_never_share_a_saga(tmp_path: Path) -> None:
-    with SqliteStore(tmp_path / "s.db") as a, SqliteStore(tmp_path / "s.db") as b:
-        race_adopts(a, b)
 
 
 OWNER_PROCESS = """
@@ -1760,12 +1727,6 @@ def test_external_events_survive_reopen_and_are_shared_by_store_objects(tmp_path
         assert store.events_after() == [taken]
         later, _ = store.send_event("Paid", "o-1", sent_at=6.0)
         assert later.position > taken.position
-
-
-def test_two_store_objects_claiming_at_once_never_share_an_event(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    with SqliteStore(path) as a, SqliteStore(path) as b:
-        race_claims([a, b], threads=8, events=60)
 
 
 def test_a_claim_that_cannot_get_the_write_lock_takes_nothing(tmp_path: Path) -> None:

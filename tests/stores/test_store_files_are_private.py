@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from sagas.stores import SqliteStore
-
-from .contract import JOIN_TIMEOUT, new_saga
+from sagas.stores.contract import JOIN_TIMEOUT, new_saga
 
 ROOT = Path(__file__).resolve().parents[2]
 

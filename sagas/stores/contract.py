@@ -1,9 +1,46 @@
-"""The contract every saga store passes: subclass :class:`StoreContract` and give ``make_store``.
+"""The contract every saga store passes: a pytest suite to run against any backend.
 
-The class name does not start with ``Test``, so pytest collects only its subclasses.
-The race helpers (:func:`race_appends`, :func:`race_creates`, :func:`race_writes`,
-:func:`race_adopts`) and :func:`snapshots_agree` take two handles (:func:`race_claims` a list
-of them), so a backend can also run them across several connections to one store.
+A backend author subclasses :class:`StoreContract` in a test module of theirs, gives it the
+factory of a fresh, empty store, and runs pytest (installed with the ``test`` extra)::
+
+    # tests/test_my_store.py
+    from sagas.stores.contract import StoreContract
+
+    class TestMyStore(StoreContract):
+        def make_store(self, tmp_path):
+            return MyStore(tmp_path / "sagas.db")  # a new, empty store
+
+        def open_again(self, store):  # optional: another store object on the same data
+            return MyStore(store.path)
+
+The suite's classes do not start with ``Test``, so pytest collects only the subclasses. Each
+test gets a store from the ``store`` fixture (``make_store(tmp_path)``, closed after the test);
+override the fixture itself to build stores from other fixtures (a database server...). pytest
+shows what a failed assertion compared when it rewrote this module's asserts, which it does for
+an installed sagactor; with an editable install outside this repository, put
+``pytest.register_assert_rewrite("sagas.stores.contract")`` in your ``conftest.py``.
+
+The hooks besides :meth:`~StoreContract.make_store`:
+
+- :meth:`~StoreContract.open_again`: a second store object on the same data, as another
+  process would open it. The tests of two store objects (racing writers, adopters and
+  claimers, snapshots of another's writes) run with it; without it (``None``, the default)
+  they are skipped.
+- :meth:`~StoreContract.lose_owner_files`: delete what the store keeps of its owners beside
+  its data (lock files...), as someone tidying up by hand might; a live owner must keep its
+  sagas all the same. A store that keeps no such files leaves it as it is (a no-op).
+
+The tests of each facet of the port are a class of their own (:class:`EventLogContract`,
+:class:`LogReaderContract`, :class:`OwnershipContract`, :class:`RequestsContract`,
+:class:`ExternalEventsContract`, :class:`ServiceInboxContract`), all of which
+:class:`StoreContract` gathers with the tests of the whole store. They set up their sagas with
+the :class:`~sagas.stores.EventLog`, so the store of any of them needs that facet too.
+
+The helpers are public for a backend's own tests: :func:`new_saga`, :func:`append` and
+:func:`event` build records, :func:`snapshot` reads everything a store holds, and the race
+helpers (:func:`race_appends`, :func:`race_creates`, :func:`race_writes`, :func:`race_adopts`,
+:func:`race_claims`, :func:`snapshots_agree`) take several store objects, so a backend can run
+them across connections of its own.
 """
 
 from __future__ import annotations
@@ -16,21 +53,59 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from actors import InboxStore, StoredReply, freeze, thaw
 from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
 from sagas.stores import (
     TERMINAL,
     Append,
+    Cursors,
+    EventLog,
     ExternalEvent,
+    ExternalEvents,
+    LogEntry,
+    LogReader,
     NewSaga,
+    Ownership,
     Request,
+    Requests,
     SagaHeader,
     SagaStore,
+    ServiceInbox,
     StoredEvent,
 )
-from sagas.stores._base import LogEntry
+
+try:
+    import pytest
+except ImportError as err:  # pragma: no cover - pytest comes with the test extra
+    raise ImportError(
+        "sagas.stores.contract is a pytest suite: install pytest "
+        "(pip install 'sagactor[test]')"
+    ) from err
+
+__all__ = [
+    "FLOW_SHA",
+    "FLOW_TEXT",
+    "JOIN_TIMEOUT",
+    "RACE_ROUNDS",
+    "EventLogContract",
+    "ExternalEventsContract",
+    "LogReaderContract",
+    "OwnershipContract",
+    "RequestsContract",
+    "ServiceInboxContract",
+    "StoreContract",
+    "append",
+    "event",
+    "new_saga",
+    "race_adopts",
+    "race_appends",
+    "race_claims",
+    "race_creates",
+    "race_writes",
+    "run_pair",
+    "snapshot",
+    "snapshots_agree",
+]
 
 FLOW_TEXT = "name: order\nversion: 1\nsteps: []\n"
 FLOW_SHA = "a" * 64
@@ -314,12 +389,19 @@ def race_claims(
     assert stores[-1].claim_event(type, "race", "late", at=0.0) is None
 
 
-class StoreContract:
-    """The behaviour every :class:`~sagas.stores.SagaStore` must have."""
+class _Hooks:
+    """The hooks a backend gives (:meth:`make_store`; :meth:`open_again` and
+    :meth:`lose_owner_files` if it can), and the fixtures the tests take."""
 
     def make_store(self, tmp_path: Path) -> SagaStore:
         """A new, empty store (files, if any, under ``tmp_path``)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define make_store(tmp_path)")
+
+    def open_again(self, store: SagaStore) -> SagaStore | None:
+        """Another store object on the data of ``store`` (another connection, as another
+        process would open it), closed by the test; ``None`` if the backend has no such thing
+        (then the tests of two store objects are skipped)."""
+        return None
 
     def lose_owner_files(self, store: SagaStore, owner: str | None) -> None:
         """Delete what ``store`` keeps of its owners beside its data, as someone tidying up by
@@ -332,11 +414,22 @@ class StoreContract:
         yield store
         store.close()
 
-    # -- shape ----------------------------------------------------------------------------------
+    @pytest.fixture
+    def again(self, store: SagaStore) -> Iterator[SagaStore]:
+        """A second store object on ``store``'s data (:meth:`open_again`), or the test is
+        skipped."""
+        other = self.open_again(store)
+        if other is None:
+            pytest.skip(f"{type(self).__name__} opens no second store object on one store "
+                        "(open_again)")
+        yield other
+        other.close()
 
-    def test_implements_the_port(self, store: SagaStore) -> None:
-        assert isinstance(store, SagaStore)
-        assert isinstance(store.url, str) and "://" in store.url
+
+class EventLogContract(_Hooks):
+    """The contract of :class:`~sagas.stores.EventLog`: sagas, their headers and logs."""
+
+    # -- shape ----------------------------------------------------------------------------------
 
     def test_a_new_store_is_empty(self, store: SagaStore) -> None:
         assert store.list() == []
@@ -526,7 +619,7 @@ class StoreContract:
         record.events[1].data["items"].append(3)
         assert store.load("s").events[1].data == {"items": [1]}
 
-    # -- write: creates, then appends, in one call -----------------------------------------------
+    # -- write: creates, then appends, in one call ----------------------------------------------
 
     def test_write_creates_then_appends_in_one_call(self, store: SagaStore) -> None:
         store.create(new_saga("old", started_at=1.0, n_events=2))
@@ -732,6 +825,87 @@ class StoreContract:
         assert [h.saga_id for h in store.list(status="running")] == ["s"]
         assert store.list(status="compensating") == []
 
+    # -- load_many ------------------------------------------------------------------------------
+
+    def test_load_many_is_load_of_each_in_the_order_asked(self, store: SagaStore) -> None:
+        store.write(
+            [
+                new_saga("a", n_events=3, input=[1, {"x": None}]),
+                new_saga("b", flow="refund", definition="d" * 64, definition_text="refund text"),
+                new_saga("c", owner="me"),
+            ],
+            [append("a", 4, status="compensating", reason="r")],
+        )
+        records = store.load_many(["c", "ghost", "a", "b", "a", "c"])
+        assert [r.header.saga_id for r in records] == ["c", "a", "b"]
+        assert records == [store.load("c"), store.load("a"), store.load("b")]
+        assert records[2].definition_text == "refund text"
+        assert [e.seq for e in records[1].events] == [1, 2, 3, 4]
+        assert store.load_many([]) == store.load_many(["ghost"]) == []
+        assert store.load_many(("b",)) == [store.load("b")]
+        with pytest.raises(TypeError):
+            store.load_many("a")  # one id is not a list of ids
+
+    def test_load_many_reads_more_sagas_than_one_query_takes(self, store: SagaStore) -> None:
+        ids = [f"s{n:04}" for n in range(1234)]
+        store.write([new_saga(saga_id, n_events=1 + n % 3) for n, saga_id in enumerate(ids)], [])
+        wanted = [*ids[::-1], "ghost"]
+        records = store.load_many(wanted)
+        assert [r.header.saga_id for r in records] == ids[::-1]
+        assert [len(r.events) for r in records] == [1 + n % 3 for n in range(1234)][::-1]
+        assert records[0] == store.load(ids[-1]) and records[-1] == store.load(ids[0])
+
+    def test_load_many_returns_copies(self, store: SagaStore) -> None:
+        store.create(new_saga("s", input={"items": [1]}))
+        (record,) = store.load_many(["s"])
+        record.header.input["items"].append(2)
+        record.events[0].data["input"]["items"].append(3)
+        assert store.load_many(["s"]) == [store.load("s")]
+        assert store.load("s").header.input == {"items": [1]}
+
+    def test_load_many_is_one_snapshot(self, store: SagaStore) -> None:
+        snapshots_agree(store, store)
+
+    # -- two store objects on one store (as two processes have) ---------------------------------
+
+    def test_two_store_objects_on_one_store_see_each_others_writes(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        store.create(new_saga("s"))
+        assert again.header("s").last_seq == 1
+        again.append([append("s", 2, status="completed")])
+        assert store.header("s").status == "completed"
+        with pytest.raises(SeqConflict):
+            store.append([append("s", 2)])
+        assert store.create(new_saga("s"))[0] is False
+
+    def test_two_store_objects_racing_appends_exactly_one_wins(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_appends(store, again)
+
+    def test_two_store_objects_racing_creates_exactly_one_wins(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_creates(store, again)
+
+    def test_two_store_objects_racing_writes_exactly_one_lands(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_writes(store, again)
+
+    def test_load_many_is_one_snapshot_of_another_store_objects_writes(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        snapshots_agree(store, again)
+
+
+class LogReaderContract(_Hooks):
+    """The contract of :class:`~sagas.stores.LogReader` and its :class:`~sagas.stores.Cursors`:
+    the global log in position order, and durable cursors."""
+
+    # -- the global log -------------------------------------------------------------------------
+
     def test_read_all_is_in_global_position_order(self, store: SagaStore) -> None:
         store.create(new_saga("a", n_events=2))
         store.create(new_saga("b"))
@@ -764,8 +938,6 @@ class StoreContract:
         assert store.read_all(0, 0) == []
         with pytest.raises(ValueError):
             store.read_all(0, -1)
-
-    # -- the log with flow names, and subscribers' cursors (the event bus) ------------------------
 
     def test_read_log_is_read_all_with_each_sagas_flow(self, store: SagaStore) -> None:
         store.create(new_saga("a", n_events=2, flow="order"))
@@ -808,6 +980,8 @@ class StoreContract:
         store.send_event("Paid", "o-1", sent_at=1.0)  # external events have positions of their own
         assert store.last_position() == store.read_all()[-1][1].position
 
+    # -- subscribers' cursors -------------------------------------------------------------------
+
     def test_a_cursor_is_kept_per_subscriber(self, store: SagaStore) -> None:
         assert store.cursor("mailer") is None
         assert store.cursors() == {}
@@ -848,48 +1022,10 @@ class StoreContract:
         store.save_cursor(name, 1)
         assert store.cursor(name) == 1
 
-    # -- load_many ------------------------------------------------------------------------------
 
-    def test_load_many_is_load_of_each_in_the_order_asked(self, store: SagaStore) -> None:
-        store.write(
-            [
-                new_saga("a", n_events=3, input=[1, {"x": None}]),
-                new_saga("b", flow="refund", definition="d" * 64, definition_text="refund text"),
-                new_saga("c", owner="me"),
-            ],
-            [append("a", 4, status="compensating", reason="r")],
-        )
-        records = store.load_many(["c", "ghost", "a", "b", "a", "c"])
-        assert [r.header.saga_id for r in records] == ["c", "a", "b"]
-        assert records == [store.load("c"), store.load("a"), store.load("b")]
-        assert records[2].definition_text == "refund text"
-        assert [e.seq for e in records[1].events] == [1, 2, 3, 4]
-        assert store.load_many([]) == store.load_many(["ghost"]) == []
-        assert store.load_many(("b",)) == [store.load("b")]
-        with pytest.raises(TypeError):
-            store.load_many("a")  # one id is not a list of ids
-
-    def test_load_many_reads_more_sagas_than_one_query_takes(self, store: SagaStore) -> None:
-        ids = [f"s{n:04}" for n in range(1234)]
-        store.write([new_saga(saga_id, n_events=1 + n % 3) for n, saga_id in enumerate(ids)], [])
-        wanted = [*ids[::-1], "ghost"]
-        records = store.load_many(wanted)
-        assert [r.header.saga_id for r in records] == ids[::-1]
-        assert [len(r.events) for r in records] == [1 + n % 3 for n in range(1234)][::-1]
-        assert records[0] == store.load(ids[-1]) and records[-1] == store.load(ids[0])
-
-    def test_load_many_returns_copies(self, store: SagaStore) -> None:
-        store.create(new_saga("s", input={"items": [1]}))
-        (record,) = store.load_many(["s"])
-        record.header.input["items"].append(2)
-        record.events[0].data["input"]["items"].append(3)
-        assert store.load_many(["s"]) == [store.load("s")]
-        assert store.load("s").header.input == {"items": [1]}
-
-    def test_load_many_is_one_snapshot(self, store: SagaStore) -> None:
-        snapshots_agree(store, store)
-
-    # -- ownership ------------------------------------------------------------------------------
+class OwnershipContract(_Hooks):
+    """The contract of :class:`~sagas.stores.Ownership`: registered owners, and adopting the
+    sagas of dead ones."""
 
     def test_create_keeps_the_owner(self, store: SagaStore) -> None:
         _, header = store.create(new_saga("mine", started_at=2.0, owner="runtime-1"))
@@ -1012,7 +1148,17 @@ class StoreContract:
     def test_concurrent_adopters_never_share_a_saga(self, store: SagaStore) -> None:
         race_adopts(store, store)
 
-    # -- requests -------------------------------------------------------------------------------
+    # -- two store objects on one store (as two processes have) ---------------------------------
+
+    def test_two_store_objects_adopting_at_once_never_share_a_saga(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_adopts(store, again)
+
+
+class RequestsContract(_Hooks):
+    """The contract of :class:`~sagas.stores.Requests`: commands for a saga from other
+    processes."""
 
     def test_requests_are_pending_until_completed(self, store: SagaStore) -> None:
         store.create(new_saga("a", owner="me"))
@@ -1086,7 +1232,10 @@ class StoreContract:
         request.data["items"].append(3)
         assert store.requests("me")[0].data == {"items": [1]}
 
-    # -- the service inbox ----------------------------------------------------------------------
+
+class ServiceInboxContract(_Hooks):
+    """The contract of :class:`~sagas.stores.ServiceInbox`: the store's
+    :class:`actors.InboxStore`."""
 
     def test_the_inbox_is_an_inbox_store(self, store: SagaStore) -> None:
         assert isinstance(store.inbox, InboxStore)
@@ -1165,7 +1314,10 @@ class StoreContract:
         assert inbox.get("k1") is None and inbox.get("k2") is None
         assert not inbox.is_tombstoned("t1") and not inbox.is_tombstoned("t")
 
-    # -- external events (saga send) ------------------------------------------------------------
+
+class ExternalEventsContract(_Hooks):
+    """The contract of :class:`~sagas.stores.ExternalEvents`: events sent from outside, and
+    claimed by one saga each."""
 
     def test_last_event_position_is_where_a_poller_starts(self, store: SagaStore) -> None:
         assert store.last_event_position() == 0
@@ -1398,6 +1550,34 @@ class StoreContract:
 
     def test_concurrent_claimers_never_share_an_event(self, store: SagaStore) -> None:
         race_claims([store])
+
+    # -- two store objects on one store (as two processes have) ---------------------------------
+
+    def test_two_store_objects_claiming_at_once_never_share_an_event(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_claims([store, again], threads=8, events=60)
+
+
+class StoreContract(
+    EventLogContract,
+    LogReaderContract,
+    OwnershipContract,
+    RequestsContract,
+    ExternalEventsContract,
+    ServiceInboxContract,
+):
+    """The behaviour every :class:`~sagas.stores.SagaStore` must have: every facet's, and the
+    store's own (its shape, closing)."""
+
+    # -- shape ----------------------------------------------------------------------------------
+
+    def test_implements_the_port(self, store: SagaStore) -> None:
+        assert isinstance(store, SagaStore)
+        for facet in (EventLog, Cursors, LogReader, Ownership, Requests, ExternalEvents,
+                      ServiceInbox):
+            assert isinstance(store, facet), facet.__name__
+        assert isinstance(store.url, str) and "://" in store.url
 
     # -- closing --------------------------------------------------------------------------------
 

@@ -1,0 +1,381 @@
+"""The SQLite store's event log (:class:`~sagas.stores.EventLog`): tables ``sagas``,
+``events`` and ``definitions``."""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores._checks import check_owner as _check_owner
+from sagas.stores._json import decode as _decode
+from sagas.stores._json import encode as _encode
+from sagas.stores._port import (
+    TERMINAL,
+    Append,
+    NewSaga,
+    SagaHeader,
+    SagaRecord,
+    StoredEvent,
+)
+
+from ._connection import _chunks, _Connection, _ids, _placeholders, _rollback
+
+_HEADER_COLUMNS = (
+    "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
+    "owner"
+)
+_EVENT_COLUMNS = "position, seq, type, step, attempt, at, event_id, causation_id, data"
+
+_INSERT_SAGA = (
+    f"INSERT INTO sagas ({_HEADER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (saga_id) DO NOTHING"
+)
+_INSERT_DEFINITION = "INSERT OR IGNORE INTO definitions (sha256, text) VALUES (?, ?)"
+_INSERT_EVENT = (
+    "INSERT INTO events (saga_id, seq, type, step, attempt, at, event_id, causation_id, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_SAGA = (
+    "UPDATE sagas SET last_seq = ?, status = ?, reason = ?, updated_at = ? "
+    "WHERE saga_id = ? AND last_seq = ?"
+)
+_SELECT_HEADER = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = ?"
+_SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE saga_id = ? ORDER BY seq"
+_SELECT_DEFINITION = "SELECT text FROM definitions WHERE sha256 = ?"
+# load_many, per chunk of ids (the {} is the chunk's placeholders)
+_SELECT_HEADERS_IN = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id IN ({{}})"
+_SELECT_EVENTS_IN = (
+    f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE saga_id IN ({{}}) ORDER BY saga_id, seq"
+)
+_SELECT_DEFINITIONS_IN = "SELECT sha256, text FROM definitions WHERE sha256 IN ({})"
+_SELECT_IN_FLIGHT = (
+    "SELECT saga_id FROM sagas WHERE status NOT IN ({}) ORDER BY started_at, saga_id".format(
+        ", ".join("?" * len(TERMINAL))
+    )
+)
+_TERMINAL = tuple(sorted(TERMINAL))
+"""The terminal statuses, as the parameters of a statement."""
+
+# An event row as written: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data).
+_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str]
+
+
+def _header(row: Sequence[Any]) -> SagaHeader:
+    """A header from a row of ``_HEADER_COLUMNS`` (``input`` is the fifth)."""
+    return SagaHeader(*row[:4], _decode(row[4]), *row[5:])
+
+
+def _event(row: Sequence[Any]) -> StoredEvent:
+    position, seq, type_, step, attempt, at, event_id, causation_id, data = row
+    data_ = _decode(data)
+    return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
+
+
+def _event_rows(
+    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow]
+) -> None:
+    """Add the rows of ``events`` to ``into``; ``ValueError`` unless their seqs run from first."""
+    seq = first
+    for e in events:
+        if e.seq != seq:
+            raise ValueError(
+                f"saga {saga_id!r}: events must have consecutive seqs from {first}, "
+                f"got {[e.seq for e in events]}"
+            )
+        seq += 1
+        into.append(
+            (
+                saga_id,
+                e.seq,
+                e.type,
+                e.step,
+                e.attempt,
+                e.at,
+                e.event_id,
+                e.causation_id,
+                _encode(e.data),
+            )
+        )
+
+
+# A create as written: the saga, its row of _HEADER_COLUMNS and its events' rows.
+_Create = tuple[NewSaga, tuple[Any, ...], builtins.list[_EventRow]]
+
+
+def _create_rows(saga: NewSaga) -> _Create:
+    """What ``saga`` writes; ``ValueError`` / ``TypeError`` for what a create refuses (an
+    invalid owner, seqs that are not 1..n, an input or data that is not JSON)."""
+    if saga.owner is not None:
+        _check_owner(saga.owner)
+    rows: builtins.list[_EventRow] = []
+    _event_rows(saga.saga_id, saga.events, 1, rows)
+    params = (
+        saga.saga_id,
+        saga.flow,
+        saga.version,
+        saga.definition,
+        _encode(saga.input),
+        saga.status,
+        saga.reason,
+        saga.started_at,
+        saga.started_at,
+        len(rows),
+        saga.owner,
+    )
+    return saga, params, rows
+
+
+def _append_rows(
+    appends: Sequence[Append],
+) -> tuple[builtins.list[_EventRow], dict[str, builtins.list[Any]]]:
+    """The event rows of ``appends`` and, per saga, the parameters of its ``_UPDATE_SAGA``:
+    ``[new last_seq, status, reason, updated_at, saga_id, expected last_seq]``.
+
+    ``ValueError`` for an append without events or with non-consecutive seqs, ``TypeError`` /
+    ``ValueError`` for data that is not JSON, ``SeqConflict`` for an append that does not
+    follow the previous append of its saga here (the call conflicts with itself).
+    """
+    rows: builtins.list[_EventRow] = []
+    updates: dict[str, builtins.list[Any]] = {}
+    for append in appends:
+        saga_id, events = append.saga_id, append.events
+        if not events:
+            raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
+        first = events[0].seq
+        _event_rows(saga_id, events, first, rows)
+        last = first + len(events) - 1
+        update = updates.get(saga_id)
+        if update is None:
+            updates[saga_id] = [
+                last,
+                append.status,
+                append.reason,
+                append.updated_at,
+                saga_id,
+                first - 1,
+            ]
+        elif first != update[0] + 1:
+            raise SeqConflict(saga_id, first)
+        else:
+            update[:4] = (last, append.status, append.reason, append.updated_at)
+    return rows, updates
+
+
+class _EventLog(_Connection):
+    """Writes in one ``BEGIN IMMEDIATE`` transaction on the write connection; reads on the
+    calling thread's read connection (those of several statements in one read transaction)."""
+
+    def write(
+        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+    ) -> builtins.list[tuple[bool, SagaHeader]]:
+        """One ``BEGIN IMMEDIATE`` transaction. The insert of the saga row decides, under SQLite's
+        write lock, so of concurrent creates of one id (from any connection or process) exactly
+        one wins; the ``UNIQUE(saga_id, seq)`` constraint backs the check of the seqs up."""
+        new = [_create_rows(saga) for saga in creates]
+        rows, updates = _append_rows(appends)
+        with self._lock:
+            db = self._connection()
+            if not new and not updates:
+                return []
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    results = self._insert_sagas(db, new)
+                    if updates:
+                        failure = self._extend_sagas(db, appends, rows, updates, bool(new))
+                        if failure is not None:
+                            raise failure
+                    db.execute("COMMIT")
+                finally:
+                    _rollback(db)
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+        return results
+
+    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
+        return self.write((saga,), ())[0]
+
+    def append(self, batch: Sequence[Append]) -> None:
+        self.write((), batch)
+
+    def _insert_sagas(
+        self, db: sqlite3.Connection, creates: builtins.list[_Create]
+    ) -> builtins.list[tuple[bool, SagaHeader]]:
+        """Insert the sagas whose ids are free, in the open transaction; one result each."""
+        results: builtins.list[tuple[bool, SagaHeader]] = []
+        defined: builtins.set[str] = set()
+        for saga, params, rows in creates:
+            try:
+                if db.execute(_INSERT_SAGA, params).rowcount == 0:
+                    existing = db.execute(_SELECT_HEADER, (saga.saga_id,)).fetchone()
+                    results.append((False, _header(existing)))
+                    continue
+                if saga.definition not in defined:
+                    db.execute(_INSERT_DEFINITION, (saga.definition, saga.definition_text))
+                    defined.add(saga.definition)
+                db.executemany(_INSERT_EVENT, rows)
+            except sqlite3.IntegrityError as err:
+                if "UNIQUE" in str(err):
+                    raise StoreUnavailable(
+                        f"saga store {self.path} is inconsistent: saga {saga.saga_id!r} has "
+                        "events but no header"
+                    ) from err
+                raise ValueError(f"saga {saga.saga_id!r} refused by the store: {err}") from err
+            results.append((True, _header(params)))
+        return results
+
+    def _extend_sagas(
+        self,
+        db: sqlite3.Connection,
+        appends: Sequence[Append],
+        rows: builtins.list[_EventRow],
+        updates: dict[str, builtins.list[Any]],
+        created: bool,
+    ) -> Exception | None:
+        """Apply the appends in the open transaction; ``None`` if they all fit, else the
+        error to raise, found once their writes are undone. If the call ``created`` sagas,
+        the appends are undone back to a savepoint, so that the error is found in what they
+        saw (the file plus this call's creates); else the whole transaction is rolled back
+        (one statement less per append, the common case) and the error found in the file."""
+        if created:
+            db.execute("SAVEPOINT appends")
+        refused: sqlite3.IntegrityError | None = None
+        try:
+            if db.executemany(_UPDATE_SAGA, updates.values()).rowcount == len(updates):
+                db.executemany(_INSERT_EVENT, rows)
+                if created:
+                    db.execute("RELEASE appends")
+                return None
+        except sqlite3.IntegrityError as err:
+            refused = err
+        db.execute("ROLLBACK TO appends" if created else "ROLLBACK")
+        return self._append_failure(db, appends, refused)
+
+    def _append_failure(
+        self, db: sqlite3.Connection, batch: Sequence[Append], refused: sqlite3.Error | None
+    ) -> Exception:
+        """Why the appends of ``batch`` failed: the first unknown saga or seq conflict, in
+        order, in the file as it is now (or as the open transaction, rolled back to before the
+        appends, sees it)."""
+        last_seq: dict[str, int] = {}
+        for append in batch:
+            saga_id = append.saga_id
+            if saga_id not in last_seq:
+                row = db.execute("SELECT last_seq FROM sagas WHERE saga_id = ?", (saga_id,))
+                found = row.fetchone()
+                if found is None:
+                    return UnknownSaga(saga_id)
+                last_seq[saga_id] = found[0]
+            first = append.events[0].seq
+            last = first + len(append.events) - 1
+            taken = db.execute(
+                "SELECT 1 FROM events WHERE saga_id = ? AND seq BETWEEN ? AND ? LIMIT 1",
+                (saga_id, first, last),
+            ).fetchone()
+            if first != last_seq[saga_id] + 1 or taken is not None:
+                return SeqConflict(saga_id, first)
+            last_seq[saga_id] = last
+        if refused is not None:  # no conflict: a value the schema refuses (e.g. a NULL type)
+            return ValueError(f"batch refused by saga store {self.path}: {refused}")
+        first_append = batch[0]  # the conflicting writer went on meanwhile
+        return SeqConflict(first_append.saga_id, first_append.events[0].seq)
+
+    def load(self, saga_id: str) -> SagaRecord:
+        """Read in one read transaction, so that the header, text and events agree."""
+
+        def read(db: sqlite3.Connection) -> tuple[Any, Any, builtins.list[Any]]:
+            row = db.execute(_SELECT_HEADER, (saga_id,)).fetchone()
+            if row is None:
+                raise UnknownSaga(saga_id)
+            text = db.execute(_SELECT_DEFINITION, (row[3],)).fetchone()
+            return row, text, db.execute(_SELECT_EVENTS, (saga_id,)).fetchall()
+
+        row, text, events = self._read(read)
+        if text is None:
+            raise self._missing_definition(row)
+        return SagaRecord(_header(row), text[0], tuple(_event(r) for r in events))
+
+    def load_many(self, saga_ids: Sequence[str]) -> builtins.list[SagaRecord]:
+        """Read in one read transaction: a few queries per 500 ids (the headers, then all their
+        events at once, then each definition once), not one per saga."""
+        wanted = _ids(saga_ids)
+        logs: dict[str, builtins.list[StoredEvent]] = {}
+
+        def read(db: sqlite3.Connection) -> tuple[builtins.list[Any], dict[str, str]]:
+            headers: builtins.list[Any] = []
+            for chunk in _chunks(wanted):
+                headers += db.execute(_placeholders(_SELECT_HEADERS_IN, chunk), chunk).fetchall()
+                rows = db.execute(_placeholders(_SELECT_EVENTS_IN, chunk), chunk).fetchall()
+                # decoded chunk by chunk, so that at most one chunk's rows are held at once
+                for saga_id, position, seq, type_, step, attempt, at, event_id, cause, data in rows:
+                    event = StoredEvent(seq, type_, step, attempt, at, event_id, cause,
+                                        _decode(data), position)  # fmt: skip
+                    log = logs.get(saga_id)
+                    if log is None:
+                        logs[saga_id] = [event]
+                    else:
+                        log.append(event)
+            texts: dict[str, str] = {}
+            for chunk in _chunks(builtins.list({row[3] for row in headers})):
+                sql = _placeholders(_SELECT_DEFINITIONS_IN, chunk)
+                texts.update(db.execute(sql, chunk).fetchall())
+            return headers, texts
+
+        headers, texts = self._read(read)
+        by_id = {row[0]: row for row in headers}
+        records = []
+        for saga_id in wanted:
+            row = by_id.get(saga_id)
+            if row is None:
+                continue
+            text = texts.get(row[3])
+            if text is None:
+                raise self._missing_definition(row)
+            records.append(SagaRecord(_header(row), text, tuple(logs.get(saga_id, ()))))
+        return records
+
+    def _missing_definition(self, row: Sequence[Any]) -> StoreUnavailable:
+        """The error for a saga (a row of ``_HEADER_COLUMNS``) whose definition is missing."""
+        return StoreUnavailable(
+            f"saga store {self.path} is damaged: the definition {row[3]} of saga "
+            f"{row[0]!r} is missing"
+        )
+
+    def header(self, saga_id: str) -> SagaHeader:
+        row = self._fetch(_SELECT_HEADER, (saga_id,))
+        if not row:
+            raise UnknownSaga(saga_id)
+        return _header(row[0])
+
+    def list(
+        self, *, status: str | None = None, flow: str | None = None, limit: int | None = None
+    ) -> builtins.list[SagaHeader]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if flow is not None:
+            where.append("flow = ?")
+            params.append(flow)
+        sql = f"SELECT {_HEADER_COLUMNS} FROM sagas"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, saga_id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_header(row) for row in self._fetch(sql, params)]
+
+    def in_flight(self) -> builtins.list[str]:
+        return [saga_id for (saga_id,) in self._fetch(_SELECT_IN_FLIGHT, _TERMINAL)]
+
+    def definition(self, sha256: str) -> str:
+        row = self._fetch(_SELECT_DEFINITION, (sha256,))
+        if not row:
+            raise KeyError(sha256)
+        return row[0][0]
