@@ -58,7 +58,8 @@ EXIT_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
-def _exit_code(exc: BaseException) -> int:
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code of a library error (:data:`EXIT_BY_ERROR`)."""
     return next(code for kind, code in EXIT_BY_ERROR if isinstance(exc, kind))
 
 
@@ -90,12 +91,12 @@ def handle_errors(func: F) -> F:
                 raise
             for error in exc.errors:
                 _err(error.format())
-            sys.exit(_exit_code(exc))
+            sys.exit(exit_code_of(exc))
         except SagactorError as exc:
             if debug:
                 raise
             _err(f"error: {_one_line(exc)}")
-            sys.exit(_exit_code(exc))
+            sys.exit(exit_code_of(exc))
         except Stopped as stopped:
             _err("interrupted")
             sys.exit(EXIT_SIGNALLED + stopped.signum)

@@ -17,7 +17,8 @@
         ├── UnknownSaga          no saga with that id
         └── SeqConflict          an append at a ``seq`` that is already taken
 
-The CLI turns each into one line on stderr and an exit code (:data:`EXIT_CODES`).
+The CLI turns each into one line on stderr and an exit code (its table, ``cli.EXIT_BY_ERROR``):
+the exceptions themselves know nothing of exit codes.
 """
 
 from __future__ import annotations
@@ -43,13 +44,11 @@ __all__ = [
 class SagactorError(Exception):
     """Root of every error sagactor raises on purpose."""
 
-    exit_code = 1
 
 
 class FlowError(SagactorError):
     """One problem in a flow definition, at ``source:line:column`` (1-based)."""
 
-    exit_code = 2
 
     def __init__(self, message: str, *, source: str = "<flow>", line: int = 1, column: int = 1):
         self.message = message
@@ -80,56 +79,47 @@ class FlowErrors(FlowError):
 class InputError(SagactorError):
     """A saga input that is not valid JSON or does not satisfy the flow's input schema."""
 
-    exit_code = 2
 
 
 class DefinitionUnavailable(SagactorError):
     """A flow's services could not be imported or instantiated."""
 
-    exit_code = 2
 
 
 class IdConflict(SagactorError):
     """A saga id that already exists with a different definition or input."""
 
-    exit_code = 2
 
 
 class SagaTimeout(SagactorError):
     """Waiting for a saga to end ran out of time; the saga itself goes on."""
 
-    exit_code = 1
 
 
 class SagaOrphaned(SagactorError):
     """A saga is in flight but the process that drove it is gone; ``saga resume`` finishes it."""
 
-    exit_code = 3
 
 
 class StoreError(SagactorError):
     """A saga store could not do what was asked."""
 
-    exit_code = 5
 
 
 class BadStoreUrl(StoreError):
     """The store URL has an unknown scheme or is malformed."""
 
-    exit_code = 2
 
 
 class StoreUnavailable(StoreError):
     """The store exists but cannot be used: damaged, locked, or of a newer schema."""
 
-    exit_code = 5
 
 
 class StoreMissing(StoreUnavailable):
     """No store exists where one was to be opened without creating it (``open_store(url,
     create=False)``: the commands that only read or act on existing sagas)."""
 
-    exit_code = 5
 
     def __init__(self, path: str):
         self.path = path
@@ -139,7 +129,6 @@ class StoreMissing(StoreUnavailable):
 class UnknownSaga(StoreError):
     """No saga with that id in the store."""
 
-    exit_code = 4
 
     def __init__(self, saga_id: str):
         self.saga_id = saga_id
@@ -149,7 +138,6 @@ class UnknownSaga(StoreError):
 class SeqConflict(StoreError):
     """An append found its expected ``seq`` already taken (another writer got there first)."""
 
-    exit_code = 5
 
     def __init__(self, saga_id: str, seq: int):
         self.saga_id = saga_id

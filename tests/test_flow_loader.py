@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cli import EXIT_USAGE, exit_code_of
 from sagas.compiler import compile_flow
 from sagas.errors import FlowError, FlowErrors
 from sagas.loader import load_flow, parse_flow
@@ -82,7 +83,7 @@ def test_invalid_flow_reports_each_error_at_its_position(case: Path) -> None:
     # the exception itself is positioned at the first problem and prints every one
     assert (exc.line, exc.column) == (errors[0].line, errors[0].column)
     assert str(exc).splitlines() == [e.format() for e in errors]
-    assert exc.exit_code == 2
+    assert exit_code_of(exc) == EXIT_USAGE
 
 
 @pytest.mark.parametrize("case", WARNINGS, ids=[p.stem for p in WARNINGS])
