@@ -64,62 +64,10 @@ if TYPE_CHECKING:
 
 __all__ = ["RULES", "Violation", "audit_saga", "audit_store"]
 
-RULES: Mapping[str, str] = MappingProxyType({
-    # the log as a sequence
-    "empty_log": "a saga has at least its saga.started event",
-    "seq_gap": "seqs count from 1 with no gap",
-    "seq_repeat": "no seq appears twice or goes backwards",
-    "event_id_repeat": "event ids are unique within a saga",
-    "unknown_event": "every event type is one the engine records (README: JSON shapes)",
-    "malformed_event": "step events name a step and an attempt (>= 1); saga events name none",
-    "first_event": "the first event is saga.started",
-    "started_twice": "saga.started appears once",
-    # epochs and terminal events
-    "terminal_twice": "exactly one terminal event per epoch",
-    "after_terminal": "nothing after a terminal event but a saga.retried opening a new epoch",
-    "reply_after_terminal": "reply.ignored is never recorded after a terminal event",
-    "bad_retry": "saga.retried follows saga.failed and resumes where the saga stopped",
-    "not_terminal": "every saga has ended (include_running=False)",
-    "orphaned": "a saga in flight has a live owner (else `saga resume` must finish it)",
-    "header_status": "the header's status and reason are those of the log",
-    "header_seq": "the header's last_seq is the last event's seq",
-    "definition_invalid": "the stored flow definition still parses",
-    "definition_mismatch": "the stored flow text has the sha256 the header names",
-    # attempts
-    "attempt_not_started": "an attempt's outcome, time-out or retry follows its *.started",
-    "attempt_order": "attempts of a (phase, step) are numbered 1, 2, 3... and start once",
-    "two_outcomes": "an attempt has at most one reply outcome (succeeded / failed)",
-    "timed_out_twice": "an attempt times out at most once",
-    "timed_out_after_reply": "an attempt never times out after its reply was recorded",
-    "late_error": "a late error (or compensation rejection) of a timed-out attempt is ignored",
-    "stale_outcome": "outcomes are recorded only for the step in progress",
-    "left_in_flight": "a step is left only once its latest attempt has an outcome",
-    "too_many_attempts": "no more attempts than the step's retry policy allows",
-    "gave_up_early": "a step runs out only after all its attempts (or a deadline / cancel)",
-    # forward order, deadline and cancel
-    "unknown_step": "every step named in the log is a step of the flow",
-    "step_order": "a step's action starts only after the previous step succeeded",
-    "abort_ignored": "after a deadline or cancel before the pivot, the step in progress ends",
-    "deadline_while_compensating": "the deadline is disarmed while compensating",
-    # compensation
-    "no_compensation": "only steps that declare a compensation are compensated",
-    "pivot_compensated": "neither the pivot nor anything after its success is compensated",
-    "compensated_not_started": "a step is compensated only if its action was started",
-    "compensated_rejected": "a step whose final outcome was rejected is not compensated",
-    "compensation_unprovoked": "compensation starts only after a step failed before the pivot",
-    "compensation_order": "compensations run one at a time, in reverse step order",
-    "compensation_twice": "each compensation completes (succeeds) at most once",
-    "missing_compensation": "a compensated saga compensated every step backward recovery "
-                            "requires",
-    "pivot_unknown_compensated": "a saga failed with pivot_unknown compensated nothing",
-    "wrong_end": "the terminal status (and reason) follows from the history",
-    "stuck_retry_forever": "a retry_forever saga is not compensating for over stuck_after",
-    # parallel branches (each audited as a history of its own, by the attempt and compensation
-    # rules above and this one)
-    "branch_not_undone": "a branch that ends compensated undid every step it did",
-    "block_join": "a parallel block succeeds only once every branch completed",
-    "choice_branch": "a choice takes the first branch whose condition holds then",
-})
+_DESCRIBED: dict[str, str] = {}
+RULES: Mapping[str, str] = MappingProxyType(_DESCRIBED)
+"""Every rule's slug with one line saying what it checks, in the order the rules run. Each rule
+is registered once, where it is defined (:func:`_rule`)."""
 
 FAILED_REASONS = ("compensation_failed", "pivot_unknown", "forward_recovery",
                   "definition_unavailable")
@@ -405,13 +353,38 @@ def _is_attempt(attempt: object) -> bool:
 
 # -- rules: the log as a sequence --------------------------------------------------------------
 Rule = Callable[[_View], Iterator[Violation]]
+_RULES: list[Rule] = []  # the main sequence's rules, in the order they run
+_BRANCH_RULES: list[Rule] = []  # the rules a parallel branch's own history is held to
 
 
+def _rule(applies: str, described: Mapping[str, str]) -> Callable[[Rule], Rule]:
+    """Register a rule: the slugs it reports, each with one line for :data:`RULES`, and where it
+    applies — ``"main"`` (the saga's main sequence), ``"branches"`` (each parallel branch's own
+    history) or ``"both"``. The rules of order, abort and end are the main sequence's only: a
+    branch is halted (it stops at its next step boundary) rather than cancelled, and its end is
+    the block's to decide."""
+    def register(check: Rule) -> Rule:
+        _DESCRIBED.update(described)
+        if applies in ("main", "both"):
+            _RULES.append(check)
+        if applies in ("branches", "both"):
+            _BRANCH_RULES.append(check)
+        return check
+    return register
+
+
+@_rule("main", {
+    "empty_log": "a saga has at least its saga.started event",
+})
 def _empty_log(view: _View) -> Iterator[Violation]:
     if not view.events:
         yield view.violation(None, "empty_log", "the saga has no events at all")
 
 
+@_rule("main", {
+    "seq_gap": "seqs count from 1 with no gap",
+    "seq_repeat": "no seq appears twice or goes backwards",
+})
 def _seq_order(view: _View) -> Iterator[Violation]:
     expected = 1
     for event in view.events:
@@ -428,6 +401,9 @@ def _seq_order(view: _View) -> Iterator[Violation]:
             expected += 1
 
 
+@_rule("main", {
+    "event_id_repeat": "event ids are unique within a saga",
+})
 def _event_id_repeat(view: _View) -> Iterator[Violation]:
     seen: dict[str, int] = {}
     for event in view.events:
@@ -439,12 +415,18 @@ def _event_id_repeat(view: _View) -> Iterator[Violation]:
             seen[event.event_id] = event.seq
 
 
+@_rule("main", {
+    "unknown_event": "every event type is one the engine records (README: JSON shapes)",
+})
 def _unknown_event(view: _View) -> Iterator[Violation]:
     for event in view.events:
         if event.type not in EVENT_TYPES:
             yield view.violation(event.seq, "unknown_event", f"unknown event type {event.type!r}")
 
 
+@_rule("main", {
+    "malformed_event": "step events name a step and an attempt (>= 1); saga events name none",
+})
 def _malformed_event(view: _View) -> Iterator[Violation]:
     for event in view.events:
         if event.type in _ATTEMPT_EVENTS:
@@ -458,6 +440,9 @@ def _malformed_event(view: _View) -> Iterator[Violation]:
                                  f"{event.attempt!r}: it concerns the whole saga")
 
 
+@_rule("main", {
+    "first_event": "the first event is saga.started",
+})
 def _first_event(view: _View) -> Iterator[Violation]:
     if view.events and view.events[0].type != "saga.started":
         first = view.events[0]
@@ -465,6 +450,9 @@ def _first_event(view: _View) -> Iterator[Violation]:
                              f"the log begins with {first.type}, not saga.started")
 
 
+@_rule("main", {
+    "started_twice": "saga.started appears once",
+})
 def _started_twice(view: _View) -> Iterator[Violation]:
     for event in view.events[1:]:
         if event.type == "saga.started":
@@ -472,6 +460,11 @@ def _started_twice(view: _View) -> Iterator[Violation]:
 
 
 # -- rules: epochs and terminal events ---------------------------------------------------------
+@_rule("main", {
+    "terminal_twice": "exactly one terminal event per epoch",
+    "reply_after_terminal": "reply.ignored is never recorded after a terminal event",
+    "after_terminal": "nothing after a terminal event but a saga.retried opening a new epoch",
+})
 def _after_terminal(view: _View) -> Iterator[Violation]:
     for epoch in view.epochs:
         if epoch.terminal is None:
@@ -488,6 +481,9 @@ def _after_terminal(view: _View) -> Iterator[Violation]:
                 yield view.violation(event.seq, "after_terminal", f"{event.type} after {end}")
 
 
+@_rule("main", {
+    "bad_retry": "saga.retried follows saga.failed and resumes where the saga stopped",
+})
 def _bad_retry(view: _View) -> Iterator[Violation]:
     for previous, epoch in pairwise(view.epochs):
         retried = epoch.opener
@@ -510,6 +506,9 @@ def _bad_retry(view: _View) -> Iterator[Violation]:
                                  f"the {epoch.visits[0].describe()} started instead")
 
 
+@_rule("main", {
+    "not_terminal": "every saga has ended (include_running=False)",
+})
 def _not_terminal(view: _View) -> Iterator[Violation]:
     if view.expect_terminal and view.events and not view.ended:
         last = view.events[-1]
@@ -517,6 +516,9 @@ def _not_terminal(view: _View) -> Iterator[Violation]:
                              f"still in flight (last event {last.type} at seq {last.seq})")
 
 
+@_rule("main", {
+    "orphaned": "a saga in flight has a live owner (else `saga resume` must finish it)",
+})
 def _orphaned(view: _View) -> Iterator[Violation]:
     if view.expect_terminal or view.owner_alive is not False or not view.events or view.ended:
         return
@@ -538,6 +540,9 @@ def _expected_status(view: _View) -> tuple[str, str | None]:
     return ("compensating" if phase == "compensation" else "running"), None
 
 
+@_rule("main", {
+    'header_status': "the header's status and reason are those of the log",
+})
 def _header_status(view: _View) -> Iterator[Violation]:
     if not view.events:
         return
@@ -553,6 +558,9 @@ def _header_status(view: _View) -> Iterator[Violation]:
                              f"header reason {header.reason!r}, the log says {reason!r}")
 
 
+@_rule("main", {
+    'header_seq': "the header's last_seq is the last event's seq",
+})
 def _header_seq(view: _View) -> Iterator[Violation]:
     last = view.events[-1].seq if view.events else 0
     if view.record.header.last_seq != last:
@@ -561,6 +569,10 @@ def _header_seq(view: _View) -> Iterator[Violation]:
                              f"{last}")
 
 
+@_rule("main", {
+    "definition_invalid": "the stored flow definition still parses",
+    "definition_mismatch": "the stored flow text has the sha256 the header names",
+})
 def _definition(view: _View) -> Iterator[Violation]:
     if view.flow_error is not None:
         yield view.violation(None, "definition_invalid",
@@ -572,6 +584,9 @@ def _definition(view: _View) -> Iterator[Violation]:
 
 
 # -- rules: attempts ---------------------------------------------------------------------------
+@_rule("both", {
+    'attempt_not_started': "an attempt's outcome, time-out or retry follows its *.started",
+})
 def _attempt_not_started(view: _View) -> Iterator[Violation]:
     started: set[tuple[str, str, int]] = set()
     for event in view.live:
@@ -588,6 +603,9 @@ def _attempt_not_started(view: _View) -> Iterator[Violation]:
                                  "which never started")
 
 
+@_rule("both", {
+    "attempt_order": "attempts of a (phase, step) are numbered 1, 2, 3... and start once",
+})
 def _attempt_order(view: _View) -> Iterator[Violation]:
     last: dict[tuple[str, str], int] = {}
     for visit in view.visits:
@@ -608,6 +626,9 @@ def _outcomes(view: _View, kinds: Mapping[str, str]) -> Iterator[tuple[tuple[str
         yield key, [e for e in events if e.type in kinds]
 
 
+@_rule("both", {
+    "two_outcomes": "an attempt has at most one reply outcome (succeeded / failed)",
+})
 def _two_outcomes(view: _View) -> Iterator[Violation]:
     for (_, step, attempt), replies in _outcomes(view, _REPLIES):
         for extra in replies[1:]:
@@ -616,6 +637,9 @@ def _two_outcomes(view: _View) -> Iterator[Violation]:
                                  f"had {replies[0].type} at seq {replies[0].seq}")
 
 
+@_rule("both", {
+    "timed_out_twice": "an attempt times out at most once",
+})
 def _timed_out_twice(view: _View) -> Iterator[Violation]:
     for (_, step, attempt), timeouts in _outcomes(view, _TIMED_OUT):
         for extra in timeouts[1:]:
@@ -624,6 +648,9 @@ def _timed_out_twice(view: _View) -> Iterator[Violation]:
                                  f"{timeouts[0].seq}")
 
 
+@_rule("both", {
+    "timed_out_after_reply": "an attempt never times out after its reply was recorded",
+})
 def _timed_out_after_reply(view: _View) -> Iterator[Violation]:
     for key, events in view.attempts.items():
         reply = next((e for e in events if e.type in _REPLIES), None)
@@ -636,6 +663,9 @@ def _timed_out_after_reply(view: _View) -> Iterator[Violation]:
                                      f"{reply.type} at seq {reply.seq}")
 
 
+@_rule("both", {
+    "late_error": "a late error (or compensation rejection) of a timed-out attempt is ignored",
+})
 def _late_error(view: _View) -> Iterator[Violation]:
     for key, events in view.attempts.items():
         timed_out = next((e for e in events if e.type in _TIMED_OUT), None)
@@ -652,6 +682,9 @@ def _late_error(view: _View) -> Iterator[Violation]:
                                      f"out at seq {timed_out.seq}) is recorded: it is ignored")
 
 
+@_rule("both", {
+    "stale_outcome": "outcomes are recorded only for the step in progress",
+})
 def _stale_outcome(view: _View) -> Iterator[Violation]:
     for event in view.stray:
         phase = _ATTEMPT_EVENTS[event.type]
@@ -664,6 +697,9 @@ def _stale_outcome(view: _View) -> Iterator[Violation]:
                              "longer in progress: it is recorded as reply.ignored")
 
 
+@_rule("main", {
+    "left_in_flight": "a step is left only once its latest attempt has an outcome",
+})
 def _left_in_flight(view: _View) -> Iterator[Violation]:
     for visit in view.visits:
         if visit.trigger == "abandoned":
@@ -673,6 +709,9 @@ def _left_in_flight(view: _View) -> Iterator[Violation]:
                                  f"{visit.starts[-1].attempt} awaits its reply (no time-out)")
 
 
+@_rule("both", {
+    'too_many_attempts': "no more attempts than the step's retry policy allows",
+})
 def _too_many_attempts(view: _View) -> Iterator[Violation]:
     for visit in view.visits:
         step = view.step(visit.step)
@@ -695,6 +734,9 @@ def _aborted(view: _View, visit: _Visit) -> bool:
                and (pivot is None or pivot.seq > e.seq) for e in view.live)
 
 
+@_rule("main", {
+    "gave_up_early": "a step runs out only after all its attempts (or a deadline / cancel)",
+})
 def _gave_up_early(view: _View) -> Iterator[Violation]:
     for visit in view.visits:
         step = view.step(visit.step)
@@ -708,6 +750,9 @@ def _gave_up_early(view: _View) -> Iterator[Violation]:
 
 
 # -- rules: forward order, deadline and cancel -------------------------------------------------
+@_rule("main", {
+    "unknown_step": "every step named in the log is a step of the flow",
+})
 def _unknown_step(view: _View) -> Iterator[Violation]:
     if view.compiled is None:
         return
@@ -719,6 +764,9 @@ def _unknown_step(view: _View) -> Iterator[Violation]:
                                  "does not have")
 
 
+@_rule("main", {
+    'step_order': "a step's action starts only after the previous step succeeded",
+})
 def _step_order(view: _View) -> Iterator[Violation]:
     if view.compiled is None:
         return
@@ -755,6 +803,9 @@ def _current_visit(epoch: _Epoch, seq: int) -> _Visit | None:
     return current
 
 
+@_rule("main", {
+    "abort_ignored": "after a deadline or cancel before the pivot, the step in progress ends",
+})
 def _abort_ignored(view: _View) -> Iterator[Violation]:
     pivot = view.pivot_success
     reported: set[int] = set()
@@ -774,6 +825,9 @@ def _abort_ignored(view: _View) -> Iterator[Violation]:
                                      f"seq {event.seq}: the step in progress ends there")
 
 
+@_rule("main", {
+    "deadline_while_compensating": "the deadline is disarmed while compensating",
+})
 def _deadline_while_compensating(view: _View) -> Iterator[Violation]:
     # a cancel while compensating is recorded and changes nothing (DESIGN §4.4): not checked
     for epoch in view.epochs:
@@ -799,6 +853,9 @@ def _entries(view: _View) -> Iterator[_Visit]:
             yield visit
 
 
+@_rule("both", {
+    "no_compensation": "only steps that declare a compensation are compensated",
+})
 def _no_compensation(view: _View) -> Iterator[Violation]:
     pivot = view.pivot_index
     for visit in _entries(view):
@@ -809,6 +866,9 @@ def _no_compensation(view: _View) -> Iterator[Violation]:
                                  f"{visit.step!r} is compensated but declares no compensation")
 
 
+@_rule("main", {
+    "pivot_compensated": "neither the pivot nor anything after its success is compensated",
+})
 def _pivot_compensated(view: _View) -> Iterator[Violation]:
     pivot, success = view.pivot_index, view.pivot_success
     if pivot is None:
@@ -828,6 +888,9 @@ def _pivot_compensated(view: _View) -> Iterator[Violation]:
         yield view.violation(visit.first.seq, "pivot_compensated", problem)
 
 
+@_rule("both", {
+    "compensated_not_started": "a step is compensated only if its action was started",
+})
 def _compensated_not_started(view: _View) -> Iterator[Violation]:
     for visit in _entries(view):
         if view.compensable(visit.step) and view.action_before(visit.step,
@@ -836,6 +899,9 @@ def _compensated_not_started(view: _View) -> Iterator[Violation]:
                                  f"{visit.step!r} is compensated but its action never started")
 
 
+@_rule("both", {
+    "compensated_rejected": "a step whose final outcome was rejected is not compensated",
+})
 def _compensated_rejected(view: _View) -> Iterator[Violation]:
     for visit in _entries(view):
         action = view.action_before(visit.step, visit.first.seq)
@@ -846,6 +912,9 @@ def _compensated_rejected(view: _View) -> Iterator[Violation]:
                                  f"(seq {action.definitive.seq}): a rejection had no effect")
 
 
+@_rule("main", {
+    "compensation_unprovoked": "compensation starts only after a step failed before the pivot",
+})
 def _compensation_unprovoked(view: _View) -> Iterator[Violation]:
     pivot = view.pivot_success
     for visit in _entries(view):
@@ -862,6 +931,9 @@ def _compensation_unprovoked(view: _View) -> Iterator[Violation]:
             return  # the same cause for every later compensation
 
 
+@_rule("both", {
+    "compensation_order": "compensations run one at a time, in reverse step order",
+})
 def _compensation_order(view: _View) -> Iterator[Violation]:
     visits = [v for v in view.compensation_visits() if view.index(v.step) is not None]
     for position, visit in enumerate(visits):
@@ -890,6 +962,9 @@ def _compensation_order(view: _View) -> Iterator[Violation]:
             yield view.violation(visit.first.seq, "compensation_order", problem)
 
 
+@_rule("both", {
+    "compensation_twice": "each compensation completes (succeeds) at most once",
+})
 def _compensation_twice(view: _View) -> Iterator[Violation]:
     done: dict[str, Event] = {}
     for visit in view.compensation_visits():
@@ -904,6 +979,9 @@ def _compensation_twice(view: _View) -> Iterator[Violation]:
                 done[visit.step] = event
 
 
+@_rule("main", {
+    "missing_compensation": "a compensated saga compensated every step backward recovery requires",
+})
 def _missing_compensation(view: _View) -> Iterator[Violation]:
     if view.compiled is None:
         return
@@ -929,6 +1007,9 @@ def _missing_compensation(view: _View) -> Iterator[Violation]:
                                  "not rejected)")
 
 
+@_rule("main", {
+    "pivot_unknown_compensated": "a saga failed with pivot_unknown compensated nothing",
+})
 def _pivot_unknown_compensated(view: _View) -> Iterator[Violation]:
     for epoch in view.epochs:
         if epoch.reason != "pivot_unknown":
@@ -995,6 +1076,9 @@ def _end_problem(view: _View, epoch: _Epoch, end: Event) -> str | None:
     return None
 
 
+@_rule("main", {
+    "wrong_end": "the terminal status (and reason) follows from the history",
+})
 def _wrong_end(view: _View) -> Iterator[Violation]:
     if view.compiled is None:
         return
@@ -1005,6 +1089,9 @@ def _wrong_end(view: _View) -> Iterator[Violation]:
                 yield view.violation(epoch.terminal.seq, "wrong_end", problem)
 
 
+@_rule("main", {
+    "stuck_retry_forever": "a retry_forever saga is not compensating for over stuck_after",
+})
 def _stuck_retry_forever(view: _View) -> Iterator[Violation]:
     if not view.epochs or view.ended:
         return
@@ -1023,6 +1110,9 @@ def _stuck_retry_forever(view: _View) -> Iterator[Violation]:
                              f"{current.step!r} is at attempt {current.starts[-1].attempt}")
 
 
+@_rule("main", {
+    "block_join": "a parallel block succeeds only once every branch completed",
+})
 def _block_join(view: _View) -> Iterator[Violation]:
     """A parallel block succeeds only once every branch has completed, and none failed."""
     compiled = view.compiled
@@ -1046,6 +1136,9 @@ def _block_join(view: _View) -> Iterator[Violation]:
                                  f"{', '.join(wrong)} had not completed")
 
 
+@_rule("main", {
+    "choice_branch": "a choice takes the first branch whose condition holds then",
+})
 def _choice_branch(view: _View) -> Iterator[Violation]:
     """A choice takes the first branch whose condition holds on the context of that moment
     (the input, and the outputs of the steps that had succeeded)."""
@@ -1070,19 +1163,11 @@ def _choice_branch(view: _View) -> Iterator[Violation]:
                                      f"its conditions pick {expected!r} on that context")
 
 
-_RULES: tuple[Rule, ...] = (
-    _empty_log, _seq_order, _event_id_repeat, _unknown_event, _malformed_event, _first_event,
-    _started_twice, _after_terminal, _bad_retry, _not_terminal, _orphaned, _header_status,
-    _header_seq, _definition, _attempt_not_started, _attempt_order, _two_outcomes,
-    _timed_out_twice, _timed_out_after_reply, _late_error, _stale_outcome, _left_in_flight,
-    _too_many_attempts, _gave_up_early, _unknown_step, _step_order, _abort_ignored,
-    _deadline_while_compensating, _no_compensation, _pivot_compensated, _compensated_not_started,
-    _compensated_rejected, _compensation_unprovoked, _compensation_order, _compensation_twice,
-    _missing_compensation, _pivot_unknown_compensated, _wrong_end, _stuck_retry_forever,
-    _block_join, _choice_branch,
-)
 
 
+@_rule("branches", {
+    "branch_not_undone": "a branch that ends compensated undid every step it did",
+})
 def _branch_not_undone(view: _View) -> Iterator[Violation]:
     """A branch that ended compensated undid every step it started that was not rejected
     (whether the branch failed, or was halted or undone after it completed)."""
@@ -1102,15 +1187,6 @@ def _branch_not_undone(view: _View) -> Iterator[Violation]:
                                  "never compensated (started, not rejected)")
 
 
-_BRANCH_RULES: tuple[Rule, ...] = (
-    _attempt_not_started, _attempt_order, _two_outcomes, _timed_out_twice,
-    _timed_out_after_reply, _late_error, _stale_outcome, _too_many_attempts, _no_compensation,
-    _compensated_not_started, _compensated_rejected, _compensation_order, _compensation_twice,
-    _branch_not_undone,
-)
-"""The rules a parallel branch's own history is held to. The rules of order, abort and end
-are the main sequence's: a branch is halted (it stops at its next step boundary) rather than
-cancelled, and its end is the block's to decide."""
 
 _BRANCH_ENDS = {"branch.compensated": "saga.compensated", "branch.failed": "saga.failed"}
 
