@@ -27,6 +27,7 @@ from ._errors import (
 )
 from ._faults import Fault, FaultInjector, FaultKind, Faults
 from ._inbox import InboxStore, MemoryInbox
+from ._json import dumps_compact, loads_compact
 from ._mailbox import fast_inbox
 from ._messages import (
     Command,
@@ -43,7 +44,7 @@ from ._messages import (
     thaw,
 )
 from ._pool import ServicePool
-from ._service import Rejected, Service, handles, subscribes
+from ._service import Rejected, Service, check_topics, handles, subscribes
 from ._timers import (
     Scheduler,
     ThreadScheduler,
@@ -90,10 +91,13 @@ __all__ = [
     "VirtualClock",
     "VirtualScheduler",
     "action_key",
+    "check_topics",
     "compensation_key",
+    "dumps_compact",
     "fast_inbox",
     "freeze",
     "handles",
+    "loads_compact",
     "make_scheduler",
     "subscribes",
     "thaw",

@@ -13,7 +13,7 @@ import fnmatch
 import re
 from collections.abc import Sequence
 
-from actors._service import check_topics
+from actors import check_topics
 
 __all__ = ["TopicFilter", "topic_of"]
 

@@ -111,3 +111,22 @@ def test_running_a_saga_does_not_import_hypothesis():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def _private_parts(name: str) -> list[int]:
+    return [i for i, part in enumerate(name.split("."))
+            if part.startswith("_") and not part.startswith("__")]
+
+
+@pytest.mark.parametrize("path", [*modules("sagas"), *modules("actors"), *modules("flows"),
+                                  ROOT / "cli.py"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_imports_another_packages_private_modules(path):
+    """A private module (``_name``) is imported only from inside the package that holds it:
+    ``sagas.stores._port`` by ``sagas.stores.*``, never by ``sagas.bus`` or ``cli``."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    importer = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    for name in runtime_imports(path):
+        for index in _private_parts(name):
+            owner = ".".join(name.split(".")[:index])  # the package the private module is in
+            assert importer == owner or importer.startswith(owner + "."), \
+                f"{importer} imports {name}, private to {owner}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors._json import dumps_compact, loads_compact
+from actors import dumps_compact, loads_compact
 
 __all__ = ["decode", "encode"]
 

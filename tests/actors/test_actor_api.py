@@ -14,7 +14,9 @@ EXPORTS = {
     "Service", "handles", "subscribes", "Rejected",
     # messages
     "Command", "Reply", "Replies", "Deliver", "StoredReply", "Teller", "Phase", "Outcome",
-    "freeze", "thaw", "action_key", "compensation_key",
+    "freeze", "thaw", "action_key", "compensation_key", "check_topics",
+    # fast JSON for message bodies
+    "dumps_compact", "loads_compact",
     # mailboxes
     "fast_inbox",
     # inbox
