@@ -69,6 +69,7 @@ _DESCRIBE = {
 }
 START = 1_700_000_000.0
 MAX_EVENTS = 10_000
+HISTORY_SHOWN = 90  # lines of a history shown; a longer one is cut in the middle
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,10 @@ class HarnessRun:
             lines.extend(f"        !! {note}" for note in notes.get(n, []))
         if self.hung:
             lines.append(f"        !! {self.hung}")
+        if len(lines) > HISTORY_SHOWN:  # a saga that never ended: its start and its end
+            head, tail = HISTORY_SHOWN * 2 // 3, HISTORY_SHOWN // 3
+            lines = [*lines[:head], f"        ... {len(lines) - head - tail} more lines ...",
+                     *lines[-tail:]]
         return "\n".join(lines)
 
 
@@ -229,6 +234,10 @@ def _status(events: Sequence[Event]) -> str:
 def _reason(events: Sequence[Event]) -> str | None:
     last = events[-1] if events else None
     return last.data.get("reason") if last is not None and last.type == "saga.failed" else None
+
+
+class _TooLong(Exception):
+    """The sagas did not end within :data:`MAX_EVENTS` events."""
 
 
 class _Env:
@@ -343,7 +352,8 @@ def run_batch(flow: Flow | str | os.PathLike[str], sagas: Sequence[tuple[Any, Sc
         state["before"] = harness.before = before
         for saga_id, (saga_input, schedule) in zip(ids, sagas, strict=True):
             harness.start(saga_id, validate_input(flow, saga_input), schedule)
-        harness.run()
+        with contextlib.suppress(_TooLong):  # e.g. a retry_forever undo that never succeeds
+            harness.run()
         after = {name: _snapshot(name, obj, watch) for name, obj in objects.items()}
         return _batch(harness, objects, before, after, ids, crash_after)
 
@@ -436,7 +446,7 @@ class _Harness:
         self.events[saga_id].extend(new)
         self.total += len(new)
         if self.total > MAX_EVENTS:
-            raise RuntimeError(f"the sagas did not end within {MAX_EVENTS} events")
+            raise _TooLong  # the runs are returned as they are: not ended
         if (not self.crashed and self.crash_after is not None and new
                 and self.total >= self.crash_after):
             self.crashed = True

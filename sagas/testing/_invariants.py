@@ -108,7 +108,7 @@ def check_invariants(run: HarnessRun, *,
     if run.hung is not None:
         raise InvariantViolation("handlers return", run.hung, run)
     if not run.events or run.status == "running":
-        raise InvariantViolation("termination", "the saga did not end", run)
+        raise InvariantViolation("termination", _not_ended(run), run)
     for violation in audit_saga(run.record(), now=run.events[-1].at, flow=run.compiled,
                                 expect_terminal=True):
         raise InvariantViolation(f"guarantee {violation.rule}", violation.message, run,
@@ -150,6 +150,16 @@ def check_invariants(run: HarnessRun, *,
     return checked
 
 
+def _not_ended(run: HarnessRun) -> str:
+    if len(run.events) < 50:
+        return "the saga did not end"
+    retrying = [e.step for e in run.events[-20:] if e.type == "compensation.failed"]
+    if retrying:
+        return (f"the saga did not end: after {len(run.events)} events it still retries the "
+                f"compensation of {retrying[-1]!r} (retry_forever), which never succeeds")
+    return f"the saga did not end within {len(run.events)} events"
+
+
 def _same_effects(run: HarnessRun, reference: HarnessRun, checked: Checked) -> None:
     """A run that completed under faults left the services as the fault-free run did."""
     if (run.status != "completed" or reference.status != "completed"
@@ -178,7 +188,7 @@ def check_batch(batch: BatchRun, *,
         if run.hung is not None:
             raise InvariantViolation("handlers return", run.hung, run)
         if not run.events or run.status == "running":
-            raise InvariantViolation("termination", "the saga did not end", run)
+            raise InvariantViolation("termination", _not_ended(run), run)
         for violation in audit_saga(run.record(), now=run.events[-1].at, flow=run.compiled,
                                     expect_terminal=True):
             raise InvariantViolation(f"guarantee {violation.rule}", violation.message, run,

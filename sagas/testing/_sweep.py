@@ -23,6 +23,7 @@ __all__ = ["FaultPoint", "other_pairs", "recovery_pairs", "single_faults"]
 
 EFFECT_FAULTS = ("redeliver", "duplicate", "late", "lost")  # the effect happens, maybe twice
 FORCING = (("reject", "first"), ("error", "every"))  # a later step that makes the saga undo
+UNKNOWN_OUTCOME = ("lost", "error")  # every attempt of a step: compensated, outcome unknown
 
 
 @dataclass(frozen=True, order=True)
@@ -103,7 +104,9 @@ def recovery_pairs(flow: Flow, baseline: HarnessRun) -> list[Schedule]:
       lost), then a later step that fails (rejected, or every attempt errs), so the first is
       compensated;
     * a later step that fails that way, then trouble in the compensation of an earlier one
-      (any fault on its first attempt or a retry, or a persistent one).
+      (any fault on its first attempt or a retry, or a persistent one);
+    * a step whose every attempt is lost or errs (so it is compensated, its outcome unknown),
+      then trouble in its own compensation.
     """
     actions = [name for phase, name in _reached(baseline) if phase == "action"]
     callers = [n for n in actions if (s := _step(flow, n)) is not None and s.calls_service]
@@ -124,6 +127,16 @@ def recovery_pairs(flow: Flow, baseline: HarnessRun) -> list[Schedule]:
                     continue
                 for point in _points_of(flow, "compensation", earlier):
                     pairs.append(forcing.merged(point.schedule()))
+    # a step whose own outcome stays unknown (every attempt lost or erring) is compensated
+    # itself: trouble in that compensation (the last step's undo is reached no other way)
+    for name in callers:
+        step = _step(flow, name)
+        if step is None or step.compensation is None:
+            continue
+        for kind in UNKNOWN_OUTCOME:
+            forcing = FaultPoint("action", name, "every", kind).schedule()
+            for point in _points_of(flow, "compensation", name):
+                pairs.append(forcing.merged(point.schedule()))
     return pairs
 
 
