@@ -132,6 +132,17 @@ class StockForgetsReserved(Stock):
         return {"returned": 0 if entry is None else entry[1]}
 
 
+class StockUndoFailsIfNothingHeld(Stock):
+    """Bug: ``put_back`` assumes the units were taken (``KeyError`` when the take never ran)."""
+
+    @handles("put_back")
+    def put_back(self, command: Any) -> dict[str, Any]:
+        item, qty = self.held.pop(undone(command))
+        self.units[item] += qty
+        self.reserved -= qty
+        return {"returned": qty}
+
+
 class Accounts(Service):
     """Balances in cents: ``debit`` takes money, ``refund`` gives a debit back."""
 

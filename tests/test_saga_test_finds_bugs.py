@@ -25,8 +25,10 @@ BUGS = [  # (flow, service, the class with the bug)
     ("trip", "rooms", "BookingsCancelTwice"),  # in a parallel branch
     ("choose_route", "bulk", "StockForgetsReserved"),  # only on one branch of a choice
     ("choose_route", "bulk", "StockTakesTwice"),
+    ("pay_last", "accounts", "AccountsRefundTwice"),  # the last step's own undo, run twice
+    ("undo_forever", "stock", "StockUndoFailsIfNothingHeld"),  # retry_forever never ends
 ]
-SOUND = ["order_pivot", "transfer", "trip", "choose_route"]
+SOUND = ["order_pivot", "transfer", "trip", "choose_route", "pay_last", "undo_forever"]
 
 
 def fault_points(stdout: str) -> int:
