@@ -718,7 +718,7 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     marked where they struck; exit 1. Nothing is written to the working directory.
     """
     from sagas.runtime import validate_input
-    from sagas.testing import make_services, private_hypothesis_home, test_flow
+    from sagas.testing import private_hypothesis_home, test_flow
 
     private_hypothesis_home()
 
@@ -726,10 +726,10 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     parsed = [parse_json(text, "--input") for text in input_examples]
     for example in parsed:
         validate_input(loaded, example)
-    make_services(loaded)  # DefinitionUnavailable now, as one line, rather than per example
     with graceful_stop():
         report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
-                           handler_timeout=handler_timeout, replay=replay_db)
+                           handler_timeout=handler_timeout, replay=replay_db,
+                           exit_if_stuck=True)
     click.echo(report.describe())
     if not report.complete:
         _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "

@@ -311,3 +311,35 @@ class BlocksForever(Stock):
     def take(self, command: Any) -> dict[str, Any]:
         threading.Event().wait()
         return {"held": 0}
+
+
+class LedgerWithoutDatabase(Ledger):
+    """Its constructor fails (a missing configuration)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        raise RuntimeError("no database configured")
+
+
+class LedgerConnectsForever(Ledger):
+    """Its constructor waits on a connection that never comes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        threading.Event().wait()
+
+
+class LedgerSnapshotBlocks(Ledger):
+    """``snapshot()`` never returns."""
+
+    def snapshot(self) -> dict[str, Any]:
+        threading.Event().wait()
+        return {}
+
+
+class LedgerExits(Ledger):
+    """``book`` raises SystemExit (it must count as an error, not end saga test)."""
+
+    @handles("book")
+    def book(self, command: Any) -> dict[str, Any]:
+        raise SystemExit(3)

@@ -184,6 +184,24 @@ def test_a_handler_that_blocks_is_a_counterexample_naming_it(tmp_path):
         check_invariants(run)
 
 
+def test_service_code_that_fails_or_hangs_outside_a_handler_is_one_line_never_exit_70(tmp_path):
+    broken = saga("test", str(planted(tmp_path, "order_pivot", ledger="LedgerWithoutDatabase")))
+    assert broken.returncode == 2, broken.stdout + broken.stderr
+    assert broken.stderr.strip() == ("error: service 'ledger' (tests.planted_bugs:"
+                                     "LedgerWithoutDatabase) could not be created: "
+                                     "RuntimeError: no database configured")
+    for cls, where in (("LedgerConnectsForever", "creating tests.planted_bugs:LedgerConnects"),
+                       ("LedgerSnapshotBlocks", "LedgerSnapshotBlocks.snapshot()")):
+        proc = saga("test", str(planted(tmp_path, "order_pivot", ledger=cls)),
+                    "--handler-timeout", "0.5")
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "broken: handlers return: " in proc.stdout and where in proc.stdout
+        assert "internal error" not in proc.stderr
+    exits = saga("test", str(planted(tmp_path, "order_pivot", ledger="LedgerExits")))
+    assert exits.returncode in (0, 1) and "internal error" not in exits.stderr
+    assert "runs with faults" in exits.stdout
+
+
 def test_several_distinct_failures_give_the_smallest_counterexample_and_exit_1(tmp_path):
     path = planted(tmp_path, "order_pivot", packaging="StockTakesTwice",
                      ledger="LedgerBooksTwice", accounts="AccountsRefundTwice")

@@ -11,15 +11,20 @@ between threads. Work guarded from inside a guarded piece of work runs inline.
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["DEFAULT_HANDLER_TIMEOUT", "HandlerHung", "Watch", "guarded"]
+__all__ = ["DEFAULT_HANDLER_TIMEOUT", "HandlerHung", "Watch", "guarded", "stuck_report_path"]
 
 DEFAULT_HANDLER_TIMEOUT = 5.0
+STUCK_GRACE = 10.0  # seconds past the handler timeout before a starved process is ended
 T = TypeVar("T")
 
 
@@ -75,11 +80,17 @@ def current_watch() -> Watch | None:
     return None if worker is None else worker.watch
 
 
-def guarded(work: Callable[[], T], timeout: float | None) -> T:
+def guarded(work: Callable[[], T], timeout: float | None, *, exit_if_stuck: bool = False) -> T:
     """Run ``work`` on a worker thread; raise :class:`HandlerHung` if one call into service
     code (marked with :meth:`Watch.enter`) runs longer than ``timeout`` seconds.
 
     ``timeout=None`` runs it inline, unguarded. So does a call from inside guarded work.
+
+    Service code stuck in C without releasing the interpreter (a regular expression that
+    backtracks for ever) starves this thread too, so nothing here can notice it. With
+    ``exit_if_stuck`` (``saga test`` sets it), the process then ends with exit status 1 once
+    this thread has not run for ``timeout + STUCK_GRACE`` seconds (a C-level watchdog,
+    :mod:`faulthandler`); the threads' stacks go to :func:`stuck_report_path`.
     """
     if timeout is None or getattr(_local, "worker", None) is not None:
         return work()
@@ -92,14 +103,33 @@ def guarded(work: Callable[[], T], timeout: float | None) -> T:
     done = threading.Event()
     worker.jobs.put((work, box, done))
     tick = min(0.25, timeout / 4)
-    while not done.wait(tick):
-        current = worker.watch.current
-        if current is not None and time.monotonic() - current[1] > timeout:
-            worker.stuck = True  # abandoned: it stays blocked in the service's code
-            raise HandlerHung(current[0], timeout, current[2])
+    report = _arm(timeout) if exit_if_stuck else None
+    try:
+        while not done.wait(tick):
+            if report is not None:
+                faulthandler.dump_traceback_later(timeout + STUCK_GRACE, exit=True, file=report)
+            current = worker.watch.current
+            if current is not None and time.monotonic() - current[1] > timeout:
+                worker.stuck = True  # abandoned: it stays blocked in the service's code
+                raise HandlerHung(current[0], timeout, current[2])
+    finally:
+        if report is not None:
+            faulthandler.cancel_dump_traceback_later()
+            report.close()
     with _lock:
         _idle.append(worker)
     ok, value = box[0]
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def stuck_report_path() -> Path:
+    """Where the stacks of a process ended as stuck (``exit_if_stuck``) are written."""
+    return Path(tempfile.gettempdir()) / f"sagactor-stuck-{os.getpid()}.txt"
+
+
+def _arm(timeout: float) -> Any:
+    report = stuck_report_path().open("w")
+    faulthandler.dump_traceback_later(timeout + STUCK_GRACE, exit=True, file=report)
+    return report

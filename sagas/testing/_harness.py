@@ -45,6 +45,7 @@ from actors import Command, Dispatcher, Fault, MemoryInbox, Reply, Service
 
 from .. import core
 from ..compiler import CompiledFlow, compile_flow
+from ..errors import DefinitionUnavailable
 from ..events import Event
 from ..loader import load_flow
 from ..model import Flow
@@ -269,7 +270,9 @@ def _snapshot(name: str, service: Service, watch: Watch | None) -> Any:
     try:
         # a copy: a snapshot that hands out the service's own dict would change with it
         return copy.deepcopy(service.snapshot())
-    except Exception as exc:  # a snapshot that fails is itself a finding
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a snapshot that fails (SystemExit too) is itself a finding
         return f"<snapshot raised {type(exc).__name__}: {exc}>"
     finally:
         if watch is not None:
@@ -286,12 +289,24 @@ def make_services(flow: Flow, given: Mapping[str, Any] | None = None) -> dict[st
         if isinstance(chosen, Service):
             services[name] = chosen
         elif chosen is not None:
-            services[name] = chosen()
+            services[name] = _create(name, repr(chosen), chosen)
         elif spec.import_path in by_path:
             services[name] = by_path[spec.import_path]  # one object per class, as the runtime
         else:
-            services[name] = by_path[spec.import_path] = import_service(spec.import_path)()
+            services[name] = by_path[spec.import_path] = _create(
+                name, spec.import_path, import_service(spec.import_path))
     return services
+
+
+def _create(name: str, what: str, factory: Any) -> Service:
+    """One service object; ``DefinitionUnavailable`` (one line) when its constructor fails."""
+    try:
+        return factory()  # type: ignore[no-any-return]
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a constructor must not end saga test
+        raise DefinitionUnavailable(f"service {name!r} ({what}) could not be created: "
+                                    f"{type(exc).__name__}: {exc}") from None
 
 
 def run_schedule(flow: Flow | str | os.PathLike[str], input: Any,
@@ -381,14 +396,22 @@ def _hung_text(hung: HandlerHung) -> str:
     return f"{hung.label} did not return within {hung.timeout:g}s (wall clock)"
 
 
-def hung_run(hung: HandlerHung) -> HarnessRun | None:
-    """The run a :class:`HandlerHung` raised from guarded work interrupted, as far as it got."""
+def hung_run(hung: HandlerHung, flow: Flow | None = None) -> HarnessRun | None:
+    """The run a :class:`HandlerHung` raised from guarded work interrupted, as far as it got
+    (with ``flow``: an empty run when the call hung outside any run, e.g. in a constructor)."""
     context = hung.context
     if isinstance(context, HarnessRun):  # an invariant or snapshot after the run
         context.hung = _hung_text(hung)
         return context
     if not (isinstance(context, tuple) and isinstance(context[0], _Harness)):
-        return None
+        if flow is None:
+            return None
+        empty = _Harness(compile_flow(flow), {}, 0, START, None, None)
+        empty.inputs["saga-1"], empty.schedules["saga-1"] = None, Schedule()
+        empty.events["saga-1"], empty.invocations["saga-1"], empty.struck["saga-1"] = [], [], []
+        run = _batch(empty, {}, {}, {}, ["saga-1"], None).runs[0]
+        run.hung = _hung_text(hung)
+        return run
     harness, saga_id = context
     objects = {name: d.service for name, d in harness.dispatchers.items()}
     before = harness.before
@@ -525,8 +548,12 @@ class _Harness:
             # the effect happens; the reply (or whatever it raised) is lost with the process
             if watch is not None:
                 watch.enter(label, (self, saga_id))
-            with contextlib.suppress(Exception):
+            try:
                 dispatcher.service.handler(command.name)(message)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # whatever it raised (SystemExit too) is lost with it
+                pass
             if watch is not None:
                 watch.leave()
         if kind in ("error", "reject", "duplicate"):

@@ -175,11 +175,18 @@ def service_constants(flow: Flow) -> list[Any]:
                 code = getattr(function, "__code__", None)
                 if isinstance(code, types.CodeType):
                     _code_constants(code, out)
+        watch = current_watch()
         try:
+            if watch is not None:
+                watch.enter(f"creating {spec.import_path}")
             instance = cls()
             _literals(vars(instance), out)
+            if watch is not None:
+                watch.enter(f"{spec.import_path}.snapshot()")
             _literals(instance.snapshot(), out)
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # a constructor or snapshot that fails: found by the runs
             continue
     return out
 

@@ -235,26 +235,29 @@ def test_flow(flow: Flow, *, examples: int | None = None, seed: int = 0,
               invariants: Iterable[Callable[[Mapping[str, Any]], Any]] = (),
               max_faults: int = 3, handler_timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
               random_examples: int = RANDOM_EXAMPLES,
-              replay: str | os.PathLike[str] | None = None) -> FlowTestReport:
+              replay: str | os.PathLike[str] | None = None,
+              exit_if_stuck: bool = False) -> FlowTestReport:
     """Property-test ``flow`` (see the module's docstring); stop at the first broken invariant
     and make it as small as it goes.
 
     ``examples`` is the budget of runs with faults; by default every single fault point and
     recovery pair, then ``random_examples`` more. ``input_examples`` replaces the search for
     inputs. A call into a service that runs longer than ``handler_timeout`` wall-clock seconds
-    is a counterexample. ``replay`` is a directory where counterexamples are kept and tried
-    first next time (default none: nothing kept; the same ``seed`` gives the same run).
+    is a counterexample; with ``exit_if_stuck``, a process starved by one that holds the
+    interpreter is ended (exit status 1, see ``_guard.guarded``). ``replay`` is a directory
+    where counterexamples are kept and tried first next time (default none: nothing kept; the
+    same ``seed`` gives the same run).
     """
     report = FlowTestReport(f"{flow.name} v{flow.version}", budget=examples)
     started = time.monotonic()
     search = _Search(flow, services, tuple(invariants), seed, report, budget=0)
     try:
         guarded(lambda: _search(search, examples, input_examples, max_faults,
-                                random_examples, replay), handler_timeout)
+                                random_examples, replay), handler_timeout,
+                exit_if_stuck=exit_if_stuck)
     except HandlerHung as hung:
-        run = hung_run(hung)
-        if run is None:
-            raise
+        run = hung_run(hung, flow)
+        assert run is not None
         report.failure = InvariantViolation("handlers return", run.hung or str(hung), run)
     if replay is not None and report.failure is not None:
         run = report.failure.run
