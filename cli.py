@@ -731,9 +731,11 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
                            handler_timeout=handler_timeout, replay=replay_db,
                            exit_if_stuck=True)
     click.echo(report.describe())
-    if not report.complete:
+    if not report.complete and report.routes:
         _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "
              f"points were tried within --examples {examples}")
+    elif not report.complete:
+        _err("warning: no input could be made from the flow's input schema; give --input")
     sys.exit(EXIT_OK if report.ok else EXIT_COUNTEREXAMPLE)
 
 

@@ -27,8 +27,11 @@ BUGS = [  # (flow, service, the class with the bug)
     ("choose_route", "bulk", "StockTakesTwice"),
     ("pay_last", "accounts", "AccountsRefundTwice"),  # the last step's own undo, run twice
     ("undo_forever", "stock", "StockUndoFailsIfNothingHeld"),  # retry_forever never ends
+    ("region", "bonded", "StockTakesTwice"),  # a branch taken only when two conditions hold
+    ("order_loose", "stock", "StockTakesTwice"),  # required fields the schema does not describe
 ]
-SOUND = ["order_pivot", "transfer", "trip", "choose_route", "pay_last", "undo_forever"]
+SOUND = ["order_pivot", "transfer", "trip", "choose_route", "pay_last", "undo_forever", "region",
+         "order_loose"]
 
 
 def fault_points(stdout: str) -> int:

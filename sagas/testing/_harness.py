@@ -149,6 +149,9 @@ class HarnessRun:
     invocations: list[tuple[str, str, int]]  # (phase, step, attempt) per handler call
     struck: list[tuple[int, str]] = field(default_factory=list)  # (events before it, what)
     hung: str | None = None  # the call into service code that never returned, if one did
+    # as a reference for "effects as without faults": the services whose snapshot() two runs
+    # without faults agree on (None: all of them)
+    stable: frozenset[str] | None = None
 
     @property
     def flow(self) -> Flow:

@@ -78,9 +78,9 @@ def _leaves(schema: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any
     fields of an array's first item (path element 0), included."""
     if not isinstance(schema, Mapping) or len(path) > 6:
         return
-    properties = schema.get("properties")
-    if not isinstance(properties, Mapping):
-        return
+    properties = dict(schema.get("properties") or {})
+    for name in schema.get("required") or ():
+        properties.setdefault(name, {})  # required, but no schema: a field of any type
     for name, sub in properties.items():
         if not isinstance(sub, Mapping):
             continue
@@ -109,6 +109,51 @@ def _flatten(condition: Any) -> Iterator[Any]:
             yield from _flatten(operand)
     else:
         yield condition
+
+
+def _satisfying(condition: Any, limit: int = 8) -> list[dict[tuple[str, ...], Any]]:
+    """Assignments of input fields (by path) that make ``condition`` hold, as far as one can
+    tell without solving: every operand of ``all`` at once, each of ``any`` on its own."""
+    op = condition.op
+    if op == "all":
+        combined: list[dict[tuple[str, ...], Any]] = [{}]
+        for operand in condition.operands:
+            options = _satisfying(operand, limit) or [{}]
+            combined = [{**a, **b} for a in combined for b in options][:limit]
+        return combined
+    if op == "any":
+        return [a for operand in condition.operands for a in _satisfying(operand, limit)][:limit]
+    path = condition.path or ""
+    if op == "not" or not path.startswith("$.input."):
+        return []
+    key = tuple(path[len("$.input."):].split("."))
+    value = condition.value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if op in ("eq", "ge", "le"):
+        return [{key: value}]
+    if op == "in":
+        return [{key: option} for option in list(value)[:limit]]
+    if op == "gt":
+        return [{key: value + 1 if number else f"{value}z"}]
+    if op == "lt" and number:
+        return [{key: value - 1}]
+    return []
+
+
+def branch_assignments(flow: Flow) -> list[dict[tuple[str, ...], Any]]:
+    """For each branch of each choice, input fields set so that its condition holds."""
+    found: list[dict[tuple[str, ...], Any]] = []
+
+    def walk(sequence: Sequence[Any]) -> None:
+        for item in sequence:
+            if isinstance(item, Choice):
+                for branch in item.branches:
+                    if branch.when is not None:
+                        found.extend(_satisfying(branch.when))
+                    walk(branch.steps)
+
+    walk(flow.sequence)
+    return found
 
 
 def _neighbours(value: Any) -> list[Any]:
@@ -278,8 +323,10 @@ def simplest(schema: Any) -> Any:
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = kind[0] if kind else None
-    if kind == "object" or (kind is None and "properties" in schema):
-        props = schema.get("properties") or {}
+    if kind == "object" or (kind is None and ("properties" in schema or "required" in schema)):
+        props = dict(schema.get("properties") or {})
+        for name in schema.get("required") or ():
+            props.setdefault(name, {"type": "string"})  # required, nothing said: a text
         return {name: simplest(sub) for name, sub in props.items()}
     if kind == "array":  # one item at least, where allowed: an empty list hides the items' effects
         count = max(int(schema.get("minItems", 0)), min(1, int(schema.get("maxItems", 1))))
@@ -422,7 +469,21 @@ def explore_routes(flow: Flow, *, services: Mapping[str, Any] | None = None,
     values = field_values(flow, service_constants(flow)) if schema is not None else {}
     if watch is not None:
         watch.leave()
+    assignments = branch_assignments(flow)
+
+    def steered(value: Any) -> list[Any]:
+        """``value`` changed so that each choice branch's whole condition holds."""
+        out = []
+        for assignment in assignments:
+            changed: Any = value
+            for path, option in assignment.items():
+                changed = _set(changed, path, option) if changed is not None else None
+            if changed is not None and changed != value:
+                out.append(changed)
+        return out
+
     queue: list[Any] = [b for b in bases if valid(b)]
+    queue += [s for b in list(queue) for s in steered(b) if valid(s)]
     tried: set[str] = set()
     found: dict[tuple[Any, ...], Route] = {}
     runs = 0
@@ -439,7 +500,7 @@ def explore_routes(flow: Flow, *, services: Mapping[str, Any] | None = None,
             continue
         found[signature] = Route(candidate, signature, baseline)
         # a new route: every one-field change of this input is worth a try (before older ones)
-        queue = [m for m in mutants(candidate, values)
+        queue = [m for m in [*steered(candidate), *mutants(candidate, values)]
                  if json.dumps(m, sort_keys=True) not in tried and valid(m)] + queue
     routes = list(found.values())
     routes.sort(key=lambda r: (r.signature[1] != "completed", r.signature[1] != "compensated"))
