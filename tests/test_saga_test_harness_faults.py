@@ -285,3 +285,51 @@ def test_the_report_as_data():
     assert report.singles_tried == report.singles_total > 0
     assert report.recovery_pairs > 0 and report.examples <= 400
     assert json.dumps([r.input for r in report.routes])
+
+
+# -- flows at the edges ---------------------------------------------------------------------
+
+def _flow_file(tmp_path, name: str, text: str):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow  # the 4,000-attempt step takes a while under every persistent fault
+def test_flows_at_the_edges_end_in_a_report_never_exit_70(tmp_path):
+    services = "services: {stock: tests.planted_bugs:Stock}\n"
+    take = "{name: hold, service: stock, action: take, compensation: put_back, " \
+           "input: {item: A-100, qty: 1}}"
+    cases = {
+        # no step calls a service: only the runtime can crash
+        "pause_only": "saga: pause_only\n" + services +
+                      "steps: [{name: wait_a_bit, delay: 1s}]\n",
+        # an input schema no input can satisfy (a saga input is a JSON object)
+        "text_input": "saga: text_input\n" + services + "input: {type: string}\n"
+                      f"steps: [{take}]\n",
+        # a step that may try 4,000 times, under a persistent fault
+        "many_tries": "saga: many_tries\n" + services +
+                      f"steps: [{take[:-1]}, retry: {{attempts: 4000, backoff: 1ms}}}}]\n",
+    }
+    for name, text in cases.items():
+        proc = saga("test", str(_flow_file(tmp_path, name, text)))
+        assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
+        assert "internal error" not in proc.stderr, name
+    assert "incomplete: no input valid" in saga(
+        "test", str(tmp_path / "text_input.yaml")).stdout
+
+
+def test_effects_are_compared_as_what_they_hold_not_in_which_order():
+    from sagas.testing._invariants import canonical
+
+    assert canonical({"legs": ["b", "a"]}) == canonical({"legs": ["a", "b"]})
+    assert canonical({"legs": ["a", "a"]}) != canonical({"legs": ["a"]})
+
+
+def test_a_kept_counterexample_naming_a_step_since_renamed_is_harmless(tmp_path):
+    path = planted(tmp_path, "transfer", source="AccountsTrustReply")
+    db = tmp_path / "kept"
+    assert saga("test", str(path), "--replay-db", str(db)).returncode == 1
+    path.write_text(path.read_text().replace("name: debit", "name: withdraw"))
+    again = saga("test", str(path), "--replay-db", str(db))
+    assert again.returncode == 1 and "internal error" not in again.stderr, again.stderr

@@ -66,7 +66,7 @@ _DESCRIBE = {
     "late": "runs; its reply arrives after the attempt timed out",
     "duplicate": "is delivered twice (the second answered by the inbox)",
     "redeliver": "runs, the process dies before its reply is recorded, and it runs again",
-    "lost": "runs (its effect happens), its reply is lost (timed out)",
+    "lost": "runs (or the inbox answers for it), its reply is lost (timed out)",
 }
 START = 1_700_000_000.0
 MAX_EVENTS = 10_000
@@ -241,7 +241,7 @@ def _reason(events: Sequence[Event]) -> str | None:
 
 
 class _TooLong(Exception):
-    """The sagas did not end within :data:`MAX_EVENTS` events."""
+    """The sagas did not end within :data:`MAX_EVENTS` events (plus room for every attempt)."""
 
 
 class _Env:
@@ -445,6 +445,10 @@ class _Harness:
                             for name, obj in objects.items()}
         self.watch = watch
         self.before: dict[str, Any] = {}
+        # room for every attempt of every step (a step may allow 10,000 under a persistent
+        # fault) before a saga counts as never ending
+        self.max_events = MAX_EVENTS + 4 * sum(2 * step.retry.attempts
+                                               for step in compiled.flow.steps)
         self.env = _Env(start, seed)
         self.crash_after = crash_after
         self.crashed = False
@@ -471,7 +475,7 @@ class _Harness:
         """Record a decision's events; crash right after, if it is time; else act on it."""
         self.events[saga_id].extend(new)
         self.total += len(new)
-        if self.total > MAX_EVENTS:
+        if self.total > self.max_events:
             raise _TooLong  # the runs are returned as they are: not ended
         if (not self.crashed and self.crash_after is not None and new
                 and self.total >= self.crash_after):

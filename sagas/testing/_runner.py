@@ -94,7 +94,8 @@ class FlowTestReport:
         lines.append(f"  routes{searched}:")
         for route in self.routes:
             lines.append(f"    {route.describe()}: {json.dumps(route.input, sort_keys=True)}")
-        stopped = " (the search stopped at the counterexample)" if self.failure else ""
+        stopped = (" (the search stopped at the counterexample)"
+                   if self.failure and self.singles_tried < self.singles_total else "")
         lines.append(f"  single-fault points covered: {self.singles_tried} of "
                      f"{self.singles_total}{stopped}")
         if self.replayed:
@@ -288,8 +289,8 @@ def _search(search: _Search, examples: int | None, input_examples: Sequence[Any]
     report = search.report
     try:
         _sweep(search, examples, input_examples, random_examples, replay)
-        if search.left() > 0:
-            _random(search, input_examples, max_faults)
+        if search.left() > 0 and report.routes:
+            _random(search, input_examples, max_faults)  # (nothing to draw from otherwise)
     except _Found:
         pass
     if search.failures:
@@ -369,7 +370,8 @@ def _random(search: _Search, input_examples: Sequence[Any], max_faults: int) -> 
     @hypothesis_seed(search.seed)
     @given(schedule=fault_schedules(flow, max_faults=max_faults), saga_input=saga_inputs)
     def prop(schedule: Schedule, saga_input: Any) -> None:
-        if search.left() > 0 and search.attempt(saga_input, schedule):
+        if search.left() > 0 and _valid(flow, saga_input) \
+                and search.attempt(saga_input, schedule):
             report.random += 1
 
     prop()

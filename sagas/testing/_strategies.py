@@ -43,6 +43,11 @@ def fault_schedules(flow: Flow, *, max_faults: int = 3, kinds: Sequence[str] = F
     crash. For covering every single fault systematically, see :func:`fault_sweep`.
     """
     points = fault_points(flow, max_attempt)
+    if not points:  # no step calls a service: only the runtime can crash
+        if not crashes:
+            return st.just(Schedule())
+        return st.builds(lambda crash: Schedule(crash_after=crash),
+                         st.integers(min_value=1, max_value=6 * len(flow.steps) + 6))
     targets = sorted({(phase, step) for phase, step, _ in points
                       if flow.step(step).calls_service})
     kind = st.sampled_from(list(kinds))
