@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 HANGS = ROOT / "tests" / "flows" / "hangs"
 CODE = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main()"
@@ -39,6 +41,7 @@ def wait_for_sagas(db: Path, at_least: int, timeout: float = 30.0) -> None:
     raise AssertionError(f"fewer than {at_least} sagas in {db} after {timeout}s")
 
 
+@pytest.mark.slow
 def test_saga_run_exits_although_a_handler_never_returns(tmp_path):
     begun = time.monotonic()
     proc = saga("run", str(HANGS / "stuck.yaml"), "--input", "{}", "--store",
@@ -49,6 +52,7 @@ def test_saga_run_exits_although_a_handler_never_returns(tmp_path):
     assert time.monotonic() - begun < 60
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_batch_gracefully_and_resume_finishes_it(tmp_path):
     db = tmp_path / "s.db"
     proc = start("run", str(HANGS / "slow.yaml"), "--input", "{}", "--count", "100000",
@@ -68,6 +72,7 @@ def test_ctrl_c_stops_a_batch_gracefully_and_resume_finishes_it(tmp_path):
     assert listed.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c(tmp_path):
     db = tmp_path / "s.db"
     proc = start("run", str(HANGS / "slow.yaml"), "--input", "{}", "--count", "100000",

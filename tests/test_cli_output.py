@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.noisy_services import LONG_REASON
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +114,7 @@ def test_deeply_nested_json_is_one_line_and_exit_2(tmp_path):
         assert "nested too deeply" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_saga_list_quietly(tmp_path):
     store = f"sqlite:///{tmp_path}/s.db"
     saga("run", "flows/order_inventory.yaml", "--input",

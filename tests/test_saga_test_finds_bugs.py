@@ -40,6 +40,7 @@ def fault_points(stdout: str) -> int:
     return int(match.group(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flow, service, bug", BUGS, ids=[f"{f}-{b}" for f, _, b in BUGS])
 def test_the_cli_catches_each_planted_bug_without_an_input(tmp_path, flow, service, bug):
     proc = saga("test", str(planted(tmp_path, flow, **{service: bug})))

@@ -184,6 +184,7 @@ def test_a_handler_that_blocks_is_a_counterexample_naming_it(tmp_path):
         check_invariants(run)
 
 
+@pytest.mark.slow
 def test_service_code_that_fails_or_hangs_outside_a_handler_is_one_line_never_exit_70(tmp_path):
     broken = saga("test", str(planted(tmp_path, "order_pivot", ledger="LedgerWithoutDatabase")))
     assert broken.returncode == 2, broken.stdout + broken.stderr

@@ -542,6 +542,7 @@ def test_crash_soak(tmp_path: Path) -> None:
     assert soak.counts["compensated"] > 0 and soak.counts["completed"] > 0, soak.summary()
 
 
+@pytest.mark.slow  # 15 s; the full soak (slow too) covers the same machinery in CI
 def test_crash_soak_quick(tmp_path: Path) -> None:
     """The same machinery, small: 3 kills of children running batches of 500."""
     soak_and_check(Soak(tmp_path, rounds=3, batch=500, concurrency=150, instances=8))
