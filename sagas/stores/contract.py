@@ -24,8 +24,8 @@ The hooks besides :meth:`~StoreContract.make_store`:
 
 - :meth:`~StoreContract.open_again`: a second store object on the same data, as another
   process would open it. The tests of two store objects (racing writers, adopters and
-  claimers, snapshots of another's writes) run with it; without it (``None``, the default)
-  they are skipped.
+  claimers, snapshots of another's writes) run with it; a backend class that does not
+  override it does not collect them.
 - :meth:`~StoreContract.lose_owner_files`: delete what the store keeps of its owners beside
   its data (lock files...), as someone tidying up by hand might; a live owner must keep its
   sagas all the same. A store that keeps no such files leaves it as it is (a no-op).
@@ -393,14 +393,27 @@ class _Hooks:
     """The hooks a backend gives (:meth:`make_store`; :meth:`open_again` and
     :meth:`lose_owner_files` if it can), and the fixtures the tests take."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A backend class that does not override :meth:`open_again` has no second store
+        object on one store: the tests that need one are not collected for it (rather than
+        collected and skipped)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__name__.endswith("Contract") or "open_again" in _defined_below(cls):
+            return
+        for name in dir(cls):
+            test = getattr(cls, name, None)
+            code = getattr(test, "__code__", _NO_CODE)
+            if name.startswith("test") and "again" in code.co_varnames[:code.co_argcount]:
+                setattr(cls, name, None)  # it takes the `again` fixture
+
     def make_store(self, tmp_path: Path) -> SagaStore:
         """A new, empty store (files, if any, under ``tmp_path``)."""
         raise NotImplementedError(f"{type(self).__name__} must define make_store(tmp_path)")
 
     def open_again(self, store: SagaStore) -> SagaStore | None:
         """Another store object on the data of ``store`` (another connection, as another
-        process would open it), closed by the test; ``None`` if the backend has no such thing
-        (then the tests of two store objects are skipped)."""
+        process would open it), closed by the test. A backend that does not override it has
+        no such thing: the tests of two store objects are then not collected for it."""
         return None
 
     def lose_owner_files(self, store: SagaStore, owner: str | None) -> None:
@@ -416,14 +429,26 @@ class _Hooks:
 
     @pytest.fixture
     def again(self, store: SagaStore) -> Iterator[SagaStore]:
-        """A second store object on ``store``'s data (:meth:`open_again`), or the test is
-        skipped."""
+        """A second store object on ``store``'s data (:meth:`open_again`). (A backend that
+        returns ``None`` from an override of it skips the test.)"""
         other = self.open_again(store)
         if other is None:
             pytest.skip(f"{type(self).__name__} opens no second store object on one store "
                         "(open_again)")
         yield other
         other.close()
+
+
+_NO_CODE = (lambda: None).__code__
+
+
+def _defined_below(cls: type) -> set[str]:
+    """Names defined by ``cls`` or its bases that are not part of this contract."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__ != __name__:
+            names.update(vars(klass))
+    return names
 
 
 class EventLogContract(_Hooks):
