@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from actors import Rejected, Service, handles
+from tests.support import saga_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = ROOT / "tests" / "flows" / "planted"
@@ -38,9 +38,7 @@ def planted(tmp_path: Path, flow: str, **bugs: str) -> Path:
 
 def saga(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """The ``saga`` command, run from this checkout in ``cwd``."""
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return saga_cli(*args, cwd=cwd)
 
 
 def undone(command: Any) -> str:

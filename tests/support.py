@@ -3,11 +3,14 @@ contract on a history, and :func:`eventually` (the one way a test polls for some
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -211,3 +214,18 @@ def check_history(history: Sequence[Event]) -> None:
 def attempts_of(history: Sequence[Event], type_: str, step: str) -> list[int | None]:
     """The attempt of each ``type_`` event of ``step``, in order."""
     return [e.attempt for e in history if e.type == type_ and e.step == step]
+
+
+SAGA_CODE = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+             "import cli; cli.main()")
+"""``python -c SAGA_CODE ARGS...`` runs the ``saga`` command of this checkout, from any cwd."""
+
+
+def saga_cli(*args: str, cwd: Path | None = None, stdin: str | None = None,
+             env: dict[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the ``saga`` command of this checkout in a subprocess, in ``cwd`` (default: the
+    checkout), and return what it did."""
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-c", SAGA_CODE, *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd or root, input=stdin, env=env)

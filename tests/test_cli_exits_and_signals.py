@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import SAGA_CODE, saga_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 HANGS = ROOT / "tests" / "flows" / "hangs"
-CODE = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main()"
-
-
 def saga(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return saga_cli(*args, cwd=cwd, timeout=120)
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", CODE, *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", SAGA_CODE, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 

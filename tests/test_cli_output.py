@@ -13,19 +13,16 @@ from pathlib import Path
 import pytest
 
 from tests.noisy_services import LONG_REASON
+from tests.support import SAGA_CODE, saga_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "tests" / "flows" / "output"
-CODE = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main()"
-
-
 def saga(*args: str, cwd: Path = ROOT, stdin: str | None = None,
          columns: int = 100) -> subprocess.CompletedProcess[str]:
     import os
 
-    env = {**os.environ, "COLUMNS": str(columns)}
-    return subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, input=stdin, env=env)
+    return saga_cli(*args, cwd=cwd, stdin=stdin, timeout=120,
+                    env={**os.environ, "COLUMNS": str(columns)})
 
 
 def test_a_rejection_text_is_shown_whole_and_columns_fit_long_step_names():
@@ -120,7 +117,7 @@ def test_a_closed_pipe_ends_saga_list_quietly(tmp_path):
     saga("run", "flows/order_inventory.yaml", "--input",
          '{"order_id": "o", "sku": "widget", "qty": 1, "amount": 1}', "--count", "3000",
          "--store", store)
-    shell = f"{sys.executable} -c {CODE!r} list --store {store} | head -1; " \
+    shell = f"{sys.executable} -c {SAGA_CODE!r} list --store {store} | head -1; " \
             "echo \"status ${PIPESTATUS[0]}\""
     proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
@@ -132,9 +129,9 @@ def test_serve_reports_events_it_cannot_start(tmp_path):
     store = f"sqlite:///{tmp_path}/s.db"
     saga("send", "OrderPlaced", "--key", "o-1", "--data", '{"order_id": "o-1"}', "--store",
          store)
-    serve = subprocess.Popen([sys.executable, "-c", CODE, "serve", "flows/order_inventory.yaml",
-                              "--store", store], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    serve = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "serve",
+                              "flows/order_inventory.yaml", "--store", store],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         lines: list[str] = []

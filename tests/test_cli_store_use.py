@@ -4,18 +4,15 @@ say so (exit 5) and create nothing."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import saga_cli
+
 ROOT = Path(__file__).resolve().parent.parent
-CODE = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main()"
-
-
 def saga(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CODE, *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return saga_cli(*args, cwd=cwd, timeout=120)
 
 
 @pytest.mark.parametrize("command", [["list"], ["show", "x"], ["audit"], ["retry", "x"],

@@ -4,19 +4,15 @@ is not a flow file without reading it all."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from sagas.loader import MAX_FLOW_BYTES
+from tests.support import saga_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = (ROOT / "flows" / "order_inventory.yaml").read_text()
-CODE = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main()"
-
-
 def validate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CODE, "validate", *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd)
+    return saga_cli("validate", *args, cwd=cwd, timeout=60)
 
 
 def flow(tmp_path: Path, name: str, *changes: tuple[str, str]) -> Path:
