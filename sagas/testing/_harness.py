@@ -100,10 +100,6 @@ class Schedule:
         return (tuple(sorted(self.faults.items())), self.crash_after,
                 tuple(sorted(self.persistent.items())))
 
-    def fault(self, phase: str, step: str, attempt: int) -> str | None:
-        """The fault of one attempt, ignoring persistent faults' lifting (see the harness)."""
-        return self.faults.get((phase, step, attempt)) or self.persistent.get((phase, step))
-
     def without(self, part: Any) -> Schedule:
         """This schedule less one fault (a key of ``faults`` or ``persistent``) or, for
         ``"crash"``, the crash: how a counterexample is made smaller."""
