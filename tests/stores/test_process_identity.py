@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sagas.stores._process import ProcessIdentity, _stat, process_alive, this_process
 from sagas.stores.contract import JOIN_TIMEOUT
+from tests.support import eventually
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -61,10 +61,8 @@ def test_a_process_that_exited_is_gone_even_before_it_is_reaped() -> None:
     try:
         identity = _identity_of(child.pid)
         child.kill()
-        deadline = time.monotonic() + JOIN_TIMEOUT
-        while (stat := _stat(str(child.pid))) is not None and stat.state != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        eventually(lambda: (stat := _stat(str(child.pid))) is None or stat.state == "Z",
+                   JOIN_TIMEOUT, what="the child exiting")
         assert process_alive(identity) is False
     finally:
         child.wait(timeout=JOIN_TIMEOUT)

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +38,7 @@ from sagas.stores.contract import (
 from sagas.stores.sqlite import SqliteInbox
 from sagas.stores.sqlite._external import _SELECT_CLAIMED, _SELECT_UNCLAIMED
 from sagas.stores.sqlite._requests import _SELECT_REQUESTS_OF_OWNER
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -1406,10 +1406,8 @@ def test_an_owner_that_closes_its_store_after_its_lock_file_was_deleted_is_dead(
 def _zombie(proc: subprocess.Popen[str]) -> None:
     """Kill ``proc`` and wait until it is a zombie (exited, not reaped)."""
     proc.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + JOIN_TIMEOUT
-    while Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
-        assert time.monotonic() < deadline, "the owner process did not exit"
-        time.sleep(0.01)
+    eventually(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0]
+               == "Z", JOIN_TIMEOUT, what="the owner process exiting")
 
 
 def test_an_owner_whose_process_exited_but_is_not_reaped_is_dead(tmp_path: Path) -> None:
