@@ -19,6 +19,15 @@ from typing import Any, TypeVar
 import click
 
 from sagas import __version__
+from sagas.commands.inputs import parse_json, read_inputs, read_text
+from sagas.commands.interrupts import Stopped, graceful_stop
+from sagas.commands.render import (
+    printable,
+    progress_bar,
+    render_list,
+    render_summary,
+    render_timeline,
+)
 from sagas.errors import (
     BadStoreUrl,
     DefinitionUnavailable,
@@ -32,16 +41,7 @@ from sagas.errors import (
     StoreError,
     UnknownSaga,
 )
-from sagas.inputs import parse_json, read_inputs, read_text
-from sagas.interrupts import Stopped, graceful_stop
-from sagas.loader import load_flow
-from sagas.render import (
-    printable,
-    progress_bar,
-    render_list,
-    render_summary,
-    render_timeline,
-)
+from sagas.language.loader import load_flow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -176,7 +176,7 @@ def main(debug: bool) -> None:
     # the library logs; the CLI reports errors as one line and exit codes (logs with --debug)
     logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL,
                         format="%(levelname)s %(name)s: %(message)s")
-    from sagas.gc_tuning import tune_gc
+    from sagas.engine.gc_tuning import tune_gc
 
     tune_gc()  # the CLI is an application: it opts in to throughput thresholds
 
@@ -224,8 +224,8 @@ def graph(flow: str, fmt: str) -> None:
 
     Render DOT with Graphviz, e.g. `saga graph FLOW --format dot | dot -Tsvg > flow.svg`.
     """
-    from sagas.compiler import compile_flow
-    from sagas.graph import render
+    from sagas.language.compiler import compile_flow
+    from sagas.language.graph import render
 
     click.echo(render(compile_flow(load_flow(flow)), fmt), nl=False)
 
@@ -246,9 +246,9 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     Or what ends `failed`, and why: the pivot's outcome unknown (pivot_unknown), or a step
     after the pivot failing (forward_recovery).
     """
-    from sagas.compiler import compile_flow
-    from sagas.plan import check_failable, plans, route_plans
-    from sagas.render import plan_table, render_plan
+    from sagas.commands.render import plan_table, render_plan
+    from sagas.language.compiler import compile_flow
+    from sagas.language.plan import check_failable, plans, route_plans
 
     compiled = compile_flow(load_flow(flow))
     if fail_step is not None:
@@ -330,7 +330,7 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     throughput and latency percentiles; exit 0 if every saga completed or was
     compensated, 3 if any failed.
     """
-    from sagas.runtime import validate_input, validate_saga_id
+    from sagas.engine.runtime import validate_input, validate_saga_id
 
     loaded = load_flow(flow)
     inputs = _read_inputs(input_json, input_file)
@@ -351,7 +351,7 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     total = count if count is not None else len(inputs)
     if total > 1 and saga_id is not None:
         raise click.UsageError("--id names one saga; it cannot be used with a batch")
-    from sagas.batch import BatchProgress, run_batch
+    from sagas.commands.batch import BatchProgress, run_batch
 
     progress = BatchProgress()
     try:
@@ -392,7 +392,7 @@ def _runtime(store_url: str, fail: tuple[str, ...] = (), *, create: bool = True)
     blocks forever must not keep the command from exiting once its sagas are done.
     ``fail``: steps whose every action attempt is rejected (`run --fail`)."""
     from actors import Faults
-    from sagas.runtime import Runtime
+    from sagas.engine.runtime import Runtime
 
     faults = None
     if fail:
@@ -443,7 +443,7 @@ def list_(store_url: str, status: str | None, flow_name: str | None, limit: int 
 @handle_errors
 def show(saga_id: str, store_url: str, as_json: bool) -> None:
     """Show one saga's full history (exit 4 if there is no such saga)."""
-    from sagas.runtime import load_result
+    from sagas.engine.runtime import load_result
 
     store = _open_store(store_url, create=False)
     try:
@@ -507,8 +507,8 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
     """
     import time
 
-    from sagas.loader import load_flow
-    from sagas.runtime import Runtime
+    from sagas.engine.runtime import Runtime
+    from sagas.language.loader import load_flow
 
     loaded = [load_flow(path) for path in flows]
     for flow in loaded:
@@ -717,7 +717,7 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     that breaks one is made as small as it goes and printed with its history, the faults
     marked where they struck; exit 1. Nothing is written to the working directory.
     """
-    from sagas.runtime import validate_input
+    from sagas.engine.runtime import validate_input
     from sagas.testing import private_hypothesis_home, test_flow
 
     private_hypothesis_home()

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sagas.gc_tuning import THROUGHPUT_THRESHOLDS
+from sagas.engine.gc_tuning import THROUGHPUT_THRESHOLDS
 
 from .scenarios import BASELINE, Scenario, select
 
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a scenario may take (default 120 with --quick, else 900)")
     parser.add_argument("--default-gc", action="store_true",
                         help="run with CPython's collector thresholds instead of those the saga "
-                             "CLI sets (sagas.gc_tuning)")
+                             "CLI sets (sagas.engine.gc_tuning)")
     args = parser.parse_args(argv)
     try:
         scenarios = select(args.only)

@@ -6,7 +6,7 @@ is per scenario. Run it yourself to profile one scenario, e.g.
 ``--out`` (or stdout); exits 1 with one line on stderr when the scenario cannot prove its work.
 
 Every scenario, the baselines included, runs with the collector thresholds the ``saga`` CLI
-uses (:func:`sagas.gc_tuning.tune_gc`); ``--default-gc`` keeps CPython's defaults instead.
+uses (:func:`sagas.engine.gc_tuning.tune_gc`); ``--default-gc`` keeps CPython's defaults instead.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 
-from sagas.gc_tuning import tune_gc
+from sagas.engine.gc_tuning import tune_gc
 
 from ._common import BenchmarkFailed
 from .scenarios import SCENARIOS

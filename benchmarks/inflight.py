@@ -26,7 +26,7 @@ from pathlib import Path
 
 from actors import Command, Fault
 from sagas import Runtime
-from sagas.model import Flow
+from sagas.language.model import Flow
 
 from ._common import (
     FLOWS,

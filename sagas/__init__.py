@@ -6,7 +6,7 @@ The public API is re-exported here; submodules whose names start with ``_`` are 
 from __future__ import annotations
 
 from .bus import Delivery, EventBus, Subscriber, Subscription
-from .compiler import CompiledFlow, compile_flow
+from .engine.runtime import Runtime, SagaResult, Submitted
 from .errors import (
     BadStoreUrl,
     DefinitionUnavailable,
@@ -22,10 +22,10 @@ from .errors import (
     StoreUnavailable,
     UnknownSaga,
 )
-from .loader import load_flow, parse_flow
-from .model import Flow, FlowWarning, RetryPolicy, ServiceSpec, Step
-from .plan import Plan, plan, plans
-from .runtime import Runtime, SagaResult, Submitted
+from .language.compiler import CompiledFlow, compile_flow
+from .language.loader import load_flow, parse_flow
+from .language.model import Flow, FlowWarning, RetryPolicy, ServiceSpec, Step
+from .language.plan import Plan, plan, plans
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ given, and the clock only as a default for ``now``.
 ``saga.retried`` opens another, and each ends at its terminal event. Within an epoch, the
 ``*.started`` events for one (phase, step) in a row form a *visit* of that state; a visit ends
 at the next visit or at the epoch's terminal event. Its *trigger* is the compiled machine's
-(:mod:`sagas.compiler`): ``succeeded``, ``rejected`` (an action's business "no"), or
+(:mod:`sagas.language.compiler`): ``succeeded``, ``rejected`` (an action's business "no"), or
 ``exhausted`` when it ended without either; ``abandoned`` when it ended with an attempt still
 awaiting its reply, ``parked`` when a ``definition_unavailable`` failure cut it short. Events
 after a terminal event are reported once (``after_terminal``...) and otherwise left out of the
@@ -48,11 +48,11 @@ from itertools import pairwise
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .compiler import CompiledFlow, compensation_state, compile_flow, step_state
 from .errors import FlowErrors, UnknownSaga
 from .events import EVENT_TYPES, TERMINAL_EVENTS, Event
-from .loader import parse_flow
-from .model import Flow, Step, format_duration
+from .language.compiler import CompiledFlow, compensation_state, compile_flow, step_state
+from .language.loader import parse_flow
+from .language.model import Flow, Step, format_duration
 
 if TYPE_CHECKING:
     from typing import Protocol

@@ -1,15 +1,17 @@
-"""Driving one saga through the pure core (``sagas.core``) by hand: replies and timers delivered
-in an exact, chosen order, on a clock the test sets — for interleavings a runtime cannot pin
-down (a late reply while the next attempt is in flight, a deadline and a reply at one instant)."""
+"""Driving one saga through the pure core (``sagas.engine.core``) by hand: replies and timers
+delivered in an exact, chosen order, on a clock the test sets — for interleavings a runtime
+cannot pin down (a late reply while the next attempt is in flight, a deadline and a reply at
+one instant)."""
 
 from __future__ import annotations
 
 import textwrap
 from typing import Any
 
-from sagas import Flow, core, parse_flow
-from sagas.compiler import compile_flow
+from sagas import Flow, parse_flow
+from sagas.engine import core
 from sagas.events import Event
+from sagas.language.compiler import compile_flow
 from sagas.stores import SagaHeader, SagaRecord
 
 
@@ -27,7 +29,7 @@ class FakeEnv:
 
 
 class CoreSaga:
-    """One saga driven through ``sagas.core``: its events, and every command the core gave.
+    """One saga driven through ``sagas.engine.core``: its events, and every command the core gave.
 
     ``flow`` is a :class:`Flow` or the YAML text of one (indented as in a test: it is dedented).
     """

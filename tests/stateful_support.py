@@ -5,8 +5,9 @@ Three parts:
 * **The reference model** — :class:`ModelSaga`, :func:`predict` and :func:`predict_from_plan`:
   DESIGN.md §4.2–4.3 (which step is compensated, in which order, how a saga ends) and, for the
   plan level, the service contract of §3 (the idempotent inbox, what each fault does) and the late
-  replies of §4.5, written out plainly. It never calls :mod:`sagas.compiler`, :mod:`sagas.plan`
-  or :mod:`sagas.core`, so a bug in the engine's recovery rules cannot hide in the oracle.
+  replies of §4.5, written out plainly. It never calls :mod:`sagas.language.compiler`,
+  :mod:`sagas.language.plan` or :mod:`sagas.engine.core`, so a bug in the engine's recovery
+  rules cannot hide in the oracle.
 * **The service** — :class:`Probe` (one object per pool instance, re-created on every runtime
   restart) over a :class:`Lab` that outlives restarts: a handler succeeds unless the attempt is
   scripted *late*, in which case it is held until its attempt has timed out (``late_*``: the

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from sagas.audit import RULES, Violation, audit_saga, audit_store
-from sagas.core import park_unavailable
+from sagas.engine.core import park_unavailable
 from sagas.events import TERMINAL_EVENTS, Event
-from sagas.loader import parse_flow
-from sagas.model import Flow
+from sagas.language.loader import parse_flow
+from sagas.language.model import Flow
 from sagas.stores import MemoryStore, NewSaga, SagaRecord
 from sagas.testing import SagaTestEnvironment
 from tests.core_support import BLOCK, CoreSaga, FakeEnv

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from sagas.loader import MAX_FLOW_BYTES
+from sagas.language.loader import MAX_FLOW_BYTES
 from tests.support import saga_cli
 
 ROOT = Path(__file__).resolve().parent.parent

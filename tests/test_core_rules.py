@@ -1,4 +1,4 @@
-"""DESIGN.md §3–§5 on the pure core: one saga driven through ``sagas.core`` by hand
+"""DESIGN.md §3–§5 on the pure core: one saga driven through ``sagas.engine.core`` by hand
 (``tests.core_support.CoreSaga``), replies and timers in exact, chosen orders — a late reply
 while the next attempt is in flight, a deadline and a reply at one instant, a cancel in a
 backoff — that a runtime cannot pin down. Every history is checked against the §6 EVENT
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sagas import core
+from sagas.engine import core
 from tests.core_support import CoreSaga
 from tests.support import StepSpec, attempts_of, check_history, make_flow
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from actors import Rejected, Service, handles
-from sagas import Runtime, core
+from sagas import Runtime
+from sagas.engine import core
 from sagas.errors import InputError, StoreError
 from sagas.stores import MemoryStore
 from sagas.testing import SagaTestEnvironment

@@ -18,11 +18,11 @@ After every rule, for every saga the store holds:
 * ``sagas.audit.audit_saga`` finds no violation of DESIGN.md §4 (``expect_terminal=False`` for a
   saga still in flight);
 * **history oracle** (every saga): the reference model (:class:`tests.stateful_support.ModelSaga`,
-  DESIGN.md §4.2–4.3 written from the text, not from ``sagas.compiler``/``sagas.plan``) is fed the
-  final outcome of each visit as the log shows it (the last ``*.succeeded`` / ``step.failed``
-  kind ``rejected`` / ran out); each visit must be of the (phase, step) the model expects next —
-  so the compensations are exactly the ones §4.2 requires, in reverse order — and the status and
-  reason must be the model's;
+  DESIGN.md §4.2–4.3 written from the text, not from ``sagas.language.compiler`` or
+  ``sagas.language.plan``) is fed the final outcome of each visit as the log shows it (the last
+  ``*.succeeded`` / ``step.failed`` kind ``rejected`` / ran out); each visit must be of the
+  (phase, step) the model expects next — so the compensations are exactly the ones §4.2
+  requires, in reverse order — and the status and reason must be the model's;
 * **plan oracle** (a saga whose log shows no ``saga.cancelled`` and no ``saga.deadline_exceeded``:
   then the outcome of every attempt follows from the fault plan alone — crashes happen only at
   rest and change no outcome): the model also predicts each visit's outcome and last attempt from

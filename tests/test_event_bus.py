@@ -311,8 +311,8 @@ def test_a_page_queued_before_a_park_is_dropped_after_the_resume() -> None:
     # the race this guards against: pages sent before a subscription parked can still be in its
     # actor's mailbox when resume() runs; delivering them would put later events before the
     # one it parked on (white-box: such a page is handed to the actor directly)
-    from sagas._bus_subscriber import Page, Resume
-    from sagas.bus import _delivery
+    from sagas.bus._bus import _delivery
+    from sagas.bus._subscriber import Page, Resume
 
     broken = threading.Event()
     broken.set()

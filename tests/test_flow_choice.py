@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 import cli
 from sagas import FlowErrors, parse_flow
-from sagas.compiler import compile_flow
-from sagas.conditions import Condition
-from sagas.plan import plan
+from sagas.language.compiler import compile_flow
+from sagas.language.conditions import Condition
+from sagas.language.plan import plan
 from sagas.testing import SagaTestEnvironment
 from tests.support import Scripted
 
@@ -483,7 +483,7 @@ def test_saga_graph_draws_the_choice_and_its_conditions(tmp_path: Path):
 def test_graph_describes_combined_conditions():
     text = ROUTED.replace(BIG_WHEN, "when: {any: [{path: $.input.c, in: [DE, AT]}, "
                                     "{not: {path: $.input.vip, exists: true}}]}")
-    from sagas.graph import to_mermaid
+    from sagas.language.graph import to_mermaid
     drawing = to_mermaid(compile_flow(parse_flow(text, source="x.yaml")))
     assert "big: ($.input.c in ['DE', 'AT'] or not $.input.vip exists)" in drawing
 

@@ -19,8 +19,8 @@ from click.testing import CliRunner, Result
 
 import sagas
 from cli import main
-from sagas.compiler import compile_flow
-from sagas.loader import load_flow
+from sagas.language.compiler import compile_flow
+from sagas.language.loader import load_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "flows"

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 import cli
 from sagas import FlowErrors, load_flow, parse_flow
-from sagas.compiler import compile_flow
-from sagas.plan import plan, plans
+from sagas.language.compiler import compile_flow
+from sagas.language.plan import plan, plans
 from sagas.testing import SagaTestEnvironment, check_invariants, run_schedule
 
 FLOW = textwrap.dedent("""\

@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sagas.errors import FlowError
-from sagas.loader import load_flow, parse_flow
+from sagas.language.loader import load_flow, parse_flow
 
 # the acceptance floor: at least 2,000 examples per fuzz property in CI
 FUZZ_EXAMPLES = 2000 if os.environ.get("CI") else 40

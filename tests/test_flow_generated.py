@@ -11,7 +11,7 @@ anywhere or nowhere, retry settings, inputs, key order, block or flow style, del
   each parallel branch);
 * ``saga plan`` agrees, for every (step, kind) and every route through the choices, with the
   machine *and* with the reference model below, written from the text of DESIGN.md §4.2-4.3
-  (not from ``sagas.plan``), and ``saga plan --json`` with the first route to each step;
+  (not from ``sagas.language.plan``), and ``saga plan --json`` with the first route to each step;
 * ``saga graph`` draws every state and every transition.
 
 A parallel branch step is planned as if the other branches had finished: the failing branch's
@@ -36,10 +36,10 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from cli import main
-from sagas.compiler import compile_flow
-from sagas.loader import parse_flow
-from sagas.model import Choice
-from sagas.plan import plan
+from sagas.language.compiler import compile_flow
+from sagas.language.loader import parse_flow
+from sagas.language.model import Choice
+from sagas.language.plan import plan
 
 KINDS = ("rejected", "error", "timeout")
 TERMINAL = ("completed", "compensated", "failed")
@@ -684,8 +684,8 @@ def test_generated_flow_machine_and_plan(workdir: Path, flow: tuple[str, Shape],
             assert walk(compiled, s.name, "error", route) == reference(
                 shape, s.name, "error", route)
 
-    # every (step, kind, route): the machine and `sagas.plan` agree with DESIGN, compensations
-    # in reverse step order
+    # every (step, kind, route): the machine and `sagas.language.plan` agree with DESIGN,
+    # compensations in reverse step order
     for s in spec:
         for kind in s.kinds:  # a delay cannot fail: no plan (--fail refuses it)
             for route in routes:

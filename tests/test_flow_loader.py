@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cli import EXIT_USAGE, exit_code_of
-from sagas.compiler import compile_flow
 from sagas.errors import FlowError, FlowErrors
-from sagas.loader import load_flow, parse_flow
+from sagas.language.compiler import compile_flow
+from sagas.language.loader import load_flow, parse_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).resolve().parent / "flows"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from sagas.errors import FlowErrors
-from sagas.loader import MAX_FLOW_BYTES, load_flow, parse_flow
+from sagas.language.loader import MAX_FLOW_BYTES, load_flow, parse_flow
 
 HEAD = """\
 saga: big

@@ -19,7 +19,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from sagas.errors import FlowErrors
-from sagas.loader import parse_flow
+from sagas.language.loader import parse_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "flows").glob("*.yaml"))

@@ -17,9 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from sagas import FlowErrors, core, parse_flow
-from sagas.compiler import compile_flow
-from sagas.plan import plan
+from sagas import FlowErrors, parse_flow
+from sagas.engine import core
+from sagas.language.compiler import compile_flow
+from sagas.language.plan import plan
 from sagas.testing import SagaTestEnvironment
 from tests.core_support import BLOCK, CoreSaga
 from tests.flow_support import CarDesk, FlightDesk, HotelDesk, SlowFlights, TripDesk

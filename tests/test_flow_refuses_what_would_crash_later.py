@@ -14,10 +14,10 @@ import math
 
 import pytest
 
+from sagas.engine.runtime import validate_input
 from sagas.errors import FlowErrors, InputError
-from sagas.loader import parse_flow
-from sagas.model import MAX_DURATION
-from sagas.runtime import validate_input
+from sagas.language.loader import parse_flow
+from sagas.language.model import MAX_DURATION
 
 FLOW = """\
 saga: demo

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import cli
 from sagas import Runtime
 from sagas.errors import FlowErrors, SagactorError, UnknownSaga
-from sagas.loader import load_flow, parse_flow
+from sagas.language.loader import load_flow, parse_flow
 from sagas.stores import open_store
 from tests.support import eventually
 
@@ -91,7 +91,7 @@ def test_the_same_event_or_id_starts_one_saga():
 
 
 def test_events_that_cannot_start_the_flow_are_logged_and_passed_over(caplog):
-    caplog.set_level(logging.WARNING, logger="sagas.triggers")
+    caplog.set_level(logging.WARNING, logger="sagas.engine.triggers")
     with Runtime() as runtime:
         started: list[str] = []
         runtime.add_trigger(ORDER, on_start=started.append)

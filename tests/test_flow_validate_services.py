@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sagas.errors import FlowErrors
-from sagas.loader import load_flow, parse_flow
+from sagas.language.loader import load_flow, parse_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "flows").glob("*.yaml"))

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 import cli
 from sagas import FlowErrors, parse_flow
-from sagas.compiler import compile_flow
-from sagas.plan import plan, plans
+from sagas.language.compiler import compile_flow
+from sagas.language.plan import plan, plans
 from sagas.stores import open_store
 from sagas.testing import SagaTestEnvironment, Schedule, check_invariants, run_schedule
 

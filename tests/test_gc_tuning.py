@@ -1,4 +1,4 @@
-"""``sagas.gc_tuning``: the opt-in collector thresholds the CLI uses."""
+"""``sagas.engine.gc_tuning``: the opt-in collector thresholds the CLI uses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 import subprocess
 import sys
 
-from sagas.gc_tuning import THROUGHPUT_THRESHOLDS, tune_gc
+from sagas.engine.gc_tuning import THROUGHPUT_THRESHOLDS, tune_gc
 
 
 def test_tune_gc_sets_the_thresholds_and_returns_the_previous_ones():
@@ -21,7 +21,7 @@ def test_tune_gc_sets_the_thresholds_and_returns_the_previous_ones():
 
 
 def test_importing_the_library_changes_nothing():
-    code = "import gc, sagas, sagas.gc_tuning, actors; print(gc.get_threshold())"
+    code = "import gc, sagas, sagas.engine.gc_tuning, actors; print(gc.get_threshold())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "(700, 10, 10)"  # CPython's defaults

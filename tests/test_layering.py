@@ -14,9 +14,27 @@ import pytest
 import sagas
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_CORE = ("sagas/core.py", "sagas/compiler.py", "sagas/model.py", "sagas/paths.py",
-             "sagas/events.py", "sagas/plan.py", "sagas/loader.py", "sagas/_yaml.py",
-             "sagas/errors.py", "sagas/graph.py")
+PURE_CORE = ("sagas/engine/core.py", "sagas/language/compiler.py", "sagas/language/model.py",
+             "sagas/language/paths.py", "sagas/events.py", "sagas/language/plan.py",
+             "sagas/language/loader.py", "sagas/language/_yaml.py", "sagas/errors.py",
+             "sagas/language/graph.py", "sagas/language/conditions.py")
+
+# The groups of `sagas` and what each may import of the others: the layout reads as the
+# pipeline (flow text -> language -> engine, over stores and the bus), and no arrow points back.
+GROUP_MAY_IMPORT = {
+    "sagas.errors": set(),
+    "sagas.events": {"sagas.errors"},
+    "sagas.language": {"sagas.errors", "sagas.events"},
+    "sagas.stores": {"sagas.errors", "sagas.events"},
+    "sagas.bus": {"sagas.errors", "sagas.events", "sagas.stores"},
+    "sagas.audit": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores"},
+    "sagas.engine": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
+                     "sagas.bus"},
+    "sagas.testing": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
+                      "sagas.bus", "sagas.audit", "sagas.engine"},
+    "sagas.commands": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
+                       "sagas.bus", "sagas.audit", "sagas.engine"},
+}
 
 
 def runtime_imports(path: Path) -> set[str]:
@@ -63,8 +81,8 @@ def test_the_pure_core_imports_neither_pykka_nor_stores_nor_actors(name):
     imported = runtime_imports(ROOT / name)
     assert {top(m) for m in imported} & {"pykka", "actors", "sqlite3", "threading",
                                          "time", "uuid", "socket"} == set(), imported
-    assert not any(m.startswith("sagas.stores") or m.startswith("sagas.runtime")
-                   or m.startswith("sagas.shard") for m in imported), imported
+    assert not any(m.startswith("sagas.stores") or m.startswith("sagas.engine.runtime")
+                   or m.startswith("sagas.engine.shard") for m in imported), imported
 
 
 @pytest.mark.parametrize("path", modules("sagas"), ids=lambda p: str(p.relative_to(ROOT)))
@@ -130,3 +148,27 @@ def test_no_module_imports_another_packages_private_modules(path):
             owner = ".".join(name.split(".")[:index])  # the package the private module is in
             assert importer == owner or importer.startswith(owner + "."), \
                 f"{importer} imports {name}, private to {owner}"
+
+
+def _group(name: str) -> str:
+    return ".".join(name.split(".")[:2])
+
+
+@pytest.mark.parametrize("path", [p for p in modules("sagas") if p.parent != ROOT / "sagas"
+                                  or p.name != "__init__.py"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_groups_of_sagas_import_only_the_groups_below_them(path):
+    """``sagas/__init__`` is the public face and may import anything; every other module
+    belongs to a group (``sagas.language``, ``sagas.engine``, ...) and imports only the groups
+    :data:`GROUP_MAY_IMPORT` lists for it."""
+    own = _group(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    assert own in GROUP_MAY_IMPORT, f"{path}: {own} is not a known group of sagas"
+    for name in runtime_imports(path):
+        other = _group(name)
+        if top(name) == "sagas" and other != own and other != "sagas":
+            assert other in GROUP_MAY_IMPORT[own], f"{own} imports {name}"
+
+
+def test_every_module_of_sagas_is_in_a_group():
+    loose = sorted(p.name for p in (ROOT / "sagas").glob("*.py"))
+    assert loose == ["__init__.py", "audit.py", "errors.py", "events.py"]

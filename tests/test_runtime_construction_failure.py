@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sagas.runtime import Runtime
+from sagas.engine.runtime import Runtime
 from sagas.stores.memory import MemoryStore
 
 

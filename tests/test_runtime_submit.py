@@ -147,7 +147,7 @@ class FailingCreates(MemoryStore):
 
 
 def test_a_batch_run_stops_with_the_error_of_a_refused_start():
-    from sagas.batch import run_batch
+    from sagas.commands.batch import run_batch
 
     flow = make_flow("a")
     with Runtime(FailingCreates(after=5)) as runtime, \

@@ -24,7 +24,7 @@ from ._marks import invariant
 if TYPE_CHECKING:  # the names below load on first use: `invariant` alone imports nothing heavy
     from actors import Fault, Faults, VirtualClock
 
-    from ..loader import load_flow
+    from ..language.loader import load_flow
     from ._environment import EventLog, SagaTestEnvironment
     from ._guard import HandlerHung
     from ._harness import (
@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the names below load on first use: `invariant` alone import
 
 _WHERE = {
     "Fault": "actors", "Faults": "actors", "VirtualClock": "actors",
-    "load_flow": "sagas.loader",
+    "load_flow": "sagas.language.loader",
     "EventLog": "._environment", "SagaTestEnvironment": "._environment",
     "HandlerHung": "._guard", "private_hypothesis_home": "._home",
     "FAULTS": "._harness", "PERSISTENT_FAULTS": "._harness", "BatchRun": "._harness",

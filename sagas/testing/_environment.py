@@ -29,9 +29,9 @@ from typing import Any
 
 from actors import Faults, Service, VirtualClock
 
+from ..engine.runtime import Runtime, SagaResult
 from ..events import Event
-from ..model import Flow
-from ..runtime import Runtime, SagaResult
+from ..language.model import Flow
 from ..stores import TERMINAL, SagaStore
 
 __all__ = ["EventLog", "SagaTestEnvironment"]
@@ -72,7 +72,7 @@ class EventLog:
 
 
 class SagaTestEnvironment:
-    """A :class:`~sagas.runtime.Runtime` on a :class:`VirtualClock`, with :class:`Faults`.
+    """A :class:`~sagas.engine.runtime.Runtime` on a :class:`VirtualClock`, with :class:`Faults`.
 
     ``services`` supplies service objects by import path (``"flows.shop:Inventory"``) or
     service name instead of importing the flow's classes — handy for fakes.

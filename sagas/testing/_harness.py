@@ -1,6 +1,6 @@
 """A deterministic harness: one saga, one fault schedule, no threads, virtual time.
 
-It drives the pure core (:mod:`sagas.core`) itself and calls the flow's real service objects
+It drives the pure core (:mod:`sagas.engine.core`) itself and calls the flow's real service objects
 through the same idempotent inbox the actors use (:class:`actors.Dispatcher`), so what it finds is
 what the runtime would do — only thousands of times faster and always the same way.
 
@@ -43,14 +43,14 @@ from typing import Any
 
 from actors import Command, Dispatcher, Fault, MemoryInbox, Reply, Service
 
-from .. import core
-from ..compiler import CompiledFlow, compile_flow
+from ..engine import core
+from ..engine.runtime import validate_input
 from ..errors import DefinitionUnavailable
 from ..events import Event
-from ..loader import load_flow
-from ..model import Flow
-from ..runtime import validate_input
-from ..services import import_service
+from ..language.compiler import CompiledFlow, compile_flow
+from ..language.loader import load_flow
+from ..language.model import Flow
+from ..language.service_classes import import_service
 from ..stores import SagaHeader, SagaRecord
 from ._guard import DEFAULT_HANDLER_TIMEOUT, HandlerHung, Watch, current_watch, guarded
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..audit import audit_saga
-from ..plan import plan
+from ..language.plan import plan
 from ._guard import current_watch
 from ._harness import BatchRun, HarnessRun
 from ._marks import INVARIANT_MARK, invariant

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..model import Flow
+from ..language.model import Flow
 from ._harness import Schedule
 
 __all__ = ["load_counterexamples", "save_counterexample"]

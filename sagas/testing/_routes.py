@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import Choice, Flow
-from ..services import import_service
+from ..language.model import Choice, Flow
+from ..language.service_classes import import_service
 from ._guard import current_watch
 from ._harness import HarnessRun, Schedule, run_schedule
 
@@ -433,7 +433,7 @@ def explore_routes(flow: Flow, *, services: Mapping[str, Any] | None = None,
     Without, inputs are searched for (see the module's docstring) within ``budget`` runs.
     ``on_run`` sees every run (``saga test`` checks each one's invariants there).
     """
-    from ..runtime import validate_input
+    from ..engine.runtime import validate_input
 
     def run(value: Any) -> HarnessRun:
         result = run_schedule(flow, value, Schedule(), services=services, seed=seed,

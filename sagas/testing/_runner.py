@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from ..model import Flow
+from ..language.model import Flow
 from ._guard import DEFAULT_HANDLER_TIMEOUT, HandlerHung, guarded
 from ._harness import HarnessRun, Schedule, hung_run, run_schedule
 from ._invariants import InvariantViolation, check_invariants
@@ -378,7 +378,7 @@ def _random(search: _Search, input_examples: Sequence[Any], max_faults: int) -> 
 
 
 def _valid(flow: Flow, value: Any) -> bool:
-    from ..runtime import validate_input
+    from ..engine.runtime import validate_input
 
     try:
         validate_input(flow, value)

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from ..model import Flow
+from ..language.model import Flow
 from ._harness import FAULTS, PERSISTENT_FAULTS, Schedule
 
 __all__ = ["batches", "fault_schedules", "inputs"]

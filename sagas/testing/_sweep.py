@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..model import Flow, Step
+from ..language.model import Flow, Step
 from ._harness import FAULTS, PERSISTENT_FAULTS, HarnessRun, Schedule
 
 __all__ = ["FaultPoint", "other_pairs", "recovery_pairs", "single_faults"]

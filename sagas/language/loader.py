@@ -1,14 +1,15 @@
 """Loading and validating YAML flows (DESIGN.md §2).
 
-:func:`parse_flow` reads one flow from text and either returns a :class:`~sagas.model.Flow` or
-raises :class:`~sagas.errors.FlowErrors` listing **every** problem found, each at
+:func:`parse_flow` reads one flow from text and either returns a
+:class:`~sagas.language.model.Flow` or raises :class:`~sagas.errors.FlowErrors` listing
+**every** problem found, each at
 ``source:line:column``. Semantic findings (a step that cannot be undone, a deadline shorter than
 the steps can take, ...) are warnings on ``Flow.warnings``; ``strict=True`` makes them errors.
 
 Nothing here evaluates anything from the file: names are checked against patterns, and paths
 are data (``$.input.x``, ``$.steps.name.field``). User code is imported only when asked:
 ``check_services=True`` imports each declared ``module:Class`` (through
-:mod:`sagas.services`, as ``saga run`` does) and checks that every ``action`` and
+:mod:`sagas.engine.services`, as ``saga run`` does) and checks that every ``action`` and
 ``compensation`` names one of its handlers.
 
 Validation takes time linear in the size of the file (a 10,000-step flow in about a second).
@@ -36,10 +37,10 @@ import jsonschema_specifications
 import referencing.exceptions
 import referencing.jsonschema
 
+from ..errors import DefinitionUnavailable, FlowError, FlowErrors
 from ._yaml import YNode, compose, shown_number, to_python
 from .compiler import MAX_PATHS, count_routes
 from .conditions import COMBINATORS, COMPARISONS, Condition
-from .errors import DefinitionUnavailable, FlowError, FlowErrors
 from .model import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
@@ -312,7 +313,7 @@ class _Checker:
     def check_services(self) -> None:
         """Import every declared service; check each step's action and compensation against
         its handlers. Services or steps already in error are skipped."""
-        from .services import missing_handler, service_handlers  # the actor layer: on demand
+        from .service_classes import missing_handler, service_handlers  # imports actors: on demand
 
         handlers: dict[str, frozenset[str]] = {}
         for name, (node, spec) in self.service_paths.items():

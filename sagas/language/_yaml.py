@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import FlowError, FlowErrors
+from ..errors import FlowError, FlowErrors
 
 __all__ = ["MAX_INT_DIGITS", "MAX_NODES", "YNode", "compose", "to_python"]
 

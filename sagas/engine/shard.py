@@ -37,21 +37,21 @@ from actors import (
     fast_inbox,
 )
 
-from . import core
-from .compiler import CompiledFlow, compile_flow
-from .errors import (
+from ..errors import (
     DefinitionUnavailable,
     FlowErrors,
     IdConflict,
 )
-from .events import Event
-from .loader import parse_flow
-from .stores import TERMINAL, Append, NewSaga
+from ..events import Event
+from ..language.compiler import CompiledFlow, compile_flow
+from ..language.loader import parse_flow
+from ..stores import TERMINAL, Append, NewSaga
+from . import core
 
 if TYPE_CHECKING:
     from typing import Protocol
 
-    from .stores import EventLog, ExternalEvents
+    from ..stores import EventLog, ExternalEvents
 
     class _ShardStore(EventLog, ExternalEvents, Protocol):
         """The store's facets a shard uses: the sagas' logs, and claiming external events."""

@@ -28,7 +28,7 @@ import pykka
 from actors import fast_inbox
 
 if TYPE_CHECKING:
-    from .stores import Cursors
+    from ..stores import Cursors
 
 __all__ = ["MAX_BACKOFF", "SAVE_INTERVAL", "Page", "Resume", "SubscriberActor", "Subscription"]
 

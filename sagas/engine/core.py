@@ -27,16 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from .compiler import (
-    CHOICE_PREFIX,
-    STEP_PREFIX,
-    TERMINAL_STATES,
-    CompiledFlow,
-    StateInfo,
-    compensation_state,
-    step_state,
-)
-from .events import (
+from ..events import (
     BRANCH_COMPENSATED,
     BRANCH_COMPLETED,
     BRANCH_FAILED,
@@ -63,8 +54,17 @@ from .events import (
     TERMINAL_EVENTS,
     Event,
 )
-from .model import Step
-from .paths import evaluate
+from ..language.compiler import (
+    CHOICE_PREFIX,
+    STEP_PREFIX,
+    TERMINAL_STATES,
+    CompiledFlow,
+    StateInfo,
+    compensation_state,
+    step_state,
+)
+from ..language.model import Step
+from ..language.paths import evaluate
 
 __all__ = [
     "Cancel",

@@ -42,10 +42,8 @@ from actors import (
     make_scheduler,
 )
 
-from . import core
-from .bus import Delivery, EventBus, Start, Subscriber, Subscription
-from .compiler import CompiledFlow, compile_flow
-from .errors import (
+from ..bus import Delivery, EventBus, Start, Subscriber, Subscription
+from ..errors import (
     BadStoreUrl,
     InputError,
     SagactorError,
@@ -53,12 +51,14 @@ from .errors import (
     SagaTimeout,
     StoreError,
 )
-from .events import Event
-from .loader import load_flow
-from .model import Flow
+from ..events import Event
+from ..language.compiler import CompiledFlow, compile_flow
+from ..language.loader import load_flow
+from ..language.model import Flow
+from ..stores import TERMINAL, EventLog, SagaStore, open_store
+from . import core
 from .services import ServiceRegistry
 from .shard import EventPosted, LoadSaga, LoadSagas, Shard, StartSaga, Ticket, shard_of
-from .stores import TERMINAL, EventLog, SagaStore, open_store
 from .triggers import TriggerStarter
 
 __all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "validate_input",
@@ -569,8 +569,8 @@ class Runtime:
                     on_start: Callable[[str], None] | None = None,
                     on_skip: Callable[[str, str], None] | None = None) -> CompiledFlow:
         """Start a saga of ``flow`` for every external event of its ``trigger``'s type, sent
-        before or after this call (see :mod:`sagas.triggers`); ``on_start(saga_id)`` is called
-        (on the runtime's poller thread) for each, ``on_skip(event_id, why)`` for an event
+        before or after this call (see :mod:`sagas.engine.triggers`); ``on_start(saga_id)`` is
+        called (on the runtime's poller thread) for each, ``on_skip(event_id, why)`` for an event
         that can start none (data failing the input schema, no usable id). ``SagactorError``
         if the flow has no trigger."""
         self._check_open()

@@ -11,7 +11,7 @@
 
 **Topics** are ``<flow name>.<event type>`` (``order_inventory.saga.completed``); a subscription
 names topics or ``fnmatch`` patterns (``order_inventory.*``, ``*.saga.completed``, ``*``; see
-:mod:`sagas._bus_topics`).
+:mod:`sagas.bus._topics`).
 
 **What a subscriber is promised.** Every event of the log whose topic matches, in log (position)
 order, none missing — across restarts and a ``kill -9``. The events are read from the store's
@@ -19,7 +19,7 @@ log by position (the log is the only source: nothing is published that was not c
 each subscriber has a *durable cursor* in the store, named by the subscriber: the position of
 the last event it handled. It is saved after the handler returns, so delivery is *at least
 once*: a crash between a handler's effect and the save of the cursor delivers those events
-again after the restart (at most the last :data:`~sagas._bus_subscriber.SAVE_INTERVAL` seconds
+again after the restart (at most the last :data:`~sagas.bus._subscriber.SAVE_INTERVAL` seconds
 of them). Deduplicate on ``delivery.event_id`` (or ``delivery.position``) where it matters. A
 subscriber with no cursor starts at the beginning of the log (``start="beginning"``, the
 default) or at its end (``start="end"``: only events written from then on). A subscriber name
@@ -55,15 +55,19 @@ import pykka
 
 from actors import ServicePool, freeze
 
-from ._bus_subscriber import Page, Resume, SubscriberActor, Subscription
-from ._bus_topics import TopicFilter, topic_of
-from .stores import LogEntry, LogReader, check_subscriber
-from .triggers import CURSOR_PREFIX as RESERVED_PREFIX
+from ..stores import LogEntry, LogReader, check_subscriber
+from ._subscriber import Page, Resume, SubscriberActor, Subscription
+from ._topics import TopicFilter, topic_of
 
-__all__ = ["MAX_PAGES", "PAGE_SIZE", "Delivery", "EventBus", "Subscriber", "Subscription",
-           "topic_of"]
+__all__ = ["MAX_PAGES", "PAGE_SIZE", "RESERVED_PREFIX", "Delivery", "EventBus", "Start",
+           "Subscriber", "Subscription", "topic_of"]
 
 log = logging.getLogger(__name__)
+
+RESERVED_PREFIX = "trigger:"
+"""Cursor names kept for the triggers (``trigger:<flow>``, :mod:`sagas.engine.triggers`): the bus
+refuses subscriber names with this prefix, so a subscriber and a trigger never move each other's
+cursor."""
 
 PAGE_SIZE = 256
 """Events the reader reads from the log at once (and the most one page holds)."""

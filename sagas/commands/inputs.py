@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["parse_json", "read_inputs", "read_text"]
 

@@ -21,14 +21,15 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .compiler import CompiledFlow
-from .errors import IdConflict, InputError, SagactorError
-from .paths import MISSING, parse_path, resolve
+from ..bus import RESERVED_PREFIX
+from ..errors import IdConflict, InputError, SagactorError
+from ..language.compiler import CompiledFlow
+from ..language.paths import MISSING, parse_path, resolve
 
 if TYPE_CHECKING:
     from typing import Protocol
 
-    from .stores import Cursors, ExternalEvents
+    from ..stores import Cursors, ExternalEvents
 
     class _TriggerStore(ExternalEvents, Cursors, Protocol):
         """The store's facets a trigger uses: external events, and a cursor in them."""
@@ -38,7 +39,7 @@ __all__ = ["CURSOR_PREFIX", "TriggerStarter", "trigger_saga_id"]
 log = logging.getLogger(__name__)
 
 PAGE = 500
-CURSOR_PREFIX = "trigger:"
+CURSOR_PREFIX = RESERVED_PREFIX
 """The cursors of triggers are named ``trigger:<flow>``; the event bus refuses subscriber
 names with that prefix, so the two never move each other's cursor."""
 

@@ -1,8 +1,8 @@
 """The flow model: immutable values for everything a YAML flow declares (DESIGN.md §2).
 
-A :class:`Flow` is produced by :func:`sagas.loader.parse_flow` and never changes afterwards. Its
-``definition`` (the sha256 of the exact text) is its identity: a saga is always driven by the
-definition it started with.
+A :class:`Flow` is produced by :func:`sagas.language.loader.parse_flow` and never changes
+afterwards. Its ``definition`` (the sha256 of the exact text) is its identity: a saga is always
+driven by the definition it started with.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ class Branch:
 
     name: str
     steps: tuple[Any, ...]  # Step | Choice
-    when: Any = None  # sagas.conditions.Condition | None
+    when: Any = None  # sagas.language.conditions.Condition | None
     line: int = 0
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .model import Flow
+from ..language.model import Flow
 
 __all__ = ["BatchProgress", "run_batch"]
 

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .events import Event
+from ..events import Event
 
 __all__ = ["plan_table", "printable", "progress_bar", "render_list", "render_plan",
            "render_summary", "render_timeline"]
