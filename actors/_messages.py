@@ -8,7 +8,7 @@ number of redeliveries can share it safely across threads.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
@@ -54,7 +54,16 @@ def freeze(obj: Any) -> Any:
     return _freeze(obj, "$")
 
 
+_SCALAR_TYPES = frozenset(_SCALARS)
+
+
 def _freeze(obj: Any, path: str) -> Any:
+    kind = type(obj)
+    if kind in _SCALAR_TYPES:
+        return obj
+    if kind is dict and all(type(k) is str and type(v) in _SCALAR_TYPES
+                            for k, v in obj.items()):
+        return MappingProxyType(obj.copy())  # flat, the common payload: nothing to descend
     if isinstance(obj, _SCALARS):
         return obj
     if isinstance(obj, Mapping):
@@ -115,17 +124,22 @@ class Command:
             )
         if self.attempt < 1:
             raise ValueError(f"Command.attempt counts from 1, got {self.attempt!r}")
-        if not isinstance(self.payload, Mapping):
-            raise TypeError(f"Command.payload must be a mapping, not {type(self.payload).__name__}")
-        object.__setattr__(self, "payload", _freeze(self.payload, "$.payload"))
+        payload = self.payload
+        if type(payload) is not dict and not isinstance(payload, Mapping):
+            raise TypeError(f"Command.payload must be a mapping, not {type(payload).__name__}")
+        _set_payload(self, _freeze(payload, "$.payload"))
         if self.result is not None:
-            object.__setattr__(self, "result", _freeze(self.result, "$.result"))
+            _set_result(self, _freeze(self.result, "$.result"))
 
     @property
     def action_key(self) -> str:
         """The key of the action this command belongs to: ``saga_id:step`` (what a
         compensation looks up to find what it undoes)."""
         return action_key(self.saga_id, self.step)
+
+
+_set_payload = Command.__dict__["payload"].__set__
+_set_result = Command.__dict__["result"].__set__
 
 
 def action_key(saga_id: str, step: str) -> str:
@@ -195,3 +209,30 @@ class StoredReply:
             raise ValueError(
                 f"StoredReply.outcome must be one of {sorted(OUTCOMES)}, not {self.outcome!r}"
             )
+
+
+def _direct_init(cls: type) -> None:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets each field through its slot
+    (then calls ``__post_init__``, if any), instead of the generated one's
+    ``object.__setattr__`` per field: the same signature and checks at about half the cost.
+    These messages are built several times per saga step."""
+    params, body, namespace = [], [], {"__post_init__": getattr(cls, "__post_init__", None)}
+    for f in fields(cls):
+        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            namespace[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        body.append(f"    _set_{f.name}(self, {f.name})")
+    if namespace["__post_init__"] is not None:
+        body.append("    __post_init__(self)")
+    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body) + "\n"
+    exec(source, namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+
+
+for _cls in (Command, Reply, Replies, Deliver, StoredReply):
+    _direct_init(_cls)

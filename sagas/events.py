@@ -130,7 +130,7 @@ class SagaEndData(TypedDict, total=False):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Event:
     """One event of a saga's log. ``data`` is a JSON object; ``position`` is set by a store."""
 
@@ -142,7 +142,22 @@ class Event:
     event_id: str
     causation_id: str | None
     data: dict[str, Any]
-    position: int | None = None  # assigned by the store when written
+    position: int | None  # assigned by the store when written
+
+    def __init__(self, seq: int, type: str, step: str | None, attempt: int | None, at: float,
+                 event_id: str, causation_id: str | None, data: dict[str, Any],
+                 position: int | None = None) -> None:
+        # Ten of these per saga: each field is set through its slot, skipping the frozen
+        # dataclass's object.__setattr__ per field (half the cost of building one).
+        _set_seq(self, seq)
+        _set_type(self, type)
+        _set_step(self, step)
+        _set_attempt(self, attempt)
+        _set_at(self, at)
+        _set_event_id(self, event_id)
+        _set_causation_id(self, causation_id)
+        _set_data(self, data)
+        _set_position(self, position)
 
     def to_json(self) -> dict[str, Any]:
         """The EVENT shape of DESIGN.md §6."""
@@ -158,3 +173,6 @@ class Event:
         }
 
 
+(_set_seq, _set_type, _set_step, _set_attempt, _set_at, _set_event_id, _set_causation_id,
+ _set_data, _set_position) = (Event.__dict__[name].__set__ for name in (
+     "seq", "type", "step", "attempt", "at", "event_id", "causation_id", "data", "position"))
