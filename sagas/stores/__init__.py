@@ -10,13 +10,26 @@ URL                                store
                                    (four slashes: three, then the absolute path)
 ``...?synchronous=normal|full``    SQLite durability: ``normal`` (the default) survives
                                    a process crash, ``full`` also a power loss
+``postgresql://user[:password]``   :class:`~sagas.stores.postgres.PostgresStore` in database
+``@host[:port]/db``                ``db`` of a PostgreSQL server (``postgres://`` too), with
+                                   the ``postgres`` extra (psycopg 3)
 =================================  =====================================================
 
 The SQLite forms follow SQLAlchemy's convention. The path is taken as written (no percent
 decoding), so it cannot contain ``?``.
 
+The PostgreSQL form is libpq's, with a user and a database always named: user, password
+and database are percent-decoded; the host is a name, an IPv4 address or ``[IPv6]``; the
+port defaults to 5432. Options: ``?sslmode=...``, ``?sslrootcert=PATH``,
+``?connect_timeout=SECONDS`` (default 5), ``?application_name=...``, and ``?host=/socket/dir``
+with an empty host (``postgresql://user@/db?host=/run/postgresql``) for a unix socket. Without
+a password in the URL, libpq's ``PGPASSWORD`` and ``~/.pgpass`` are used. A password is never
+shown: :func:`display_url` masks it (``postgresql://user:***@host/db``) wherever a store
+shows a URL, in errors, reprs and logs, and a store's ``url`` is the masked one.
+
 ``open_store(url)`` creates a SQLite store that does not exist yet (its directories too, all
-private); ``open_store(url, create=False)`` opens only an existing one and raises
+private), or a PostgreSQL one (its schema, and its database if the user may create one);
+``open_store(url, create=False)`` opens only an existing one and raises
 :class:`~sagas.errors.StoreMissing` (``no saga store at PATH``, exit code 5) otherwise, having
 created nothing: what commands that only read or act on existing sagas use.
 
@@ -29,9 +42,11 @@ suite :mod:`sagas.stores.contract` (a pytest suite, with the ``test`` extra).
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote
 
-from sagas.errors import BadStoreUrl
+from sagas.errors import BadStoreUrl, StoreUnavailable
 from sagas.stores._checks import check_subscriber
 from sagas.stores._port import (
     TERMINAL,
@@ -80,11 +95,36 @@ __all__ = [
     "check_subscriber",
     "open_store",
 ]
+# display_url is public too (sagas.stores.display_url); it joins __all__ with the pin of the
+# exports in tests/stores/test_sqlite.py (test_public_exports).
 
 _SUPPORTED = (
     "memory://, sqlite:///relative/path.db or sqlite:////absolute/path.db "
-    "(optionally ?synchronous=normal|full)"
+    "(optionally ?synchronous=normal|full), or postgresql://user[:password]@host[:port]/db"
 )
+_POSTGRES_OPTIONS = ("application_name", "connect_timeout", "host", "sslmode", "sslrootcert")
+_MASK = "***"
+_PASSWORD_OPTION = re.compile(r"(?i)((?:^|[?&;])password=)[^&;#]*")
+
+
+def display_url(url: str) -> str:
+    """``url`` fit to show: a password in it replaced by ``***``
+    (``postgresql://user:***@host/db``), as every store shows a URL, in errors, reprs and
+    logs. Any string is taken (a malformed URL too), and what could be a password is masked:
+    everything between the first ``:`` of the part before the last ``@`` and that ``@``, and
+    the value of a ``password=`` option."""
+    if not isinstance(url, str):
+        return repr(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:{_MASK}{rest[at:]}"
+    rest = _PASSWORD_OPTION.sub(rf"\g<1>{_MASK}", rest)
+    return f"{scheme}{sep}{rest}"
 
 
 def open_store(url: str, *, create: bool = True) -> SagaStore:
@@ -98,22 +138,45 @@ def open_store(url: str, *, create: bool = True) -> SagaStore:
     """
     if not isinstance(url, str):
         raise BadStoreUrl(f"a store URL must be a string, got {type(url).__name__}")
+    shown = display_url(url)
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise BadStoreUrl(f"bad store URL {url!r}: expected {_SUPPORTED}")
+        raise BadStoreUrl(f"bad store URL {shown!r}: expected {_SUPPORTED}")
     if scheme == "memory":
         if rest:
-            raise BadStoreUrl(f"bad store URL {url!r}: memory:// takes no path or options")
+            raise BadStoreUrl(f"bad store URL {shown!r}: memory:// takes no path or options")
         return MemoryStore()
     if scheme == "sqlite":
-        path, options = _sqlite_parts(url, rest)
+        path, options = _sqlite_parts(shown, rest)
         return SqliteStore(path, **options, create=create)
-    raise BadStoreUrl(f"unsupported store URL {url!r}: expected {_SUPPORTED}")
+    if scheme in ("postgresql", "postgres"):
+        params = _postgres_parts(shown, rest)
+        return _postgres_store(shown, params, create)
+    raise BadStoreUrl(f"unsupported store URL {shown!r}: expected {_SUPPORTED}")
+
+
+def _options(url: str, query: str, known: tuple[str, ...]) -> dict[str, str]:
+    """The options of a URL's query, each at most once and each one of ``known``."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
+    except ValueError as err:
+        raise BadStoreUrl(f"bad store URL {url!r}: malformed options ({err})") from None
+    options: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in known:
+            raise BadStoreUrl(
+                f"bad store URL {url!r}: unknown option {key!r} (known: {', '.join(known)})"
+            )
+        if key in options:
+            raise BadStoreUrl(f"bad store URL {url!r}: option {key!r} given twice")
+        options[key] = value
+    return options
 
 
 def _sqlite_parts(url: str, rest: str) -> tuple[str, dict[str, str]]:
-    """``(path, options)`` of a ``sqlite://`` URL, ``rest`` being what follows ``://``."""
+    """``(path, options)`` of a ``sqlite://`` URL (``url`` as shown in errors), ``rest``
+    being what follows ``://``."""
     if not rest.startswith("/"):
         raise BadStoreUrl(
             f"bad store URL {url!r}: a sqlite URL has no host; write sqlite:///relative/path.db "
@@ -124,16 +187,8 @@ def _sqlite_parts(url: str, rest: str) -> tuple[str, dict[str, str]]:
         raise BadStoreUrl(f"bad store URL {url!r}: no database file named")
     if path == ":memory:":
         raise BadStoreUrl(f"bad store URL {url!r}: for a store in memory use memory://")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
-    except ValueError as err:
-        raise BadStoreUrl(f"bad store URL {url!r}: malformed options ({err})") from err
-    options: dict[str, str] = {}
-    for key, value in pairs:
-        if key != "synchronous":
-            raise BadStoreUrl(f"bad store URL {url!r}: unknown option {key!r} (known: synchronous)")
-        if key in options:
-            raise BadStoreUrl(f"bad store URL {url!r}: option {key!r} given twice")
+    options = _options(url, query, ("synchronous",))
+    for key, value in options.items():
         if value.lower() not in SYNCHRONOUS:
             raise BadStoreUrl(
                 f"bad store URL {url!r}: synchronous must be one of {', '.join(SYNCHRONOUS)}, "
@@ -141,3 +196,84 @@ def _sqlite_parts(url: str, rest: str) -> tuple[str, dict[str, str]]:
             )
         options[key] = value.lower()
     return path, options
+
+
+def _postgres_parts(url: str, rest: str) -> dict[str, Any]:
+    """The connection parameters of a ``postgresql://`` URL (``url`` as shown in errors, its
+    password masked), ``rest`` being what follows ``://``: ``user``, ``password`` (or
+    ``None``), ``host``, ``port`` (or ``None``), ``dbname`` and the options."""
+
+    def bad(why: str) -> BadStoreUrl:
+        return BadStoreUrl(f"bad store URL {url!r}: {why}; expected {_SUPPORTED}")
+
+    if "#" in rest:
+        raise bad("a fragment (#...) is not allowed")
+    authority, slash, rest = rest.partition("/")
+    at = authority.rfind("@")
+    if at < 0:
+        raise bad("no user named")
+    userinfo, hostport = authority[:at], authority[at + 1:]
+    user, colon, password = userinfo.partition(":")
+    user = _decoded(user, "the user", bad)
+    if not user:
+        raise bad("no user named")
+    database, _, query = rest.partition("?")
+    dbname = _decoded(database, "the database name", bad)
+    if not slash or not dbname or "/" in dbname:
+        raise bad("no database named")
+    host, port = _host_port(hostport, bad)
+    options: dict[str, Any] = _options(url, query, _POSTGRES_OPTIONS)
+    if "host" in options:
+        if host:
+            raise bad("a host is named twice (before the path and as ?host=)")
+        host = options.pop("host")
+    if not host:
+        raise bad("no host named (for a unix socket: postgresql://user@/db?host=/socket/dir)")
+    if "connect_timeout" in options:
+        seconds = options["connect_timeout"]
+        if not seconds.isdigit() or not 1 <= int(seconds) <= 3600:
+            raise bad(f"connect_timeout is a whole number of seconds from 1, got {seconds!r}")
+    password = _decoded(password, "the password", bad) if colon else None
+    return {"user": user, "password": password, "host": host, "port": port, "dbname": dbname,
+            **options}
+
+
+def _decoded(text: str, what: str, bad: Any) -> str:
+    """``text`` percent-decoded (as UTF-8); ``bad(...)`` if that is not text."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise bad(f"{what} is not percent-encoded UTF-8") from None
+
+
+def _host_port(hostport: str, bad: Any) -> tuple[str, int | None]:
+    """``(host, port)`` of ``host[:port]`` or ``[ipv6][:port]``."""
+    if hostport.startswith("["):
+        host, bracket, port_text = hostport[1:].partition("]")
+        if not bracket or not host or (port_text and not port_text.startswith(":")):
+            raise bad(f"malformed host {hostport!r}")
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = hostport.partition(":")
+        host = _decoded(host, "the host", bad)
+    if not port_text and not hostport.endswith(":"):
+        return host, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise bad(f"the port is a number from 1 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _postgres_store(url: str, params: dict[str, Any], create: bool) -> SagaStore:
+    """A :class:`~sagas.stores.postgres.PostgresStore` on ``params``; ``StoreUnavailable`` in
+    one line naming the ``postgres`` extra when psycopg is missing."""
+    try:
+        from sagas.stores.postgres import PostgresStore
+    except ImportError as err:
+        missing = (err.name or "").split(".")[0] == "psycopg"
+        if not missing and "libpq" not in str(err) and "pq wrapper" not in str(err):
+            raise
+        raise StoreUnavailable(
+            f"saga store {url} needs psycopg 3, which is not installed here: "
+            "pip install 'sagactor[postgres]'"
+        ) from None
+    return PostgresStore(**params, create=create)

@@ -1,0 +1,371 @@
+"""The PostgreSQL store's connections: opening the database, the write connection, the pool of
+read connections, and the translation of psycopg's errors. Every facet of the store is a mixin
+over :class:`_Connection`."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import pq, sql
+
+from sagas.errors import StoreMissing, StoreUnavailable
+
+from ._schema import SCHEMA, _Schema
+
+_T = TypeVar("_T")
+
+_logger = logging.getLogger("sagas.stores.postgres")
+
+_CONNECT_TIMEOUT = 5
+"""Seconds to wait for the server when connecting (the URL's ``connect_timeout`` overrides)."""
+_MAX_READERS = 4
+"""Read connections a store object opens at most; more concurrent reads wait for one."""
+_RETRIES = 5
+"""Times a transaction the server ended for a deadlock or a serialization failure is run
+again before giving up (each time it wrote nothing)."""
+_MAINTENANCE_DATABASES = ("postgres", "template1")
+"""Where ``CREATE DATABASE`` is run from, when a store's database is to be created."""
+
+_SESSION = (
+    # The write connection holds its owners' advisory locks (``_ownership``): the server must
+    # notice soon that its client has gone, even a client whose host died without a word.
+    ("tcp_keepalives_idle", "10", 0),
+    ("tcp_keepalives_interval", "5", 0),
+    ("tcp_keepalives_count", "3", 0),
+    ("tcp_user_timeout", "20000", 120000),
+    ("client_connection_check_interval", "1000", 140000),
+    ("idle_session_timeout", "0", 140000),
+    ("idle_in_transaction_session_timeout", "0", 0),
+)
+"""``(setting, value, lowest server version)`` of the write connection's session."""
+
+
+def _rollback(db: psycopg.Connection[Any]) -> None:
+    """End the open transaction, if any, without writing it (a no-op after COMMIT)."""
+    if db.info.transaction_status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):
+            db.execute("ROLLBACK")
+
+
+def _ids(saga_ids: Sequence[str]) -> list[str]:
+    """``saga_ids`` without repeats, refusing a lone string (a slip for ``[saga_id]``)."""
+    if isinstance(saga_ids, str):
+        raise TypeError("saga_ids is a sequence of ids, not one id")
+    return list(dict.fromkeys(saga_ids))
+
+
+def _shown_url(params: dict[str, Any]) -> str:
+    """The store's URL as it is shown (its password masked)."""
+    from urllib.parse import quote, urlencode
+
+    user = quote(params["user"], safe="")
+    secret = ":***" if params.get("password") is not None else ""
+    host = params["host"]
+    options = {k: v for k, v in params.items()
+               if k not in ("user", "password", "host", "port", "dbname")}
+    if host.startswith("/"):
+        options = {"host": host, **options}
+        host = ""
+    elif ":" in host:
+        host = f"[{host}]"
+    else:
+        host = quote(host, safe="")
+    port = "" if params.get("port") is None else f":{params['port']}"
+    query = f"?{urlencode(options)}" if options else ""
+    return f"postgresql://{user}{secret}@{host}{port}/{quote(params['dbname'], safe='')}{query}"
+
+
+class _Connection(_Schema):
+    """The write connection (``_db``, shared by threads under ``_lock``) and a pool of read
+    connections. Opening connects, creating the database if it is missing and allowed, and
+    checks or creates the schema (see :class:`PostgresStore`)."""
+
+    def __init__(
+        self,
+        *,
+        user: str,
+        dbname: str,
+        host: str,
+        port: int | None = None,
+        password: str | None = None,
+        create: bool = True,
+        lock_timeout: float = 5.0,
+        **options: str,
+    ) -> None:
+        params: dict[str, Any] = {"user": user, "password": password, "host": host,
+                                  "port": port, "dbname": dbname, **options}
+        self.url = _shown_url(params)
+        self.dbname = dbname
+        self.lock_timeout = lock_timeout
+        self._params = {k: v for k, v in params.items() if v is not None}
+        self._params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT))
+        self._params.setdefault("application_name", "sagactor")
+        self._params["options"] = f"-c search_path={SCHEMA}"
+        self._lock = threading.Lock()  # the write connection's
+        # Reads: idle read connections in _idle, _open_readers of them open in all (idle or
+        # lent), _reading the reads under way (close() waits for them). _readers guards them.
+        self._readers = threading.Condition(threading.Lock())
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._open_readers = 0
+        self._reading = 0
+        self._reads_closed = False
+        self._db: psycopg.Connection[Any] | None = self._open(create)
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _open(self, create: bool) -> psycopg.Connection[Any]:
+        try:
+            db = self._connect()
+        except StoreMissing:
+            if not create:
+                raise
+            self._create_database()
+            db = self._connect()
+        try:
+            self._prepare(db, create)
+            self._tune_session(db)
+        except psycopg.Error as err:
+            db.close()
+            raise self._translate(err) from err
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _connect(self, dbname: str | None = None) -> psycopg.Connection[Any]:
+        """A new connection in autocommit mode (we issue BEGIN / COMMIT) to the store's
+        database (or ``dbname``); ``StoreMissing`` if the database does not exist."""
+        params = self._params if dbname is None else {**self._params, "dbname": dbname}
+        try:
+            return psycopg.connect(**params, autocommit=True)
+        except psycopg.Error as err:
+            if dbname is None and _missing_database(err, self.dbname):
+                raise StoreMissing(self.url) from None
+            raise self._translate(err, "cannot be reached") from err
+
+    def _create_database(self) -> None:
+        """Create the store's missing database (from a maintenance database), or say in one
+        line why it cannot be."""
+        last: psycopg.Error | None = None
+        for maintenance in _MAINTENANCE_DATABASES:
+            try:
+                db = psycopg.connect(**{**self._params, "dbname": maintenance}, autocommit=True)
+            except psycopg.Error as err:
+                last = err
+                continue
+            try:
+                db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
+                _logger.info("created database %r for saga store %s", self.dbname, self.url)
+            except pg_errors.DuplicateDatabase:
+                pass  # created meanwhile by another process
+            except psycopg.Error as err:
+                raise StoreUnavailable(
+                    f"saga store {self.url}: database {self.dbname!r} does not exist and cannot "
+                    f"be created ({self._reason(err)}); create it (createdb {self.dbname})"
+                ) from err
+            finally:
+                db.close()
+            return
+        assert last is not None
+        raise StoreUnavailable(
+            f"saga store {self.url}: database {self.dbname!r} does not exist and cannot be "
+            f"created ({self._reason(last)}); create it (createdb {self.dbname})"
+        ) from last
+
+    def _tune_session(self, db: psycopg.Connection[Any]) -> None:
+        """Settings of the write connection's session (see ``_SESSION``), and how long it
+        waits for another session's locks before giving up."""
+        version = db.info.server_version
+        for name, value, since in _SESSION:
+            if version >= since:
+                db.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        milliseconds = max(1, round(self.lock_timeout * 1000))
+        db.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(milliseconds)))
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _reason(self, err: BaseException) -> str:
+        """The first line of ``err``'s message, without the password should it appear."""
+        lines = str(err).strip().splitlines()
+        text = lines[0].strip() if lines else type(err).__name__
+        password = self._params.get("password")
+        if password:
+            text = text.replace(password, "***")
+        return text
+
+    def _translate(self, err: psycopg.Error, doing: str = "cannot be used") -> Exception:
+        """The sagactor error for a psycopg error: one line naming the store (its URL with the
+        password masked)."""
+        reason = self._reason(err)
+        state = err.sqlstate or ""
+        if state.startswith("22"):  # a value the server refuses (out of range, a NUL...)
+            return ValueError(f"saga store {self.url}: {reason}")
+        if not state and isinstance(err, psycopg.ProgrammingError):
+            return TypeError(f"saga store {self.url}: {reason}")  # a value psycopg cannot send
+        if isinstance(err, pg_errors.LockNotAvailable):
+            return StoreUnavailable(
+                f"saga store {self.url} is locked: another session held what this one needed "
+                f"for over {self.lock_timeout:g}s"
+            )
+        if state.startswith("42") and not isinstance(err, pg_errors.InsufficientPrivilege):
+            return StoreUnavailable(f"saga store {self.url} is damaged ({reason})")
+        return StoreUnavailable(f"saga store {self.url} {doing}: {reason}")
+
+    # -- the write connection -----------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The write connection (call under ``_lock``); ``StoreUnavailable`` once closed or
+        lost."""
+        db = self._db
+        if db is None:
+            raise StoreUnavailable(f"saga store {self.url} is closed")
+        if db.closed or db.broken:
+            raise StoreUnavailable(
+                f"saga store {self.url}: the connection to the server was lost; open the "
+                "store again"
+            )
+        return db
+
+    def _transaction(self, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``work`` in one transaction on the write connection, committed before it
+        returns (nothing of it if it raises). A transaction the server ends for a deadlock or
+        a serialization failure wrote nothing, and runs again."""
+        with self._lock:
+            db = self._connection()
+            for attempt in itertools.count(1):
+                try:
+                    db.execute("BEGIN")
+                    try:
+                        result = work(db)
+                        db.execute("COMMIT")
+                        return result
+                    finally:
+                        _rollback(db)
+                except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as err:
+                    if attempt >= _RETRIES:
+                        raise self._translate(err) from err
+                except psycopg.Error as err:
+                    raise self._translate(err) from err
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write(self, statement: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
+        """Run one writing statement on its own, committed before it returns (autocommit):
+        its rowcount and the rows it returned (``RETURNING``)."""
+        with self._lock:
+            db = self._connection()
+            try:
+                cursor = db.execute(statement, params)
+                return cursor.rowcount, cursor.fetchall() if cursor.description else []
+            except psycopg.Error as err:
+                raise self._translate(err) from err
+
+    def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Run each writing statement with each of its rows of parameters, all in one
+        transaction committed before it returns (nothing of them on an error). Nothing to run
+        is no transaction."""
+
+        def work(db: psycopg.Connection[Any]) -> None:
+            with db.cursor() as cursor:
+                for statement, rows in statements:
+                    if rows:
+                        cursor.executemany(statement, rows)
+
+        if not any(rows for _, rows in statements):
+            with self._lock:
+                self._connection()
+            return
+        self._transaction(work)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[psycopg.Connection[Any]]:
+        """A read connection lent for one read (opened if none is idle and fewer than
+        ``_MAX_READERS`` are open, else waited for); psycopg errors of the read become store
+        errors, and a connection that broke is dropped."""
+        db = self._borrow()
+        try:
+            yield db
+        except psycopg.Error as err:
+            raise self._translate(err) from err
+        finally:
+            self._give_back(db)
+
+    def _borrow(self) -> psycopg.Connection[Any]:
+        with self._readers:
+            while True:
+                if self._reads_closed:
+                    raise StoreUnavailable(f"saga store {self.url} is closed")
+                if self._idle:
+                    self._reading += 1
+                    return self._idle.pop()
+                if self._open_readers < _MAX_READERS:
+                    self._open_readers += 1
+                    self._reading += 1
+                    break
+                self._readers.wait()
+        try:
+            return self._connect()
+        except BaseException:
+            with self._readers:
+                self._open_readers -= 1
+                self._reading -= 1
+                self._readers.notify_all()
+            raise
+
+    def _give_back(self, db: psycopg.Connection[Any]) -> None:
+        _rollback(db)
+        usable = not (db.closed or db.broken)
+        with self._readers:
+            self._reading -= 1
+            if usable and not self._reads_closed:
+                self._idle.append(db)
+                db = None  # type: ignore[assignment]
+            else:
+                self._open_readers -= 1
+            self._readers.notify_all()
+        if db is not None:
+            with contextlib.suppress(psycopg.Error):
+                db.close()
+
+    def _fetch(self, query: str, params: Sequence[Any]) -> list[Any]:
+        """The rows of one read statement (autocommit: it sees everything committed before
+        it starts)."""
+        with self._reader() as db:
+            return db.execute(query, params).fetchall()
+
+    def _read(self, read: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``read`` in one read-only transaction, so that its statements read one
+        snapshot."""
+        with self._reader() as db:
+            db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            result = read(db)
+            db.execute("COMMIT")
+            return result
+
+    def _close_readers(self) -> None:
+        """Close every read connection once the reads under way are done; reads raise
+        ``StoreUnavailable`` from then on (the first half of ``close()``)."""
+        with self._readers:
+            self._reads_closed = True
+            while self._reading:
+                self._readers.wait()
+            idle, self._idle = self._idle, []
+            self._open_readers -= len(idle)
+        for db in idle:
+            with contextlib.suppress(psycopg.Error):
+                db.close()
+
+
+def _missing_database(err: psycopg.Error, dbname: str) -> bool:
+    """Whether a failed connection says that the database does not exist."""
+    if err.sqlstate == "3D000":
+        return True
+    return f'database "{dbname}" does not exist' in str(err)

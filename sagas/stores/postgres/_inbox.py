@@ -1,0 +1,137 @@
+"""The PostgreSQL store's service inbox: :class:`PostgresInbox`, tables ``inbox`` and
+``tombstones``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from actors import StoredReply
+from sagas.stores._json import decode as _decode
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ._connection import _Connection
+
+__all__ = ["PostgresInbox"]
+
+_SELECT_REPLY = "SELECT outcome, output, error FROM inbox WHERE key = %s"
+_SELECT_REPLIES_IN = "SELECT key, outcome, output, error FROM inbox WHERE key = ANY(%s)"
+_PUT_REPLY = (
+    "INSERT INTO inbox (key, outcome, output, error) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (key) DO UPDATE SET outcome = excluded.outcome, output = excluded.output, "
+    "error = excluded.error"
+)
+_SELECT_TOMBSTONE = "SELECT 1 FROM tombstones WHERE key = %s"
+_SELECT_TOMBSTONES_IN = "SELECT key FROM tombstones WHERE key = ANY(%s)"
+_PUT_TOMBSTONE = "INSERT INTO tombstones (key) VALUES (%s) ON CONFLICT (key) DO NOTHING"
+
+
+def _plain(obj: object) -> object:
+    """JSON encoding of what ``json`` does not know: read-only mappings (``actors.freeze``)."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_encode_output = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_plain
+).encode
+
+
+class PostgresInbox:
+    """The durable :class:`actors.InboxStore` of a :class:`PostgresStore` (its ``inbox``).
+
+    Replies live in table ``inbox``, tombstones in ``tombstones``, in the store's database, so
+    they survive a crash and are shared by every store object and process using it. Each
+    write is committed before it returns: ``put`` and ``tombstone`` are one statement each on
+    the store's write connection, ``write_many`` one transaction. ``get``, ``is_tombstoned``
+    and ``read_many`` run on a read connection, so they do not wait for the store's writes.
+    Thread-safe; raises ``StoreUnavailable`` once the store is closed.
+    """
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: _Connection) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"PostgresInbox({self._store.url!r})"
+
+    def get(self, key: str) -> StoredReply | None:
+        """The definitive reply stored under ``key`` (a fresh copy), or ``None``."""
+        rows = self._store._fetch(_SELECT_REPLY, (key,))
+        if not rows:
+            return None
+        outcome, output, error = rows[0]
+        return StoredReply(outcome, None if output is None else _decode(output), error)
+
+    def put(self, key: str, reply: StoredReply) -> None:
+        """Store ``reply`` under ``key``, replacing any earlier one; committed on return.
+
+        ``TypeError`` unless ``reply`` is a :class:`actors.StoredReply` with JSON output.
+        """
+        self._store._write(_PUT_REPLY, _reply_row(key, reply, "put"))
+
+    def tombstone(self, action_key: str) -> None:
+        """Record that ``action_key``'s compensation has started; committed on return."""
+        self._store._write(_PUT_TOMBSTONE, (action_key,))
+
+    def is_tombstoned(self, action_key: str) -> bool:
+        """Whether :meth:`tombstone` was called for ``action_key`` (by anyone using the store)."""
+        return bool(self._store._fetch(_SELECT_TOMBSTONE, (action_key,)))
+
+    def read_many(
+        self, keys: Sequence[str], action_keys: Sequence[str]
+    ) -> tuple[dict[str, StoredReply], set[str]]:
+        """What :meth:`get` gives for each of ``keys`` (only those with a stored reply) and
+        which of ``action_keys`` are tombstoned, read in one snapshot (a service actor looks
+        up a whole batch of commands at once)."""
+        keys, action_keys = list(dict.fromkeys(keys)), list(dict.fromkeys(action_keys))
+
+        def read(db: psycopg.Connection[Any]) -> tuple[dict[str, StoredReply], set[str]]:
+            replies: dict[str, StoredReply] = {}
+            tombstoned: set[str] = set()
+            if keys:
+                for key, outcome, output, error in db.execute(_SELECT_REPLIES_IN, (keys,)):
+                    replies[key] = StoredReply(outcome, None if output is None else
+                                               _decode(output), error)
+            if action_keys:
+                tombstoned.update(key for (key,) in db.execute(_SELECT_TOMBSTONES_IN,
+                                                               (action_keys,)))
+            return replies, tombstoned
+
+        if not keys and not action_keys:
+            return {}, set()
+        return self._store._read(read)
+
+    def write_many(
+        self, replies: Sequence[tuple[str, StoredReply]], tombstones: Sequence[str]
+    ) -> None:
+        """Store every ``(key, reply)`` of ``replies`` (as :meth:`put`, in order: a later reply
+        for a key replaces an earlier one) and every tombstone (as :meth:`tombstone`), in one
+        transaction committed before it returns: all of them or none.
+
+        ``TypeError`` (nothing written) for a reply that is not a :class:`actors.StoredReply`
+        with JSON output, for ``replies`` given as a mapping or ``tombstones`` as one string.
+        """
+        if isinstance(replies, (str, Mapping)):
+            raise TypeError("replies is a sequence of (key, reply) pairs")
+        if isinstance(tombstones, str):
+            raise TypeError("tombstones is a sequence of action keys, not one key")
+        rows = [_reply_row(key, reply, "write_many") for key, reply in replies]
+        keys = [(action_key,) for action_key in tombstones]
+        self._store._write_many(((_PUT_REPLY, rows), (_PUT_TOMBSTONE, keys)))
+
+
+def _reply_row(key: str, reply: StoredReply, method: str) -> tuple[Any, ...]:
+    """The ``inbox`` row of ``reply``; ``TypeError`` unless it is a :class:`actors.StoredReply`
+    with JSON output (``ValueError`` for NaN or infinity)."""
+    if not isinstance(reply, StoredReply):
+        raise TypeError(
+            f"PostgresInbox.{method} expects a StoredReply, got {type(reply).__name__}"
+        )
+    output = None if reply.output is None else _encode_output(reply.output)
+    return (key, reply.outcome, output, reply.error)

@@ -1,0 +1,421 @@
+"""The PostgreSQL store's event log (:class:`~sagas.stores.EventLog`): tables ``sagas``,
+``events`` and ``definitions``, and the ``events`` counter of ``counters``.
+
+A ``write`` is one transaction on the write connection (a group commit: a shard's whole
+mailbox drain), a few statements whatever its size, each batched with ``executemany``:
+
+1. the creates: ``INSERT ... ON CONFLICT (saga_id) DO NOTHING`` for each new saga (of
+   concurrent creates of one id, in any session, the server lets exactly one insert: the
+   others wait for it, then do nothing), their definitions, then their events;
+2. the appends: one ``UPDATE`` of each saga's header, conditional on its ``last_seq`` being
+   the one the append follows; fewer rows updated than sagas appended to is a conflict (an
+   unknown saga or a seq taken), found and raised once the appends are undone; then their
+   events. A concurrent append to the same saga waits for this transaction's row lock, then
+   finds ``last_seq`` moved on, so it updates nothing and conflicts: two writers never both
+   append at one seq. The primary key ``(saga_id, seq)`` of ``events`` backs that up.
+
+Positions are taken from the ``events`` counter (``UPDATE counters ... RETURNING``) just
+before the events are inserted: its row lock, held until the transaction ends, makes writers
+take positions one transaction at a time, in commit order, with no gaps (a transaction rolled
+back gives its positions back). So a reader never sees position ``p + 1`` before ``p``
+(:class:`~sagas.stores.LogReader`'s promise). The price: the event writes of all the
+processes sharing a store commit one at a time (as SQLite's do), which group commit makes
+cheap.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores._checks import check_owner as _check_owner
+from sagas.stores._json import decode as _decode
+from sagas.stores._json import encode as _encode
+from sagas.stores._port import (
+    TERMINAL,
+    Append,
+    NewSaga,
+    SagaHeader,
+    SagaRecord,
+    StoredEvent,
+)
+
+from ._connection import _Connection, _ids
+
+_HEADER_COLUMNS = (
+    "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
+    "owner"
+)
+_EVENT_COLUMNS = "position, seq, type, step, attempt, at, event_id, causation_id, data"
+
+_INSERT_SAGA = (
+    f"INSERT INTO sagas ({_HEADER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
+)
+_INSERT_DEFINITION = (
+    "INSERT INTO definitions (sha256, text) VALUES (%s, %s) ON CONFLICT (sha256) DO NOTHING"
+)
+_TAKE_POSITIONS = "UPDATE counters SET value = value + %s WHERE name = 'events' RETURNING value"
+_INSERT_EVENT = (
+    "INSERT INTO events (saga_id, seq, position, type, step, attempt, at, event_id, "
+    "causation_id, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_UPDATE_SAGA = (
+    "UPDATE sagas SET last_seq = %s, status = %s, reason = %s, updated_at = %s "
+    "WHERE saga_id = %s AND last_seq = %s"
+)
+_SELECT_HEADER = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = %s"
+_SELECT_HEADERS_IN = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = ANY(%s)"
+_SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE saga_id = %s ORDER BY seq"
+_SELECT_EVENTS_IN = (
+    f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE saga_id = ANY(%s) ORDER BY saga_id, seq"
+)
+_SELECT_DEFINITION = "SELECT text FROM definitions WHERE sha256 = %s"
+_SELECT_DEFINITIONS_IN = "SELECT sha256, text FROM definitions WHERE sha256 = ANY(%s)"
+_SELECT_LAST_SEQS = "SELECT saga_id, last_seq FROM sagas WHERE saga_id = ANY(%s)"
+_SELECT_TAKEN = "SELECT 1 FROM events WHERE saga_id = %s AND seq BETWEEN %s AND %s LIMIT 1"
+_TERMINAL = sorted(TERMINAL)
+_SELECT_IN_FLIGHT = (
+    "SELECT saga_id FROM sagas WHERE status <> ALL(%s) ORDER BY started_at, saga_id"
+)
+_IDS_PER_READ = 1000
+"""Sagas ``load_many`` reads per statement, so that at most that many sagas' rows are held
+undecoded at once."""
+
+# An event row as built: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data);
+# written with its position after the seq.
+_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str]
+
+
+def _header(row: Sequence[Any]) -> SagaHeader:
+    """A header from a row of ``_HEADER_COLUMNS`` (``input`` is the fifth)."""
+    return SagaHeader(*row[:4], _decode(row[4]), *row[5:])
+
+
+def _event(row: Sequence[Any]) -> StoredEvent:
+    position, seq, type_, step, attempt, at, event_id, causation_id, data = row
+    data_ = _decode(data)
+    return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
+
+
+def _event_rows(
+    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow]
+) -> None:
+    """Add the rows of ``events`` to ``into``; ``ValueError`` unless their seqs run from first."""
+    seq = first
+    for e in events:
+        if e.seq != seq:
+            raise ValueError(
+                f"saga {saga_id!r}: events must have consecutive seqs from {first}, "
+                f"got {[e.seq for e in events]}"
+            )
+        seq += 1
+        into.append((saga_id, e.seq, e.type, e.step, e.attempt, e.at, e.event_id,
+                     e.causation_id, _encode(e.data)))
+
+
+# A create as built: the saga, its row of _HEADER_COLUMNS and its events' rows.
+_Create = tuple[NewSaga, tuple[Any, ...], builtins.list[_EventRow]]
+
+
+def _create_rows(saga: NewSaga) -> _Create:
+    """What ``saga`` writes; ``ValueError`` / ``TypeError`` for what a create refuses (an
+    invalid owner, seqs that are not 1..n, an input or data that is not JSON)."""
+    if saga.owner is not None:
+        _check_owner(saga.owner)
+    rows: builtins.list[_EventRow] = []
+    _event_rows(saga.saga_id, saga.events, 1, rows)
+    params = (saga.saga_id, saga.flow, saga.version, saga.definition, _encode(saga.input),
+              saga.status, saga.reason, saga.started_at, saga.started_at, len(rows), saga.owner)
+    return saga, params, rows
+
+
+def _append_rows(
+    appends: Sequence[Append],
+) -> tuple[builtins.list[_EventRow], dict[str, builtins.list[Any]]]:
+    """The event rows of ``appends`` and, per saga, the parameters of its ``_UPDATE_SAGA``:
+    ``[new last_seq, status, reason, updated_at, saga_id, expected last_seq]``.
+
+    ``ValueError`` for an append without events or with non-consecutive seqs, ``TypeError`` /
+    ``ValueError`` for data that is not JSON, ``SeqConflict`` for an append that does not
+    follow the previous append of its saga here (the call conflicts with itself).
+    """
+    rows: builtins.list[_EventRow] = []
+    updates: dict[str, builtins.list[Any]] = {}
+    for append in appends:
+        saga_id, events = append.saga_id, append.events
+        if not events:
+            raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
+        first = events[0].seq
+        _event_rows(saga_id, events, first, rows)
+        last = first + len(events) - 1
+        update = updates.get(saga_id)
+        if update is None:
+            updates[saga_id] = [last, append.status, append.reason, append.updated_at, saga_id,
+                                first - 1]
+        elif first != update[0] + 1:
+            raise SeqConflict(saga_id, first)
+        else:
+            update[:4] = (last, append.status, append.reason, append.updated_at)
+    return rows, updates
+
+
+def _insert_events(db: psycopg.Connection[Any], rows: builtins.list[_EventRow]) -> None:
+    """Insert ``rows`` at the next positions, in order (in the open transaction: the counter's
+    row stays locked until it ends)."""
+    if not rows:
+        return
+    (last,) = db.execute(_TAKE_POSITIONS, (len(rows),)).fetchone()  # type: ignore[misc]
+    position = last - len(rows)
+    params = []
+    for row in rows:
+        position += 1
+        params.append((row[0], row[1], position, *row[2:]))
+    with db.cursor() as cursor:
+        cursor.executemany(_INSERT_EVENT, params)
+
+
+class _EventLog(_Connection):
+    """Writes in one transaction on the write connection; reads on a read connection (those
+    of several statements in one read-only snapshot)."""
+
+    def write(
+        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+    ) -> builtins.list[tuple[bool, SagaHeader]]:
+        """One transaction (see the module docstring); all of it is checked before anything
+        is sent to the server."""
+        new = [_create_rows(saga) for saga in creates]
+        rows, updates = _append_rows(appends)
+        if not new and not updates:
+            with self._lock:
+                self._connection()  # StoreUnavailable once closed
+            return []
+
+        def work(db: psycopg.Connection[Any]) -> builtins.list[tuple[bool, SagaHeader]]:
+            results = self._insert_sagas(db, new)
+            if updates:
+                failure = self._extend_sagas(db, appends, rows, updates, bool(new))
+                if failure is not None:
+                    raise failure
+            return results
+
+        return self._transaction(work)
+
+    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
+        return self.write((saga,), ())[0]
+
+    def append(self, batch: Sequence[Append]) -> None:
+        self.write((), batch)
+
+    def _insert_sagas(
+        self, db: psycopg.Connection[Any], creates: builtins.list[_Create]
+    ) -> builtins.list[tuple[bool, SagaHeader]]:
+        """Insert the sagas whose ids are free, with their definitions and events, in the open
+        transaction; one result each, in order."""
+        if not creates:
+            return []
+        first: dict[str, _Create] = {}
+        for create in creates:
+            first.setdefault(create[0].saga_id, create)
+        inserted: builtins.set[str] = set()
+        with db.cursor() as cursor:
+            cursor.executemany(_INSERT_SAGA, [params for _, params, _ in first.values()],
+                               returning=True)
+            while True:
+                row = cursor.fetchone()
+                if row is not None:
+                    inserted.add(row[0])
+                if not cursor.nextset():
+                    break
+        existing = [saga_id for saga_id in first if saga_id not in inserted]
+        found = {}
+        if existing:
+            rows = db.execute(_SELECT_HEADERS_IN, (existing,)).fetchall()
+            found = {row[0]: row for row in rows}
+        definitions: dict[str, str] = {}
+        for saga_id in first:
+            if saga_id in inserted:
+                saga = first[saga_id][0]
+                definitions.setdefault(saga.definition, saga.definition_text)
+        if definitions:
+            with db.cursor() as cursor:
+                cursor.executemany(_INSERT_DEFINITION, list(definitions.items()))
+        ordered = [row for saga_id in first if saga_id in inserted for row in first[saga_id][2]]
+        try:
+            _insert_events(db, ordered)
+        except pg_errors.UniqueViolation as err:
+            detail = (err.diag.message_detail or "").strip()
+            raise StoreUnavailable(
+                f"saga store {self.url} is inconsistent: a new saga's events exist already, "
+                f"without its header ({detail})"
+            ) from err
+        results: builtins.list[tuple[bool, SagaHeader]] = []
+        seen: builtins.set[str] = set()
+        for saga, _, _ in creates:
+            saga_id = saga.saga_id
+            if saga_id in inserted:
+                results.append((saga_id not in seen, _header(first[saga_id][1])))
+            elif saga_id in found:
+                results.append((False, _header(found[saga_id])))
+            else:  # pragma: no cover - a row that conflicted and was then deleted
+                raise StoreUnavailable(f"saga store {self.url}: saga {saga_id!r} vanished")
+            seen.add(saga_id)
+        return results
+
+    def _extend_sagas(
+        self,
+        db: psycopg.Connection[Any],
+        appends: Sequence[Append],
+        rows: builtins.list[_EventRow],
+        updates: dict[str, builtins.list[Any]],
+        created: bool,
+    ) -> Exception | None:
+        """Apply the appends in the open transaction; ``None`` if they all fit, else the
+        error to raise, found once their writes are undone. If the call ``created`` sagas,
+        the appends are undone back to a savepoint, so that the error is found in what they
+        saw (the store plus this call's creates); else the whole transaction is rolled back
+        and the error found in the store as it is now."""
+        if created:
+            db.execute("SAVEPOINT appends")
+        refused: psycopg.Error | None = None
+        try:
+            with db.cursor() as cursor:
+                # in saga id order, so that two writers lock the rows they share in one order
+                cursor.executemany(_UPDATE_SAGA, sorted(updates.values(), key=lambda u: u[4]))
+                updated = cursor.rowcount
+            if updated == len(updates):
+                _insert_events(db, rows)
+                if created:
+                    db.execute("RELEASE SAVEPOINT appends")
+                return None
+        except (pg_errors.IntegrityError, pg_errors.NotNullViolation) as err:
+            refused = err
+        db.execute("ROLLBACK TO SAVEPOINT appends" if created else "ROLLBACK")
+        return self._append_failure(db, appends, refused)
+
+    def _append_failure(
+        self, db: psycopg.Connection[Any], batch: Sequence[Append], refused: psycopg.Error | None
+    ) -> Exception:
+        """Why the appends of ``batch`` failed: the first unknown saga or seq conflict, in
+        order, in the store as it is now (or as the open transaction, rolled back to before
+        the appends, sees it)."""
+        wanted = _ids([append.saga_id for append in batch])
+        last_seq: dict[str, int] = dict(db.execute(_SELECT_LAST_SEQS, (wanted,)).fetchall())
+        for append in batch:
+            saga_id = append.saga_id
+            if saga_id not in last_seq:
+                return UnknownSaga(saga_id)
+            first = append.events[0].seq
+            last = first + len(append.events) - 1
+            taken = db.execute(_SELECT_TAKEN, (saga_id, first, last)).fetchone()
+            if first != last_seq[saga_id] + 1 or taken is not None:
+                return SeqConflict(saga_id, first)
+            last_seq[saga_id] = last
+        if refused is not None:  # no conflict: a value the schema refuses (e.g. a NULL type)
+            return ValueError(f"batch refused by saga store {self.url}: {self._reason(refused)}")
+        first_append = batch[0]  # the conflicting writer went on meanwhile
+        return SeqConflict(first_append.saga_id, first_append.events[0].seq)
+
+    def load(self, saga_id: str) -> SagaRecord:
+        """Read in one snapshot, so that the header, text and events agree."""
+
+        def read(db: psycopg.Connection[Any]) -> tuple[Any, Any, builtins.list[Any]]:
+            row = db.execute(_SELECT_HEADER, (saga_id,)).fetchone()
+            if row is None:
+                raise UnknownSaga(saga_id)
+            text = db.execute(_SELECT_DEFINITION, (row[3],)).fetchone()
+            return row, text, db.execute(_SELECT_EVENTS, (saga_id,)).fetchall()
+
+        row, text, events = self._read(read)
+        if text is None:
+            raise self._missing_definition(row)
+        return SagaRecord(_header(row), text[0], tuple(_event(r) for r in events))
+
+    def load_many(self, saga_ids: Sequence[str]) -> builtins.list[SagaRecord]:
+        """Read in one snapshot: a few statements per 1,000 ids (the headers, then all their
+        events at once), then each definition once; not one per saga."""
+        wanted = _ids(saga_ids)
+        logs: dict[str, builtins.list[StoredEvent]] = {}
+
+        def read(db: psycopg.Connection[Any]) -> tuple[builtins.list[Any], dict[str, str]]:
+            headers: builtins.list[Any] = []
+            for start in range(0, len(wanted), _IDS_PER_READ):
+                chunk = wanted[start:start + _IDS_PER_READ]
+                headers += db.execute(_SELECT_HEADERS_IN, (chunk,)).fetchall()
+                rows = db.execute(_SELECT_EVENTS_IN, (chunk,)).fetchall()
+                # decoded chunk by chunk, so that at most one chunk's rows are held at once
+                for saga_id, position, seq, type_, step, attempt, at, event_id, cause, data in rows:
+                    event = StoredEvent(seq, type_, step, attempt, at, event_id, cause,
+                                        _decode(data), position)  # fmt: skip
+                    log = logs.get(saga_id)
+                    if log is None:
+                        logs[saga_id] = [event]
+                    else:
+                        log.append(event)
+            shas = builtins.list({row[3] for row in headers})
+            texts = dict(db.execute(_SELECT_DEFINITIONS_IN, (shas,)).fetchall()) if shas else {}
+            return headers, texts
+
+        if not wanted:
+            with self._reader():  # StoreUnavailable once closed
+                return []
+        headers, texts = self._read(read)
+        by_id = {row[0]: row for row in headers}
+        records = []
+        for saga_id in wanted:
+            row = by_id.get(saga_id)
+            if row is None:
+                continue
+            text = texts.get(row[3])
+            if text is None:
+                raise self._missing_definition(row)
+            records.append(SagaRecord(_header(row), text, tuple(logs.get(saga_id, ()))))
+        return records
+
+    def _missing_definition(self, row: Sequence[Any]) -> StoreUnavailable:
+        """The error for a saga (a row of ``_HEADER_COLUMNS``) whose definition is missing."""
+        return StoreUnavailable(
+            f"saga store {self.url} is damaged: the definition {row[3]} of saga "
+            f"{row[0]!r} is missing"
+        )
+
+    def header(self, saga_id: str) -> SagaHeader:
+        rows = self._fetch(_SELECT_HEADER, (saga_id,))
+        if not rows:
+            raise UnknownSaga(saga_id)
+        return _header(rows[0])
+
+    def list(
+        self, *, status: str | None = None, flow: str | None = None, limit: int | None = None
+    ) -> builtins.list[SagaHeader]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        where, params = [], []
+        if status is not None:
+            where.append("status = %s")
+            params.append(status)
+        if flow is not None:
+            where.append("flow = %s")
+            params.append(flow)
+        query = f"SELECT {_HEADER_COLUMNS} FROM sagas"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY started_at DESC, saga_id DESC"
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
+        return [_header(row) for row in self._fetch(query, params)]
+
+    def in_flight(self) -> builtins.list[str]:
+        return [saga_id for (saga_id,) in self._fetch(_SELECT_IN_FLIGHT, (_TERMINAL,))]
+
+    def definition(self, sha256: str) -> str:
+        rows = self._fetch(_SELECT_DEFINITION, (sha256,))
+        if not rows:
+            raise KeyError(sha256)
+        return rows[0][0]

@@ -1,0 +1,271 @@
+"""The PostgreSQL store's schema (version 1), how a database is checked, and how it is
+migrated.
+
+Every table lives in the schema ``sagactor`` of the database (so a database may hold other
+things too)::
+
+    meta(key PRIMARY KEY, value)                      -- key 'schema_version'
+    counters(name PRIMARY KEY, value)                 -- the last position given out, of
+                                                      -- 'events' and of 'external_events'
+    definitions(sha256 PRIMARY KEY, text)
+    sagas(saga_id PRIMARY KEY, flow, version, definition, input, status, reason,
+          started_at, updated_at, last_seq, owner)    -- indexed by status, started_at, owner
+    events(saga_id, seq, position UNIQUE, type, step, attempt, at, event_id, causation_id,
+           data, PRIMARY KEY (saga_id, seq))
+    requests(request_id IDENTITY PRIMARY KEY, saga_id, kind, data, created_at, handled)
+                                                      -- pending ones indexed by saga_id
+    inbox(key PRIMARY KEY, outcome, output, error)    -- services' definitive replies
+    tombstones(key PRIMARY KEY)                       -- actions whose compensation started
+    external_events(position PRIMARY KEY, event_id UNIQUE, type, key, data, sent_at,
+                    consumed_by, consumed_at)         -- indexed by type, key, consumed_by
+    cursors(subscriber PRIMARY KEY, position)         -- the event bus's durable cursors
+    owners(owner PRIMARY KEY, lock_key, backend_pid, host, pid, registered_at)
+                                                      -- registered owners (see _ownership)
+
+``input``, ``data`` and ``output`` hold compact JSON text (``text``, not ``jsonb``: a value
+reads back exactly as it was written). Ids compare byte by byte (``COLLATE "C"``), so that
+sagas list in the same order as in the other stores, whatever the database's collation.
+
+The version is kept in ``meta``. Opening a database whose schema is older migrates it forward
+in place (one transaction, under an advisory lock, so that of several processes opening it at
+once one migrates and the others find it done); one whose schema is newer than this code knows
+is refused with one line, and left as it is. There is one version so far: ``_MIGRATIONS``
+(from version n to n + 1) is where the next one goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+
+from sagas.errors import StoreMissing, StoreUnavailable
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION"]
+
+_logger = logging.getLogger("sagas.stores.postgres")
+
+SCHEMA_VERSION = 1
+"""The schema version this code writes and reads (older ones are migrated forward on open)."""
+
+SCHEMA = "sagactor"
+"""The PostgreSQL schema (namespace) holding a store's tables."""
+
+_SCHEMA_LOCK = 0x5341_4741_0000_0001
+"""The advisory lock held (for a transaction) while the schema is created or migrated."""
+
+_TABLES = {
+    1: frozenset({"meta", "counters", "definitions", "sagas", "events", "requests", "inbox",
+                  "tombstones", "external_events", "cursors", "owners"}),
+}
+
+_CREATE = (
+    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE counters (name text PRIMARY KEY, value bigint NOT NULL)",
+    "INSERT INTO counters (name, value) VALUES ('events', 0), ('external_events', 0)",
+    "CREATE TABLE definitions (sha256 text PRIMARY KEY, text text NOT NULL)",
+    """CREATE TABLE sagas (
+        saga_id text COLLATE "C" PRIMARY KEY,
+        flow text COLLATE "C" NOT NULL,
+        version bigint NOT NULL,
+        definition text NOT NULL,
+        input text NOT NULL,
+        status text COLLATE "C" NOT NULL,
+        reason text,
+        started_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        last_seq bigint NOT NULL,
+        owner text COLLATE "C"
+    )""",
+    "CREATE INDEX sagas_by_status ON sagas (status)",
+    "CREATE INDEX sagas_by_started_at ON sagas (started_at, saga_id)",
+    "CREATE INDEX sagas_by_owner ON sagas (owner)",
+    """CREATE TABLE events (
+        saga_id text COLLATE "C" NOT NULL,
+        seq bigint NOT NULL,
+        position bigint NOT NULL,
+        type text NOT NULL,
+        step text,
+        attempt bigint,
+        at double precision NOT NULL,
+        event_id text NOT NULL,
+        causation_id text,
+        data text NOT NULL,
+        PRIMARY KEY (saga_id, seq)
+    )""",
+    "CREATE UNIQUE INDEX events_by_position ON events (position)",
+    """CREATE TABLE requests (
+        request_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        saga_id text COLLATE "C" NOT NULL,
+        kind text NOT NULL,
+        data text NOT NULL,
+        created_at double precision NOT NULL,
+        handled boolean NOT NULL DEFAULT false
+    )""",
+    "CREATE INDEX requests_pending ON requests (saga_id) WHERE NOT handled",
+    """CREATE TABLE inbox (
+        key text PRIMARY KEY,
+        outcome text NOT NULL,
+        output text,
+        error text
+    )""",
+    "CREATE TABLE tombstones (key text PRIMARY KEY)",
+    """CREATE TABLE external_events (
+        position bigint PRIMARY KEY,
+        event_id text COLLATE "C" NOT NULL UNIQUE,
+        type text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        data text NOT NULL,
+        sent_at double precision NOT NULL,
+        consumed_by text COLLATE "C",
+        consumed_at double precision
+    )""",
+    "CREATE INDEX external_events_by_match ON external_events (type, key, consumed_by, position)",
+    """CREATE TABLE cursors (
+        subscriber text COLLATE "C" PRIMARY KEY,
+        position bigint NOT NULL
+    )""",
+    """CREATE TABLE owners (
+        owner text COLLATE "C" PRIMARY KEY,
+        lock_key bigint NOT NULL,
+        backend_pid integer NOT NULL,
+        host text,
+        pid integer,
+        registered_at double precision NOT NULL
+    )""",
+)
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # from version n to n + 1: the statements, run in order in one transaction
+}
+
+
+def _abandon(db: psycopg.Connection[Any]) -> None:
+    """Roll back the open transaction of a failed schema change, if the connection lives."""
+    if not db.closed and not db.broken:
+        with contextlib.suppress(psycopg.Error):
+            db.execute("ROLLBACK")
+
+
+class _Schema:
+    """Checking a database's schema on open, creating it in a new one, migrating an old one.
+    The store's connections have :data:`SCHEMA` as their ``search_path`` (set when they
+    connect), so statements name tables without it."""
+
+    url: str
+
+    def _prepare(self, db: psycopg.Connection[Any], create: bool) -> None:
+        tables = self._tables(db)
+        if not tables:
+            if not create:
+                raise StoreMissing(self.url)
+            self._create_schema(db)
+            tables = self._tables(db)
+        version = self._schema_version(db, tables)
+        if version < SCHEMA_VERSION:
+            self._check_tables(tables, version)
+            self._migrate(db)
+            tables = self._tables(db)
+            version = self._schema_version(db, tables)
+        self._check_tables(tables, version)
+
+    @staticmethod
+    def _tables(db: psycopg.Connection[Any]) -> set[str]:
+        """The tables in the store's schema (none if there is no such schema)."""
+        rows = db.execute(
+            "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind IN ('r', 'p')",
+            (SCHEMA,),
+        ).fetchall()
+        return {name for (name,) in rows}
+
+    def _create_schema(self, db: psycopg.Connection[Any]) -> None:
+        """Create the schema and its tables in one transaction, unless another process did
+        meanwhile (the advisory lock makes them take turns)."""
+        db.execute("BEGIN")
+        try:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            if not self._tables(db):
+                db.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                for statement in _CREATE:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
+                    (str(SCHEMA_VERSION),),
+                )
+                _logger.info("created saga store %s (schema version %d)", self.url,
+                             SCHEMA_VERSION)
+            db.execute("COMMIT")
+        except BaseException:
+            _abandon(db)
+            raise
+
+    def _schema_version(self, db: psycopg.Connection[Any], tables: set[str]) -> int:
+        """The schema's version, if it is one this code can use (or migrate), else
+        ``StoreUnavailable``."""
+        foreign = StoreUnavailable(
+            f"saga store {self.url} is not a sagactor store (schema {SCHEMA} has tables "
+            f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
+        )
+        if "meta" not in tables:
+            raise foreign
+        try:
+            row = db.execute(
+                f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except psycopg.errors.UndefinedColumn as err:  # a 'meta' table of another shape
+            raise foreign from err
+        if row is None:
+            raise foreign
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError) as err:
+            raise StoreUnavailable(
+                f"saga store {self.url} has an unreadable schema version {row[0]!r}"
+            ) from err
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"saga store {self.url}: schema version {version} is newer than this sagactor "
+                f"supports ({SCHEMA_VERSION}); upgrade sagactor to use it"
+            )
+        if version not in _TABLES:
+            raise StoreUnavailable(f"saga store {self.url} has unknown schema version {version}")
+        return version
+
+    def _check_tables(self, tables: set[str], version: int) -> None:
+        """``StoreUnavailable`` if a table of that schema version is missing."""
+        missing = _TABLES[version] - tables
+        if missing:
+            raise StoreUnavailable(
+                f"saga store {self.url} is damaged: table(s) {', '.join(sorted(missing))} missing"
+            )
+
+    def _migrate(self, db: psycopg.Connection[Any]) -> None:
+        """Bring the schema to ``SCHEMA_VERSION`` in one transaction, keeping the data.
+
+        The version is read again under the advisory lock: another process may have migrated
+        the schema meanwhile (then nothing is done), or made it newer (left to the caller's
+        check).
+        """
+        db.execute("BEGIN")
+        try:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            (text,) = db.execute(  # type: ignore[misc]
+                "SELECT value FROM meta WHERE key = 'schema_version' FOR UPDATE"
+            ).fetchone()
+            start = version = int(text)
+            while version < SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)  # type: ignore[arg-type]
+                version += 1
+            if version != start:
+                db.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'",
+                           (str(version),))
+            db.execute("COMMIT")
+        except BaseException:
+            _abandon(db)
+            raise
+        if version != start:
+            _logger.info("migrated saga store %s from schema %d to %d", self.url, start, version)
