@@ -585,7 +585,7 @@ class _Decision:
         choice = saga.compiled.choices[state[len(CHOICE_PREFIX):]]
         context = saga.context()
         branch = next(b for b in choice.branches if b.when is None or b.when.holds(context))
-        event = self.emit("choice.made", choice.name, None, {"branch": branch.name}, cause)
+        event = self.emit(CHOICE_MADE, choice.name, None, {"branch": branch.name}, cause)
         move = saga.compiled.next(state, "chosen", saga.route)
         assert move is not None, f"no route from {state} through {branch.name}"
         self.enter(move[0], move[1], event.event_id, saga)
@@ -596,7 +596,7 @@ class _Decision:
         saga = self.saga
         block = info.step
         routes = saga.compiled.blocks[block.name]
-        kind = "step.started" if info.phase == "action" else "compensation.started"
+        kind = STEP_STARTED if info.phase == "action" else COMPENSATION_STARTED
         event = self.emit(kind, block.name, attempt,
                           {"payload": None, "timeout_at": None, "parallel": list(routes)}, cause)
         aborted = saga.cancelled or saga.deadline_passed
@@ -616,20 +616,20 @@ class _Decision:
         step = info.step
         timeout_at = self.now + step.timeout
         if step.is_delay:  # a pause: its "attempt" ends when its time has passed
-            self.emit("step.started", step.name, attempt,
+            self.emit(STEP_STARTED, step.name, attempt,
                       {"payload": None, "timeout_at": timeout_at, "delay": step.delay}, cause)
         elif step.is_wait:  # a wait: its "attempt" ends when its event arrives, or times out
-            self.emit("step.started", step.name, attempt,
+            self.emit(STEP_STARTED, step.name, attempt,
                       {"payload": None, "timeout_at": timeout_at,
                        "wait_for": {"event": step.wait_event,
                                     "key": wait_key(step, saga.context())}}, cause)
         elif info.phase == "action":
             template = saga.compiled.payload_of.get(step.name)
             payload = template(saga.context()) if template is not None else saga.input
-            self.emit("step.started", step.name, attempt,
+            self.emit(STEP_STARTED, step.name, attempt,
                       {"payload": payload, "timeout_at": timeout_at}, cause)
         else:
-            self.emit("compensation.started", step.name, attempt,
+            self.emit(COMPENSATION_STARTED, step.name, attempt,
                       {"payload": saga.payloads.get(step.name), "timeout_at": timeout_at}, cause)
         self.send_attempt(info, t)
 
@@ -705,7 +705,7 @@ class _Decision:
         assert info is not None and info.phase == "action"
         reason = "deadline" if saga.deadline_passed else "cancelled"
         if saga.in_flight:  # (a parallel block too: undoing it stops its branches at once)
-            event = self.emit("step.timed_out", info.step.name, saga.attempt,
+            event = self.emit(STEP_TIMED_OUT, info.step.name, saga.attempt,
                               {"timeout_at": saga.timeout_at, "reason": reason}, cause)
             cause = event.event_id
         self.advance("exhausted", cause, saga)
@@ -721,7 +721,7 @@ class _Decision:
         if info is None or info.phase != "action" or info.step.name != block \
                 or not saga.in_flight:
             return
-        event = self.emit("step.failed", block, saga.attempt,
+        event = self.emit(STEP_FAILED, block, saga.attempt,
                           {"error": f"branch {failed.route} failed", "kind": "error"}, cause)
         self.advance("exhausted", event.event_id, saga)
 
@@ -735,13 +735,13 @@ class _Decision:
             return  # already compensating, or ended
         block = t.route.rsplit(".", 1)[0]
         if not t.halting:
-            self.emit("branch.halted", block, None, {"branch": t.route}, cause)
+            self.emit(BRANCH_HALTED, block, None, {"branch": t.route}, cause)
         info = t.info
         assert info is not None and info.phase == "action"
         if t.in_flight:
             if reason is None and not info.step.is_delay:
                 return  # stops when its reply (or timeout) comes
-            event = self.emit("step.timed_out", info.step.name, t.attempt,
+            event = self.emit(STEP_TIMED_OUT, info.step.name, t.attempt,
                               {"timeout_at": t.timeout_at, "reason": reason or "halted"}, cause)
             cause = event.event_id
         self.advance("exhausted", cause, t)
@@ -760,7 +760,7 @@ class _Decision:
         statuses = [saga.tracks[r].status for r in saga.compiled.blocks[block.name]]
         if info.phase == "action":
             if all(s == "completed" for s in statuses):
-                event = self.emit("step.succeeded", block.name, saga.attempt, {"output": {}},
+                event = self.emit(STEP_SUCCEEDED, block.name, saga.attempt, {"output": {}},
                                   cause)
                 self.advance("succeeded", event.event_id, saga)
             return
@@ -769,12 +769,12 @@ class _Decision:
         parked = [r for r in saga.compiled.blocks[block.name]
                   if saga.tracks[r].status == "failed"]
         if parked:
-            event = self.emit("compensation.failed", block.name, saga.attempt,
+            event = self.emit(COMPENSATION_FAILED, block.name, saga.attempt,
                               {"error": f"compensation failed in branch {', '.join(parked)}",
                                "kind": "error"}, cause)
             self.advance("exhausted", event.event_id, saga)
         else:
-            event = self.emit("compensation.succeeded", block.name, saga.attempt,
+            event = self.emit(COMPENSATION_SUCCEEDED, block.name, saga.attempt,
                               {"output": None}, cause)
             self.advance("succeeded", event.event_id, saga)
 
@@ -796,7 +796,7 @@ class _Decision:
             assert info is not None
             self.outcome(info, signal, cause, t)
         else:
-            self.emit("reply.ignored", signal.step, signal.attempt,
+            self.emit(REPLY_IGNORED, signal.step, signal.attempt,
                       {"phase": signal.phase, "attempt": signal.attempt,
                        "outcome": signal.outcome}, cause)
 
@@ -823,7 +823,7 @@ class _Decision:
         if signal.kind == "deadline":
             if saga.status != "running" or saga.deadline_passed:
                 return  # disarmed while compensating
-            event = self.emit("saga.deadline_exceeded", None, None,
+            event = self.emit(SAGA_DEADLINE_EXCEEDED, None, None,
                               {"deadline_at": saga.deadline_at}, signal.causation_id)
             if not saga.pivot_done:
                 self.abort_forward(event.event_id)
@@ -848,7 +848,7 @@ class _Decision:
         elif signal.kind == "delay":
             if not t.in_flight:
                 return
-            event = self.emit("step.succeeded", info.step.name, t.attempt,
+            event = self.emit(STEP_SUCCEEDED, info.step.name, t.attempt,
                               {"output": {}}, signal.causation_id)
             self.advance("exhausted" if t.halting else "succeeded", event.event_id, t)
 
@@ -860,7 +860,7 @@ class _Decision:
         if (info is None or not info.step.is_wait or not saga.in_flight
                 or saga.waiting != (signal.event, signal.key)):
             return
-        event = self.emit("step.succeeded", info.step.name, saga.attempt,
+        event = self.emit(STEP_SUCCEEDED, info.step.name, saga.attempt,
                           {"output": signal.data, "event_id": signal.event_id},
                           saga.command_id)
         self.advance("succeeded", event.event_id, saga)
@@ -872,7 +872,7 @@ class _Decision:
         saga = self.saga
         if saga.cancelled:
             return
-        event = self.emit("saga.cancelled", None, None,
+        event = self.emit(SAGA_CANCELLED, None, None,
                           {"requested_by": signal.requested_by}, signal.causation_id)
         if saga.status == "running" and not saga.pivot_done:
             self.abort_forward(event.event_id)
@@ -883,7 +883,7 @@ class _Decision:
             return
         info = saga.info
         assert info is not None
-        event = self.emit("saga.retried", info.step.name, None,
+        event = self.emit(SAGA_RETRIED, info.step.name, None,
                           {"requested_by": signal.requested_by, "phase": info.phase},
                           signal.causation_id)
         if not info.step.is_parallel:
@@ -891,7 +891,7 @@ class _Decision:
             return
         # a block: each branch that had not ended (or whose compensation parked) is driven
         # again where it stopped, with a new attempt (as the saga's own step would be)
-        kind = "step.started" if info.phase == "action" else "compensation.started"
+        kind = STEP_STARTED if info.phase == "action" else COMPENSATION_STARTED
         started = self.emit(kind, info.step.name, saga.attempt + 1,
                             {"payload": None, "timeout_at": None,
                              "parallel": list(saga.compiled.blocks[info.step.name])},
@@ -911,7 +911,7 @@ def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env) -> tu
     decision = _Decision(saga, env)
     deadline = compiled.flow.deadline
     deadline_at = decision.now + deadline if deadline is not None else None
-    event = decision.emit("saga.started", None, None,
+    event = decision.emit(SAGA_STARTED, None, None,
                           {"input": saga_input, "deadline_at": deadline_at}, None)
     if deadline_at is not None:
         decision.commands.append(SetTimer(saga_id, deadline_at, "deadline", None, None, None,
@@ -948,7 +948,7 @@ def park_unavailable(saga_id: str, last_seq: int, last_event_id: str | None, err
     or its services do not import): ``saga.failed``, reason ``definition_unavailable``
     (DESIGN.md §4.8). Needs no compiled flow, since there may be none."""
     seq = last_seq + 1
-    return Event(seq, "saga.failed", None, None, env.now(), f"{saga_id}/{seq}", last_event_id,
+    return Event(seq, SAGA_FAILED, None, None, env.now(), f"{saga_id}/{seq}", last_event_id,
                  {"reason": "definition_unavailable", "error": error})
 
 

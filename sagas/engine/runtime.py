@@ -51,7 +51,7 @@ from ..errors import (
     SagaTimeout,
     StoreError,
 )
-from ..events import Event
+from ..events import STEP_SUCCEEDED, Event
 from ..language.compiler import CompiledFlow, compile_flow
 from ..language.loader import load_flow
 from ..language.model import Flow
@@ -195,7 +195,7 @@ def load_result(store: EventLog, saga_id: str) -> SagaResult:
     header = record.header
     outputs: dict[str, Any] = {}
     for event in record.events:
-        if event.type == "step.succeeded" and event.step is not None:
+        if event.type == STEP_SUCCEEDED and event.step is not None:
             outputs[event.step] = event.data.get("output")
     return SagaResult(header.saga_id, header.flow, header.version, header.definition,
                       header.status, header.reason, core.context_of(header.input, outputs),

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..events import STEP_FAILED
 from ..language.model import Choice, Flow
 from ..language.service_classes import import_service
 from ._guard import current_watch
@@ -57,7 +58,7 @@ def route_of(run: HarnessRun) -> tuple[Any, ...]:
     """What a run did, as far as reaching code goes: the branches its choices took, how it
     (first) ended, and the first step that said no (with how)."""
     first_no = next(((e.step, e.data.get("kind")) for e in run.events
-                     if e.type == "step.failed"), None)
+                     if e.type == STEP_FAILED), None)
     return (run.route(), run.first_status, run.first_reason, first_no)
 
 
