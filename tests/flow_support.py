@@ -1,4 +1,5 @@
-"""Test doubles for the choice and parallel flow tests."""
+"""Test doubles for the choice and parallel flow tests, and :data:`BLOCK`, a small flow with a
+parallel block for driving through the core by hand (``sagas.testing.CoreDriver``)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,23 @@ class CarDesk(Scripted):
 
 class TripDesk(Scripted):
     pass
+
+
+BLOCK = """\
+saga: par_block
+services:
+  s: tests.flow_support:TripDesk
+defaults:
+  retry: {attempts: 1}
+  timeout: 10s
+steps:
+  - {name: prep, service: s, action: do, compensation: undo}
+  - name: blk
+    parallel:
+      a:
+        - {name: a1, service: s, action: do, compensation: undo}
+      b:
+        - {name: b1, service: s, action: do, effects: none}
+"""
+"""The YAML text of a flow: ``prep``, then block ``blk`` of branch ``a`` (``a1``, which has a
+compensation) and branch ``b`` (``b1``, with no effects); one attempt, 10 s time-outs."""

@@ -22,8 +22,8 @@ from sagas.events import TERMINAL_EVENTS, Event
 from sagas.language.loader import parse_flow
 from sagas.language.model import Flow
 from sagas.stores import MemoryStore, NewSaga, SagaRecord
-from sagas.testing import SagaTestEnvironment
-from tests.core_support import BLOCK, CoreSaga, FakeEnv
+from sagas.testing import CoreDriver, SagaTestEnvironment
+from tests.flow_support import BLOCK
 from tests.support import Other, Scripted, StepSpec, make_flow
 
 ALIVE = "audit-test-owner"
@@ -131,10 +131,12 @@ def _run_scenarios() -> dict[str, SagaRecord]:
     records = {header.saga_id: store.load(header.saga_id) for header in store.list()}
     # a saga parked because its definition no longer runs: the engine's own event for it
     base = records["completed"]
-    head = base.events[:4]  # b's action is in flight
-    parked = park_unavailable("unavailable", 4, head[-1].event_id, "no module named shop",
-                              FakeEnv(head[-1].at))
-    records["unavailable"] = _record("unavailable", base, [*head, parked])
+    driver = CoreDriver(THREE, saga_id="unavailable", start=base.header.started_at)
+    driver.reply("a")  # b's action is in flight
+    last = driver.events[-1]
+    parked = park_unavailable("unavailable", last.seq, last.event_id, "no module named shop",
+                              driver)
+    records["unavailable"] = _record("unavailable", base, [*driver.events, parked])
     return records
 
 
@@ -712,11 +714,11 @@ def test_late_error_of_a_compensation_rejection(real):
 
 # -- logs of parallel blocks and choices, corrupted on the pure core ------------------------------
 def test_audit_flags_a_block_that_succeeded_though_a_branch_failed():
-    saga = CoreSaga(BLOCK.replace("effects: none", "compensation: undo"))
+    saga = CoreDriver(parse_flow(BLOCK.replace("effects: none", "compensation: undo")))
     saga.reply("prep")
     saga.reply("a1")
     saga.reply("b1")
-    assert saga.saga.status == "completed"
+    assert saga.status == "completed"
     assert audit_saga(saga.record(), now=2_000.0) == []
     corrupt = []
     for event in saga.events:
@@ -730,11 +732,11 @@ def test_audit_flags_a_block_that_succeeded_though_a_branch_failed():
 
 
 def test_audit_flags_a_choice_its_conditions_do_not_allow():
-    saga = CoreSaga(CHOOSER, {"n": 50})  # 'big' is taken
+    saga = CoreDriver(CHOOSER, {"n": 50})  # 'big' is taken
     saga.reply("a")
     saga.reply("b")
     saga.reply("c")
-    assert saga.saga.status == "completed"
+    assert saga.status == "completed"
     assert audit_saga(saga.record(), now=2_000.0) == []
     corrupt = [replace(e, data={"input": {"n": 5}, "deadline_at": None})
                if e.type == "saga.started" else e for e in saga.events]

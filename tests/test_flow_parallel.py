@@ -21,9 +21,8 @@ from sagas import FlowErrors, parse_flow
 from sagas.engine import core
 from sagas.language.compiler import compile_flow
 from sagas.language.plan import plan
-from sagas.testing import SagaTestEnvironment
-from tests.core_support import BLOCK, CoreSaga
-from tests.flow_support import CarDesk, FlightDesk, HotelDesk, SlowFlights, TripDesk
+from sagas.testing import CoreDriver, SagaTestEnvironment
+from tests.flow_support import BLOCK, CarDesk, FlightDesk, HotelDesk, SlowFlights, TripDesk
 from tests.support import Scripted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,7 +352,7 @@ def test_timers_of_concurrent_branches_do_not_replace_each_other():
 
 # -- a branch that has ended; a block with nothing to undo (on the pure core) -------------------
 def test_a_late_reply_after_its_branch_was_compensated_is_ignored_and_the_saga_goes_on():
-    saga = CoreSaga(BLOCK)
+    saga = CoreDriver(parse_flow(BLOCK))
     saga.reply("prep")
     saga.reply("a1")                          # branch a completed
     saga.fire("timeout", "b1")                # b1 times out: branch b compensated, block fails
@@ -371,7 +370,8 @@ def test_a_late_reply_after_its_branch_was_compensated_is_ignored_and_the_saga_g
 
 
 def test_a_late_reply_after_its_branch_completed_is_ignored():
-    saga = CoreSaga(BLOCK.replace("retry: {attempts: 1}", "retry: {attempts: 2, backoff: 0}"))
+    saga = CoreDriver(parse_flow(BLOCK.replace("retry: {attempts: 1}",
+                                               "retry: {attempts: 2, backoff: 0}")))
     saga.reply("prep")
     saga.fire("timeout", "b1")                # attempt 1 times out, attempt 2 at once
     saga.reply("b1", attempt=2)               # branch b completed
@@ -383,21 +383,20 @@ def test_a_late_reply_after_its_branch_completed_is_ignored():
 
 
 def test_a_block_with_nothing_to_undo_halts_its_branches_when_it_fails():
-    b1 = "            - {name: b1, service: s, action: do, effects: none}\n"
+    b1 = "        - {name: b1, service: s, action: do, effects: none}\n"
     flat = BLOCK.replace("a1, service: s, action: do, compensation: undo",
                          "a1, service: s, action: do, effects: none")
     flat = flat.replace(b1, b1 + b1.replace("b1", "b2"))  # branch b: b1, then b2
     assert "a1, service: s, action: do, effects: none" in flat and "b2" in flat
-    saga = CoreSaga(flat)
+    saga = CoreDriver(parse_flow(flat))
     saga.reply("prep")
     saga.reply("a1", outcome="rejected")      # the block fails and is undone: b is halted
     assert saga.of("branch.halted", "blk")
     assert not saga.of("compensation.started", "prep")  # the branches end first
-    before = len(saga.commands)
+    before = len(saga.sent)
     saga.reply("b1")                          # b1 was in flight: its branch stops here
-    commands = saga.commands[before:]
     assert not saga.of("step.started", "b2")
-    assert not [c for c in commands if isinstance(c, core.Execute) and c.phase == "action"]
+    assert not [c for c in saga.sent[before:] if c.phase == "action"]
     assert saga.of("compensation.started", "prep")  # then the steps before the block
 
 
@@ -442,23 +441,23 @@ def test_a_halted_branch_starts_no_attempt_after_it_ended():
 # -- restart ------------------------------------------------------------------------------------
 def test_retry_of_a_saga_parked_unavailable_mid_block_goes_on_forward():
     text = BLOCK.replace("effects: none", "compensation: undo")
-    saga = CoreSaga(text)
+    saga = CoreDriver(parse_flow(text))
     saga.reply("prep")
     saga.reply("a1")                          # branch a completed, b1 in flight
     last = saga.events[-1]
     saga.events.append(core.park_unavailable(saga.saga_id, last.seq, last.event_id, "gone",
-                                             saga.env))
-    saga.saga = core.replay(saga.saga_id, saga.compiled, saga.events)  # the services import
-    assert (saga.saga.status, saga.saga.reason) == ("failed", "definition_unavailable")
-    saga.commands = []
-    saga.send(core.Retry("test"))
-    assert saga.saga.status == "running"
+                                             saga))
+    saga.restart()                            # a new process: the services import again
+    assert (saga.status, saga.reason) == ("failed", "definition_unavailable")
+    before = len(saga.sent)
+    saga.retry("test")
+    assert saga.status == "running"
     assert not saga.of("compensation.started", "blk")
-    sent = {(c.step, c.phase) for c in saga.commands if isinstance(c, core.Execute)}
+    sent = {(c.step, c.phase) for c in saga.sent[before:]}
     assert ("b1", "action") in sent
     saga.reply("b1")
     assert saga.of("step.succeeded", "blk")
-    assert saga.saga.status == "completed"
+    assert saga.status == "completed"
 
 
 def test_a_restart_mid_block_finishes_without_running_completed_steps_again(tmp_path: Path):

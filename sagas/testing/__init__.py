@@ -12,6 +12,9 @@
 * :func:`check_invariants` — the saga guarantees, the flow's plan, semantic atomicity, the
   same effects as without faults, and your business :func:`invariant` s, checked on a run.
 * :func:`test_flow` — all of it, as ``saga test`` does it.
+* :class:`CoreDriver` — one saga driven through the pure core by hand: replies, timers, cancels
+  and restarts in exactly the order a test chooses, on a clock it moves, to pin down one
+  interleaving.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ if TYPE_CHECKING:  # the names below load on first use: `invariant` alone import
     from actors import Fault, Faults, VirtualClock
 
     from ..language.loader import load_flow
+    from ._core_driver import CoreDriver
     from ._environment import EventLog, SagaTestEnvironment
     from ._guard import HandlerHung
     from ._harness import (
@@ -46,7 +50,7 @@ if TYPE_CHECKING:  # the names below load on first use: `invariant` alone import
 
 _WHERE = {
     "Fault": "actors", "Faults": "actors", "VirtualClock": "actors",
-    "load_flow": "sagas.language.loader",
+    "load_flow": "sagas.language.loader", "CoreDriver": "._core_driver",
     "EventLog": "._environment", "SagaTestEnvironment": "._environment",
     "HandlerHung": "._guard", "private_hypothesis_home": "._home",
     "FAULTS": "._harness", "PERSISTENT_FAULTS": "._harness", "BatchRun": "._harness",
@@ -81,6 +85,7 @@ __all__ = [
     "PERSISTENT_FAULTS",
     "BatchRun",
     "Checked",
+    "CoreDriver",
     "EventLog",
     "Fault",
     "FaultPoint",
