@@ -1,15 +1,34 @@
 """The PostgreSQL store: the store contract against a real server, plus what only a server can
-do wrong (URLs and passwords, databases and schemas, owners in other processes)."""
+do wrong (URLs and passwords, databases and schemas, owners in other processes, lost
+connections, locks held elsewhere)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sagas.stores import SagaStore, open_store
-from sagas.stores.contract import StoreContract
-from tests.postgres_server import postgres_server, postgres_url  # noqa: F401
+from sagas.errors import BadStoreUrl, StoreMissing, StoreUnavailable
+from sagas.stores import SagaStore, display_url, open_store
+from sagas.stores.contract import JOIN_TIMEOUT, StoreContract, append, new_saga, run_pair
+from tests.postgres_server import (  # noqa: F401 - fixtures
+    PostgresServer,
+    postgres_server,
+    postgres_url,
+    require_postgres,
+)
+from tests.support import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cret-Pa55"
 
 
 class TestPostgresStore(StoreContract):
@@ -22,3 +41,488 @@ class TestPostgresStore(StoreContract):
 
     def open_again(self, store: SagaStore) -> SagaStore:
         return open_store(self.url, create=False)
+
+
+@pytest.fixture
+def psycopg() -> Any:
+    """psycopg, for the tests that need the driver but no server."""
+    try:
+        import psycopg
+    except ImportError:
+        require_postgres("psycopg is not installed (pip install 'sagactor[postgres]')")
+    return psycopg
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    assert "\n" not in text and SECRET not in text, text
+    return text
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- URLs, and passwords never shown --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://saga:pw@db.example:5433/sagas", "postgresql://saga:***@db.example:5433/sagas"),
+        ("postgres://saga@db/sagas", "postgres://saga@db/sagas"),
+        ("postgresql://u:p@ss:w/rd@h/db", "postgresql://u:***@h/db"),  # unencoded @ and /
+        ("postgresql://u@h/db?password=x&sslmode=require",
+         "postgresql://u@h/db?password=***&sslmode=require"),
+        ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
+        ("sqlite:///.saga/sagas.db", "sqlite:///.saga/sagas.db"),
+        ("memory://", "memory://"),
+        ("user:pw@host", "user:***@host"),
+        ("", ""),
+    ],
+)
+def test_display_url_masks_the_password(url: str, shown: str) -> None:
+    assert display_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"postgresql://localhost:{SECRET}@/sagas", "no host named"),
+        (f"postgresql://:{SECRET}@localhost/sagas", "no user named"),
+        ("postgresql://localhost/sagas", "no user named"),
+        (f"postgresql://u:{SECRET}@localhost", "no database named"),
+        (f"postgresql://u:{SECRET}@localhost/", "no database named"),
+        (f"postgresql://u:{SECRET}@localhost:99999/db", "the port is a number"),
+        (f"postgresql://u:{SECRET}@localhost:x/db", "the port is a number"),
+        (f"postgresql://u:{SECRET}@[::1/db", "malformed host"),
+        (f"postgresql://u:{SECRET}@h/db?color=red", "unknown option 'color'"),
+        (f"postgresql://u:x@h/db?password={SECRET}", "unknown option 'password'"),
+        (f"postgresql://u:{SECRET}@h/db?sslmode=a&sslmode=b", "given twice"),
+        (f"postgresql://u:{SECRET}@h/db?connect_timeout=0", "connect_timeout"),
+        (f"postgresql://u:{SECRET}%ff@h/db", "not percent-encoded UTF-8"),
+        (f"postgresql://u:{SECRET}@h/db#frag", "fragment"),
+        (f"postgresql://u:{SECRET}@h/db?host=/run/pg", "named twice"),
+        (f"mysql://u:{SECRET}@h/db", "unsupported store URL"),
+    ],
+)
+def test_a_malformed_postgres_url_is_refused_without_showing_its_password(
+    url: str, why: str
+) -> None:
+    with pytest.raises(BadStoreUrl) as caught:
+        open_store(url)
+    text = _one_line(caught.value)
+    assert why in text
+
+
+def test_the_url_forms_are_parsed_into_connection_parameters() -> None:
+    from sagas.stores import _postgres_parts
+
+    assert _postgres_parts("x", "saga:p%40ss%3Aw@db.example:5433/my%20db?sslmode=require") == {
+        "user": "saga", "password": "p@ss:w", "host": "db.example", "port": 5433,
+        "dbname": "my db", "sslmode": "require",
+    }  # fmt: skip
+    assert _postgres_parts("x", "saga@[::1]/sagas") == {
+        "user": "saga", "password": None, "host": "::1", "port": None, "dbname": "sagas",
+    }  # fmt: skip
+    assert _postgres_parts("x", "saga@/sagas?host=/run/postgresql&connect_timeout=2") == {
+        "user": "saga", "password": None, "host": "/run/postgresql", "port": None,
+        "dbname": "sagas", "connect_timeout": "2",
+    }  # fmt: skip
+    assert _postgres_parts("x", "saga:@h/db")["password"] == ""
+
+
+def test_without_psycopg_opening_says_which_extra_to_install_in_one_line() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from sagas.errors import StoreUnavailable\n"
+        "from sagas.stores import open_store\n"
+        "try:\n"
+        f"    open_store('postgresql://saga:{SECRET}@127.0.0.1/sagas')\n"
+        "except StoreUnavailable as err:\n"
+        "    print(err)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=JOIN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "saga store postgresql://saga:***@127.0.0.1/sagas needs psycopg 3, which is not "
+        "installed here: pip install 'sagactor[postgres]'"
+    ]
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(psycopg: Any) -> None:
+    port = _closed_port()
+    for create in (True, False):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            open_store(f"postgresql://saga:{SECRET}@127.0.0.1:{port}/sagas", create=create)
+        assert not isinstance(caught.value, StoreMissing)
+        text = _one_line(caught.value)
+        assert text.startswith(f"saga store postgresql://saga:***@127.0.0.1:{port}/sagas "
+                               "cannot be reached: ")
+        assert "refused" in text.lower()
+        assert time.monotonic() - started < 10
+
+
+def test_a_store_shows_its_url_with_the_password_masked(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    name = postgres_url.rsplit("/", 1)[1]
+    url = postgres_server.url(name, password=SECRET)  # trust authentication takes any password
+    for scheme_url in (url, url.replace("postgresql://", "postgres://")):
+        with open_store(scheme_url) as store:
+            shown = f"postgresql://postgres:***@127.0.0.1:{postgres_server.port}/{name}"
+            assert store.url == shown
+            assert repr(store) == f"PostgresStore({shown!r})"
+            assert repr(store.inbox) == f"PostgresInbox({shown!r})"
+            assert SECRET not in repr(vars(store).get("url"))
+    store.close()
+    with pytest.raises(StoreUnavailable) as caught:
+        store.list()
+    assert _one_line(caught.value) == f"saga store {shown} is closed"
+
+
+# -- databases and schemas ------------------------------------------------------------------------
+
+
+def _schemas(server: PostgresServer, name: str) -> set[str]:
+    with server.admin(name) as db:
+        return {n for (n,) in db.execute("SELECT nspname FROM pg_namespace")}
+
+
+def test_create_false_on_a_missing_database_is_missing_and_creates_nothing(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    name = postgres_server.new_name()
+    url = postgres_server.url(name, password=SECRET)
+    with pytest.raises(StoreMissing) as caught:
+        open_store(url, create=False)
+    shown = f"postgresql://postgres:***@127.0.0.1:{postgres_server.port}/{name}"
+    assert _one_line(caught.value) == f"no saga store at {shown}"
+    assert name not in postgres_server.databases()
+
+
+def test_create_false_on_a_database_without_the_schema_is_missing_and_creates_nothing(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    name = postgres_url.rsplit("/", 1)[1]
+    before = _schemas(postgres_server, name)
+    with pytest.raises(StoreMissing):
+        open_store(postgres_url, create=False)
+    with postgres_server.admin(name) as db:
+        db.execute("CREATE SCHEMA sagactor")  # an empty schema is no store either
+    with pytest.raises(StoreMissing):
+        open_store(postgres_url, create=False)
+    assert _schemas(postgres_server, name) == before | {"sagactor"}
+
+
+def test_opening_creates_a_missing_database_and_the_schema(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    name = postgres_server.new_name()
+    try:
+        with open_store(postgres_server.url(name)) as store:
+            store.create(new_saga("s"))
+        assert name in postgres_server.databases()
+        with open_store(postgres_server.url(name), create=False) as store:
+            assert [h.saga_id for h in store.list()] == ["s"]
+    finally:
+        postgres_server.drop_database(name)
+
+
+def test_a_database_that_cannot_be_created_says_how_in_one_line(
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    with postgres_server.admin() as db:
+        db.execute("DROP ROLE IF EXISTS plain")
+        db.execute("CREATE ROLE plain LOGIN NOCREATEDB")
+    name = postgres_server.new_name()
+    url = f"postgresql://plain:{SECRET}@127.0.0.1:{postgres_server.port}/{name}"
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store(url)
+    text = _one_line(caught.value)
+    assert f"database {name!r} does not exist and cannot be created" in text
+    assert f"createdb {name}" in text
+    assert name not in postgres_server.databases()
+
+
+def test_several_processes_opening_a_new_database_at_once_share_one_schema(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    code = ("import sys; from sagas.stores import open_store\n"
+            "store = open_store(sys.argv[1]); store.create(__import__('sagas.stores.contract', "
+            "fromlist=['x']).new_saga(sys.argv[2])); store.close()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, postgres_url, f"s{n}"], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for n in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=JOIN_TIMEOUT)
+        assert proc.returncode == 0, err
+    with open_store(postgres_url, create=False) as store:
+        assert sorted(h.saga_id for h in store.list()) == ["s0", "s1", "s2", "s3"]
+        assert [e.position for _, e in store.read_all()] == [1, 2, 3, 4]
+
+
+def test_a_newer_schema_is_refused_in_one_line_and_left_alone(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    with open_store(postgres_url) as store:
+        store.create(new_saga("s"))
+    name = postgres_url.rsplit("/", 1)[1]
+    with postgres_server.admin(name) as db:
+        db.execute("UPDATE sagactor.meta SET value = '99' WHERE key = 'schema_version'")
+    for create in (True, False):
+        with pytest.raises(StoreUnavailable) as caught:
+            open_store(postgres_url, create=create)
+        assert "schema version 99 is newer than this sagactor supports (1)" in _one_line(
+            caught.value)
+    with postgres_server.admin(name) as db:
+        assert db.execute("SELECT value FROM sagactor.meta").fetchall() == [("99",)]
+        assert db.execute("SELECT saga_id FROM sagactor.sagas").fetchall() == [("s",)]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("DROP TABLE sagactor.owners", "is damaged: table(s) owners missing"),
+        ("DROP TABLE sagactor.meta", "is not a sagactor store"),
+        ("DELETE FROM sagactor.meta", "is not a sagactor store"),
+        ("UPDATE sagactor.meta SET value = 'x'", "unreadable schema version 'x'"),
+        ("UPDATE sagactor.meta SET value = '0'", "unknown schema version 0"),
+    ],
+)
+def test_a_foreign_or_damaged_schema_is_refused_in_one_line(
+    postgres_server: PostgresServer, postgres_url: str, damage: str, message: str  # noqa: F811
+) -> None:
+    open_store(postgres_url).close()
+    with postgres_server.admin(postgres_url.rsplit("/", 1)[1]) as db:
+        db.execute(damage)
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store(postgres_url)
+    assert message in _one_line(caught.value)
+
+
+def test_an_older_schema_is_migrated_forward_in_place(
+    postgres_server: PostgresServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from sagas.stores.postgres import _schema
+
+    with open_store(postgres_url) as store:
+        store.create(new_saga("kept"))
+    # a version 2 of the schema that this test makes up: one more table
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(_schema._TABLES, 2, _schema._TABLES[1] | {"extra"})
+    monkeypatch.setitem(_schema._MIGRATIONS, 1, ("CREATE TABLE extra (x integer)",))
+    results = run_pair(lambda: open_store(postgres_url), lambda: open_store(postgres_url))
+    assert all(isinstance(r, SagaStore) for r in results), results
+    for store in results:
+        assert [h.saga_id for h in store.list()] == ["kept"]
+        store.close()
+    with postgres_server.admin(postgres_url.rsplit("/", 1)[1]) as db:
+        assert db.execute("SELECT value FROM sagactor.meta").fetchall() == [("2",)]
+        assert db.execute("SELECT count(*) FROM sagactor.extra").fetchall() == [(0,)]
+
+
+# -- the server's side of things ------------------------------------------------------------------
+
+
+def test_positions_become_visible_in_order_across_writers(postgres_url: str) -> None:  # noqa: F811
+    """Two store objects (two sessions) append at once while a reader pages through the log
+    with a cursor, as the event bus does: it misses nothing (a position visible before a
+    smaller one would be skipped for good)."""
+    writers = [open_store(postgres_url), open_store(postgres_url)]
+    reader = open_store(postgres_url)
+    try:
+        ids = [[f"{w}-{n}" for n in range(30)] for w in ("a", "b")]
+        for store, mine in zip(writers, ids, strict=True):
+            store.write([new_saga(saga_id) for saga_id in mine], [])
+        after = reader.last_position()
+        first = after
+
+        def write(store: SagaStore, mine: list[str]) -> None:
+            for seq in range(2, 30):
+                store.append([append(saga_id, seq) for saga_id in mine])
+
+        threads = [threading.Thread(target=write, args=pair)
+                   for pair in zip(writers, ids, strict=True)]
+        for thread in threads:
+            thread.start()
+        seen: list[int] = []
+        while True:
+            running = any(thread.is_alive() for thread in threads)
+            while page := reader.read_all(after, 250):
+                seen += [event.position for _, event in page]
+                after = page[-1][1].position
+            if not running:
+                break
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT)
+        assert seen == list(range(first + 1, first + 1 + 2 * 30 * 28))
+    finally:
+        for store in (*writers, reader):
+            store.close()
+
+
+def test_reads_share_a_few_connections(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    name = postgres_url.rsplit("/", 1)[1]
+    with open_store(postgres_url) as store:
+        store.create(new_saga("s"))
+        barrier = threading.Barrier(16, timeout=JOIN_TIMEOUT)
+        errors: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                barrier.wait()
+                for _ in range(20):
+                    assert store.load("s").header.saga_id == "s"
+            except BaseException as err:  # reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=read) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(JOIN_TIMEOUT)
+        assert errors == []
+        with postgres_server.admin() as db:
+            (sessions,) = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchone()
+        assert sessions <= 1 + 4  # the write connection and at most four readers
+
+
+def test_a_write_waiting_on_another_sessions_lock_gives_up(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    from sagas.stores.postgres import PostgresStore
+
+    name = postgres_url.rsplit("/", 1)[1]
+    open_store(postgres_url).close()
+    params = {**postgres_server.params(name), "lock_timeout": 0.3}
+    with PostgresStore(**params) as store, postgres_server.admin(name) as other:
+        store.create(new_saga("s"))
+        other.execute("BEGIN")
+        other.execute("SELECT * FROM sagactor.counters FOR UPDATE")  # a writer that hangs
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            store.append([append("s", 2)])
+        assert "is locked: another session held what this one needed for over 0.3s" in (
+            _one_line(caught.value))
+        assert time.monotonic() - started < 5
+        other.execute("ROLLBACK")
+        store.append([append("s", 2)])  # and then it goes on
+        assert store.header("s").last_seq == 2
+
+
+def _end_sessions(server: PostgresServer, application_name: str) -> None:
+    """End the sessions of the stores opened with ``?application_name=...`` (as a server
+    restart or an administrator would)."""
+    with server.admin() as db:
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE application_name = %s", (application_name,))
+
+
+def test_a_lost_write_connection_is_one_line_and_its_owners_are_dead(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    with open_store(f"{postgres_url}?application_name=victim") as store, \
+            open_store(postgres_url) as other:
+        store.register_owner("cut")
+        store.create(new_saga("s", owner="cut"))
+        assert other.owner_alive("cut") is True
+        _end_sessions(postgres_server, "victim")
+        for _ in range(2):  # the first use finds the connection gone, the next knows it
+            with pytest.raises(StoreUnavailable) as caught:
+                store.append([append("s", 2)])
+            assert _one_line(caught.value).startswith(f"saga store {store.url}")
+        assert "open the store again" in str(caught.value)
+        eventually(lambda: not other.owner_alive("cut"), what="the cut owner is dead")
+        assert other.adopt("me") == ["s"]
+
+
+def test_reads_go_on_after_the_server_ended_their_idle_connections(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    with open_store(postgres_url) as writer, \
+            open_store(f"{postgres_url}?application_name=reader") as store:
+        writer.create(new_saga("s"))
+        assert store.header("s").last_seq == 1  # a read connection, now idle
+        _end_sessions(postgres_server, "reader")
+        writer.append([append("s", 2)])
+        assert store.header("s").last_seq == 2
+        assert store.load("s").header.last_seq == 2
+
+
+# -- owners in other processes --------------------------------------------------------------------
+
+_OWNER_PROCESS = """
+import sys, time
+from sagas.stores import open_store
+from sagas.stores.contract import new_saga
+store = open_store(sys.argv[1])
+store.register_owner("child")
+store.create(new_saga("theirs", owner="child"))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def owner_process(postgres_url: str) -> Iterator[subprocess.Popen[str]]:  # noqa: F811
+    """A process that registered the owner ``child`` and created a saga it owns, ``theirs``."""
+    proc = subprocess.Popen([sys.executable, "-c", _OWNER_PROCESS, postgres_url], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "ready\n", proc.stderr.read() if proc.stderr else line
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(JOIN_TIMEOUT)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_an_owner_in_another_process_is_alive_even_stopped_and_dead_once_killed(
+    postgres_url: str, owner_process: subprocess.Popen[str]  # noqa: F811
+) -> None:
+    with open_store(postgres_url, create=False) as store:
+        assert store.owner_alive("child") is True
+        with pytest.raises(StoreUnavailable, match="already registered by a live runtime"):
+            store.register_owner("child")
+        assert store.adopt("me") == []
+        os.kill(owner_process.pid, signal.SIGSTOP)  # stopped is not dead
+        try:
+            time.sleep(0.3)
+            assert store.owner_alive("child") is True
+            assert store.adopt("me") == []
+        finally:
+            os.kill(owner_process.pid, signal.SIGCONT)
+        os.kill(owner_process.pid, signal.SIGKILL)
+        owner_process.wait(JOIN_TIMEOUT)
+        eventually(lambda: not store.owner_alive("child"), what="the killed owner is dead")
+        assert store.adopt("me") == ["theirs"]
+        assert store.header("theirs").owner == "me"
+        store.register_owner("child")  # its id is free again
+        assert store.owner_alive("child") is True
+
+
+def test_an_owner_registered_on_a_closed_store_object_is_dead(postgres_url: str) -> None:  # noqa: F811
+    with open_store(postgres_url) as other:
+        first = open_store(postgres_url)
+        first.register_owner("rt")
+        first.create(new_saga("s", owner="rt"))
+        assert other.owner_alive("rt") is True
+        first.close()
+        assert other.owner_alive("rt") is False
+        assert other.adopt("me") == ["s"]

@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -285,34 +285,39 @@ class _Connection(_Schema):
 
     # -- reads --------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[psycopg.Connection[Any]]:
-        """A read connection lent for one read (opened if none is idle and fewer than
-        ``_MAX_READERS`` are open, else waited for); psycopg errors of the read become store
-        errors, and a connection that broke is dropped."""
-        db = self._borrow()
-        try:
-            yield db
-        except psycopg.Error as err:
-            raise self._translate(err) from err
-        finally:
-            self._give_back(db)
+    def _on_reader(self, read: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """Run ``read`` on a read connection lent for it (opened if none is idle and fewer
+        than ``_MAX_READERS`` are open, else waited for). psycopg errors become store errors;
+        a connection found broken is dropped, and a read that failed on an idle connection
+        the server had ended (a restart, an idle timeout) runs once more on a new one."""
+        for attempt in (1, 2):
+            db, fresh = self._borrow()
+            try:
+                return read(db)
+            except psycopg.Error as err:
+                if attempt == 1 and not fresh and (db.closed or db.broken):
+                    continue
+                raise self._translate(err) from err
+            finally:
+                self._give_back(db)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _borrow(self) -> psycopg.Connection[Any]:
+    def _borrow(self) -> tuple[psycopg.Connection[Any], bool]:
+        """A read connection, and whether it is new."""
         with self._readers:
             while True:
                 if self._reads_closed:
                     raise StoreUnavailable(f"saga store {self.url} is closed")
                 if self._idle:
                     self._reading += 1
-                    return self._idle.pop()
+                    return self._idle.pop(), False
                 if self._open_readers < _MAX_READERS:
                     self._open_readers += 1
                     self._reading += 1
                     break
                 self._readers.wait()
         try:
-            return self._connect()
+            return self._connect(), True
         except BaseException:
             with self._readers:
                 self._open_readers -= 1
@@ -327,28 +332,35 @@ class _Connection(_Schema):
             self._reading -= 1
             if usable and not self._reads_closed:
                 self._idle.append(db)
-                db = None  # type: ignore[assignment]
             else:
                 self._open_readers -= 1
             self._readers.notify_all()
-        if db is not None:
+        if not usable or self._reads_closed:
             with contextlib.suppress(psycopg.Error):
                 db.close()
+
+    def _check_readable(self) -> None:
+        """``StoreUnavailable`` once the store is closed (for a read with nothing to read)."""
+        with self._readers:
+            if self._reads_closed:
+                raise StoreUnavailable(f"saga store {self.url} is closed")
 
     def _fetch(self, query: str, params: Sequence[Any]) -> list[Any]:
         """The rows of one read statement (autocommit: it sees everything committed before
         it starts)."""
-        with self._reader() as db:
-            return db.execute(query, params).fetchall()
+        return self._on_reader(lambda db: db.execute(query, params).fetchall())
 
     def _read(self, read: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         """Run ``read`` in one read-only transaction, so that its statements read one
         snapshot."""
-        with self._reader() as db:
+
+        def in_snapshot(db: psycopg.Connection[Any]) -> _T:
             db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             result = read(db)
             db.execute("COMMIT")
             return result
+
+        return self._on_reader(in_snapshot)
 
     def _close_readers(self) -> None:
         """Close every read connection once the reads under way are done; reads raise

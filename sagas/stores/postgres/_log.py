@@ -362,8 +362,8 @@ class _EventLog(_Connection):
             return headers, texts
 
         if not wanted:
-            with self._reader():  # StoreUnavailable once closed
-                return []
+            self._check_readable()
+            return []
         headers, texts = self._read(read)
         by_id = {row[0]: row for row in headers}
         records = []
