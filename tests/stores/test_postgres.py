@@ -188,6 +188,36 @@ def test_a_store_shows_its_url_with_the_password_masked(
     assert _one_line(caught.value) == f"saga store {shown} is closed"
 
 
+def test_a_store_over_a_unix_socket(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    name = postgres_url.rsplit("/", 1)[1]
+    url = f"postgresql://postgres@:{postgres_server.port}/{name}?host={postgres_server.sockets}"
+    with open_store(url) as store:
+        store.create(new_saga("s"))
+        assert store.url == url
+    with open_store(postgres_url, create=False) as store:
+        assert [h.saga_id for h in store.list()] == ["s"]
+
+
+def test_the_write_session_notices_a_dead_client_soon(postgres_url: str) -> None:  # noqa: F811
+    """The write connection holds the owners' locks: the server is told to probe an idle
+    client after 10 s (3 probes 5 s apart), to drop one that leaves data unacknowledged for
+    20 s, and to check for a client gone every second during a statement."""
+    from sagas.stores.postgres import PostgresStore
+
+    with open_store(postgres_url) as store:
+        assert isinstance(store, PostgresStore)
+        with store._lock:
+            db = store._connection()
+            shown = {name: db.execute(f"SHOW {name}").fetchone()[0] for name in (  # type: ignore[index]
+                "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                "tcp_user_timeout", "client_connection_check_interval", "lock_timeout")}
+    assert shown == {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                     "tcp_keepalives_count": "3", "tcp_user_timeout": "20000",
+                     "client_connection_check_interval": "1s", "lock_timeout": "5s"}
+
+
 # -- databases and schemas ------------------------------------------------------------------------
 
 

@@ -78,7 +78,7 @@ def _shown_url(params: dict[str, Any]) -> str:
     else:
         host = quote(host, safe="")
     port = "" if params.get("port") is None else f":{params['port']}"
-    query = f"?{urlencode(options)}" if options else ""
+    query = f"?{urlencode(options, safe='/')}" if options else ""
     return f"postgresql://{user}{secret}@{host}{port}/{quote(params['dbname'], safe='')}{query}"
 
 
