@@ -31,7 +31,10 @@ class Blocking(Service):
     def do(self, command: Any) -> dict[str, Any]:
         if command.step == self.block_step:
             while not (self.release_file and os.path.exists(self.release_file)):
-                self.wakeup.wait(0.01)  # a stand-in for a slow remote call
+                # a stand-in for a slow remote call, until the test kills this process or
+                # releases it: the release comes from another process, as a file, so it is
+                # polled
+                self.wakeup.wait(0.01)
         return {"step": command.step, "pid": os.getpid()}
 
     @handles("undo")

@@ -14,7 +14,7 @@ class Slow(Service):
 
     @handles("work")
     def work(self, command: Any) -> dict[str, Any]:
-        time.sleep(0.02)
+        time.sleep(0.02)  # the behaviour: a slow call keeps a batch in flight to interrupt
         return {}
 
     @handles("undo")

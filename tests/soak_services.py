@@ -380,8 +380,7 @@ def run_child(store_url: str, flow_path: str, ids_file: str, round_no: int, coun
             saga_id = runtime.start(flow, saga_input, f"r{round_no:02d}-{n:05d}", on_end=on_end)
             ids.write(saga_id + "\n")
             ids.flush()
-        while not all_done.wait(0.1):
-            pass
+        all_done.wait()  # until every saga has ended (or the parent kills this process)
     return ended
 
 

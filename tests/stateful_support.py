@@ -27,7 +27,6 @@ applied, never on thread scheduling.
 from __future__ import annotations
 
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from actors import Rejected, Service, handles
 from sagas import Flow
 from sagas.events import Event
 from sagas.testing import SagaTestEnvironment
-from tests.support import StepSpec, make_flow
+from tests.support import StepSpec, eventually, make_flow
 
 __all__ = [
     "INJECTED",
@@ -578,22 +577,21 @@ class Driver:
         """Wait until nothing is in flight but held handlers not yet due for release; release
         (let the late reply go) every held handler that is due (see :data:`LATE`)."""
         activity = self.env.runtime.activity
-        give_up = time.monotonic() + REST_LIMIT
-        while True:
+
+        def at_rest() -> bool:
             for key in self.lab.held():
                 if self._due(key):
                     self.lab.release(key)
             held = len(self.lab.held())
             if activity.count == held:
-                return
-            if time.monotonic() > give_up:
-                raise AssertionError(f"the runtime did not come to rest in {REST_LIMIT}s: "
-                                     f"{activity.count} messages in flight, held: "
-                                     f"{self.lab.held()}")
-            if held:
-                time.sleep(0.0005)  # a held handler keeps the count up: poll
-            else:
-                activity.wait_idle(0.01)
+                return True
+            # with nothing held, rest is idle: an event to wait on; a held handler keeps the
+            # count above zero, and the activity announces only zero: then the count is polled
+            return not held and activity.wait_idle(0.01)
+
+        eventually(at_rest, REST_LIMIT, interval=0.0005,
+                   what=lambda: f"the runtime at rest ({activity.count} messages in flight, "
+                                f"held: {self.lab.held()})")
 
     def _due(self, key: AttemptKey) -> bool:
         """Whether a held handler's attempt has timed out (and, for ``later_*``, whether the

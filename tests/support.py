@@ -1,8 +1,10 @@
 """Shared by the engine tests: a scripted service, a flow builder, a check of the event
-contract on a history, and :func:`eventually` (the one way a test polls for something)."""
+contract on a history, :func:`eventually` (the one way a test polls for something) and
+:func:`read_until` (waiting for a line from a child process)."""
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
 import threading
@@ -11,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 
@@ -22,22 +24,54 @@ from sagas.events import TERMINAL_EVENTS, Event
 T = TypeVar("T")
 
 
-def eventually(condition: Callable[[], T], timeout: float = 10.0, *, what: str = "",
-               interval: float = 0.01) -> T:
+def eventually(condition: Callable[[], T], timeout: float = 10.0, *,
+               what: str | Callable[[], str] = "", interval: float = 0.01) -> T:
     """Poll ``condition`` every ``interval`` seconds until it returns something true, and return
-    that; fail the test once ``timeout`` seconds have passed, naming ``what`` was awaited (or
-    where the condition is written) and the last value it returned. An exception the condition
-    raises fails the test at once."""
+    that; fail the test once ``timeout`` seconds have passed, naming ``what`` was awaited (a
+    text, or a function that writes it then; by default where the condition is written) and the
+    last value it returned. An exception the condition raises fails the test at once.
+
+    For what another thread or process does that no event announces; where one does (a
+    ``threading.Event``, ``Activity.wait_idle``, a line on a pipe), wait on it instead."""
     give_up = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() >= give_up:
             code = getattr(condition, "__code__", None)
-            where = what or (f"the condition at {code.co_filename}:{code.co_firstlineno}"
-                             if code is not None else repr(condition))
+            where = (what() if callable(what) else what) or (
+                f"the condition at {code.co_filename}:{code.co_firstlineno}"
+                if code is not None else repr(condition))
             raise AssertionError(f"{where} did not hold within {timeout}s "
                                  f"(it last returned {value!r})")
         time.sleep(interval)
     return value
+
+
+def read_until(stream: IO[str], done: Callable[[str], bool], timeout: float) -> list[str]:
+    """The lines of ``stream`` (a child process's pipe) up to the first for which ``done``
+    holds, read as they come; fail the test if the stream ends first or no such line comes
+    within ``timeout`` seconds."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in iter(stream.readline, ""):
+            lines.put(line)
+            if done(line):
+                return
+        lines.put(None)  # the end of the stream
+
+    threading.Thread(target=read, name="read_until", daemon=True).start()
+    read_so_far: list[str] = []
+    give_up = time.monotonic() + timeout
+    while not read_so_far or not done(read_so_far[-1]):
+        try:
+            line = lines.get(timeout=max(0.0, give_up - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no such line within {timeout}s; read: {read_so_far}") \
+                from None
+        if line is None:
+            raise AssertionError(f"the stream ended before such a line; read: {read_so_far}")
+        read_so_far.append(line)
+    return read_so_far
 
 
 @dataclass

@@ -4,23 +4,23 @@ parallel branch, escaped control characters, every schema violation, an empty li
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.noisy_services import LONG_REASON
-from tests.support import SAGA_CODE, saga_cli
+from tests.support import SAGA_CODE, read_until, saga_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "tests" / "flows" / "output"
+
+
 def saga(*args: str, cwd: Path = ROOT, stdin: str | None = None,
          columns: int = 100) -> subprocess.CompletedProcess[str]:
-    import os
-
     return saga_cli(*args, cwd=cwd, stdin=stdin, timeout=120,
                     env={**os.environ, "COLUMNS": str(columns)})
 
@@ -133,14 +133,8 @@ def test_serve_reports_events_it_cannot_start(tmp_path):
                               "flows/order_inventory.yaml", "--store", store],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        lines: list[str] = []
         assert serve.stderr is not None
-        while time.monotonic() < deadline:
-            line = serve.stderr.readline()
-            lines.append(line)
-            if line.startswith("skipped event"):
-                break
+        lines = read_until(serve.stderr, lambda line: line.startswith("skipped event"), 30)
         assert any("skipped event" in line and "order_inventory" in line
                    and "'sku' is a required property" in line for line in lines), lines
     finally:

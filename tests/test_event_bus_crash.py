@@ -5,16 +5,15 @@ the crash, never a gap."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from sagas.bus import PAGE_SIZE
 from sagas.stores import SqliteStore
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 SAGAS = 400
@@ -40,11 +39,15 @@ def test_a_subscriber_killed_mid_way_resumes_from_its_cursor_missing_nothing(
 ) -> None:
     db, first_out, second_out = tmp_path / "bus.db", tmp_path / "first", tmp_path / "second"
     first = child(db, first_out)
-    deadline = time.monotonic() + 60
-    while len(lines(first_out)) < 3 * PAGE_SIZE and time.monotonic() < deadline:
-        assert first.poll() is None, first.communicate()
-        time.sleep(0.01)
-    os.kill(first.pid, signal.SIGKILL)
+
+    def three_pages_in() -> bool:
+        assert first.poll() is None, first.communicate()  # it must still run when killed
+        return len(lines(first_out)) >= 3 * PAGE_SIZE
+
+    try:
+        eventually(three_pages_in, 60, what="three pages of events delivered")
+    finally:
+        first.kill()  # SIGKILL
     first.wait(10)
     first_run = lines(first_out)
     with SqliteStore(db) as store:

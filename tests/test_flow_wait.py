@@ -1,4 +1,4 @@
-"""``wait_for`` steps and ``saga send``: a saga that waits for an external event (issue 7).
+"""``wait_for`` steps and ``saga send``: a saga that waits for an external event.
 
 A wait is written ``{name, wait_for: {event: PaymentConfirmed, key: $.input.order_id},
 timeout: 10m}``. Its ``step.started`` records the event and the correlation key it waits for;
@@ -15,8 +15,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -27,6 +27,7 @@ from sagas.language.compiler import compile_flow
 from sagas.language.plan import plan, plans
 from sagas.stores import open_store
 from sagas.testing import SagaTestEnvironment, Schedule, check_invariants, run_schedule
+from tests.support import SAGA_CODE, eventually, saga_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOW = textwrap.dedent("""\
@@ -176,17 +177,10 @@ def test_a_malformed_wait_is_refused_with_its_line(change, message):
         [e.format() for e in caught.value.errors]
 
 
-def saga_cli(*args: str, cwd: Path) -> list[str]:
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "import cli; cli.main()", *args]
-
-
-def wait_until(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
+def start_saga(*args: str, cwd: Path, **streams: Any) -> subprocess.Popen[str]:
+    """The ``saga`` command of this checkout, started in a subprocess in ``cwd``."""
+    return subprocess.Popen([sys.executable, "-c", SAGA_CODE, *args], cwd=cwd, text=True,
+                            **streams)
 
 
 def waiting_at_payment(db: Path) -> bool:
@@ -209,16 +203,12 @@ def test_saga_run_waits_until_saga_send_from_another_shell(tmp_path: Path):
     db = tmp_path / "sagas.db"
     store = f"sqlite:///{db}"
     flow = str(ROOT / "flows" / "order_paid_later.yaml")
-    runner = subprocess.Popen(saga_cli("run", flow, "--input", ORDER, "--store", store,
-                                       "--json", cwd=tmp_path),
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    runner = start_saga("run", flow, "--input", ORDER, "--store", store, "--json", cwd=tmp_path,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: waiting_at_payment(db))
-        sent = subprocess.run(saga_cli("send", "PaymentConfirmed", "--key", "o-1", "--id",
-                                       "psp-77", "--data", '{"psp": "acme"}', "--store", store,
-                                       cwd=tmp_path),
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        eventually(lambda: waiting_at_payment(db), 30, what="the saga waiting at payment")
+        sent = saga_cli("send", "PaymentConfirmed", "--key", "o-1", "--id", "psp-77", "--data",
+                        '{"psp": "acme"}', "--store", store, cwd=tmp_path, timeout=60)
         assert sent.returncode == 0, sent.stderr
         assert "sent PaymentConfirmed key=o-1 (id psp-77)" in sent.stdout
         out, err = runner.communicate(timeout=60)
@@ -230,9 +220,8 @@ def test_saga_run_waits_until_saga_send_from_another_shell(tmp_path: Path):
     assert result["status"] == "completed"
     payment = [e for e in result["history"] if e["step"] == "payment_confirmed"]
     assert payment[-1]["data"] == {"output": {"psp": "acme"}, "event_id": "psp-77"}
-    again = subprocess.run(saga_cli("send", "PaymentConfirmed", "--key", "o-1", "--id", "psp-77",
-                                    "--store", store, cwd=tmp_path),
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    again = saga_cli("send", "PaymentConfirmed", "--key", "o-1", "--id", "psp-77", "--store",
+                     store, cwd=tmp_path, timeout=60)
     assert again.returncode == 0 and "ignored" in again.stdout
 
 
@@ -240,21 +229,17 @@ def test_kill_9_while_waiting_then_send_then_resume_completes(tmp_path: Path):
     db = tmp_path / "sagas.db"
     store = f"sqlite:///{db}"
     flow = str(ROOT / "flows" / "order_paid_later.yaml")
-    runner = subprocess.Popen(saga_cli("run", flow, "--input", ORDER, "--store", store,
-                                       cwd=tmp_path),
-                              cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    runner = start_saga("run", flow, "--input", ORDER, "--store", store, cwd=tmp_path,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: waiting_at_payment(db))
+        eventually(lambda: waiting_at_payment(db), 30, what="the saga waiting at payment")
     finally:
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait()
-    sent = subprocess.run(saga_cli("send", "PaymentConfirmed", "--key", "o-1", "--store", store,
-                                   cwd=tmp_path),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    sent = saga_cli("send", "PaymentConfirmed", "--key", "o-1", "--store", store, cwd=tmp_path,
+                    timeout=60)
     assert sent.returncode == 0, sent.stderr
-    resumed = subprocess.run(saga_cli("resume", "--store", store, cwd=tmp_path), cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
+    resumed = saga_cli("resume", "--store", store, cwd=tmp_path, timeout=120)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     check = open_store(store)
     try:

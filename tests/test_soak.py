@@ -45,7 +45,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ import pytest
 
 from sagas.stores import TERMINAL, open_store
 from tests import soak_services as shop
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,10 +169,6 @@ def saga_cli(soak: Soak, *args: str, timeout: float = 300) -> subprocess.Complet
                           text=True, timeout=timeout, env=soak.env(), cwd=ROOT)
 
 
-def pause(seconds: float) -> None:
-    threading.Event().wait(seconds)
-
-
 class LineCounter:
     """Counts the complete lines of a file another process appends to."""
 
@@ -243,29 +239,38 @@ def kill_child(soak: Soak, store: Any, round_no: int, attempt: int, rng: random.
              str(ids_file), str(child_round), str(soak.batch), str(soak.concurrency)],
             stdout=out, stderr=err, env=soak.env(), cwd=ROOT)
     started = LineCounter(ids_file)
+    checked: list[int] = []  # the sagas in flight, counted right before the kill
+
+    def kill_at_the_moment() -> str | None:
+        """Kill the child once it is past ``target`` starts with enough in flight; "missed"
+        if it finished first (and may: not ``last``)."""
+        if child.poll() is not None:
+            if child.returncode == 0 and not last:
+                return "missed"  # its sagas all ended before the moment; try another child
+            tail = (soak.tmp / f"child-{suffix}.err").read_text()[-2000:]
+            pytest.fail(f"round {round_no}: the child exited ({child.returncode}) before "
+                        f"the kill (target {target} starts, {started.count()} started): "
+                        f"{tail}\n{soak.summary()}")
+        if started.count() >= target:
+            before = len(store.in_flight())
+            # a small margin: a few sagas may end between this check and the signal
+            if before >= soak.min_in_flight + KILL_MARGIN:
+                child.send_signal(signal.SIGKILL)
+                checked.append(before)
+                return "killed"
+        return None
+
     try:
-        give_up = time.monotonic() + 120
-        while True:
-            if child.poll() is not None:
-                if child.returncode == 0 and not last:
-                    return None  # missed the moment: its sagas all ended; try another child
-                tail = (soak.tmp / f"child-{suffix}.err").read_text()[-2000:]
-                pytest.fail(f"round {round_no}: the child exited ({child.returncode}) before "
-                            f"the kill (target {target} starts, {started.count()} started): "
-                            f"{tail}\n{soak.summary()}")
-            assert time.monotonic() < give_up, \
-                f"round {round_no}: no kill moment within 120 s ({started.count()} started)"
-            if started.count() >= target:
-                before = len(store.in_flight())  # checked right before the kill
-                # a small margin: a few sagas may end between this check and the signal
-                if before >= soak.min_in_flight + KILL_MARGIN:
-                    child.send_signal(signal.SIGKILL)
-                    break
-            pause(0.005)
+        moment = eventually(kill_at_the_moment, 120, interval=0.005,
+                            what=lambda: f"round {round_no}: a kill moment (target {target} "
+                                         f"starts, {started.count()} started)")
     finally:
         if child.poll() is None:  # still running: the kill did not happen (a failure above)
             child.kill()
         child.wait(30)
+    if moment == "missed":
+        return None
+    (before,) = checked
     assert child.returncode == -signal.SIGKILL, (child.returncode, soak.summary())
     in_flight = store.in_flight()  # nobody writes now: exactly what was in flight at the kill
     killed_at = time.monotonic() - begun
