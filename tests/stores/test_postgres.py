@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +397,29 @@ def test_positions_become_visible_in_order_across_writers(postgres_url: str) -> 
     finally:
         for store in (*writers, reader):
             store.close()
+
+
+def test_writers_that_create_and_append_never_deadlock(
+    postgres_url: str, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """A write that creates sagas and appends to one another writer appends to: both lock
+    the sagas' rows before the positions' counter, so neither holds the counter while it waits
+    for the other (the server would end one after a second, and it would run again)."""
+    caplog.set_level("INFO", logger="sagas.stores.postgres")
+    first, second = open_store(postgres_url), open_store(postgres_url)
+    try:
+        first.create(new_saga("shared"))
+        for n in range(20):
+            seq = first.header("shared").last_seq + 1
+            results = run_pair(
+                partial(first.write, [new_saga(f"new-{n}")], [append("shared", seq, tag="a")]),
+                partial(second.append, [append("shared", seq, tag="b")]),
+            )
+            assert [type(r).__name__ for r in results].count("SeqConflict") == 1, results
+        assert not [r for r in caplog.records if "runs again" in r.getMessage()]
+    finally:
+        first.close()
+        second.close()
 
 
 def test_reads_share_a_few_connections(

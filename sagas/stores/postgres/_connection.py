@@ -251,6 +251,8 @@ class _Connection(_Schema):
                 except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as err:
                     if attempt >= _RETRIES:
                         raise self._translate(err) from err
+                    _logger.info("saga store %s: a transaction ended by the server (%s) runs "
+                                 "again", self.url, self._reason(err))
                 except psycopg.Error as err:
                     raise self._translate(err) from err
         raise AssertionError("unreachable")  # pragma: no cover
