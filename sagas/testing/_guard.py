@@ -6,14 +6,14 @@ waiting and raises :class:`HandlerHung` naming it. The worker thread is abandone
 the process can still exit: Python cannot stop a thread) and a new one serves the next run.
 
 Per call this costs a tuple store and a clock read; per guarded piece of work, one hand-off
-between threads. Work guarded from inside a guarded piece of work runs inline.
+between threads (two plain locks: the worker waits on one for its job, the caller on the other,
+with a timeout, for its end). Work guarded from inside a guarded piece of work runs inline.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import os
-import queue
 import tempfile
 import threading
 import time
@@ -52,26 +52,35 @@ class Watch:
 
 
 class _Worker(threading.Thread):
+    """Runs one piece of work at a time, handed over through :attr:`job` and the lock ``go``;
+    releases ``done`` when the work has ended, its outcome in :attr:`outcome`."""
+
     def __init__(self) -> None:
         super().__init__(name="sagactor-test-worker", daemon=True)
-        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.job: Callable[[], Any] | None = None
+        self.outcome: tuple[bool, Any] = (False, None)
         self.watch = Watch()
         self.stuck = False
 
     def run(self) -> None:
         _local.worker = self
+        go, done = self.go, self.done
         while True:
-            job, box, done = self.jobs.get()
+            go.acquire()
+            job, self.job = self.job, None
             try:
-                box.append((True, job()))
+                self.outcome = (True, job())  # type: ignore[misc]
             except BaseException as exc:  # handed to the waiting caller
-                box.append((False, exc))
-            done.set()
+                self.outcome = (False, exc)
+            done.release()
 
 
 _local = threading.local()
-_lock = threading.Lock()
-_idle: list[_Worker] = []
+_idle: list[_Worker] = []  # (list.pop and list.append are atomic: no lock needed)
 
 
 def current_watch() -> Watch | None:
@@ -94,18 +103,18 @@ def guarded(work: Callable[[], T], timeout: float | None, *, exit_if_stuck: bool
     """
     if timeout is None or getattr(_local, "worker", None) is not None:
         return work()
-    with _lock:
-        worker = _idle.pop() if _idle else None
-    if worker is None:
+    try:
+        worker = _idle.pop()
+    except IndexError:
         worker = _Worker()
         worker.start()
-    box: list[tuple[bool, Any]] = []
-    done = threading.Event()
-    worker.jobs.put((work, box, done))
+    worker.job = work
+    worker.go.release()
+    done = worker.done
     tick = min(0.25, timeout / 4)
     report = _arm(timeout) if exit_if_stuck else None
     try:
-        while not done.wait(tick):
+        while not done.acquire(True, tick):
             if report is not None:
                 faulthandler.dump_traceback_later(timeout + STUCK_GRACE, exit=True, file=report)
             current = worker.watch.current
@@ -116,9 +125,8 @@ def guarded(work: Callable[[], T], timeout: float | None, *, exit_if_stuck: bool
         if report is not None:
             faulthandler.cancel_dump_traceback_later()
             report.close()
-    with _lock:
-        _idle.append(worker)
-    ok, value = box[0]
+    (ok, value), worker.outcome = worker.outcome, (False, None)
+    _idle.append(worker)
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
