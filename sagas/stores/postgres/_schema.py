@@ -167,9 +167,10 @@ class _Schema:
         if version < SCHEMA_VERSION:
             self._check_tables(tables, version)
             self._migrate(db)
-            tables = self._tables(db)
-            version = self._schema_version(db, tables)
-        self._check_tables(tables, version)
+            version = self._schema_version(db, self._tables(db))
+        # read after the version: another process may have migrated the schema since the
+        # tables were first read, and a migration only adds tables
+        self._check_tables(self._tables(db), version)
 
     @staticmethod
     def _tables(db: psycopg.Connection[Any]) -> set[str]:
