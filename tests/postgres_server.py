@@ -5,7 +5,10 @@ Debian's binaries (``/usr/lib/postgresql/<version>/bin``, the ``postgresql`` pac
 ``initdb`` in a temporary directory, then ``postgres`` listens on a free loopback port and on a
 unix socket in that directory, with durability switched off (the tests never survive a crash
 of the server, and it makes them fast). :func:`postgres_url` gives each test a database of its
-own (a copy of an empty template, dropped after the test). At the end of the session the server
+own (a copy of an empty template, dropped after the test); :func:`postgres_store_url` gives it
+an empty saga store: a database holding the store's schema and no data, which is emptied after
+the test (its sessions ended, its tables truncated, its counters reset) and given to a later
+test, three times faster than a new database each time. At the end of the session the server
 is stopped by its pid and the directory removed.
 
 PostgreSQL refuses to run as root: as root, the server and ``initdb`` run as the ``postgres``
@@ -41,11 +44,13 @@ from typing import Any
 
 import pytest
 
-__all__ = ["PostgresServer", "postgres_server", "postgres_url", "require_postgres"]
+__all__ = ["PostgresServer", "postgres_server", "postgres_store_url", "postgres_url",
+           "require_postgres"]
 
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
 _TEMPLATE = "sagactor_template"
+_STORE_TEMPLATE = "sagactor_store_template"
 _SUPERUSER = "postgres"
 
 
@@ -105,6 +110,8 @@ class PostgresServer:
         self._user: pwd.struct_passwd | None = None
         self._names = itertools.count(1)
         self._names_lock = threading.Lock()
+        self._spare_stores: list[str] = []  # emptied store databases, for the next test
+        self._store_template = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -227,6 +234,51 @@ class PostgresServer:
         with self.admin() as db:
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def store_database(self) -> str:
+        """A database holding an empty saga store: one a test emptied, or a new copy of a
+        template holding the store's schema (made once, by the store itself)."""
+        with self._names_lock:
+            if self._spare_stores:
+                return self._spare_stores.pop()
+        if not self._store_template:
+            from sagas.stores import open_store
+
+            with self.admin() as db:
+                db.execute(f'CREATE DATABASE "{_STORE_TEMPLATE}" TEMPLATE "{_TEMPLATE}"')
+            open_store(self.url(_STORE_TEMPLATE)).close()
+            with self.admin() as db:
+                db.execute(f'ALTER DATABASE "{_STORE_TEMPLATE}" IS_TEMPLATE true')
+            self._store_template = True
+        name = self.new_name()
+        with self.admin() as db:
+            db.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_STORE_TEMPLATE}"')
+        return name
+
+    def recycle_store_database(self, name: str) -> None:
+        """Empty the store in ``name`` for a later test: end its sessions (their advisory
+        locks go with them), truncate every table but the schema's version and reset the
+        positions' counters. A database that cannot be emptied so is dropped instead."""
+        try:
+            with self.admin(name) as db:
+                db.execute("SET lock_timeout = '5s'")
+                db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+                tables = [t for (t,) in db.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'sagactor' "
+                    "AND tablename NOT IN ('meta', 'counters') ORDER BY tablename")]
+                with db.transaction():
+                    version = db.execute("SELECT value FROM sagactor.meta").fetchall()
+                    counters = db.execute("UPDATE sagactor.counters SET value = 0").rowcount
+                    if version != [("1",)] or counters != 2 or len(tables) != 9:
+                        raise RuntimeError(f"the store in {name} was changed: not reused")
+                    db.execute("TRUNCATE " + ", ".join(f"sagactor.{t}" for t in tables)
+                               + " RESTART IDENTITY")
+        except Exception:
+            self.drop_database(name)
+            return
+        with self._names_lock:
+            self._spare_stores.append(name)
+
     def databases(self) -> set[str]:
         with self.admin() as db:
             return {name for (name,) in db.execute("SELECT datname FROM pg_database")}
@@ -284,3 +336,12 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     name = postgres_server.create_database()
     yield postgres_server.url(name)
     postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_store_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The store URL of an empty saga store (the schema made, no data) in a database of its
+    own for the test, emptied after it for a later one."""
+    name = postgres_server.store_database()
+    yield postgres_server.url(name)
+    postgres_server.recycle_store_database(name)

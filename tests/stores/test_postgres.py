@@ -23,6 +23,7 @@ from sagas.stores.contract import JOIN_TIMEOUT, StoreContract, append, new_saga,
 from tests.postgres_server import (  # noqa: F401 - fixtures
     PostgresServer,
     postgres_server,
+    postgres_store_url,
     postgres_url,
     require_postgres,
 )
@@ -34,9 +35,9 @@ SECRET = "s3cret-Pa55"
 
 class TestPostgresStore(StoreContract):
     @pytest.fixture
-    def store(self, postgres_url: str) -> Iterator[SagaStore]:  # noqa: F811
-        self.url = postgres_url
-        store = open_store(postgres_url)
+    def store(self, postgres_store_url: str) -> Iterator[SagaStore]:  # noqa: F811
+        self.url = postgres_store_url
+        store = open_store(postgres_store_url, create=False)
         yield store
         store.close()
 
