@@ -1,4 +1,6 @@
-"""The ``saga`` command: parses arguments, calls the library, renders. Nothing else.
+"""The ``saga`` command: parses arguments, calls the library, renders. Nothing else: each
+command calls :mod:`sagas.commands`, prints what it returns and exits with the code its outcome
+(a status, or the error that ended it) has in the one table below.
 
 Exit codes (DESIGN.md §6): 0 ok; 1 compensated / violations / counterexample; 2 usage errors and
 invalid input; 3 a saga ended ``failed``; 4 unknown saga id; 5 a store that cannot be used.
@@ -7,138 +9,100 @@ Errors go to stderr as one line, never a traceback unless ``--debug``.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import os
-import signal
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 
-from sagas import __version__
-from sagas.commands.inputs import parse_json, read_inputs, read_text
-from sagas.commands.interrupts import Stopped, graceful_stop
-from sagas.commands.render import (
-    printable,
-    progress_bar,
-    render_list,
-    render_summary,
-    render_timeline,
-)
-from sagas.errors import (
-    BadStoreUrl,
-    DefinitionUnavailable,
-    FlowError,
-    FlowErrors,
-    IdConflict,
-    InputError,
-    SagactorError,
-    SagaOrphaned,
-    SagaTimeout,
-    StoreError,
-    UnknownSaga,
-)
-from sagas.language.loader import load_flow
+from sagas import __version__, commands, errors
 
-F = TypeVar("F", bound=Callable[..., Any])
-
+# -- the one table: a command's outcome -> its exit code ------------------------------------------
 EXIT_OK, EXIT_COMPENSATED, EXIT_USAGE, EXIT_FAILED, EXIT_UNKNOWN, EXIT_STORE = 0, 1, 2, 3, 4, 5
 EXIT_INTERNAL, EXIT_SIGNALLED, EXIT_INTERRUPTED, EXIT_PIPE = 70, 128, 130, 141
 EXIT_VIOLATIONS = EXIT_COUNTEREXAMPLE = 1
-EXIT_BY_STATUS = {"completed": EXIT_OK, "compensated": EXIT_COMPENSATED, "failed": EXIT_FAILED}
+EXIT_BY_STATUS = {"ok": EXIT_OK, "completed": EXIT_OK, "compensated": EXIT_COMPENSATED,
+                  "failed": EXIT_FAILED, "invalid": EXIT_USAGE, "violations": EXIT_VIOLATIONS,
+                  "counterexample": EXIT_COUNTEREXAMPLE}
 # the first match, most specific first, decides
 EXIT_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
-    (FlowError, EXIT_USAGE), (InputError, EXIT_USAGE), (DefinitionUnavailable, EXIT_USAGE),
-    (IdConflict, EXIT_USAGE), (BadStoreUrl, EXIT_USAGE), (SagaOrphaned, EXIT_FAILED),
-    (UnknownSaga, EXIT_UNKNOWN), (StoreError, EXIT_STORE), (SagaTimeout, EXIT_COMPENSATED),
-    (SagactorError, EXIT_COMPENSATED),
+    (errors.FlowError, EXIT_USAGE), (errors.InputError, EXIT_USAGE),
+    (errors.DefinitionUnavailable, EXIT_USAGE), (errors.IdConflict, EXIT_USAGE),
+    (errors.BadStoreUrl, EXIT_USAGE), (errors.SagaOrphaned, EXIT_FAILED),
+    (errors.UnknownSaga, EXIT_UNKNOWN), (errors.StoreError, EXIT_STORE),
+    (errors.SagaTimeout, EXIT_COMPENSATED), (errors.SagactorError, EXIT_COMPENSATED),
+    (KeyboardInterrupt, EXIT_INTERRUPTED), (BrokenPipeError, EXIT_PIPE), (Exception, EXIT_INTERNAL),
 )
 
 
-def exit_code_of(exc: BaseException) -> int:
-    """The exit code of a library error (:data:`EXIT_BY_ERROR`)."""
-    return next(code for kind, code in EXIT_BY_ERROR if isinstance(exc, kind))
+def exit_code_of(outcome: str | BaseException) -> int:
+    """The exit code of a command's outcome: a status (:data:`EXIT_BY_STATUS`; one it does not
+    know counts as failed), or the error that ended it (:data:`EXIT_BY_ERROR`; a signal that
+    stopped it gracefully exits 128 + the signal's number)."""
+    if isinstance(outcome, str):
+        return EXIT_BY_STATUS.get(outcome, EXIT_FAILED)
+    if isinstance(outcome, commands.Stopped):
+        return EXIT_SIGNALLED + outcome.signum
+    return next(code for kind, code in EXIT_BY_ERROR if isinstance(outcome, kind))
 
 
+def _exit(outcome: str | BaseException) -> NoReturn:
+    sys.exit(exit_code_of(outcome))
+
+
+# -- printing -------------------------------------------------------------------------------------
 def _err(message: str) -> None:
-    click.echo(printable(message, one_line=False), err=True)
+    click.echo(commands.printable(message, one_line=False), err=True)
 
 
-def _one_line(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:
-        text = ""
-    text = " ".join(text.split()) if "\n" not in text else text.splitlines()[0]
-    return text or type(exc).__name__
+def _emit(as_json: bool, document: Callable[[], Any], text: Callable[[], str]) -> None:
+    """One JSON document (``--json``) or the text on stdout."""
+    click.echo(json.dumps(document(), indent=2) if as_json else text())
 
 
-def handle_errors(func: F) -> F:
-    """Turn library errors into one line on stderr and the right exit code."""
+def _report_saga(result: Any, as_json: bool) -> NoReturn:
+    """Print how a saga ended and exit with its status's code."""
+    _emit(as_json, result.to_json, lambda: commands.render_timeline(result))
+    _exit(result.status)
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
+
+class SagaCommand(click.Command):
+    """A ``saga`` subcommand: library errors are one line on stderr (a traceback with
+    ``--debug``) and exit with their code; a usage problem is a usage error of the command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except FlowErrors as exc:
-            if debug:
-                raise
-            for error in exc.errors:
-                _err(error.format())
-            sys.exit(exit_code_of(exc))
-        except SagactorError as exc:
-            if debug:
-                raise
-            _err(f"error: {_one_line(exc)}")
-            sys.exit(exit_code_of(exc))
-        except Stopped as stopped:
+        except commands.UsageProblem as problem:
+            if problem.option is None:
+                raise click.UsageError(problem.message, ctx=ctx) from None
+            raise click.BadParameter(problem.message, ctx, param_hint=problem.option) from None
+        except commands.Stopped as stopped:  # it says what was left in flight
+            _err(stopped.report)
+            _exit(stopped)
+        except KeyboardInterrupt as interrupt:
             _err("interrupted")
-            sys.exit(EXIT_SIGNALLED + stopped.signum)
-        except KeyboardInterrupt:
-            _err("interrupted")
-            sys.exit(EXIT_INTERRUPTED)
-        except BrokenPipeError:  # `saga list | head -1`: the reader has gone; say nothing more
-            _quiet_stdout()
-            sys.exit(EXIT_PIPE)
+            _exit(interrupt)
+        except BrokenPipeError as gone:  # `saga list | head -1`: the reader has gone; say nothing
+            commands.silence_stdout()
+            _exit(gone)
         except Exception as exc:
-            if debug:
+            if ctx.find_root().params.get("debug"):
                 raise
-            _err(f"internal error: {type(exc).__name__}: {_one_line(exc)} "
-                 "(run with --debug for the traceback)")
-            sys.exit(EXIT_INTERNAL)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null, so flushing it at exit raises no second BrokenPipeError."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+            for line in commands.error_lines(exc):
+                _err(line)
+            _exit(exc)
 
 
 class SagaGroup(click.Group):
     """Prints every error, usage errors included, as one line on stderr."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return self._main(*args, **kwargs)
-        finally:
-            try:
-                sys.stdout.flush()
-            except BrokenPipeError:  # the reader went away before the last line: say nothing
-                _quiet_stdout()
-                raise SystemExit(EXIT_PIPE) from None
+    command_class = SagaCommand
 
-    def _main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)
@@ -155,6 +119,12 @@ class SagaGroup(click.Group):
         except click.Abort:
             _err("aborted")
             sys.exit(EXIT_INTERRUPTED)
+        finally:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader went away before the last line: say nothing
+                commands.silence_stdout()
+                raise SystemExit(EXIT_PIPE) from None
 
 
 @click.group(cls=SagaGroup,
@@ -171,24 +141,24 @@ def main(debug: bool) -> None:
     Exit codes: 0 ok, 1 compensated, 2 usage error or invalid input, 3 failed (needs a person),
     4 unknown saga id, 5 store unusable.
     """
-    import logging
-
-    # the library logs; the CLI reports errors as one line and exit codes (logs with --debug)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL,
-                        format="%(levelname)s %(name)s: %(message)s")
-    from sagas.engine.gc_tuning import tune_gc
-
-    tune_gc()  # the CLI is an application: it opts in to throughput thresholds
+    commands.configure_process(debug)  # logs only with --debug; an application's GC thresholds
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+DEFAULT_STORE = "sqlite:///.saga/sagas.db"
+store_option = click.option(
+    "--store", "store_url", envvar="SAGA_STORE", default=DEFAULT_STORE, show_default=True,
+    metavar="URL", help="Where sagas are kept: sqlite:///PATH (relative; four slashes for an "
+                        "absolute path) or memory:// (throwaway). Env: SAGA_STORE.")
+
+
+# -- flows ----------------------------------------------------------------------------------------
 @main.command()
 @click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
 @click.option("--strict", is_flag=True, help="Treat warnings (semantic checks) as errors.")
-@click.option("--no-import", is_flag=True,
-              help="Do not import the services' modules (for flows whose services are not "
-                   "installed here, or whose code you do not want to run); every other check "
-                   "still runs.")
-@handle_errors
+@click.option("--no-import", is_flag=True, help="Do not import the services' modules (for flows "
+              "whose services are not installed here, or whose code you do not want to run); "
+              "every other check still runs.")
 def validate(flows: tuple[str, ...], strict: bool, no_import: bool) -> None:
     """Check flow files: syntax, structure, names, paths, recovery semantics, and services.
 
@@ -197,37 +167,25 @@ def validate(flows: tuple[str, ...], strict: bool, no_import: bool) -> None:
     module's code (--no-import skips it). Prints "ok: NAME vN (K steps)" per valid file;
     warnings and errors go to stderr as FILE:LINE:COL: message. Exits 2 if any is invalid.
     """
-    invalid = False
-    for path in flows:
-        try:
-            flow = load_flow(path, strict=strict, check_services=not no_import)
-        except FlowErrors as exc:
-            invalid = True
-            for error in exc.errors:
-                _err(error.format())
-            continue
-        for warning in flow.warnings:
-            _err(warning.format())
-        plural = "step" if len(flow.steps) == 1 else "steps"
-        click.echo(f"ok: {flow.name} v{flow.version} ({len(flow.steps)} {plural})")
-    if invalid:
-        sys.exit(EXIT_USAGE)
+    checks = commands.FlowChecks(flows, strict=strict, check_services=not no_import)
+    for checked in checks:
+        for problem in checked.problems:
+            _err(problem.format())
+        if checked.flow is not None:
+            click.echo(checked.summary)
+    _exit(checks.status)
 
 
 @main.command()
 @click.argument("flow", metavar="FLOW")
 @click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid",
               show_default=True, help="Mermaid stateDiagram-v2 or Graphviz DOT.")
-@handle_errors
 def graph(flow: str, fmt: str) -> None:
     """Print the flow's compiled state machine as a diagram.
 
     Render DOT with Graphviz, e.g. `saga graph FLOW --format dot | dot -Tsvg > flow.svg`.
     """
-    from sagas.language.compiler import compile_flow
-    from sagas.language.graph import render
-
-    click.echo(render(compile_flow(load_flow(flow)), fmt), nl=False)
+    click.echo(commands.draw_flow(flow, fmt), nl=False)
 
 
 @main.command()
@@ -235,72 +193,26 @@ def graph(flow: str, fmt: str) -> None:
 @click.option("--fail", "fail_step", metavar="STEP",
               help="The step that fails. Without it, every step and kind is shown.")
 @click.option("--kind", type=click.Choice(["rejected", "error", "timeout"]), default="rejected",
-              show_default=True,
-              help="How it fails: rejected (a business no), or its attempts run out on errors "
-                   "or timeouts.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+              show_default=True, help="How it fails: rejected (a business no), or its attempts "
+                                      "run out on errors or timeouts.")
+@json_option
 def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     """Show the recovery plan: what is compensated, in which order, if a step fails.
 
     Or what ends `failed`, and why: the pivot's outcome unknown (pivot_unknown), or a step
     after the pivot failing (forward_recovery).
     """
-    from sagas.commands.render import plan_table, render_plan
-    from sagas.language.compiler import compile_flow
-    from sagas.language.plan import check_failable, plans, route_plans
-
-    compiled = compile_flow(load_flow(flow))
-    if fail_step is not None:
-        try:
-            check_failable(compiled, fail_step)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--fail") from None
-        try:
-            found = route_plans(compiled, fail_step, kind)
-        except ValueError as exc:  # a wait step only times out
-            raise click.BadParameter(str(exc), param_hint="--kind") from None
-        if as_json:  # the first route's plan (each names its route)
-            click.echo(json.dumps(found[0].to_json(), indent=2))
-        else:
-            click.echo("\n".join(render_plan(p, compiled) for p in found))
-        return
-    every = plans(compiled)
-    if as_json:
-        click.echo(json.dumps({"flow": compiled.flow.name, "version": compiled.flow.version,
-                               "plans": [p.to_json() for p in every]}, indent=2))
+    found = commands.recovery_plans(flow, fail_step, kind)
+    if as_json or fail_step is not None:
+        _emit(as_json, found.to_json, lambda: commands.render_plans(found))
         return
     from rich.console import Console
 
-    Console(soft_wrap=False, width=max(140, Console().width)).print(plan_table(compiled, every))
+    Console(soft_wrap=False, width=max(140, Console().width)).print(
+        commands.plan_table(found.compiled, found.plans))
 
 
-# -- running sagas ------------------------------------------------------------------------------
-DEFAULT_STORE = "sqlite:///.saga/sagas.db"
-store_option = click.option(
-    "--store", "store_url", envvar="SAGA_STORE", default=DEFAULT_STORE, show_default=True,
-    metavar="URL", help="Where sagas are kept: sqlite:///PATH (relative; four slashes for an "
-                        "absolute path) or memory:// (throwaway). Env: SAGA_STORE.")
-
-
-def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
-    if (input_json is None) == (input_file is None):
-        raise click.UsageError("give the saga input with exactly one of --input JSON or "
-                               "--input-file FILE")
-    if input_json is not None:
-        return [parse_json(input_json, "--input")]
-    assert input_file is not None
-    return read_inputs(input_file)
-
-
-def _open_store(store_url: str, *, create: bool) -> Any:
-    """Only `run`, `serve`, `resume` and `send` create a store; other commands on a missing
-    one say `no saga store at PATH` (exit 5) and create nothing."""
-    from sagas.stores import open_store
-
-    return open_store(store_url, create=create)
-
-
+# -- running sagas --------------------------------------------------------------------------------
 @main.command()
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_json", metavar="JSON", help="The saga input, as JSON.")
@@ -317,8 +229,7 @@ def _open_store(store_url: str, *, create: bool) -> Any:
               help="Run a batch of N sagas (default: one, or one per line of --input-file).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True,
               help="Sagas in flight at once in a batch.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str | None,
         store_url: str, fail: tuple[str, ...], count: int | None, concurrency: int,
         as_json: bool) -> None:
@@ -330,85 +241,16 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     throughput and latency percentiles; exit 0 if every saga completed or was
     compensated, 3 if any failed.
     """
-    from sagas.engine.runtime import validate_input, validate_saga_id
-
-    loaded = load_flow(flow)
-    inputs = _read_inputs(input_json, input_file)
-    names = [s.name for s in loaded.steps if s.calls_service]
-    for step in fail:
-        if step not in names:
-            raise click.BadParameter(f"no step {step!r} in flow {loaded.name} "
-                                     f"(steps: {', '.join(names)})", param_hint="--fail")
-    for number, saga_input in enumerate(inputs, 1):
-        try:
-            validate_input(loaded, saga_input)
-        except InputError as exc:
-            if len(inputs) > 1:
-                raise InputError(f"{exc} (input {number} of {input_file})") from None
-            raise
-    if saga_id is not None:
-        validate_saga_id(saga_id)
-    total = count if count is not None else len(inputs)
-    if total > 1 and saga_id is not None:
-        raise click.UsageError("--id names one saga; it cannot be used with a batch")
-    from sagas.commands.batch import BatchProgress, run_batch
-
-    progress = BatchProgress()
-    try:
-        with graceful_stop(), _runtime(store_url, fail) as runtime:
-            if total == 1:
-                started = runtime.start(loaded, inputs[0], saga_id)
-                progress.submitted, progress.last = 1, started
-                try:
-                    result = runtime.wait(started)
-                except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
-                    result = runtime.result(started)
-                    _err(f"note: {exc}")
-                if as_json:
-                    click.echo(json.dumps(result.to_json(), indent=2))
-                else:
-                    click.echo(render_timeline(result))
-                sys.exit(EXIT_BY_STATUS.get(result.status, EXIT_FAILED))
-            with progress_bar(loaded.name, total) as on_progress:
-                summary = run_batch(runtime, loaded, inputs, total, concurrency,
-                                    on_progress=on_progress, progress=progress)
-    except Stopped as stopped:
-        left = progress.submitted - progress.ended
-        what = (f"saga {progress.last} was left in flight" if total == 1 and left
-                else f"{left} of {progress.submitted} sagas started were left in flight")
-        _err(f"interrupted: {what}; 'saga resume' finishes them"
-             if left else "interrupted: no saga was left in flight")
-        sys.exit(EXIT_SIGNALLED + stopped.signum)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(render_summary(loaded.name, summary))
-    sys.exit(EXIT_FAILED if summary["failed"] else EXIT_OK)
-
-
-@contextlib.contextmanager
-def _runtime(store_url: str, fail: tuple[str, ...] = (), *, create: bool = True) -> Iterator[Any]:
-    """A runtime for one command, closed with a short wait for services: a handler that
-    blocks forever must not keep the command from exiting once its sagas are done.
-    ``fail``: steps whose every action attempt is rejected (`run --fail`)."""
-    from actors import Faults
-    from sagas.engine.runtime import Runtime
-
-    faults = None
-    if fail:
-        faults = Faults()
-        for step in fail:
-            faults.add(step=step, phase="action", kind="reject",
-                       message=f"injected by --fail {step}")
-    store = _open_store(store_url, create=create)
-    try:
-        runtime = Runtime(store, faults=faults)
-        try:
-            yield runtime
-        finally:
-            runtime.close(timeout=3.0)
-    finally:
-        store.close()
+    request = commands.prepare_run(flow, input_json=input_json, input_file=input_file,
+                                   saga_id=saga_id, fail=fail, count=count)
+    if request.total == 1:
+        single = commands.run_one(store_url, request)
+        if single.note is not None:
+            _err(f"note: {single.note}")
+        _report_saga(single.result, as_json)
+    summary = commands.run_many(store_url, request, concurrency, display=commands.progress_bar)
+    _emit(as_json, lambda: summary, lambda: commands.render_summary(request.flow.name, summary))
+    _exit(commands.batch_status(summary))
 
 
 @main.command(name="list")
@@ -418,73 +260,35 @@ def _runtime(store_url: str, fail: tuple[str, ...] = (), *, create: bool = True)
               help="Only sagas with this status.")
 @click.option("--flow", "flow_name", metavar="NAME", help="Only sagas of this flow.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N sagas.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def list_(store_url: str, status: str | None, flow_name: str | None, limit: int | None,
           as_json: bool) -> None:
     """List the sagas in a store, newest first."""
-    store = _open_store(store_url, create=False)
-    try:
-        headers = store.list(status=status, flow=flow_name, limit=limit)
-    finally:
-        store.close()
-    rows = [{"saga_id": h.saga_id, "flow": h.flow, "version": h.version, "status": h.status,
-             "started_at": h.started_at, "updated_at": h.updated_at} for h in headers]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(render_list(rows))
+    rows = commands.list_sagas(store_url, status=status, flow=flow_name, limit=limit)
+    _emit(as_json, lambda: rows, lambda: commands.render_list(rows))
 
 
 @main.command()
 @click.argument("saga_id", metavar="ID")
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def show(saga_id: str, store_url: str, as_json: bool) -> None:
     """Show one saga's full history (exit 4 if there is no such saga)."""
-    from sagas.engine.runtime import load_result
-
-    store = _open_store(store_url, create=False)
-    try:
-        result = load_result(store, saga_id)
-    finally:
-        store.close()
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        click.echo(render_timeline(result))
+    result = commands.show_saga(store_url, saga_id)
+    _emit(as_json, result.to_json, lambda: commands.render_timeline(result))
 
 
 @main.command()
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def resume(store_url: str, as_json: bool) -> None:
     """Finish every in-flight saga whose owner is gone (after a crash or kill -9).
 
     Sagas still driven by a live process are left to it. Prints how many sagas were resumed
     and how they ended.
     """
-    counts = {"completed": 0, "compensated": 0, "failed": 0}
-    adopted: list[str] = []
-    try:
-        with graceful_stop(), _runtime(store_url) as runtime:
-            adopted = runtime.recover()
-            for saga_id in adopted:
-                status = runtime.wait(saga_id).status
-                counts[status] = counts.get(status, 0) + 1
-    except Stopped as stopped:
-        left = len(adopted) - sum(counts.values())
-        _err(f"interrupted: {left} of {len(adopted)} resumed sagas were left in flight; "
-             "'saga resume' again finishes them")
-        sys.exit(EXIT_SIGNALLED + stopped.signum)
-    summary = {"resumed": len(adopted), **counts}
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(f"resumed {len(adopted)} sagas: {counts['completed']} completed, "
-                   f"{counts['compensated']} compensated, {counts['failed']} failed")
+    summary = commands.resume_orphans(store_url)
+    _emit(as_json, lambda: summary, lambda: commands.render_resumed(summary))
 
 
 @main.command()
@@ -494,7 +298,6 @@ def resume(store_url: str, as_json: bool) -> None:
               help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line for each saga started.")
-@handle_errors
 def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_json: bool) -> None:
     """Start a saga of each FLOW for every event of its trigger, until stopped.
 
@@ -505,72 +308,23 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
     serve. In-flight sagas whose owner is gone are finished too (as `saga resume`). Prints
     `started <saga id>` per saga; exit 0 when stopped, 2 for a flow without a trigger.
     """
-    import time
 
-    from sagas.engine.runtime import Runtime
-    from sagas.language.loader import load_flow
+    def started(flow_name: str, saga_id: str) -> None:
+        click.echo(json.dumps({"started": saga_id, "flow": flow_name}) if as_json
+                   else f"started {saga_id}")
 
-    loaded = [load_flow(path) for path in flows]
-    for flow in loaded:
-        if flow.trigger is None:
-            raise InputError(f"{flow.source}: flow {flow.name!r} has no trigger to serve: add "
-                             "`trigger: {event: <EventType>, id: $.input.<field>}`")
-    stopped: list[int] = []  # a signal handler only appends: no lock is taken in a handler
+    def skipped(flow_name: str, event_id: str, why: str) -> None:
+        _err(f"skipped event {event_id} for {flow_name}: {why}")
 
-    def started(flow_name: str) -> Any:
-        def report(saga_id: str) -> None:
-            if as_json:
-                click.echo(json.dumps({"started": saga_id, "flow": flow_name}))
-            else:
-                click.echo(f"started {saga_id}")
-        return report
-
-    def skipped(flow_name: str) -> Any:
-        def report(event_id: str, why: str) -> None:
-            _err(f"skipped event {event_id} for {flow_name}: {why}")
-        return report
-
-    previous = {sig: signal.signal(sig, lambda signum, _: stopped.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with Runtime(store_url) as runtime:
-            runtime.recover()
-            for flow in loaded:
-                runtime.add_trigger(flow, on_start=started(flow.name),
-                                    on_skip=skipped(flow.name))
-                assert flow.trigger is not None
-                click.echo(f"serving {flow.name}: a saga per {flow.trigger.event} event "
-                           f"(id {flow.trigger.id}); stop with Ctrl-C", err=True)
-            until = time.monotonic() + duration if duration is not None else None
-            while not stopped and (until is None or time.monotonic() < until):
-                time.sleep(0.05 if until is None else max(0.0, min(0.05,
-                                                                   until - time.monotonic())))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _act_on(saga_id: str, store_url: str, as_json: bool, what: str) -> None:
-    try:
-        with graceful_stop(), _runtime(store_url, create=False) as runtime:
-            result = runtime.retry(saga_id) if what == "retry" else runtime.cancel(saga_id)
-            if not result.terminal:
-                result = runtime.wait(saga_id)
-    except Stopped as stopped:
-        _err(f"interrupted: saga {saga_id} was left in flight; 'saga resume' finishes it")
-        sys.exit(EXIT_SIGNALLED + stopped.signum)
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        click.echo(render_timeline(result))
-    sys.exit(EXIT_BY_STATUS.get(result.status, EXIT_FAILED))
+    commands.serve_flows(commands.load_triggered_flows(flows), store_url, duration=duration,
+                         on_serving=lambda flow: _err(commands.render_serving(flow)),
+                         on_start=started, on_skip=skipped)
 
 
 @main.command()
 @click.argument("saga_id", metavar="ID")
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def retry(saga_id: str, store_url: str, as_json: bool) -> None:
     """Re-drive a failed saga from where it stopped, after a person fixed the cause.
 
@@ -578,20 +332,19 @@ def retry(saga_id: str, store_url: str, as_json: bool) -> None:
     recovery drives forward again. The saga's owner does it if it is alive; otherwise this
     command does. Exit as `run`: 0 completed, 1 compensated, 3 failed.
     """
-    _act_on(saga_id, store_url, as_json, "retry")
+    _report_saga(commands.retry_saga(store_url, saga_id), as_json)
 
 
 @main.command()
 @click.argument("saga_id", metavar="ID")
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def cancel(saga_id: str, store_url: str, as_json: bool) -> None:
     """Cancel a running saga: before the pivot it is rolled back, after it, it carries on.
 
     A terminal saga is left as it is. Exit as `run`: 0 completed, 1 compensated, 3 failed.
     """
-    _act_on(saga_id, store_url, as_json, "cancel")
+    _report_saga(commands.cancel_saga(store_url, saga_id), as_json)
 
 
 @main.command()
@@ -606,8 +359,7 @@ def cancel(saga_id: str, store_url: str, as_json: bool) -> None:
               help="The event's data from a file ('-': standard input), for data too big for "
                    "a command line.")
 @store_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def send(event: str, key: str, event_id: str | None, data_json: str | None,
          data_file: str | None, store_url: str, as_json: bool) -> None:
     """Send EVENT to the saga that waits (or will wait) for it with this --key.
@@ -617,63 +369,24 @@ def send(event: str, key: str, event_id: str | None, data_json: str | None,
     Exit 0 when recorded or already recorded (--id), 2 for a malformed event, 5 if the store
     cannot be used.
     """
-    if data_json is not None and data_file is not None:
-        raise click.UsageError("give the event's data with one of --data or --data-file")
-    if data_file is not None:
-        data = parse_json(read_text(data_file, "--data-file"), f"--data-file {data_file}")
-    else:
-        data = parse_json(data_json, "--data") if data_json is not None else {}
-    if not isinstance(data, dict):
-        raise InputError(f"the event's data must be a JSON object, got {type(data).__name__}")
-    store = _open_store(store_url, create=True)
-    try:
-        import time
-
-        try:
-            recorded, created = store.send_event(event, key, data, event_id=event_id,
-                                                 sent_at=time.time())
-        except (ValueError, TypeError) as exc:
-            raise InputError(str(exc)) from None
-    finally:
-        store.close()
-    if as_json:
-        click.echo(json.dumps({"event_id": recorded.event_id, "event": recorded.type,
-                               "key": recorded.key, "recorded": created,
-                               "position": recorded.position}, indent=2))
-    elif created:
-        click.echo(f"sent {recorded.type} key={recorded.key} (id {recorded.event_id})")
-    else:
-        click.echo(f"already sent: {recorded.type} key={recorded.key} (id {recorded.event_id});"
-                   " ignored")
+    data = commands.event_data(data_json, data_file)
+    sent = commands.send_event(store_url, event, key, data, event_id=event_id)
+    _emit(as_json, sent.to_json, lambda: commands.render_sent(sent))
 
 
 @main.command()
 @store_option
 @click.option("--stuck-after", type=float, default=3600.0, show_default=True, metavar="SECONDS",
               help="Report retry_forever sagas compensating for longer than this.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@handle_errors
+@json_option
 def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
     """Check the saga guarantees over every saga in a store; exit 1 on any violation.
 
     Each violation is printed with its saga id and seq.
     """
-    from sagas.audit import audit_store
-
-    store = _open_store(store_url, create=False)
-    try:
-        violations = audit_store(store, stuck_after=stuck_after)
-    finally:
-        store.close()
-    if as_json:
-        click.echo(json.dumps([{"saga_id": v.saga_id, "seq": v.seq, "rule": v.rule,
-                                "message": v.message} for v in violations], indent=2))
-    else:
-        for violation in violations:
-            click.echo(violation.format())
-        if not violations:
-            click.echo("ok: no violations")
-    sys.exit(EXIT_VIOLATIONS if violations else EXIT_OK)
+    report = commands.audit_store_at(store_url, stuck_after=stuck_after)
+    _emit(as_json, report.to_json, lambda: commands.render_audit(report))
+    _exit(report.status)
 
 
 @main.command(name="test")
@@ -696,7 +409,6 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
 @click.option("--replay-db", type=click.Path(file_okay=False), default=None, metavar="PATH",
               help="Keep each counterexample found in the directory PATH and try the kept ones "
                    "first next time (default: nothing is kept, nothing replayed).")
-@handle_errors
 def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed: int,
           handler_timeout: float, replay_db: str | None) -> None:
     """Property-test FLOW with its declared services under faults.
@@ -717,26 +429,19 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     that breaks one is made as small as it goes and printed with its history, the faults
     marked where they struck; exit 1. Nothing is written to the working directory.
     """
-    from sagas.engine.runtime import validate_input
-    from sagas.testing import private_hypothesis_home, test_flow
+    from sagas.testing import private_hypothesis_home, test_flow  # hypothesis: saga test only
 
     private_hypothesis_home()
-
-    loaded = load_flow(flow)
-    parsed = [parse_json(text, "--input") for text in input_examples]
-    for example in parsed:
-        validate_input(loaded, example)
-    with graceful_stop():
+    loaded, parsed = commands.load_flow_and_examples(flow, input_examples)
+    with commands.graceful_stop():
         report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
                            handler_timeout=handler_timeout, replay=replay_db,
                            exit_if_stuck=True)
     click.echo(report.describe())
-    if not report.complete and report.routes:
-        _err(f"warning: only {report.singles_tried} of {report.singles_total} single-fault "
-             f"points were tried within --examples {examples}")
-    elif not report.complete:
-        _err("warning: no input could be made from the flow's input schema; give --input")
-    sys.exit(EXIT_OK if report.ok else EXIT_COUNTEREXAMPLE)
+    warning = commands.coverage_warning(report, examples)
+    if warning is not None:
+        _err(warning)
+    _exit(commands.flow_test_status(report))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,100 @@
-"""What the ``saga`` commands do, without the argument parsing and exit codes of ``cli.py``.
+"""What the ``saga`` commands do, without the argument parsing, printing and exit codes of
+``cli.py``.
 
-Running a batch of sagas with a concurrency limit (:mod:`.batch`), reading inputs
-(:mod:`.inputs`), printing timelines, tables and plans (:mod:`.render`), stopping gracefully on
-a signal (:mod:`.interrupts`).
+One module per command or job; each command's function takes the parsed arguments and returns
+a plain result (a :class:`~sagas.SagaResult`, a summary dict, a report with ``status`` and
+``to_json()``) that the CLI prints and maps to an exit code. Problems are raised as the
+library's errors (:mod:`sagas.errors`) or :class:`UsageProblem`; a first Ctrl-C or SIGTERM as
+:class:`Stopped`, which says what was left in flight.
+
+- flows: :mod:`.validate` (``saga validate``), :mod:`.graph`, :mod:`.plan`;
+- running sagas: :mod:`.run` (one saga, or a batch through :mod:`.batch`), :mod:`.resume`,
+  :mod:`.act` (``retry``, ``cancel``), :mod:`.serve`, :mod:`.send`;
+- reading a store: :mod:`.reading` (``list``, ``show``), :mod:`.audit`;
+- ``saga test``: :mod:`.property_testing` (the CLI imports :mod:`sagas.testing` itself);
+- shared: :mod:`.session` (a store or runtime for one command), :mod:`.inputs` (JSON inputs),
+  :mod:`.interrupts` (graceful stop), :mod:`.errors` (what an error says), :mod:`.process`
+  (logging, GC, stdout), :mod:`.render` (text for the terminal).
+
+Adding a command: a module here with its function and result, re-exported below, and a
+function in ``cli.py`` that parses, calls it, prints, and exits through the table.
 """
+
+from __future__ import annotations
+
+from .act import cancel_saga, retry_saga
+from .audit import AuditReport, audit_store_at
+from .errors import UsageProblem, error_lines, one_line
+from .graph import draw_flow
+from .interrupts import Stopped, graceful_stop
+from .plan import RecoveryPlans, recovery_plans
+from .process import configure_process, silence_stdout
+from .property_testing import coverage_warning, flow_test_status, load_flow_and_examples
+from .reading import list_sagas, show_saga
+from .render import (
+    plan_table,
+    printable,
+    progress_bar,
+    render_audit,
+    render_list,
+    render_plan,
+    render_plans,
+    render_resumed,
+    render_sent,
+    render_serving,
+    render_summary,
+    render_timeline,
+)
+from .resume import resume_orphans
+from .run import RunRequest, SingleRun, batch_status, prepare_run, run_many, run_one
+from .send import Sent, event_data, send_event
+from .serve import load_triggered_flows, serve_flows
+from .validate import CheckedFlow, FlowChecks
+
+__all__ = [
+    "AuditReport",
+    "CheckedFlow",
+    "FlowChecks",
+    "RecoveryPlans",
+    "RunRequest",
+    "Sent",
+    "SingleRun",
+    "Stopped",
+    "UsageProblem",
+    "audit_store_at",
+    "batch_status",
+    "cancel_saga",
+    "configure_process",
+    "coverage_warning",
+    "draw_flow",
+    "error_lines",
+    "event_data",
+    "flow_test_status",
+    "graceful_stop",
+    "list_sagas",
+    "load_flow_and_examples",
+    "load_triggered_flows",
+    "one_line",
+    "plan_table",
+    "prepare_run",
+    "printable",
+    "progress_bar",
+    "recovery_plans",
+    "render_audit",
+    "render_list",
+    "render_plan",
+    "render_plans",
+    "render_resumed",
+    "render_sent",
+    "render_serving",
+    "render_summary",
+    "render_timeline",
+    "resume_orphans",
+    "retry_saga",
+    "run_many",
+    "run_one",
+    "send_event",
+    "serve_flows",
+    "show_saga",
+    "silence_stdout",
+]

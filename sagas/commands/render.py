@@ -1,4 +1,5 @@
-"""Human-readable text for the CLI: a saga's timeline, a batch summary, a saga list.
+"""Human-readable text for the CLI: a saga's timeline, a batch summary, a saga list, recovery
+plans, and what ``resume``, ``send``, ``serve`` and ``audit`` did.
 
 Text that came from outside (a handler's error, an input, an id) is passed through
 :func:`printable` first: control characters are shown escaped (``\\x1b``), never sent to the
@@ -15,10 +16,34 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ..events import Event
+from ..events import (
+    BRANCH_COMPENSATED,
+    BRANCH_COMPLETED,
+    BRANCH_FAILED,
+    BRANCH_HALTED,
+    CHOICE_MADE,
+    COMPENSATION_FAILED,
+    COMPENSATION_RETRYING,
+    COMPENSATION_SUCCEEDED,
+    REPLY_IGNORED,
+    SAGA_FAILED,
+    STEP_FAILED,
+    STEP_RETRYING,
+    STEP_SUCCEEDED,
+    STEP_TIMED_OUT,
+    Event,
+)
 
-__all__ = ["plan_table", "printable", "progress_bar", "render_list", "render_plan",
+__all__ = ["plan_table", "printable", "progress_bar", "render_audit", "render_list",
+           "render_plan", "render_plans", "render_resumed", "render_sent", "render_serving",
            "render_summary", "render_timeline"]
+
+# the events whose line shows what failed, what was returned, that a retry is scheduled, which
+# branch it was (a branch's failure shows what failed)
+_FAILURES = frozenset({STEP_FAILED, COMPENSATION_FAILED, BRANCH_FAILED})
+_SUCCESSES = frozenset({STEP_SUCCEEDED, COMPENSATION_SUCCEEDED})
+_RETRIES = frozenset({STEP_RETRYING, COMPENSATION_RETRYING})
+_BRANCH_ENDS = frozenset({BRANCH_HALTED, BRANCH_COMPLETED, BRANCH_COMPENSATED})
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -39,7 +64,7 @@ def _cause_of_branch_failure(event: Event, by_id: Mapping[str, Event]) -> Event 
         cause = by_id.get(current.causation_id or "")
         if cause is None:
             return None
-        if cause.type in ("step.failed", "step.timed_out") and cause.step != event.step:
+        if cause.type in (STEP_FAILED, STEP_TIMED_OUT) and cause.step != event.step:
             return cause
         current = cause
     return None
@@ -50,31 +75,31 @@ def _detail(event: Event, by_id: Mapping[str, Event]) -> tuple[str, bool]:
     outputs are: an error or a reason is shown whole)."""
     data = event.data
     kind = event.type
-    if kind.endswith(".failed") and kind != "saga.failed":
+    if kind in _FAILURES:
         text = f"{data.get('kind')}: {data.get('error')}"
-        if kind == "step.failed" and str(data.get("error", "")).startswith("branch "):
+        if kind == STEP_FAILED and str(data.get("error", "")).startswith("branch "):
             cause = _cause_of_branch_failure(event, by_id)
             if cause is not None:
-                why = ("timed out" if cause.type == "step.timed_out" else
+                why = ("timed out" if cause.type == STEP_TIMED_OUT else
                        f"{cause.data.get('kind')}: {cause.data.get('error')}")
                 text += f" ({cause.step} #{cause.attempt} {why})"
         return text, False
-    if kind == "step.timed_out" and data.get("reason"):
+    if kind == STEP_TIMED_OUT and data.get("reason"):
         return f"({data['reason']})", False
-    if kind == "saga.failed":
+    if kind == SAGA_FAILED:
         return str(data.get("reason")), False
-    if kind.endswith(".succeeded"):
+    if kind in _SUCCESSES:
         output = data.get("output")
         if output is None:  # a parallel block: its branches' outputs are theirs
             return "", True
         return json.dumps(output, separators=(",", ":")), True
-    if kind.endswith(".retrying"):
+    if kind in _RETRIES:
         return "next attempt scheduled", False
-    if kind == "reply.ignored":
+    if kind == REPLY_IGNORED:
         return f"{data.get('phase')} attempt {data.get('attempt')}: {data.get('outcome')}", False
-    if kind.startswith("branch."):
+    if kind in _BRANCH_ENDS:
         return f"branch {data.get('branch')}", False
-    if kind == "choice.made":
+    if kind == CHOICE_MADE:
         return f"took {data.get('branch')}", False
     return "", False
 
@@ -128,6 +153,33 @@ def render_list(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_resumed(summary: Mapping[str, int]) -> str:
+    """``saga resume``: how many sagas were resumed and how they ended."""
+    return (f"resumed {summary['resumed']} sagas: {summary['completed']} completed, "
+            f"{summary['compensated']} compensated, {summary['failed']} failed")
+
+
+def render_sent(sent: Any) -> str:
+    """``saga send``: the event recorded, or that it had been sent before."""
+    event = sent.event
+    if sent.recorded:
+        return f"sent {event.type} key={event.key} (id {event.event_id})"
+    return f"already sent: {event.type} key={event.key} (id {event.event_id}); ignored"
+
+
+def render_serving(flow: Any) -> str:
+    """``saga serve``: a flow is served, started by which event, with which id."""
+    return (f"serving {flow.name}: a saga per {flow.trigger.event} event "
+            f"(id {flow.trigger.id}); stop with Ctrl-C")
+
+
+def render_audit(report: Any) -> str:
+    """``saga audit``: each violation with its saga id and seq, or that there is none."""
+    if not report.violations:
+        return "ok: no violations"
+    return "\n".join(violation.format() for violation in report.violations)
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr while the block runs; yields ``update(done)``."""
@@ -149,6 +201,11 @@ def _short_outcome(p: Any) -> str:
         return f"failed ({p.reason})"
     undo = ", ".join(s for s, _ in p.compensations) or "nothing"
     return f"undo {undo} → {p.status}"
+
+
+def render_plans(found: Any) -> str:
+    """The plans of one step failing (a :class:`~.plan.RecoveryPlans`), one after another."""
+    return "\n".join(render_plan(p, found.compiled) for p in found.plans)
 
 
 def render_plan(p: Any, compiled: Any) -> str:

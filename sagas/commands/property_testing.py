@@ -1,0 +1,59 @@
+"""``saga test``: what the command does around :func:`sagas.testing.test_flow`.
+
+``sagas.testing`` imports hypothesis, which a command that runs sagas must not pay for, so
+the command imports it itself, on its own path; this module reads the flow and the example inputs
+it is given, and says what its report means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ..engine.runtime import validate_input
+from ..language.loader import load_flow
+from ..language.model import Flow
+from .inputs import parse_json
+
+__all__ = ["FlowTestOutcome", "coverage_warning", "flow_test_status",
+           "load_flow_and_examples"]
+
+
+class FlowTestOutcome(Protocol):
+    """What this module reads of a :class:`sagas.testing.FlowTestReport`."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+    routes: Any
+    singles_tried: int
+    singles_total: int
+
+
+def load_flow_and_examples(flow_path: str, texts: Sequence[str]) -> tuple[Flow, list[Any]]:
+    """The flow at ``flow_path`` and the example inputs given as JSON ``texts`` (``--input``),
+    each valid for it; ``InputError`` for one that is not."""
+    flow = load_flow(flow_path)
+    examples = [parse_json(text, "--input") for text in texts]
+    for example in examples:
+        validate_input(flow, example)
+    return flow, examples
+
+
+def coverage_warning(report: FlowTestOutcome, budget: int | None) -> str | None:
+    """What a report that did not try every single fault point should warn about: a
+    ``budget`` (``--examples``) too small, or no input at all; ``None`` if it is complete."""
+    if report.complete:
+        return None
+    if report.routes:
+        return (f"warning: only {report.singles_tried} of {report.singles_total} single-fault "
+                f"points were tried within --examples {budget}")
+    return "warning: no input could be made from the flow's input schema; give --input"
+
+
+def flow_test_status(report: FlowTestOutcome) -> str:
+    """``ok`` if every run kept every property, else ``counterexample``."""
+    return "ok" if report.ok else "counterexample"

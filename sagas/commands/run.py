@@ -1,0 +1,127 @@
+"""``saga run``: one saga, or a batch, of a flow on a store.
+
+:func:`prepare_run` reads and checks everything a run needs before anything starts (the flow,
+its inputs, the steps to fail, the saga id); :func:`run_one` and :func:`run_many` run it. A
+first Ctrl-C or SIGTERM stops either gracefully, and the :class:`~.interrupts.Stopped` it
+raises says what was left in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.runtime import SagaResult, validate_input, validate_saga_id
+from ..errors import InputError, SagaOrphaned
+from ..language.loader import load_flow
+from ..language.model import Flow
+from .batch import BatchProgress, run_batch
+from .errors import UsageProblem
+from .inputs import parse_json, read_inputs
+from .interrupts import stop_reporting
+from .session import runtime_session
+
+__all__ = ["RunRequest", "SingleRun", "batch_status", "prepare_run", "run_many", "run_one"]
+
+ProgressDisplay = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
+"""``display(label, total)``: a context manager yielding ``update(ended)`` (e.g. a bar)."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A checked run: the flow, its inputs (a batch takes them in turn), how many sagas."""
+
+    flow: Flow
+    inputs: list[Any]
+    total: int
+    saga_id: str | None
+    fail: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SingleRun:
+    """How one saga ended, and a note when it was not this run that drove it (``--id`` of a
+    saga in flight that no live process drives)."""
+
+    result: SagaResult
+    note: str | None = None
+
+
+def _read_inputs(input_json: str | None, input_file: str | None) -> list[Any]:
+    if (input_json is None) == (input_file is None):
+        raise UsageProblem("give the saga input with exactly one of --input JSON or "
+                           "--input-file FILE")
+    if input_json is not None:
+        return [parse_json(input_json, "--input")]
+    assert input_file is not None
+    return read_inputs(input_file)
+
+
+def prepare_run(flow_path: str, *, input_json: str | None, input_file: str | None,
+                saga_id: str | None, fail: Sequence[str], count: int | None) -> RunRequest:
+    """Load the flow and check the run's arguments: exactly one of ``input_json`` and
+    ``input_file`` (JSON, or JSON Lines for a batch), each input valid for the flow, steps to
+    ``fail`` that call a service, an id only for one saga. ``count`` defaults to one saga per
+    input. Raises ``FlowErrors``, ``InputError`` or :class:`UsageProblem`."""
+    flow = load_flow(flow_path)
+    inputs = _read_inputs(input_json, input_file)
+    names = [s.name for s in flow.steps if s.calls_service]
+    for step in fail:
+        if step not in names:
+            raise UsageProblem(f"no step {step!r} in flow {flow.name} "
+                               f"(steps: {', '.join(names)})", option="--fail")
+    for number, saga_input in enumerate(inputs, 1):
+        try:
+            validate_input(flow, saga_input)
+        except InputError as exc:
+            if len(inputs) > 1:
+                raise InputError(f"{exc} (input {number} of {input_file})") from None
+            raise
+    if saga_id is not None:
+        validate_saga_id(saga_id)
+    total = count if count is not None else len(inputs)
+    if total > 1 and saga_id is not None:
+        raise UsageProblem("--id names one saga; it cannot be used with a batch")
+    return RunRequest(flow, inputs, total, saga_id, tuple(fail))
+
+
+def _left_in_flight(progress: BatchProgress, total: int) -> str:
+    left = progress.submitted - progress.ended
+    if not left:
+        return "interrupted: no saga was left in flight"
+    what = (f"saga {progress.last} was left in flight" if total == 1
+            else f"{left} of {progress.submitted} sagas started were left in flight")
+    return f"interrupted: {what}; 'saga resume' finishes them"
+
+
+def run_one(store_url: str, request: RunRequest) -> SingleRun:
+    """Run the request's one saga on the store at ``store_url`` until it ends."""
+    progress = BatchProgress()
+    with stop_reporting(lambda: _left_in_flight(progress, 1)), \
+            runtime_session(store_url, request.fail) as runtime:
+        started = runtime.start(request.flow, request.inputs[0], request.saga_id)
+        progress.submitted, progress.last = 1, started
+        try:
+            return SingleRun(runtime.wait(started))
+        except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
+            return SingleRun(runtime.result(started), note=str(exc))
+
+
+def run_many(store_url: str, request: RunRequest, concurrency: int, *,
+             display: ProgressDisplay) -> dict[str, Any]:
+    """Run the request's batch on the store at ``store_url``, at most ``concurrency`` sagas in
+    flight, its progress shown by ``display``; return the batch summary
+    (:func:`~.batch.run_batch`)."""
+    progress = BatchProgress()
+    with stop_reporting(lambda: _left_in_flight(progress, request.total)), \
+            runtime_session(store_url, request.fail) as runtime, \
+            display(request.flow.name, request.total) as on_progress:
+        return run_batch(runtime, request.flow, request.inputs, request.total, concurrency,
+                         on_progress=on_progress, progress=progress)
+
+
+def batch_status(summary: Mapping[str, Any]) -> str:
+    """``failed`` if any saga of a batch ended failed, else ``ok``."""
+    return "failed" if summary["failed"] else "ok"
