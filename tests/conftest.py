@@ -1,9 +1,10 @@
 """Test-wide configuration: hypothesis profiles, nothing else.
 
-``ci`` is loaded when the ``CI`` environment variable is set: 300 examples per property (the fuzz
-tests set their own 2,000 under CI, see ``FUZZ_EXAMPLES`` there). ``dev`` (the default) keeps the
-suite fast locally. ``HYPOTHESIS_PROFILE=name``
-overrides the choice. A test that needs its own budget sets ``@settings(max_examples=...)``.
+``ci`` is loaded when the ``CI`` environment variable is set: 300 examples per property (the
+properties of ``test_flow_loader_any_text.py`` set their own 2,000 under CI, see
+``FUZZ_EXAMPLES`` there). ``dev`` (the default) keeps the suite fast locally.
+``HYPOTHESIS_PROFILE=name`` overrides the choice. A test that needs its own budget sets
+``@settings(max_examples=...)``.
 """
 
 from __future__ import annotations

@@ -46,6 +46,15 @@ def eventually(condition: Callable[[], T], timeout: float = 10.0, *,
     return value
 
 
+def one_clear_line(stderr: str) -> str:
+    """The one line of ``stderr``: the CLI says what went wrong in one line, never with a
+    traceback."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
 def read_until(stream: IO[str], done: Callable[[str], bool], timeout: float) -> list[str]:
     """The lines of ``stream`` (a child process's pipe) up to the first for which ``done``
     holds, read as they come; fail the test if the stream ends first or no such line comes

@@ -1,5 +1,6 @@
 """What the CLI prints says why: whole error texts, aligned columns, the cause of a failed
-parallel branch, escaped control characters, every schema violation, an empty list."""
+parallel branch, escaped control characters, every schema violation, an empty list; and
+``--version`` and every command's ``--help``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+import sagas
+from cli import main
 from tests.noisy_services import LONG_REASON
 from tests.support import SAGA_CODE, read_until, saga_cli
 
@@ -23,6 +27,10 @@ def saga(*args: str, cwd: Path = ROOT, stdin: str | None = None,
          columns: int = 100) -> subprocess.CompletedProcess[str]:
     return saga_cli(*args, cwd=cwd, stdin=stdin, timeout=120,
                     env={**os.environ, "COLUMNS": str(columns)})
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
 
 
 def test_a_rejection_text_is_shown_whole_and_columns_fit_long_step_names():
@@ -140,3 +148,20 @@ def test_serve_reports_events_it_cannot_start(tmp_path):
     finally:
         serve.send_signal(signal.SIGINT)
         serve.communicate(timeout=30)
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"saga {sagas.__version__}\n"
+    done = saga("--version")
+    assert done.returncode == 0 and done.stdout == f"saga {sagas.__version__}\n"
+
+
+@pytest.mark.parametrize("command", [None, *sorted(main.commands)])
+def test_help_of_every_command(command: str | None) -> None:
+    args = ["--help"] if command is None else [command, "--help"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Usage: ")
+    assert result.stderr == ""

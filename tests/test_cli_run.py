@@ -1,4 +1,6 @@
-"""`saga run`, `saga list`, `saga show`: the acceptance of the engine issue, through the CLI."""
+"""`saga run`, `saga list`, `saga show` through the CLI: one saga or a batch run to its end on the
+default SQLite store or another, its timeline or JSON, the same id twice, and the one-line
+errors of bad arguments, unimportable services and unusable or damaged stores."""
 
 from __future__ import annotations
 

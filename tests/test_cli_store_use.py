@@ -11,6 +11,8 @@ import pytest
 from tests.support import saga_cli
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
 def saga(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return saga_cli(*args, cwd=cwd, timeout=120)
 

@@ -1,5 +1,5 @@
-"""The event bus (issue 7): saga events published from the log to subscribers, through the
-public API (``Runtime.subscribe``, ``Runtime(subscribers=...)``, ``@subscribes``)."""
+"""The event bus: saga events published from the log to subscribers, through the public
+API (``Runtime.subscribe``, ``Runtime(subscribers=...)``, ``@subscribes``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``delay`` steps: a durable timed pause (issue 7).
+"""``delay`` steps: a durable timed pause.
 
 A delay is written ``{name: ..., delay: 10s}``. It calls no service and has nothing to undo; its
 ``step.started`` records when it ends (``timeout_at``) and its ``step.succeeded`` comes when that
@@ -157,7 +157,7 @@ def test_a_malformed_delay_is_refused_with_its_line_and_column(step, message):
     assert all(e.line == 7 for e in errors), [e.format() for e in errors]
 
 
-def test_the_shipped_money_transfer_has_a_review_window():
+def test_the_shipped_money_transfer_pauses_two_seconds_before_the_credit():
     flow = load_flow(Path(__file__).parent.parent / "flows" / "money_transfer.yaml")
     window = flow.step("review_window")
     assert window.is_delay and window.delay == 2.0

@@ -1,7 +1,7 @@
 """Values that passed validation and then crashed a run are refused at load, each in one line.
 
-Found by an adversarial pass (issue 13): ``instances: 100000`` (a thread per instance: "can't
-start new thread"), an input schema whose ``$ref`` resolves nowhere (``run`` died with
+The ones found: ``instances: 100000`` (a thread per instance: "can't start new thread"), an
+input schema whose ``$ref`` resolves nowhere (``run`` died with
 ``_WrappedReferencingError``), a 5,000-digit ``version`` (Python's advice about
 ``sys.set_int_max_str_digits()``), and their relatives: whole numbers too large for a store or
 for Python's int-to-text, NaN or infinite multipliers, backoff that overflows to an infinite

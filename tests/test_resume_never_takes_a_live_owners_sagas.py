@@ -1,6 +1,6 @@
-"""Issue 13: deleting ``<db>.owners/`` (or one lock file) while a batch runs made ``saga resume``
-take the live batch's sagas. A live owner keeps them whatever happens to its files; once it is
-really dead, ``saga resume`` adopts them as before."""
+"""A live owner keeps its sagas whatever happens to its files: deleting ``<db>.owners/`` (or one
+lock file) while a batch runs once made ``saga resume`` take the live batch's sagas. Once the
+owner is really dead, ``saga resume`` adopts them as before."""
 
 from __future__ import annotations
 

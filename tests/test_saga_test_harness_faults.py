@@ -1,10 +1,14 @@
 """What `saga test` runs and reports: persistent faults, lost replies, hung handlers, several
-failures, coverage and the budget, counterexample reports, and nothing left behind."""
+failures, coverage and the budget, counterexample reports, and nothing left behind; the shipped
+order flow's sound services pass and each broken one is caught with a small counterexample; an
+invalid flow or input exits 2."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -286,6 +290,66 @@ def test_the_report_as_data():
     assert report.singles_tried == report.singles_total > 0
     assert report.recovery_pairs > 0 and report.examples <= 400
     assert json.dumps([r.input for r in report.routes])
+
+
+# -- the shipped order flow: broken services caught, sound ones pass -------------------------------
+ORDER_PATH = ROOT / "flows" / "order_inventory.yaml"
+ORDER = '{"order_id":"o-1","sku":"widget","qty":2,"amount":500}'
+
+
+def saga_test(flow: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return saga("test", str(flow), *args)
+
+
+def broken_flow(tmp_path: Path, replace: str, by: str) -> Path:
+    text = ORDER_PATH.read_text()
+    assert replace in text
+    path = tmp_path / "broken.yaml"
+    path.write_text(text.replace(replace, by))
+    return path
+
+
+@pytest.mark.parametrize("replace, by", [
+    ("flows.shop:Payment", "tests.broken_services:NonIdempotentRefund"),
+    ("flows.shop:Inventory", "tests.broken_services:UndoesWhatNeverHappened"),
+    ("flows.shop:Inventory", "tests.broken_services:LosesEffectOnRedelivery"),
+], ids=["non_idempotent_compensation", "undoes_what_never_happened",
+        "loses_effect_on_redelivery"])
+def test_saga_test_catches_a_broken_service_with_a_small_counterexample(tmp_path, replace, by):
+    proc = saga_test(broken_flow(tmp_path, replace, by), "--input", ORDER, "--examples", "300")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "counterexample (" in out and "history:" in out and "broken:" in out
+    faults = int(out.split("counterexample (")[1].split(" fault")[0])
+    assert 1 <= faults <= 3, out
+
+
+def test_saga_test_on_the_correct_services_passes_and_reports_coverage():
+    proc = saga_test(ORDER_PATH, "--input", ORDER, "--examples", "600")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = int(proc.stdout.split(": ")[1].split(" runs with faults")[0])
+    assert runs >= 300  # the single faults and the recovery pairs of the one route given
+    assert "semantic atomicity" in proc.stdout and "inventory.stock_is_never_negative" in \
+        proc.stdout and "effects as without faults" in proc.stdout
+    covered = proc.stdout.split("single-fault points covered: ")[1].split()
+    assert covered[0] == covered[2] and int(covered[0]) >= 50, proc.stdout
+
+
+def test_saga_test_same_seed_same_run(tmp_path):
+    path = broken_flow(tmp_path, "flows.shop:Payment", "tests.broken_services:NonIdempotentRefund")
+    first = saga_test(path, "--input", ORDER, "--examples", "200", "--seed", "7")
+    again = saga_test(path, "--input", ORDER, "--examples", "200", "--seed", "7")
+    assert first.returncode == again.returncode == 1
+    elapsed = re.compile(r"\(\d+\.\ds\)")  # the header's wall-clock time
+    assert elapsed.sub("", first.stdout) == elapsed.sub("", again.stdout)
+
+
+def test_saga_test_invalid_flow_and_input_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("saga: x\n")
+    assert saga_test(bad).returncode == 2
+    proc = saga_test(ORDER_PATH, "--input", '{"qty": -1}')
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
 # -- flows at the edges ---------------------------------------------------------------------

@@ -9,13 +9,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
 import sagas.testing
 from sagas import InputError, parse_flow
-from sagas.testing import CoreDriver
+from sagas.testing import (
+    CoreDriver,
+    InvariantViolation,
+    Schedule,
+    batches,
+    check_batch,
+    check_invariants,
+    fault_schedules,
+    fault_sweep,
+    inputs,
+    load_flow,
+    run_batch,
+    run_schedule,
+)
 from tests.support import make_flow
 
 ROOT = Path(__file__).resolve().parent.parent
+ORDER_PATH = ROOT / "flows" / "order_inventory.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +39,24 @@ def _in_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
 
 
-# -- the README's core-driver example, as written there ------------------------------------------
+# -- the README's user tests, as written there -----------------------------------------------------
+FLOW = load_flow(ORDER_PATH)
+
+
+@pytest.mark.parametrize("saga_input, schedule", fault_sweep(FLOW))
+def test_every_single_fault_and_recovery_pair(saga_input, schedule):
+    run = run_schedule(FLOW, saga_input, schedule)
+    check_invariants(run, reference=run_schedule(FLOW, saga_input))
+
+
+@settings(max_examples=200, deadline=None)
+@given(schedule=fault_schedules(FLOW), saga_input=inputs(FLOW))
+def test_order_inventory_keeps_its_guarantees(schedule, saga_input):
+    check_invariants(run_schedule(FLOW, saga_input, schedule))
+# --------------------------------------------------------------------------------------------------
+
+
+# -- the README's core-driver example, as written there --------------------------------------------
 def test_a_late_success_ends_the_step_while_its_retry_is_in_flight():
     saga = CoreDriver("flows/order_inventory.yaml",
                       {"order_id": "o-1", "sku": "widget", "qty": 2, "amount": 500})
@@ -34,7 +66,81 @@ def test_a_late_success_ends_the_step_while_its_retry_is_in_flight():
     saga.reply("charge_payment", attempt=1)  # ... and attempt 1's success comes late: it counts
     assert saga.types()[-2:] == ["step.succeeded:charge_payment", "step.started:create_shipment"]
     assert [e.type for e in saga.reply("charge_payment", attempt=2)] == ["reply.ignored"]
-# -------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
+
+# -- the harness -----------------------------------------------------------------------------------
+def order(qty: int = 2) -> dict:
+    return {"order_id": "o-1", "sku": "widget", "qty": qty, "amount": 500}
+
+
+def test_harness_fault_kinds_shape_the_history():
+    late = run_schedule(FLOW, order(), Schedule({("action", "charge_payment", 1): "late"}))
+    types = [(e.type, e.step, e.attempt) for e in late.events if e.step == "charge_payment"]
+    # the late reply of attempt 1 arrives during the backoff after its timeout and ends the step
+    assert types == [("step.started", "charge_payment", 1), ("step.timed_out", "charge_payment", 1),
+                     ("step.retrying", "charge_payment", 1),
+                     ("step.succeeded", "charge_payment", 1)]
+    assert late.status == "completed"
+    lost = run_schedule(FLOW, order(), Schedule({("action", "reserve_inventory", n): "timeout"
+                                                 for n in (1, 2, 3)}))
+    assert lost.status == "compensated" and lost.compensated() == ["reserve_inventory"]
+    assert ("action", "reserve_inventory", 1) not in lost.invocations  # never ran
+    twice = run_schedule(FLOW, order(), Schedule({("action", "reserve_inventory", 1):
+                                                  "redeliver"}))
+    assert twice.invocations.count(("action", "reserve_inventory", 1)) == 2
+    assert twice.status == "completed"
+    assert twice.snapshots_after["inventory"]["stock"]["widget"] == 1_000_000 - 2  # once only
+
+
+def test_harness_crash_and_resume_between_events():
+    for n in range(1, 12):
+        run = run_schedule(FLOW, order(), Schedule({("action", "create_shipment", 1): "reject"},
+                                                   crash_after=n))
+        assert run.status == "compensated", n
+        assert run.compensated() == ["charge_payment", "reserve_inventory"], n
+        check_invariants(run)
+
+
+def test_harness_is_deterministic():
+    schedule = Schedule({("action", "charge_payment", 1): "error",
+                         ("action", "charge_payment", 2): "late"}, crash_after=4)
+    first = run_schedule(FLOW, order(), schedule, seed=3)
+    again = run_schedule(FLOW, order(), schedule, seed=3)
+    assert first.events == again.events
+
+
+def test_single_fault_recovery_matches_saga_plan():
+    run = run_schedule(FLOW, order(), Schedule({("action", "create_shipment", 1): "reject"}))
+    checked = check_invariants(run)
+    assert "recovery equals saga plan" in checked.invariants
+    assert "atomicity of notifications (no snapshot())" in checked.not_checked
+
+
+def test_the_pytest_plugin_provides_saga_env(saga_env):
+    saga_env.reject("charge_payment")
+    result = saga_env.run(str(ORDER_PATH), order())
+    assert result.status == "compensated"
+
+
+ORDERS = [order(qty) for qty in (1, 3, 7)] + [order(2_000_000)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=batches(FLOW, examples=ORDERS))
+def test_business_invariants_hold_over_concurrent_sagas(batch):
+    sagas, crash_after = batch
+    check_batch(run_batch(FLOW, sagas, crash_after=crash_after))
+
+
+def test_check_batch_catches_a_broken_service_among_concurrent_sagas():
+    from tests.broken_services import LosesEffectOnRedelivery
+
+    sagas = [(order(), Schedule({("action", "reserve_inventory", 1): "redeliver"})),
+             (order(3), Schedule())]
+    batch = run_batch(FLOW, sagas, services={"inventory": LosesEffectOnRedelivery})
+    with pytest.raises(InvariantViolation, match="stock_and_reservations_add_up"):
+        check_batch(batch)
 
 
 # -- the core driver -------------------------------------------------------------------------------
@@ -114,7 +220,7 @@ def test_the_core_driver_refuses_what_never_happened():
         CoreDriver(make_flow("a"), draw=1.0)
 
 
-# -- the package ----------------------------------------------------------------------------------
+# -- the package -----------------------------------------------------------------------------------
 def test_public_exports_of_sagas_testing_are_pinned_and_resolve():
     assert sorted(sagas.testing.__all__) == sorted([
         "FAULTS", "PERSISTENT_FAULTS", "BatchRun", "Checked", "CoreDriver", "EventLog", "Fault",

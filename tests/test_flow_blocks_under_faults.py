@@ -1,4 +1,4 @@
-"""Generated flows with ``choice`` and ``parallel`` blocks, run by the engine under fault schedules.
+"""Flows with ``choice`` and ``parallel`` blocks keep their guarantees under faults.
 
 Hypothesis writes runnable flows (plain steps with and without compensations, choices on
 ``$.input.n`` / ``$.input.m`` with 1-3 branches and maybe a default, empty branches included,
@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from actors import Service, handles
 from sagas import parse_flow
 from sagas.testing import Schedule, check_invariants, fault_schedules, run_schedule
-from tests.test_flow_generated import CONDITION, IDENT, LABEL, SMALL
+from tests.test_flow_machine_and_plan import CONDITION, IDENT, LABEL, SMALL
 
 OUTCOMES = ("step.succeeded", "step.failed", "step.timed_out")
 
@@ -168,7 +168,7 @@ def runnable_flows(draw: Any) -> Runnable:
         items.append(step["name"])
     document = {
         "saga": "generated",
-        "services": {"svc": "tests.test_flow_generated_blocks:Ledger"},
+        "services": {"svc": "tests.test_flow_blocks_under_faults:Ledger"},
         "defaults": {"retry": {"attempts": draw(st.integers(1, 3)), "backoff": "1s",
                                "jitter": False},
                      "timeout": "5s",
@@ -345,7 +345,7 @@ def test_generated_blocks_keep_their_guarantees_long(flow: Runnable, saga_input:
 
 EMPTY_ROUTE = """\
 saga: optional_only
-services: {svc: tests.test_flow_generated_blocks:Ledger}
+services: {svc: tests.test_flow_blocks_under_faults:Ledger}
 steps:
   - name: maybe
     choice:

@@ -1,4 +1,4 @@
-"""Mutation test: one edit to a shipped flow, and the error must name the edited line.
+"""One edit to a shipped flow, and an error must name the edited line.
 
 Each mutation is made on the text of ``flows/*.yaml``, at a place found by composing the text
 with PyYAML (not with the loader under test), so the test knows which line it broke. It then
