@@ -11,21 +11,22 @@ from actors import StoredReply
 from sagas.stores._json import decode as _decode
 
 if TYPE_CHECKING:
-    import psycopg
-
     from ._connection import _Connection
 
 __all__ = ["PostgresInbox"]
 
 _SELECT_REPLY = "SELECT outcome, output, error FROM inbox WHERE key = %s"
-_SELECT_REPLIES_IN = "SELECT key, outcome, output, error FROM inbox WHERE key = ANY(%s)"
+# read_many: the replies and the tombstones asked for, in one statement (so one snapshot)
+_SELECT_MANY = (
+    "SELECT true, key, outcome, output, error FROM inbox WHERE key = ANY(%s) "
+    "UNION ALL SELECT false, key, NULL, NULL, NULL FROM tombstones WHERE key = ANY(%s)"
+)
 _PUT_REPLY = (
     "INSERT INTO inbox (key, outcome, output, error) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (key) DO UPDATE SET outcome = excluded.outcome, output = excluded.output, "
     "error = excluded.error"
 )
 _SELECT_TOMBSTONE = "SELECT 1 FROM tombstones WHERE key = %s"
-_SELECT_TOMBSTONES_IN = "SELECT key FROM tombstones WHERE key = ANY(%s)"
 _PUT_TOMBSTONE = "INSERT INTO tombstones (key) VALUES (%s) ON CONFLICT (key) DO NOTHING"
 
 
@@ -87,25 +88,21 @@ class PostgresInbox:
         self, keys: Sequence[str], action_keys: Sequence[str]
     ) -> tuple[dict[str, StoredReply], set[str]]:
         """What :meth:`get` gives for each of ``keys`` (only those with a stored reply) and
-        which of ``action_keys`` are tombstoned, read in one snapshot (a service actor looks
-        up a whole batch of commands at once)."""
+        which of ``action_keys`` are tombstoned, read in one statement, so one snapshot (a
+        service actor looks up a whole batch of commands at once)."""
         keys, action_keys = list(dict.fromkeys(keys)), list(dict.fromkeys(action_keys))
-
-        def read(db: psycopg.Connection[Any]) -> tuple[dict[str, StoredReply], set[str]]:
-            replies: dict[str, StoredReply] = {}
-            tombstoned: set[str] = set()
-            if keys:
-                for key, outcome, output, error in db.execute(_SELECT_REPLIES_IN, (keys,)):
-                    replies[key] = StoredReply(outcome, None if output is None else
-                                               _decode(output), error)
-            if action_keys:
-                tombstoned.update(key for (key,) in db.execute(_SELECT_TOMBSTONES_IN,
-                                                               (action_keys,)))
-            return replies, tombstoned
-
         if not keys and not action_keys:
             return {}, set()
-        return self._store._read(read)
+        replies: dict[str, StoredReply] = {}
+        tombstoned: set[str] = set()
+        for is_reply, key, outcome, output, error in self._store._fetch(_SELECT_MANY,
+                                                                        (keys, action_keys)):
+            if is_reply:
+                replies[key] = StoredReply(outcome, None if output is None else _decode(output),
+                                           error)
+            else:
+                tombstoned.add(key)
+        return replies, tombstoned
 
     def write_many(
         self, replies: Sequence[tuple[str, StoredReply]], tombstones: Sequence[str]
