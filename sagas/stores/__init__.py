@@ -160,8 +160,10 @@ def _options(url: str, query: str, known: tuple[str, ...]) -> dict[str, str]:
     """The options of a URL's query, each at most once and each one of ``known``."""
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
-    except ValueError as err:
-        raise BadStoreUrl(f"bad store URL {url!r}: malformed options ({err})") from None
+    except ValueError:  # its message quotes the field, which may hold a secret: not shown
+        raise BadStoreUrl(
+            f"bad store URL {url!r}: malformed options (each is name=value, joined by &)"
+        ) from None
     options: dict[str, str] = {}
     for key, value in pairs:
         if key not in known:

@@ -106,6 +106,7 @@ def test_display_url_masks_the_password(url: str, shown: str) -> None:
         (f"postgresql://u:{SECRET}@h/db?color=red", "unknown option 'color'"),
         (f"postgresql://u:x@h/db?password={SECRET}", "unknown option 'password'"),
         (f"postgresql://u:{SECRET}@h/db?sslmode=a&sslmode=b", "given twice"),
+        (f"postgresql://u:{SECRET}@h/db?sslmode", "malformed options"),
         (f"postgresql://u:{SECRET}@h/db?connect_timeout=0", "connect_timeout"),
         (f"postgresql://u:{SECRET}%ff@h/db", "not percent-encoded UTF-8"),
         (f"postgresql://u:{SECRET}@h/db#frag", "fragment"),
