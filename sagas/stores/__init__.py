@@ -235,8 +235,8 @@ def _postgres_parts(url: str, rest: str) -> dict[str, Any]:
         seconds = options["connect_timeout"]
         if not seconds.isdigit() or not 1 <= int(seconds) <= 3600:
             raise bad(f"connect_timeout is a whole number of seconds from 1, got {seconds!r}")
-    password = _decoded(password, "the password", bad) if colon else None
-    return {"user": user, "password": password, "host": host, "port": port, "dbname": dbname,
+    secret = _decoded(password, "the password", bad) if colon else None
+    return {"user": user, "password": secret, "host": host, "port": port, "dbname": dbname,
             **options}
 
 

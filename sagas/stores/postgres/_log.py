@@ -425,7 +425,8 @@ class _EventLog(_Connection):
     ) -> builtins.list[SagaHeader]:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        where, params = [], []
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if status is not None:
             where.append("status = %s")
             params.append(status)
