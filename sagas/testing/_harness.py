@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors import Command, Dispatcher, Fault, MemoryInbox, Reply, Service
+from actors import Command, Dispatcher, Fault, MemoryInbox, Service
 
 from ..engine import core
 from ..engine.runtime import validate_input
@@ -263,6 +263,22 @@ class _OneFault:
         return fault
 
 
+def _snapshots(objects: Mapping[str, Service], watch: Watch | None) -> dict[str, Any]:
+    """Every service's ``snapshot()``, by name. One that keeps :meth:`Service.snapshot` (which
+    returns ``None``) is not called: it has nothing to copy, and cannot hang."""
+    snapshots: dict[str, Any] = {}
+    for name, obj in objects.items():
+        if (getattr(type(obj), "snapshot", None) is _DEFAULT_SNAPSHOT
+                and "snapshot" not in getattr(obj, "__dict__", ())):
+            snapshots[name] = None
+        else:
+            snapshots[name] = _snapshot(name, obj, watch)
+    return snapshots
+
+
+_DEFAULT_SNAPSHOT = Service.snapshot
+
+
 def _snapshot(name: str, service: Service, watch: Watch | None) -> Any:
     if watch is not None:
         watch.enter(f"{name}.snapshot()")
@@ -362,14 +378,15 @@ def run_batch(flow: Flow | str | os.PathLike[str], sagas: Sequence[tuple[Any, Sc
         state["objects"] = objects
         harness = _Harness(compiled, objects, seed, start, crash_after, watch)
         state["harness"] = harness
-        before = {name: _snapshot(name, obj, watch) for name, obj in objects.items()}
+        before = _snapshots(objects, watch)
         state["before"] = harness.before = before
         for saga_id, (saga_input, schedule) in zip(ids, sagas, strict=True):
             harness.start(saga_id, validate_input(flow, saga_input), schedule)
         with contextlib.suppress(_TooLong):  # e.g. a retry_forever undo that never succeeds
             harness.run()
-        after = {name: _snapshot(name, obj, watch) for name, obj in objects.items()}
-        return _batch(harness, objects, before, after, ids, crash_after)
+        after = _snapshots(objects, watch)
+        return _batch(harness, objects, before, after, ids, crash_after,
+                      copy_lists=False)
 
     try:
         return guarded(work, handler_timeout)
@@ -378,9 +395,7 @@ def run_batch(flow: Flow | str | os.PathLike[str], sagas: Sequence[tuple[Any, Sc
         if harness is None:  # a service's constructor hung: nothing ran
             harness = _Harness(compiled, {}, seed, start, crash_after, None)
             for saga_id, (saga_input, schedule) in zip(ids, sagas, strict=True):
-                harness.inputs[saga_id], harness.schedules[saga_id] = saga_input, schedule
-                harness.events[saga_id], harness.invocations[saga_id] = [], []
-                harness.struck[saga_id] = []
+                harness.add(saga_id, saga_input, schedule)
         before = state.get("before", {})
         batch = _batch(harness, state.get("objects", {}), before, dict(before), ids,
                        crash_after)
@@ -406,8 +421,7 @@ def hung_run(hung: HandlerHung, flow: Flow | None = None) -> HarnessRun | None:
         if flow is None:
             return None
         empty = _Harness(compile_flow(flow), {}, 0, START, None, None)
-        empty.inputs["saga-1"], empty.schedules["saga-1"] = None, Schedule()
-        empty.events["saga-1"], empty.invocations["saga-1"], empty.struck["saga-1"] = [], [], []
+        empty.add("saga-1", None, Schedule())
         run = _batch(empty, {}, {}, {}, ["saga-1"], None).runs[0]
         run.hung = _hung_text(hung)
         return run
@@ -420,16 +434,46 @@ def hung_run(hung: HandlerHung, flow: Flow | None = None) -> HarnessRun | None:
 
 
 def _batch(harness: _Harness, objects: dict[str, Service], before: dict[str, Any],
-           after: dict[str, Any], ids: list[str], crash_after: int | None) -> BatchRun:
-    runs = [HarnessRun(harness.compiled, saga_id, harness.inputs[saga_id],
-                       harness.schedules[saga_id], list(harness.events[saga_id]), objects,
-                       before, after, list(harness.invocations[saga_id]),
-                       list(harness.struck[saga_id])) for saga_id in ids]
+           after: dict[str, Any], ids: list[str], crash_after: int | None,
+           copy_lists: bool = True) -> BatchRun:
+    """The runs' results (with ``copy_lists``, of lists the harness may still change: a worker
+    abandoned in a call that hung may return from it later and carry on)."""
+    runs = []
+    for saga_id in ids:
+        one = harness.runs[saga_id]
+        events, invocations, struck = one.events, one.invocations, one.struck
+        if copy_lists:
+            events, invocations, struck = list(events), list(invocations), list(struck)
+        runs.append(HarnessRun(harness.compiled, saga_id, one.input, one.schedule, events,
+                               objects, before, after, invocations, struck))
     return BatchRun(runs, objects, crash_after)
 
 
+class _Run:
+    """One saga of a harness: the core's state of it, its schedule, what was recorded."""
+
+    __slots__ = ("context", "events", "faulty", "input", "invocations", "lifted", "saga",
+                 "saga_id", "schedule", "struck")
+
+    def __init__(self, harness: _Harness, saga_id: str, saga_input: Any, schedule: Schedule):
+        self.saga_id = saga_id
+        self.input = saga_input
+        self.schedule = schedule
+        self.faulty = bool(schedule.faults or schedule.persistent)  # else no attempt has one
+        self.lifted = False  # retried after a persistent fault: it is over
+        self.saga: core.Saga | None = None
+        self.events: list[Event] = []
+        self.invocations: list[tuple[str, str, int]] = []  # (phase, step, attempt)
+        self.struck: list[tuple[int, str]] = []
+        self.context = (harness, saga_id)  # what a call into service code that hangs names
+
+
 class _Harness:
-    """The event loop: a heap of replies and timers in virtual time, the pure core, the inbox."""
+    """The event loop: a heap of replies and timers in virtual time, the pure core, the inbox.
+
+    The heap holds ``(at, order, run, signal)``: a reply or event as the core's signal, a timer
+    as its :class:`core.SetTimer` (made a signal when it fires: most never do, the saga having
+    moved on)."""
 
     def __init__(self, compiled: CompiledFlow, objects: dict[str, Service], seed: int,
                  start: float, crash_after: int | None, watch: Watch | None):
@@ -449,68 +493,63 @@ class _Harness:
         self.crash_after = crash_after
         self.crashed = False
         self.total = 0
-        self.sagas: dict[str, core.Saga] = {}
-        self.inputs: dict[str, Any] = {}
-        self.schedules: dict[str, Schedule] = {}
-        self.events: dict[str, list[Event]] = {}
-        self.invocations: dict[str, list[tuple[str, str, int]]] = {}
-        self.struck: dict[str, list[tuple[int, str]]] = {}
-        self.lifted: set[str] = set()  # sagas retried after a persistent fault: it is over
-        self.pending: list[tuple[float, int, Any]] = []
+        self.runs: dict[str, _Run] = {}
+        self.pending: list[tuple[float, int, _Run, Any]] = []
         self.order = itertools.count()
 
-    def start(self, saga_id: str, saga_input: Any, schedule: Schedule) -> None:
-        self.inputs[saga_id], self.schedules[saga_id] = saga_input, schedule
-        self.events[saga_id], self.invocations[saga_id] = [], []
-        self.struck[saga_id] = []
-        saga, new, commands = core.start(self.compiled, saga_id, saga_input, self.env)
-        self.sagas[saga_id] = saga
-        self.commit(saga_id, new, commands)
+    def add(self, saga_id: str, saga_input: Any, schedule: Schedule) -> _Run:
+        """A saga of this harness, not started."""
+        run = self.runs[saga_id] = _Run(self, saga_id, saga_input, schedule)
+        return run
 
-    def commit(self, saga_id: str, new: list[Event], commands: list[core.Command]) -> None:
+    def start(self, saga_id: str, saga_input: Any, schedule: Schedule) -> None:
+        run = self.add(saga_id, saga_input, schedule)
+        run.saga, new, commands = core.start(self.compiled, saga_id, saga_input, self.env)
+        self.commit(run, new, commands)
+
+    def commit(self, run: _Run, new: list[Event], commands: list[core.Command]) -> None:
         """Record a decision's events; crash right after, if it is time; else act on it."""
-        self.events[saga_id].extend(new)
+        run.events.extend(new)
         self.total += len(new)
         if self.total > self.max_events:
             raise _TooLong  # the runs are returned as they are: not ended
-        if (not self.crashed and self.crash_after is not None and new
+        if (self.crash_after is not None and not self.crashed and new
                 and self.total >= self.crash_after):
             self.crashed = True
-            self.note(saga_id, "runtime crash: everything in flight is lost; resumed from the log")
+            self.note(run, "runtime crash: everything in flight is lost; resumed from the log")
             self.crash_and_resume()
             return
-        self.act(commands)
+        self.act(run, commands)
 
-    def note(self, saga_id: str, text: str) -> None:
-        self.struck[saga_id].append((len(self.events[saga_id]), text))
+    def note(self, run: _Run, text: str) -> None:
+        run.struck.append((len(run.events), text))
 
     def crash_and_resume(self) -> None:
         self.pending.clear()  # everything in flight is lost with the process
-        for saga_id in self.sagas:
-            saga = core.replay(saga_id, self.compiled, self.events[saga_id])
-            self.sagas[saga_id] = saga
+        for run in self.runs.values():
+            run.saga = saga = core.replay(run.saga_id, self.compiled, run.events)
             new, commands = core.resume(saga, self.env)
-            self.events[saga_id].extend(new)
+            run.events.extend(new)
             self.total += len(new)
-            self.act(commands)
+            self.act(run, commands)
 
-    def act(self, commands: list[core.Command]) -> None:
+    def act(self, run: _Run, commands: list[core.Command]) -> None:
+        """Carry out the commands the core gave for ``run``'s saga."""
         for command in commands:
             if isinstance(command, core.Execute):
-                self.deliver(command)
+                self.deliver(run, command)
             elif isinstance(command, core.SetTimer):
-                heapq.heappush(self.pending, (command.at, next(self.order),
-                                              (command.saga_id, command.fired())))
+                heapq.heappush(self.pending, (command.at, next(self.order), run, command))
             elif isinstance(command, core.Await):
-                self.await_event(command)
+                self.await_event(run, command)
 
-    def fault(self, saga_id: str, phase: str, step_name: str, attempt: int) -> str | None:
+    def fault(self, run: _Run, phase: str, step_name: str, attempt: int) -> str | None:
         """The fault for one attempt: the schedule's, or its persistent fault's while that is
         in force (not after the retry that lifts it; under retry_forever, for the step's
         ``retry.attempts`` attempts)."""
-        schedule = self.schedules[saga_id]
+        schedule = run.schedule
         kind = schedule.faults.get((phase, step_name, attempt))
-        if kind is not None or saga_id in self.lifted:
+        if kind is not None or run.lifted:
             return kind
         kind = schedule.persistent.get((phase, step_name))
         if kind is not None and phase == "compensation":
@@ -519,29 +558,46 @@ class _Harness:
                 return None
         return kind
 
-    def await_event(self, command: core.Await) -> None:
+    def await_event(self, run: _Run, command: core.Await) -> None:
         """A wait_for step: its event arrives at once (data ``{}``), unless the schedule puts
         a fault (of any kind) on it: then it never comes and the wait times out."""
-        if self.fault(command.saga_id, "action", command.step, command.attempt) is not None:
-            self.note(command.saga_id, f"{command.step}: the event {command.event} never comes")
+        if run.faulty and self.fault(run, "action", command.step, command.attempt) is not None:
+            self.note(run, f"{command.step}: the event {command.event} never comes")
             return
         event_id = f"{command.saga_id}/{command.step}/{command.attempt}"
         signal = core.EventReceived(command.event, command.key, {}, event_id)
-        heapq.heappush(self.pending, (self.env.t, next(self.order), (command.saga_id, signal)))
+        heapq.heappush(self.pending, (self.env.t, next(self.order), run, signal))
 
-    def deliver(self, command: core.Execute) -> None:
-        key = (command.phase, command.step, command.attempt)
-        saga_id = command.saga_id
-        kind = self.fault(saga_id, *key)
-        invocations = self.invocations[saga_id]
-        message = Command(command.command_id, saga_id, command.step,
+    def deliver(self, run: _Run, command: core.Execute) -> None:
+        kind = (self.fault(run, command.phase, command.step, command.attempt) if run.faulty
+                else None)
+        message = Command(command.command_id, run.saga_id, command.step,
                           command.phase, command.name, command.attempt, command.key,
                           command.payload if command.payload is not None else {},
                           command.result, command.timeout_at)
+        if kind is None:  # no fault: one delivery, its reply now
+            watch = self.watch
+            if watch is not None:
+                watch.enter(f"{command.service}.{command.name}", run.context)
+            for reply in self.dispatchers[command.service].process(message):
+                if not reply.replayed:
+                    run.invocations.append((command.phase, command.step, command.attempt))
+                signal = core.ReplyReceived(command.phase, command.step, command.attempt,
+                                            reply.outcome, reply.output, reply.error,
+                                            command.command_id)
+                heapq.heappush(self.pending, (self.env.t, next(self.order), run, signal))
+            if watch is not None:
+                watch.leave()
+            return
+        self.deliver_faulty(run, command, message, kind)
+
+    def deliver_faulty(self, run: _Run, command: core.Execute, message: Command,
+                       kind: str) -> None:
+        key = (command.phase, command.step, command.attempt)
+        invocations = run.invocations
         label = f"{command.service}.{command.name}"
-        if kind is not None:
-            self.note(saga_id, f"{command.phase} {command.step} attempt {command.attempt}: "
-                               f"{label} {_DESCRIBE[kind]}")
+        self.note(run, f"{command.phase} {command.step} attempt {command.attempt}: "
+                       f"{label} {_DESCRIBE[kind]}")
         if kind == "timeout":
             return
         dispatcher = self.dispatchers[command.service]
@@ -550,7 +606,7 @@ class _Harness:
             invocations.append(key)
             # the effect happens; the reply (or whatever it raised) is lost with the process
             if watch is not None:
-                watch.enter(label, (self, saga_id))
+                watch.enter(label, run.context)
             try:
                 dispatcher.service.handler(command.name)(message)
             except KeyboardInterrupt:
@@ -564,7 +620,7 @@ class _Harness:
         elif kind == "lost":
             self.injector.next = Fault("run_then_drop")
         if watch is not None:
-            watch.enter(label, (self, saga_id))
+            watch.enter(label, run.context)
         replies = list(dispatcher.process(message))
         if watch is not None:
             watch.leave()
@@ -572,27 +628,26 @@ class _Harness:
             if not reply.replayed and kind not in ("error", "reject"):
                 invocations.append(key)
             at = command.timeout_at + 0.001 if kind == "late" else self.env.t
-            heapq.heappush(self.pending, (at, next(self.order), (saga_id, reply)))
+            signal = core.ReplyReceived(command.phase, command.step, command.attempt,
+                                        reply.outcome, reply.output, reply.error,
+                                        command.command_id)
+            heapq.heappush(self.pending, (at, next(self.order), run, signal))
         if kind == "lost":
             invocations.append(key)  # delivered and processed (run, or answered by the inbox)
 
     def run(self) -> None:
+        pending, env, timer = self.pending, self.env, core.SetTimer
         while True:
-            while self.pending:
-                at, _, (saga_id, item) = heapq.heappop(self.pending)
-                saga = self.sagas[saga_id]
-                if saga.terminal:
+            while pending:
+                at, _, run, item = heapq.heappop(pending)
+                saga = run.saga
+                if saga is None or saga.terminal:
                     continue
-                self.env.t = max(self.env.t, at)
-                if isinstance(item, Reply):
-                    c = item.command
-                    signal: core.Signal = core.ReplyReceived(c.phase, c.step, c.attempt,
-                                                             item.outcome, item.output,
-                                                             item.error, c.command_id)
-                else:
-                    signal = item
-                new, commands = core.handle(saga, signal, self.env)
-                self.commit(saga_id, new, commands)
+                if at > env.t:
+                    env.t = at
+                signal = item.fired() if isinstance(item, timer) else item
+                new, commands = core.handle(saga, signal, env)
+                self.commit(run, new, commands)
             if not self.retry_after_persistent_faults():
                 return
 
@@ -600,13 +655,14 @@ class _Harness:
         """``saga retry`` for each saga that ended failed under a persistent fault: the trouble
         is over (the fault lifts). Whether any was retried."""
         retried = False
-        for saga_id, saga in self.sagas.items():
-            if (saga_id in self.lifted or not self.schedules[saga_id].persistent
+        for run in self.runs.values():
+            saga = run.saga
+            if (run.lifted or not run.schedule.persistent or saga is None
                     or saga.status != "failed"):
                 continue
-            self.lifted.add(saga_id)
-            self.note(saga_id, "the persistent fault is over; `saga retry` by an operator")
+            run.lifted = True
+            self.note(run, "the persistent fault is over; `saga retry` by an operator")
             new, commands = core.handle(saga, core.Retry("saga test"), self.env)
-            self.commit(saga_id, new, commands)
+            self.commit(run, new, commands)
             retried = True
         return retried
