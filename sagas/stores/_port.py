@@ -201,8 +201,9 @@ class EventLog(StoreFacet, Protocol):
         """Create sagas, then append to sagas, atomically (one transaction, one commit): all
         of it is written or none of it. The group commit of a shard's mailbox drain.
 
-        Each create gets one result, in order: ``(True, header)`` when created,
-        ``(False, existing_header)`` when the id exists, already or by an earlier create of
+        Each create gets one result, in order: ``(True, header)`` when created (its ``input``
+        is the create's own object: a store need not decode what it was just given),
+        ``(False, existing_header)`` (a copy) when the id exists, already or by an earlier create of
         this call (then nothing of that create is written, not even its definition, and the
         call goes on). The headers are those right after the creates, before the call's
         appends. Of concurrent creates of one id (any thread, connection or process), exactly

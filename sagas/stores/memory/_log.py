@@ -116,7 +116,9 @@ class _EventLog(_State):
                 sagas[saga_id] = entry
                 by_status.setdefault(saga.status, {})[saga_id] = None
                 self._definitions.setdefault(saga.definition, saga.definition_text)
-                results.append((True, _header(entry)))
+                results.append((True, SagaHeader(
+                    saga_id, saga.flow, saga.version, saga.definition, saga.input, saga.status,
+                    saga.reason, saga.started_at, saga.started_at, len(events), saga.owner)))
             for append, events in added:
                 saga_id = append.saga_id
                 (_, flow, version, definition, input_json, status, _, started_at, _, owner,

@@ -224,7 +224,7 @@ class _EventLog(_Connection):
                         "events but no header"
                     ) from err
                 raise ValueError(f"saga {saga.saga_id!r} refused by the store: {err}") from err
-            results.append((True, _header(params)))
+            results.append((True, SagaHeader(*params[:4], saga.input, *params[5:])))
         return results
 
     def _extend_sagas(
