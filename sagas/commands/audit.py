@@ -6,8 +6,7 @@ not pay for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .session import store_session
 
@@ -17,8 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["AuditReport", "audit_store_at"]
 
 
-@dataclass(frozen=True)
-class AuditReport:
+class AuditReport(NamedTuple):
     """The violations found (none: the store keeps every guarantee)."""
 
     violations: list[Violation]

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..language.compiler import CompiledFlow, compile_flow
 from ..language.loader import load_flow
@@ -14,8 +13,7 @@ from .errors import UsageProblem
 __all__ = ["RecoveryPlans", "recovery_plans"]
 
 
-@dataclass(frozen=True)
-class RecoveryPlans:
+class RecoveryPlans(NamedTuple):
     """The plans of one step failing (``step``; one per distinct route that reaches it), or
     of every step and kind (``step`` is ``None``)."""
 

@@ -1,36 +1,24 @@
 """``saga test``: what the command does around :func:`sagas.testing.test_flow`.
 
 ``sagas.testing`` imports hypothesis, which a command that runs sagas must not pay for, so
-the command imports it itself, on its own path; this module reads the flow and the example inputs
-it is given, and says what its report means.
+the command imports it itself, on its own path; this module reads the flow and the example
+inputs it is given, and says what its report means.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..engine.runtime import validate_input
 from ..language.loader import load_flow
 from ..language.model import Flow
 from .inputs import parse_json
 
-__all__ = ["FlowTestOutcome", "coverage_warning", "flow_test_status",
-           "load_flow_and_examples"]
+if TYPE_CHECKING:  # sagas.testing imports hypothesis: for type checkers only
+    from ..testing import FlowTestReport
 
-
-class FlowTestOutcome(Protocol):
-    """What this module reads of a :class:`sagas.testing.FlowTestReport`."""
-
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def complete(self) -> bool: ...
-
-    routes: Any
-    singles_tried: int
-    singles_total: int
+__all__ = ["coverage_warning", "flow_test_status", "load_flow_and_examples"]
 
 
 def load_flow_and_examples(flow_path: str, texts: Sequence[str]) -> tuple[Flow, list[Any]]:
@@ -43,7 +31,7 @@ def load_flow_and_examples(flow_path: str, texts: Sequence[str]) -> tuple[Flow, 
     return flow, examples
 
 
-def coverage_warning(report: FlowTestOutcome, budget: int | None) -> str | None:
+def coverage_warning(report: FlowTestReport, budget: int | None) -> str | None:
     """What a report that did not try every single fault point should warn about: a
     ``budget`` (``--examples``) too small, or no input at all; ``None`` if it is complete."""
     if report.complete:
@@ -54,6 +42,6 @@ def coverage_warning(report: FlowTestOutcome, budget: int | None) -> str | None:
     return "warning: no input could be made from the flow's input schema; give --input"
 
 
-def flow_test_status(report: FlowTestOutcome) -> str:
+def flow_test_status(report: FlowTestReport) -> str:
     """``ok`` if every run kept every property, else ``counterexample``."""
     return "ok" if report.ok else "counterexample"

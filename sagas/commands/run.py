@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..engine.runtime import SagaResult, validate_input, validate_saga_id
 from ..errors import InputError, SagaOrphaned
@@ -29,8 +28,7 @@ ProgressDisplay = Callable[[str, int], contextlib.AbstractContextManager[Callabl
 """``display(label, total)``: a context manager yielding ``update(ended)`` (e.g. a bar)."""
 
 
-@dataclass(frozen=True)
-class RunRequest:
+class RunRequest(NamedTuple):
     """A checked run: the flow, its inputs (a batch takes them in turn), how many sagas."""
 
     flow: Flow
@@ -40,8 +38,7 @@ class RunRequest:
     fail: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class SingleRun:
+class SingleRun(NamedTuple):
     """How one saga ended, and a note when it was not this run that drove it (``--id`` of a
     saga in flight that no live process drives)."""
 

@@ -7,8 +7,7 @@ before the saga gets there, and from any process: the one driving the saga picks
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import InputError
 from ..stores import ExternalEvent
@@ -19,8 +18,7 @@ from .session import store_session
 __all__ = ["Sent", "event_data", "send_event"]
 
 
-@dataclass(frozen=True)
-class Sent:
+class Sent(NamedTuple):
     """The event as the store holds it; ``recorded`` is false when one with its id was sent
     before (nothing was written)."""
 

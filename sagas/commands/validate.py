@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import FlowError, FlowErrors
 from ..language.loader import load_flow
@@ -12,8 +12,7 @@ from ..language.model import Flow, FlowWarning
 __all__ = ["CheckedFlow", "FlowChecks"]
 
 
-@dataclass(frozen=True)
-class CheckedFlow:
+class CheckedFlow(NamedTuple):
     """One file checked: its flow if it is valid, and its problems (the errors of an invalid
     file, or the warnings of a valid one), each with ``format()`` → ``FILE:LINE:COL: ...``."""
 
