@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import heapq
 import itertools
 import os
 import random as random_module
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ class Schedule:
     persistent: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.faults and not self.persistent:
+            return
         for key, kind in [*self.faults.items(), *self.persistent.items()]:
             if kind not in FAULTS:
                 raise ValueError(f"unknown fault {kind!r} at {key}: use one of {FAULTS}")
@@ -376,7 +379,9 @@ def run_batch(flow: Flow | str | os.PathLike[str], sagas: Sequence[tuple[Any, Sc
         if watch is not None:
             watch.leave()
         state["objects"] = objects
-        harness = _Harness(compiled, objects, seed, start, crash_after, watch)
+        given = services or {}
+        reused = {name for name, obj in objects.items() if given.get(name) is obj}
+        harness = _Harness(compiled, objects, seed, start, crash_after, watch, reused)
         state["harness"] = harness
         before = _snapshots(objects, watch)
         state["before"] = harness.before = before
@@ -385,6 +390,7 @@ def run_batch(flow: Flow | str | os.PathLike[str], sagas: Sequence[tuple[Any, Sc
         with contextlib.suppress(_TooLong):  # e.g. a retry_forever undo that never succeeds
             harness.run()
         after = _snapshots(objects, watch)
+        harness.spare_dispatchers()
         return _batch(harness, objects, before, after, ids, crash_after,
                       copy_lists=False)
 
@@ -449,6 +455,30 @@ def _batch(harness: _Harness, objects: dict[str, Service], before: dict[str, Any
     return BatchRun(runs, objects, crash_after)
 
 
+@functools.lru_cache(maxsize=64)
+def _max_events(compiled: CompiledFlow) -> int:
+    """How many events a run of ``compiled`` may record before its sagas count as never ending:
+    room for every attempt of every step (a step may allow 10,000 under a persistent fault)."""
+    return MAX_EVENTS + 4 * sum(2 * step.retry.attempts for step in compiled.flow.steps)
+
+
+MAX_SPARE = 64
+_spare: dict[tuple[str, int], Dispatcher] = {}  # (service name, id(object)) -> idle dispatcher
+
+
+def _dispatcher(name: str, obj: Service, inbox: MemoryInbox, faults: _OneFault,
+                reuse: bool) -> Dispatcher:
+    """A dispatcher of ``obj`` on ``inbox``: an idle one a run left (``reuse``: ``obj`` is
+    the caller's, so it is passed again), else a new one. Taken out of the spares while in use,
+    so two threads running sagas on the same objects never share one."""
+    if reuse:
+        spare = _spare.pop((name, id(obj)), None)
+        if spare is not None and spare.service is obj:
+            spare.inbox, spare.faults = inbox, faults
+            return spare
+    return Dispatcher(obj, service_name=name, instance=0, inbox=inbox, faults=faults)
+
+
 class _Run:
     """One saga of a harness: the core's state of it, its schedule, what was recorded."""
 
@@ -476,19 +506,17 @@ class _Harness:
     moved on)."""
 
     def __init__(self, compiled: CompiledFlow, objects: dict[str, Service], seed: int,
-                 start: float, crash_after: int | None, watch: Watch | None):
+                 start: float, crash_after: int | None, watch: Watch | None,
+                 reused: Collection[str] = ()):
         self.compiled = compiled
         inbox = MemoryInbox()
         self.injector = _OneFault()
-        self.dispatchers = {name: Dispatcher(obj, service_name=name, instance=0, inbox=inbox,
-                                             faults=self.injector)
+        self.dispatchers = {name: _dispatcher(name, obj, inbox, self.injector, name in reused)
                             for name, obj in objects.items()}
+        self.reused = reused
         self.watch = watch
         self.before: dict[str, Any] = {}
-        # room for every attempt of every step (a step may allow 10,000 under a persistent
-        # fault) before a saga counts as never ending
-        self.max_events = MAX_EVENTS + 4 * sum(2 * step.retry.attempts
-                                               for step in compiled.flow.steps)
+        self.max_events = _max_events(compiled)
         self.env = _Env(start, seed)
         self.crash_after = crash_after
         self.crashed = False
@@ -496,6 +524,15 @@ class _Harness:
         self.runs: dict[str, _Run] = {}
         self.pending: list[tuple[float, int, _Run, Any]] = []
         self.order = itertools.count()
+
+    def spare_dispatchers(self) -> None:
+        """Once the run is over: keep the dispatchers of the services the caller passed in
+        for the next run on them (building one binds each of its handlers)."""
+        if len(_spare) > MAX_SPARE:
+            _spare.clear()
+        for name in self.reused:
+            dispatcher = self.dispatchers[name]
+            _spare[(name, id(dispatcher.service))] = dispatcher
 
     def add(self, saga_id: str, saga_input: Any, schedule: Schedule) -> _Run:
         """A saga of this harness, not started."""
