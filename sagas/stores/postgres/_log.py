@@ -266,8 +266,11 @@ class _EventLog(_Connection):
         seen: builtins.set[str] = set()
         for saga, _, _ in creates:
             saga_id = saga.saga_id
-            if saga_id in inserted:
-                results.append((saga_id not in seen, _header(first[saga_id][1])))
+            if saga_id in inserted and saga_id not in seen:
+                created, params, _ = first[saga_id]  # its header has the create's own input
+                results.append((True, SagaHeader(*params[:4], created.input, *params[5:])))
+            elif saga_id in inserted:  # a later create of an id this call created: a copy
+                results.append((False, _header(first[saga_id][1])))
             elif saga_id in found:
                 results.append((False, _header(found[saga_id])))
             else:  # pragma: no cover - a row that conflicted and was then deleted
