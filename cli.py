@@ -32,6 +32,7 @@ EXIT_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (errors.BadStoreUrl, EXIT_USAGE), (errors.SagaOrphaned, EXIT_FAILED),
     (errors.UnknownSaga, EXIT_UNKNOWN), (errors.StoreError, EXIT_STORE),
     (errors.SagaTimeout, EXIT_COMPENSATED), (errors.SagactorError, EXIT_COMPENSATED),
+    (click.UsageError, EXIT_USAGE), (click.Abort, EXIT_INTERRUPTED),
     (KeyboardInterrupt, EXIT_INTERRUPTED), (BrokenPipeError, EXIT_PIPE), (Exception, EXIT_INTERNAL),
 )
 
@@ -51,7 +52,6 @@ def _exit(outcome: str | BaseException) -> NoReturn:
     sys.exit(exit_code_of(outcome))
 
 
-# -- printing -------------------------------------------------------------------------------------
 def _err(message: str) -> None:
     click.echo(commands.printable(message, one_line=False), err=True)
 
@@ -61,9 +61,16 @@ def _emit(as_json: bool, document: Callable[[], Any], text: Callable[[], str]) -
     click.echo(json.dumps(document(), indent=2) if as_json else text())
 
 
+def _show_saga(result: Any, as_json: bool, note: str | None = None) -> None:
+    """Print how a saga ended (after the note on stderr, if there is one)."""
+    if note is not None:
+        _err(f"note: {note}")
+    _emit(as_json, result.to_json, lambda: commands.render_timeline(result))
+
+
 def _report_saga(result: Any, as_json: bool) -> NoReturn:
     """Print how a saga ended and exit with its status's code."""
-    _emit(as_json, result.to_json, lambda: commands.render_timeline(result))
+    _show_saga(result, as_json)
     _exit(result.status)
 
 
@@ -108,17 +115,17 @@ class SagaGroup(click.Group):
             return super().main(*args, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
             _err(exc.format_message())
-            sys.exit(EXIT_USAGE)
+            _exit(exc)
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx is not None else "saga"
             _err(f"error: {exc.format_message()} (see '{command} --help')")
-            sys.exit(EXIT_USAGE)
-        except click.ClickException as exc:
+            _exit(exc)
+        except click.ClickException as exc:  # click's own code (e.g. a file it cannot open)
             _err(f"error: {exc.format_message()}")
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
             _err("aborted")
-            sys.exit(EXIT_INTERRUPTED)
+            _exit(exc)
         finally:
             try:
                 sys.stdout.flush()
@@ -206,10 +213,7 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     if as_json or fail_step is not None:
         _emit(as_json, found.to_json, lambda: commands.render_plans(found))
         return
-    from rich.console import Console
-
-    Console(soft_wrap=False, width=max(140, Console().width)).print(
-        commands.plan_table(found.compiled, found.plans))
+    commands.wide_console().print(commands.plan_table(found.compiled, found.plans))
 
 
 # -- running sagas --------------------------------------------------------------------------------
@@ -244,10 +248,9 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     request = commands.prepare_run(flow, input_json=input_json, input_file=input_file,
                                    saga_id=saga_id, fail=fail, count=count)
     if request.total == 1:
-        single = commands.run_one(store_url, request)
-        if single.note is not None:
-            _err(f"note: {single.note}")
-        _report_saga(single.result, as_json)
+        single = commands.run_one(store_url, request, on_end=lambda ended: _show_saga(
+            ended.result, as_json, ended.note))  # shown before the runtime closes
+        _exit(single.result.status)
     summary = commands.run_many(store_url, request, concurrency, display=commands.progress_bar)
     _emit(as_json, lambda: summary, lambda: commands.render_summary(request.flow.name, summary))
     _exit(commands.batch_status(summary))
@@ -313,12 +316,10 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_jso
         click.echo(json.dumps({"started": saga_id, "flow": flow_name}) if as_json
                    else f"started {saga_id}")
 
-    def skipped(flow_name: str, event_id: str, why: str) -> None:
-        _err(f"skipped event {event_id} for {flow_name}: {why}")
-
     commands.serve_flows(commands.load_triggered_flows(flows), store_url, duration=duration,
                          on_serving=lambda flow: _err(commands.render_serving(flow)),
-                         on_start=started, on_skip=skipped)
+                         on_start=started,
+                         on_skip=lambda *skipped: _err(commands.render_skipped(*skipped)))
 
 
 @main.command()

@@ -42,8 +42,10 @@ from .render import (
     render_resumed,
     render_sent,
     render_serving,
+    render_skipped,
     render_summary,
     render_timeline,
+    wide_console,
 )
 from .resume import resume_orphans
 from .run import RunRequest, SingleRun, batch_status, prepare_run, run_many, run_one
@@ -87,6 +89,7 @@ __all__ = [
     "render_resumed",
     "render_sent",
     "render_serving",
+    "render_skipped",
     "render_summary",
     "render_timeline",
     "resume_orphans",
@@ -97,4 +100,5 @@ __all__ = [
     "serve_flows",
     "show_saga",
     "silence_stdout",
+    "wide_console",
 ]

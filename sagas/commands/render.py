@@ -36,7 +36,7 @@ from ..events import (
 
 __all__ = ["plan_table", "printable", "progress_bar", "render_audit", "render_list",
            "render_plan", "render_plans", "render_resumed", "render_sent", "render_serving",
-           "render_summary", "render_timeline"]
+           "render_skipped", "render_summary", "render_timeline", "wide_console"]
 
 # the events whose line shows what failed, what was returned, that a retry is scheduled, which
 # branch it was (a branch's failure shows what failed)
@@ -173,6 +173,11 @@ def render_serving(flow: Any) -> str:
             f"(id {flow.trigger.id}); stop with Ctrl-C")
 
 
+def render_skipped(flow_name: str, event_id: str, why: str) -> str:
+    """``saga serve``: an event that could start no saga of a flow, and why."""
+    return f"skipped event {event_id} for {flow_name}: {why}"
+
+
 def render_audit(report: Any) -> str:
     """``saga audit``: each violation with its saga id and seq, or that there is none."""
     if not report.violations:
@@ -241,6 +246,14 @@ def render_plan(p: Any, compiled: Any) -> str:
     else:
         lines.append(f"  ends {p.status}")
     return "\n".join(lines)
+
+
+def wide_console() -> Any:
+    """A rich console on stdout at least 140 columns wide (a plan table's width), lines
+    never wrapped."""
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=max(140, Console().width))
 
 
 def plan_table(compiled: Any, every: Sequence[Any]) -> Any:

@@ -93,17 +93,25 @@ def _left_in_flight(progress: BatchProgress, total: int) -> str:
     return f"interrupted: {what}; 'saga resume' finishes them"
 
 
-def run_one(store_url: str, request: RunRequest) -> SingleRun:
-    """Run the request's one saga on the store at ``store_url`` until it ends."""
+def run_one(store_url: str, request: RunRequest, *,
+            on_end: Callable[[SingleRun], None] | None = None) -> SingleRun:
+    """Run the request's one saga on the store at ``store_url`` until it ends.
+
+    ``on_end(run)`` is called as soon as it has ended, before the runtime closes (which waits
+    up to :data:`~.session.CLOSE_TIMEOUT` for a handler that hangs), so the caller can show
+    it at once; a stop while the runtime closes still raises ``Stopped``."""
     progress = BatchProgress()
     with stop_reporting(lambda: _left_in_flight(progress, 1)), \
             runtime_session(store_url, request.fail) as runtime:
         started = runtime.start(request.flow, request.inputs[0], request.saga_id)
         progress.submitted, progress.last = 1, started
         try:
-            return SingleRun(runtime.wait(started))
+            ended = SingleRun(runtime.wait(started))
         except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
-            return SingleRun(runtime.result(started), note=str(exc))
+            ended = SingleRun(runtime.result(started), note=str(exc))
+        if on_end is not None:
+            on_end(ended)
+        return ended
 
 
 def run_many(store_url: str, request: RunRequest, concurrency: int, *,
