@@ -88,9 +88,11 @@ def test_a_batch_from_a_json_lines_file_names_the_input_that_is_invalid(tmp_path
 
 
 def test_run_one_returns_how_the_saga_ended_and_list_show_and_audit_read_it(store_url):
-    single = commands.run_one(store_url, prepare(saga_id="order-1"))
+    shown: list[commands.SingleRun] = []
+    single = commands.run_one(store_url, prepare(saga_id="order-1"), on_end=shown.append)
     assert (single.result.saga_id, single.result.status, single.note) == \
         ("order-1", "completed", None)
+    assert shown == [single]  # handed over before the runtime closed
     rejected = commands.run_one(store_url, prepare(OUT_OF_STOCK, saga_id="order-2"))
     assert rejected.result.status == "compensated"
     rows = commands.list_sagas(store_url)
