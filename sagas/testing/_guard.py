@@ -79,13 +79,17 @@ class _Worker(threading.Thread):
             done.release()
 
 
-_local = threading.local()
+class _Local(threading.local):
+    worker: _Worker | None = None  # set on a worker's own thread (a default: no AttributeError)
+
+
+_local = _Local()
 _idle: list[_Worker] = []  # (list.pop and list.append are atomic: no lock needed)
 
 
 def current_watch() -> Watch | None:
     """The watch of the worker running this code, or None outside a guarded piece of work."""
-    worker = getattr(_local, "worker", None)
+    worker = _local.worker
     return None if worker is None else worker.watch
 
 
@@ -101,7 +105,7 @@ def guarded(work: Callable[[], T], timeout: float | None, *, exit_if_stuck: bool
     this thread has not run for ``timeout + STUCK_GRACE`` seconds (a C-level watchdog,
     :mod:`faulthandler`); the threads' stacks go to :func:`stuck_report_path`.
     """
-    if timeout is None or getattr(_local, "worker", None) is not None:
+    if timeout is None or _local.worker is not None:
         return work()
     try:
         worker = _idle.pop()
