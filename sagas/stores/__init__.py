@@ -93,10 +93,9 @@ __all__ = [
     "StoreFacet",
     "StoredEvent",
     "check_subscriber",
+    "display_url",
     "open_store",
 ]
-# display_url is public too (sagas.stores.display_url); it joins __all__ with the pin of the
-# exports in tests/stores/test_sqlite.py (test_public_exports).
 
 _SUPPORTED = (
     "memory://, sqlite:///relative/path.db or sqlite:////absolute/path.db "

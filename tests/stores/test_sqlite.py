@@ -1007,7 +1007,7 @@ def test_open_store_refuses_a_bad_url_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("url", ["postgresql://localhost/sagas", "x.db", "redis://"])
+@pytest.mark.parametrize("url", ["mysql://saga@localhost/sagas", "x.db", "redis://"])
 def test_an_unknown_scheme_lists_the_supported_ones(url: str) -> None:
     with pytest.raises(BadStoreUrl) as caught:
         open_store(url)
@@ -1039,6 +1039,7 @@ def test_public_exports() -> None:
             "StoreFacet",
             "StoredEvent",
             "check_subscriber",
+            "display_url",
             "open_store",
         ]
     )
@@ -1183,6 +1184,30 @@ def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
             if isinstance(store, SqliteStore):
                 store.close()
     assert _schema(path)["version"] == ("5",)
+
+
+def test_a_file_another_process_migrates_while_it_is_opened_is_not_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tables and the version are read one after the other: another process migrating the
+    file in between (here, deterministically, another store object) used to make the opener
+    see an old file's tables with the new version, and refuse it as damaged."""
+    path = tmp_path / "v4.db"
+    _v4_store(path)
+    read_version = SqliteStore._schema_version
+    migrated = []
+
+    def version_after_another_migrates(self: SqliteStore, db: sqlite3.Connection,
+                                       tables: set[str]) -> int:
+        if not migrated:
+            migrated.append(True)
+            SqliteStore(path).close()  # another opener migrates the file meanwhile
+        return read_version(self, db, tables)
+
+    monkeypatch.setattr(SqliteStore, "_schema_version", version_after_another_migrates)
+    with SqliteStore(path) as store:
+        assert store.header("old").last_seq == 2
+    assert migrated
 
 
 # -- ownership across store objects and processes -------------------------------------------------

@@ -178,9 +178,11 @@ class _Schema:
         if version < SCHEMA_VERSION:
             self._check_tables(tables, version)
             self._migrate(db)
-            tables = self._tables(db)
-            version = self._schema_version(db, tables)
-        self._check_tables(tables, version)
+            version = self._schema_version(db, self._tables(db))
+        # read after the version: another process may have migrated the file since the
+        # tables were first read (they would be an older version's), and a migration only
+        # adds tables
+        self._check_tables(self._tables(db), version)
         self._use_wal(db)
         db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
 
