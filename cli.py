@@ -156,7 +156,8 @@ DEFAULT_STORE = "sqlite:///.saga/sagas.db"
 store_option = click.option(
     "--store", "store_url", envvar="SAGA_STORE", default=DEFAULT_STORE, show_default=True,
     metavar="URL", help="Where sagas are kept: sqlite:///PATH (relative; four slashes for an "
-                        "absolute path) or memory:// (throwaway). Env: SAGA_STORE.")
+                        "absolute path), postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (the "
+                        "postgres extra) or memory:// (throwaway). Env: SAGA_STORE.")
 
 
 # -- flows ----------------------------------------------------------------------------------------
