@@ -4,6 +4,7 @@ several threads do not mix, and snapshots are taken as the services define them.
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -88,3 +89,24 @@ def test_snapshots_are_copies_taken_as_each_service_defines_them() -> None:
     plain.snapshot = lambda: {"set": "on the object"}  # type: ignore[method-assign]
     assert run_schedule(flow, {}, services={"svc": plain}).snapshots_after == {
         "svc": {"set": "on the object"}}
+
+
+@pytest.mark.parametrize("handler_timeout", [None, 5.0])
+def test_a_run_leaves_no_reference_cycles_for_the_collector(handler_timeout: float | None) -> None:
+    """What a run allocates goes when its last reference does: cyclic garbage would wait for
+    the collector (S5 spent 7 % of its time there when a saga's record pointed back at its
+    harness), and hold every run's objects until then."""
+    flow = make_flow("a", "b")
+    svc = Scripted()
+    run_schedule(flow, {}, services={"svc": svc}, handler_timeout=handler_timeout)  # warm
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(20):
+            run = run_schedule(flow, {}, services={"svc": svc}, saga_id=f"s-{n}",
+                               handler_timeout=handler_timeout)
+            assert run.status == "completed"
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert found == 0

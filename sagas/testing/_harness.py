@@ -482,10 +482,10 @@ def _dispatcher(name: str, obj: Service, inbox: MemoryInbox, faults: _OneFault,
 class _Run:
     """One saga of a harness: the core's state of it, its schedule, what was recorded."""
 
-    __slots__ = ("context", "events", "faulty", "input", "invocations", "lifted", "saga",
-                 "saga_id", "schedule", "struck")
+    __slots__ = ("events", "faulty", "input", "invocations", "lifted", "saga", "saga_id",
+                 "schedule", "struck")
 
-    def __init__(self, harness: _Harness, saga_id: str, saga_input: Any, schedule: Schedule):
+    def __init__(self, saga_id: str, saga_input: Any, schedule: Schedule):
         self.saga_id = saga_id
         self.input = saga_input
         self.schedule = schedule
@@ -495,7 +495,6 @@ class _Run:
         self.events: list[Event] = []
         self.invocations: list[tuple[str, str, int]] = []  # (phase, step, attempt)
         self.struck: list[tuple[int, str]] = []
-        self.context = (harness, saga_id)  # what a call into service code that hangs names
 
 
 class _Harness:
@@ -536,7 +535,7 @@ class _Harness:
 
     def add(self, saga_id: str, saga_input: Any, schedule: Schedule) -> _Run:
         """A saga of this harness, not started."""
-        run = self.runs[saga_id] = _Run(self, saga_id, saga_input, schedule)
+        run = self.runs[saga_id] = _Run(saga_id, saga_input, schedule)
         return run
 
     def start(self, saga_id: str, saga_input: Any, schedule: Schedule) -> None:
@@ -615,7 +614,7 @@ class _Harness:
         if kind is None:  # no fault: one delivery, its reply now
             watch = self.watch
             if watch is not None:
-                watch.enter(f"{command.service}.{command.name}", run.context)
+                watch.enter(f"{command.service}.{command.name}", (self, run.saga_id))
             for reply in self.dispatchers[command.service].process(message):
                 if not reply.replayed:
                     run.invocations.append((command.phase, command.step, command.attempt))
@@ -643,7 +642,7 @@ class _Harness:
             invocations.append(key)
             # the effect happens; the reply (or whatever it raised) is lost with the process
             if watch is not None:
-                watch.enter(label, run.context)
+                watch.enter(label, (self, run.saga_id))
             try:
                 dispatcher.service.handler(command.name)(message)
             except KeyboardInterrupt:
@@ -657,7 +656,7 @@ class _Harness:
         elif kind == "lost":
             self.injector.next = Fault("run_then_drop")
         if watch is not None:
-            watch.enter(label, run.context)
+            watch.enter(label, (self, run.saga_id))
         replies = list(dispatcher.process(message))
         if watch is not None:
             watch.leave()
