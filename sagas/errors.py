@@ -15,7 +15,9 @@
         ├── StoreUnavailable     the store cannot be used: damaged, locked, newer schema
         │   └── StoreMissing     there is no store where one should be read (nothing is created)
         ├── UnknownSaga          no saga with that id
-        └── SeqConflict          an append at a ``seq`` that is already taken
+        ├── SeqConflict          an append at a ``seq`` that is already taken
+        └── LeaseLost            a fenced write for a partition whose lease its member no
+                                 longer holds (or never held) at that epoch: nothing written
 
 The CLI turns each into one line on stderr and an exit code (its table, ``cli.EXIT_BY_ERROR``):
 the exceptions themselves know nothing of exit codes.
@@ -30,6 +32,7 @@ __all__ = [
     "FlowErrors",
     "IdConflict",
     "InputError",
+    "LeaseLost",
     "SagaOrphaned",
     "SagaTimeout",
     "SagactorError",
@@ -143,3 +146,23 @@ class SeqConflict(StoreError):
         self.saga_id = saga_id
         self.seq = seq
         super().__init__(f"saga {saga_id!r}: seq {seq} is already taken")
+
+
+class LeaseLost(StoreError):
+    """A fenced write (``EventLog.write(..., fence=...)``) was refused, and nothing of it
+    written: the lease of ``partition``, where saga ``saga_id`` lives, is not held by
+    ``member`` at ``epoch`` (another member took it over, it expired or was released), or
+    the fence names no epoch for it (``epoch`` is ``None``: the member never held it). The
+    member drops the partition: it must not write to its sagas again before it acquires its
+    lease anew (a new epoch) and reloads them."""
+
+    def __init__(self, partition: int, member: str, epoch: int | None, saga_id: str):
+        self.partition = partition
+        self.member = member
+        self.epoch = epoch
+        self.saga_id = saga_id
+        if epoch is None:
+            held = f"holds no lease on partition {partition}"
+        else:
+            held = f"no longer holds partition {partition} at epoch {epoch}"
+        super().__init__(f"member {member!r} {held} (saga {saga_id!r}): the write was refused")

@@ -256,8 +256,9 @@ class PostgresServer:
 
     def recycle_store_database(self, name: str) -> None:
         """Empty the store in ``name`` for a later test: end its sessions (their advisory
-        locks go with them), truncate every table but the schema's version and reset the
-        positions' counters. A database that cannot be emptied so is dropped instead."""
+        locks go with them), truncate every table but the schema's version, the positions'
+        counters (reset) and the partitions' leases (made free and never held again). A
+        database that cannot be emptied so is dropped instead."""
         try:
             with self.admin(name) as db:
                 db.execute("SET lock_timeout = '5s'")
@@ -265,11 +266,15 @@ class PostgresServer:
                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
                 tables = [t for (t,) in db.execute(
                     "SELECT tablename FROM pg_tables WHERE schemaname = 'sagactor' "
-                    "AND tablename NOT IN ('meta', 'counters') ORDER BY tablename")]
+                    "AND tablename NOT IN ('meta', 'counters', 'leases') ORDER BY tablename")]
                 with db.transaction():
-                    version = db.execute("SELECT value FROM sagactor.meta").fetchall()
+                    meta = db.execute("SELECT key, value FROM sagactor.meta ORDER BY key")
                     counters = db.execute("UPDATE sagactor.counters SET value = 0").rowcount
-                    if version != [("1",)] or counters != 2 or len(tables) != 9:
+                    leases = db.execute(
+                        "UPDATE sagactor.leases SET member = NULL, epoch = 0, expires_at = NULL, "
+                        "renewed_at = NULL").rowcount
+                    if (meta.fetchall() != [("partitions", "64"), ("schema_version", "2")]
+                            or counters != 2 or leases != 64 or len(tables) != 10):
                         raise RuntimeError(f"the store in {name} was changed: not reused")
                     db.execute("TRUNCATE " + ", ".join(f"sagactor.{t}" for t in tables)
                                + " RESTART IDENTITY")

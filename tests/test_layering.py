@@ -108,7 +108,8 @@ def test_stores_import_only_the_port_and_errors():
 def test_public_exports_of_sagas_are_pinned():
     assert sorted(sagas.__all__) == sorted([
         "BadStoreUrl", "CompiledFlow", "DefinitionUnavailable", "Flow", "FlowError",
-        "FlowErrors", "FlowWarning", "IdConflict", "InputError", "Plan", "RetryPolicy",
+        "FlowErrors", "FlowWarning", "IdConflict", "InputError", "LeaseLost", "Plan",
+        "RetryPolicy",
         "Runtime", "SagaResult", "SagaTimeout", "SagactorError", "SeqConflict", "ServiceSpec",
         "Step", "StoreError", "StoreMissing", "StoreUnavailable", "Submitted", "UnknownSaga",
         "__version__",

@@ -13,6 +13,8 @@ URL                                store
 ``postgresql://user[:password]``   :class:`~sagas.stores.postgres.PostgresStore` in database
 ``@host[:port]/db``                ``db`` of a PostgreSQL server (``postgres://`` too), with
                                    the ``postgres`` extra (psycopg 3)
+``...?partitions=N``               every form: the number of partitions of a store created
+                                   now (1 to 16384, default 64); see below
 =================================  =====================================================
 
 The SQLite forms follow SQLAlchemy's convention. The path is taken as written (no percent
@@ -33,11 +35,20 @@ private), or a PostgreSQL one (its schema, and its database if the user may crea
 :class:`~sagas.errors.StoreMissing` (``no saga store at PATH``, exit code 5) otherwise, having
 created nothing: what commands that only read or act on existing sagas use.
 
+Partitions: a store has a fixed number of them, chosen when it is created (``?partitions=N``
+in the URL, or ``open_store(url, partitions=N)``; default 64) and kept in it; a saga's
+partition is :func:`partition_of` its id. Opening an existing store with an explicit number
+it does not have raises ``StoreUnavailable`` (the number cannot change); without one, a store
+opens with the number it has. The partitions' leases (:class:`Leases`) let several
+orchestrator processes share one store, each writing only to the sagas of the partitions it
+holds, its writes fenced (:class:`Fence`, :class:`~sagas.errors.LeaseLost`).
+
 The port a backend implements, :class:`SagaStore`, is made of small facets, each documented
 in one place: :class:`EventLog` (sagas and their logs), :class:`LogReader` (the global log,
-with :class:`Cursors`), :class:`Ownership`, :class:`Requests`, :class:`ExternalEvents` and
-:class:`ServiceInbox`; a component names the facets it uses. Every backend passes the contract
-suite :mod:`sagas.stores.contract` (a pytest suite, with the ``test`` extra).
+with :class:`Cursors`), :class:`Ownership`, :class:`Leases`, :class:`Requests`,
+:class:`ExternalEvents` and :class:`ServiceInbox`; a component names the facets it uses.
+Every backend passes the contract suite :mod:`sagas.stores.contract` (a pytest suite, with the
+``test`` extra).
 """
 
 from __future__ import annotations
@@ -47,16 +58,22 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from sagas.errors import BadStoreUrl, StoreUnavailable
-from sagas.stores._checks import check_subscriber
+from sagas.stores._checks import check_partition_count, check_subscriber
 from sagas.stores._port import (
+    DEFAULT_PARTITIONS,
     TERMINAL,
     Append,
     Cursors,
     EventLog,
     ExternalEvent,
     ExternalEvents,
+    Fence,
+    Lease,
+    LeaseInfo,
+    Leases,
     LogEntry,
     LogReader,
+    MemberInfo,
     NewSaga,
     Ownership,
     Request,
@@ -67,19 +84,27 @@ from sagas.stores._port import (
     ServiceInbox,
     StoredEvent,
     StoreFacet,
+    Writer,
+    partition_of,
 )
 from sagas.stores.memory import MemoryStore
 from sagas.stores.sqlite import SYNCHRONOUS, SqliteStore
 
 __all__ = [
+    "DEFAULT_PARTITIONS",
     "TERMINAL",
     "Append",
     "Cursors",
     "EventLog",
     "ExternalEvent",
     "ExternalEvents",
+    "Fence",
+    "Lease",
+    "LeaseInfo",
+    "Leases",
     "LogEntry",
     "LogReader",
+    "MemberInfo",
     "MemoryStore",
     "NewSaga",
     "Ownership",
@@ -92,16 +117,19 @@ __all__ = [
     "SqliteStore",
     "StoreFacet",
     "StoredEvent",
+    "Writer",
     "check_subscriber",
     "display_url",
     "open_store",
+    "partition_of",
 ]
 
 _SUPPORTED = (
     "memory://, sqlite:///relative/path.db or sqlite:////absolute/path.db "
     "(optionally ?synchronous=normal|full), or postgresql://user[:password]@host[:port]/db"
 )
-_POSTGRES_OPTIONS = ("application_name", "connect_timeout", "host", "sslmode", "sslrootcert")
+_POSTGRES_OPTIONS = ("application_name", "connect_timeout", "host", "partitions", "sslmode",
+                     "sslrootcert")
 _MASK = "***"
 _PASSWORD_OPTION = re.compile(r"(?i)((?:^|[?&;])password=)[^&;#]*")
 
@@ -126,33 +154,65 @@ def display_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-def open_store(url: str, *, create: bool = True) -> SagaStore:
+def open_store(url: str, *, create: bool = True, partitions: int | None = None) -> SagaStore:
     """Open the store a URL names (see the module docstring for the forms), creating it if
     it does not exist, or, with ``create=False``, only if it exists (``memory://`` is always
-    a new, empty store).
+    a new, empty store). ``partitions`` (or the URL's ``?partitions=N``) is the number of
+    partitions of a store created now, and the number an existing one must have (``None``:
+    the default, 64, for a new store, whatever it has for an existing one).
 
     Raises ``BadStoreUrl`` for an unknown scheme or a malformed URL (the message lists the
-    supported forms), ``StoreMissing`` with ``create=False`` when there is no store (nothing
-    is created), and ``StoreUnavailable`` if the store exists but cannot be used.
+    supported forms; a number of partitions that is not one, or given twice with two
+    values, too), ``StoreMissing`` with ``create=False`` when there is no store (nothing is
+    created), and ``StoreUnavailable`` if the store exists but cannot be used (or has another
+    number of partitions than the one asked for).
     """
     if not isinstance(url, str):
         raise BadStoreUrl(f"a store URL must be a string, got {type(url).__name__}")
     shown = display_url(url)
+    if partitions is not None:
+        try:
+            check_partition_count(partitions)
+        except (TypeError, ValueError) as err:
+            raise BadStoreUrl(f"store {shown!r}: {err}") from None
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
         raise BadStoreUrl(f"bad store URL {shown!r}: expected {_SUPPORTED}")
     if scheme == "memory":
-        if rest:
-            raise BadStoreUrl(f"bad store URL {shown!r}: memory:// takes no path or options")
-        return MemoryStore()
+        if rest and not rest.startswith("?"):
+            raise BadStoreUrl(f"bad store URL {shown!r}: memory:// takes no path (and one "
+                              "option, ?partitions=N)")
+        options = _options(shown, rest[1:], ("partitions",))
+        count = _partitions(shown, options.pop("partitions", None), partitions)
+        return MemoryStore(DEFAULT_PARTITIONS if count is None else count)
     if scheme == "sqlite":
         path, options = _sqlite_parts(shown, rest)
-        return SqliteStore(path, **options, create=create)
+        count = _partitions(shown, options.pop("partitions", None), partitions)
+        return SqliteStore(path, **options, create=create, partitions=count)
     if scheme in ("postgresql", "postgres"):
         params = _postgres_parts(shown, rest)
+        params["partitions"] = _partitions(shown, params.pop("partitions", None), partitions)
         return _postgres_store(shown, params, create)
     raise BadStoreUrl(f"unsupported store URL {shown!r}: expected {_SUPPORTED}")
+
+
+def _partitions(url: str, option: str | None, given: int | None) -> int | None:
+    """The number of partitions asked for by the URL's ``?partitions=`` (``option``) and the
+    ``partitions`` argument (``given``, checked), or ``None``; ``BadStoreUrl`` if the option
+    is not a number of partitions or the two differ."""
+    if option is None:
+        return given
+    if not option.isdigit() or option != str(int(option)):
+        raise BadStoreUrl(f"bad store URL {url!r}: partitions is a whole number, got {option!r}")
+    try:
+        count = check_partition_count(int(option))
+    except ValueError as err:
+        raise BadStoreUrl(f"bad store URL {url!r}: {err}") from None
+    if given is not None and given != count:
+        raise BadStoreUrl(f"store {url!r}: partitions={given} and the URL's partitions={count} "
+                          "disagree")
+    return count
 
 
 def _options(url: str, query: str, known: tuple[str, ...]) -> dict[str, str]:
@@ -188,8 +248,10 @@ def _sqlite_parts(url: str, rest: str) -> tuple[str, dict[str, str]]:
         raise BadStoreUrl(f"bad store URL {url!r}: no database file named")
     if path == ":memory:":
         raise BadStoreUrl(f"bad store URL {url!r}: for a store in memory use memory://")
-    options = _options(url, query, ("synchronous",))
+    options = _options(url, query, ("partitions", "synchronous"))
     for key, value in options.items():
+        if key == "partitions":
+            continue
         if value.lower() not in SYNCHRONOUS:
             raise BadStoreUrl(
                 f"bad store URL {url!r}: synchronous must be one of {', '.join(SYNCHRONOUS)}, "

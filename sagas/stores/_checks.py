@@ -1,5 +1,6 @@
 """Checks of the port's arguments, shared by the backends: what a subscriber name, a log
-position, an owner id, an external event (type, key, id, data, time) and a request are.
+position, an owner id, an external event (type, key, id, data, time), a request, a member id,
+a lease's length, a list of partitions and a fence are.
 
 Each check raises ``ValueError`` / ``TypeError`` with a one-line message fit for a command-line
 user (the facets of :mod:`sagas.stores._port` promise that), before anything is written.
@@ -11,9 +12,16 @@ import builtins
 import math
 import re
 import uuid
-from typing import Any
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sagas.errors import LeaseLost
 
 from ._json import encode
+
+if TYPE_CHECKING:
+    from ._port import Fence, Lease
 
 __all__ = [
     "EVENT_ID",
@@ -21,12 +29,20 @@ __all__ = [
     "MAX_KEY",
     "OWNER_ID",
     "SUBSCRIBER",
+    "FencePlan",
     "check_claim",
     "check_event_match",
+    "check_fence",
+    "check_member",
+    "check_member_info",
     "check_owner",
+    "check_partition_count",
+    "check_partitions",
     "check_position",
+    "check_renewals",
     "check_subscriber",
     "check_time",
+    "check_ttl",
     "external_event_fields",
     "new_event_id",
     "request_json",
@@ -187,3 +203,133 @@ def request_json(kind: str, data: dict[str, Any] | None) -> str:
     if not isinstance(data, dict):
         raise TypeError(f"request data must be a JSON object (a dict), got {type(data).__name__}")
     return encode(data)
+
+
+def check_member(member: object) -> str:
+    """``member`` if it is a valid member id (as an owner id: ``[A-Za-z0-9_.-]{1,128}``),
+    else ``ValueError``."""
+    if not isinstance(member, str) or not OWNER_ID.fullmatch(member):
+        raise ValueError(f"a member id is 1 to 128 of A-Z a-z 0-9 _ . -, got {_shown(member)}")
+    return member
+
+
+def check_ttl(ttl: object) -> float:
+    """``ttl`` as a float if it is a lease's length: a finite number of seconds > 0, else
+    ``TypeError`` / ``ValueError``."""
+    seconds = check_time("a lease's ttl", ttl)  # type: ignore[arg-type]
+    if seconds <= 0:
+        raise ValueError(f"a lease's ttl is a number of seconds > 0, got {ttl!r}")
+    return seconds
+
+
+def check_partition_count(partitions: object) -> int:
+    """``partitions`` if it is a store's number of partitions (an int from 1 to
+    ``MAX_PARTITIONS``), else ``TypeError`` / ``ValueError``."""
+    from ._port import MAX_PARTITIONS
+
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise TypeError(f"a number of partitions is an int, got {_kind(partitions)}")
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(
+            f"a number of partitions is from 1 to {MAX_PARTITIONS}, got {partitions}"
+        )
+    return partitions
+
+
+def check_partitions(partitions: Sequence[int], count: int) -> builtins.list[int]:
+    """The distinct partitions of ``partitions``, sorted, if each is one of a store of
+    ``count`` partitions (an int from 0 to count - 1), else ``TypeError`` / ``ValueError``
+    (a lone int too: a slip for ``[partition]``)."""
+    if isinstance(partitions, (int, str)) or not isinstance(partitions, Iterable):
+        raise TypeError(f"partitions is a sequence of ints, got {_kind(partitions)}")
+    for partition in partitions:
+        if isinstance(partition, bool) or not isinstance(partition, int):
+            raise TypeError(f"a partition is an int, got {_kind(partition)}")
+        if not 0 <= partition < count:
+            raise ValueError(f"a partition is from 0 to {count - 1} (the store has {count}), "
+                             f"got {partition}")
+    return sorted(set(partitions))
+
+
+def check_renewals(member: str, leases: Sequence[Lease], count: int) -> builtins.list[
+        tuple[int, int]]:
+    """``(partition, epoch)`` of each of ``leases``, in partition order, if each is a
+    :class:`~sagas.stores.Lease` of ``member`` in a store of ``count`` partitions, else
+    ``TypeError`` / ``ValueError``."""
+    from ._port import Lease
+
+    if isinstance(leases, Lease) or not isinstance(leases, Sequence):
+        raise TypeError(f"leases is a sequence of Lease, got {_kind(leases)}")
+    wanted: dict[int, int] = {}
+    for lease in leases:
+        if not isinstance(lease, Lease):
+            raise TypeError(f"a lease to renew is a Lease, got {_kind(lease)}")
+        if lease.member != member:
+            raise ValueError(f"member {member!r} cannot renew a lease of member "
+                             f"{lease.member!r}")
+        check_partitions([lease.partition], count)
+        wanted[lease.partition] = lease.epoch
+    return sorted(wanted.items())
+
+
+def check_member_info(info: Mapping[str, Any] | None) -> str | None:
+    """A member's ``info`` as JSON text (``None`` stays ``None``: keep what it said), if it is
+    a JSON object; else ``TypeError`` / ``ValueError``."""
+    if info is None:
+        return None
+    if not isinstance(info, dict):
+        raise TypeError(f"a member's info is a JSON object (a dict), got {_kind(info)}")
+    try:
+        text = encode(info)
+    except TypeError as err:
+        raise TypeError(f"a member's info is not JSON: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"a member's info is not JSON: {err}") from err
+    _check_text("a member's info", text)
+    return text
+
+
+class FencePlan(NamedTuple):
+    """What a fenced write must check, worked out from its arguments before the store is
+    asked (:func:`check_fence`)."""
+
+    member: str
+    # partition -> (the fence's epoch, the first saga the call names in it), in call order
+    partitions: dict[int, tuple[int, str]]
+    # saga id -> the epoch its events are written with
+    epochs: dict[str, int]
+
+    def lost(self, partition: int) -> LeaseLost:
+        """The error for a partition whose lease the member does not hold at its epoch."""
+        epoch, saga_id = self.partitions[partition]
+        return LeaseLost(partition, self.member, epoch, saga_id)
+
+
+def check_fence(fence: Fence, saga_ids: Iterable[str], count: int) -> FencePlan:
+    """What a write fenced with ``fence`` in a store of ``count`` partitions checks, for the
+    sagas it names (``saga_ids``, in call order); ``TypeError`` if ``fence`` is no
+    :class:`~sagas.stores.Fence`, ``ValueError`` if it names a partition the store does not
+    have, and :class:`~sagas.errors.LeaseLost` (epoch ``None``) for the first saga in a
+    partition the fence has no epoch for."""
+    from ._port import Fence
+
+    if not isinstance(fence, Fence):
+        raise TypeError(f"a fence is a sagas.stores.Fence, got {_kind(fence)}")
+    epochs = fence.epochs
+    for partition in epochs:
+        if partition >= count:
+            raise ValueError(f"a fence names partition {partition}; the store has {count} "
+                             f"(0 to {count - 1})")
+    partitions: dict[int, tuple[int, str]] = {}
+    by_saga: dict[str, int] = {}
+    crc32 = zlib.crc32
+    for saga_id in saga_ids:
+        if saga_id in by_saga:
+            continue
+        partition = crc32(saga_id.encode("utf-8")) % count  # partition_of, inlined
+        epoch = epochs.get(partition)
+        if epoch is None:
+            raise LeaseLost(partition, fence.member, None, saga_id)
+        by_saga[saga_id] = epoch
+        partitions.setdefault(partition, (epoch, saga_id))
+    return FencePlan(fence.member, partitions, by_saga)

@@ -2,9 +2,9 @@
 
 A store keeps, per saga, a header (flow, definition, status, ...) and an append-only event log
 whose ``seq`` counts from 1; beside them, durable cursors for readers of the log, the
-registrations of the runtimes that own sagas, requests from other processes, external events,
-and the service inbox. The port is cut into small protocols, one per concern, each of which
-documents its contract here and nowhere else:
+registrations of the runtimes that own sagas, the leases of its partitions, requests from other
+processes, external events, and the service inbox. The port is cut into small protocols, one
+per concern, each of which documents its contract here and nowhere else:
 
 ==================  ==========================================================================
 facet               what it holds
@@ -16,6 +16,9 @@ facet               what it holds
                     ``last_position``), and :class:`Cursors` to keep one's place in it
 :class:`Ownership`  which runtime drives which saga: ``register_owner``, ``owner_alive``,
                     ``adopt``
+:class:`Leases`     the store's fixed partitions, their leases with epochs (``acquire``,
+                    ``renew``, ``release``, ``leases``), the members that hold them, and
+                    who wrote each event (the fence of :meth:`EventLog.write`)
 :class:`Requests`   commands for a saga from other processes (``saga cancel``, ``retry``)
 :class:`ExternalEvents`  events sent from outside (``saga send``) and claimed by sagas
 :class:`ServiceInbox`    the service actors' :class:`actors.InboxStore`
@@ -38,24 +41,34 @@ keeps a copy, and every read returns a fresh one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from ..events import Event as StoredEvent
+from ._checks import check_member
 
 if TYPE_CHECKING:
     from actors import InboxStore
 
 __all__ = [
+    "DEFAULT_PARTITIONS",
+    "MAX_PARTITIONS",
     "TERMINAL",
     "Append",
     "Cursors",
     "EventLog",
     "ExternalEvent",
     "ExternalEvents",
+    "Fence",
+    "Lease",
+    "LeaseInfo",
+    "Leases",
     "LogEntry",
     "LogReader",
+    "MemberInfo",
     "NewSaga",
     "Ownership",
     "Request",
@@ -66,9 +79,25 @@ __all__ = [
     "ServiceInbox",
     "StoreFacet",
     "StoredEvent",
+    "Writer",
+    "partition_of",
 ]
 
 TERMINAL = frozenset({"completed", "compensated", "failed"})
+
+DEFAULT_PARTITIONS = 64
+"""The number of partitions of a store created without choosing one."""
+
+MAX_PARTITIONS = 16384
+"""The most partitions a store may have (a lease row each)."""
+
+
+def partition_of(saga_id: str, partitions: int) -> int:
+    """The partition of saga ``saga_id`` in a store of ``partitions`` partitions: the CRC-32
+    (zlib's, the IEEE 802.3 polynomial, as ``binascii.crc32``) of the id's UTF-8 bytes, modulo
+    ``partitions``. Stable across processes, hosts, versions and languages, so anyone can
+    compute it (``crc32("order-1") % 64`` is 47)."""
+    return zlib.crc32(saga_id.encode("utf-8")) % partitions
 
 # -- records ---------------------------------------------------------------------------------------
 
@@ -169,6 +198,105 @@ class LogEntry(NamedTuple):
     event: StoredEvent
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A partition's lease as its holder got it from :meth:`Leases.acquire` or
+    :meth:`Leases.renew`.
+
+    ``expires_at`` is when the store will consider it expired, on the store's clock (Unix
+    seconds: PostgreSQL's ``clock_timestamp()``, ``time.time()`` for SQLite and memory).
+    ``deadline`` is the holder's own: a :func:`time.monotonic` value, the one read just before
+    the request was sent plus the lease's length, so that it is never later than the store's
+    expiry (clocks that run at one rate assumed): a holder that stops writing and sending
+    commands for the partition at ``deadline`` has stopped before anyone else may hold it.
+    """
+
+    partition: int
+    member: str
+    epoch: int
+    expires_at: float
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A partition's lease as :meth:`Leases.leases` shows it, whoever holds it.
+
+    ``member`` is the last holder (``None`` if it was released or never held), ``epoch`` the
+    number of tenures it has had (0 if never held), ``expires_at`` and ``renewed_at`` times on
+    the store's clock (``None`` if never held), and ``held`` whether ``member`` holds it now by
+    the store's clock (an expired lease keeps its member, not held).
+    """
+
+    partition: int
+    member: str | None
+    epoch: int
+    expires_at: float | None
+    renewed_at: float | None
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """A member as :meth:`Leases.members` shows it: when it first announced itself and was last
+    seen (store clock), ``seen_ago`` seconds before the read, and what it said of itself."""
+
+    member: str
+    started_at: float
+    last_seen: float
+    seen_ago: float
+    info: dict[str, Any]  # a JSON object (a private copy on every read)
+
+
+class Writer(NamedTuple):
+    """Who wrote an event of a saga (:meth:`Leases.writers`): the fenced write's member and
+    its epoch of the saga's partition, or ``None`` and ``None`` for a write without a fence."""
+
+    seq: int
+    member: str | None
+    epoch: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a member's write is fenced with (:meth:`EventLog.write`): its id and the epoch
+    of each partition it holds, ``{partition: epoch}`` (a read-only copy is kept).
+
+    Checked when made: ``member`` is a member id (as an owner id: 1 to 128 of
+    ``A-Za-z0-9_.-``), partitions ints >= 0 and epochs ints >= 1; ``ValueError`` /
+    ``TypeError`` otherwise.
+    """
+
+    member: str
+    epochs: Mapping[int, int]
+
+    def __post_init__(self) -> None:
+        check_member(self.member)
+        if not isinstance(self.epochs, Mapping):
+            raise TypeError(f"a fence's epochs are a mapping {{partition: epoch}}, got "
+                            f"{type(self.epochs).__name__}")
+        epochs = dict(self.epochs)
+        for partition, epoch in epochs.items():
+            for name, value, low in (("partition", partition, 0), ("epoch", epoch, 1)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"a fence's {name} is an int, got {type(value).__name__}")
+                if value < low:
+                    raise ValueError(f"a fence's {name} is >= {low}, got {value}")
+        object.__setattr__(self, "epochs", MappingProxyType(epochs))
+
+    @classmethod
+    def of(cls, member: str, leases: Iterable[Lease]) -> Fence:
+        """The fence of ``member``'s ``leases`` (``ValueError`` for a lease of another
+        member)."""
+        epochs: dict[int, int] = {}
+        for lease in leases:
+            if lease.member != member:
+                raise ValueError(f"a lease of member {lease.member!r} in the fence of member "
+                                 f"{member!r}")
+            epochs[lease.partition] = lease.epoch
+        return cls(member, epochs)
+
+
 # -- facets ----------------------------------------------------------------------------------------
 
 
@@ -193,10 +321,16 @@ class EventLog(StoreFacet, Protocol):
     ``write`` is the one way in: creates and appends of many sagas in one transaction, so a
     shard commits a whole mailbox drain at once (``create`` and ``append`` are its one-kind
     forms). ``load_many`` reads many sagas in one snapshot, for recovery.
+
+    A write may be *fenced* (``fence=``, see :class:`Leases`): a member's commits carry its
+    id and its epochs, and the store refuses, inside the write's own transaction, any whose
+    member no longer holds a partition it writes to. Without a fence a write is checked
+    against no lease (a store used by one process, the commands of a person).
     """
 
     def write(
-        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+        self, creates: Sequence[NewSaga], appends: Sequence[Append], *,
+        fence: Fence | None = None,
     ) -> list[tuple[bool, SagaHeader]]:
         """Create sagas, then append to sagas, atomically (one transaction, one commit): all
         of it is written or none of it. The group commit of a shard's mailbox drain.
@@ -220,15 +354,29 @@ class EventLog(StoreFacet, Protocol):
         events or with non-consecutive seqs (``ValueError``); an input or event data that is
         not JSON (``TypeError`` / ``ValueError``); and any append that fails as above.
         ``write([], [])`` writes nothing and returns ``[]``.
+
+        With a ``fence`` (a :class:`Fence`, else ``TypeError``), every saga the call names,
+        created or appended to (one whose id exists included), must be in a partition
+        (:func:`partition_of`) whose lease the fence's member holds, unexpired by the store's
+        clock, at the fence's epoch for it, checked in the write's transaction: otherwise
+        :class:`~sagas.errors.LeaseLost` names the first such partition (in the order the
+        call names the sagas) and nothing of the call is written. A partition the fence has
+        no epoch for is refused so too, before the store is asked. Every event a fenced call
+        writes records the member and the epoch of its saga's partition, every event of an
+        unfenced one ``None`` twice (:meth:`Leases.writers`). A lease check comes after the
+        argument checks and before the seqs are compared: a stale member is told
+        ``LeaseLost``, never ``SeqConflict``.
         """
         ...
 
-    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
-        """Create the saga with its first events (seqs 1..n): ``write([saga], [])[0]``."""
+    def create(self, saga: NewSaga, *, fence: Fence | None = None) -> tuple[bool, SagaHeader]:
+        """Create the saga with its first events (seqs 1..n): ``write([saga], [],
+        fence=fence)[0]``."""
         ...
 
-    def append(self, batch: Sequence[Append]) -> None:
-        """Append to several sagas atomically (a group commit): ``write([], batch)``."""
+    def append(self, batch: Sequence[Append], *, fence: Fence | None = None) -> None:
+        """Append to several sagas atomically (a group commit): ``write([], batch,
+        fence=fence)``."""
         ...
 
     def load(self, saga_id: str) -> SagaRecord:
@@ -361,6 +509,89 @@ class Ownership(StoreFacet, Protocol):
 
 
 @runtime_checkable
+class Leases(StoreFacet, Protocol):
+    """Partitions, their leases, the members that hold them, and the fence of their writes:
+    how several orchestrator processes share one store (DESIGN.md §7), each driving the sagas
+    of the partitions it holds, none writing to a saga another may drive.
+
+    A store has a fixed number of partitions, chosen when it is created (default
+    :data:`DEFAULT_PARTITIONS`, at most :data:`MAX_PARTITIONS`) and never changed; a saga's
+    partition is :func:`partition_of` its id. A *member* (an orchestrator process; its id is
+    1 to 128 of ``A-Za-z0-9_.-``, as an owner id, else ``ValueError`` in every method) holds
+    the *lease* of a partition for a while (``ttl`` seconds, a finite number > 0, else
+    ``ValueError`` / ``TypeError``), renews it, and gives it back. Each lease has an *epoch*,
+    its number of tenures: a member that takes a partition free, released or expired gets the
+    previous epoch + 1 (itself after its own lease expired included: a new tenure); renewing
+    keeps it. A member writes with a :class:`Fence` of its epochs (:meth:`EventLog.write`),
+    and the store refuses, in the write's transaction, a write for a partition whose lease
+    it does not hold at that epoch, unexpired: a member that was paused, cut off or slow past
+    its lease writes nothing once another may have taken over. Its :attr:`Lease.deadline`
+    tells it when to stop on its own clock.
+
+    Expiry is judged by the store's clock (PostgreSQL's ``clock_timestamp()``; SQLite's and
+    the memory store's ``time.time()``), so the members' clocks need not agree. Of
+    concurrent acquirers of a partition (any thread, store object or process) exactly one
+    gets it. Partitions outside ``0 .. partitions() - 1`` are ``ValueError``.
+
+    Members also announce themselves (``heartbeat``), so that each can tell how many share
+    the store and take its fair share of the partitions, and say what they can run
+    (``info``); ``leave`` is a clean stop.
+    """
+
+    def partitions(self) -> int:
+        """The store's number of partitions (fixed when it was created)."""
+        ...
+
+    def acquire(self, member: str, partitions: Sequence[int], ttl: float) -> list[Lease]:
+        """Take the lease of each of ``partitions`` that is free, released, expired, or held
+        by ``member`` already (renewed, its epoch kept), for ``ttl`` seconds from now; the
+        leases taken, in partition order (a partition another member holds is left out),
+        committed before it returns. Each partition is taken atomically: of concurrent
+        acquirers exactly one gets it."""
+        ...
+
+    def renew(self, member: str, leases: Sequence[Lease], ttl: float) -> list[Lease]:
+        """Extend to ``ttl`` seconds from now each of ``leases`` that ``member`` still holds,
+        unexpired, at its epoch; the leases renewed, in partition order (one lost, because
+        it expired, was taken or released, is left out). ``ValueError`` for a lease of
+        another member."""
+        ...
+
+    def release(self, member: str, partitions: Sequence[int]) -> None:
+        """Give back the leases of ``partitions`` that ``member`` holds or held last (expired
+        ones included), committed before it returns: they are free at once, their epochs
+        kept for the next holder to bump. The others are left as they are."""
+        ...
+
+    def leases(self) -> list[LeaseInfo]:
+        """Every partition's lease, in partition order, read at once (``saga members``, and a
+        member computing its fair share)."""
+        ...
+
+    def heartbeat(self, member: str, info: dict[str, Any] | None = None) -> None:
+        """Record that ``member`` is alive now (store clock), committed before it returns:
+        a new member is registered with ``started_at`` now; ``info`` (a JSON object, e.g.
+        host, pid and the flows it runs) replaces what it said before, and ``None`` keeps it
+        (``{}`` for a new member)."""
+        ...
+
+    def members(self) -> list[MemberInfo]:
+        """Every registered member, by id (alive or not: ``seen_ago`` tells)."""
+        ...
+
+    def leave(self, member: str) -> None:
+        """A clean stop: forget ``member`` and release every lease it holds, in one
+        transaction committed before it returns (an unknown member is ignored)."""
+        ...
+
+    def writers(self, saga_id: str) -> list[Writer]:
+        """Who wrote each event of the saga, in seq order (see :meth:`EventLog.write`);
+        ``UnknownSaga`` if absent. For ``saga audit``: within one partition epochs only grow,
+        and a member writes only while it holds the lease."""
+        ...
+
+
+@runtime_checkable
 class Requests(StoreFacet, Protocol):
     """Commands for a saga from another process (``saga cancel``, ``saga retry``): written to
     the store, picked up by the saga's owner (:class:`Ownership`), then completed."""
@@ -458,7 +689,7 @@ class ServiceInbox(StoreFacet, Protocol):
 
 
 @runtime_checkable
-class SagaStore(EventLog, LogReader, Ownership, Requests, ExternalEvents, ServiceInbox,
+class SagaStore(EventLog, LogReader, Ownership, Leases, Requests, ExternalEvents, ServiceInbox,
                 Protocol):
     """Where sagas live: every facet, and the store's lifecycle. What a backend implements
     (and proves with :mod:`sagas.stores.contract`), and what a runtime holds.

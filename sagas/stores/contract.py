@@ -31,16 +31,20 @@ The hooks besides :meth:`~StoreContract.make_store`:
   sagas all the same. A store that keeps no such files leaves it as it is (a no-op).
 
 The tests of each facet of the port are a class of their own (:class:`EventLogContract`,
-:class:`LogReaderContract`, :class:`OwnershipContract`, :class:`RequestsContract`,
-:class:`ExternalEventsContract`, :class:`ServiceInboxContract`), all of which
-:class:`StoreContract` gathers with the tests of the whole store. They set up their sagas with
-the :class:`~sagas.stores.EventLog`, so the store of any of them needs that facet too.
+:class:`LogReaderContract`, :class:`OwnershipContract`, :class:`LeasesContract`,
+:class:`RequestsContract`, :class:`ExternalEventsContract`, :class:`ServiceInboxContract`), all
+of which :class:`StoreContract` gathers with the tests of the whole store. They set up their
+sagas with the :class:`~sagas.stores.EventLog`, so the store of any of them needs that facet
+too. The leases' tests need a store of at least 4 partitions, and wait for short leases to
+expire (a few tens of milliseconds, polling the store) rather than sleep.
 
 The helpers are public for a backend's own tests: :func:`new_saga`, :func:`append` and
-:func:`event` build records, :func:`snapshot` reads everything a store holds, and the race
-helpers (:func:`race_appends`, :func:`race_creates`, :func:`race_writes`, :func:`race_adopts`,
-:func:`race_claims`, :func:`snapshots_agree`) take several store objects, so a backend can run
-them across connections of its own.
+:func:`event` build records, :func:`snapshot` reads everything a store holds,
+:func:`saga_in_partition` finds an id in a partition, :func:`expire` makes a lease expire and
+:func:`eventually` waits for a condition, and the race helpers (:func:`race_appends`,
+:func:`race_creates`, :func:`race_writes`, :func:`race_adopts`, :func:`race_claims`,
+:func:`race_acquires`, :func:`race_fenced_writes_and_a_takeover`, :func:`snapshots_agree`) take
+several store objects, so a backend can run them across connections of its own.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import InboxStore, StoredReply, freeze, thaw
-from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.errors import LeaseLost, SeqConflict, StoreError, StoreUnavailable, UnknownSaga
 from sagas.stores import (
     TERMINAL,
     Append,
@@ -62,6 +66,9 @@ from sagas.stores import (
     EventLog,
     ExternalEvent,
     ExternalEvents,
+    Fence,
+    Lease,
+    Leases,
     LogEntry,
     LogReader,
     NewSaga,
@@ -72,7 +79,10 @@ from sagas.stores import (
     SagaStore,
     ServiceInbox,
     StoredEvent,
+    Writer,
+    partition_of,
 )
+from sagas.stores._port import MAX_PARTITIONS
 
 try:
     import pytest
@@ -89,6 +99,7 @@ __all__ = [
     "RACE_ROUNDS",
     "EventLogContract",
     "ExternalEventsContract",
+    "LeasesContract",
     "LogReaderContract",
     "OwnershipContract",
     "RequestsContract",
@@ -96,13 +107,18 @@ __all__ = [
     "StoreContract",
     "append",
     "event",
+    "eventually",
+    "expire",
     "new_saga",
+    "race_acquires",
     "race_adopts",
     "race_appends",
     "race_claims",
     "race_creates",
+    "race_fenced_writes_and_a_takeover",
     "race_writes",
     "run_pair",
+    "saga_in_partition",
     "snapshot",
     "snapshots_agree",
 ]
@@ -387,6 +403,110 @@ def race_claims(
         assert by_position[event.position].consumed_by == saga_id
     assert [e.consumed_by for e in by_position.values() if e.key == "other-key"] == [None]
     assert stores[-1].claim_event(type, "race", "late", at=0.0) is None
+
+
+def saga_in_partition(partition: int, partitions: int, prefix: str = "s") -> str:
+    """The first id ``f"{prefix}-{n}"`` (n = 0, 1, ...) in ``partition`` of a store of
+    ``partitions`` partitions."""
+    for n in range(100 * partitions + 1000):
+        saga_id = f"{prefix}-{n}"
+        if partition_of(saga_id, partitions) == partition:
+            return saga_id
+    raise AssertionError(f"no id {prefix}-n in partition {partition} of {partitions}")
+
+
+def eventually(condition: Callable[[], Any], timeout: float = JOIN_TIMEOUT,
+               what: str = "the condition") -> Any:
+    """Poll ``condition`` every few milliseconds until it returns something true, and return
+    that; fail once ``timeout`` seconds have passed (a lease expiring, another member's
+    change)."""
+    give_up = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= give_up:
+            raise AssertionError(f"{what} did not hold within {timeout}s (last: {value!r})")
+        time.sleep(0.005)
+    return value
+
+
+def expire(store: SagaStore, lease: Lease) -> Lease:
+    """Make ``lease`` (its member's, still held) expire within a few milliseconds, by
+    renewing it for that long, and wait until the store says it is no longer held; the
+    lease as renewed (its ``deadline`` the holder's last)."""
+    (short,) = store.renew(lease.member, [lease], 0.005)
+    eventually(lambda: not store.leases()[lease.partition].held,
+               what=f"the lease of partition {lease.partition} expiring")
+    return short
+
+
+def race_acquires(a: SagaStore, b: SagaStore, rounds: int = RACE_ROUNDS // 2,
+                  partitions: int = 8) -> None:
+    """Two members (``member-a`` on ``a``, ``member-b`` on ``b``) acquire the same partitions
+    at once, released ones (even rounds) or expired ones (odd rounds, a third member's): each
+    partition goes to exactly one of them, at the epoch after the last."""
+    wanted = list(range(min(partitions, a.partitions())))
+    for n in range(rounds):
+        before = {i.partition: i.epoch for i in a.leases()}
+        if n % 2:  # taken over once expired: a third member held them last
+            held = a.acquire("member-c", wanted, 60.0)
+            assert [lease.partition for lease in held] == wanted
+            for lease in held:
+                expire(a, lease)
+            before = {lease.partition: lease.epoch for lease in held}
+        results = run_pair(partial(a.acquire, "member-a", wanted, 60.0),
+                           partial(b.acquire, "member-b", wanted, 60.0))
+        assert all(isinstance(r, list) for r in results), results
+        by_a, by_b = results
+        assert sorted(lease.partition for lease in by_a + by_b) == wanted, results
+        for lease in by_a + by_b:
+            assert lease.epoch == before[lease.partition] + 1, (lease, before)
+        holders = {i.partition: (i.member, i.epoch) for i in b.leases() if i.partition in wanted}
+        assert holders == {lease.partition: (lease.member, lease.epoch)
+                           for lease in by_a + by_b}
+        a.release("member-a", wanted)
+        b.release("member-b", wanted)
+
+
+def race_fenced_writes_and_a_takeover(a: SagaStore, b: SagaStore) -> None:
+    """``member-a`` (on ``a``) appends to a saga, fenced, as fast as it can, while its lease
+    expires and ``member-b`` (on ``b``) takes the partition over: once ``b``'s acquire has
+    returned, no write of ``member-a`` lands (each one either committed before the takeover
+    or was refused), and ``member-b`` writes on at the next epoch."""
+    count = a.partitions()
+    saga_id = saga_in_partition(0, count, "fenced")
+    (lease,) = a.acquire("member-a", [0], 60.0)
+    a.create(new_saga(saga_id), fence=Fence.of("member-a", [lease]))
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def write() -> None:
+        seq = 2
+        try:
+            while not stop.is_set():
+                a.append([append(saga_id, seq, tag="a")], fence=Fence.of("member-a", [lease]))
+                seq += 1
+        except BaseException as err:  # LeaseLost, as it should: reported below
+            outcome.append(err)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        a.renew("member-a", [lease], 0.05)  # it expires soon, while the writer writes
+        taken = eventually(lambda: b.acquire("member-b", [0], 60.0), what="the takeover")
+        seen = b.writers(saga_id)
+        writer.join(JOIN_TIMEOUT)
+        assert not writer.is_alive(), "the fenced writer kept writing"
+    finally:
+        stop.set()
+        writer.join(JOIN_TIMEOUT)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost), outcome
+    assert (outcome[0].partition, outcome[0].member, outcome[0].epoch) == (0, "member-a", 1)
+    assert b.writers(saga_id) == seen  # nothing of member-a's landed after the takeover
+    assert {w.epoch for w in seen} == {1} and {w.member for w in seen} == {"member-a"}
+    (new,) = taken
+    assert new.epoch == 2
+    next_seq = seen[-1].seq + 1
+    b.append([append(saga_id, next_seq, tag="b")], fence=Fence.of("member-b", taken))
+    assert b.writers(saga_id)[-1] == (next_seq, "member-b", 2)
 
 
 class _Hooks:
@@ -1048,6 +1168,332 @@ class LogReaderContract(_Hooks):
         assert store.cursor(name) == 1
 
 
+class LeasesContract(_Hooks):
+    """The contract of :class:`~sagas.stores.Leases`: fixed partitions, leases with epochs
+    (acquired, renewed, released, expired, taken over), members, and the fence of
+    :meth:`~sagas.stores.EventLog.write`. Expiry is waited for, never slept through: a lease
+    is renewed for a few milliseconds (:func:`expire`), then the store is asked until it says
+    so. The store must have at least 4 partitions."""
+
+    # -- partitions -----------------------------------------------------------------------------
+
+    def test_a_store_has_a_fixed_number_of_partitions(self, store: SagaStore) -> None:
+        count = store.partitions()
+        assert isinstance(count, int) and 4 <= count <= MAX_PARTITIONS
+        store.create(new_saga("s"))
+        assert store.partitions() == count
+        assert [i.partition for i in store.leases()] == list(range(count))
+
+    def test_another_store_object_sees_the_same_partitions_and_leases(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        assert again.partitions() == store.partitions()
+        taken = store.acquire("m-1", [0, 2], 60.0)
+        assert again.leases() == store.leases()
+        assert [(i.member, i.epoch, i.held) for i in again.leases()[:3]] == [
+            ("m-1", 1, True), (None, 0, False), ("m-1", 1, True)]
+        assert again.acquire("m-2", [0, 1, 2], 60.0)[0].partition == 1
+        # a lease is its member's, whichever store object it uses
+        assert [lease.partition for lease in again.renew("m-1", taken, 60.0)] == [0, 2]
+
+    def test_a_new_store_has_every_partition_free(self, store: SagaStore) -> None:
+        assert {(i.member, i.epoch, i.expires_at, i.renewed_at, i.held)
+                for i in store.leases()} == {(None, 0, None, None, False)}
+
+    # -- acquire, renew, release ----------------------------------------------------------------
+
+    def test_acquire_takes_free_partitions_at_epoch_1(self, store: SagaStore) -> None:
+        before = time.monotonic()
+        taken = store.acquire("m-1", [3, 1, 1], 30.0)
+        after = time.monotonic()
+        assert [(t.partition, t.member, t.epoch) for t in taken] == [(1, "m-1", 1), (3, "m-1", 1)]
+        for lease in taken:
+            assert before + 30.0 <= lease.deadline <= after + 30.0
+        infos = store.leases()
+        for lease in taken:
+            info = infos[lease.partition]
+            assert (info.member, info.epoch, info.held) == ("m-1", 1, True)
+            assert info.expires_at == pytest.approx(lease.expires_at)
+            assert info.renewed_at is not None
+            assert info.expires_at == pytest.approx(info.renewed_at + 30.0)
+        assert [i.partition for i in infos if i.held] == [1, 3]
+
+    def test_acquiring_its_own_lease_renews_it_at_the_same_epoch(self, store: SagaStore) -> None:
+        (first,) = store.acquire("m-1", [0], 5.0)
+        (again,) = store.acquire("m-1", [0], 60.0)
+        assert again.epoch == first.epoch == 1
+        assert again.expires_at > first.expires_at and again.deadline > first.deadline
+
+    def test_acquire_leaves_another_members_live_lease(self, store: SagaStore) -> None:
+        (mine,) = store.acquire("m-1", [0], 60.0)
+        assert store.acquire("m-2", [0], 60.0) == []
+        assert [t.partition for t in store.acquire("m-2", [0, 1], 60.0)] == [1]
+        info = store.leases()[0]
+        assert (info.member, info.epoch, info.held) == ("m-1", 1, True)
+        assert info.expires_at == pytest.approx(mine.expires_at)
+
+    def test_renew_extends_the_leases_the_member_still_holds(self, store: SagaStore) -> None:
+        taken = store.acquire("m-1", [0, 1, 2], 5.0)
+        before = time.monotonic()
+        renewed = store.renew("m-1", taken, 60.0)
+        assert [(r.partition, r.epoch) for r in renewed] == [(0, 1), (1, 1), (2, 1)]
+        for old, new in zip(taken, renewed, strict=True):
+            assert new.expires_at > old.expires_at and new.deadline >= before + 60.0
+        store.release("m-1", [1])
+        stale = Lease(2, "m-1", 7, taken[2].expires_at, taken[2].deadline)  # a wrong epoch
+        assert [r.partition for r in store.renew("m-1", [taken[1], stale, taken[0]], 60.0)] == [0]
+        assert store.renew("m-1", [], 60.0) == []
+        with pytest.raises(ValueError):
+            store.renew("m-2", taken, 60.0)  # another member's leases
+        assert store.leases()[2].epoch == 1 and store.leases()[2].held
+
+    def test_release_frees_the_partitions_and_keeps_their_epochs(self, store: SagaStore) -> None:
+        store.acquire("m-1", [0, 1], 60.0)
+        store.release("m-1", [0, 3])  # 3 was never held: nothing to do
+        infos = store.leases()
+        assert (infos[0].member, infos[0].epoch, infos[0].held) == (None, 1, False)
+        assert (infos[1].member, infos[1].held) == ("m-1", True)
+        (taken,) = store.acquire("m-2", [0], 60.0)
+        assert taken.epoch == 2
+        store.release("m-1", [0])  # not its own any more: left as it is
+        assert (store.leases()[0].member, store.leases()[0].held) == ("m-2", True)
+        (back,) = store.acquire("m-1", [1], 60.0)
+        assert back.epoch == 1  # still its own: a renewal
+        store.release("m-2", [0])
+        assert store.acquire("m-2", [0], 60.0)[0].epoch == 3  # released, then taken: a new tenure
+
+    def test_an_expired_lease_is_taken_over_at_the_next_epoch(self, store: SagaStore) -> None:
+        (lease,) = store.acquire("m-1", [2], 60.0)
+        short = store.renew("m-1", [lease], 0.05)[0]
+        (taken,) = eventually(lambda: store.acquire("m-2", [2], 60.0), what="the takeover")
+        assert time.monotonic() >= short.deadline - 0.001  # m-1 had stopped on its own clock
+        assert (taken.member, taken.epoch) == ("m-2", 2)
+        assert store.renew("m-1", [lease], 60.0) == []
+        assert store.acquire("m-1", [2], 60.0) == []
+        info = store.leases()[2]
+        assert (info.member, info.epoch, info.held) == ("m-2", 2, True)
+
+    def test_an_expired_lease_keeps_its_member_but_is_not_held(self, store: SagaStore) -> None:
+        (lease,) = store.acquire("m-1", [1], 60.0)
+        expire(store, lease)
+        info = store.leases()[1]
+        assert (info.member, info.epoch, info.held) == ("m-1", 1, False)
+        assert store.renew("m-1", [lease], 60.0) == []  # lost, even though nobody took it
+        (again,) = store.acquire("m-1", [1], 60.0)
+        assert again.epoch == 2  # its own lease after it expired: a new tenure
+
+    # -- fenced writes --------------------------------------------------------------------------
+
+    def test_a_fenced_write_records_its_member_and_epoch(self, store: SagaStore) -> None:
+        count = store.partitions()
+        a, b = saga_in_partition(0, count, "a"), saga_in_partition(1, count, "b")
+        store.acquire("m-1", [0], 60.0)
+        taken = store.acquire("m-1", [0, 1], 60.0)  # 0 renewed (epoch 1), 1 new
+        store.release("m-1", [1])
+        taken = [taken[0], *store.acquire("m-1", [1], 60.0)]  # 1 at epoch 2
+        fence = Fence.of("m-1", taken)
+        assert dict(fence.epochs) == {0: 1, 1: 2}
+        results = store.write([new_saga(a, n_events=2)], [], fence=fence)
+        assert results[0][0] is True
+        store.create(new_saga(b))  # unfenced
+        store.append([append(b, 2), append(a, 3)], fence=fence)
+        store.write([], [append(b, 3)])
+        assert store.writers(a) == [(1, "m-1", 1), (2, "m-1", 1), (3, "m-1", 1)]
+        assert store.writers(b) == [(1, None, None), (2, "m-1", 2), (3, None, None)]
+        assert all(isinstance(w, Writer) for w in store.writers(a))
+        with pytest.raises(UnknownSaga):
+            store.writers("nobody")
+
+    def test_a_write_under_a_stale_epoch_is_refused_and_writes_nothing(
+        self, store: SagaStore
+    ) -> None:
+        count = store.partitions()
+        saga_id = saga_in_partition(2, count)
+        (old,) = store.acquire("m-1", [2], 60.0)
+        store.create(new_saga(saga_id), fence=Fence.of("m-1", [old]))
+        expire(store, old)
+        (new,) = store.acquire("m-2", [2], 60.0)
+        before = snapshot(store), store.writers(saga_id)
+        with pytest.raises(LeaseLost) as caught:
+            store.append([append(saga_id, 2)], fence=Fence.of("m-1", [old]))
+        lost = caught.value
+        assert isinstance(lost, StoreError)
+        assert (lost.partition, lost.member, lost.epoch, lost.saga_id) == (2, "m-1", 1, saga_id)
+        assert "partition 2" in str(lost) and "\n" not in str(lost)
+        with pytest.raises(LeaseLost):  # a create, of a new id or an existing one, too
+            store.write([new_saga(saga_in_partition(2, count, "t")), new_saga(saga_id)], [],
+                        fence=Fence.of("m-1", [old]))
+        assert (snapshot(store), store.writers(saga_id)) == before
+        store.append([append(saga_id, 2)], fence=Fence.of("m-2", [new]))
+        assert store.writers(saga_id) == [(1, "m-1", 1), (2, "m-2", 2)]
+
+    def test_a_write_whose_lease_expired_is_refused_even_if_nobody_took_it(
+        self, store: SagaStore
+    ) -> None:
+        saga_id = saga_in_partition(1, store.partitions())
+        (lease,) = store.acquire("m-1", [1], 60.0)
+        store.create(new_saga(saga_id), fence=Fence.of("m-1", [lease]))
+        expire(store, lease)
+        with pytest.raises(LeaseLost):
+            store.append([append(saga_id, 2)], fence=Fence.of("m-1", [lease]))
+        assert store.header(saga_id).last_seq == 1
+
+    def test_a_write_after_a_release_is_refused(self, store: SagaStore) -> None:
+        saga_id = saga_in_partition(3, store.partitions())
+        taken = store.acquire("m-1", [3], 60.0)
+        store.create(new_saga(saga_id), fence=Fence.of("m-1", taken))
+        store.leave("m-1")
+        with pytest.raises(LeaseLost):
+            store.append([append(saga_id, 2)], fence=Fence.of("m-1", taken))
+        assert store.header(saga_id).last_seq == 1
+
+    def test_a_write_for_a_partition_never_held_is_refused_and_writes_nothing(
+        self, store: SagaStore
+    ) -> None:
+        count = store.partitions()
+        mine, other = saga_in_partition(0, count, "mine"), saga_in_partition(1, count, "other")
+        taken = store.acquire("m-1", [0], 60.0)
+        store.create(new_saga(other))
+        before = snapshot(store)
+        for fence, epoch in ((Fence.of("m-1", taken), None),  # no epoch for partition 1
+                             (Fence("m-1", {0: 1, 1: 1}), 1)):  # an epoch it never had
+            with pytest.raises(LeaseLost) as caught:
+                store.write([new_saga(mine)], [append(other, 2)], fence=fence)
+            assert (caught.value.partition, caught.value.epoch) == (1, epoch)
+            assert caught.value.saga_id == other
+            assert snapshot(store) == before  # the create in a held partition neither
+        with pytest.raises(LeaseLost):  # another member's lease is no fence of this one
+            store.append([append(other, 2)], fence=Fence("m-2", {1: 0 + 1}))
+        store.acquire("m-3", [1], 60.0)
+        with pytest.raises(LeaseLost) as caught:
+            store.append([append(other, 2)], fence=Fence("m-1", {1: 1}))
+        assert caught.value.epoch == 1
+        assert snapshot(store) == before
+
+    def test_a_lost_lease_is_reported_before_a_seq_conflict(self, store: SagaStore) -> None:
+        saga_id = saga_in_partition(0, store.partitions())
+        store.create(new_saga(saga_id, n_events=3))
+        with pytest.raises(LeaseLost):
+            store.append([append(saga_id, 2)], fence=Fence("m-1", {0: 1}))
+
+    def test_a_fenced_write_of_nothing_does_nothing(self, store: SagaStore) -> None:
+        assert store.write([], [], fence=Fence("m-1", {})) == []
+        store.append([], fence=Fence("m-1", {}))
+        assert store.list() == []
+
+    # -- members ------------------------------------------------------------------------------
+
+    def test_members_announce_themselves_and_leave(self, store: SagaStore) -> None:
+        assert store.members() == []
+        store.heartbeat("m-2", {"host": "h", "pid": 7, "flows": ["order"]})
+        store.heartbeat("m-1")
+        first = {m.member: m for m in store.members()}
+        assert list(first) == ["m-1", "m-2"]
+        assert first["m-1"].info == {} and first["m-2"].info["flows"] == ["order"]
+        for member in first.values():
+            assert member.started_at == pytest.approx(member.last_seen)
+            assert 0.0 <= member.seen_ago < JOIN_TIMEOUT
+        first["m-2"].info["flows"].append("x")  # a private copy
+        store.heartbeat("m-2")  # keeps what it said
+        seen = store.members()[1]
+        assert seen.info == {"host": "h", "pid": 7, "flows": ["order"]}
+        assert seen.started_at == first["m-2"].started_at
+        assert seen.last_seen >= first["m-2"].last_seen
+        store.heartbeat("m-2", {"pid": 8})
+        assert store.members()[1].info == {"pid": 8}
+        store.acquire("m-2", [0, 1], 60.0)
+        store.acquire("m-1", [2], 60.0)
+        store.leave("m-2")
+        store.leave("never-was")
+        assert [m.member for m in store.members()] == ["m-1"]
+        assert [(i.member, i.held) for i in store.leases()[:3]] == [
+            (None, False), (None, False), ("m-1", True)]
+
+    # -- arguments ------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("member", ["", "a b", "x" * 129, "é", None, 7])
+    def test_an_invalid_member_id_is_refused(self, store: SagaStore, member: Any) -> None:
+        for call in (lambda: store.acquire(member, [0], 1.0),
+                     lambda: store.renew(member, [], 1.0),
+                     lambda: store.release(member, [0]),
+                     lambda: store.heartbeat(member),
+                     lambda: store.leave(member),
+                     lambda: Fence(member, {0: 1})):
+            with pytest.raises(ValueError):
+                call()
+        assert {i.member for i in store.leases()} == {None} and store.members() == []
+
+    @pytest.mark.parametrize(
+        ("ttl", "error"),
+        [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+         (float("inf"), ValueError), ("1", TypeError), (True, TypeError), (None, TypeError)],
+    )
+    def test_an_invalid_ttl_is_refused(self, store: SagaStore, ttl: Any, error: type) -> None:
+        with pytest.raises(error):
+            store.acquire("m-1", [0], ttl)
+        (lease,) = store.acquire("m-1", [0], 60.0)
+        with pytest.raises(error):
+            store.renew("m-1", [lease], ttl)
+        assert store.leases()[0].expires_at == pytest.approx(lease.expires_at)
+
+    def test_invalid_partitions_are_refused(self, store: SagaStore) -> None:
+        count = store.partitions()
+        for partitions, error in (([count], ValueError), ([-1], ValueError), (["0"], TypeError),
+                                  ([True], TypeError), (0, TypeError), ([0.0], TypeError)):
+            with pytest.raises(error):
+                store.acquire("m-1", partitions, 60.0)
+            with pytest.raises(error):
+                store.release("m-1", partitions)
+        assert store.acquire("m-1", [], 60.0) == []
+        store.release("m-1", [])
+        assert {i.member for i in store.leases()} == {None}
+        with pytest.raises(ValueError):  # a fence naming a partition the store has not
+            store.create(new_saga("s"), fence=Fence("m-1", {count: 1}))
+        with pytest.raises(TypeError):
+            store.create(new_saga("s"), fence={"m-1": {0: 1}})  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            store.renew("m-1", [(0, 1)], 60.0)  # type: ignore[list-item]
+        assert store.list() == []
+
+    def test_a_fence_is_checked_when_made(self) -> None:
+        for epochs, error in (({0: 0}, ValueError), ({-1: 1}, ValueError), ({"0": 1}, TypeError),
+                              ({0: True}, TypeError), ([(0, 1)], TypeError)):
+            with pytest.raises(error):
+                Fence("m-1", epochs)  # type: ignore[arg-type]
+        fence = Fence("m-1", {0: 1})
+        with pytest.raises(TypeError):
+            fence.epochs[1] = 2  # type: ignore[index]
+        lease = Lease(0, "m-2", 1, 0.0, 0.0)
+        with pytest.raises(ValueError):
+            Fence.of("m-1", [lease])
+        assert Fence.of("m-2", [lease]) == Fence("m-2", {0: 1})
+
+    def test_a_members_info_must_be_a_json_object(self, store: SagaStore) -> None:
+        for info, error in (([1], TypeError), ({"x": float("nan")}, ValueError),
+                            ({"x": object()}, TypeError)):
+            with pytest.raises(error):
+                store.heartbeat("m-1", info)  # type: ignore[arg-type]
+        assert store.members() == []
+
+    # -- concurrency ----------------------------------------------------------------------------
+
+    def test_concurrent_acquirers_exactly_one_wins_each_partition(self, store: SagaStore) -> None:
+        race_acquires(store, store, rounds=10)
+
+    def test_two_store_objects_acquiring_at_once_exactly_one_wins_each_partition(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_acquires(store, again)
+
+    def test_no_fenced_write_lands_after_a_takeover(self, store: SagaStore) -> None:
+        race_fenced_writes_and_a_takeover(store, store)
+
+    def test_no_fenced_write_of_another_store_object_lands_after_a_takeover(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_fenced_writes_and_a_takeover(store, again)
+
+
 class OwnershipContract(_Hooks):
     """The contract of :class:`~sagas.stores.Ownership`: registered owners, and adopting the
     sagas of dead ones."""
@@ -1588,6 +2034,7 @@ class StoreContract(
     EventLogContract,
     LogReaderContract,
     OwnershipContract,
+    LeasesContract,
     RequestsContract,
     ExternalEventsContract,
     ServiceInboxContract,
@@ -1599,7 +2046,7 @@ class StoreContract(
 
     def test_implements_the_port(self, store: SagaStore) -> None:
         assert isinstance(store, SagaStore)
-        for facet in (EventLog, Cursors, LogReader, Ownership, Requests, ExternalEvents,
+        for facet in (EventLog, Cursors, LogReader, Ownership, Leases, Requests, ExternalEvents,
                       ServiceInbox):
             assert isinstance(store, facet), facet.__name__
         assert isinstance(store.url, str) and "://" in store.url
@@ -1654,6 +2101,14 @@ class StoreContract(
             store.save_cursor("mailer", 1)
         with pytest.raises(StoreUnavailable):
             store.cursors()
+        for call in (store.partitions, store.leases, store.members,
+                     lambda: store.acquire("m-1", [0], 1.0), lambda: store.acquire("m-1", [], 1.0),
+                     lambda: store.renew("m-1", [], 1.0), lambda: store.release("m-1", [0]),
+                     lambda: store.heartbeat("m-1"), lambda: store.leave("m-1"),
+                     lambda: store.writers("s"),
+                     lambda: store.append([append("s", 2)], fence=Fence("m-1", {}))):
+            with pytest.raises((StoreUnavailable, LeaseLost)):
+                call()
 
 
 def _fields(saga: NewSaga) -> dict[str, Any]:

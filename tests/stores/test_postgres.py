@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,15 @@ from typing import Any
 import pytest
 
 from sagas.errors import BadStoreUrl, StoreMissing, StoreUnavailable
-from sagas.stores import SagaStore, display_url, open_store
-from sagas.stores.contract import JOIN_TIMEOUT, StoreContract, append, new_saga, run_pair
+from sagas.stores import Fence, SagaStore, display_url, open_store, partition_of
+from sagas.stores.contract import (
+    JOIN_TIMEOUT,
+    StoreContract,
+    append,
+    new_saga,
+    run_pair,
+    saga_in_partition,
+)
 from tests.postgres_server import (  # noqa: F401 - fixtures
     PostgresServer,
     postgres_server,
@@ -312,10 +320,11 @@ def test_a_newer_schema_is_refused_in_one_line_and_left_alone(
     for create in (True, False):
         with pytest.raises(StoreUnavailable) as caught:
             open_store(postgres_url, create=create)
-        assert "schema version 99 is newer than this sagactor supports (1)" in _one_line(
+        assert "schema version 99 is newer than this sagactor supports (2)" in _one_line(
             caught.value)
     with postgres_server.admin(name) as db:
-        assert db.execute("SELECT value FROM sagactor.meta").fetchall() == [("99",)]
+        assert db.execute("SELECT value FROM sagactor.meta WHERE key = 'schema_version'"
+                          ).fetchall() == [("99",)]
         assert db.execute("SELECT saga_id FROM sagactor.sagas").fetchall() == [("s",)]
 
 
@@ -325,8 +334,15 @@ def test_a_newer_schema_is_refused_in_one_line_and_left_alone(
         ("DROP TABLE sagactor.owners", "is damaged: table(s) owners missing"),
         ("DROP TABLE sagactor.meta", "is not a sagactor store"),
         ("DELETE FROM sagactor.meta", "is not a sagactor store"),
-        ("UPDATE sagactor.meta SET value = 'x'", "unreadable schema version 'x'"),
-        ("UPDATE sagactor.meta SET value = '0'", "unknown schema version 0"),
+        ("UPDATE sagactor.meta SET value = 'x' WHERE key = 'schema_version'",
+         "unreadable schema version 'x'"),
+        ("UPDATE sagactor.meta SET value = '0' WHERE key = 'schema_version'",
+         "unknown schema version 0"),
+        ("UPDATE sagactor.meta SET value = 'many' WHERE key = 'partitions'",
+         "is damaged: its number of partitions is 'many'"),
+        ("DELETE FROM sagactor.meta WHERE key = 'partitions'",
+         "is damaged: its number of partitions is 'missing'"),
+        ("DROP TABLE sagactor.leases", "is damaged: table(s) leases missing"),
     ],
 )
 def test_a_foreign_or_damaged_schema_is_refused_in_one_line(
@@ -347,11 +363,12 @@ def test_an_older_schema_is_migrated_forward_in_place(
 
     with open_store(postgres_url) as store:
         store.create(new_saga("kept"))
-    # a version 2 of the schema that this test makes up: one more table
-    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(_schema._TABLES, 2, _schema._TABLES[1] | {"extra"})
-    monkeypatch.setitem(_schema._MIGRATIONS, 1, ("CREATE TABLE extra (x integer)",))
+    # a version 3 of the schema that this test makes up: one more table
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(_schema._TABLES, 3, _schema._TABLES[2] | {"extra"})
+    monkeypatch.setitem(_schema._MIGRATIONS, 2, ("CREATE TABLE extra (x integer)",))
     name = postgres_url.rsplit("/", 1)[1]
+    version = "SELECT value FROM sagactor.meta WHERE key = 'schema_version'"
     for _ in range(10):  # two processes open it at once: one migrates, the other finds it done
         results = run_pair(lambda: open_store(postgres_url), lambda: open_store(postgres_url))
         assert all(isinstance(r, SagaStore) for r in results), results
@@ -359,10 +376,86 @@ def test_an_older_schema_is_migrated_forward_in_place(
             assert [h.saga_id for h in store.list()] == ["kept"]
             store.close()
         with postgres_server.admin(name) as db:
-            assert db.execute("SELECT value FROM sagactor.meta").fetchall() == [("2",)]
+            assert db.execute(version).fetchall() == [("3",)]
             assert db.execute("SELECT count(*) FROM sagactor.extra").fetchall() == [(0,)]
-            db.execute("DROP TABLE sagactor.extra")  # back to version 1 for the next round
-            db.execute("UPDATE sagactor.meta SET value = '1'")
+            db.execute("DROP TABLE sagactor.extra")  # back to version 2 for the next round
+            db.execute("UPDATE sagactor.meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def _columns(server: PostgresServer, name: str) -> dict[str, list[tuple[str, str]]]:
+    """Every table of the store's schema: its columns' names and types, in order."""
+    with server.admin(name) as db:
+        rows = db.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'sagactor' ORDER BY table_name, ordinal_position").fetchall()
+    columns: dict[str, list[tuple[str, str]]] = {}
+    for table, column, kind in rows:
+        columns.setdefault(table, []).append((column, kind))
+    return columns
+
+
+def _downgrade_to_version_1(server: PostgresServer, name: str) -> None:
+    """Make the store in ``name`` one of schema version 1, as sagactor wrote it before the
+    partitions: no leases, no members, no writers of events, no number of partitions."""
+    with server.admin(name) as db:
+        db.execute("DROP TABLE sagactor.leases, sagactor.members")
+        db.execute("ALTER TABLE sagactor.events DROP COLUMN member, DROP COLUMN epoch")
+        db.execute("DELETE FROM sagactor.meta WHERE key = 'partitions'")
+        db.execute("UPDATE sagactor.meta SET value = '1' WHERE key = 'schema_version'")
+
+
+def test_a_version_1_store_is_migrated_in_place_keeping_its_data(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    fresh_url = postgres_url
+    name = postgres_server.create_database()
+    try:
+        url = postgres_server.url(name)
+        with open_store(url) as store:
+            store.create(new_saga("old", n_events=2))
+        _downgrade_to_version_1(postgres_server, name)
+        results = run_pair(lambda: open_store(url, partitions=16),
+                           lambda: open_store(url, partitions=16))
+        assert all(isinstance(r, SagaStore) for r in results), results
+        store, other = results
+        other.close()
+        with store:
+            assert store.partitions() == 16 and len(store.leases()) == 16
+            assert store.writers("old") == [(1, None, None), (2, None, None)]
+            (lease,) = store.acquire("m-1", [partition_of("old", 16)], 60.0)
+            store.append([append("old", 3)], fence=Fence.of("m-1", [lease]))
+            assert store.writers("old")[-1] == (3, "m-1", 1)
+        open_store(fresh_url).close()
+        assert _columns(postgres_server, name) == _columns(
+            postgres_server, fresh_url.rsplit("/", 1)[1])
+        with postgres_server.admin(name) as db:
+            assert db.execute("SELECT key, value FROM sagactor.meta ORDER BY key").fetchall() == [
+                ("partitions", "16"), ("schema_version", "2")]
+    finally:
+        postgres_server.drop_database(name)
+
+
+def test_a_version_1_process_goes_on_writing_while_another_migrates(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    """A rolling upgrade: the events' new columns are nullable, and a version-1 writer names
+    the columns it inserts, so its writes go on, unfenced, after the migration."""
+    name = postgres_url.rsplit("/", 1)[1]
+    with open_store(postgres_url) as store:
+        store.create(new_saga("s"))
+    _downgrade_to_version_1(postgres_server, name)
+    with postgres_server.admin(name) as db:
+        columns = [c for (c,) in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+            "'sagactor' AND table_name = 'events' ORDER BY ordinal_position")]
+    old = ", ".join(columns)  # what version 1 inserted: these columns, by name
+    assert "member" not in columns
+    open_store(postgres_url).close()  # another process migrates
+    with postgres_server.admin(name) as db:
+        db.execute(f"INSERT INTO sagactor.events ({old}) SELECT saga_id, 2, 2, type, step, "
+                   "attempt, at, 's-2', causation_id, data FROM sagactor.events WHERE seq = 1")
+    with open_store(postgres_url) as store:
+        assert store.writers("s") == [(1, None, None), (2, None, None)]
 
 
 # -- the server's side of things ------------------------------------------------------------------
@@ -403,6 +496,49 @@ def test_positions_become_visible_in_order_across_writers(postgres_url: str) -> 
     finally:
         for store in (*writers, reader):
             store.close()
+
+
+def test_a_takeover_waits_for_a_fenced_write_under_way(
+    postgres_server: PostgresServer, postgres_store_url: str  # noqa: F811
+) -> None:
+    """A fenced write locks the leases it checked until it ends: a member taking the partition
+    over meanwhile (its lease expired while the write ran) waits for the write to commit, so
+    the write lands before the new tenure begins, never after."""
+    a, b = open_store(postgres_store_url), open_store(postgres_store_url)
+    try:
+        saga_id = saga_in_partition(0, a.partitions())
+        (lease,) = a.acquire("m-a", [0], 60.0)
+        a.create(new_saga(saga_id), fence=Fence.of("m-a", [lease]))
+        checked, go_on = threading.Event(), threading.Event()
+        insert = a._insert_sagas  # type: ignore[attr-defined]
+
+        def paused(*args: Any) -> Any:  # runs in the write's transaction, after its fence check
+            checked.set()
+            assert go_on.wait(JOIN_TIMEOUT)
+            return insert(*args)
+
+        a._insert_sagas = paused  # type: ignore[attr-defined]
+        pool = ThreadPoolExecutor(2)
+        (lease,) = a.renew("m-a", [lease], 1.0)  # it expires while the write is under way
+        writes = pool.submit(a.append, [append(saga_id, 2)], fence=Fence.of("m-a", [lease]))
+        assert checked.wait(JOIN_TIMEOUT)
+        eventually(lambda: not b.leases()[0].held, what="the lease expiring")
+        acquires = pool.submit(b.acquire, "m-b", [0], 60.0)
+        with postgres_server.admin(postgres_store_url.rsplit("/", 1)[1]) as db:
+            eventually(lambda: acquires.done() or db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'").fetchone()[0] == 1, what="the acquirer waiting")
+        assert not acquires.done(), "the takeover did not wait for the fenced write"
+        go_on.set()
+        assert writes.result(JOIN_TIMEOUT) is None
+        (taken,) = acquires.result(JOIN_TIMEOUT)
+        assert taken.epoch == 2
+        assert b.writers(saga_id) == [(1, "m-a", 1), (2, "m-a", 1)]
+        pool.shutdown()
+    finally:
+        go_on.set()
+        a.close()
+        b.close()
 
 
 def test_writers_that_create_and_append_never_deadlock(

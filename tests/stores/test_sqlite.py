@@ -22,7 +22,16 @@ import sagas.stores
 from actors import Command, Service, StoredReply, handles
 from actors._dispatch import Dispatcher
 from sagas.errors import BadStoreUrl, SeqConflict, StoreMissing, StoreUnavailable, UnknownSaga
-from sagas.stores import Append, MemoryStore, NewSaga, SagaStore, SqliteStore, open_store
+from sagas.stores import (
+    Append,
+    Fence,
+    MemoryStore,
+    NewSaga,
+    SagaStore,
+    SqliteStore,
+    open_store,
+    partition_of,
+)
 from sagas.stores._process import ProcessIdentity, this_process
 from sagas.stores.contract import (
     FLOW_SHA,
@@ -103,15 +112,23 @@ def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None
 # -- schema and settings --------------------------------------------------------------------------
 
 
-def test_schema_is_version_5_in_wal_mode(tmp_path: Path) -> None:
+def test_schema_is_version_6_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     SqliteStore(path).close()
     db = raw(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "5",
+            "6",
         )
+        assert db.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone() == (
+            "64",
+        )
+        assert db.execute("SELECT partition, member, epoch FROM leases").fetchall() == [
+            (p, None, 0) for p in range(64)
+        ]
+        columns = [r[1] for r in db.execute("PRAGMA table_info(events)")]
+        assert columns[-2:] == ["member", "epoch"]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {
             "meta",
@@ -124,6 +141,8 @@ def test_schema_is_version_5_in_wal_mode(tmp_path: Path) -> None:
             "external_events",
             "cursors",
             "owners",
+            "leases",
+            "members",
         } <= tables
         indexed = {
             r[0] for r in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index'") if r[0]
@@ -385,6 +404,49 @@ def _v4_store(path: Path, *, drop: str | None = None, extra: str | None = None) 
     db.close()
 
 
+V5_SCHEMA = (  # the schema of version 5, as sagactor wrote it before partitions and leases
+    *V4_SCHEMA[:-1],
+    """CREATE TABLE owners (
+        owner TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        started INTEGER,
+        boot TEXT,
+        pidns TEXT,
+        registered_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO meta (key, value) VALUES ('schema_version', '5')",
+)
+
+
+def _v5_store(path: Path, *, drop: str | None = None, extra: str | None = None) -> None:
+    """A version-5 store: the version-4 one (see :func:`_v4_store`) with a registration of an
+    owner whose process is gone, closed."""
+    db = raw(path)
+    db.execute("PRAGMA journal_mode = WAL")
+    for statement in V5_SCHEMA:
+        db.execute(statement)
+    db.close()
+    _v2_rows(path)
+    db = raw(path)
+    db.execute("INSERT INTO cursors VALUES ('mailer', 2)")
+    db.execute("INSERT INTO owners VALUES ('gone', 999999999, 1, 'boot', 'ns', 1000.0)")
+    if drop:
+        db.execute(f"DROP TABLE {drop}")
+    if extra:
+        db.execute(extra)
+    db.close()
+
+
+def _meta(path: Path, key: str, value: str | None) -> None:
+    """A store whose ``meta`` has ``value`` under ``key`` (``None``: no such row)."""
+    filled_store(path, sagas=3)
+    db = raw(path)
+    db.execute("DELETE FROM meta WHERE key = ?", (key,))
+    if value is not None:
+        db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+    db.close()
+
+
 def _text(path: Path) -> None:
     path.write_text("order-1,reserve,ok\nthis is not a database\n")
 
@@ -449,7 +511,7 @@ DAMAGED = {
     "another application's meta table": (_other_meta_table, "not a sagactor store"),
     "newer schema": (
         _schema_version("99"),
-        "schema version 99 is newer than this sagactor supports (5)",
+        "schema version 99 is newer than this sagactor supports (6)",
     ),
     "older schema": (_schema_version("0"), "unknown schema version 0"),
     "unreadable schema version": (_schema_version("one"), "schema version"),
@@ -485,6 +547,22 @@ DAMAGED = {
     "version 4 that cannot be migrated": (
         lambda path: _v4_store(path, extra="CREATE TABLE owners (x)"),
         "table owners already exists",
+    ),
+    "version 5 with a table missing": (
+        lambda path: _v5_store(path, drop="owners"),
+        "owners missing",
+    ),
+    "version 5 that cannot be migrated": (
+        lambda path: _v5_store(path, extra="CREATE TABLE leases (x)"),
+        "table leases already exists",
+    ),
+    "a number of partitions that is none": (
+        lambda path: _meta(path, "partitions", "many"),
+        "is damaged: its number of partitions is 'many'",
+    ),
+    "no number of partitions": (
+        lambda path: _meta(path, "partitions", None),
+        "is damaged: its number of partitions is 'missing'",
     ),
 }
 
@@ -1018,14 +1096,20 @@ def test_an_unknown_scheme_lists_the_supported_ones(url: str) -> None:
 def test_public_exports() -> None:
     assert sorted(sagas.stores.__all__) == sorted(
         [
+            "DEFAULT_PARTITIONS",
             "TERMINAL",
             "Append",
             "Cursors",
             "EventLog",
             "ExternalEvent",
             "ExternalEvents",
+            "Fence",
+            "Lease",
+            "LeaseInfo",
+            "Leases",
             "LogEntry",
             "LogReader",
+            "MemberInfo",
             "MemoryStore",
             "NewSaga",
             "Ownership",
@@ -1038,9 +1122,11 @@ def test_public_exports() -> None:
             "SqliteStore",
             "StoreFacet",
             "StoredEvent",
+            "Writer",
             "check_subscriber",
             "display_url",
             "open_store",
+            "partition_of",
         ]
     )
     for name in sagas.stores.__all__:
@@ -1087,7 +1173,7 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-5 store
+    with SqliteStore(path) as store:  # and it opens again as a version-6 store
         assert store.header("old").owner == "me" and store.header("done").owner is None
         assert store.inbox.get("old:reserve") == StoredReply("succeeded", {"id": 1}, None)
 
@@ -1096,7 +1182,7 @@ def test_a_version_2_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     path = tmp_path / "v2.db"
     _v2_store(path)
     with SqliteStore(path) as store:
-        assert _schema(path)["version"] == ("5",)
+        assert _schema(path)["version"] == ("6",)
         record = store.load("old")
         assert record.header.owner == "gone" and record.header.status == "running"
         assert record.header.input == {"order": "old"} and record.header.last_seq == 2
@@ -1121,7 +1207,7 @@ def test_a_version_2_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-5 store
+    with SqliteStore(path) as store:  # and it opens again as a version-6 store
         (event,) = store.events_after()
         assert (event.event_id, event.consumed_by, event.consumed_at) == ("pay-1", "old", 6.0)
         assert store.send_event("Paid", "o-1", event_id="pay-1", sent_at=7.0) == (event, False)
@@ -1132,7 +1218,7 @@ def test_a_version_3_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     path = tmp_path / "v3.db"
     _v3_store(path)
     with SqliteStore(path) as store:
-        assert _schema(path)["version"] == ("5",)
+        assert _schema(path)["version"] == ("6",)
         assert store.header("old").owner == "gone" and store.header("done").status == "completed"
         log = store.read_log()
         assert [(e.saga_id, e.flow, e.event.event_id) for e in log] == [
@@ -1149,7 +1235,7 @@ def test_a_version_3_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-5 store
+    with SqliteStore(path) as store:  # and it opens again as a version-6 store
         assert store.cursor("mailer") == 2
 
 
@@ -1157,7 +1243,7 @@ def test_a_version_4_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     path = tmp_path / "v4.db"
     _v4_store(path)
     with SqliteStore(path) as store:
-        assert _schema(path)["version"] == ("5",)
+        assert _schema(path)["version"] == ("6",)
         assert store.header("old").owner == "gone" and store.cursor("mailer") == 2
         assert store.owner_alive("gone") is False
         store.register_owner("me")
@@ -1165,16 +1251,45 @@ def test_a_version_4_store_is_migrated_in_place_keeping_its_data(tmp_path: Path)
     fresh = tmp_path / "fresh.db"
     SqliteStore(fresh).close()
     assert _schema(path) == _schema(fresh)
-    with SqliteStore(path) as store:  # and it opens again as a version-5 store
+    with SqliteStore(path) as store:  # and it opens again as a version-6 store
         assert store.header("old").owner == "me"
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_a_version_5_store_is_migrated_in_place_keeping_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    _v5_store(path)
+    with SqliteStore(path) as store:
+        assert _schema(path)["version"] == ("6",)
+        assert store.header("old").owner == "gone" and store.cursor("mailer") == 2
+        assert store.owner_alive("gone") is False
+        assert store.partitions() == 64
+        assert [(i.member, i.epoch, i.held) for i in store.leases()] == [(None, 0, False)] * 64
+        assert store.writers("old") == [(1, None, None), (2, None, None)]  # written unfenced
+        (lease,) = store.acquire("m-1", [partition_of("old", 64)], 60.0)
+        store.append([append("old", 3)], fence=Fence.of("m-1", [lease]))
+        assert store.writers("old")[-1] == (3, "m-1", 1)
+    fresh = tmp_path / "fresh.db"
+    SqliteStore(fresh).close()
+    assert _schema(path) == _schema(fresh)
+    with SqliteStore(path) as store:  # and it opens again as a version-6 store
+        assert [w.member for w in store.writers("old")] == [None, None, "m-1"]
+
+
+def test_an_old_store_gets_the_partitions_its_migrating_opener_asks_for(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    _v5_store(path)
+    with SqliteStore(path, partitions=8) as store:
+        assert store.partitions() == 8 and len(store.leases()) == 8
+    with SqliteStore(path) as store:
+        assert store.partitions() == 8
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
     tmp_path: Path, version: int
 ) -> None:
     path = tmp_path / f"v{version}.db"
-    {1: _v1_store, 2: _v2_store, 3: _v3_store, 4: _v4_store}[version](path)
+    {1: _v1_store, 2: _v2_store, 3: _v3_store, 4: _v4_store, 5: _v5_store}[version](path)
     stores = run_pair(lambda: SqliteStore(path), lambda: SqliteStore(path))
     try:
         assert all(isinstance(s, SqliteStore) for s in stores), stores
@@ -1183,7 +1298,7 @@ def test_two_stores_opening_an_old_file_at_once_migrate_it_once(
         for store in stores:
             if isinstance(store, SqliteStore):
                 store.close()
-    assert _schema(path)["version"] == ("5",)
+    assert _schema(path)["version"] == ("6",)
 
 
 def test_a_file_another_process_migrates_while_it_is_opened_is_not_damaged(

@@ -13,6 +13,7 @@ from sagas.stores import (
     Cursors,
     EventLog,
     ExternalEvents,
+    Leases,
     LogReader,
     Ownership,
     Requests,
@@ -22,7 +23,8 @@ from sagas.stores import (
 from sagas.stores.contract import JOIN_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
-FACETS = (EventLog, Cursors, LogReader, Ownership, Requests, ExternalEvents, ServiceInbox)
+FACETS = (EventLog, Cursors, LogReader, Ownership, Leases, Requests, ExternalEvents,
+          ServiceInbox)
 
 
 def test_each_facet_documents_its_contract_and_every_method_in_one_place() -> None:

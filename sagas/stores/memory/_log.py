@@ -7,11 +7,13 @@ import heapq
 from collections.abc import Sequence
 
 from sagas.errors import SeqConflict, UnknownSaga
+from sagas.stores._checks import FencePlan, check_fence
 from sagas.stores._checks import check_owner as _check_owner
 from sagas.stores._json import encode as _encode
 from sagas.stores._port import (
     TERMINAL,
     Append,
+    Fence,
     NewSaga,
     SagaHeader,
     SagaRecord,
@@ -68,12 +70,19 @@ class _EventLog(_State):
     events at the end of the global log as they are written."""
 
     def write(
-        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+        self, creates: Sequence[NewSaga], appends: Sequence[Append], *,
+        fence: Fence | None = None,
     ) -> builtins.list[tuple[bool, SagaHeader]]:
         new = [_prepared_create(saga) for saga in creates]
         added = [_prepared_append(append) for append in appends]
+        plan = None
+        if fence is not None and (new or added):
+            plan = check_fence(fence, [s.saga_id for s, _, _ in new] +
+                               [a.saga_id for a, _ in added], self._partition_count)
         with self._lock:
             self._check_open()
+            if plan is not None:
+                self._check_fence(plan)
             sagas = self._sagas
             by_status = self._by_status
             # First decide everything (nothing changes if an append fails), then apply it.
@@ -111,7 +120,7 @@ class _EventLog(_State):
                     saga.started_at,
                     saga.started_at,
                     saga.owner,
-                    self._rows(saga_id, events),
+                    self._rows(saga_id, events, plan),
                 )
                 sagas[saga_id] = entry
                 by_status.setdefault(saga.status, {})[saga_id] = None
@@ -137,20 +146,28 @@ class _EventLog(_State):
                     started_at,
                     append.updated_at,
                     owner,
-                    rows + self._rows(saga_id, events),
+                    rows + self._rows(saga_id, events, plan),
                 )
             return results
 
-    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
-        return self.write((saga,), ())[0]
+    def create(self, saga: NewSaga, *, fence: Fence | None = None) -> tuple[bool, SagaHeader]:
+        if fence is None:
+            return self.write((saga,), ())[0]
+        return self.write((saga,), (), fence=fence)[0]
 
-    def append(self, batch: Sequence[Append]) -> None:
+    def append(self, batch: Sequence[Append], *, fence: Fence | None = None) -> None:
+        if fence is not None:
+            self.write((), batch, fence=fence)
+            return
         self.write((), batch)
 
-    def _rows(self, saga_id: str, events: builtins.list[_Encoded]) -> tuple[_Row, ...]:
-        """The rows of ``events`` (of saga ``saga_id``), put at the end of the global log."""
+    def _rows(self, saga_id: str, events: builtins.list[_Encoded], plan: FencePlan | None
+              ) -> tuple[_Row, ...]:
+        """The rows of ``events`` (of saga ``saga_id``, written under ``plan``'s fence if
+        any), put at the end of the global log."""
         position = self._last_position
         tail = self._tail
+        member, epoch = (None, None) if plan is None else (plan.member, plan.epochs[saga_id])
         rows: builtins.list[_Row] = []
         for event, data in events:
             position += 1
@@ -164,6 +181,8 @@ class _EventLog(_State):
                 event.event_id,
                 event.causation_id,
                 data,
+                member,
+                epoch,
             )
             rows.append(row)
             tail.append((saga_id, row))

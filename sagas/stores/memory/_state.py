@@ -8,15 +8,25 @@ clears everything, under the lock, whatever facets the store is made of.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from sagas.errors import StoreUnavailable, UnknownSaga
+from sagas.stores._checks import FencePlan
 from sagas.stores._json import decode as _decode
-from sagas.stores._port import SagaHeader, StoredEvent
+from sagas.stores._port import DEFAULT_PARTITIONS, SagaHeader, StoredEvent
 
-# An event as kept: (position, seq, type, step, attempt, at, event_id, causation_id, data JSON).
-_Row = tuple[int, int, str, "str | None", "int | None", float, str, "str | None", str]
+# An event as kept: (position, seq, type, step, attempt, at, event_id, causation_id, data JSON,
+# member, epoch), the last two those of a fenced write (else None).
+_Row = tuple[int, int, str, "str | None", "int | None", float, str, "str | None", str,
+             "str | None", "int | None"]
+_MEMBER, _EPOCH = 9, 10
+
+# A partition's lease as kept: (member, epoch, expires_at, renewed_at); a partition never held
+# has none (as (None, 0, None, None)).
+_Lease = tuple["str | None", int, "float | None", "float | None"]
+_NEVER_HELD: _Lease = (None, 0, None, None)
 
 # An event of the global log: (saga_id, row), the row being the one the saga keeps.
 _Entry = tuple[str, _Row]
@@ -76,7 +86,7 @@ def _age(saga: _Saga) -> tuple[float, str]:
 
 
 def _event(row: _Row) -> StoredEvent:
-    position, seq, type_, step, attempt, at, event_id, causation_id, data = row
+    position, seq, type_, step, attempt, at, event_id, causation_id, data, _, _ = row
     data_ = _decode(data)
     return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
 
@@ -89,13 +99,17 @@ def _ids(saga_ids: Sequence[str]) -> Sequence[str]:
 
 
 class _State:
-    """The lock that serialises every operation (so each one is atomic), the sagas, and the
+    """The lock that serialises every operation (so each one is atomic), the sagas, the
     global log: position ``p`` at index ``p - 1`` of the concatenation of the frozen chunks
-    (:data:`_CHUNK` events each) and of the tail being filled (fewer than :data:`_CHUNK`)."""
+    (:data:`_CHUNK` events each) and of the tail being filled (fewer than :data:`_CHUNK`),
+    and the partitions' leases, which fenced writes check (a dict from partition to
+    :data:`_Lease`, holding the partitions ever held)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed = False
+        self._partition_count = DEFAULT_PARTITIONS
+        self._leases: dict[int, _Lease] = {}
         self._sagas: dict[str, _Saga] = {}
         # status -> ids of the sagas in it (dicts as ordered sets: of strings, never tracked)
         self._by_status: dict[str, dict[str, None]] = {}
@@ -119,6 +133,18 @@ class _State:
         self._chunks.clear()
         self._tail.clear()
         self._last_position = 0
+        self._leases.clear()
+
+    def _check_fence(self, plan: FencePlan) -> None:
+        """``LeaseLost`` for the first partition of ``plan`` whose lease its member does not
+        hold, unexpired, at its epoch (under the lock)."""
+        now = time.time()
+        leases = self._leases
+        member = plan.member
+        for partition, (epoch, _) in plan.partitions.items():
+            holder, held_epoch, expires_at, _ = leases.get(partition, _NEVER_HELD)
+            if holder != member or held_epoch != epoch or expires_at is None or expires_at <= now:
+                raise plan.lost(partition)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -16,12 +16,16 @@ from psycopg import errors as pg_errors
 from psycopg import pq, sql
 
 from sagas.errors import StoreMissing, StoreUnavailable
+from sagas.stores._checks import check_partition_count
 
 from ._schema import SCHEMA, _Schema
 
 _T = TypeVar("_T")
 
 _logger = logging.getLogger("sagas.stores.postgres")
+
+NOW = "extract(epoch FROM clock_timestamp())::float8"
+"""The server's clock, in Unix seconds: the store's clock for leases and members."""
 
 _CONNECT_TIMEOUT = 5
 """Seconds to wait for the server when connecting (the URL's ``connect_timeout`` overrides)."""
@@ -97,11 +101,14 @@ class _Connection(_Schema):
         password: str | None = None,
         create: bool = True,
         lock_timeout: float = 5.0,
+        partitions: int | None = None,
         **options: str,
     ) -> None:
         params: dict[str, Any] = {"user": user, "password": password, "host": host,
                                   "port": port, "dbname": dbname, **options}
         self.url = _shown_url(params)
+        self._wanted_partitions = None if partitions is None else check_partition_count(
+            partitions)
         self.dbname = dbname
         self.lock_timeout = lock_timeout
         self._params = {k: v for k, v in params.items() if v is not None}

@@ -36,19 +36,21 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores._checks import FencePlan, check_fence
 from sagas.stores._checks import check_owner as _check_owner
 from sagas.stores._json import decode as _decode
 from sagas.stores._json import encode as _encode
 from sagas.stores._port import (
     TERMINAL,
     Append,
+    Fence,
     NewSaga,
     SagaHeader,
     SagaRecord,
     StoredEvent,
 )
 
-from ._connection import _Connection, _ids
+from ._connection import NOW, _Connection, _ids
 
 _HEADER_COLUMNS = (
     "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
@@ -67,20 +69,29 @@ _INSERT_DEFINITION = (
     "INSERT INTO definitions (sha256, text) VALUES (%s, %s) ON CONFLICT (sha256) DO NOTHING"
 )
 # The events of a write, in one statement: the counter gives their positions (its row stays
-# locked until the transaction ends), the n-th row of the arrays gets the n-th position.
+# locked until the transaction ends), the n-th row of the arrays gets the n-th position. The
+# writer is the fence's member and the epoch of each event's partition (NULL unfenced: a NULL
+# array of epochs is padded with NULLs by unnest).
 _INSERT_EVENTS = (
     "WITH taken AS (UPDATE counters SET value = value + %(n)s WHERE name = 'events' "
     "RETURNING value - %(n)s AS before) "
     "INSERT INTO events (saga_id, seq, position, type, step, attempt, at, event_id, "
-    "causation_id, data) "
+    "causation_id, data, member, epoch) "
     "SELECT e.saga_id, e.seq, taken.before + e.n, e.type, e.step, e.attempt, e.at, e.event_id, "
-    "e.causation_id, e.data FROM taken, unnest(%(saga_id)s::text[], %(seq)s::bigint[], "
-    "%(type)s::text[], %(step)s::text[], %(attempt)s::bigint[], %(at)s::float8[], "
-    "%(event_id)s::text[], %(causation_id)s::text[], %(data)s::text[]) WITH ORDINALITY "
-    "AS e(saga_id, seq, type, step, attempt, at, event_id, causation_id, data, n)"
+    "e.causation_id, e.data, %(member)s::text, e.epoch FROM taken, unnest(%(saga_id)s::text[], "
+    "%(seq)s::bigint[], %(type)s::text[], %(step)s::text[], %(attempt)s::bigint[], "
+    "%(at)s::float8[], %(event_id)s::text[], %(causation_id)s::text[], %(data)s::text[], "
+    "%(epoch)s::bigint[]) WITH ORDINALITY "
+    "AS e(saga_id, seq, type, step, attempt, at, event_id, causation_id, data, epoch, n)"
 )
 _EVENT_ARRAYS = ("saga_id", "seq", "type", "step", "attempt", "at", "event_id", "causation_id",
                  "data")
+# The leases a fenced write checks, locked until it ends (an acquirer waits for it), each with
+# whether it is unexpired by the server's clock.
+_SELECT_FENCE = (
+    f"SELECT partition, member, epoch, expires_at > {NOW} FROM leases "
+    "WHERE partition = ANY(%s) ORDER BY partition FOR SHARE"
+)
 # The headers of the appends, in one statement: each row is updated only if its last_seq is
 # the one the append follows (a row another writer moved on is left as it is).
 _UPDATE_SAGAS = (
@@ -108,9 +119,10 @@ _IDS_PER_READ = 1000
 """Sagas ``load_many`` reads per statement, so that at most that many sagas' rows are held
 undecoded at once."""
 
-# An event row as built: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data);
-# written with its position after the seq.
-_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str]
+# An event row as built: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data,
+# epoch); written with its position after the seq, and the fence's member.
+_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str,
+                  "int | None"]
 
 
 def _header(row: Sequence[Any]) -> SagaHeader:
@@ -124,10 +136,17 @@ def _event(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
 
 
+def _epoch(plan: FencePlan | None, saga_id: str) -> int | None:
+    """The epoch the events of ``saga_id`` are written with (``None`` unfenced)."""
+    return None if plan is None else plan.epochs[saga_id]
+
+
 def _event_rows(
-    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow]
+    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow],
+    epoch: int | None = None,
 ) -> None:
-    """Add the rows of ``events`` to ``into``; ``ValueError`` unless their seqs run from first."""
+    """Add the rows of ``events`` to ``into``, written at ``epoch``; ``ValueError`` unless
+    their seqs run from first."""
     seq = first
     for e in events:
         if e.seq != seq:
@@ -137,27 +156,28 @@ def _event_rows(
             )
         seq += 1
         into.append((saga_id, e.seq, e.type, e.step, e.attempt, e.at, e.event_id,
-                     e.causation_id, _encode(e.data)))
+                     e.causation_id, _encode(e.data), epoch))
 
 
 # A create as built: the saga, its row of _HEADER_COLUMNS and its events' rows.
 _Create = tuple[NewSaga, tuple[Any, ...], builtins.list[_EventRow]]
 
 
-def _create_rows(saga: NewSaga) -> _Create:
-    """What ``saga`` writes; ``ValueError`` / ``TypeError`` for what a create refuses (an
-    invalid owner, seqs that are not 1..n, an input or data that is not JSON)."""
+def _create_rows(saga: NewSaga, plan: FencePlan | None) -> _Create:
+    """What ``saga`` writes (under ``plan``'s fence, if any); ``ValueError`` / ``TypeError``
+    for what a create refuses (an invalid owner, seqs that are not 1..n, an input or data that
+    is not JSON)."""
     if saga.owner is not None:
         _check_owner(saga.owner)
     rows: builtins.list[_EventRow] = []
-    _event_rows(saga.saga_id, saga.events, 1, rows)
+    _event_rows(saga.saga_id, saga.events, 1, rows, _epoch(plan, saga.saga_id))
     params = (saga.saga_id, saga.flow, saga.version, saga.definition, _encode(saga.input),
               saga.status, saga.reason, saga.started_at, saga.started_at, len(rows), saga.owner)
     return saga, params, rows
 
 
 def _append_rows(
-    appends: Sequence[Append],
+    appends: Sequence[Append], plan: FencePlan | None = None
 ) -> tuple[builtins.list[_EventRow], dict[str, builtins.list[Any]]]:
     """The event rows of ``appends`` and, per saga, the parameters of its ``_UPDATE_SAGA``:
     ``[new last_seq, status, reason, updated_at, saga_id, expected last_seq]``.
@@ -173,7 +193,7 @@ def _append_rows(
         if not events:
             raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
         first = events[0].seq
-        _event_rows(saga_id, events, first, rows)
+        _event_rows(saga_id, events, first, rows, _epoch(plan, saga_id))
         last = first + len(events) - 1
         update = updates.get(saga_id)
         if update is None:
@@ -186,15 +206,29 @@ def _append_rows(
     return rows, updates
 
 
-def _insert_events(db: psycopg.Connection[Any], rows: builtins.list[_EventRow]) -> int:
-    """Insert ``rows`` at the next positions, in order (in the open transaction: the counter's
-    row stays locked until it ends); how many were inserted."""
+def _insert_events(db: psycopg.Connection[Any], rows: builtins.list[_EventRow],
+                   member: str | None) -> int:
+    """Insert ``rows`` at the next positions, in order, written by ``member`` (in the open
+    transaction: the counter's row stays locked until it ends); how many were inserted."""
     if not rows:
         return 0
-    params: dict[str, Any] = {"n": len(rows)}
+    params: dict[str, Any] = {"n": len(rows), "member": member}
     for index, name in enumerate(_EVENT_ARRAYS):
         params[name] = [row[index] for row in rows]
+    params["epoch"] = None if member is None else [row[9] for row in rows]
     return db.execute(_INSERT_EVENTS, params).rowcount
+
+
+def _check_fence(db: psycopg.Connection[Any], plan: FencePlan) -> None:
+    """``LeaseLost`` for the first partition of ``plan`` whose lease its member does not hold,
+    unexpired, at its epoch; the leases stay locked until the transaction ends."""
+    rows = db.execute(_SELECT_FENCE, (builtins.list(plan.partitions),))
+    held = {row[0]: row[1:] for row in rows}
+    member = plan.member
+    for partition, (epoch, _) in plan.partitions.items():
+        holder, held_epoch, live = held.get(partition, (None, 0, False))
+        if holder != member or held_epoch != epoch or not live:
+            raise plan.lost(partition)
 
 
 class _EventLog(_Connection):
@@ -202,36 +236,52 @@ class _EventLog(_Connection):
     of several statements in one read-only snapshot)."""
 
     def write(
-        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+        self, creates: Sequence[NewSaga], appends: Sequence[Append], *,
+        fence: Fence | None = None,
     ) -> builtins.list[tuple[bool, SagaHeader]]:
         """One transaction (see the module docstring); all of it is checked before anything
-        is sent to the server."""
-        new = [_create_rows(saga) for saga in creates]
-        rows, updates = _append_rows(appends)
+        is sent to the server. A fence's leases are read first, each locked (``FOR SHARE``)
+        until the write ends: an acquirer waits for it, then finds the lease as the write
+        left it."""
+        plan = None
+        if fence is not None and (creates or appends):
+            plan = check_fence(fence, [saga.saga_id for saga in creates] +
+                               [append.saga_id for append in appends], self._partition_count)
+        new = [_create_rows(saga, plan) for saga in creates]
+        rows, updates = _append_rows(appends, plan)
         if not new and not updates:
             with self._lock:
                 self._connection()  # StoreUnavailable once closed
             return []
+        member = None if plan is None else plan.member
 
         def work(db: psycopg.Connection[Any]) -> builtins.list[tuple[bool, SagaHeader]]:
-            # every row lock of the sagas first, the counter's last (by the events' inserts):
-            # a writer holding the counter waits for no other, so writers cannot deadlock
+            # the leases' row locks first, in partition order, then the sagas', the counter's
+            # last (by the events' inserts): a writer holding the counter waits for no other,
+            # so writers cannot deadlock
+            if plan is not None:
+                _check_fence(db, plan)
             results, created = self._insert_sagas(db, new)
             if updates:
-                failure = self._extend_sagas(db, appends, rows, updates, created)
+                failure = self._extend_sagas(db, appends, rows, updates, created, member)
                 if failure is not None:
                     raise failure
             elif created:
-                self._insert_new_events(db, created)
+                self._insert_new_events(db, created, member)
             return results
 
         return self._transaction(work)
 
-    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
-        return self.write((saga,), ())[0]
+    def create(self, saga: NewSaga, *, fence: Fence | None = None) -> tuple[bool, SagaHeader]:
+        if fence is None:
+            return self.write((saga,), ())[0]
+        return self.write((saga,), (), fence=fence)[0]
 
-    def append(self, batch: Sequence[Append]) -> None:
-        self.write((), batch)
+    def append(self, batch: Sequence[Append], *, fence: Fence | None = None) -> None:
+        if fence is None:
+            self.write((), batch)
+        else:
+            self.write((), batch, fence=fence)
 
     def _insert_sagas(
         self, db: psycopg.Connection[Any], creates: builtins.list[_Create]
@@ -278,12 +328,12 @@ class _EventLog(_Connection):
             seen.add(saga_id)
         return results, events
 
-    def _insert_new_events(self, db: psycopg.Connection[Any], rows: builtins.list[_EventRow]
-                           ) -> None:
+    def _insert_new_events(self, db: psycopg.Connection[Any], rows: builtins.list[_EventRow],
+                           member: str | None) -> None:
         """Insert the events of the sagas just created; ``StoreUnavailable`` if they exist
         (events without a header: the store is inconsistent)."""
         try:
-            inserted = _insert_events(db, rows)
+            inserted = _insert_events(db, rows, member)
         except pg_errors.UniqueViolation as err:
             detail = (err.diag.message_detail or "").strip()
             raise StoreUnavailable(
@@ -304,6 +354,7 @@ class _EventLog(_Connection):
         rows: builtins.list[_EventRow],
         updates: dict[str, builtins.list[Any]],
         created: builtins.list[_EventRow],
+        member: str | None,
     ) -> Exception | None:
         """Apply the appends in the open transaction, after inserting the events of the sagas
         the call ``created`` (their rows), if any; ``None`` if they all fit, else the error to
@@ -321,8 +372,8 @@ class _EventLog(_Connection):
             updated = db.execute(_UPDATE_SAGAS, columns).rowcount
             if updated == len(updates):
                 if created:
-                    self._insert_new_events(db, created)
-                self._check_inserted(_insert_events(db, rows), rows)
+                    self._insert_new_events(db, created, member)
+                self._check_inserted(_insert_events(db, rows, member), rows)
                 if created:
                     db.execute("RELEASE SAVEPOINT appends")
                 return None

@@ -1,17 +1,18 @@
-"""The PostgreSQL store's schema (version 1), how a database is checked, and how it is
+"""The PostgreSQL store's schema (version 2), how a database is checked, and how it is
 migrated.
 
 Every table lives in the schema ``sagactor`` of the database (so a database may hold other
 things too)::
 
-    meta(key PRIMARY KEY, value)                      -- key 'schema_version'
+    meta(key PRIMARY KEY, value)                      -- keys 'schema_version', 'partitions'
     counters(name PRIMARY KEY, value)                 -- the last position given out, of
                                                       -- 'events' and of 'external_events'
     definitions(sha256 PRIMARY KEY, text)
     sagas(saga_id PRIMARY KEY, flow, version, definition, input, status, reason,
           started_at, updated_at, last_seq, owner)    -- indexed by status, started_at, owner
     events(saga_id, seq, position UNIQUE, type, step, attempt, at, event_id, causation_id,
-           data, PRIMARY KEY (saga_id, seq))
+           data, member, epoch, PRIMARY KEY (saga_id, seq))
+                                                      -- member, epoch: a fenced write's
     requests(request_id IDENTITY PRIMARY KEY, saga_id, kind, data, created_at, handled)
                                                       -- pending ones indexed by saga_id
     inbox(key PRIMARY KEY, outcome, output, error)    -- services' definitive replies
@@ -21,16 +22,26 @@ things too)::
     cursors(subscriber PRIMARY KEY, position)         -- the event bus's durable cursors
     owners(owner PRIMARY KEY, lock_key, backend_pid, host, pid, registered_at)
                                                       -- registered owners (see _ownership)
+    leases(partition PRIMARY KEY, member, epoch, expires_at, renewed_at)
+                                                      -- one row per partition, from 0
+    members(member PRIMARY KEY, started_at, last_seen, info)
+                                                      -- members sharing the store
 
-``input``, ``data`` and ``output`` hold compact JSON text (``text``, not ``jsonb``: a value
-reads back exactly as it was written). Ids compare byte by byte (``COLLATE "C"``), so that
-sagas list in the same order as in the other stores, whatever the database's collation.
+``input``, ``data``, ``output`` and ``info`` hold compact JSON text (``text``, not ``jsonb``: a
+value reads back exactly as it was written). Ids compare byte by byte (``COLLATE "C"``), so
+that sagas list in the same order as in the other stores, whatever the database's collation.
+Times are Unix seconds (``double precision``); those of leases and members are the server's
+clock (``clock_timestamp()``).
 
 The version is kept in ``meta``. Opening a database whose schema is older migrates it forward
 in place (one transaction, under an advisory lock, so that of several processes opening it at
 once one migrates and the others find it done); one whose schema is newer than this code knows
-is refused with one line, and left as it is. There is one version so far: ``_MIGRATIONS``
-(from version n to n + 1) is where the next one goes.
+is refused with one line, and left as it is. ``_MIGRATIONS`` (from version n to n + 1) holds
+the statements of each step. Version 2 added the partitions (``meta``'s ``partitions``, a row of
+``leases`` for each, ``members``) and the writer of each event (``events.member`` and
+``events.epoch``, nullable columns, added without rewriting the table): a process of version 1
+still running while another migrates goes on writing, unfenced, its events' writers ``NULL``
+(its inserts name their columns), and refuses the store only when it opens it again.
 """
 
 from __future__ import annotations
@@ -42,12 +53,13 @@ from typing import Any
 import psycopg
 
 from sagas.errors import StoreMissing, StoreUnavailable
+from sagas.stores._port import DEFAULT_PARTITIONS, MAX_PARTITIONS
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION"]
 
 _logger = logging.getLogger("sagas.stores.postgres")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema version this code writes and reads (older ones are migrated forward on open)."""
 
 SCHEMA = "sagactor"
@@ -60,6 +72,7 @@ _TABLES = {
     1: frozenset({"meta", "counters", "definitions", "sagas", "events", "requests", "inbox",
                   "tombstones", "external_events", "cursors", "owners"}),
 }
+_TABLES[2] = _TABLES[1] | {"leases", "members"}
 
 _CREATE = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -93,6 +106,8 @@ _CREATE = (
         event_id text NOT NULL,
         causation_id text,
         data text NOT NULL,
+        member text COLLATE "C",
+        epoch bigint,
         PRIMARY KEY (saga_id, seq)
     )""",
     "CREATE UNIQUE INDEX events_by_position ON events (position)",
@@ -137,8 +152,29 @@ _CREATE = (
     )""",
 )
 
+_V2_TABLES = (
+    """CREATE TABLE leases (
+        partition integer PRIMARY KEY,
+        member text COLLATE "C",
+        epoch bigint NOT NULL,
+        expires_at double precision,
+        renewed_at double precision
+    )""",
+    """CREATE TABLE members (
+        member text COLLATE "C" PRIMARY KEY,
+        started_at double precision NOT NULL,
+        last_seen double precision NOT NULL,
+        info text NOT NULL
+    )""",
+)
+_CREATE += _V2_TABLES
+
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # from version n to n + 1: the statements, run in order in one transaction
+    1: (  # and the partitions' rows (_add_partitions)
+        "ALTER TABLE events ADD COLUMN member text COLLATE \"C\", ADD COLUMN epoch bigint",
+        *_V2_TABLES,
+    ),
 }
 
 
@@ -155,6 +191,8 @@ class _Schema:
     connect), so statements name tables without it."""
 
     url: str
+    _wanted_partitions: int | None  # asked for by the opener (None: whatever the store has)
+    _partition_count: int  # what the store has, once prepared
 
     def _prepare(self, db: psycopg.Connection[Any], create: bool) -> None:
         tables = self._tables(db)
@@ -171,6 +209,7 @@ class _Schema:
         # read after the version: another process may have migrated the schema since the
         # tables were first read, and a migration only adds tables
         self._check_tables(self._tables(db), version)
+        self._partition_count = self._partitions(db)
 
     @staticmethod
     def _tables(db: psycopg.Connection[Any]) -> set[str]:
@@ -196,6 +235,7 @@ class _Schema:
                     "INSERT INTO meta (key, value) VALUES ('schema_version', %s)",
                     (str(SCHEMA_VERSION),),
                 )
+                self._add_partitions(db)
                 _logger.info("created saga store %s (schema version %d)", self.url,
                              SCHEMA_VERSION)
             db.execute("COMMIT")
@@ -261,6 +301,8 @@ class _Schema:
                 for statement in _MIGRATIONS[version]:
                     db.execute(statement)  # type: ignore[arg-type]
                 version += 1
+                if version == 2:
+                    self._add_partitions(db)
             if version != start:
                 db.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'",
                            (str(version),))
@@ -270,3 +312,30 @@ class _Schema:
             raise
         if version != start:
             _logger.info("migrated saga store %s from schema %d to %d", self.url, start, version)
+
+    def _add_partitions(self, db: psycopg.Connection[Any]) -> None:
+        """Record the store's number of partitions (the opener's, else the default) and give
+        each a row of ``leases``, never held (in the open transaction)."""
+        count = self._wanted_partitions or DEFAULT_PARTITIONS
+        db.execute("INSERT INTO meta (key, value) VALUES ('partitions', %s)", (str(count),))
+        db.execute("INSERT INTO leases (partition, epoch) SELECT p, 0 FROM "
+                   "generate_series(0, %s - 1) AS p", (count,))
+
+    def _partitions(self, db: psycopg.Connection[Any]) -> int:
+        """The store's number of partitions; ``StoreUnavailable`` if it is unreadable or not
+        the number the opener asked for."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+        try:
+            count = int(row[0]) if row is not None else 0
+        except (TypeError, ValueError):
+            count = 0
+        if not 1 <= count <= MAX_PARTITIONS:
+            raise StoreUnavailable(f"saga store {self.url} is damaged: its number of "
+                                   f"partitions is {row[0] if row else 'missing'!r}")
+        wanted = self._wanted_partitions
+        if wanted is not None and wanted != count:
+            raise StoreUnavailable(
+                f"saga store {self.url} has {count} partitions, not {wanted}: a store's "
+                "partitions are fixed when it is created"
+            )
+        return count

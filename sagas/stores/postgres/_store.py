@@ -8,6 +8,7 @@ import psycopg
 
 from ._external import _ExternalEvents
 from ._inbox import PostgresInbox
+from ._leases import _Leases
 from ._log import _EventLog
 from ._ownership import _Ownership
 from ._reader import _LogReader
@@ -16,7 +17,7 @@ from ._requests import _Requests
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(_EventLog, _LogReader, _Ownership, _Requests, _ExternalEvents):
+class PostgresStore(_EventLog, _LogReader, _Ownership, _Leases, _Requests, _ExternalEvents):
     """A :class:`~sagas.stores.SagaStore` in a PostgreSQL database (schema ``sagactor``).
 
     The keyword arguments are libpq's connection parameters, as
@@ -32,6 +33,9 @@ class PostgresStore(_EventLog, _LogReader, _Ownership, _Requests, _ExternalEvent
     older version is migrated forward; one of a newer version, or that is no sagactor store,
     is ``StoreUnavailable`` (and left untouched). ``lock_timeout`` (seconds) is how long a
     write waits for another session's locks before giving up with ``StoreUnavailable``.
+    ``partitions`` is the number of partitions of a store created (or migrated to schema 2)
+    now, default 64, and the number an existing one must have (else ``StoreUnavailable``);
+    ``None`` takes whatever it has.
     """
 
     def __init__(
@@ -44,10 +48,12 @@ class PostgresStore(_EventLog, _LogReader, _Ownership, _Requests, _ExternalEvent
         password: str | None = None,
         create: bool = True,
         lock_timeout: float = 5.0,
+        partitions: int | None = None,
         **options: str,
     ) -> None:
         super().__init__(user=user, dbname=dbname, host=host, port=port, password=password,
-                         create=create, lock_timeout=lock_timeout, **options)
+                         create=create, lock_timeout=lock_timeout, partitions=partitions,
+                         **options)
         self._owners = set()
         self._inbox = PostgresInbox(self)
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sagas.errors import BadStoreUrl, StoreMissing, StoreUnavailable
+from sagas.stores._checks import check_partition_count
 from sagas.stores._files import create_private_file, make_private_dirs
 
 from ._schema import _MAGIC, _rollback, _Schema
@@ -83,11 +84,14 @@ class _Connection(_Schema):
         *,
         busy_timeout: float = 5.0,
         create: bool = True,
+        partitions: int | None = None,
     ) -> None:
         if not isinstance(synchronous, str) or synchronous.lower() not in SYNCHRONOUS:
             raise BadStoreUrl(
                 f"synchronous must be one of {', '.join(SYNCHRONOUS)}, got {synchronous!r}"
             )
+        self._wanted_partitions = None if partitions is None else check_partition_count(
+            partitions)
         self.path = Path(path)
         self.synchronous = synchronous.lower()
         self.busy_timeout = busy_timeout
@@ -285,6 +289,23 @@ class _Connection(_Schema):
             try:
                 cursor = db.execute(sql, params)
                 return cursor.rowcount, cursor.lastrowid
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work(db)`` in one ``BEGIN IMMEDIATE`` transaction on the write connection (so it
+        holds SQLite's write lock throughout), committed before it returns; nothing of it if
+        it raises."""
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(db)
+                    db.execute("COMMIT")
+                    return result
+                finally:
+                    _rollback(db)
             except sqlite3.Error as err:
                 raise self._translate(err) from err
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
+from sagas.stores._checks import FencePlan, check_fence
 from sagas.stores._checks import check_owner as _check_owner
 from sagas.stores._json import decode as _decode
 from sagas.stores._json import encode as _encode
 from sagas.stores._port import (
     TERMINAL,
     Append,
+    Fence,
     NewSaga,
     SagaHeader,
     SagaRecord,
@@ -22,6 +25,7 @@ from sagas.stores._port import (
 )
 
 from ._connection import _chunks, _Connection, _ids, _placeholders, _rollback
+from ._leases import _lease_rows
 
 _HEADER_COLUMNS = (
     "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
@@ -35,8 +39,8 @@ _INSERT_SAGA = (
 )
 _INSERT_DEFINITION = "INSERT OR IGNORE INTO definitions (sha256, text) VALUES (?, ?)"
 _INSERT_EVENT = (
-    "INSERT INTO events (saga_id, seq, type, step, attempt, at, event_id, causation_id, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (saga_id, seq, type, step, attempt, at, event_id, causation_id, data, "
+    "member, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_SAGA = (
     "UPDATE sagas SET last_seq = ?, status = ?, reason = ?, updated_at = ? "
@@ -59,8 +63,13 @@ _SELECT_IN_FLIGHT = (
 _TERMINAL = tuple(sorted(TERMINAL))
 """The terminal statuses, as the parameters of a statement."""
 
-# An event row as written: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data).
-_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str]
+# An event row as written: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data,
+# member, epoch).
+_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str,
+                  "str | None", "int | None"]
+# Who writes: (member, epoch of the saga's partition) under a fence, else (None, None).
+_Writer = tuple["str | None", "int | None"]
+_UNFENCED: _Writer = (None, None)
 
 
 def _header(row: Sequence[Any]) -> SagaHeader:
@@ -74,10 +83,18 @@ def _event(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
 
 
+def _writer(plan: FencePlan | None, saga_id: str) -> _Writer:
+    """Who writes the events of ``saga_id`` (under ``plan``'s fence, if any)."""
+    return _UNFENCED if plan is None else (plan.member, plan.epochs[saga_id])
+
+
 def _event_rows(
-    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow]
+    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow],
+    writer: _Writer = _UNFENCED,
 ) -> None:
-    """Add the rows of ``events`` to ``into``; ``ValueError`` unless their seqs run from first."""
+    """Add the rows of ``events`` to ``into``, written by ``writer``; ``ValueError`` unless
+    their seqs run from first."""
+    member, epoch = writer
     seq = first
     for e in events:
         if e.seq != seq:
@@ -97,6 +114,8 @@ def _event_rows(
                 e.event_id,
                 e.causation_id,
                 _encode(e.data),
+                member,
+                epoch,
             )
         )
 
@@ -105,13 +124,14 @@ def _event_rows(
 _Create = tuple[NewSaga, tuple[Any, ...], builtins.list[_EventRow]]
 
 
-def _create_rows(saga: NewSaga) -> _Create:
-    """What ``saga`` writes; ``ValueError`` / ``TypeError`` for what a create refuses (an
-    invalid owner, seqs that are not 1..n, an input or data that is not JSON)."""
+def _create_rows(saga: NewSaga, plan: FencePlan | None) -> _Create:
+    """What ``saga`` writes (under ``plan``'s fence, if any); ``ValueError`` / ``TypeError``
+    for what a create refuses (an invalid owner, seqs that are not 1..n, an input or data that
+    is not JSON)."""
     if saga.owner is not None:
         _check_owner(saga.owner)
     rows: builtins.list[_EventRow] = []
-    _event_rows(saga.saga_id, saga.events, 1, rows)
+    _event_rows(saga.saga_id, saga.events, 1, rows, _writer(plan, saga.saga_id))
     params = (
         saga.saga_id,
         saga.flow,
@@ -129,7 +149,7 @@ def _create_rows(saga: NewSaga) -> _Create:
 
 
 def _append_rows(
-    appends: Sequence[Append],
+    appends: Sequence[Append], plan: FencePlan | None = None
 ) -> tuple[builtins.list[_EventRow], dict[str, builtins.list[Any]]]:
     """The event rows of ``appends`` and, per saga, the parameters of its ``_UPDATE_SAGA``:
     ``[new last_seq, status, reason, updated_at, saga_id, expected last_seq]``.
@@ -145,7 +165,7 @@ def _append_rows(
         if not events:
             raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
         first = events[0].seq
-        _event_rows(saga_id, events, first, rows)
+        _event_rows(saga_id, events, first, rows, _writer(plan, saga_id))
         last = first + len(events) - 1
         update = updates.get(saga_id)
         if update is None:
@@ -169,13 +189,20 @@ class _EventLog(_Connection):
     calling thread's read connection (those of several statements in one read transaction)."""
 
     def write(
-        self, creates: Sequence[NewSaga], appends: Sequence[Append]
+        self, creates: Sequence[NewSaga], appends: Sequence[Append], *,
+        fence: Fence | None = None,
     ) -> builtins.list[tuple[bool, SagaHeader]]:
         """One ``BEGIN IMMEDIATE`` transaction. The insert of the saga row decides, under SQLite's
         write lock, so of concurrent creates of one id (from any connection or process) exactly
-        one wins; the ``UNIQUE(saga_id, seq)`` constraint backs the check of the seqs up."""
-        new = [_create_rows(saga) for saga in creates]
-        rows, updates = _append_rows(appends)
+        one wins; the ``UNIQUE(saga_id, seq)`` constraint backs the check of the seqs up. A
+        fence's leases are read first, under that lock: no acquirer can change them before
+        the write commits."""
+        plan = None
+        if fence is not None and (creates or appends):
+            plan = check_fence(fence, [saga.saga_id for saga in creates] +
+                               [append.saga_id for append in appends], self._partition_count)
+        new = [_create_rows(saga, plan) for saga in creates]
+        rows, updates = _append_rows(appends, plan)
         with self._lock:
             db = self._connection()
             if not new and not updates:
@@ -183,6 +210,8 @@ class _EventLog(_Connection):
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    if plan is not None:
+                        self._check_fence(db, plan)
                     results = self._insert_sagas(db, new)
                     if updates:
                         failure = self._extend_sagas(db, appends, rows, updates, bool(new))
@@ -195,11 +224,28 @@ class _EventLog(_Connection):
                 raise self._translate(err) from err
         return results
 
-    def create(self, saga: NewSaga) -> tuple[bool, SagaHeader]:
-        return self.write((saga,), ())[0]
+    def create(self, saga: NewSaga, *, fence: Fence | None = None) -> tuple[bool, SagaHeader]:
+        if fence is None:
+            return self.write((saga,), ())[0]
+        return self.write((saga,), (), fence=fence)[0]
 
-    def append(self, batch: Sequence[Append]) -> None:
-        self.write((), batch)
+    def append(self, batch: Sequence[Append], *, fence: Fence | None = None) -> None:
+        if fence is None:
+            self.write((), batch)
+        else:
+            self.write((), batch, fence=fence)
+
+    @staticmethod
+    def _check_fence(db: sqlite3.Connection, plan: FencePlan) -> None:
+        """``LeaseLost`` for the first partition of ``plan`` whose lease its member does not
+        hold, unexpired, at its epoch (in the open transaction, which holds the write lock)."""
+        held = _lease_rows(db, builtins.list(plan.partitions))
+        now = time.time()
+        member = plan.member
+        for partition, (epoch, _) in plan.partitions.items():
+            holder, held_epoch, expires_at = held.get(partition, (None, 0, None))
+            if holder != member or held_epoch != epoch or expires_at is None or expires_at <= now:
+                raise plan.lost(partition)
 
     def _insert_sagas(
         self, db: sqlite3.Connection, creates: builtins.list[_Create]

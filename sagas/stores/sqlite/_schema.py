@@ -1,13 +1,14 @@
-"""The SQLite store's schema (version 5), how a file is checked, and how it is migrated.
+"""The SQLite store's schema (version 6), how a file is checked, and how it is migrated.
 
 ::
 
-    meta(key PRIMARY KEY, value)                      -- key 'schema_version'
+    meta(key PRIMARY KEY, value)                      -- keys 'schema_version', 'partitions'
     definitions(sha256 PRIMARY KEY, text)
     sagas(saga_id PRIMARY KEY, flow, version, definition, input, status, reason,
           started_at, updated_at, last_seq, owner)    -- indexed by status, started_at, owner
     events(position INTEGER PRIMARY KEY AUTOINCREMENT, saga_id, seq, type, step, attempt,
-           at, event_id, causation_id, data, UNIQUE(saga_id, seq))
+           at, event_id, causation_id, data, member, epoch, UNIQUE(saga_id, seq))
+                                                      -- member, epoch: a fenced write's
     requests(request_id INTEGER PRIMARY KEY AUTOINCREMENT, saga_id, kind, data, created_at,
              handled)                                 -- pending ones indexed by saga_id
     inbox(key PRIMARY KEY, outcome, output, error)    -- services' definitive replies
@@ -18,12 +19,19 @@
     cursors(subscriber PRIMARY KEY, position)         -- the event bus's durable cursors
     owners(owner PRIMARY KEY, pid, started, boot, pidns, registered_at)
                                                       -- registered owners' processes
+    leases(partition INTEGER PRIMARY KEY, member, epoch, expires_at, renewed_at)
+                                                      -- one row per partition, from 0
+    members(member PRIMARY KEY, started_at, last_seen, info)
+                                                      -- members sharing the store
 
-``input``, ``data`` and ``output`` hold compact JSON text. Their columns are declared ``TEXT``,
-not ``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the JSON text
-``3`` into the integer 3. Version 2 added ``sagas.owner``, ``requests``, ``inbox`` and
-``tombstones``, version 3 ``external_events``, version 4 ``cursors``, version 5 ``owners``;
-an older file is migrated forward in place when opened (one transaction).
+``input``, ``data``, ``output`` and ``info`` hold compact JSON text. Their columns are declared
+``TEXT``, not ``JSON``: SQLite gives an unknown type name NUMERIC affinity, which would turn the
+JSON text ``3`` into the integer 3. Version 2 added ``sagas.owner``, ``requests``, ``inbox`` and
+``tombstones``, version 3 ``external_events``, version 4 ``cursors``, version 5 ``owners``,
+version 6 the partitions (``meta``'s ``partitions``, ``leases``, ``members``) and the writer of
+each event (``events.member``, ``events.epoch``: ``NULL`` for the events written before); an
+older file is migrated forward in place when opened (one transaction; the partitions it gets
+are those its opener asks for, else 64).
 """
 
 from __future__ import annotations
@@ -36,12 +44,13 @@ import time
 from pathlib import Path
 
 from sagas.errors import StoreMissing, StoreUnavailable
+from sagas.stores._port import DEFAULT_PARTITIONS, MAX_PARTITIONS
 
 __all__ = ["SCHEMA_VERSION"]
 
 _logger = logging.getLogger("sagas.stores.sqlite")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version this code writes and reads (older ones are migrated forward on open)."""
 
 _MAGIC = b"SQLite format 3\x00"
@@ -52,6 +61,7 @@ _TABLES = {  # the tables of each schema version
 _TABLES[3] = _TABLES[2] | {"external_events"}
 _TABLES[4] = _TABLES[3] | {"cursors"}
 _TABLES[5] = _TABLES[4] | {"owners"}
+_TABLES[6] = _TABLES[5] | {"leases", "members"}
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -83,6 +93,8 @@ _SCHEMA = (
         event_id TEXT NOT NULL,
         causation_id TEXT,
         data TEXT NOT NULL,
+        member TEXT,
+        epoch INTEGER,
         UNIQUE (saga_id, seq)
     )""",
 )
@@ -138,7 +150,23 @@ _V5_TABLES = (
     ) WITHOUT ROWID""",
 )
 
-_SCHEMA += _V2_TABLES + _V3_TABLES + _V4_TABLES + _V5_TABLES
+_V6_TABLES = (
+    """CREATE TABLE leases (
+        partition INTEGER PRIMARY KEY,
+        member TEXT,
+        epoch INTEGER NOT NULL,
+        expires_at REAL,
+        renewed_at REAL
+    )""",
+    """CREATE TABLE members (
+        member TEXT PRIMARY KEY,
+        started_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        info TEXT NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_SCHEMA += _V2_TABLES + _V3_TABLES + _V4_TABLES + _V5_TABLES + _V6_TABLES
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # from version n to n + 1
@@ -150,6 +178,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: _V3_TABLES,
     3: _V4_TABLES,
     4: _V5_TABLES,
+    5: (  # and the partitions' rows (_add_partitions)
+        "ALTER TABLE events ADD COLUMN member TEXT",
+        "ALTER TABLE events ADD COLUMN epoch INTEGER",
+        *_V6_TABLES,
+    ),
 }
 
 
@@ -166,6 +199,8 @@ class _Schema:
     path: Path
     synchronous: str
     busy_timeout: float
+    _wanted_partitions: int | None  # asked for by the opener (None: whatever the file has)
+    _partition_count: int  # what the file has, once prepared
 
     def _prepare(self, db: sqlite3.Connection, create: bool) -> None:
         tables = self._tables(db)
@@ -183,6 +218,7 @@ class _Schema:
         # tables were first read (they would be an older version's), and a migration only
         # adds tables
         self._check_tables(self._tables(db), version)
+        self._partition_count = self._partitions(db)
         self._use_wal(db)
         db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
 
@@ -222,6 +258,7 @@ class _Schema:
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+                self._add_partitions(db)
                 _logger.info("created saga store %s (schema version %d)", self.path, SCHEMA_VERSION)
             db.execute("COMMIT")
         finally:
@@ -279,6 +316,8 @@ class _Schema:
                 for statement in _MIGRATIONS[version]:
                     db.execute(statement)
                 version += 1
+                if version == 6:
+                    self._add_partitions(db)
             if version != start:
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
@@ -288,3 +327,30 @@ class _Schema:
             _rollback(db)
         if version != start:
             _logger.info("migrated saga store %s from schema %d to %d", self.path, start, version)
+
+    def _add_partitions(self, db: sqlite3.Connection) -> None:
+        """Record the store's number of partitions (the opener's, else the default) and give
+        each a row of ``leases``, never held (in the open transaction)."""
+        count = self._wanted_partitions or DEFAULT_PARTITIONS
+        db.execute("INSERT INTO meta (key, value) VALUES ('partitions', ?)", (str(count),))
+        db.executemany("INSERT INTO leases (partition, epoch) VALUES (?, 0)",
+                       [(p,) for p in range(count)])
+
+    def _partitions(self, db: sqlite3.Connection) -> int:
+        """The file's number of partitions; ``StoreUnavailable`` if it is unreadable or not
+        the number the opener asked for."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
+        try:
+            count = int(row[0])
+        except (TypeError, ValueError):
+            count = 0
+        if not 1 <= count <= MAX_PARTITIONS:
+            raise StoreUnavailable(f"saga store {self.path} is damaged: its number of "
+                                   f"partitions is {row[0] if row else 'missing'!r}")
+        wanted = self._wanted_partitions
+        if wanted is not None and wanted != count:
+            raise StoreUnavailable(
+                f"saga store {self.path} has {count} partitions, not {wanted}: a store's "
+                "partitions are fixed when it is created"
+            )
+        return count

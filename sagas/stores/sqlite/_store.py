@@ -7,6 +7,7 @@ import sqlite3
 
 from ._external import _ExternalEvents
 from ._inbox import SqliteInbox
+from ._leases import _Leases
 from ._log import _EventLog
 from ._ownership import _Ownership
 from ._reader import _LogReader
@@ -15,7 +16,7 @@ from ._requests import _Requests
 __all__ = ["SqliteStore"]
 
 
-class SqliteStore(_EventLog, _LogReader, _Ownership, _Requests, _ExternalEvents):
+class SqliteStore(_EventLog, _LogReader, _Ownership, _Leases, _Requests, _ExternalEvents):
     """A :class:`~sagas.stores.SagaStore` in one SQLite file.
 
     Opening creates the missing directories and file (private: see :mod:`sagas.stores.sqlite`)
@@ -24,7 +25,9 @@ class SqliteStore(_EventLog, _LogReader, _Ownership, _Requests, _ExternalEvents)
     must be a sagactor store of a schema this code supports, else ``StoreUnavailable`` (the file
     is left untouched), except that an older schema is migrated forward. ``busy_timeout``
     (seconds) is how long an operation waits for another connection's lock before giving up
-    with ``StoreUnavailable``.
+    with ``StoreUnavailable``. ``partitions`` is the number of partitions of a store created
+    (or migrated to schema 6) now, default 64, and the number an existing one must have
+    (else ``StoreUnavailable``); ``None`` takes whatever it has.
     """
 
     def __init__(
@@ -34,8 +37,10 @@ class SqliteStore(_EventLog, _LogReader, _Ownership, _Requests, _ExternalEvents)
         *,
         busy_timeout: float = 5.0,
         create: bool = True,
+        partitions: int | None = None,
     ) -> None:
-        super().__init__(path, synchronous, busy_timeout=busy_timeout, create=create)
+        super().__init__(path, synchronous, busy_timeout=busy_timeout, create=create,
+                         partitions=partitions)
         self._owners_dir = self.path.with_name(self.path.name + ".owners")
         self._owner_fds = {}
         self._inbox = SqliteInbox(self)
