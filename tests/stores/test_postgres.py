@@ -309,6 +309,26 @@ def test_several_processes_opening_a_new_database_at_once_share_one_schema(
         assert [e.position for _, e in store.read_all()] == [1, 2, 3, 4]
 
 
+def test_a_store_keeps_the_partitions_it_was_created_with(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    with open_store(f"{postgres_url}?partitions=8") as store:
+        assert store.partitions() == 8 and len(store.leases()) == 8
+    with open_store(postgres_url, create=False) as store:
+        assert store.partitions() == 8
+    with open_store(postgres_url, partitions=8) as store:
+        assert store.partitions() == 8
+    with open_store(postgres_url) as store:  # no number asked for: the one it has
+        assert store.partitions() == 8
+    for reopen in (lambda: open_store(f"{postgres_url}?partitions=64"),
+                   lambda: open_store(postgres_url, create=False, partitions=16)):
+        with pytest.raises(StoreUnavailable) as caught:
+            reopen()
+        assert "has 8 partitions, not " in _one_line(caught.value)
+    with postgres_server.admin(postgres_url.rsplit("/", 1)[1]) as db:
+        assert db.execute("SELECT count(*) FROM sagactor.leases").fetchall() == [(8,)]
+
+
 def test_a_newer_schema_is_refused_in_one_line_and_left_alone(
     postgres_server: PostgresServer, postgres_url: str  # noqa: F811
 ) -> None:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1009,6 +1010,66 @@ def test_open_store_memory() -> None:
     store = open_store("memory://")
     assert isinstance(store, MemoryStore)
     assert open_store("MEMORY://") is not store
+    assert store.partitions() == 64
+    assert open_store("memory://?partitions=8").partitions() == 8
+    assert open_store("memory://", partitions=5).partitions() == 5
+    assert MemoryStore(partitions=1).partitions() == 1
+
+
+# -- partitions -----------------------------------------------------------------------------------
+
+
+def test_a_store_keeps_the_partitions_it_was_created_with(tmp_path: Path) -> None:
+    path = tmp_path / "sagas.db"
+    url = f"sqlite:///{path}"
+    with open_store(f"{url}?partitions=8&synchronous=full") as store:
+        assert store.partitions() == 8 and len(store.leases()) == 8
+        store.create(new_saga("s"))
+    for reopen in (lambda: open_store(url), lambda: open_store(f"{url}?partitions=8"),
+                   lambda: SqliteStore(path, partitions=8),
+                   lambda: open_store(url, create=False, partitions=8)):
+        with reopen() as store:
+            assert store.partitions() == 8
+    before = path.read_bytes()
+    for reopen in (lambda: open_store(f"{url}?partitions=64"),
+                   lambda: open_store(url, partitions=16, create=False),
+                   lambda: SqliteStore(path, partitions=64)):
+        with pytest.raises(StoreUnavailable) as caught:
+            reopen()
+        assert f"saga store {path} has 8 partitions, not " in str(caught.value)
+        assert "fixed when it is created" in str(caught.value)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("url", "partitions", "message"),
+    [
+        ("sqlite:///x.db?partitions=8", 4, "partitions=4 and the URL's partitions=8 disagree"),
+        ("sqlite:///x.db", 0, "a number of partitions is from 1 to 16384, got 0"),
+        ("sqlite:///x.db", True, "a number of partitions is an int, got bool"),
+        ("memory://?partitions=8", 9, "disagree"),
+    ],
+)
+def test_partitions_asked_for_twice_or_out_of_range_are_refused(
+    url: str, partitions: Any, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadStoreUrl) as caught:
+        open_store(url, partitions=partitions)
+    assert message in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("partitions", "error"), [(0, ValueError), (16385, ValueError),
+                                                   (8.0, TypeError), ("8", TypeError)])
+def test_a_store_object_refuses_a_number_of_partitions_that_is_none_creating_nothing(
+    partitions: Any, error: type, tmp_path: Path
+) -> None:
+    with pytest.raises(error):
+        SqliteStore(tmp_path / "sagas.db", partitions=partitions)
+    with pytest.raises(error):
+        MemoryStore(partitions)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_open_store_three_slashes_is_relative_to_the_working_directory(
@@ -1073,6 +1134,14 @@ def test_open_store_synchronous_option(tmp_path: Path, query: str, expected: str
         "sqlite:///x.db?mode=ro",
         "sqlite:///x.db?synchronous=full&synchronous=normal",
         "sqlite:///x.db?=full",
+        "sqlite:///x.db?partitions=0",
+        "sqlite:///x.db?partitions=16385",
+        "sqlite:///x.db?partitions=eight",
+        "sqlite:///x.db?partitions=08",
+        "sqlite:///x.db?partitions=-8",
+        "sqlite:///x.db?partitions=8&partitions=8",
+        "memory://?partitions=0",
+        "memory://?color=red",
     ],
 )
 def test_open_store_refuses_a_bad_url_and_creates_nothing(

@@ -6,7 +6,10 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+import zlib
 from pathlib import Path
+
+import pytest
 
 import sagas.stores
 from sagas.stores import (
@@ -19,6 +22,7 @@ from sagas.stores import (
     Requests,
     SagaStore,
     ServiceInbox,
+    partition_of,
 )
 from sagas.stores.contract import JOIN_TIMEOUT
 
@@ -59,3 +63,22 @@ def test_the_contract_without_pytest_says_what_to_install() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "sagas.stores.contract is a pytest suite" in proc.stdout
     assert "sagactor[test]" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("saga_id", "partitions", "partition"),
+    [("order-1", 64, 47), ("order-1", 1, 0), ("", 64, 0), ("commande-é", 64, 4),
+     ("trip.o-9", 16384, 14763)],
+)
+def test_a_sagas_partition_is_the_crc32_of_its_utf8_id(
+    saga_id: str, partitions: int, partition: int
+) -> None:
+    """Documented and stable: anyone can compute it (what another language's member does)."""
+    assert partition_of(saga_id, partitions) == partition
+    assert partition == zlib.crc32(saga_id.encode("utf-8")) % partitions
+
+
+def test_partitions_spread_ids_over_every_partition() -> None:
+    seen = [partition_of(f"order-{n}", 64) for n in range(6400)]
+    counts = [seen.count(p) for p in range(64)]
+    assert min(counts) > 50 and max(counts) < 150

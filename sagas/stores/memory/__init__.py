@@ -22,8 +22,9 @@ The store is one class made of a mixin per facet of the port, over the lock, the
 global log they share (``_state``): ``_log`` (:class:`~sagas.stores.EventLog`), ``_reader``
 (:class:`~sagas.stores.LogReader`: the global log, and the cursors, a dict from subscriber name
 to position), ``_ownership`` (an owner is alive while it is registered on this store object,
-until :meth:`MemoryStore.close`; any other owner is dead), ``_requests`` and ``_external``
-(external events). The service inbox is an :class:`actors.MemoryInbox`.
+until :meth:`MemoryStore.close`; any other owner is dead), ``_leases`` (the partitions' leases,
+kept in ``_state`` since the log's fenced writes check them, and the members), ``_requests``
+and ``_external`` (external events). The service inbox is an :class:`actors.MemoryInbox`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Needs psycopg 3 (the ``postgres`` extra: ``pip install 'sagactor[postgres]'``); 
 :func:`sagas.stores.open_store` (which says so in one line when psycopg is missing) or
 :class:`PostgresStore` with libpq's connection parameters.
 
-The store's tables live in the schema ``sagactor`` of the database (version 1, listed in
+The store's tables live in the schema ``sagactor`` of the database (version 2, listed in
 ``_schema``, where it is checked and migrated like SQLite's): opening a database without it
 creates it (and the database, if it is missing and the user may), ``create=False`` creates
 nothing and raises :class:`~sagas.errors.StoreMissing`, and a newer schema is refused with one
@@ -23,7 +23,9 @@ The semantics are SQLite's (the contract suite :mod:`sagas.stores.contract` prov
 ``(saga_id, seq)`` is the events' primary key, the last line of defence of the per-saga seq
 check each append makes in its ``UPDATE``; appends of many sagas are group-committed
 (``executemany`` in one transaction); positions are taken from a counter row, whose lock
-makes them visible in order (``_log``, ``_reader``).
+makes them visible in order (``_log``, ``_reader``). Leases are judged by the server's clock,
+and a fenced write locks the leases it checked (``FOR SHARE``) until it commits, so a member
+taking a partition over waits for a write of the previous holder under way (``_leases``).
 
 Ownership. SQLite tells a live owner by a lock file and its process's identity on one host;
 PostgreSQL sees the sessions of every host. An owner registers by taking a *session advisory
@@ -36,8 +38,8 @@ the write connection sets; an owner killed in the middle of a statement is dead 
 statement ends). Nothing a user can delete by hand keeps or takes an owner's life, and an
 owner's sagas are never adopted while it holds its lock. Adopters take turns under a
 transaction-level advisory lock, and take every saga not terminal whose owner is unset or dead
-in one ``UPDATE``. The limits, which the partitions with leases and fencing of issue 16
-replace: an owner whose connection is cut while its process lives (a network partition, a
+in one ``UPDATE``. The limits, which the partitions' leases and fenced writes (``_leases``)
+are there to lift once the engine uses them (issue 16): an owner whose connection is cut while its process lives (a network partition, a
 server restart) is dead to the others, who may adopt its sagas while it still drives them
 (the seq check then refuses one of the two writers, so no log forks, but a command may be sent
 twice); and session advisory locks need a direct connection or session pooling, never a

@@ -12,14 +12,16 @@ one read transaction, so its statements agree.
 ``synchronous=normal`` (the default) survives a crash of the process; ``synchronous=full`` also
 survives a power loss, at the cost of an fsync per commit.
 
-The schema (version 5, listed in ``_schema``, where it is checked and migrated) has tables
+The schema (version 6, listed in ``_schema``, where it is checked and migrated) has tables
 for each facet of the port: ``sagas``, ``events`` and ``definitions`` (the event log), ``cursors``,
-``owners``, ``requests``, ``external_events``, ``inbox`` and ``tombstones``; an older file is
-migrated forward in place when opened (one transaction). Positions are given out under SQLite's
-one write lock, so they become visible to readers in order (``_reader``).
+``owners``, ``leases`` and ``members``, ``requests``, ``external_events``, ``inbox`` and
+``tombstones``; an older file is migrated forward in place when opened (one transaction).
+Positions are given out under SQLite's one write lock, so they become visible to readers in
+order (``_reader``); a fenced write reads its leases under that lock too, so no acquirer
+changes them before it commits (``_leases``).
 
 The store is one class made of a mixin per facet, each in its module, over the connections they
-share (``_connection``): ``_log``, ``_reader`` (with the cursors), ``_ownership``,
+share (``_connection``): ``_log``, ``_reader`` (with the cursors), ``_ownership``, ``_leases``,
 ``_requests``, ``_external`` and ``_inbox`` (:class:`SqliteInbox`).
 
 Ownership (several processes sharing one file) must never hand a live owner's sagas to
