@@ -123,17 +123,20 @@ class Dispatcher:
             if stored is not None:
                 return self._replay(command, stored)
             outcome, text, error = self._run(handler, command, fault)
+            output = _load(text)
             if outcome != "error":
-                inbox.put(key, StoredReply(outcome, _load(text), error))
+                # one parse for both: every inbox store keeps its own copy (as JSON text)
+                inbox.put(key, StoredReply(outcome, output, error))
         else:
             stored = inbox.get(key)
             if stored is not None and stored.outcome == "succeeded":
                 return self._replay(command, stored)
             inbox.tombstone(command.action_key)
             outcome, text, error = self._run(handler, command, fault)
+            output = _load(text)
             if outcome == "succeeded":
-                inbox.put(key, StoredReply(outcome, _load(text), None))
-        return self._reply(command, outcome, _load(text), error)
+                inbox.put(key, StoredReply(outcome, output, None))
+        return self._reply(command, outcome, output, error)
 
     def _replay(self, command: Command, stored: StoredReply) -> Reply:
         output = None if stored.output is None else _load(json.dumps(stored.output))
@@ -172,8 +175,8 @@ class Dispatcher:
 
     def _normalize(self, command: Command, value: Any) -> _Result:
         """A handler's return value as JSON text, or an ``error`` saying what was wrong."""
-        where = f"handler {command.name!r} of {self._label}"
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
+            where = f"handler {command.name!r} of {self._label}"
             return (
                 "error",
                 None,
@@ -183,6 +186,7 @@ class Dispatcher:
         try:
             text = dumps_compact(value, default=_json_default)
         except BaseException as exc:  # hostile mappings may raise anything from items()
+            where = f"handler {command.name!r} of {self._label}"
             return (
                 "error",
                 None,

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ._json import dumps_compact, loads_compact
 from ._messages import StoredReply
 
 __all__ = ["InboxStore", "MemoryInbox"]
@@ -59,21 +60,26 @@ class MemoryInbox:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # plain tuples, not StoredReply objects: the garbage collector stops tracking tuples of
-        # untracked values, and an inbox holds one entry per command ever run
-        self._replies: dict[str, tuple[Any, Any, str | None]] = {}
+        # plain tuples of strings, not StoredReply objects holding dicts: the garbage collector
+        # stops tracking them at its next pass (a dict inside would keep each tuple tracked until
+        # a costly older-generation pass), and an inbox holds one entry per command ever run.
+        # The output is kept as JSON text, so no caller's dict is shared with the inbox.
+        self._replies: dict[str, tuple[str, str | None, str | None]] = {}
         self._tombstones: set[str] = set()
 
     def get(self, key: str) -> StoredReply | None:
         with self._lock:
             found = self._replies.get(key)
-        return None if found is None else StoredReply(*found)
+        if found is None:
+            return None
+        outcome, output, error = found
+        return StoredReply(outcome, None if output is None else loads_compact(output), error)
 
     def put(self, key: str, reply: StoredReply) -> None:
         if not isinstance(reply, StoredReply):
             raise TypeError(f"MemoryInbox.put expects a StoredReply, got {type(reply).__name__}")
         with self._lock:
-            self._replies[key] = (reply.outcome, reply.output, reply.error)
+            self._replies[key] = _row(reply)
 
     def tombstone(self, action_key: str) -> None:
         with self._lock:
@@ -101,7 +107,7 @@ class MemoryInbox:
                 kind = type(reply).__name__
                 raise TypeError(f"MemoryInbox.write_many expects StoredReply objects, got {kind}")
         keys = list(tombstones)
-        rows = [(key, (reply.outcome, reply.output, reply.error)) for key, reply in pairs]
+        rows = [(key, _row(reply)) for key, reply in pairs]
         with self._lock:
             self._replies.update(rows)
             self._tombstones.update(keys)
@@ -114,3 +120,16 @@ class MemoryInbox:
     def __repr__(self) -> str:
         with self._lock:
             return f"MemoryInbox({len(self._replies)} replies, {len(self._tombstones)} tombstones)"
+
+
+def _row(reply: StoredReply) -> tuple[str, str | None, str | None]:
+    output = reply.output
+    text = None if output is None else dumps_compact(output, default=_frozen_as_dict)
+    return (reply.outcome, text, reply.error)
+
+
+def _frozen_as_dict(value: Any) -> Any:
+    """Frozen output (:func:`~actors.freeze`: a ``MappingProxyType``) is kept as its dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

@@ -171,9 +171,9 @@ class PrefetchingInbox(CountingInbox):
 
     def read_many(self, keys: Any, action_keys: Any) -> tuple[dict[str, Any], set[str]]:
         self.bulk_reads += 1
-        with self._lock:
-            replies = {k: StoredReply(*self._replies[k]) for k in keys if k in self._replies}
-            tombstoned = {k for k in action_keys if k in self._tombstones}
+        found = {k: MemoryInbox.get(self, k) for k in keys}
+        replies = {k: reply for k, reply in found.items() if reply is not None}
+        tombstoned = {k for k in action_keys if MemoryInbox.is_tombstoned(self, k)}
         return replies, tombstoned
 
     def get(self, key: str) -> Any:
