@@ -55,6 +55,7 @@ from ..events import STEP_SUCCEEDED, Event
 from ..language.compiler import CompiledFlow, compile_flow
 from ..language.loader import load_flow
 from ..language.model import Flow
+from ..language.schema_check import compile_check
 from ..stores import TERMINAL, EventLog, SagaStore, open_store
 from . import core
 from .services import ServiceRegistry
@@ -102,11 +103,14 @@ def validate_input(flow: Flow, saga_input: Any) -> dict[str, Any]:
     schema = flow.input_schema
     if schema is None:
         return saga_input
-    validator = _validators.get(flow.definition)
-    if validator is None:
+    checks = _validators.get(flow.definition)
+    if checks is None:
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
-        _validators[flow.definition] = validator
+        checks = (compile_check(schema), cls(schema, format_checker=cls.FORMAT_CHECKER))
+        _validators[flow.definition] = checks
+    quick, validator = checks
+    if quick is not None and quick(saga_input):  # a sure yes; anything else asks jsonschema
+        return saga_input
     errors = sorted(validator.iter_errors(saga_input), key=jsonschema.exceptions.relevance)
     if errors:
         # every violation, one line: the best match first, then the others by place
