@@ -39,11 +39,12 @@ statement ends). Nothing a user can delete by hand keeps or takes an owner's lif
 owner's sagas are never adopted while it holds its lock. Adopters take turns under a
 transaction-level advisory lock, and take every saga not terminal whose owner is unset or dead
 in one ``UPDATE``. The limits, which the partitions' leases and fenced writes (``_leases``)
-are there to lift once the engine uses them (issue 16): an owner whose connection is cut while its process lives (a network partition, a
-server restart) is dead to the others, who may adopt its sagas while it still drives them
-(the seq check then refuses one of the two writers, so no log forks, but a command may be sent
-twice); and session advisory locks need a direct connection or session pooling, never a
-transaction-pooling proxy (PgBouncer's ``pool_mode = transaction``).
+are there to lift once the engine uses them (issue 16): an owner whose connection is cut
+while its process lives (a network partition, a server restart) is dead to the others, who
+may adopt its sagas while it still drives them (the seq check then refuses one of the two
+writers, so no log forks, but a command may be sent twice); and session advisory locks need
+a direct connection or session pooling, never a transaction-pooling proxy (PgBouncer's
+``pool_mode = transaction``).
 """
 
 from __future__ import annotations
