@@ -185,7 +185,7 @@ class _EventLog(_State):
                 epoch,
             )
             rows.append(row)
-            tail.append((saga_id, row))
+            tail.append((saga_id, *row))  # flat: of strings and numbers, never tracked
             if len(tail) == _CHUNK:
                 self._chunks.append(tuple(tail))
                 tail.clear()

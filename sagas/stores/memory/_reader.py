@@ -29,7 +29,7 @@ class _LogReader(_State):
         with self._lock:
             self._check_open()
             entries = self._log_slice(start, min(start + limit, self._last_position))
-        return [(saga_id, _event(row)) for saga_id, row in entries]
+        return [(entry[0], _event(entry[1:])) for entry in entries]
 
     def read_log(self, after: int = 0, limit: int = 1000) -> list[LogEntry]:
         if limit < 0:
@@ -39,9 +39,9 @@ class _LogReader(_State):
             self._check_open()
             entries = self._log_slice(start, min(start + limit, self._last_position))
             sagas = self._sagas
-            flows = [sagas[saga_id][_FLOW] for saga_id, _ in entries]
-        return [LogEntry(saga_id, flow, _event(row))
-                for (saga_id, row), flow in zip(entries, flows, strict=True)]
+            flows = [sagas[entry[0]][_FLOW] for entry in entries]
+        return [LogEntry(entry[0], flow, _event(entry[1:]))
+                for entry, flow in zip(entries, flows, strict=True)]
 
     def last_position(self) -> int:
         with self._lock:

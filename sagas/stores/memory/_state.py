@@ -28,8 +28,10 @@ _MEMBER, _EPOCH = 9, 10
 _Lease = tuple["str | None", int, "float | None", "float | None"]
 _NEVER_HELD: _Lease = (None, 0, None, None)
 
-# An event of the global log: (saga_id, row), the row being the one the saga keeps.
-_Entry = tuple[str, _Row]
+# An event of the global log: (saga_id, *row), the row being the one the saga keeps. Flat, so
+# the collector stops tracking it at its first pass (a (saga_id, row) pair could stay tracked
+# until an older-generation pass, which then had a million of them to walk in S1).
+_Entry = tuple[Any, ...]
 
 # A saga as kept, replaced whole on each change (its last seq is the number of its events):
 # (saga_id, flow, version, definition, input JSON, status, reason, started_at, updated_at, owner,
