@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -264,9 +264,11 @@ class _Connection(_Schema):
                     raise self._translate(err) from err
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write(self, statement: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
+    def _write(self, statement: str, params: Sequence[Any] | Mapping[str, Any]
+               ) -> tuple[int, list[Any]]:
         """Run one writing statement on its own, committed before it returns (autocommit):
-        its rowcount and the rows it returned (``RETURNING``)."""
+        its rowcount and the rows it returned (``RETURNING``); ``params`` by position or by
+        name."""
         with self._lock:
             db = self._connection()
             try:
