@@ -8,6 +8,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from tests.postgres_server import (  # noqa: F401 - fixtures
     PostgresServer,
     postgres_server,
@@ -15,6 +17,9 @@ from tests.postgres_server import (  # noqa: F401 - fixtures
     require_postgres,
 )
 from tests.support import saga_cli
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL server and saga processes: CI runs these
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-Pa55"

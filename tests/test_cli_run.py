@@ -106,6 +106,7 @@ def write_batch(path: Path, n: int, every: int) -> int:
     return len(range(0, n, every))
 
 
+@pytest.mark.slow  # 2,000 sagas through the CLI
 @pytest.mark.parametrize("store", ["memory", "sqlite"])
 def test_batch_of_2000_from_json_lines_reports_exact_counts(tmp_path, store):
     inputs = tmp_path / "it.jsonl"

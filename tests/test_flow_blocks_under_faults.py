@@ -317,6 +317,7 @@ def check_run(flow: Runnable, run: Any) -> None:
                 assert first("compensation.started", s) > done, (s, name)
 
 
+@pytest.mark.slow  # 100 generated flows under faults
 @settings(max_examples=100, deadline=None)
 @given(flow=runnable_flows(), saga_input=INPUTS, data=st.data())
 def test_generated_blocks_keep_their_guarantees(flow: Runnable, saga_input: dict[str, Any],

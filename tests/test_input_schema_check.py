@@ -52,7 +52,7 @@ def jsonschema_says(schema: dict[str, Any], value: Any) -> bool:
     return jsonschema.Draft202012Validator(schema).is_valid(value)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(schemas(), st.data())
 def test_the_quick_check_gives_jsonschemas_verdict(schema: dict[str, Any],
                                                      data: st.DataObject) -> None:
@@ -62,7 +62,7 @@ def test_the_quick_check_gives_jsonschemas_verdict(schema: dict[str, Any],
     assert quick(value) == jsonschema_says(schema, value), (schema, value)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(schemas(), st.data())
 def test_values_the_schema_allows_pass_the_quick_check(schema: dict[str, Any],
                                                         data: st.DataObject) -> None:

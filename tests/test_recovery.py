@@ -19,6 +19,8 @@ from sagas.stores import Append, MemoryStore, open_store
 from sagas.testing import SagaTestEnvironment
 from tests.support import eventually, make_flow
 
+pytestmark = pytest.mark.slow  # processes killed with kill -9 and resumed: CI runs these
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0
 
@@ -42,6 +44,7 @@ CHILD = """
 import os, sys, threading
 from actors import Faults
 from sagas import Runtime
+
 store, flow, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 at_b = threading.Semaphore(0)
 def listen(saga_id, events):

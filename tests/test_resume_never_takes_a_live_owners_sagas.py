@@ -13,6 +13,9 @@ import pytest
 from sagas.stores import open_store
 from tests.test_recovery import FLOW, Child, saga
 
+pytestmark = pytest.mark.slow  # live runs in other processes: CI runs these
+
+
 
 def _sagas(url: str, ids: list[str]) -> dict[str, tuple[str, str | None, int]]:
     """Each saga's status, owner and number of events."""

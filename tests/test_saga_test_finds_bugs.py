@@ -68,6 +68,7 @@ def test_sound_flows_pass(tmp_path, flow):
     assert covered and covered.group(1) == covered.group(2), proc.stdout
 
 
+@pytest.mark.slow  # saga test at its default budget, per shipped flow
 @pytest.mark.parametrize("flow", sorted(p.name for p in (ROOT / "flows").glob("*.yaml")))
 def test_every_shipped_flow_passes_at_the_default_settings(flow):
     proc = saga("test", f"flows/{flow}")

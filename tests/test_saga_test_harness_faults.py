@@ -28,6 +28,9 @@ from sagas.testing import (
 )
 from tests.planted_bugs import PLANTED, ROOT, planted, saga
 
+pytestmark = pytest.mark.slow  # saga test in subprocesses, ~1 s each: CI runs these
+
+
 TRANSFER = {"from": "ann", "to": "bob", "amount": 700}
 
 

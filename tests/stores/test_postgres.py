@@ -37,6 +37,8 @@ from tests.postgres_server import (  # noqa: F401 - fixtures
 )
 from tests.support import eventually
 
+pytestmark = pytest.mark.slow  # a real PostgreSQL server: CI runs these (and never skips them)
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-Pa55"
 
@@ -682,6 +684,7 @@ _OWNER_PROCESS = """
 import sys, time
 from sagas.stores import open_store
 from sagas.stores.contract import new_saga
+
 store = open_store(sys.argv[1])
 store.register_owner("child")
 store.create(new_saga("theirs", owner="child"))
