@@ -36,6 +36,7 @@ __all__ = [
     "check_member",
     "check_member_info",
     "check_owner",
+    "check_partition_claim",
     "check_partition_count",
     "check_partitions",
     "check_position",
@@ -311,15 +312,7 @@ def check_fence(fence: Fence, saga_ids: Iterable[str], count: int) -> FencePlan:
     :class:`~sagas.stores.Fence`, ``ValueError`` if it names a partition the store does not
     have, and :class:`~sagas.errors.LeaseLost` (epoch ``None``) for the first saga in a
     partition the fence has no epoch for."""
-    from ._port import Fence
-
-    if not isinstance(fence, Fence):
-        raise TypeError(f"a fence is a sagas.stores.Fence, got {_kind(fence)}")
-    epochs = fence.epochs
-    for partition in epochs:
-        if partition >= count:
-            raise ValueError(f"a fence names partition {partition}; the store has {count} "
-                             f"(0 to {count - 1})")
+    epochs = _check_fence_type(fence, count).epochs
     partitions: dict[int, tuple[int, str]] = {}
     by_saga: dict[str, int] = {}
     crc32 = zlib.crc32
@@ -333,3 +326,39 @@ def check_fence(fence: Fence, saga_ids: Iterable[str], count: int) -> FencePlan:
         by_saga[saga_id] = epoch
         partitions.setdefault(partition, (epoch, saga_id))
     return FencePlan(fence.member, partitions, by_saga)
+
+
+def check_partition_claim(fence: Fence, partitions: Sequence[int], count: int) -> FencePlan:
+    """What a ``claim`` of ``partitions`` fenced with ``fence`` in a store of ``count``
+    partitions checks: a plan naming each of ``partitions`` once, in the order given, with the
+    fence's epoch for it and the saga id ``""`` (a claim is refused for a partition, not for
+    a saga), and no sagas. ``TypeError`` if ``fence`` is no :class:`~sagas.stores.Fence` or
+    ``partitions`` no sequence of ints (a lone int too), ``ValueError`` for a partition the
+    store does not have (in ``partitions`` or in the fence), and
+    :class:`~sagas.errors.LeaseLost` (epoch ``None``, saga ``""``) for the first of
+    ``partitions`` the fence has no epoch for."""
+    epochs = _check_fence_type(fence, count).epochs
+    if isinstance(partitions, Iterable) and not isinstance(partitions, (str, bytes)):
+        partitions = builtins.list(partitions)  # iterated twice below
+    check_partitions(partitions, count)
+    plan: dict[int, tuple[int, str]] = {}
+    for partition in partitions:
+        epoch = epochs.get(partition)
+        if epoch is None:
+            raise LeaseLost(partition, fence.member, None, "")
+        plan.setdefault(partition, (epoch, ""))
+    return FencePlan(fence.member, plan, {})
+
+
+def _check_fence_type(fence: object, count: int) -> Fence:
+    """``fence`` if it is a :class:`~sagas.stores.Fence` (else ``TypeError``) naming only
+    partitions of a store of ``count`` (else ``ValueError``)."""
+    from ._port import Fence
+
+    if not isinstance(fence, Fence):
+        raise TypeError(f"a fence is a sagas.stores.Fence, got {_kind(fence)}")
+    for partition in fence.epochs:
+        if partition >= count:
+            raise ValueError(f"a fence names partition {partition}; the store has {count} "
+                             f"(0 to {count - 1})")
+    return fence

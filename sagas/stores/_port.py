@@ -17,8 +17,9 @@ facet               what it holds
 :class:`Ownership`  which runtime drives which saga: ``register_owner``, ``owner_alive``,
                     ``adopt``
 :class:`Leases`     the store's fixed partitions, their leases with epochs (``acquire``,
-                    ``renew``, ``release``, ``leases``), the members that hold them, and
-                    who wrote each event (the fence of :meth:`EventLog.write`)
+                    ``renew``, ``release``, ``leases``), the sagas a holder takes over
+                    (``claim``), the members that hold them, and who wrote each event (the
+                    fence of :meth:`EventLog.write`)
 :class:`Requests`   commands for a saga from other processes (``saga cancel``, ``retry``)
 :class:`ExternalEvents`  events sent from outside (``saga send``) and claimed by sagas
 :class:`ServiceInbox`    the service actors' :class:`actors.InboxStore`
@@ -526,7 +527,8 @@ class Leases(StoreFacet, Protocol):
     and the store refuses, in the write's transaction, a write for a partition whose lease
     it does not hold at that epoch, unexpired: a member that was paused, cut off or slow past
     its lease writes nothing once another may have taken over. Its :attr:`Lease.deadline`
-    tells it when to stop on its own clock.
+    tells it when to stop on its own clock. Once it holds partitions, a member takes their
+    sagas over with :meth:`claim`, fenced as its writes are.
 
     Expiry is judged by the store's clock (PostgreSQL's ``clock_timestamp()``; SQLite's and
     the memory store's ``time.time()``), so the members' clocks need not agree. Of
@@ -561,6 +563,25 @@ class Leases(StoreFacet, Protocol):
         """Give back the leases of ``partitions`` that ``member`` holds or held last (expired
         ones included), committed before it returns: they are free at once, their epochs
         kept for the next holder to bump. The others are left as they are."""
+        ...
+
+    def claim(self, fence: Fence, partitions: Sequence[int]) -> list[str]:
+        """Make ``fence.member`` the owner (as :meth:`Ownership.adopt` does) of every saga of
+        ``partitions`` (:func:`partition_of`) whose status is not terminal (the sagas
+        :meth:`EventLog.in_flight` returns), whoever owned it before, alive or not: a takeover
+        by lease, not an adoption. The ids of those sagas, oldest first (``started_at``, then
+        id), the member's own included: every saga the member must drive there. One
+        transaction, committed before it returns.
+
+        Checked in that transaction, as a fenced write is: each of ``partitions`` must be
+        held by the fence's member, unexpired by the store's clock, at the fence's epoch for
+        it; otherwise :class:`~sagas.errors.LeaseLost` names the first that is not, in the
+        order given (its ``saga_id`` is always ``""``: the refusal is the partition's), and
+        nothing is changed. A partition the fence has no epoch for is refused so too
+        (``epoch`` ``None``), before the store is asked. ``TypeError`` for a ``fence`` that is
+        no :class:`Fence` and for ``partitions`` that are no sequence of ints (a lone int
+        too), ``ValueError`` for a partition the store does not have (in ``partitions`` or
+        in the fence). ``claim(fence, [])`` changes nothing and returns ``[]``."""
         ...
 
     def leases(self) -> list[LeaseInfo]:

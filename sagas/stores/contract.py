@@ -43,7 +43,8 @@ The helpers are public for a backend's own tests: :func:`new_saga`, :func:`appen
 :func:`saga_in_partition` finds an id in a partition, :func:`expire` makes a lease expire and
 :func:`eventually` waits for a condition, and the race helpers (:func:`race_appends`,
 :func:`race_creates`, :func:`race_writes`, :func:`race_adopts`, :func:`race_claims`,
-:func:`race_acquires`, :func:`race_fenced_writes_and_a_takeover`, :func:`snapshots_agree`) take
+:func:`race_acquires`, :func:`race_fenced_writes_and_a_takeover`,
+:func:`race_lease_claims_and_a_takeover`, :func:`snapshots_agree`) take
 several store objects, so a backend can run them across connections of its own.
 """
 
@@ -53,6 +54,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,7 @@ __all__ = [
     "race_claims",
     "race_creates",
     "race_fenced_writes_and_a_takeover",
+    "race_lease_claims_and_a_takeover",
     "race_writes",
     "run_pair",
     "saga_in_partition",
@@ -507,6 +510,47 @@ def race_fenced_writes_and_a_takeover(a: SagaStore, b: SagaStore) -> None:
     next_seq = seen[-1].seq + 1
     b.append([append(saga_id, next_seq, tag="b")], fence=Fence.of("member-b", taken))
     assert b.writers(saga_id)[-1] == (next_seq, "member-b", 2)
+
+
+def race_lease_claims_and_a_takeover(a: SagaStore, b: SagaStore) -> None:
+    """``member-a`` (on ``a``) claims the sagas of partition 0 (:meth:`~sagas.stores.Leases.claim`)
+    as fast as it can, while its lease expires and ``member-b`` (on ``b``) takes the partition
+    over and claims them: once ``b``'s claim has returned, no claim of ``member-a`` lands
+    (each one either committed before the takeover or was refused), so every saga stays
+    ``member-b``'s."""
+    count = a.partitions()
+    ids = sorted(saga_in_partition(0, count, f"taken-{n}") for n in range(5))
+    for saga_id in ids:
+        a.create(new_saga(saga_id, owner="rt-1"))
+    (lease,) = a.acquire("member-a", [0], 60.0)
+    fence = Fence.of("member-a", [lease])
+    assert sorted(a.claim(fence, [0])) == ids
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            while not stop.is_set():
+                a.claim(fence, [0])
+        except BaseException as err:  # LeaseLost, as it should: reported below
+            outcome.append(err)
+
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    try:
+        a.renew("member-a", [lease], 0.05)  # it expires soon, while the claimer claims
+        taken = eventually(lambda: b.acquire("member-b", [0], 60.0), what="the takeover")
+        assert sorted(b.claim(Fence.of("member-b", taken), [0])) == ids
+        claimer.join(JOIN_TIMEOUT)
+        assert not claimer.is_alive(), "the fenced claimer kept claiming"
+    finally:
+        stop.set()
+        claimer.join(JOIN_TIMEOUT)
+    assert len(outcome) == 1 and isinstance(outcome[0], LeaseLost), outcome
+    lost = outcome[0]
+    assert (lost.partition, lost.member, lost.epoch, lost.saga_id) == (0, "member-a", 1, "")
+    assert {saga_id: b.header(saga_id).owner for saga_id in ids} == dict.fromkeys(
+        ids, "member-b")
 
 
 class _Hooks:
@@ -1170,10 +1214,10 @@ class LogReaderContract(_Hooks):
 
 class LeasesContract(_Hooks):
     """The contract of :class:`~sagas.stores.Leases`: fixed partitions, leases with epochs
-    (acquired, renewed, released, expired, taken over), members, and the fence of
-    :meth:`~sagas.stores.EventLog.write`. Expiry is waited for, never slept through: a lease
-    is renewed for a few milliseconds (:func:`expire`), then the store is asked until it says
-    so. The store must have at least 4 partitions."""
+    (acquired, renewed, released, expired, taken over), the sagas their holders claim,
+    members, and the fence of :meth:`~sagas.stores.EventLog.write`. Expiry is waited for,
+    never slept through: a lease is renewed for a few milliseconds (:func:`expire`), then the
+    store is asked until it says so. The store must have at least 4 partitions."""
 
     # -- partitions -----------------------------------------------------------------------------
 
@@ -1381,6 +1425,126 @@ class LeasesContract(_Hooks):
         store.append([], fence=Fence("m-1", {}))
         assert store.list() == []
 
+    # -- claims -------------------------------------------------------------------------------
+
+    def test_a_claim_takes_the_sagas_in_flight_of_the_partitions_held(
+        self, store: SagaStore
+    ) -> None:
+        count = store.partitions()
+
+        def of(partition: int, name: str) -> str:
+            return saga_in_partition(partition, count, name)
+
+        store.create(new_saga(of(0, "free"), started_at=1.0))
+        store.create(new_saga(of(0, "gone"), started_at=2.0, owner="rt-gone"))
+        store.create(new_saga(of(1, "undoing"), started_at=3.0, owner="rt-1",
+                              status="compensating"))
+        store.create(new_saga(of(1, "waiting"), started_at=4.0, owner="rt-2"))
+        for n, status in enumerate(sorted(TERMINAL)):  # terminal: left as they are
+            store.create(new_saga(of(n % 2, f"ended-{n}"), started_at=0.5, owner="rt-1",
+                                  status=status))
+        store.create(new_saga(of(2, "elsewhere"), started_at=0.1, owner="rt-1"))  # not claimed
+        store.create(new_saga(of(3, "unheld"), started_at=0.2))
+        store.append([append(of(0, "gone"), 2, status="completed"),  # ended since
+                      append(of(1, "undoing"), 2, status="compensating")])
+        taken = store.acquire("m-1", [0, 1, 2], 60.0)
+        before = {h.saga_id: h for h in store.list()}
+        claimed = store.claim(Fence.of("m-1", taken), [1, 0])
+        assert claimed == [of(0, "free"), of(1, "undoing"), of(1, "waiting")]
+        in_flight = store.in_flight()
+        assert claimed == [i for i in in_flight if partition_of(i, count) in (0, 1)]
+        after = {h.saga_id: h for h in store.list()}
+        for saga_id, header in before.items():
+            if saga_id in claimed:  # only the owner changed
+                assert after[saga_id] == replace(header, owner="m-1"), saga_id
+            else:
+                assert after[saga_id] == header, saga_id
+        assert store.load(of(1, "undoing")).header.owner == "m-1"
+        # the member's own sagas are claimed again: they are the ones it must drive
+        assert store.claim(Fence.of("m-1", taken), [0, 1]) == claimed
+        assert store.claim(Fence.of("m-1", taken), [2]) == [of(2, "elsewhere")]
+        assert store.header(of(2, "elsewhere")).owner == "m-1"
+
+    def test_a_claim_takes_the_sagas_of_a_live_owner(self, store: SagaStore) -> None:
+        saga_id = saga_in_partition(1, store.partitions())
+        store.register_owner("rt-1")
+        store.create(new_saga(saga_id, owner="rt-1"))
+        assert store.owner_alive("rt-1")
+        taken = store.acquire("m-1", [1], 60.0)
+        assert store.claim(Fence.of("m-1", taken), [1]) == [saga_id]
+        assert store.header(saga_id).owner == "m-1"
+        assert store.owner_alive("rt-1")  # taken by lease: its owner's life is no matter
+
+    def test_a_claim_returns_the_sagas_oldest_first(self, store: SagaStore) -> None:
+        count = store.partitions()
+        ids = [saga_in_partition(n % 2, count, f"age-{n}") for n in range(6)]
+        started = [5.0, 1.0, 3.0, 1.0, 2.0, 1.0]
+        for saga_id, at in zip(ids, started, strict=True):
+            store.create(new_saga(saga_id, started_at=at, owner="m-1" if at == 3.0 else None))
+        taken = store.acquire("m-1", [0, 1], 60.0)
+        expected = [saga_id for _, saga_id in sorted(zip(started, ids, strict=True))]
+        assert store.claim(Fence.of("m-1", taken), [0, 1]) == expected
+        assert store.claim(Fence.of("m-1", taken), [1, 0, 1]) == expected
+
+    def test_a_claim_for_a_lease_lost_is_refused_and_changes_nothing(
+        self, store: SagaStore
+    ) -> None:
+        count = store.partitions()
+        ids = {p: saga_in_partition(p, count, "lost") for p in range(4)}
+        for saga_id in ids.values():
+            store.create(new_saga(saga_id, owner="rt-1"))
+        taken = {lease.partition: lease for lease in store.acquire("m-1", [0, 1, 2], 60.0)}
+        fence = Fence.of("m-1", taken.values())
+        expire(store, taken[1])  # expired, nobody took it
+        expire(store, taken[2])
+        (new,) = store.acquire("m-2", [2], 60.0)  # a stale epoch
+        assert new.epoch == 2
+        before = snapshot(store)
+
+        def refused(fence: Fence, partitions: list[int]) -> LeaseLost:
+            with pytest.raises(LeaseLost) as caught:
+                store.claim(fence, partitions)
+            assert snapshot(store) == before  # not even the sagas of partition 0
+            assert isinstance(caught.value, StoreError) and "\n" not in str(caught.value)
+            return caught.value
+
+        lost = refused(fence, [0, 1])
+        assert (lost.partition, lost.member, lost.epoch, lost.saga_id) == (1, "m-1", 1, "")
+        lost = refused(fence, [0, 2, 1])  # the first in the order given
+        assert (lost.partition, lost.epoch) == (2, 1)
+        lost = refused(Fence("m-1", {0: 1, 3: 1}), [3, 0])  # an epoch it never had
+        assert (lost.partition, lost.epoch, lost.saga_id) == (3, 1, "")
+        lost = refused(fence, [0, 3])  # no epoch for partition 3: refused before asking
+        assert (lost.partition, lost.member, lost.epoch, lost.saga_id) == (3, "m-1", None, "")
+        lost = refused(Fence("m-2", {0: 1}), [0])  # another member's lease is no fence
+        assert (lost.partition, lost.member) == (0, "m-2")
+        store.release("m-1", [0])
+        lost = refused(fence, [0])  # released
+        assert (lost.partition, lost.epoch) == (0, 1)
+        assert store.claim(Fence.of("m-2", [new]), [2]) == [ids[2]]
+
+    def test_a_claim_checks_its_arguments(self, store: SagaStore) -> None:
+        count = store.partitions()
+        saga_id = saga_in_partition(0, count)
+        store.create(new_saga(saga_id, owner="rt-1"))
+        taken = store.acquire("m-1", [0], 60.0)
+        fence = Fence.of("m-1", taken)
+        for fence_, partitions, error in (
+            (fence, 0, TypeError), (fence, "0", TypeError), (fence, [0.0], TypeError),
+            (fence, [True], TypeError), (fence, ["0"], TypeError), (fence, None, TypeError),
+            ({"m-1": {0: 1}}, [0], TypeError), (("m-1", {0: 1}), [0], TypeError),
+            (fence, [count], ValueError), (fence, [0, -1], ValueError),
+            (Fence("m-1", {0: 1, count: 1}), [0], ValueError),
+        ):
+            with pytest.raises(error):
+                store.claim(fence_, partitions)  # type: ignore[arg-type]
+        assert store.claim(fence, []) == []
+        assert store.claim(Fence("m-1", {}), []) == []
+        assert store.claim(fence, (p for p in [0, 0])) == [saga_id]
+        store.release("m-1", [0])
+        assert store.claim(fence, []) == []  # no partition: nothing to check
+        assert store.header(saga_id).owner == "m-1"
+
     # -- members ------------------------------------------------------------------------------
 
     def test_members_announce_themselves_and_leave(self, store: SagaStore) -> None:
@@ -1492,6 +1656,26 @@ class LeasesContract(_Hooks):
         self, store: SagaStore, again: SagaStore
     ) -> None:
         race_fenced_writes_and_a_takeover(store, again)
+
+    def test_no_claim_lands_after_a_takeover(self, store: SagaStore) -> None:
+        race_lease_claims_and_a_takeover(store, store)
+
+    def test_no_claim_of_another_store_object_lands_after_a_takeover(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        race_lease_claims_and_a_takeover(store, again)
+
+    def test_a_claim_on_another_store_object_takes_its_sagas(
+        self, store: SagaStore, again: SagaStore
+    ) -> None:
+        saga_id = saga_in_partition(0, store.partitions())
+        store.create(new_saga(saga_id, owner="rt-1"))
+        taken = again.acquire("m-1", [0], 60.0)
+        assert again.claim(Fence.of("m-1", taken), [0]) == [saga_id]
+        assert store.header(saga_id).owner == "m-1"
+        store.acquire("m-2", [0], 60.0)  # m-1 holds it: nothing taken
+        with pytest.raises(LeaseLost):
+            store.claim(Fence("m-2", {0: 1}), [0])
 
 
 class OwnershipContract(_Hooks):
@@ -2106,7 +2290,9 @@ class StoreContract(
                      lambda: store.renew("m-1", [], 1.0), lambda: store.release("m-1", [0]),
                      lambda: store.heartbeat("m-1"), lambda: store.leave("m-1"),
                      lambda: store.writers("s"),
-                     lambda: store.append([append("s", 2)], fence=Fence("m-1", {}))):
+                     lambda: store.append([append("s", 2)], fence=Fence("m-1", {})),
+                     lambda: store.claim(Fence("m-1", {0: 1}), [0]),
+                     lambda: store.claim(Fence("m-1", {}), [])):
             with pytest.raises((StoreUnavailable, LeaseLost)):
                 call()
 

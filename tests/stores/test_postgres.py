@@ -563,6 +563,56 @@ def test_a_takeover_waits_for_a_fenced_write_under_way(
         b.close()
 
 
+def test_a_takeover_waits_for_a_claim_under_way(
+    postgres_server: PostgresServer, postgres_store_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim locks the leases it checked until it ends, as a fenced write does: a member
+    taking the partition over meanwhile (the lease expired while the claim ran) waits for the
+    claim to commit, so the old holder's claim lands before the new tenure begins, and the
+    new holder's claim takes the sagas after it."""
+    from sagas.stores.postgres import _leases
+
+    a, b = open_store(postgres_store_url), open_store(postgres_store_url)
+    try:
+        saga_id = saga_in_partition(0, a.partitions())
+        a.create(new_saga(saga_id, owner="rt-1"))
+        (lease,) = a.acquire("m-a", [0], 60.0)
+        checked, go_on = threading.Event(), threading.Event()
+        check = _leases._check_fence
+
+        def paused(*args: Any) -> None:  # in the claim's transaction, after its lease check
+            check(*args)
+            checked.set()
+            assert go_on.wait(JOIN_TIMEOUT)
+
+        monkeypatch.setattr(_leases, "_check_fence", paused)
+        pool = ThreadPoolExecutor(2)
+        (lease,) = a.renew("m-a", [lease], 1.0)  # it expires while the claim is under way
+        claims = pool.submit(a.claim, Fence.of("m-a", [lease]), [0])
+        assert checked.wait(JOIN_TIMEOUT)
+        eventually(lambda: not b.leases()[0].held, what="the lease expiring")
+        acquires = pool.submit(b.acquire, "m-b", [0], 60.0)
+        with postgres_server.admin(postgres_store_url.rsplit("/", 1)[1]) as db:
+            eventually(lambda: acquires.done() or db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'").fetchone()[0] == 1, what="the acquirer waiting")
+        assert not acquires.done(), "the takeover did not wait for the claim"
+        go_on.set()
+        assert claims.result(JOIN_TIMEOUT) == [saga_id]
+        (taken,) = acquires.result(JOIN_TIMEOUT)
+        assert taken.epoch == 2
+        assert b.header(saga_id).owner == "m-a"
+        monkeypatch.undo()
+        assert b.claim(Fence.of("m-b", [taken]), [0]) == [saga_id]
+        assert a.header(saga_id).owner == "m-b"
+        pool.shutdown()
+    finally:
+        go_on.set()
+        a.close()
+        b.close()
+
+
 def test_writers_that_create_and_append_never_deadlock(
     postgres_url: str, caplog: pytest.LogCaptureFixture  # noqa: F811
 ) -> None:

@@ -6,20 +6,33 @@ info JSON)``; the store's clock is ``time.time()``."""
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from sagas.stores._checks import (
     check_member,
     check_member_info,
+    check_partition_claim,
     check_partitions,
     check_renewals,
     check_ttl,
 )
 from sagas.stores._json import decode as _decode
-from sagas.stores._port import Lease, LeaseInfo, MemberInfo, Writer
+from sagas.stores._port import TERMINAL, Fence, Lease, LeaseInfo, MemberInfo, Writer
 
-from ._state import _EPOCH, _EVENTS, _MEMBER, _NEVER_HELD, _State
+from ._state import (
+    _EPOCH,
+    _EVENTS,
+    _MEMBER,
+    _NEVER_HELD,
+    _OWNER,
+    _SAGA_ID,
+    _age,
+    _Saga,
+    _State,
+    _with_owner,
+)
 
 # A member as kept: (started_at, last_seen, info JSON).
 _Member = tuple[float, float, str]
@@ -96,6 +109,30 @@ class _Leases(_State):
             holder, epoch, _, renewed_at = leases.get(partition, _NEVER_HELD)
             if holder == member:
                 leases[partition] = (None, epoch, now, renewed_at)
+
+    def claim(self, fence: Fence, partitions: Sequence[int]) -> list[str]:
+        """The leases checked and the sagas taken under the store's lock."""
+        plan = check_partition_claim(fence, partitions, self._partition_count)
+        member, count, crc32 = plan.member, self._partition_count, zlib.crc32
+        claimed: list[_Saga] = []
+        with self._lock:
+            self._check_open()
+            if not plan.partitions:
+                return []
+            self._check_fence(plan)
+            sagas = self._sagas
+            for status, ids in self._by_status.items():
+                if status in TERMINAL:
+                    continue
+                for saga_id in ids:
+                    if crc32(saga_id.encode("utf-8")) % count not in plan.partitions:
+                        continue  # partition_of, inlined
+                    entry = sagas[saga_id]
+                    if entry[_OWNER] != member:
+                        sagas[saga_id] = _with_owner(entry, member)
+                    claimed.append(entry)
+        claimed.sort(key=_age)
+        return [entry[_SAGA_ID] for entry in claimed]
 
     def leases(self) -> list[LeaseInfo]:
         with self._lock:

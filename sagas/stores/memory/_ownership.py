@@ -9,15 +9,7 @@ from collections.abc import Sequence
 from sagas.stores._checks import check_owner as _check_owner
 from sagas.stores._port import TERMINAL
 
-from ._state import _OWNER, _SAGA_ID, _age, _ids, _Saga, _State
-
-
-def _with_owner(saga: _Saga, owner: str) -> _Saga:
-    """``saga`` with another owner."""
-    (saga_id, flow, version, definition, input_json, status, reason, started_at, updated_at,
-     _, events) = saga
-    return (saga_id, flow, version, definition, input_json, status, reason, started_at,
-            updated_at, owner, events)
+from ._state import _OWNER, _SAGA_ID, _age, _ids, _Saga, _State, _with_owner
 
 
 class _Ownership(_State):

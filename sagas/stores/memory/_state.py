@@ -82,6 +82,14 @@ def _header(saga: _Saga) -> SagaHeader:
     )
 
 
+def _with_owner(saga: _Saga, owner: str) -> _Saga:
+    """``saga`` with another owner."""
+    (saga_id, flow, version, definition, input_json, status, reason, started_at, updated_at,
+     _, events) = saga
+    return (saga_id, flow, version, definition, input_json, status, reason, started_at,
+            updated_at, owner, events)
+
+
 def _age(saga: _Saga) -> tuple[float, str]:
     """The key that orders sagas oldest first: ``started_at``, then id."""
     return (saga[_STARTED_AT], saga[_SAGA_ID])

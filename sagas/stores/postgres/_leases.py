@@ -7,12 +7,13 @@ members' hosts need not agree on the time. Each change of leases is one ``UPDATE
 the server lets one update the row; the others wait for its row lock, then find the row taken
 (held, unexpired, by another member) and leave it. A fenced write locks the leases it checks
 (``FOR SHARE``, in ``_log``), so an acquirer waits for it to end, and the write commits while
-its fence still holds.
+its fence still holds; a ``claim`` locks them so too.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,14 +23,16 @@ from sagas.errors import UnknownSaga
 from sagas.stores._checks import (
     check_member,
     check_member_info,
+    check_partition_claim,
     check_partitions,
     check_renewals,
     check_ttl,
 )
 from sagas.stores._json import decode as _decode
-from sagas.stores._port import Lease, LeaseInfo, MemberInfo, Writer
+from sagas.stores._port import Fence, Lease, LeaseInfo, MemberInfo, Writer
 
 from ._connection import NOW, _Connection
+from ._log import _TERMINAL, _check_fence
 
 
 def _locked(which: str) -> str:
@@ -85,6 +88,16 @@ _SELECT_MEMBERS = (
     "ORDER BY member"
 )
 _SELECT_WRITERS = "SELECT seq, member, epoch FROM events WHERE saga_id = %s ORDER BY seq"
+# A claim: the sagas not terminal (read as in_flight reads them; their partitions are computed
+# here), then those of them owned by others taken, their rows locked in id order as writers
+# lock theirs, each only if it is still not terminal once locked.
+_SELECT_UNFINISHED = "SELECT saga_id, owner, started_at FROM sagas WHERE status <> ALL(%s)"
+_CLAIM = (
+    "WITH locked AS (SELECT saga_id FROM sagas WHERE saga_id = ANY(%(ids)s) "
+    "AND status <> ALL(%(terminal)s) ORDER BY saga_id FOR UPDATE) "
+    "UPDATE sagas AS s SET owner = %(member)s FROM locked WHERE s.saga_id = locked.saga_id "
+    "RETURNING s.saga_id, s.started_at"
+)
 
 
 def _leases(rows: list[Any], member: str, start: float, ttl: float) -> list[Lease]:
@@ -133,6 +146,35 @@ class _Leases(_Connection):
             self._write(_RELEASE, {"partitions": wanted, "member": member})
         else:
             self._nothing()
+
+    def claim(self, fence: Fence, partitions: Sequence[int]) -> list[str]:
+        """One transaction: the leases are checked and locked (``FOR SHARE``, as a fenced
+        write locks them, so an acquirer waits for the claim to end), then the sagas taken."""
+        plan = check_partition_claim(fence, partitions, self._partition_count)
+        if not plan.partitions:
+            self._nothing()
+            return []
+        member, count, crc32 = plan.member, self._partition_count, zlib.crc32
+
+        def take(db: psycopg.Connection[Any]) -> list[tuple[str, float]]:
+            _check_fence(db, plan)
+            mine: list[tuple[str, float]] = []
+            others: list[str] = []
+            for saga_id, owner, started_at in db.execute(_SELECT_UNFINISHED, (_TERMINAL,)):
+                if crc32(saga_id.encode("utf-8")) % count not in plan.partitions:
+                    continue  # partition_of, inlined
+                if owner == member:
+                    mine.append((saga_id, started_at))
+                else:
+                    others.append(saga_id)
+            if others:
+                mine += db.execute(_CLAIM, {"ids": others, "terminal": _TERMINAL,
+                                            "member": member}).fetchall()
+            return mine
+
+        claimed = self._transaction(take)
+        claimed.sort(key=lambda row: (row[1], row[0]))
+        return [saga_id for saga_id, _ in claimed]
 
     def leases(self) -> list[LeaseInfo]:
         return [LeaseInfo(*row) for row in self._fetch(_SELECT_LEASES, ())]

@@ -17,12 +17,12 @@ for each facet of the port: ``sagas``, ``events`` and ``definitions`` (the event
 ``owners``, ``leases`` and ``members``, ``requests``, ``external_events``, ``inbox`` and
 ``tombstones``; an older file is migrated forward in place when opened (one transaction).
 Positions are given out under SQLite's one write lock, so they become visible to readers in
-order (``_reader``); a fenced write reads its leases under that lock too, so no acquirer
-changes them before it commits (``_leases``).
+order (``_reader``); a fenced write, and a ``claim``, reads its leases under that lock too,
+so no acquirer changes them before it commits (``_fence``).
 
 The store is one class made of a mixin per facet, each in its module, over the connections they
-share (``_connection``): ``_log``, ``_reader`` (with the cursors), ``_ownership``, ``_leases``,
-``_requests``, ``_external`` and ``_inbox`` (:class:`SqliteInbox`).
+share (``_connection``): ``_log``, ``_reader`` (with the cursors), ``_ownership``, ``_leases``
+(with ``_fence``), ``_requests``, ``_external`` and ``_inbox`` (:class:`SqliteInbox`).
 
 Ownership (several processes sharing one file) must never hand a live owner's sagas to
 another runtime, and must notice a dead owner however it died. Two records say an owner lives,

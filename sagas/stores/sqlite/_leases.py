@@ -3,15 +3,16 @@ partition, made with the schema), ``members``, and the writers recorded in ``eve
 
 Each change is one ``BEGIN IMMEDIATE`` transaction: it reads the rows it judges and writes
 them under SQLite's one write lock, so of concurrent acquirers (any connection or process)
-exactly one takes a partition, and a fenced write, which reads its leases under that lock
-too (``_log``), sees them as they are until it commits. The store's clock is ``time.time()``
-(the processes sharing a file share a host, and its clock).
+exactly one takes a partition, and a fenced write or a ``claim``, which reads its leases
+under that lock too (``_fence``), sees them as they are until it commits. The store's clock
+is ``time.time()`` (the processes sharing a file share a host, and its clock).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,18 +20,19 @@ from sagas.errors import StoreUnavailable, UnknownSaga
 from sagas.stores._checks import (
     check_member,
     check_member_info,
+    check_partition_claim,
     check_partitions,
     check_renewals,
     check_ttl,
 )
 from sagas.stores._json import decode as _decode
-from sagas.stores._port import Lease, LeaseInfo, MemberInfo, Writer
+from sagas.stores._port import Fence, Lease, LeaseInfo, MemberInfo, Writer
 
-from ._connection import _IDS_PER_QUERY, _Connection, _placeholders
+from ._connection import _Connection
+from ._fence import _check_fence, _Held, _lease_rows
+from ._log import _TERMINAL
+from ._ownership import _SELECT_UNFINISHED, _SET_OWNER
 
-_SELECT_LEASES_IN = (
-    "SELECT partition, member, epoch, expires_at FROM leases WHERE partition IN ({})"
-)
 _UPDATE_LEASE = (
     "UPDATE leases SET member = ?, epoch = ?, expires_at = ?, renewed_at = ? WHERE partition = ?"
 )
@@ -45,21 +47,6 @@ _HEARTBEAT = (
 )
 _SELECT_MEMBERS = "SELECT member, started_at, last_seen, info FROM members ORDER BY member"
 _SELECT_WRITERS = "SELECT seq, member, epoch FROM events WHERE saga_id = ? ORDER BY seq"
-
-# A lease as judged: (member, epoch, expires_at).
-_Held = tuple["str | None", int, "float | None"]
-
-
-def _lease_rows(db: sqlite3.Connection, partitions: Sequence[int]) -> dict[int, _Held]:
-    """The leases of ``partitions``, by partition (a few statements per 500 of them)."""
-    held: dict[int, _Held] = {}
-    for start in range(0, len(partitions), _IDS_PER_QUERY):
-        chunk = partitions[start:start + _IDS_PER_QUERY]
-        for partition, member, epoch, expires_at in db.execute(
-                _placeholders(_SELECT_LEASES_IN, chunk), chunk):
-            held[partition] = (member, epoch, expires_at)
-    return held
-
 
 def _live(member: str | None, expires_at: float | None, now: float) -> bool:
     return member is not None and expires_at is not None and expires_at > now
@@ -133,6 +120,28 @@ class _Leases(_Connection):
             self._transaction(give_back)
         else:
             self._nothing()
+
+    def claim(self, fence: Fence, partitions: Sequence[int]) -> list[str]:
+        """One ``BEGIN IMMEDIATE`` transaction: the leases are checked and the sagas taken
+        under SQLite's write lock (the non-terminal sagas are read by status, as
+        ``in_flight`` reads them, and their partitions computed here)."""
+        plan = check_partition_claim(fence, partitions, self._partition_count)
+        if not plan.partitions:
+            self._nothing()
+            return []
+        member, count, crc32 = plan.member, self._partition_count, zlib.crc32
+
+        def take(db: sqlite3.Connection) -> list[tuple[str, str | None, float]]:
+            _check_fence(db, plan)
+            rows = [row for row in db.execute(_SELECT_UNFINISHED, _TERMINAL)
+                    if crc32(row[0].encode("utf-8")) % count in plan.partitions]
+            db.executemany(_SET_OWNER, [(member, saga_id) for saga_id, owner, _ in rows
+                                        if owner != member])
+            return rows
+
+        claimed = self._transaction(take)
+        claimed.sort(key=lambda row: (row[2], row[0]))
+        return [saga_id for saga_id, _, _ in claimed]
 
     def leases(self) -> list[LeaseInfo]:
         rows = self._fetch(_SELECT_LEASES, ())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from sagas.stores._port import (
 )
 
 from ._connection import _chunks, _Connection, _ids, _placeholders, _rollback
-from ._leases import _lease_rows
+from ._fence import _check_fence
 
 _HEADER_COLUMNS = (
     "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
@@ -211,7 +210,7 @@ class _EventLog(_Connection):
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     if plan is not None:
-                        self._check_fence(db, plan)
+                        _check_fence(db, plan)
                     results = self._insert_sagas(db, new)
                     if updates:
                         failure = self._extend_sagas(db, appends, rows, updates, bool(new))
@@ -234,18 +233,6 @@ class _EventLog(_Connection):
             self.write((), batch)
         else:
             self.write((), batch, fence=fence)
-
-    @staticmethod
-    def _check_fence(db: sqlite3.Connection, plan: FencePlan) -> None:
-        """``LeaseLost`` for the first partition of ``plan`` whose lease its member does not
-        hold, unexpired, at its epoch (in the open transaction, which holds the write lock)."""
-        held = _lease_rows(db, builtins.list(plan.partitions))
-        now = time.time()
-        member = plan.member
-        for partition, (epoch, _) in plan.partitions.items():
-            holder, held_epoch, expires_at = held.get(partition, (None, 0, None))
-            if holder != member or held_epoch != epoch or expires_at is None or expires_at <= now:
-                raise plan.lost(partition)
 
     def _insert_sagas(
         self, db: sqlite3.Connection, creates: builtins.list[_Create]
