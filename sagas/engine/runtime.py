@@ -45,21 +45,34 @@ from actors import (
 from ..bus import Delivery, EventBus, Start, Subscriber, Subscription
 from ..errors import (
     BadStoreUrl,
+    IdConflict,
     InputError,
     SagactorError,
     SagaOrphaned,
     SagaTimeout,
     StoreError,
 )
-from ..events import STEP_SUCCEEDED, Event
+from ..events import STEP_SUCCEEDED, TERMINAL_EVENTS, Event
 from ..language.compiler import CompiledFlow, compile_flow
 from ..language.loader import load_flow
 from ..language.model import Flow
 from ..language.schema_check import compile_check
-from ..stores import TERMINAL, EventLog, SagaStore, open_store
+from ..stores import TERMINAL, EventLog, NewSaga, SagaStore, open_store, partition_of
 from . import core
+from .membership import DEFAULT_LEASE_TTL, Membership
 from .services import ServiceRegistry
-from .shard import EventPosted, LoadSaga, LoadSagas, Shard, StartSaga, Ticket, shard_of
+from .shard import (
+    DropPartitions,
+    EventPosted,
+    LoadSaga,
+    LoadSagas,
+    Shard,
+    StartSaga,
+    Ticket,
+    _Env,
+    canonical,
+    shard_of,
+)
 from .triggers import TriggerStarter
 
 __all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "validate_input",
@@ -72,6 +85,10 @@ SAGA_ID = "[A-Za-z0-9_.-]{1,128}"
 START_TIMEOUT = 30.0
 RECOVERY_CHUNK = 500
 """Sagas a shard loads, replays and resumes in one go when recovering (one read, one commit)."""
+SHARED_SCHEMES = ("postgresql:", "postgres:")
+"""Stores shared by several orchestrator processes: a runtime on one is a member by default."""
+DRIVE = "drive"
+"""The request a client writes beside a saga it created: "the partition's holder drives it"."""
 
 
 def validate_saga_id(saga_id: str) -> str:
@@ -220,6 +237,14 @@ class Runtime:
     with one interpreter lock, more shards add no parallelism, and they split the mailbox so
     each group commit carries fewer decisions (on SQLite, 4 shards ran at a third of the speed
     of 1 in BENCHMARKS.md). Scale out with processes sharing a store instead.
+
+    On a store shared by several processes (PostgreSQL) a runtime is a *member*
+    (``member=None`` decides by the store; ``True`` or ``False`` forces it): it holds leases on
+    a fair share of the store's partitions (:mod:`sagas.engine.membership`, ``lease_ttl``
+    seconds each), drives the sagas of those and takes over a dead member's. A saga it starts
+    in a partition another member holds is written to the store for that member to drive.
+    ``client=True`` makes a runtime drive nothing: every saga it starts, cancels or retries is
+    handed to the members through the store, and waited for by following the log.
     """
 
     def __init__(
@@ -238,6 +263,9 @@ class Runtime:
         recover: bool = False,
         poll_interval: float = 0.1,
         subscribers: Sequence[Subscriber] = (),
+        member: bool | None = None,
+        client: bool = False,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ):
         if shards < 1:
             raise ValueError("a runtime needs at least one shard")
@@ -270,6 +298,19 @@ class Runtime:
         self._stop_polling = threading.Event()
         self.bus: EventBus | None = None
         self.services: ServiceRegistry | None = None
+        if member and client:
+            raise ValueError("a runtime is a member or a client, not both")
+        if member is None:
+            member = not client and self.store.url.startswith(SHARED_SCHEMES)
+        self.client = client
+        self.membership: Membership | None = None
+        self._lease_ttl = lease_ttl
+        self._member = member
+        self._env = _Env(self.clock, self._seed)
+        self._remote: set[str] = set()  # sagas waited for here that another process drives
+        self._follow_position = 0
+        self._requests_after = 0
+        self._holders: tuple[float, dict[int, str]] = (0.0, {})
         try:
             self._start(inbox, faults, services, listeners, shards, poll_interval, subscribers,
                         recover)
@@ -285,13 +326,21 @@ class Runtime:
         inbox = inbox if inbox is not None else self.store.inbox
         self.services = ServiceRegistry(inbox=inbox, faults=faults, activity=self.activity,
                                         dead_letters=self.dead_letters, overrides=services)
+        if self._member:
+            self.membership = Membership(
+                self.store, self.owner, ttl=self._lease_ttl, on_gained=self._gained,
+                on_lost=self._dropped,
+                describe=lambda: {"shards": len(self._shards)})
+        if self._member or self.client:
+            self._follow_position = self.store.last_position()
         for i in range(shards):
             self._shards.append(
                 Shard.start(i, store=self.store, clock=self.clock, scheduler=self.scheduler,
                             seed=self._seed, pools=self._pools,
                             on_end=self._ended, activity=self.activity,
                             dead_letters=self.dead_letters, listeners=tuple(listeners),
-                            owner=self.owner, on_lost=self._lost_commit))
+                            owner=self.owner, on_lost=self._lost_commit,
+                            membership=self.membership))
         self._shard_refs = [self.activity.counting(ref) for ref in self._shards]
         self._poll_interval = poll_interval
         self._triggers = TriggerStarter(
@@ -307,6 +356,8 @@ class Runtime:
                                start=subscriber.start, attempts=subscriber.attempts,
                                backoff=subscriber.backoff)
         # -- end of event bus --------------------------------------------------------------------
+        if self.membership is not None:
+            self.membership.start()  # the first share is held (and its sagas loaded) on return
         if recover:
             self.recover()
 
@@ -325,6 +376,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self.membership is not None:  # takes nothing more; its leases are given back below
+            self.membership.stop(timeout)
         self._stop_polling.set()
         if self._poller is not None:
             self._poller.join(timeout)
@@ -336,6 +389,8 @@ class Runtime:
                 ref.stop(timeout=timeout)
             except Exception:  # pragma: no cover - already dead
                 log.debug("shard already stopped", exc_info=True)
+        if self.membership is not None:  # what the shards held is committed: hand it over
+            self.membership.leave()
         if self.services is not None:
             self.services.stop(timeout)
         if self._owns_store:
@@ -409,12 +464,128 @@ class Runtime:
                     on_end(saga_id, header.status, header.reason)
 
         ticket = Ticket(answered)
+        if not self._drives(saga_id):
+            self._start_elsewhere(compiled, input, saga_id, ticket)
+            return Submitted(saga_id, ticket)
         try:
             self._tell_shard(saga_id, StartSaga(saga_id, compiled, input, ticket))
         except BaseException:
             self._drop_callback(saga_id, on_end)
             raise
         return Submitted(saga_id, ticket)
+
+    # -- a store shared by several processes ---------------------------------------------------
+    def _drives(self, saga_id: str) -> bool:
+        """Whether this runtime drives ``saga_id`` itself: always on a store of one process;
+        a member drives the sagas of the partitions it holds; a client drives none."""
+        if self.client:
+            return False
+        membership = self.membership
+        return membership is None or membership.holds(membership.partition_of(saga_id))
+
+    def _start_elsewhere(self, compiled: CompiledFlow, saga_input: Any, saga_id: str,
+                         ticket: Ticket) -> None:
+        """Write the saga's start for the member holding its partition (or the next one) to
+        drive, with a request telling it to: the events :func:`core.start` decides, its first
+        commands left for that member to send (as ``saga resume`` re-sends them)."""
+        try:
+            saga, events, _ = core.start(compiled, saga_id, saga_input, self._env)
+            flow = compiled.flow
+            holder = self._holder_of(saga_id)
+            new = NewSaga(
+                saga_id=saga_id, flow=flow.name, version=flow.version,
+                definition=flow.definition, definition_text=flow.text, input=saga_input,
+                status=saga.status, reason=saga.reason, started_at=saga.started_at,
+                events=tuple(events), owner=holder)
+            with self._lock:
+                self._remote.add(saga_id)
+            created, header = self.store.write([new], [])[0]
+            if created:
+                self.store.request(saga_id, DRIVE, {"requested_by": self.owner})
+            elif header.definition != compiled.definition:
+                raise IdConflict(f"saga id {saga_id!r} exists with a different flow definition")
+            elif canonical(header.input) != canonical(saga_input):
+                raise IdConflict(f"saga id {saga_id!r} exists with different input")
+        except BaseException as exc:
+            with self._lock:
+                self._remote.discard(saga_id)
+            ticket.resolve(error=exc)
+            return
+        ticket.resolve((saga_id, created))
+
+    def _holder_of(self, saga_id: str) -> str | None:
+        """The member holding the saga's partition now (``None`` if none does), from a view
+        of the leases at most a quarter of a lease old."""
+        read_at, holders = self._holders
+        now = time.monotonic()
+        if now - read_at > self._lease_ttl / 4:
+            holders = {info.partition: info.member for info in self.store.leases()
+                       if info.held and info.member is not None}
+            self._holders = (now, holders)
+        return holders.get(partition_of(saga_id, self._partition_count()))
+
+    def _partition_count(self) -> int:
+        if self.membership is not None:
+            return self.membership.partitions
+        count = getattr(self, "_partitions", None)
+        if count is None:
+            count = self._partitions = self.store.partitions()
+        return count
+
+    def _members_alive(self) -> bool:
+        if self.membership is not None:
+            return True
+        return any(m.seen_ago < self._lease_ttl for m in self.store.members())
+
+    def _gained(self, partitions: list[int]) -> None:
+        """Partitions just taken (on the membership thread): claim their in-flight sagas and
+        put them back in motion from their logs, as ``saga resume`` does."""
+        fence = self.membership.fence  # type: ignore[union-attr]
+        if fence is None:
+            return
+        claimed = self.store.claim(fence, partitions)
+        self._requests_after = 0  # requests written before the claim are ours now
+        claimed = [s for s in claimed if not self.membership.is_undriven(s)]  # type: ignore
+        if claimed:  # not waited for: the membership thread must go on renewing
+            self._load(claimed, None)
+
+    def _dropped(self, partitions: list[int]) -> None:
+        """Partitions no longer held: every shard forgets their sagas (another member drives
+        them now); those waited for here are followed through the log."""
+        wanted = frozenset(partitions)
+        tickets = []
+        for ref in self._shard_refs:
+            ticket = Ticket()
+            try:
+                ref.tell(DropPartitions(wanted, ticket))
+            except pykka.ActorDeadError:
+                continue
+            tickets.append(ticket)
+        for ticket in tickets:
+            try:
+                dropped = ticket.wait(START_TIMEOUT)
+            except Exception:
+                log.exception("member %s: a shard did not drop partitions in time", self.owner)
+                continue
+            with self._lock:
+                self._remote.update(s for s in dropped
+                                    if s in self._waiters or s in self._callbacks)
+
+    def _follow(self) -> None:
+        """End the waits of sagas driven elsewhere: their terminal events, read from the log."""
+        if not self._remote:
+            return
+        while True:
+            entries = self.store.read_log(self._follow_position, 1000)
+            for saga_id, _, event in entries:
+                self._follow_position = max(self._follow_position, event.position or 0)
+                if event.type in TERMINAL_EVENTS and saga_id in self._remote:
+                    with self._lock:
+                        self._remote.discard(saga_id)
+                    header = self.store.header(saga_id)
+                    self._ended(saga_id, header.status, header.reason)
+            if len(entries) < 1000:
+                return
 
     def _drop_callback(self, saga_id: str, callback: Any) -> bool:
         """Forget one registration of ``callback``; whether it was still registered."""
@@ -457,7 +628,12 @@ class Runtime:
                 header = self.store.header(saga_id)
                 if header.status in TERMINAL:
                     break
-                if header.owner != self.owner and (
+                if self._member or self.client:
+                    if not self._members_alive():
+                        raise SagaOrphaned(f"saga {saga_id} is {header.status} but no member "
+                                           "is running: start `saga serve`, or `saga resume` "
+                                           "finishes it")
+                elif header.owner != self.owner and (
                         header.owner is None or not self.store.owner_alive(header.owner)):
                     raise SagaOrphaned(f"saga {saga_id} is {header.status} but no running "
                                        "process drives it: `saga resume` finishes it")
@@ -500,11 +676,16 @@ class Runtime:
         if header.status in TERMINAL and not (kind == "retry" and header.status == "failed"):
             return self.result(saga_id)  # left as it is
         owner = header.owner
-        if owner is not None and owner != self.owner and self.store.owner_alive(owner):
+        if self._member or self.client:
+            if not self._drives(saga_id):
+                request_id = self.store.request(saga_id, kind, {"requested_by": self.owner})
+                self._await_request(saga_id, request_id, timeout)
+                return self.result(saga_id)
+        elif owner is not None and owner != self.owner and self.store.owner_alive(owner):
             request_id = self.store.request(saga_id, kind, {"requested_by": self.owner})
             self._await_request(saga_id, request_id, timeout)
             return self.result(saga_id)
-        if owner != self.owner or header.status in TERMINAL:
+        if self.membership is None and (owner != self.owner or header.status in TERMINAL):
             self.store.adopt(self.owner, [saga_id], include_failed=True)
         ticket = Ticket()
         self._tell_shard(saga_id, LoadSaga(saga_id, signal, ticket))
@@ -527,9 +708,21 @@ class Runtime:
         them back in motion (DESIGN.md §4.7); returns the ids adopted. Sagas whose owner is
         alive are never taken."""
         self._check_open()
+        if self.client:
+            return []
+        if self.membership is not None:  # the sagas of the partitions held are loaded already
+            wanted = None if saga_ids is None else set(saga_ids)
+            return [saga_id for saga_id in self.store.in_flight()
+                    if self._drives(saga_id) and (wanted is None or saga_id in wanted)]
         adopted = self.store.adopt(self.owner, saga_ids)
+        self._load(adopted, timeout)
+        return adopted
+
+    def _load(self, saga_ids: Sequence[str], timeout: float | None) -> None:
+        """Put ``saga_ids`` back in motion from their logs, in chunks per shard; waits for
+        them to be loaded unless ``timeout`` is ``None``."""
         by_shard: dict[int, list[str]] = {}
-        for saga_id in adopted:
+        for saga_id in saga_ids:
             by_shard.setdefault(shard_of(saga_id, len(self._shards)), []).append(saga_id)
         tickets = []
         for index, ids in by_shard.items():
@@ -538,21 +731,33 @@ class Runtime:
                 chunk = tuple(ids[first:first + RECOVERY_CHUNK])
                 self._shard_refs[index].tell(LoadSagas(chunk, ticket))
                 tickets.append(ticket)
-        for ticket in tickets:
-            ticket.wait(timeout)
-        return adopted
+        if timeout is not None:
+            for ticket in tickets:
+                ticket.wait(timeout)
 
     def _poll_requests(self) -> None:
         """Act on requests (cancel, retry) that other processes wrote for sagas owned here, and
         pass on the external events they sent (``saga send``)."""
-        after = 0
         while not self._stop_polling.wait(self._poll_interval):
             try:
                 self._poll_events()
                 if self._triggers.active:
                     self._triggers.poll()
-                for request in self.store.requests(self.owner, after):
-                    after = max(after, request.request_id)
+                self._follow()
+                if self.client:
+                    continue
+                requests = self.store.requests(self.owner, self._requests_after)
+                drives = [r for r in requests if r.kind == DRIVE]
+                if drives:  # sagas a client started in partitions held here
+                    self._load([r.saga_id for r in drives if self._drives(r.saga_id)],
+                               START_TIMEOUT)
+                for request in requests:
+                    self._requests_after = max(self._requests_after, request.request_id)
+                    if request.kind == DRIVE:
+                        self.store.complete_request(request.request_id)
+                        continue
+                    if not self._drives(request.saga_id):
+                        continue  # its partition was lost meanwhile: for its next holder
                     cause = f"request/{request.request_id}"
                     by = request.data.get("requested_by")
                     signal = {"cancel": core.Cancel(by, cause),

@@ -41,6 +41,7 @@ from ..errors import (
     DefinitionUnavailable,
     FlowErrors,
     IdConflict,
+    LeaseLost,
 )
 from ..events import Event
 from ..language.compiler import CompiledFlow, compile_flow
@@ -52,12 +53,13 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     from ..stores import EventLog, ExternalEvents
+    from .membership import Membership
 
     class _ShardStore(EventLog, ExternalEvents, Protocol):
         """The store's facets a shard uses: the sagas' logs, and claiming external events."""
 
-__all__ = ["EventPosted", "LoadSaga", "LoadSagas", "SagaSignal", "Shard", "StartSaga", "Ticket",
-           "shard_of"]
+__all__ = ["DropPartitions", "EventPosted", "LoadSaga", "LoadSagas", "SagaSignal", "Shard",
+           "StartSaga", "Ticket", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,15 @@ class LoadSaga:
 
     saga_id: str
     then: core.Signal | None
+    ticket: Ticket = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DropPartitions:
+    """Forget every saga of ``partitions`` (their leases are gone: another member drives them
+    now), after committing what was decided; the ticket resolves to the ids forgotten."""
+
+    partitions: frozenset[int]
     ticket: Ticket = field(compare=False)
 
 
@@ -224,7 +235,8 @@ class Shard(pykka.ThreadingActor):
                  dead_letters: DeadLetters,
                  listeners: tuple[Callable[[str, list[Event]], None], ...] = (),
                  owner: str | None = None,
-                 on_lost: Callable[[str, str], None] | None = None):
+                 on_lost: Callable[[str, str], None] | None = None,
+                 membership: Membership | None = None):
         super().__init__()
         self.index = index
         self.store = store
@@ -237,6 +249,9 @@ class Shard(pykka.ThreadingActor):
         self.listeners = listeners
         self.owner = owner
         self.on_lost = on_lost
+        # On a shared store: the member's leases fence every commit, and commands of a saga
+        # are sent only while its partition's lease has not run out locally.
+        self.membership = membership
         self.me: CountingRef | None = None  # set on start: replies come back through it
         self.sagas: dict[str, core.Saga] = {}
         self._definitions: dict[str, CompiledFlow] = {}  # stored flow texts, compiled once
@@ -284,6 +299,8 @@ class Shard(pykka.ThreadingActor):
                 self._load_many(message)
             elif kind is EventPosted:
                 self._claim_for((message.event, message.key))
+            elif kind is DropPartitions:
+                self._drop(message)
             else:
                 log.warning("shard %d: unexpected message %r", self.index, message)
         except Exception:  # never let one saga's trouble stop the shard
@@ -388,6 +405,8 @@ class Shard(pykka.ThreadingActor):
             return
         hosted = 0
         for record in records:
+            if record.header.status in TERMINAL:
+                continue  # ended since it was asked for (by another process)
             try:  # one saga that cannot be hosted must not strand the rest of the chunk
                 if self._host_record(record, flush=False) is not None:
                     hosted += 1
@@ -412,6 +431,12 @@ class Shard(pykka.ThreadingActor):
                 compiled = self._definitions[header.definition] = compile_flow(flow)
             self.pools(compiled)  # import and start its services
         except (FlowErrors, DefinitionUnavailable) as exc:
+            if self.membership is not None and header.status not in TERMINAL:
+                # another member may run it: left in flight, and reported (saga members)
+                self.membership.undriven(saga_id, header.flow)
+                log.warning("shard %d: saga %s is left to a member that can run it: %s",
+                            self.index, saga_id, exc)
+                return None
             if header.status not in TERMINAL:
                 last = record.events[-1] if record.events else None
                 event = core.park_unavailable(saga_id, header.last_seq,
@@ -423,6 +448,8 @@ class Shard(pykka.ThreadingActor):
                 self.on_end(saga_id, "failed", "definition_unavailable")
             log.warning("shard %d: saga %s cannot run: %s", self.index, saga_id, exc)
             return None
+        if self.membership is not None:
+            self.membership.runs(header.flow)
         saga = core.replay(saga_id, compiled, record.events)
         self.sagas[saga_id] = saga
         events, commands = core.resume(saga, self.env)
@@ -518,6 +545,8 @@ class Shard(pykka.ThreadingActor):
         creates = [new for new, _ in pending.creates]
         if not creates and not pending.appends:
             return {}
+        if self.membership is not None:
+            return self._commit_fenced(pending)
         try:
             results = self.store.write(creates, pending.appends)
         except Exception as exc:
@@ -525,6 +554,59 @@ class Shard(pykka.ThreadingActor):
                 return self._refuse_all(pending, exc)
             return self._commit_one_by_one(pending)
         return self._refused_creates(pending, results)
+
+    def _commit_fenced(self, pending: _Pending) -> dict[str, tuple[Any, BaseException | None]]:
+        """A member's commit: fenced with its leases' epochs. A partition whose lease is found
+        lost is dropped (its sagas forgotten here: whoever holds it now drives them from the
+        log) and the rest of the batch is committed without it."""
+        membership = self.membership
+        assert membership is not None
+        refused: dict[str, tuple[Any, BaseException | None]] = {}
+        while True:
+            creates = [new for new, _ in pending.creates]
+            if not creates and not pending.appends:
+                return refused
+            try:
+                results = self._write(creates, pending.appends)
+            except LeaseLost as exc:
+                membership.lost(exc.partition)
+                refused.update(self._leave_partition(pending, exc))
+                continue
+            except Exception as exc:
+                if len(creates) + len(pending.appends) == 1:
+                    refused.update(self._refuse_all(pending, exc))
+                    return refused
+                refused.update(self._commit_one_by_one(pending))
+                return refused
+            refused.update(self._refused_creates(pending, results))
+            return refused
+
+    def _leave_partition(self, pending: _Pending,
+                         exc: LeaseLost) -> dict[str, tuple[Any, BaseException | None]]:
+        """Take the sagas of ``exc``'s partition out of the batch and out of memory; their
+        tickets (starts, signals from this process) get the error."""
+        partition_of = self.membership.partition_of  # type: ignore[union-attr]
+        gone = exc.partition
+        refused: dict[str, tuple[Any, BaseException | None]] = {}
+        kept_creates = []
+        for new, message in pending.creates:
+            if partition_of(new.saga_id) == gone:
+                self.sagas.pop(new.saga_id, None)
+                pending.new_ids.discard(new.saga_id)
+                refused[new.saga_id] = (None, exc)
+            else:
+                kept_creates.append((new, message))
+        pending.creates = kept_creates
+        kept_appends = []
+        for append in pending.appends:
+            if partition_of(append.saga_id) == gone:
+                refused[append.saga_id] = (None, exc)
+            else:
+                kept_appends.append(append)
+        pending.appends = kept_appends
+        for saga_id in [s for s in self.sagas if partition_of(s) == gone]:
+            self._forget(saga_id)
+        return refused
 
     def _refused_creates(self, pending: _Pending,
                          results: list[tuple[bool, Any]]) -> dict[str, tuple[Any, Any]]:
@@ -556,7 +638,7 @@ class Shard(pykka.ThreadingActor):
         refused: dict[str, tuple[Any, BaseException | None]] = {}
         for new, message in pending.creates:
             try:
-                results = self.store.write([new], [])
+                results = self._write([new], [])
             except Exception as exc:
                 self.sagas.pop(new.saga_id, None)
                 refused[new.saga_id] = (None, exc)
@@ -571,11 +653,25 @@ class Shard(pykka.ThreadingActor):
             if saga_id in refused:
                 continue
             try:
-                self.store.write([], appends)
+                self._write([], appends)
+            except LeaseLost as exc:  # another member drives it now
+                self.membership.lost(exc.partition)  # type: ignore[union-attr]
+                self._forget(saga_id)
+                refused[saga_id] = (None, exc)
             except Exception as exc:
                 self._lost(saga_id, exc)
                 refused[saga_id] = (None, exc)
         return refused
+
+    def _write(self, creates: list[NewSaga], appends: list[Append]) -> Any:
+        membership = self.membership
+        if membership is None:
+            return self.store.write(creates, appends)
+        fence = membership.fence
+        if fence is None:
+            first = creates[0].saga_id if creates else appends[0].saga_id
+            raise LeaseLost(membership.partition_of(first), membership.member, None, first)
+        return self.store.write(creates, appends, fence=fence)
 
     def _lost(self, saga_id: str, exc: BaseException) -> None:
         # What was decided is not durable: forget the saga here; `saga resume` picks it up from
@@ -597,6 +693,9 @@ class Shard(pykka.ThreadingActor):
         for command in commands:
             kind = type(command)
             if kind is core.Execute:
+                if self.membership is not None and \
+                        not self.membership.may_send(command.saga_id):
+                    continue  # its lease ran out here: the next holder re-sends it
                 try:
                     pool, message = self._message(command)  # type: ignore[arg-type]
                 except Exception:  # its timeout is armed: the attempt times out and is retried
@@ -730,6 +829,17 @@ class Shard(pykka.ThreadingActor):
             self._unwait(saga_id)
             self._decide(saga, core.EventReceived(found.type, found.key, dict(found.data),
                                                   found.event_id))
+
+    def _drop(self, message: DropPartitions) -> None:
+        self._flush()
+        dropped: list[str] = []
+        try:
+            partition_of = self.membership.partition_of  # type: ignore[union-attr]
+            dropped = [s for s in self.sagas if partition_of(s) in message.partitions]
+            for saga_id in dropped:
+                self._forget(saga_id)
+        finally:
+            message.ticket.resolve(dropped)
 
     def _forget(self, saga_id: str) -> None:
         self._unwait(saga_id)
