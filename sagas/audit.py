@@ -53,6 +53,7 @@ from .events import EVENT_TYPES, TERMINAL_EVENTS, Event
 from .language.compiler import CompiledFlow, compensation_state, compile_flow, step_state
 from .language.loader import parse_flow
 from .language.model import Flow, Step, format_duration
+from .stores import partition_of
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -1288,6 +1289,7 @@ def audit_store(store: _AuditedStore, *, now: float | None = None, stuck_after: 
     moment = time.time() if now is None else now
     compiled: dict[str, CompiledFlow | str] = {}
     found: list[Violation] = []
+    fencing = _Fencing.of(store)
     for header in store.list():
         try:
             record = store.load(header.saga_id)
@@ -1299,10 +1301,66 @@ def audit_store(store: _AuditedStore, *, now: float | None = None, stuck_after: 
         built = compiled[key]
         alive = None
         if include_running and not _log_ended(record):
-            alive = _owner_alive(store, record.header.owner)
+            alive = _owner_alive(store, record.header.owner) or \
+                fencing.driven(header.saga_id)
         found.extend(_audit(record, built, now=moment, stuck_after=stuck_after,
                             expect_terminal=not include_running, owner_alive=alive))
+        found.extend(fencing.check(header.saga_id))
     return found
+
+
+_DESCRIBED.update({
+    "writer_epoch_order": "on a shared store, a saga's fenced writes never go back to an "
+                          "older epoch of its partition (no write by a member that lost it)",
+    "writer_epoch_shared": "one epoch of a partition is one member's: no two members wrote "
+                           "under it",
+})
+
+
+class _Fencing:
+    """The store-wide writer checks of a store with leases (:meth:`Leases.writers`): each
+    fenced event records the member and the epoch of its partition it was written under."""
+
+    def __init__(self, store: Any, partitions: int, held: frozenset[int]) -> None:
+        self.store = store
+        self.partitions = partitions
+        self.held = held  # partitions whose lease a live member holds now
+        self.members: dict[tuple[int, int], tuple[str, str, int]] = {}
+
+    @classmethod
+    def of(cls, store: Any) -> _Fencing:
+        try:
+            partitions = store.partitions()
+            held = frozenset(info.partition for info in store.leases() if info.held)
+        except (AttributeError, NotImplementedError):
+            partitions, held = 0, frozenset()
+        return cls(store, partitions, held)
+
+    def driven(self, saga_id: str) -> bool:
+        """Whether a live member holds the saga's partition (it drives the saga)."""
+        return bool(self.held) and partition_of(saga_id, self.partitions) in self.held
+
+    def check(self, saga_id: str) -> Iterator[Violation]:
+        if not self.partitions:
+            return
+        partition = partition_of(saga_id, self.partitions)
+        newest: tuple[int, str, int] | None = None  # (epoch, member, seq)
+        for seq, member, epoch in self.store.writers(saga_id):
+            if member is None or epoch is None:
+                continue
+            if newest is not None and epoch < newest[0]:
+                yield Violation(saga_id, seq, "writer_epoch_order",
+                                f"written by {member} under epoch {epoch} of partition "
+                                f"{partition}, after {newest[1]} wrote seq {newest[2]} under "
+                                f"epoch {newest[0]}")
+            if newest is None or epoch >= newest[0]:
+                newest = (epoch, member, seq)
+            first = self.members.setdefault((partition, epoch), (member, saga_id, seq))
+            if first[0] != member:
+                yield Violation(saga_id, seq, "writer_epoch_shared",
+                                f"written by {member} under epoch {epoch} of partition "
+                                f"{partition}, which {first[0]} wrote under too ({first[1]} "
+                                f"seq {first[2]})")
 
 
 def _log_ended(record: SagaRecord) -> bool:

@@ -741,3 +741,68 @@ def test_audit_flags_a_choice_its_conditions_do_not_allow():
     corrupt = [replace(e, data={"input": {"n": 5}, "deadline_at": None})
                if e.type == "saga.started" else e for e in saga.events]
     assert audit_saga(saga.record(corrupt), now=2_000.0) != []
+
+
+# -- who wrote each event (stores shared by members, fenced with leases) ------------------------
+def _handed_over(real: dict[str, SagaRecord]) -> tuple[MemoryStore, str]:
+    """A store where member-a wrote the start of a saga under epoch 1 of its partition, gave
+    the partition back, and member-b wrote the rest under epoch 2."""
+    from sagas.stores import Append, Fence, partition_of
+
+    base = real["completed"]
+    events = list(base.events)
+    store = _store()
+    saga_id = "handed-over"
+    partition = partition_of(saga_id, store.partitions())
+    a = store.acquire("member-a", [partition], 60.0)
+    h = base.header
+    store.create(NewSaga(saga_id, h.flow, h.version, h.definition, base.definition_text,
+                         h.input, "running", None, h.started_at, tuple(events[:2]), ALIVE),
+                 fence=Fence.of("member-a", a))
+    store.release("member-a", [partition])
+    b = store.acquire("member-b", [partition], 60.0)
+    store.append([Append(saga_id, tuple(events[2:]), h.status, h.reason, h.updated_at)],
+                 fence=Fence.of("member-b", b))
+    return store, saga_id
+
+
+class _Rewritten:
+    """A store whose ``writers`` answer is replaced (a log no fenced store would accept)."""
+
+    def __init__(self, store: MemoryStore, writers: dict[str, list[Any]]) -> None:
+        self._store, self._writers = store, writers
+
+    def writers(self, saga_id: str) -> list[Any]:
+        return self._writers.get(saga_id) or self._store.writers(saga_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_writer_epochs_of_a_handed_over_saga_are_clean(real):
+    store, saga_id = _handed_over(real)
+    assert [(w.member, w.epoch) for w in store.writers(saga_id)][:3] == [
+        ("member-a", 1), ("member-a", 1), ("member-b", 2)]
+    assert audit_store(store, include_running=False) == []
+
+
+def test_writer_epoch_order_flags_a_write_under_a_lost_lease(real):
+    from sagas.stores import Writer
+
+    store, saga_id = _handed_over(real)
+    writers = store.writers(saga_id)
+    stale = [*writers[:-1], Writer(writers[-1].seq, "member-a", 1)]  # a paused member's write
+    found = audit_store(_Rewritten(store, {saga_id: stale}), include_running=False)
+    assert _found(found) == [(saga_id, writers[-1].seq, "writer_epoch_order")]
+    assert "member-a under epoch 1" in found[0].message
+
+
+def test_writer_epoch_shared_flags_two_members_under_one_epoch(real):
+    from sagas.stores import Writer
+
+    store, saga_id = _handed_over(real)
+    writers = store.writers(saga_id)
+    shared = [*writers[:-1], Writer(writers[-1].seq, "member-c", 2)]
+    found = audit_store(_Rewritten(store, {saga_id: shared}), include_running=False)
+    assert _found(found) == [(saga_id, writers[-1].seq, "writer_epoch_shared")]
+    assert "member-c" in found[0].message and "member-b" in found[0].message
