@@ -1,6 +1,6 @@
 """Checks of the port's arguments, shared by the backends: what a subscriber name, a log
-position, an owner id, an external event (type, key, id, data, time), a request, a member id,
-a lease's length, a list of partitions and a fence are.
+position, a read's limit, a list of saga ids, an owner id, an external event (type, key, id,
+data, time), a request, a member id, a lease's length, a list of partitions and a fence are.
 
 Each check raises ``ValueError`` / ``TypeError`` with a one-line message fit for a command-line
 user (the facets of :mod:`sagas.stores._port` promise that), before anything is written.
@@ -33,6 +33,7 @@ __all__ = [
     "check_claim",
     "check_event_match",
     "check_fence",
+    "check_limit",
     "check_member",
     "check_member_info",
     "check_owner",
@@ -41,6 +42,7 @@ __all__ = [
     "check_partitions",
     "check_position",
     "check_renewals",
+    "check_saga_ids",
     "check_subscriber",
     "check_time",
     "check_ttl",
@@ -74,6 +76,21 @@ def check_position(position: object) -> int:
     if position < 0:
         raise ValueError(f"a log position is >= 0, got {position}")
     return position
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` if it is a number of rows a read may return (>= 0), else ``ValueError``."""
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return limit
+
+
+def check_saga_ids(saga_ids: Sequence[str]) -> builtins.list[str]:
+    """``saga_ids`` without repeats, in order, refusing a lone string (a slip for
+    ``[saga_id]``) with ``TypeError``."""
+    if isinstance(saga_ids, str):
+        raise TypeError("saga_ids is a sequence of ids, not one id")
+    return builtins.list(dict.fromkeys(saga_ids))
 
 
 EVENT_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")

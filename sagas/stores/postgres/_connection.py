@@ -17,6 +17,7 @@ from psycopg import pq, sql
 
 from sagas.errors import StoreMissing, StoreUnavailable
 from sagas.stores._checks import check_partition_count
+from sagas.stores._messages import closed
 
 from ._schema import SCHEMA, _Schema
 
@@ -56,13 +57,6 @@ def _rollback(db: psycopg.Connection[Any]) -> None:
     if db.info.transaction_status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
         with contextlib.suppress(psycopg.Error):
             db.execute("ROLLBACK")
-
-
-def _ids(saga_ids: Sequence[str]) -> list[str]:
-    """``saga_ids`` without repeats, refusing a lone string (a slip for ``[saga_id]``)."""
-    if isinstance(saga_ids, str):
-        raise TypeError("saga_ids is a sequence of ids, not one id")
-    return list(dict.fromkeys(saga_ids))
 
 
 def _shown_url(params: dict[str, Any]) -> str:
@@ -232,7 +226,7 @@ class _Connection(_Schema):
         lost."""
         db = self._db
         if db is None:
-            raise StoreUnavailable(f"saga store {self.url} is closed")
+            raise closed(self.url)
         if db.closed or db.broken:
             raise StoreUnavailable(
                 f"saga store {self.url}: the connection to the server was lost; open the "
@@ -318,7 +312,7 @@ class _Connection(_Schema):
         with self._readers:
             while True:
                 if self._reads_closed:
-                    raise StoreUnavailable(f"saga store {self.url} is closed")
+                    raise closed(self.url)
                 if self._idle:
                     self._reading += 1
                     return self._idle.pop(), False
@@ -354,7 +348,7 @@ class _Connection(_Schema):
         """``StoreUnavailable`` once the store is closed (for a read with nothing to read)."""
         with self._readers:
             if self._reads_closed:
-                raise StoreUnavailable(f"saga store {self.url} is closed")
+                raise closed(self.url)
 
     def _fetch(self, query: str, params: Sequence[Any]) -> list[Any]:
         """The rows of one read statement (autocommit: it sees everything committed before

@@ -35,11 +35,9 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
-from sagas.stores._checks import FencePlan, check_fence
-from sagas.stores._checks import check_owner as _check_owner
-from sagas.stores._json import decode as _decode
-from sagas.stores._json import encode as _encode
+from sagas.errors import StoreUnavailable, UnknownSaga
+from sagas.stores._checks import FencePlan, check_fence, check_limit
+from sagas.stores._checks import check_saga_ids as _ids
 from sagas.stores._port import (
     TERMINAL,
     Append,
@@ -49,19 +47,26 @@ from sagas.stores._port import (
     SagaRecord,
     StoredEvent,
 )
-
-from ._connection import NOW, _Connection, _ids
-
-_HEADER_COLUMNS = (
-    "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
-    "owner"
+from sagas.stores._rows import (
+    EVENT_COLUMNS,
+    HEADER_COLUMNS,
+    Create,
+    EventRow,
+    add_events,
+    append_failure,
+    append_rows,
+    create_rows,
+    record,
+    records,
 )
-_EVENT_COLUMNS = "position, seq, type, step, attempt, at, event_id, causation_id, data"
+from sagas.stores._rows import header as _header
+
+from ._connection import NOW, _Connection
 
 # The new sagas of a write, in one statement; those whose id exists are not inserted (nor
 # returned). Of concurrent inserts of one id, in any session, the server lets exactly one in.
 _INSERT_SAGAS = (
-    f"INSERT INTO sagas ({_HEADER_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[], "
+    f"INSERT INTO sagas ({HEADER_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[], "
     "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], "
     "%s::bigint[], %s::text[]) ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
 )
@@ -101,11 +106,11 @@ _UPDATE_SAGAS = (
     "AS u(last_seq, status, reason, updated_at, saga_id, expected) "
     "WHERE s.saga_id = u.saga_id AND s.last_seq = u.expected"
 )
-_SELECT_HEADER = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = %s"
-_SELECT_HEADERS_IN = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = ANY(%s)"
-_SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE saga_id = %s ORDER BY seq"
+_SELECT_HEADER = f"SELECT {HEADER_COLUMNS} FROM sagas WHERE saga_id = %s"
+_SELECT_HEADERS_IN = f"SELECT {HEADER_COLUMNS} FROM sagas WHERE saga_id = ANY(%s)"
+_SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE saga_id = %s ORDER BY seq"
 _SELECT_EVENTS_IN = (
-    f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE saga_id = ANY(%s) ORDER BY saga_id, seq"
+    f"SELECT saga_id, {EVENT_COLUMNS} FROM events WHERE saga_id = ANY(%s) ORDER BY saga_id, seq"
 )
 _SELECT_DEFINITION = "SELECT text FROM definitions WHERE sha256 = %s"
 _SELECT_DEFINITIONS_IN = "SELECT sha256, text FROM definitions WHERE sha256 = ANY(%s)"
@@ -119,103 +124,17 @@ _IDS_PER_READ = 1000
 """Sagas ``load_many`` reads per statement, so that at most that many sagas' rows are held
 undecoded at once."""
 
-# An event row as built: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data,
-# epoch); written with its position after the seq, and the fence's member.
-_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str,
-                  "int | None"]
-
-
-def _header(row: Sequence[Any]) -> SagaHeader:
-    """A header from a row of ``_HEADER_COLUMNS`` (``input`` is the fifth)."""
-    return SagaHeader(*row[:4], _decode(row[4]), *row[5:])
-
-
-def _event(row: Sequence[Any]) -> StoredEvent:
-    position, seq, type_, step, attempt, at, event_id, causation_id, data = row
-    data_ = _decode(data)
-    return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
-
-
-def _epoch(plan: FencePlan | None, saga_id: str) -> int | None:
-    """The epoch the events of ``saga_id`` are written with (``None`` unfenced)."""
-    return None if plan is None else plan.epochs[saga_id]
-
-
-def _event_rows(
-    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow],
-    epoch: int | None = None,
-) -> None:
-    """Add the rows of ``events`` to ``into``, written at ``epoch``; ``ValueError`` unless
-    their seqs run from first."""
-    seq = first
-    for e in events:
-        if e.seq != seq:
-            raise ValueError(
-                f"saga {saga_id!r}: events must have consecutive seqs from {first}, "
-                f"got {[e.seq for e in events]}"
-            )
-        seq += 1
-        into.append((saga_id, e.seq, e.type, e.step, e.attempt, e.at, e.event_id,
-                     e.causation_id, _encode(e.data), epoch))
-
-
-# A create as built: the saga, its row of _HEADER_COLUMNS and its events' rows.
-_Create = tuple[NewSaga, tuple[Any, ...], builtins.list[_EventRow]]
-
-
-def _create_rows(saga: NewSaga, plan: FencePlan | None) -> _Create:
-    """What ``saga`` writes (under ``plan``'s fence, if any); ``ValueError`` / ``TypeError``
-    for what a create refuses (an invalid owner, seqs that are not 1..n, an input or data that
-    is not JSON)."""
-    if saga.owner is not None:
-        _check_owner(saga.owner)
-    rows: builtins.list[_EventRow] = []
-    _event_rows(saga.saga_id, saga.events, 1, rows, _epoch(plan, saga.saga_id))
-    params = (saga.saga_id, saga.flow, saga.version, saga.definition, _encode(saga.input),
-              saga.status, saga.reason, saga.started_at, saga.started_at, len(rows), saga.owner)
-    return saga, params, rows
-
-
-def _append_rows(
-    appends: Sequence[Append], plan: FencePlan | None = None
-) -> tuple[builtins.list[_EventRow], dict[str, builtins.list[Any]]]:
-    """The event rows of ``appends`` and, per saga, the parameters of its ``_UPDATE_SAGA``:
-    ``[new last_seq, status, reason, updated_at, saga_id, expected last_seq]``.
-
-    ``ValueError`` for an append without events or with non-consecutive seqs, ``TypeError`` /
-    ``ValueError`` for data that is not JSON, ``SeqConflict`` for an append that does not
-    follow the previous append of its saga here (the call conflicts with itself).
-    """
-    rows: builtins.list[_EventRow] = []
-    updates: dict[str, builtins.list[Any]] = {}
-    for append in appends:
-        saga_id, events = append.saga_id, append.events
-        if not events:
-            raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
-        first = events[0].seq
-        _event_rows(saga_id, events, first, rows, _epoch(plan, saga_id))
-        last = first + len(events) - 1
-        update = updates.get(saga_id)
-        if update is None:
-            updates[saga_id] = [last, append.status, append.reason, append.updated_at, saga_id,
-                                first - 1]
-        elif first != update[0] + 1:
-            raise SeqConflict(saga_id, first)
-        else:
-            update[:4] = (last, append.status, append.reason, append.updated_at)
-    return rows, updates
-
-
-def _insert_events(db: psycopg.Connection[Any], rows: builtins.list[_EventRow],
+def _insert_events(db: psycopg.Connection[Any], rows: builtins.list[EventRow],
                    member: str | None) -> int:
-    """Insert ``rows`` at the next positions, in order, written by ``member`` (in the open
-    transaction: the counter's row stays locked until it ends); how many were inserted."""
+    """Insert ``rows`` at the next positions, in order, written by ``member`` (each row's
+    member is that one: the statement takes it once), in the open transaction (the counter's
+    row stays locked until it ends); how many were inserted."""
     if not rows:
         return 0
     params: dict[str, Any] = {"n": len(rows), "member": member}
     for index, name in enumerate(_EVENT_ARRAYS):
         params[name] = [row[index] for row in rows]
-    params["epoch"] = None if member is None else [row[9] for row in rows]
+    params["epoch"] = None if member is None else [row[10] for row in rows]
     return db.execute(_INSERT_EVENTS, params).rowcount
 
 
@@ -247,8 +166,8 @@ class _EventLog(_Connection):
         if fence is not None and (creates or appends):
             plan = check_fence(fence, [saga.saga_id for saga in creates] +
                                [append.saga_id for append in appends], self._partition_count)
-        new = [_create_rows(saga, plan) for saga in creates]
-        rows, updates = _append_rows(appends, plan)
+        new = [create_rows(saga, plan) for saga in creates]
+        rows, updates = append_rows(appends, plan)
         if not new and not updates:
             with self._lock:
                 self._connection()  # StoreUnavailable once closed
@@ -284,14 +203,14 @@ class _EventLog(_Connection):
             self.write((), batch, fence=fence)
 
     def _insert_sagas(
-        self, db: psycopg.Connection[Any], creates: builtins.list[_Create]
-    ) -> tuple[builtins.list[tuple[bool, SagaHeader]], builtins.list[_EventRow]]:
+        self, db: psycopg.Connection[Any], creates: builtins.list[Create]
+    ) -> tuple[builtins.list[tuple[bool, SagaHeader]], builtins.list[EventRow]]:
         """Insert the sagas whose ids are free, with their definitions, in the open
         transaction: one result each, in order, and the rows of the events of the sagas
         inserted, in order, for :meth:`_insert_new_events`."""
         if not creates:
             return [], []
-        first: dict[str, _Create] = {}
+        first: dict[str, Create] = {}
         for create in creates:
             first.setdefault(create[0].saga_id, create)
         # in id order, so that two writers creating the same ids wait for each other in one order
@@ -328,7 +247,7 @@ class _EventLog(_Connection):
             seen.add(saga_id)
         return results, events
 
-    def _insert_new_events(self, db: psycopg.Connection[Any], rows: builtins.list[_EventRow],
+    def _insert_new_events(self, db: psycopg.Connection[Any], rows: builtins.list[EventRow],
                            member: str | None) -> None:
         """Insert the events of the sagas just created; ``StoreUnavailable`` if they exist
         (events without a header: the store is inconsistent)."""
@@ -342,7 +261,7 @@ class _EventLog(_Connection):
             ) from err
         self._check_inserted(inserted, rows)
 
-    def _check_inserted(self, inserted: int, rows: builtins.list[_EventRow]) -> None:
+    def _check_inserted(self, inserted: int, rows: builtins.list[EventRow]) -> None:
         if inserted != len(rows):  # the counter's row is gone: no positions were given out
             raise StoreUnavailable(f"saga store {self.url} is damaged: its events counter is "
                                    "missing")
@@ -351,9 +270,9 @@ class _EventLog(_Connection):
         self,
         db: psycopg.Connection[Any],
         appends: Sequence[Append],
-        rows: builtins.list[_EventRow],
+        rows: builtins.list[EventRow],
         updates: dict[str, builtins.list[Any]],
-        created: builtins.list[_EventRow],
+        created: builtins.list[EventRow],
         member: str | None,
     ) -> Exception | None:
         """Apply the appends in the open transaction, after inserting the events of the sagas
@@ -385,25 +304,17 @@ class _EventLog(_Connection):
     def _append_failure(
         self, db: psycopg.Connection[Any], batch: Sequence[Append], refused: psycopg.Error | None
     ) -> Exception:
-        """Why the appends of ``batch`` failed: the first unknown saga or seq conflict, in
-        order, in the store as it is now (or as the open transaction, rolled back to before
-        the appends, sees it)."""
+        """Why the appends of ``batch`` failed, in the store as it is now (or as the open
+        transaction, rolled back to before the appends, sees it): see
+        :func:`~sagas.stores._rows.append_failure`."""
         wanted = _ids([append.saga_id for append in batch])
-        last_seq: dict[str, int] = dict(db.execute(_SELECT_LAST_SEQS, (wanted,)).fetchall())
-        for append in batch:
-            saga_id = append.saga_id
-            if saga_id not in last_seq:
-                return UnknownSaga(saga_id)
-            first = append.events[0].seq
-            last = first + len(append.events) - 1
-            taken = db.execute(_SELECT_TAKEN, (saga_id, first, last)).fetchone()
-            if first != last_seq[saga_id] + 1 or taken is not None:
-                return SeqConflict(saga_id, first)
-            last_seq[saga_id] = last
-        if refused is not None:  # no conflict: a value the schema refuses (e.g. a NULL type)
-            return ValueError(f"batch refused by saga store {self.url}: {self._reason(refused)}")
-        first_append = batch[0]  # the conflicting writer went on meanwhile
-        return SeqConflict(first_append.saga_id, first_append.events[0].seq)
+        last_seqs: dict[str, int] = dict(db.execute(_SELECT_LAST_SEQS, (wanted,)).fetchall())
+
+        def taken(saga_id: str, first: int, last: int) -> bool:
+            return db.execute(_SELECT_TAKEN, (saga_id, first, last)).fetchone() is not None
+
+        return append_failure(self.url, batch, last_seqs.get, taken,
+                              None if refused is None else self._reason(refused))
 
     def load(self, saga_id: str) -> SagaRecord:
         """Read in one snapshot, so that the header, text and events agree."""
@@ -416,9 +327,7 @@ class _EventLog(_Connection):
             return row, text, db.execute(_SELECT_EVENTS, (saga_id,)).fetchall()
 
         row, text, events = self._read(read)
-        if text is None:
-            raise self._missing_definition(row)
-        return SagaRecord(_header(row), text[0], tuple(_event(r) for r in events))
+        return record(self.url, row, None if text is None else text[0], events)
 
     def load_many(self, saga_ids: Sequence[str]) -> builtins.list[SagaRecord]:
         """Read in one snapshot: a few statements per 1,000 ids (the headers, then all their
@@ -433,14 +342,7 @@ class _EventLog(_Connection):
                 headers += db.execute(_SELECT_HEADERS_IN, (chunk,)).fetchall()
                 rows = db.execute(_SELECT_EVENTS_IN, (chunk,)).fetchall()
                 # decoded chunk by chunk, so that at most one chunk's rows are held at once
-                for saga_id, position, seq, type_, step, attempt, at, event_id, cause, data in rows:
-                    event = StoredEvent(seq, type_, step, attempt, at, event_id, cause,
-                                        _decode(data), position)  # fmt: skip
-                    log = logs.get(saga_id)
-                    if log is None:
-                        logs[saga_id] = [event]
-                    else:
-                        log.append(event)
+                add_events(logs, rows)
             shas = builtins.list({row[3] for row in headers})
             texts = dict(db.execute(_SELECT_DEFINITIONS_IN, (shas,)).fetchall()) if shas else {}
             return headers, texts
@@ -449,24 +351,7 @@ class _EventLog(_Connection):
             self._check_readable()
             return []
         headers, texts = self._read(read)
-        by_id = {row[0]: row for row in headers}
-        records = []
-        for saga_id in wanted:
-            row = by_id.get(saga_id)
-            if row is None:
-                continue
-            text = texts.get(row[3])
-            if text is None:
-                raise self._missing_definition(row)
-            records.append(SagaRecord(_header(row), text, tuple(logs.get(saga_id, ()))))
-        return records
-
-    def _missing_definition(self, row: Sequence[Any]) -> StoreUnavailable:
-        """The error for a saga (a row of ``_HEADER_COLUMNS``) whose definition is missing."""
-        return StoreUnavailable(
-            f"saga store {self.url} is damaged: the definition {row[3]} of saga "
-            f"{row[0]!r} is missing"
-        )
+        return records(self.url, wanted, headers, texts, logs)
 
     def header(self, saga_id: str) -> SagaHeader:
         rows = self._fetch(_SELECT_HEADER, (saga_id,))
@@ -477,8 +362,8 @@ class _EventLog(_Connection):
     def list(
         self, *, status: str | None = None, flow: str | None = None, limit: int | None = None
     ) -> builtins.list[SagaHeader]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        if limit is not None:
+            check_limit(limit)
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
         if status is not None:
@@ -487,7 +372,7 @@ class _EventLog(_Connection):
         if flow is not None:
             where.append("flow = %s")
             params.append(flow)
-        query = f"SELECT {_HEADER_COLUMNS} FROM sagas"
+        query = f"SELECT {HEADER_COLUMNS} FROM sagas"
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY started_at DESC, saga_id DESC"

@@ -22,10 +22,11 @@ from typing import Any
 
 import psycopg
 
-from sagas.errors import StoreUnavailable
 from sagas.stores._checks import check_owner as _check_owner
+from sagas.stores._checks import check_saga_ids as _ids
+from sagas.stores._messages import registered_elsewhere
 
-from ._connection import _Connection, _ids
+from ._connection import _Connection
 from ._log import _TERMINAL
 
 _logger = logging.getLogger("sagas.stores.postgres")
@@ -93,10 +94,7 @@ class _Ownership(_Connection):
             try:
                 (locked,) = db.execute(_LOCK_OWNER, (key,)).fetchone()  # type: ignore[misc]
                 if not locked:
-                    raise StoreUnavailable(
-                        f"saga store {self.url}: owner {owner!r} is already registered by a "
-                        "live runtime"
-                    )
+                    raise registered_elsewhere(self.url, owner)
                 try:
                     db.execute("BEGIN")
                     db.execute(_REGISTER, (owner, key, socket.gethostname(), os.getpid(),

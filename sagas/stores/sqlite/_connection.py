@@ -17,6 +17,7 @@ from urllib.parse import quote
 from sagas.errors import BadStoreUrl, StoreMissing, StoreUnavailable
 from sagas.stores._checks import check_partition_count
 from sagas.stores._files import create_private_file, make_private_dirs
+from sagas.stores._messages import closed
 
 from ._schema import _MAGIC, _rollback, _Schema
 
@@ -41,13 +42,6 @@ def _chunks(items: list[str]) -> list[list[str]]:
 def _placeholders(sql: str, chunk: Sequence[Any]) -> str:
     """``sql`` with its ``{}`` replaced by one ``?`` per item of ``chunk``."""
     return sql.format(", ".join("?" * len(chunk)))
-
-
-def _ids(saga_ids: Sequence[str]) -> list[str]:
-    """``saga_ids`` without repeats, refusing a lone string (a slip for ``[saga_id]``)."""
-    if isinstance(saga_ids, str):
-        raise TypeError("saga_ids is a sequence of ids, not one id")
-    return list(dict.fromkeys(saga_ids))
 
 
 class _Reader:
@@ -204,7 +198,7 @@ class _Connection(_Schema):
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StoreUnavailable(f"saga store {self.path} is closed")
+            raise closed(self.path)
         return self._db
 
     # -- reading and writing ------------------------------------------------------------------
@@ -240,7 +234,7 @@ class _Connection(_Schema):
         ``_end_read`` (``close()`` waits for it). ``StoreUnavailable`` once closed."""
         with self._readers_lock:
             if self._reads_closed:
-                raise StoreUnavailable(f"saga store {self.path} is closed")
+                raise closed(self.path)
             self._reading += 1
         try:
             reader: _Reader | None = getattr(self._local, "reader", None)

@@ -8,11 +8,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from sagas.errors import SeqConflict, StoreUnavailable, UnknownSaga
-from sagas.stores._checks import FencePlan, check_fence
-from sagas.stores._checks import check_owner as _check_owner
-from sagas.stores._json import decode as _decode
-from sagas.stores._json import encode as _encode
+from sagas.errors import StoreUnavailable, UnknownSaga
+from sagas.stores._checks import check_fence, check_limit
+from sagas.stores._checks import check_saga_ids as _ids
 from sagas.stores._port import (
     TERMINAL,
     Append,
@@ -22,18 +20,25 @@ from sagas.stores._port import (
     SagaRecord,
     StoredEvent,
 )
+from sagas.stores._rows import (
+    EVENT_COLUMNS,
+    HEADER_COLUMNS,
+    Create,
+    EventRow,
+    add_events,
+    append_failure,
+    append_rows,
+    create_rows,
+    record,
+    records,
+)
+from sagas.stores._rows import header as _header
 
-from ._connection import _chunks, _Connection, _ids, _placeholders, _rollback
+from ._connection import _chunks, _Connection, _placeholders, _rollback
 from ._fence import _check_fence
 
-_HEADER_COLUMNS = (
-    "saga_id, flow, version, definition, input, status, reason, started_at, updated_at, last_seq, "
-    "owner"
-)
-_EVENT_COLUMNS = "position, seq, type, step, attempt, at, event_id, causation_id, data"
-
 _INSERT_SAGA = (
-    f"INSERT INTO sagas ({_HEADER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO sagas ({HEADER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (saga_id) DO NOTHING"
 )
 _INSERT_DEFINITION = "INSERT OR IGNORE INTO definitions (sha256, text) VALUES (?, ?)"
@@ -45,13 +50,13 @@ _UPDATE_SAGA = (
     "UPDATE sagas SET last_seq = ?, status = ?, reason = ?, updated_at = ? "
     "WHERE saga_id = ? AND last_seq = ?"
 )
-_SELECT_HEADER = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = ?"
-_SELECT_EVENTS = f"SELECT {_EVENT_COLUMNS} FROM events WHERE saga_id = ? ORDER BY seq"
+_SELECT_HEADER = f"SELECT {HEADER_COLUMNS} FROM sagas WHERE saga_id = ?"
+_SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM events WHERE saga_id = ? ORDER BY seq"
 _SELECT_DEFINITION = "SELECT text FROM definitions WHERE sha256 = ?"
 # load_many, per chunk of ids (the {} is the chunk's placeholders)
-_SELECT_HEADERS_IN = f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id IN ({{}})"
+_SELECT_HEADERS_IN = f"SELECT {HEADER_COLUMNS} FROM sagas WHERE saga_id IN ({{}})"
 _SELECT_EVENTS_IN = (
-    f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE saga_id IN ({{}}) ORDER BY saga_id, seq"
+    f"SELECT saga_id, {EVENT_COLUMNS} FROM events WHERE saga_id IN ({{}}) ORDER BY saga_id, seq"
 )
 _SELECT_DEFINITIONS_IN = "SELECT sha256, text FROM definitions WHERE sha256 IN ({})"
 _SELECT_IN_FLIGHT = (
@@ -61,126 +66,6 @@ _SELECT_IN_FLIGHT = (
 )
 _TERMINAL = tuple(sorted(TERMINAL))
 """The terminal statuses, as the parameters of a statement."""
-
-# An event row as written: (saga_id, seq, type, step, attempt, at, event_id, causation_id, data,
-# member, epoch).
-_EventRow = tuple[str, int, str, "str | None", "int | None", float, str, "str | None", str,
-                  "str | None", "int | None"]
-# Who writes: (member, epoch of the saga's partition) under a fence, else (None, None).
-_Writer = tuple["str | None", "int | None"]
-_UNFENCED: _Writer = (None, None)
-
-
-def _header(row: Sequence[Any]) -> SagaHeader:
-    """A header from a row of ``_HEADER_COLUMNS`` (``input`` is the fifth)."""
-    return SagaHeader(*row[:4], _decode(row[4]), *row[5:])
-
-
-def _event(row: Sequence[Any]) -> StoredEvent:
-    position, seq, type_, step, attempt, at, event_id, causation_id, data = row
-    data_ = _decode(data)
-    return StoredEvent(seq, type_, step, attempt, at, event_id, causation_id, data_, position)
-
-
-def _writer(plan: FencePlan | None, saga_id: str) -> _Writer:
-    """Who writes the events of ``saga_id`` (under ``plan``'s fence, if any)."""
-    return _UNFENCED if plan is None else (plan.member, plan.epochs[saga_id])
-
-
-def _event_rows(
-    saga_id: str, events: Sequence[StoredEvent], first: int, into: builtins.list[_EventRow],
-    writer: _Writer = _UNFENCED,
-) -> None:
-    """Add the rows of ``events`` to ``into``, written by ``writer``; ``ValueError`` unless
-    their seqs run from first."""
-    member, epoch = writer
-    seq = first
-    for e in events:
-        if e.seq != seq:
-            raise ValueError(
-                f"saga {saga_id!r}: events must have consecutive seqs from {first}, "
-                f"got {[e.seq for e in events]}"
-            )
-        seq += 1
-        into.append(
-            (
-                saga_id,
-                e.seq,
-                e.type,
-                e.step,
-                e.attempt,
-                e.at,
-                e.event_id,
-                e.causation_id,
-                _encode(e.data),
-                member,
-                epoch,
-            )
-        )
-
-
-# A create as written: the saga, its row of _HEADER_COLUMNS and its events' rows.
-_Create = tuple[NewSaga, tuple[Any, ...], builtins.list[_EventRow]]
-
-
-def _create_rows(saga: NewSaga, plan: FencePlan | None) -> _Create:
-    """What ``saga`` writes (under ``plan``'s fence, if any); ``ValueError`` / ``TypeError``
-    for what a create refuses (an invalid owner, seqs that are not 1..n, an input or data that
-    is not JSON)."""
-    if saga.owner is not None:
-        _check_owner(saga.owner)
-    rows: builtins.list[_EventRow] = []
-    _event_rows(saga.saga_id, saga.events, 1, rows, _writer(plan, saga.saga_id))
-    params = (
-        saga.saga_id,
-        saga.flow,
-        saga.version,
-        saga.definition,
-        _encode(saga.input),
-        saga.status,
-        saga.reason,
-        saga.started_at,
-        saga.started_at,
-        len(rows),
-        saga.owner,
-    )
-    return saga, params, rows
-
-
-def _append_rows(
-    appends: Sequence[Append], plan: FencePlan | None = None
-) -> tuple[builtins.list[_EventRow], dict[str, builtins.list[Any]]]:
-    """The event rows of ``appends`` and, per saga, the parameters of its ``_UPDATE_SAGA``:
-    ``[new last_seq, status, reason, updated_at, saga_id, expected last_seq]``.
-
-    ``ValueError`` for an append without events or with non-consecutive seqs, ``TypeError`` /
-    ``ValueError`` for data that is not JSON, ``SeqConflict`` for an append that does not
-    follow the previous append of its saga here (the call conflicts with itself).
-    """
-    rows: builtins.list[_EventRow] = []
-    updates: dict[str, builtins.list[Any]] = {}
-    for append in appends:
-        saga_id, events = append.saga_id, append.events
-        if not events:
-            raise ValueError(f"saga {saga_id!r}: an append needs at least one event")
-        first = events[0].seq
-        _event_rows(saga_id, events, first, rows, _writer(plan, saga_id))
-        last = first + len(events) - 1
-        update = updates.get(saga_id)
-        if update is None:
-            updates[saga_id] = [
-                last,
-                append.status,
-                append.reason,
-                append.updated_at,
-                saga_id,
-                first - 1,
-            ]
-        elif first != update[0] + 1:
-            raise SeqConflict(saga_id, first)
-        else:
-            update[:4] = (last, append.status, append.reason, append.updated_at)
-    return rows, updates
 
 
 class _EventLog(_Connection):
@@ -200,8 +85,8 @@ class _EventLog(_Connection):
         if fence is not None and (creates or appends):
             plan = check_fence(fence, [saga.saga_id for saga in creates] +
                                [append.saga_id for append in appends], self._partition_count)
-        new = [_create_rows(saga, plan) for saga in creates]
-        rows, updates = _append_rows(appends, plan)
+        new = [create_rows(saga, plan) for saga in creates]
+        rows, updates = append_rows(appends, plan)
         with self._lock:
             db = self._connection()
             if not new and not updates:
@@ -235,7 +120,7 @@ class _EventLog(_Connection):
             self.write((), batch, fence=fence)
 
     def _insert_sagas(
-        self, db: sqlite3.Connection, creates: builtins.list[_Create]
+        self, db: sqlite3.Connection, creates: builtins.list[Create]
     ) -> builtins.list[tuple[bool, SagaHeader]]:
         """Insert the sagas whose ids are free, in the open transaction; one result each."""
         results: builtins.list[tuple[bool, SagaHeader]] = []
@@ -264,7 +149,7 @@ class _EventLog(_Connection):
         self,
         db: sqlite3.Connection,
         appends: Sequence[Append],
-        rows: builtins.list[_EventRow],
+        rows: builtins.list[EventRow],
         updates: dict[str, builtins.list[Any]],
         created: bool,
     ) -> Exception | None:
@@ -290,31 +175,23 @@ class _EventLog(_Connection):
     def _append_failure(
         self, db: sqlite3.Connection, batch: Sequence[Append], refused: sqlite3.Error | None
     ) -> Exception:
-        """Why the appends of ``batch`` failed: the first unknown saga or seq conflict, in
-        order, in the file as it is now (or as the open transaction, rolled back to before the
-        appends, sees it)."""
-        last_seq: dict[str, int] = {}
-        for append in batch:
-            saga_id = append.saga_id
-            if saga_id not in last_seq:
-                row = db.execute("SELECT last_seq FROM sagas WHERE saga_id = ?", (saga_id,))
-                found = row.fetchone()
-                if found is None:
-                    return UnknownSaga(saga_id)
-                last_seq[saga_id] = found[0]
-            first = append.events[0].seq
-            last = first + len(append.events) - 1
-            taken = db.execute(
+        """Why the appends of ``batch`` failed, in the file as it is now (or as the open
+        transaction, rolled back to before the appends, sees it): see
+        :func:`~sagas.stores._rows.append_failure`."""
+
+        def last_seq_of(saga_id: str) -> int | None:
+            row = db.execute("SELECT last_seq FROM sagas WHERE saga_id = ?", (saga_id,))
+            found = row.fetchone()
+            return None if found is None else found[0]
+
+        def taken(saga_id: str, first: int, last: int) -> bool:
+            return db.execute(
                 "SELECT 1 FROM events WHERE saga_id = ? AND seq BETWEEN ? AND ? LIMIT 1",
                 (saga_id, first, last),
-            ).fetchone()
-            if first != last_seq[saga_id] + 1 or taken is not None:
-                return SeqConflict(saga_id, first)
-            last_seq[saga_id] = last
-        if refused is not None:  # no conflict: a value the schema refuses (e.g. a NULL type)
-            return ValueError(f"batch refused by saga store {self.path}: {refused}")
-        first_append = batch[0]  # the conflicting writer went on meanwhile
-        return SeqConflict(first_append.saga_id, first_append.events[0].seq)
+            ).fetchone() is not None
+
+        return append_failure(self.path, batch, last_seq_of, taken,
+                              None if refused is None else str(refused))
 
     def load(self, saga_id: str) -> SagaRecord:
         """Read in one read transaction, so that the header, text and events agree."""
@@ -327,9 +204,7 @@ class _EventLog(_Connection):
             return row, text, db.execute(_SELECT_EVENTS, (saga_id,)).fetchall()
 
         row, text, events = self._read(read)
-        if text is None:
-            raise self._missing_definition(row)
-        return SagaRecord(_header(row), text[0], tuple(_event(r) for r in events))
+        return record(self.path, row, None if text is None else text[0], events)
 
     def load_many(self, saga_ids: Sequence[str]) -> builtins.list[SagaRecord]:
         """Read in one read transaction: a few queries per 500 ids (the headers, then all their
@@ -343,14 +218,7 @@ class _EventLog(_Connection):
                 headers += db.execute(_placeholders(_SELECT_HEADERS_IN, chunk), chunk).fetchall()
                 rows = db.execute(_placeholders(_SELECT_EVENTS_IN, chunk), chunk).fetchall()
                 # decoded chunk by chunk, so that at most one chunk's rows are held at once
-                for saga_id, position, seq, type_, step, attempt, at, event_id, cause, data in rows:
-                    event = StoredEvent(seq, type_, step, attempt, at, event_id, cause,
-                                        _decode(data), position)  # fmt: skip
-                    log = logs.get(saga_id)
-                    if log is None:
-                        logs[saga_id] = [event]
-                    else:
-                        log.append(event)
+                add_events(logs, rows)
             texts: dict[str, str] = {}
             for chunk in _chunks(builtins.list({row[3] for row in headers})):
                 sql = _placeholders(_SELECT_DEFINITIONS_IN, chunk)
@@ -358,24 +226,7 @@ class _EventLog(_Connection):
             return headers, texts
 
         headers, texts = self._read(read)
-        by_id = {row[0]: row for row in headers}
-        records = []
-        for saga_id in wanted:
-            row = by_id.get(saga_id)
-            if row is None:
-                continue
-            text = texts.get(row[3])
-            if text is None:
-                raise self._missing_definition(row)
-            records.append(SagaRecord(_header(row), text, tuple(logs.get(saga_id, ()))))
-        return records
-
-    def _missing_definition(self, row: Sequence[Any]) -> StoreUnavailable:
-        """The error for a saga (a row of ``_HEADER_COLUMNS``) whose definition is missing."""
-        return StoreUnavailable(
-            f"saga store {self.path} is damaged: the definition {row[3]} of saga "
-            f"{row[0]!r} is missing"
-        )
+        return records(self.path, wanted, headers, texts, logs)
 
     def header(self, saga_id: str) -> SagaHeader:
         row = self._fetch(_SELECT_HEADER, (saga_id,))
@@ -386,8 +237,8 @@ class _EventLog(_Connection):
     def list(
         self, *, status: str | None = None, flow: str | None = None, limit: int | None = None
     ) -> builtins.list[SagaHeader]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        if limit is not None:
+            check_limit(limit)
         where, params = [], []
         if status is not None:
             where.append("status = ?")
@@ -395,7 +246,7 @@ class _EventLog(_Connection):
         if flow is not None:
             where.append("flow = ?")
             params.append(flow)
-        sql = f"SELECT {_HEADER_COLUMNS} FROM sagas"
+        sql = f"SELECT {HEADER_COLUMNS} FROM sagas"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, saga_id DESC"

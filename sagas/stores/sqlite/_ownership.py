@@ -18,11 +18,13 @@ from typing import Any
 from sagas.errors import StoreUnavailable
 from sagas.stores._checks import OWNER_ID as _OWNER_ID
 from sagas.stores._checks import check_owner as _check_owner
+from sagas.stores._checks import check_saga_ids as _ids
 from sagas.stores._files import PRIVATE_FILE, make_private_dirs
+from sagas.stores._messages import registered_elsewhere
 from sagas.stores._port import TERMINAL
 from sagas.stores._process import ProcessIdentity, process_alive, this_process
 
-from ._connection import _IDS_PER_QUERY, _Connection, _ids, _rollback
+from ._connection import _IDS_PER_QUERY, _Connection, _rollback
 from ._log import _TERMINAL
 
 _logger = logging.getLogger("sagas.stores.sqlite")
@@ -146,9 +148,7 @@ class _Ownership(_Connection):
             raise self._translate(err) from err
 
     def _registered_elsewhere(self, owner: str) -> StoreUnavailable:
-        return StoreUnavailable(
-            f"saga store {self.path}: owner {owner!r} is already registered by a live runtime"
-        )
+        return registered_elsewhere(self.path, owner)
 
     def _unlock_owner(self, owner: str, fd: int) -> None:
         """Remove the owner's lock file if it is still the one ``fd`` holds (removed while

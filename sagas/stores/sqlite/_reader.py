@@ -10,14 +10,14 @@ that fills later, as the port promises.
 
 from __future__ import annotations
 
-from sagas.stores._checks import check_position, check_subscriber
+from sagas.stores._checks import check_limit, check_position, check_subscriber
 from sagas.stores._port import LogEntry, StoredEvent
+from sagas.stores._rows import EVENT_COLUMNS, log_entries, saga_events
 
 from ._connection import _Connection
-from ._log import _EVENT_COLUMNS, _event
 
 _SELECT_ALL_EVENTS = (
-    f"SELECT saga_id, {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+    f"SELECT saga_id, {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
 )
 _SELECT_LOG = (  # one query: the events joined to their sagas' headers
     "SELECT e.saga_id, s.flow, e.position, e.seq, e.type, e.step, e.attempt, e.at, e.event_id, "
@@ -36,16 +36,10 @@ class _LogReader(_Connection):
     autocommit, on the write connection."""
 
     def read_all(self, after: int = 0, limit: int = 1000) -> list[tuple[str, StoredEvent]]:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        rows = self._fetch(_SELECT_ALL_EVENTS, (after, limit))
-        return [(row[0], _event(row[1:])) for row in rows]
+        return saga_events(self._fetch(_SELECT_ALL_EVENTS, (after, check_limit(limit))))
 
     def read_log(self, after: int = 0, limit: int = 1000) -> list[LogEntry]:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        return [LogEntry(row[0], row[1], _event(row[2:]))
-                for row in self._fetch(_SELECT_LOG, (after, limit))]
+        return log_entries(self._fetch(_SELECT_LOG, (after, check_limit(limit))))
 
     def last_position(self) -> int:
         rows = self._fetch("SELECT COALESCE(MAX(position), 0) FROM events", ())
