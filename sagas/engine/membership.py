@@ -99,6 +99,8 @@ class Membership:
         self._stop = threading.Event()
         self._reachable = True
         self._rounds = 0
+        self._free_seen: dict[int, int] = {}  # partition -> rounds in a row it was seen free
+        self._strays: set[int] = set()  # taken beyond the share because nobody took them
         self._thread: threading.Thread | None = None
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -108,7 +110,9 @@ class Membership:
         return partition_of(saga_id, self.partitions)
 
     def holds(self, partition: int) -> bool:
-        return partition in self._deadlines
+        """Whether ``partition``'s lease is held and has not run out on the local clock."""
+        deadline = self._deadlines.get(partition)
+        return deadline is not None and time.monotonic() < deadline
 
     def may_send(self, saga_id: str) -> bool:
         """Whether commands of the saga may still be sent: its partition is held and its
@@ -203,14 +207,19 @@ class Membership:
         mine = len(self._deadlines)
         target = math.ceil(self.partitions / len(alive))
         now = time.monotonic()
-        free = [info.partition for info in infos if not info.held
-                and self._avoid.get(info.partition, 0.0) <= now]
+        self._free_seen = {info.partition: self._free_seen.get(info.partition, 0) + 1
+                           for info in infos if not info.held}
+        free = [p for p in self._free_seen if self._avoid.get(p, 0.0) <= now]
         random.shuffle(free)
         wanted = free[:max(0, target - mine)]
         others = {m: n for m, n in counts.items() if m != self.member}
         least = min(counts.items(), key=lambda item: (item[1], item[0]))[0]
         if least == self.member or all(n >= target for n in others.values()):
             wanted = free  # nothing stays free: the least loaded takes the rest
+        else:  # nor for long: one that others left free two rounds in a row is taken here
+            strays = [p for p in free if self._free_seen[p] >= 2 and p not in wanted]
+            self._strays.update(strays)
+            wanted += strays
         if wanted:
             self._acquire(wanted)
         self._hand_over(others, target)
@@ -282,8 +291,10 @@ class Membership:
         """Give back partitions above the fair share while another member has fewer, and those
         holding sagas this member cannot run when another member runs their flow."""
         release: set[int] = set()
-        if others and len(self._deadlines) > target and min(others.values()) < target:
-            release.update(sorted(self._deadlines)[target:])
+        if others and len(self._deadlines) > target and min(others.values()) < target - 1:
+            # partitions taken as strays may hold sagas their other members cannot run
+            spare = [p for p in sorted(self._deadlines) if p not in self._strays]
+            release.update(spare[:len(self._deadlines) - target])
         with self._lock:
             undriven = dict(self._undriven)
         if undriven and others:
@@ -317,6 +328,7 @@ class Membership:
             present = [p for p in gone if p in self._leases]
             for partition in present:
                 del self._leases[partition]
+                self._strays.discard(partition)
             self._refresh()
             for saga_id in [s for s, (_, p) in self._undriven.items() if p in gone]:
                 del self._undriven[saga_id]

@@ -402,7 +402,11 @@ class Runtime:
         if not isinstance(flow, Flow):
             flow = load_flow(Path(flow))
         compiled = compile_flow(flow)
+        if self.client:
+            return compiled  # a client drives nothing: the members import the services
         self.services.bind(flow)
+        if self.membership is not None:
+            self.membership.runs(flow.name)
         return compiled
 
     def _pools(self, compiled: CompiledFlow) -> dict[str, Any]:
