@@ -22,11 +22,22 @@ from ._checks import check_owner as _check_owner
 from ._json import decode as _decode
 from ._json import encode as _encode
 from ._messages import missing_definition
-from ._port import Append, LogEntry, NewSaga, SagaHeader, SagaRecord, StoredEvent
+from ._port import (
+    Append,
+    ExternalEvent,
+    LogEntry,
+    NewSaga,
+    Request,
+    SagaHeader,
+    SagaRecord,
+    StoredEvent,
+)
 
 __all__ = [
     "EVENT_COLUMNS",
+    "EXTERNAL_COLUMNS",
     "HEADER_COLUMNS",
+    "REQUEST_COLUMNS",
     "UNFENCED",
     "Create",
     "EventRow",
@@ -37,10 +48,12 @@ __all__ = [
     "create_rows",
     "event",
     "event_rows",
+    "external_event",
     "header",
     "log_entries",
     "record",
     "records",
+    "request",
     "saga_events",
     "written_by",
 ]
@@ -54,6 +67,12 @@ has them, :func:`create_rows`)."""
 
 EVENT_COLUMNS = "position, seq, type, step, attempt, at, event_id, causation_id, data"
 """The columns of an event as read back, in the order :func:`event` reads them."""
+
+REQUEST_COLUMNS = "request_id, saga_id, kind, data, created_at"
+"""The columns of a request, in the order :func:`request` reads them."""
+
+EXTERNAL_COLUMNS = "position, event_id, type, key, data, sent_at, consumed_by, consumed_at"
+"""The columns of an external event, in the order :func:`external_event` reads them."""
 
 # An event row as built for a write: (saga_id, seq, type, step, attempt, at, event_id,
 # causation_id, data, member, epoch), the last two those of a fenced write (else None).
@@ -131,6 +150,20 @@ def records(store: object, wanted: Sequence[str], headers: Iterable[Sequence[Any
             raise missing_definition(store, row[0], row[3])
         found.append(SagaRecord(header(row), text, tuple(logs.get(saga_id, ()))))
     return found
+
+
+def request(row: Sequence[Any]) -> Request:
+    """A request from a row of :data:`REQUEST_COLUMNS`."""
+    request_id, saga_id, kind, data, created_at = row
+    return Request(request_id, saga_id, kind, _decode(data), created_at)
+
+
+def external_event(row: Sequence[Any]) -> ExternalEvent:
+    """An external event from a row of :data:`EXTERNAL_COLUMNS`."""
+    position, event_id, type_, key, data, sent_at, consumed_by, consumed_at = row
+    return ExternalEvent(
+        position, event_id, type_, key, _decode(data), sent_at, consumed_by, consumed_at
+    )
 
 
 # -- writing -------------------------------------------------------------------------------

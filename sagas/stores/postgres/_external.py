@@ -12,18 +12,17 @@ to exactly one saga, and a saga that claims again gets the event it took.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-from sagas.stores._checks import check_claim, external_event_fields, new_event_id
-from sagas.stores._json import decode as _decode
+from sagas.stores._checks import check_claim, check_limit, external_event_fields, new_event_id
 from sagas.stores._port import ExternalEvent
+from sagas.stores._rows import EXTERNAL_COLUMNS
+from sagas.stores._rows import external_event as _external
 
 from ._connection import _Connection
 
-_EXTERNAL_COLUMNS = "position, event_id, type, key, data, sent_at, consumed_by, consumed_at"
 _TAKE_POSITION = (
     "UPDATE counters SET value = value + 1 WHERE name = 'external_events' RETURNING value"
 )
@@ -31,33 +30,25 @@ _INSERT_EXTERNAL = (
     "INSERT INTO external_events (position, event_id, type, key, data, sent_at) "
     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
 )
-_SELECT_EXTERNAL_BY_ID = f"SELECT {_EXTERNAL_COLUMNS} FROM external_events WHERE event_id = %s"
+_SELECT_EXTERNAL_BY_ID = f"SELECT {EXTERNAL_COLUMNS} FROM external_events WHERE event_id = %s"
 _SELECT_EXTERNAL_AFTER = (
-    f"SELECT {_EXTERNAL_COLUMNS} FROM external_events WHERE position > %s "
+    f"SELECT {EXTERNAL_COLUMNS} FROM external_events WHERE position > %s "
     "ORDER BY position LIMIT %s"
 )
 _CLAIM_LOCK = 0x53414741  # the advisory locks of claims: (this, a hash of the type and key)
 _LOCK_CLAIMS = "SELECT pg_advisory_xact_lock(%s, %s)"
 _SELECT_CLAIMED = (
-    f"SELECT {_EXTERNAL_COLUMNS} FROM external_events "
+    f"SELECT {EXTERNAL_COLUMNS} FROM external_events "
     "WHERE type = %s AND key = %s AND consumed_by = %s ORDER BY position LIMIT 1"
 )
 _SELECT_UNCLAIMED = (
-    f"SELECT {_EXTERNAL_COLUMNS} FROM external_events "
+    f"SELECT {EXTERNAL_COLUMNS} FROM external_events "
     "WHERE type = %s AND key = %s AND consumed_by IS NULL ORDER BY position LIMIT 1"
 )
 _CLAIM = (
     "UPDATE external_events SET consumed_by = %s, consumed_at = %s "
     "WHERE position = %s AND consumed_by IS NULL"
 )
-
-
-def _external(row: Sequence[Any]) -> ExternalEvent:
-    """An external event from a row of ``_EXTERNAL_COLUMNS``."""
-    position, event_id, type_, key, data, sent_at, consumed_by, consumed_at = row
-    return ExternalEvent(
-        position, event_id, type_, key, _decode(data), sent_at, consumed_by, consumed_at
-    )
 
 
 def _claim_key(type: str, key: str) -> int:
@@ -107,9 +98,8 @@ class _ExternalEvents(_Connection):
             return _external((position, *params, None, None)), True
 
     def events_after(self, position: int = 0, limit: int = 1000) -> list[ExternalEvent]:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
-        return [_external(row) for row in self._fetch(_SELECT_EXTERNAL_AFTER, (position, limit))]
+        rows = self._fetch(_SELECT_EXTERNAL_AFTER, (position, check_limit(limit)))
+        return [_external(row) for row in rows]
 
     def last_event_position(self) -> int:
         rows = self._fetch("SELECT COALESCE(MAX(position), 0) FROM external_events", ())

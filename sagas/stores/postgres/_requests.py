@@ -4,17 +4,16 @@ whose pending rows are indexed by saga."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from sagas.errors import UnknownSaga
 from sagas.stores._checks import request_json as _request_json
-from sagas.stores._json import decode as _decode
 from sagas.stores._port import Request
+from sagas.stores._rows import REQUEST_COLUMNS
+from sagas.stores._rows import request as _request
 
 from ._connection import _Connection
 
-_REQUEST_COLUMNS = "request_id, saga_id, kind, data, created_at"
 _INSERT_REQUEST = (  # the saga's existence is checked in the same statement
     "INSERT INTO requests (saga_id, kind, data, created_at) "
     "SELECT %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM sagas WHERE saga_id = %s) "
@@ -28,16 +27,10 @@ _SELECT_REQUESTS_OF_OWNER = (
     "WHERE NOT r.handled AND r.request_id > %s AND s.owner = %s ORDER BY r.request_id"
 )
 _SELECT_REQUESTS_FOR = (
-    f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE saga_id = %s AND NOT handled "
+    f"SELECT {REQUEST_COLUMNS} FROM requests WHERE saga_id = %s AND NOT handled "
     "ORDER BY request_id"
 )
 _COMPLETE_REQUEST = "UPDATE requests SET handled = true WHERE request_id = %s AND NOT handled"
-
-
-def _request(row: Sequence[Any]) -> Request:
-    """A request from a row of ``_REQUEST_COLUMNS``."""
-    request_id, saga_id, kind, data, created_at = row
-    return Request(request_id, saga_id, kind, _decode(data), created_at)
 
 
 class _Requests(_Connection):

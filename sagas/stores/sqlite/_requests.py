@@ -4,17 +4,16 @@ pending rows are indexed by saga."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from sagas.errors import UnknownSaga
 from sagas.stores._checks import request_json as _request_json
-from sagas.stores._json import decode as _decode
 from sagas.stores._port import Request
+from sagas.stores._rows import REQUEST_COLUMNS
+from sagas.stores._rows import request as _request
 
 from ._connection import _Connection
 
-_REQUEST_COLUMNS = "request_id, saga_id, kind, data, created_at"
 _INSERT_REQUEST = (
     "INSERT INTO requests (saga_id, kind, data, created_at) "
     "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM sagas WHERE saga_id = ?)"
@@ -28,16 +27,10 @@ _SELECT_REQUESTS_OF_OWNER = (
     "WHERE r.handled = 0 AND r.request_id > ? AND s.owner = ? ORDER BY r.request_id"
 )
 _SELECT_REQUESTS_FOR = (
-    f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE saga_id = ? AND handled = 0 "
+    f"SELECT {REQUEST_COLUMNS} FROM requests WHERE saga_id = ? AND handled = 0 "
     "ORDER BY request_id"
 )
 _COMPLETE_REQUEST = "UPDATE requests SET handled = 1 WHERE request_id = ?"
-
-
-def _request(row: Sequence[Any]) -> Request:
-    """A request from a row of ``_REQUEST_COLUMNS``."""
-    request_id, saga_id, kind, data, created_at = row
-    return Request(request_id, saga_id, kind, _decode(data), created_at)
 
 
 class _Requests(_Connection):
