@@ -15,7 +15,8 @@ import pytest
 
 from sagas import Runtime
 from sagas.audit import audit_store
-from sagas.stores import MemoryStore, partition_of
+from sagas.stores import MemoryStore, SagaStore, open_store, partition_of
+from tests.postgres_server import postgres_server, postgres_store_url  # noqa: F401 (fixtures)
 from tests.support import Scripted, StepSpec, eventually, make_flow
 
 TTL = 0.4
@@ -24,11 +25,29 @@ STUCK = make_flow(StepSpec("a"), StepSpec("b"), name="stuck_flow", timeout="30s"
 INPUT: dict = {}
 
 
-@pytest.fixture
-def store() -> Iterator[MemoryStore]:
-    shared = MemoryStore()
-    yield shared
-    shared.close()
+@pytest.fixture(params=["memory", pytest.param("postgresql", marks=pytest.mark.slow)])
+def store(request: pytest.FixtureRequest) -> Iterator[SagaStore]:
+    """The store the members share: one memory store object, or a PostgreSQL database that
+    each runtime opens for itself, as processes do (this object is the test's own view)."""
+    if request.param == "memory":
+        shared = MemoryStore()
+        yield shared
+        shared.close()
+        return
+    url = request.getfixturevalue("postgres_store_url")
+    view = open_store(url)
+    _TARGETS[id(view)] = url
+    yield view
+    _TARGETS.pop(id(view), None)
+    view.close()
+
+
+_TARGETS: dict[int, str] = {}
+
+
+def _target(store: SagaStore) -> SagaStore | str:
+    """What a runtime is given: the shared object, or the URL (a store of its own)."""
+    return _TARGETS.get(id(store), store)
 
 
 @pytest.fixture
@@ -42,7 +61,7 @@ def runtimes() -> Iterator[list[Runtime]]:
 def _member(store: MemoryStore, runtimes: list[Runtime], service: Scripted | None = None,
             **kwargs) -> Runtime:
     services = {"tests.support:Scripted": service or Scripted()}
-    runtime = Runtime(store, member=True, lease_ttl=TTL, services=services, **kwargs)
+    runtime = Runtime(_target(store), member=True, lease_ttl=TTL, services=services, **kwargs)
     runtimes.append(runtime)
     return runtime
 
@@ -95,7 +114,7 @@ def test_a_member_that_stops_renewing_is_taken_over_and_its_sagas_finish(store, 
 def test_a_client_starts_waits_and_cancels_through_the_members(store, runtimes):
     service = Scripted({("b", "action"): ["ok", "block"]})
     member = _member(store, runtimes, service)
-    client = Runtime(store, client=True)
+    client = Runtime(_target(store), client=True)
     runtimes.append(client)
     done = client.run(FLOW, INPUT, "by-client", timeout=10)
     assert done.status == "completed"
@@ -115,14 +134,14 @@ def test_a_member_that_cannot_run_a_flow_leaves_its_sagas_to_one_that_can(store,
     from sagas import parse_flow
 
     elsewhere = parse_flow(text, source="<elsewhere>")
-    cannot = Runtime(store, member=True, lease_ttl=TTL)
+    cannot = Runtime(_target(store), member=True, lease_ttl=TTL)
     runtimes.append(cannot)
-    can = Runtime(store, member=True, lease_ttl=TTL,
+    can = Runtime(_target(store), member=True, lease_ttl=TTL,
                   services={"tests.not_here:Missing": Scripted()})
     runtimes.append(can)
     can.compile(elsewhere)  # starts its services: it says it runs the flow
     eventually(lambda: len(_held(store)) == 2 and sum(_held(store).values()) == 64, 10)
-    client = Runtime(store, client=True)
+    client = Runtime(_target(store), client=True)
     runtimes.append(client)
     theirs = [f"e-{i}" for i in range(40)]
     before = set(cannot.membership.held())
