@@ -1,6 +1,7 @@
 """Rows and records, as both SQL backends (SQLite, PostgreSQL) turn one into the other: what a
-write sends (the rows of a saga's header and of its events, checked), and what a read gives
-back (headers, events, whole records, log entries) from the tuples a statement returns.
+write sends (the rows of a saga's header and of its events, of the service inbox's replies,
+checked), and what a read gives back (headers, events, whole records, log entries, requests,
+external events, stored replies) from the tuples a statement returns.
 
 Only the shape of the data lives here, none of the SQL: each backend's statements select the
 columns named below, in that order (:data:`HEADER_COLUMNS`, :data:`EVENT_COLUMNS`), and insert
@@ -12,9 +13,11 @@ checks (``ValueError`` / ``TypeError`` before anything is written, ``SeqConflict
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from actors import StoredReply
 from sagas.errors import SeqConflict, UnknownSaga
 
 from ._checks import FencePlan
@@ -50,11 +53,14 @@ __all__ = [
     "event_rows",
     "external_event",
     "header",
+    "inbox_rows",
     "log_entries",
     "record",
     "records",
+    "reply_row",
     "request",
     "saga_events",
+    "stored_reply",
     "written_by",
 ]
 
@@ -279,3 +285,49 @@ def append_failure(
         return ValueError(f"batch refused by saga store {store}: {refused}")
     first_append = batch[0]  # the conflicting writer went on meanwhile
     return SeqConflict(first_append.saga_id, first_append.events[0].seq)
+
+
+# -- the service inbox ---------------------------------------------------------------------
+
+
+def stored_reply(outcome: str, output: str | None, error: str | None) -> StoredReply:
+    """The reply of a row of the ``inbox`` table (``outcome, output, error``), its output
+    decoded (a fresh copy)."""
+    return StoredReply(outcome, None if output is None else _decode(output), error)
+
+
+def _plain(obj: object) -> object:
+    """JSON encoding of what ``json`` does not know: read-only mappings (``actors.freeze``)."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_encode_output = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_plain
+).encode
+
+
+def reply_row(inbox: str, key: str, reply: StoredReply, method: str) -> tuple[Any, ...]:
+    """The ``inbox`` row of ``reply`` (``key, outcome, output, error``); ``TypeError`` unless
+    it is a :class:`actors.StoredReply` with JSON output (``ValueError`` for NaN or infinity),
+    its message naming the ``inbox`` class and its ``method``."""
+    if not isinstance(reply, StoredReply):
+        raise TypeError(f"{inbox}.{method} expects a StoredReply, got {type(reply).__name__}")
+    output = None if reply.output is None else _encode_output(reply.output)
+    return (key, reply.outcome, output, reply.error)
+
+
+def inbox_rows(
+    inbox: str, replies: Sequence[tuple[str, StoredReply]], tombstones: Sequence[str]
+) -> tuple[builtins.list[tuple[Any, ...]], builtins.list[tuple[str]]]:
+    """The rows ``write_many`` of ``inbox`` (its class's name) writes: those of ``replies``
+    (:func:`reply_row`) and of ``tombstones`` (``(action_key,)``); ``TypeError`` for a reply
+    that is not a :class:`actors.StoredReply` with JSON output, for ``replies`` given as a
+    mapping or ``tombstones`` as one string."""
+    if isinstance(replies, (str, Mapping)):
+        raise TypeError("replies is a sequence of (key, reply) pairs")
+    if isinstance(tombstones, str):
+        raise TypeError("tombstones is a sequence of action keys, not one key")
+    rows = [reply_row(inbox, key, reply, "write_many") for key, reply in replies]
+    return rows, [(action_key,) for action_key in tombstones]

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from actors import StoredReply
-from sagas.stores._json import decode as _decode
+from sagas.stores._rows import inbox_rows, reply_row, stored_reply
 
 if TYPE_CHECKING:
     from ._connection import _Connection
@@ -28,18 +27,6 @@ _PUT_REPLY = (
 )
 _SELECT_TOMBSTONE = "SELECT 1 FROM tombstones WHERE key = %s"
 _PUT_TOMBSTONE = "INSERT INTO tombstones (key) VALUES (%s) ON CONFLICT (key) DO NOTHING"
-
-
-def _plain(obj: object) -> object:
-    """JSON encoding of what ``json`` does not know: read-only mappings (``actors.freeze``)."""
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-_encode_output = json.JSONEncoder(
-    separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_plain
-).encode
 
 
 class PostgresInbox:
@@ -66,15 +53,14 @@ class PostgresInbox:
         rows = self._store._fetch(_SELECT_REPLY, (key,))
         if not rows:
             return None
-        outcome, output, error = rows[0]
-        return StoredReply(outcome, None if output is None else _decode(output), error)
+        return stored_reply(*rows[0])
 
     def put(self, key: str, reply: StoredReply) -> None:
         """Store ``reply`` under ``key``, replacing any earlier one; committed on return.
 
         ``TypeError`` unless ``reply`` is a :class:`actors.StoredReply` with JSON output.
         """
-        self._store._write(_PUT_REPLY, _reply_row(key, reply, "put"))
+        self._store._write(_PUT_REPLY, reply_row("PostgresInbox", key, reply, "put"))
 
     def tombstone(self, action_key: str) -> None:
         """Record that ``action_key``'s compensation has started; committed on return."""
@@ -98,8 +84,7 @@ class PostgresInbox:
         for is_reply, key, outcome, output, error in self._store._fetch(_SELECT_MANY,
                                                                         (keys, action_keys)):
             if is_reply:
-                replies[key] = StoredReply(outcome, None if output is None else _decode(output),
-                                           error)
+                replies[key] = stored_reply(outcome, output, error)
             else:
                 tombstoned.add(key)
         return replies, tombstoned
@@ -114,21 +99,5 @@ class PostgresInbox:
         ``TypeError`` (nothing written) for a reply that is not a :class:`actors.StoredReply`
         with JSON output, for ``replies`` given as a mapping or ``tombstones`` as one string.
         """
-        if isinstance(replies, (str, Mapping)):
-            raise TypeError("replies is a sequence of (key, reply) pairs")
-        if isinstance(tombstones, str):
-            raise TypeError("tombstones is a sequence of action keys, not one key")
-        rows = [_reply_row(key, reply, "write_many") for key, reply in replies]
-        keys = [(action_key,) for action_key in tombstones]
+        rows, keys = inbox_rows("PostgresInbox", replies, tombstones)
         self._store._write_many(((_PUT_REPLY, rows), (_PUT_TOMBSTONE, keys)))
-
-
-def _reply_row(key: str, reply: StoredReply, method: str) -> tuple[Any, ...]:
-    """The ``inbox`` row of ``reply``; ``TypeError`` unless it is a :class:`actors.StoredReply`
-    with JSON output (``ValueError`` for NaN or infinity)."""
-    if not isinstance(reply, StoredReply):
-        raise TypeError(
-            f"PostgresInbox.{method} expects a StoredReply, got {type(reply).__name__}"
-        )
-    output = None if reply.output is None else _encode_output(reply.output)
-    return (key, reply.outcome, output, reply.error)
