@@ -52,8 +52,9 @@ from typing import Any
 
 import psycopg
 
-from sagas.errors import StoreMissing, StoreUnavailable
-from sagas.stores._port import DEFAULT_PARTITIONS, MAX_PARTITIONS
+from sagas.errors import StoreMissing
+from sagas.stores._port import DEFAULT_PARTITIONS
+from sagas.stores._schema import check_tables, not_a_store, partition_count, schema_version
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION"]
 
@@ -246,10 +247,7 @@ class _Schema:
     def _schema_version(self, db: psycopg.Connection[Any], tables: set[str]) -> int:
         """The schema's version, if it is one this code can use (or migrate), else
         ``StoreUnavailable``."""
-        foreign = StoreUnavailable(
-            f"saga store {self.url} is not a sagactor store (schema {SCHEMA} has tables "
-            f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
-        )
+        foreign = not_a_store(self.url, f"schema {SCHEMA} has", tables)
         if "meta" not in tables:
             raise foreign
         try:
@@ -260,28 +258,12 @@ class _Schema:
             raise foreign from err
         if row is None:
             raise foreign
-        try:
-            version = int(row[0])
-        except (TypeError, ValueError) as err:
-            raise StoreUnavailable(
-                f"saga store {self.url} has an unreadable schema version {row[0]!r}"
-            ) from err
-        if version > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"saga store {self.url}: schema version {version} is newer than this sagactor "
-                f"supports ({SCHEMA_VERSION}); upgrade sagactor to use it"
-            )
-        if version not in _TABLES:
-            raise StoreUnavailable(f"saga store {self.url} has unknown schema version {version}")
-        return version
+        return schema_version(self.url, row[0], _TABLES, SCHEMA_VERSION,
+                              newer="; upgrade sagactor to use it")
 
     def _check_tables(self, tables: set[str], version: int) -> None:
         """``StoreUnavailable`` if a table of that schema version is missing."""
-        missing = _TABLES[version] - tables
-        if missing:
-            raise StoreUnavailable(
-                f"saga store {self.url} is damaged: table(s) {', '.join(sorted(missing))} missing"
-            )
+        check_tables(self.url, tables, _TABLES[version])
 
     def _migrate(self, db: psycopg.Connection[Any]) -> None:
         """Bring the schema to ``SCHEMA_VERSION`` in one transaction, keeping the data.
@@ -325,17 +307,4 @@ class _Schema:
         """The store's number of partitions; ``StoreUnavailable`` if it is unreadable or not
         the number the opener asked for."""
         row = db.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
-        try:
-            count = int(row[0]) if row is not None else 0
-        except (TypeError, ValueError):
-            count = 0
-        if not 1 <= count <= MAX_PARTITIONS:
-            raise StoreUnavailable(f"saga store {self.url} is damaged: its number of "
-                                   f"partitions is {row[0] if row else 'missing'!r}")
-        wanted = self._wanted_partitions
-        if wanted is not None and wanted != count:
-            raise StoreUnavailable(
-                f"saga store {self.url} has {count} partitions, not {wanted}: a store's "
-                "partitions are fixed when it is created"
-            )
-        return count
+        return partition_count(self.url, row, self._wanted_partitions)

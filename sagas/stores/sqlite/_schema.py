@@ -44,7 +44,8 @@ import time
 from pathlib import Path
 
 from sagas.errors import StoreMissing, StoreUnavailable
-from sagas.stores._port import DEFAULT_PARTITIONS, MAX_PARTITIONS
+from sagas.stores._port import DEFAULT_PARTITIONS
+from sagas.stores._schema import check_tables, not_a_store, partition_count, schema_version
 
 __all__ = ["SCHEMA_VERSION"]
 
@@ -267,10 +268,7 @@ class _Schema:
     def _schema_version(self, db: sqlite3.Connection, tables: set[str]) -> int:
         """The file's schema version, if it is one this code can use (or migrate), else
         ``StoreUnavailable``."""
-        foreign = StoreUnavailable(
-            f"saga store {self.path} is not a sagactor store (a SQLite database with tables "
-            f"{', '.join(sorted(tables)[:5])}{', ...' if len(tables) > 5 else ''})"
-        )
+        foreign = not_a_store(self.path, "a SQLite database with", tables)
         if "meta" not in tables:
             raise foreign
         try:
@@ -279,28 +277,11 @@ class _Schema:
             raise foreign from err
         if row is None:
             raise foreign
-        try:
-            version = int(row[0])
-        except (TypeError, ValueError) as err:
-            raise StoreUnavailable(
-                f"saga store {self.path} has an unreadable schema version {row[0]!r}"
-            ) from err
-        if version > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"saga store {self.path}: schema version {version} is newer than this sagactor "
-                f"supports ({SCHEMA_VERSION})"
-            )
-        if version not in _TABLES:
-            raise StoreUnavailable(f"saga store {self.path} has unknown schema version {version}")
-        return version
+        return schema_version(self.path, row[0], _TABLES, SCHEMA_VERSION)
 
     def _check_tables(self, tables: set[str], version: int) -> None:
         """``StoreUnavailable`` if a table of that schema version is missing."""
-        missing = _TABLES[version] - tables
-        if missing:
-            raise StoreUnavailable(
-                f"saga store {self.path} is damaged: table(s) {', '.join(sorted(missing))} missing"
-            )
+        check_tables(self.path, tables, _TABLES[version])
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the schema to ``SCHEMA_VERSION`` in one transaction, keeping the data.
@@ -340,17 +321,4 @@ class _Schema:
         """The file's number of partitions; ``StoreUnavailable`` if it is unreadable or not
         the number the opener asked for."""
         row = db.execute("SELECT value FROM meta WHERE key = 'partitions'").fetchone()
-        try:
-            count = int(row[0])
-        except (TypeError, ValueError):
-            count = 0
-        if not 1 <= count <= MAX_PARTITIONS:
-            raise StoreUnavailable(f"saga store {self.path} is damaged: its number of "
-                                   f"partitions is {row[0] if row else 'missing'!r}")
-        wanted = self._wanted_partitions
-        if wanted is not None and wanted != count:
-            raise StoreUnavailable(
-                f"saga store {self.path} has {count} partitions, not {wanted}: a store's "
-                "partitions are fixed when it is created"
-            )
-        return count
+        return partition_count(self.path, row, self._wanted_partitions)
