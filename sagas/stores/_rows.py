@@ -20,7 +20,7 @@ from typing import Any
 from actors import StoredReply
 from sagas.errors import SeqConflict, UnknownSaga
 
-from ._checks import FencePlan
+from ._checks import FencePlan, check_fence
 from ._checks import check_owner as _check_owner
 from ._json import decode as _decode
 from ._json import encode as _encode
@@ -28,6 +28,7 @@ from ._messages import missing_definition
 from ._port import (
     Append,
     ExternalEvent,
+    Fence,
     LogEntry,
     NewSaga,
     Request,
@@ -61,6 +62,7 @@ __all__ = [
     "request",
     "saga_events",
     "stored_reply",
+    "write_rows",
     "written_by",
 ]
 
@@ -253,6 +255,25 @@ def append_rows(
         else:
             update[:4] = (last, append.status, append.reason, append.updated_at)
     return rows, updates
+
+
+def write_rows(
+    creates: Sequence[NewSaga], appends: Sequence[Append], fence: Fence | None, count: int
+) -> tuple[FencePlan | None, builtins.list[Create], builtins.list[EventRow],
+           dict[str, builtins.list[Any]]]:
+    """Everything a ``write`` of ``creates`` and ``appends`` (fenced with ``fence``, if any)
+    checks and builds before the store is asked, in a store of ``count`` partitions: the
+    fence's plan (``None`` unfenced, or when the call writes nothing), each create's rows
+    (:func:`create_rows`), and the appends' event rows and header updates
+    (:func:`append_rows`). Raises what those refuse, and what
+    :func:`~sagas.stores._checks.check_fence` does."""
+    plan = None
+    if fence is not None and (creates or appends):
+        plan = check_fence(fence, [saga.saga_id for saga in creates] +
+                           [append.saga_id for append in appends], count)
+    new = [create_rows(saga, plan) for saga in creates]
+    rows, updates = append_rows(appends, plan)
+    return plan, new, rows, updates
 
 
 def append_failure(

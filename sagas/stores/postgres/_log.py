@@ -36,7 +36,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from sagas.errors import StoreUnavailable, UnknownSaga
-from sagas.stores._checks import FencePlan, check_fence, check_limit
+from sagas.stores._checks import FencePlan, check_limit
 from sagas.stores._checks import check_saga_ids as _ids
 from sagas.stores._port import (
     TERMINAL,
@@ -54,10 +54,9 @@ from sagas.stores._rows import (
     EventRow,
     add_events,
     append_failure,
-    append_rows,
-    create_rows,
     record,
     records,
+    write_rows,
 )
 from sagas.stores._rows import header as _header
 
@@ -162,12 +161,7 @@ class _EventLog(_Connection):
         is sent to the server. A fence's leases are read first, each locked (``FOR SHARE``)
         until the write ends: an acquirer waits for it, then finds the lease as the write
         left it."""
-        plan = None
-        if fence is not None and (creates or appends):
-            plan = check_fence(fence, [saga.saga_id for saga in creates] +
-                               [append.saga_id for append in appends], self._partition_count)
-        new = [create_rows(saga, plan) for saga in creates]
-        rows, updates = append_rows(appends, plan)
+        plan, new, rows, updates = write_rows(creates, appends, fence, self._partition_count)
         if not new and not updates:
             with self._lock:
                 self._connection()  # StoreUnavailable once closed

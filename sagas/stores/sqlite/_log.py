@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sagas.errors import StoreUnavailable, UnknownSaga
-from sagas.stores._checks import check_fence, check_limit
+from sagas.stores._checks import check_limit
 from sagas.stores._checks import check_saga_ids as _ids
 from sagas.stores._port import (
     TERMINAL,
@@ -27,10 +27,9 @@ from sagas.stores._rows import (
     EventRow,
     add_events,
     append_failure,
-    append_rows,
-    create_rows,
     record,
     records,
+    write_rows,
 )
 from sagas.stores._rows import header as _header
 
@@ -81,12 +80,7 @@ class _EventLog(_Connection):
         one wins; the ``UNIQUE(saga_id, seq)`` constraint backs the check of the seqs up. A
         fence's leases are read first, under that lock: no acquirer can change them before
         the write commits."""
-        plan = None
-        if fence is not None and (creates or appends):
-            plan = check_fence(fence, [saga.saga_id for saga in creates] +
-                               [append.saga_id for append in appends], self._partition_count)
-        new = [create_rows(saga, plan) for saga in creates]
-        rows, updates = append_rows(appends, plan)
+        plan, new, rows, updates = write_rows(creates, appends, fence, self._partition_count)
         with self._lock:
             db = self._connection()
             if not new and not updates:
