@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sagas.errors import BadStoreUrl, StoreMissing, StoreUnavailable
-from sagas.stores import Fence, SagaStore, display_url, open_store, partition_of
+from sagas.stores import Fence, Lease, SagaStore, display_url, open_store, partition_of
 from sagas.stores.contract import (
     JOIN_TIMEOUT,
     StoreContract,
@@ -520,6 +520,20 @@ def test_positions_become_visible_in_order_across_writers(postgres_url: str) -> 
             store.close()
 
 
+def _take_over_once_expired(server: PostgresServer, url: str, b: SagaStore,
+                            pool: ThreadPoolExecutor) -> Future[list[Lease]]:
+    """Once the lease of partition 0 has expired, ``m-b`` acquires it (on ``b``, in ``pool``):
+    its future, returned when it is done or waits for a lock (a session of the store's
+    database waits for one)."""
+    eventually(lambda: not b.leases()[0].held, what="the lease expiring")
+    acquires = pool.submit(b.acquire, "m-b", [0], 60.0)
+    with server.admin(url.rsplit("/", 1)[1]) as db:
+        eventually(lambda: acquires.done() or db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'").fetchone()[0] == 1, what="the acquirer waiting")
+    return acquires
+
+
 def test_a_takeover_waits_for_a_fenced_write_under_way(
     postgres_server: PostgresServer, postgres_store_url: str  # noqa: F811
 ) -> None:
@@ -544,12 +558,7 @@ def test_a_takeover_waits_for_a_fenced_write_under_way(
         (lease,) = a.renew("m-a", [lease], 1.0)  # it expires while the write is under way
         writes = pool.submit(a.append, [append(saga_id, 2)], fence=Fence.of("m-a", [lease]))
         assert checked.wait(JOIN_TIMEOUT)
-        eventually(lambda: not b.leases()[0].held, what="the lease expiring")
-        acquires = pool.submit(b.acquire, "m-b", [0], 60.0)
-        with postgres_server.admin(postgres_store_url.rsplit("/", 1)[1]) as db:
-            eventually(lambda: acquires.done() or db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'").fetchone()[0] == 1, what="the acquirer waiting")
+        acquires = _take_over_once_expired(postgres_server, postgres_store_url, b, pool)
         assert not acquires.done(), "the takeover did not wait for the fenced write"
         go_on.set()
         assert writes.result(JOIN_TIMEOUT) is None
@@ -591,12 +600,7 @@ def test_a_takeover_waits_for_a_claim_under_way(
         (lease,) = a.renew("m-a", [lease], 1.0)  # it expires while the claim is under way
         claims = pool.submit(a.claim, Fence.of("m-a", [lease]), [0])
         assert checked.wait(JOIN_TIMEOUT)
-        eventually(lambda: not b.leases()[0].held, what="the lease expiring")
-        acquires = pool.submit(b.acquire, "m-b", [0], 60.0)
-        with postgres_server.admin(postgres_store_url.rsplit("/", 1)[1]) as db:
-            eventually(lambda: acquires.done() or db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'").fetchone()[0] == 1, what="the acquirer waiting")
+        acquires = _take_over_once_expired(postgres_server, postgres_store_url, b, pool)
         assert not acquires.done(), "the takeover did not wait for the claim"
         go_on.set()
         assert claims.result(JOIN_TIMEOUT) == [saga_id]
