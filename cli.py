@@ -1,10 +1,7 @@
 """The ``saga`` command: parses arguments, calls the library, renders. Nothing else: each
 command calls :mod:`sagas.commands`, prints what it returns and exits with the code its outcome
-(a status, or the error that ended it) has in the one table below.
-
-Exit codes (DESIGN.md §6): 0 ok; 1 compensated / violations / counterexample; 2 usage errors and
-invalid input; 3 a saga ended ``failed``; 4 unknown saga id; 5 a store that cannot be used.
-Errors go to stderr as one line, never a traceback unless ``--debug``.
+(a status, or the error that ended it) has in the one table below (DESIGN.md §6). Errors go to
+stderr as one line, never a traceback unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -68,12 +65,6 @@ def _show_saga(result: Any, as_json: bool, note: str | None = None) -> None:
     _emit(as_json, result.to_json, lambda: commands.render_timeline(result))
 
 
-def _report_saga(result: Any, as_json: bool) -> NoReturn:
-    """Print how a saga ended and exit with its status's code."""
-    _show_saga(result, as_json)
-    _exit(result.status)
-
-
 class SagaCommand(click.Command):
     """A ``saga`` subcommand: library errors are one line on stderr (a traceback with
     ``--debug``) and exit with their code; a usage problem is a usage error of the command."""
@@ -87,11 +78,8 @@ class SagaCommand(click.Command):
             if problem.option is None:
                 raise click.UsageError(problem.message, ctx=ctx) from None
             raise click.BadParameter(problem.message, ctx, param_hint=problem.option) from None
-        except commands.Stopped as stopped:  # it says what was left in flight
-            _err(stopped.report)
-            _exit(stopped)
-        except KeyboardInterrupt as interrupt:
-            _err("interrupted")
+        except KeyboardInterrupt as interrupt:  # a Stopped says what was left in flight
+            _err(getattr(interrupt, "report", "interrupted"))
             _exit(interrupt)
         except BrokenPipeError as gone:  # `saga list | head -1`: the reader has gone; say nothing
             commands.silence_stdout()
@@ -160,6 +148,10 @@ store_option = click.option(
                         "postgres extra) or memory:// (throwaway). Env: SAGA_STORE.")
 
 
+def store_and_json(command: Callable[..., Any]) -> Callable[..., Any]:
+    return store_option(json_option(command))
+
+
 # -- flows ----------------------------------------------------------------------------------------
 @main.command()
 @click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
@@ -211,10 +203,7 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     after the pivot failing (forward_recovery).
     """
     found = commands.recovery_plans(flow, fail_step, kind)
-    if as_json or fail_step is not None:
-        _emit(as_json, found.to_json, lambda: commands.render_plans(found))
-        return
-    commands.wide_console().print(commands.plan_table(found.compiled, found.plans))
+    _emit(as_json, found.to_json, lambda: commands.render_plans(found))
 
 
 # -- running sagas --------------------------------------------------------------------------------
@@ -245,6 +234,7 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
     A batch (--count N, or several inputs): a progress bar on stderr, then counts,
     throughput and latency percentiles; exit 0 if every saga completed or was
     compensated, 3 if any failed.
+    On PostgreSQL with a live member (saga serve), that member drives them; --fail exits 2.
     """
     request = commands.prepare_run(flow, input_json=input_json, input_file=input_file,
                                    saga_id=saga_id, fail=fail, count=count)
@@ -258,13 +248,12 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
 
 
 @main.command(name="list")
-@store_option
 @click.option("--status", type=click.Choice(["running", "compensating", "completed",
                                              "compensated", "failed"]),
               help="Only sagas with this status.")
 @click.option("--flow", "flow_name", metavar="NAME", help="Only sagas of this flow.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N sagas.")
-@json_option
+@store_and_json
 def list_(store_url: str, status: str | None, flow_name: str | None, limit: int | None,
           as_json: bool) -> None:
     """List the sagas in a store, newest first."""
@@ -274,8 +263,7 @@ def list_(store_url: str, status: str | None, flow_name: str | None, limit: int 
 
 @main.command()
 @click.argument("saga_id", metavar="ID")
-@store_option
-@json_option
+@store_and_json
 def show(saga_id: str, store_url: str, as_json: bool) -> None:
     """Show one saga's full history (exit 4 if there is no such saga)."""
     result = commands.show_saga(store_url, saga_id)
@@ -283,70 +271,71 @@ def show(saga_id: str, store_url: str, as_json: bool) -> None:
 
 
 @main.command()
-@store_option
-@json_option
+@store_and_json
 def resume(store_url: str, as_json: bool) -> None:
     """Finish every in-flight saga whose owner is gone (after a crash or kill -9).
 
-    Sagas still driven by a live process are left to it. Prints how many sagas were resumed
-    and how they ended.
+    Sagas still driven by a live process are left to it (on PostgreSQL, all of them while a
+    member is alive). Prints how many sagas were resumed and how they ended.
     """
-    summary = commands.resume_orphans(store_url)
+    summary = commands.resume_orphans(store_url, on_note=lambda note: _err(f"note: {note}"))
     _emit(as_json, lambda: summary, lambda: commands.render_resumed(summary))
 
 
 @main.command()
-@click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
+@click.argument("flows", nargs=-1, metavar="[FLOW]...")
 @store_option
 @click.option("--for", "duration", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per line for each saga started.")
-def serve(flows: tuple[str, ...], store_url: str, duration: float | None, as_json: bool) -> None:
-    """Start a saga of each FLOW for every event of its trigger, until stopped.
+@click.option("--lease-ttl", type=click.FloatRange(min=0, min_open=True), default=2.0,
+              show_default=True, envvar="SAGA_LEASE_TTL", metavar="SECONDS",
+              help="On PostgreSQL: how long a member's leases last unless renewed (about how "
+                   "long a dead member's sagas wait for another). Env: SAGA_LEASE_TTL.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line per saga started.")
+def serve(flows: tuple[str, ...], store_url: str, duration: float | None, lease_ttl: float,
+          as_json: bool) -> None:
+    """Drive a store's sagas; start a saga of each FLOW for every event of its trigger.
 
-    A flow declares `trigger: {event: OrderPlaced, id: $.input.order_id}`; then every
-    `saga send OrderPlaced --key K --data JSON` (from any shell, on the same store) starts
-    one saga with the event's data as input and the id `<flow>.<order_id>`: the same event or
-    id never starts two. Events sent while nothing served the flow are started on the next
-    serve. In-flight sagas whose owner is gone are finished too (as `saga resume`). Prints
-    `started <saga id>` per saga; exit 0 when stopped, 2 for a flow without a trigger.
+    On PostgreSQL it is a member (see `saga members`): it drives the sagas of its share of
+    the store's partitions, whoever started them (`saga run` is its client then), takes a
+    dead member's over within seconds, and gives its share back when stopped. A FLOW needs
+    no trigger there (its services are started here); with no FLOW, it runs the flows the
+    stored sagas name. Elsewhere each FLOW needs a trigger.
+
+    A trigger, `trigger: {event: OrderPlaced, id: $.input.order_id}`, makes every `saga send
+    OrderPlaced --key K --data JSON` (from any shell) start one saga with the event's data as
+    input and the id `<flow>.<order_id>`; the same event or id never starts two, and events
+    sent while nothing served the flow are started next time. In-flight sagas whose owner is
+    gone are finished too. Prints `started <saga id>` per saga; exit 0 when stopped, 2 for a
+    flow without a trigger on SQLite.
     """
-
-    def started(flow_name: str, saga_id: str) -> None:
-        click.echo(json.dumps({"started": saga_id, "flow": flow_name}) if as_json
-                   else f"started {saga_id}")
-
-    commands.serve_flows(commands.load_triggered_flows(flows), store_url, duration=duration,
-                         on_serving=lambda flow: _err(commands.render_serving(flow)),
-                         on_start=started,
-                         on_skip=lambda *skipped: _err(commands.render_skipped(*skipped)))
+    commands.serve_flows(commands.load_served_flows(flows, store_url), store_url,
+                         duration=duration, lease_ttl=lease_ttl, on_note=_err,
+                         on_start=lambda *s: click.echo(commands.render_started(*s, as_json)))
 
 
-@main.command()
-@click.argument("saga_id", metavar="ID")
-@store_option
-@json_option
-def retry(saga_id: str, store_url: str, as_json: bool) -> None:
-    """Re-drive a failed saga from where it stopped, after a person fixed the cause.
+def _act_on_saga(name: str, act: Callable[[str, str], Any], doc: str) -> None:
+    """``saga retry`` / ``saga cancel``: act on one saga, print how it ended, exit by it."""
+
+    @main.command(name=name, help=doc)
+    @click.argument("saga_id", metavar="ID")
+    @store_and_json
+    def act_on_saga(saga_id: str, store_url: str, as_json: bool) -> None:
+        result = act(store_url, saga_id)
+        _show_saga(result, as_json)
+        _exit(result.status)
+
+
+_act_on_saga("retry", commands.retry_saga, """Re-drive a failed saga from where it stopped,
+    after a person fixed the cause.
 
     A saga parked on a compensation resumes that compensation; one that failed forward
     recovery drives forward again. The saga's owner does it if it is alive; otherwise this
-    command does. Exit as `run`: 0 completed, 1 compensated, 3 failed.
-    """
-    _report_saga(commands.retry_saga(store_url, saga_id), as_json)
+    command does. Exit as `run`: 0 completed, 1 compensated, 3 failed.""")
+_act_on_saga("cancel", commands.cancel_saga, """Cancel a running saga: before the pivot it is
+    rolled back, after it, it carries on.
 
-
-@main.command()
-@click.argument("saga_id", metavar="ID")
-@store_option
-@json_option
-def cancel(saga_id: str, store_url: str, as_json: bool) -> None:
-    """Cancel a running saga: before the pivot it is rolled back, after it, it carries on.
-
-    A terminal saga is left as it is. Exit as `run`: 0 completed, 1 compensated, 3 failed.
-    """
-    _report_saga(commands.cancel_saga(store_url, saga_id), as_json)
+    A terminal saga is left as it is. Exit as `run`: 0 completed, 1 compensated, 3 failed.""")
 
 
 @main.command()
@@ -360,8 +349,7 @@ def cancel(saga_id: str, store_url: str, as_json: bool) -> None:
 @click.option("--data-file", default=None, metavar="FILE",
               help="The event's data from a file ('-': standard input), for data too big for "
                    "a command line.")
-@store_option
-@json_option
+@store_and_json
 def send(event: str, key: str, event_id: str | None, data_json: str | None,
          data_file: str | None, store_url: str, as_json: bool) -> None:
     """Send EVENT to the saga that waits (or will wait) for it with this --key.
@@ -377,10 +365,22 @@ def send(event: str, key: str, event_id: str | None, data_json: str | None,
 
 
 @main.command()
-@store_option
+@store_and_json
+def members(store_url: str, as_json: bool) -> None:
+    """Show who drives a shared (PostgreSQL) store's sagas, and which sagas nobody does.
+
+    Each member's partitions (as ranges), epochs, last renewal, host and pid, and flows it
+    runs; then the sagas in flight in a partition nobody holds or of a flow their member
+    cannot run. A SQLite store usually has no members. Exit 5 if the store cannot be used.
+    """
+    report = commands.store_members(store_url)
+    _emit(as_json, report.to_json, lambda: commands.render_members(report))
+
+
+@main.command()
 @click.option("--stuck-after", type=float, default=3600.0, show_default=True, metavar="SECONDS",
               help="Report retry_forever sagas compensating for longer than this.")
-@json_option
+@store_and_json
 def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
     """Check the saga guarantees over every saga in a store; exit 1 on any violation.
 

@@ -10,9 +10,10 @@ library's errors (:mod:`sagas.errors`) or :class:`UsageProblem`; a first Ctrl-C 
 - flows: :mod:`.validate` (``saga validate``), :mod:`.graph`, :mod:`.plan`;
 - running sagas: :mod:`.run` (one saga, or a batch through :mod:`.batch`), :mod:`.resume`,
   :mod:`.act` (``retry``, ``cancel``), :mod:`.serve`, :mod:`.send`;
-- reading a store: :mod:`.reading` (``list``, ``show``), :mod:`.audit`;
+- reading a store: :mod:`.reading` (``list``, ``show``), :mod:`.audit`, :mod:`.members`;
 - ``saga test``: :mod:`.property_testing` (the CLI imports :mod:`sagas.testing` itself);
-- shared: :mod:`.session` (a store or runtime for one command), :mod:`.inputs` (JSON inputs),
+- shared: :mod:`.session` (a store or runtime for one command: a client of a shared store's
+  live members, or a member itself), :mod:`.inputs` (JSON inputs),
   :mod:`.interrupts` (graceful stop), :mod:`.errors` (what an error says), :mod:`.process`
   (logging, GC, stdout), :mod:`.render` (text for the terminal).
 
@@ -27,22 +28,27 @@ from .audit import AuditReport, audit_store_at
 from .errors import UsageProblem, error_lines, one_line
 from .graph import draw_flow
 from .interrupts import Stopped, graceful_stop
+from .members import MembersReport, store_members
 from .plan import RecoveryPlans, recovery_plans
 from .process import configure_process, silence_stdout
 from .property_testing import coverage_warning, flow_test_status, load_flow_and_examples
 from .reading import list_sagas, show_saga
 from .render import (
+    partition_ranges,
     plan_table,
     printable,
     progress_bar,
     render_audit,
     render_list,
+    render_member_serving,
+    render_members,
     render_plan,
     render_plans,
     render_resumed,
     render_sent,
     render_serving,
     render_skipped,
+    render_started,
     render_summary,
     render_timeline,
     wide_console,
@@ -50,13 +56,15 @@ from .render import (
 from .resume import resume_orphans
 from .run import RunRequest, SingleRun, batch_status, prepare_run, run_many, run_one
 from .send import Sent, event_data, send_event
-from .serve import load_triggered_flows, serve_flows
+from .serve import MemberServing, load_served_flows, load_triggered_flows, serve_flows
 from .validate import CheckedFlow, FlowChecks
 
 __all__ = [
     "AuditReport",
     "CheckedFlow",
     "FlowChecks",
+    "MemberServing",
+    "MembersReport",
     "RecoveryPlans",
     "RunRequest",
     "Sent",
@@ -75,8 +83,10 @@ __all__ = [
     "graceful_stop",
     "list_sagas",
     "load_flow_and_examples",
+    "load_served_flows",
     "load_triggered_flows",
     "one_line",
+    "partition_ranges",
     "plan_table",
     "prepare_run",
     "printable",
@@ -84,12 +94,15 @@ __all__ = [
     "recovery_plans",
     "render_audit",
     "render_list",
+    "render_member_serving",
+    "render_members",
     "render_plan",
     "render_plans",
     "render_resumed",
     "render_sent",
     "render_serving",
     "render_skipped",
+    "render_started",
     "render_summary",
     "render_timeline",
     "resume_orphans",
@@ -100,5 +113,6 @@ __all__ = [
     "serve_flows",
     "show_saga",
     "silence_stdout",
+    "store_members",
     "wide_console",
 ]

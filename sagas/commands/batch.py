@@ -67,16 +67,20 @@ class _Tally:
 
 def run_batch(runtime: Any, flow: Flow, inputs: Sequence[Any], total: int, concurrency: int, *,
               on_progress: Callable[[int], None] | None = None,
-              progress: BatchProgress | None = None) -> dict[str, Any]:
+              progress: BatchProgress | None = None,
+              on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run ``total`` sagas of ``flow`` on ``runtime`` (taking ``inputs`` in turn), at most
     ``concurrency`` in flight; return the batch summary. ``on_progress(ended)`` is called
     about every 0.1 s; ``progress`` is kept up to date as sagas are submitted and end. A start
-    the store refuses is raised."""
+    the store refuses is raised. ``on_tick()`` is called about every 0.1 s while the batch
+    waits for sagas to end (a client's :class:`~.run.Takeover` check)."""
     progress = progress if progress is not None else BatchProgress()
     tally = _Tally(total, concurrency, progress)
     submitted: collections.deque[Any] = collections.deque()
 
     def check_starts() -> None:
+        if on_tick is not None:
+            on_tick()
         while submitted and submitted[0].done():
             refused = submitted.popleft().exception()
             if refused is not None:

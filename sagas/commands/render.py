@@ -1,5 +1,5 @@
 """Human-readable text for the CLI: a saga's timeline, a batch summary, a saga list, recovery
-plans, and what ``resume``, ``send``, ``serve`` and ``audit`` did.
+plans, a store's members, and what ``resume``, ``send``, ``serve`` and ``audit`` did.
 
 Text that came from outside (a handler's error, an input, an id) is passed through
 :func:`printable` first: control characters are shown escaped (``\\x1b``), never sent to the
@@ -13,7 +13,7 @@ import datetime
 import json
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..events import (
@@ -34,9 +34,10 @@ from ..events import (
     Event,
 )
 
-__all__ = ["plan_table", "printable", "progress_bar", "render_audit", "render_list",
-           "render_plan", "render_plans", "render_resumed", "render_sent", "render_serving",
-           "render_skipped", "render_summary", "render_timeline", "wide_console"]
+__all__ = ["partition_ranges", "plan_table", "printable", "progress_bar", "render_audit",
+           "render_list", "render_member_serving", "render_members", "render_plan",
+           "render_plans", "render_resumed", "render_sent", "render_serving", "render_skipped",
+           "render_started", "render_summary", "render_timeline", "wide_console"]
 
 # the events whose line shows what failed, what was returned, that a retry is scheduled, which
 # branch it was (a branch's failure shows what failed)
@@ -168,9 +169,27 @@ def render_sent(sent: Any) -> str:
 
 
 def render_serving(flow: Any) -> str:
-    """``saga serve``: a flow is served, started by which event, with which id."""
+    """``saga serve``: a flow is served, started by which event, with which id (or, as a
+    member, without a trigger: its sagas started from anywhere)."""
+    if flow.trigger is None:
+        return f"serving {flow.name}: drives its sagas, started from any shell; stop with Ctrl-C"
     return (f"serving {flow.name}: a saga per {flow.trigger.event} event "
             f"(id {flow.trigger.id}); stop with Ctrl-C")
+
+
+def render_member_serving(serving: Any) -> str:
+    """``saga serve`` as a member: who it is, on which store, the partitions it holds."""
+    share = (f"partitions {partition_ranges(serving.held)} of {serving.partitions}"
+             if serving.held else f"none of the {serving.partitions} partitions yet (the "
+                                  "members share them within seconds)")
+    return printable(f"member {serving.member} serving on {serving.store}: {share}, leases "
+                     f"of {serving.lease_ttl:g}s")
+
+
+def render_started(flow_name: str, saga_id: str, as_json: bool) -> str:
+    """``saga serve``: a saga a trigger started (a JSON object with ``--json``)."""
+    return (json.dumps({"started": saga_id, "flow": flow_name}) if as_json
+            else f"started {saga_id}")
 
 
 def render_skipped(flow_name: str, event_id: str, why: str) -> str:
@@ -209,7 +228,10 @@ def _short_outcome(p: Any) -> str:
 
 
 def render_plans(found: Any) -> str:
-    """The plans of one step failing (a :class:`~.plan.RecoveryPlans`), one after another."""
+    """The plans of one step failing (a :class:`~.plan.RecoveryPlans`), one after another; or,
+    for every step and kind, a table of them (:func:`plan_table`)."""
+    if found.step is None:
+        return _captured(plan_table(found.compiled, found.plans), 140)
     return "\n".join(render_plan(p, found.compiled) for p in found.plans)
 
 
@@ -248,12 +270,20 @@ def render_plan(p: Any, compiled: Any) -> str:
     return "\n".join(lines)
 
 
-def wide_console() -> Any:
-    """A rich console on stdout at least 140 columns wide (a plan table's width), lines
+def wide_console(width: int = 140) -> Any:
+    """A rich console on stdout at least ``width`` columns wide (a plan table's width), lines
     never wrapped."""
     from rich.console import Console
 
-    return Console(soft_wrap=False, width=max(140, Console().width))
+    return Console(soft_wrap=False, width=max(width, Console().width))
+
+
+def _captured(renderable: Any, width: int) -> str:
+    """What :func:`wide_console` would print of ``renderable``, as text (no final newline)."""
+    console = wide_console(width)
+    with console.capture() as captured:
+        console.print(renderable)
+    return captured.get().rstrip("\n")
 
 
 def plan_table(compiled: Any, every: Sequence[Any]) -> Any:
@@ -289,3 +319,75 @@ def plan_table(compiled: Any, every: Sequence[Any]) -> Any:
                 table.add_row(label, *(outcomes.get(k, "—") for k in
                                        ("rejected", "error", "timeout")))
     return table
+
+
+def partition_ranges(partitions: Iterable[int]) -> str:
+    """``0-31,40,42-43``: partitions as ranges (``-`` for none)."""
+    ordered = sorted(set(partitions))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts) or "-"
+
+
+def _seen(member: Mapping[str, Any]) -> str:
+    if member["seen_ago"] is None:
+        return "never announced"
+    ago = f"{member['seen_ago']:.1f}s ago"
+    return ago if member["alive"] else f"gone ({ago})"
+
+
+def _epochs(epochs: Mapping[str, int]) -> str:
+    values = sorted(set(epochs.values()))
+    if not values:
+        return "-"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}..{values[-1]}"
+
+
+MAX_UNDRIVEN_SHOWN = 20
+"""Undriven sagas ``saga members`` lists one a line (``--json`` lists them all)."""
+
+
+def render_members(report: Any) -> str:
+    """``saga members``: a table of the members (partitions as ranges, epochs, last seen,
+    host and pid, flows run, sagas left undriven), a summary line, and the sagas nobody
+    drives."""
+    from rich.table import Table
+
+    alive = [m for m in report.members if m["alive"]]
+    held = report.partitions - len(report.unheld_partitions)
+    lines: list[str] = []
+    if report.members:
+        lines.append(printable(f"members of {report.store}:"))
+        table = Table()
+        for column in ("member", "host:pid", "last seen", "partitions", "epochs", "runs",
+                       "undriven"):
+            table.add_column(column, overflow="fold")
+        for m in report.members:
+            table.add_row(printable(m["member"]), printable(f"{m['host']}:{m['pid']}"),
+                          _seen(m), partition_ranges(m["partitions"]), _epochs(m["epochs"]),
+                          printable(", ".join(map(str, m["runs"]))) or "-", str(m["undriven"]))
+        lines.append(_captured(table, 120))
+        summary = (f"{len(alive)} of {len(report.members)} members alive; {held} of "
+                   f"{report.partitions} partitions held")
+    else:
+        summary = (f"no members: {report.store} has {report.partitions} partitions, "
+                   f"{held} held")
+    if report.unheld_partitions and (report.members or report.shared):
+        summary += f" (unheld: {partition_ranges(report.unheld_partitions)})"
+    undriven = report.undriven
+    lines.append(printable(summary + (f"; {len(undriven)} sagas in flight undriven" if undriven
+                                      else "")))
+    for saga in undriven[:MAX_UNDRIVEN_SHOWN]:
+        why = (f"member {saga['member']} cannot run flow {saga['flow']}"
+               if saga["why"] == "cannot_run" else
+               f"no member holds partition {saga['partition']}")
+        lines.append(printable(f"undriven {saga['saga_id']} ({saga['flow']}): {why}"))
+    if len(undriven) > MAX_UNDRIVEN_SHOWN:
+        lines.append(f"... and {len(undriven) - MAX_UNDRIVEN_SHOWN} more (--json lists them all)")
+    return "\n".join(lines)

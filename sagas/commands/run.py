@@ -4,15 +4,20 @@
 its inputs, the steps to fail, the saga id); :func:`run_one` and :func:`run_many` run it. A
 first Ctrl-C or SIGTERM stops either gracefully, and the :class:`~.interrupts.Stopped` it
 raises says what was left in flight.
+
+On PostgreSQL with a member alive the run is the members' client (:mod:`.session`); should
+they all stop before its sagas end, a temporary member of this process takes over
+(:class:`Takeover`), so the run ends as if it had driven them itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ..engine.runtime import SagaResult, validate_input, validate_saga_id
+from ..engine.runtime import Runtime, SagaResult, validate_input, validate_saga_id
 from ..errors import InputError, SagaOrphaned
 from ..language.loader import load_flow
 from ..language.model import Flow
@@ -20,9 +25,10 @@ from .batch import BatchProgress, run_batch
 from .errors import UsageProblem
 from .inputs import parse_json, read_inputs
 from .interrupts import stop_reporting
-from .session import runtime_session
+from .session import CLOSE_TIMEOUT, live_members, runtime_session
 
-__all__ = ["RunRequest", "SingleRun", "batch_status", "prepare_run", "run_many", "run_one"]
+__all__ = ["RunRequest", "SingleRun", "Takeover", "batch_status", "prepare_run", "run_many",
+           "run_one"]
 
 ProgressDisplay = Callable[[str, int], contextlib.AbstractContextManager[Callable[[int], None]]]
 """``display(label, total)``: a context manager yielding ``update(ended)`` (e.g. a bar)."""
@@ -84,12 +90,60 @@ def prepare_run(flow_path: str, *, input_json: str | None, input_file: str | Non
     return RunRequest(flow, inputs, total, saga_id, tuple(fail))
 
 
-def _left_in_flight(progress: BatchProgress, total: int) -> str:
+class Takeover:
+    """A client run's stand-in for the store's members: once none is alive (the last one
+    stopped before the run's sagas ended), a temporary member of this process drives the
+    store's sagas, which the client goes on following; it leaves when the run ends."""
+
+    CHECK_EVERY = 0.5  # seconds between looks at the members, in a batch
+
+    def __init__(self, store_url: str, runtime: Runtime) -> None:
+        self.store_url = store_url
+        self.runtime = runtime
+        self.member: Runtime | None = None
+        self._checked = 0.0
+
+    def check(self) -> None:
+        """Take over if the runtime is a client and no member is alive (looked at every
+        :attr:`CHECK_EVERY` seconds at most)."""
+        if self.member is not None or not self.runtime.client:
+            return
+        now = time.monotonic()
+        if now - self._checked >= self.CHECK_EVERY:
+            self._checked = now
+            if not live_members(self.runtime.store):
+                self.take_over()
+
+    def take_over(self) -> bool:
+        """Start the temporary member (once); whether there is one (a client only)."""
+        if self.member is None and self.runtime.client:
+            self.member = Runtime(self.store_url)
+        return self.member is not None
+
+    def close(self) -> None:
+        if self.member is not None:
+            self.member.close(timeout=CLOSE_TIMEOUT)
+
+
+@contextlib.contextmanager
+def _session(store_url: str, fail: Sequence[str]) -> Iterator[tuple[Runtime, Takeover]]:
+    """:func:`~.session.runtime_session`, and its :class:`Takeover`."""
+    with runtime_session(store_url, fail) as runtime:
+        takeover = Takeover(store_url, runtime)
+        try:
+            yield runtime, takeover
+        finally:
+            takeover.close()
+
+
+def _left_in_flight(progress: BatchProgress, total: int, clients: list[bool]) -> str:
     left = progress.submitted - progress.ended
     if not left:
         return "interrupted: no saga was left in flight"
     what = (f"saga {progress.last} was left in flight" if total == 1
             else f"{left} of {progress.submitted} sagas started were left in flight")
+    if clients == [True]:
+        return f"interrupted: {what}; the store's members finish them"
     return f"interrupted: {what}; 'saga resume' finishes them"
 
 
@@ -101,12 +155,19 @@ def run_one(store_url: str, request: RunRequest, *,
     up to :data:`~.session.CLOSE_TIMEOUT` for a handler that hangs), so the caller can show
     it at once; a stop while the runtime closes still raises ``Stopped``."""
     progress = BatchProgress()
-    with stop_reporting(lambda: _left_in_flight(progress, 1)), \
-            runtime_session(store_url, request.fail) as runtime:
+    clients: list[bool] = []
+    with stop_reporting(lambda: _left_in_flight(progress, 1, clients)), \
+            _session(store_url, request.fail) as (runtime, takeover):
+        clients.append(runtime.client)
         started = runtime.start(request.flow, request.inputs[0], request.saga_id)
         progress.submitted, progress.last = 1, started
         try:
-            ended = SingleRun(runtime.wait(started))
+            try:
+                ended = SingleRun(runtime.wait(started))
+            except SagaOrphaned:
+                if not takeover.take_over():  # the members all stopped: drive it here
+                    raise
+                ended = SingleRun(runtime.wait(started))
         except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
             ended = SingleRun(runtime.result(started), note=str(exc))
         if on_end is not None:
@@ -120,11 +181,13 @@ def run_many(store_url: str, request: RunRequest, concurrency: int, *,
     flight, its progress shown by ``display``; return the batch summary
     (:func:`~.batch.run_batch`)."""
     progress = BatchProgress()
-    with stop_reporting(lambda: _left_in_flight(progress, request.total)), \
-            runtime_session(store_url, request.fail) as runtime, \
+    clients: list[bool] = []
+    with stop_reporting(lambda: _left_in_flight(progress, request.total, clients)), \
+            _session(store_url, request.fail) as (runtime, takeover), \
             display(request.flow.name, request.total) as on_progress:
+        clients.append(runtime.client)
         return run_batch(runtime, request.flow, request.inputs, request.total, concurrency,
-                         on_progress=on_progress, progress=progress)
+                         on_progress=on_progress, progress=progress, on_tick=takeover.check)
 
 
 def batch_status(summary: Mapping[str, Any]) -> str:
