@@ -151,3 +151,22 @@ def test_a_member_that_cannot_run_a_flow_leaves_its_sagas_to_one_that_can(store,
     assert [r.status for r in results] == ["completed"] * 40
     assert all(store.header(s).owner == can.owner for s in ids)
     assert audit_store(store, include_running=False) == []
+
+
+@pytest.mark.slow
+def test_a_member_goes_on_after_the_server_ends_its_sessions(postgres_server,  # noqa: F811
+                                                             postgres_store_url):  # noqa: F811
+    """As after a PostgreSQL restart: the member's connections are gone; it connects again,
+    keeps (or takes anew) its partitions and drives the sagas started after."""
+    from tests.stores.test_postgres import _end_sessions
+
+    service = Scripted()
+    member = Runtime(f"{postgres_store_url}?application_name=restarted", member=True,
+                     lease_ttl=TTL, services={"tests.support:Scripted": service})
+    try:
+        assert member.run(FLOW, INPUT, "before", timeout=10).status == "completed"
+        _end_sessions(postgres_server, "restarted")
+        assert member.run(FLOW, INPUT, "after", timeout=20).status == "completed"
+        eventually(lambda: len(member.membership.held()) == 64, 10)
+    finally:
+        member.close(timeout=2)

@@ -842,6 +842,13 @@ class Runtime:
                 log.exception("on_end callback for saga %s failed", saga_id)
 
     def _lost_commit(self, saga_id: str, error: str) -> None:
+        if self.membership is not None:
+            # Not lost for good: the saga is in the store as it was, and the member holding
+            # its partition (this one at its next sweep, or a successor) drives it on.
+            with self._lock:
+                if saga_id in self._waiters or saga_id in self._callbacks:
+                    self._remote.add(saga_id)
+            return
         with self._lock:
             self._lost[saga_id] = error
             waiters = self._waiters.pop(saga_id, [])

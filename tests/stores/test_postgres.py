@@ -799,3 +799,25 @@ def test_an_owner_registered_on_a_closed_store_object_is_dead(postgres_url: str)
         first.close()
         assert other.owner_alive("rt") is False
         assert other.adopt("me") == ["s"]
+
+
+def test_a_members_store_connects_again_after_its_session_ended(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    """A member's writes are fenced by its leases, so its store object makes a new write
+    connection when the old one is lost (a server restart), owners and all."""
+    from sagas.stores import Fence
+
+    with open_store(f"{postgres_url}?application_name=member") as store, \
+            open_store(postgres_url) as other:
+        store.register_owner("m1")
+        leases = store.acquire("m1", list(range(store.partitions())), 30.0)
+        fence = Fence.of("m1", leases)
+        store.create(new_saga("s", owner="m1"), fence=fence)
+        _end_sessions(postgres_server, "member")
+        # the transaction that finds the connection gone had committed nothing: it runs
+        # again on a new connection (its lease still held)
+        store.append([append("s", 2)], fence=fence)
+        assert other.header("s").last_seq == 2
+        assert other.owner_alive("m1") is True  # its lock taken anew on the new session
+        assert [w.member for w in other.writers("s")] == ["m1", "m1"]

@@ -117,6 +117,7 @@ class _Connection(_Schema):
         self._open_readers = 0
         self._reading = 0
         self._reads_closed = False
+        self._member_use = False  # a member took leases through this object (it reconnects)
         self._db: psycopg.Connection[Any] | None = self._open(create)
 
     # -- opening ------------------------------------------------------------------------------
@@ -228,23 +229,62 @@ class _Connection(_Schema):
         if db is None:
             raise closed(self.url)
         if db.closed or db.broken:
-            raise StoreUnavailable(
-                f"saga store {self.url}: the connection to the server was lost; open the "
-                "store again"
-            )
+            db = self._reconnect(db)
         return db
+
+    def _reconnect(self, lost: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+        """A new write connection for one that was lost (the server restarted, the network
+        dropped it): what was registered on the old session is taken anew on the new one
+        (:meth:`_reopened`). ``StoreUnavailable`` with the reason while the server cannot be
+        reached: the caller tries again later (a member every tick). Under ``_lock``.
+
+        A store object whose owners were registered on the lost session and that no member
+        uses does not connect again (one line, as before): those owners are dead, and their
+        sagas may be adopted by now."""
+        if getattr(self, "_owners", None) and not self._member_use:
+            # Its owners died with the session and an adopter may have taken their sagas:
+            # their unfenced writes must not go on. (A member's writes are fenced by its leases
+            # instead, so a member's store connects again.)
+            raise StoreUnavailable(f"saga store {self.url}: the connection to the server was "
+                                   "lost; open the store again")
+        with contextlib.suppress(psycopg.Error):
+            lost.close()
+        try:
+            db = self._open(create=False)
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"saga store {self.url}: the connection to the server was "
+                                   f"lost and cannot be made again yet ({exc})") from None
+        try:
+            self._reopened(db)
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                db.close()
+            raise
+        self._db = db
+        _logger.warning("saga store %s: connected again after the connection was lost",
+                        self.url)
+        return db
+
+    def _reopened(self, db: psycopg.Connection[Any]) -> None:
+        """Take anew on a new write connection what the lost session held (its owners'
+        locks: see ``_ownership``)."""
 
     def _transaction(self, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         """Run ``work`` in one transaction on the write connection, committed before it
         returns (nothing of it if it raises). A transaction the server ends for a deadlock or
-        a serialization failure wrote nothing, and runs again."""
+        a serialization failure wrote nothing, and runs again; so does, once, a member's
+        transaction whose connection was found lost before its COMMIT was sent (on a new
+        connection: :meth:`_reconnect`)."""
         with self._lock:
-            db = self._connection()
+            reconnected = False
             for attempt in itertools.count(1):
+                db = self._connection()
+                committing = False
                 try:
                     db.execute("BEGIN")
                     try:
                         result = work(db)
+                        committing = True
                         db.execute("COMMIT")
                         return result
                     finally:
@@ -255,6 +295,9 @@ class _Connection(_Schema):
                     _logger.info("saga store %s: a transaction ended by the server (%s) runs "
                                  "again", self.url, self._reason(err))
                 except psycopg.Error as err:
+                    if db.broken and not committing and self._member_use and not reconnected:
+                        reconnected = True  # nothing of it was committed: run it again
+                        continue
                     raise self._translate(err) from err
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -301,11 +344,22 @@ class _Connection(_Schema):
                 return read(db)
             except psycopg.Error as err:
                 if attempt == 1 and not fresh and (db.closed or db.broken):
+                    self._drop_idle()  # ended with it, most likely (a restart ends them all)
                     continue
                 raise self._translate(err) from err
             finally:
                 self._give_back(db)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop_idle(self) -> None:
+        """Close the idle read connections: the next read opens a new one."""
+        with self._readers:
+            idle, self._idle = self._idle, []
+            self._open_readers -= len(idle)
+            self._readers.notify_all()
+        for db in idle:
+            with contextlib.suppress(psycopg.Error):
+                db.close()
 
     def _borrow(self) -> tuple[psycopg.Connection[Any], bool]:
         """A read connection, and whether it is new."""

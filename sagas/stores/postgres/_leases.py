@@ -123,6 +123,7 @@ class _Leases(_Connection):
         wanted = check_partitions(partitions, self._partition_count)
         if not wanted:
             return self._nothing()
+        self._member_use = True  # fenced from now on: the write connection may be made again
         _, rows = self._write(_ACQUIRE, {"member": member, "ttl": seconds,
                                          "partitions": wanted})
         return _leases(rows, member, start, seconds)

@@ -110,6 +110,21 @@ class _Ownership(_Connection):
                 raise self._translate(err) from err
             self._owners.add(owner)
 
+    def _reopened(self, db: psycopg.Connection[Any]) -> None:
+        """The owners registered here take their locks and rows anew on the new session
+        (their old session is gone, and its locks with it); ``StoreUnavailable`` if another
+        session took one meanwhile (an adopter saw the owner dead: it must not come back)."""
+        try:
+            for owner in sorted(self._owners):
+                key = _lock_key(owner)
+                (locked,) = db.execute(_LOCK_OWNER, (key,)).fetchone()  # type: ignore[misc]
+                if not locked:
+                    raise registered_elsewhere(self.url, owner)
+                db.execute(_REGISTER, (owner, key, socket.gethostname(), os.getpid(),
+                                       time.time()))
+        except psycopg.Error as err:
+            raise self._translate(err) from err
+
     def _unregister(self, db: psycopg.Connection[Any], owners: builtins.list[str]) -> None:
         """Delete the rows of ``owners`` (on close; closing the connection then lets their
         locks go). If that fails the rows stay, and prove nothing once the locks are gone:
