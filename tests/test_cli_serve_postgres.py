@@ -242,3 +242,46 @@ def test_a_batch_whose_member_stops_halfway_is_finished_by_the_run(served: Serve
         if batch.poll() is None:
             batch.kill()
             batch.communicate(timeout=60)
+
+
+LOCAL_SERVICES = '''
+from actors import Service, handles
+
+
+class Greeter(Service):
+    @handles("greet")
+    def greet(self, command):
+        return {"greeted": command.payload["name"]}
+'''
+LOCAL_FLOW = """saga: local_greeting
+services:
+  greeter: local_greeter_services:Greeter
+input:
+  type: object
+  required: [name]
+steps:
+  - name: greet
+    service: greeter
+    action: greet
+    effects: none
+    input: {name: $.input.name}
+"""
+
+
+def test_a_client_runs_a_flow_its_member_cannot_import(served: Served, secret_url: str,
+                                                      tmp_path: Path) -> None:
+    (tmp_path / "local_greeter_services.py").write_text(LOCAL_SERVICES)
+    (tmp_path / "greeting.yaml").write_text(LOCAL_FLOW)  # its services import only here
+    run = saga_cli("run", "greeting.yaml", "--input", '{"name": "ada"}', "--id", "g-1",
+                   "--store", secret_url, cwd=tmp_path, timeout=120)
+    assert (run.returncode, run.stderr) == (0, ""), run.stderr
+    assert run.stdout.rstrip().endswith("completed"), run.stdout
+    store = open_store(secret_url, create=False)
+    try:
+        driver = _driven_by(store, "g-1")
+        assert driver != served.member  # the run's own member, given the partition
+        assert [m.member for m in store.members()] == [served.member]  # and it left
+        eventually(lambda: next(m.info for m in store.members())["undriven"] == 0, 10,
+                   what="the member no longer reports the saga undriven")
+    finally:
+        store.close()

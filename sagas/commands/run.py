@@ -6,8 +6,8 @@ first Ctrl-C or SIGTERM stops either gracefully, and the :class:`~.interrupts.St
 raises says what was left in flight.
 
 On PostgreSQL with a member alive the run is the members' client (:mod:`.session`); should
-they all stop before its sagas end, a temporary member of this process takes over
-(:class:`Takeover`), so the run ends as if it had driven them itself.
+they all stop before its sagas end, or say they cannot run its flow, a temporary member of
+this process takes over (:class:`Takeover`), so the run ends as if it had driven them itself.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ..engine.runtime import Runtime, SagaResult, validate_input, validate_saga_id
-from ..errors import InputError, SagaOrphaned
+from ..errors import InputError, SagaOrphaned, SagaTimeout
 from ..language.loader import load_flow
 from ..language.model import Flow
 from .batch import BatchProgress, run_batch
 from .errors import UsageProblem
 from .inputs import parse_json, read_inputs
 from .interrupts import stop_reporting
-from .session import CLOSE_TIMEOUT, live_members, runtime_session
+from .session import CLOSE_TIMEOUT, is_alive, live_members, runtime_session
 
 __all__ = ["RunRequest", "SingleRun", "Takeover", "batch_status", "prepare_run", "run_many",
            "run_one"]
@@ -91,34 +91,59 @@ def prepare_run(flow_path: str, *, input_json: str | None, input_file: str | Non
 
 
 class Takeover:
-    """A client run's stand-in for the store's members: once none is alive (the last one
-    stopped before the run's sagas ended), a temporary member of this process drives the
-    store's sagas, which the client goes on following; it leaves when the run ends."""
+    """A client run's stand-in for the store's members, for the sagas they do not drive: once
+    none is alive (the last one stopped before the run's sagas ended), or one says it cannot
+    run the run's flow (its services do not import there), a temporary member of this process
+    joins, saying it runs the flow; it drives what it is given (the partitions left, or those
+    handed over for the flow), the client goes on following the log, and it leaves when the
+    run ends."""
 
-    CHECK_EVERY = 0.5  # seconds between looks at the members, in a batch
+    CHECK_EVERY = 0.5  # seconds between looks at the members
 
-    def __init__(self, store_url: str, runtime: Runtime) -> None:
+    def __init__(self, store_url: str, runtime: Runtime, flow: Flow) -> None:
         self.store_url = store_url
         self.runtime = runtime
+        self.flow = flow
         self.member: Runtime | None = None
         self._checked = 0.0
 
     def check(self) -> None:
-        """Take over if the runtime is a client and no member is alive (looked at every
-        :attr:`CHECK_EVERY` seconds at most)."""
+        """Take over if the runtime is a client and no member is alive, or one says it cannot
+        run the flow (looked at every :attr:`CHECK_EVERY` seconds at most)."""
         if self.member is not None or not self.runtime.client:
             return
         now = time.monotonic()
-        if now - self._checked >= self.CHECK_EVERY:
-            self._checked = now
-            if not live_members(self.runtime.store):
-                self.take_over()
+        if now - self._checked < self.CHECK_EVERY:
+            return
+        self._checked = now
+        store = self.runtime.store
+        if not live_members(store) or any(
+                is_alive(m) and any(isinstance(s, dict) and s.get("flow") == self.flow.name
+                                    for s in m.info.get("undriven_sagas") or ())
+                for m in store.members()):
+            self.take_over()
 
     def take_over(self) -> bool:
         """Start the temporary member (once); whether there is one (a client only)."""
         if self.member is None and self.runtime.client:
             self.member = Runtime(self.store_url)
+            self.member.compile(self.flow)  # its services started: it can run the flow
+            if self.member.membership is not None:  # said in its heartbeat
+                self.member.membership.runs(self.flow.name)
         return self.member is not None
+
+    def wait(self, saga_id: str) -> SagaResult:
+        """The runtime's wait for the saga, taking over meanwhile if need be (and once the
+        members have all stopped)."""
+        while True:
+            try:
+                return self.runtime.wait(saga_id, None if not self.runtime.client
+                                         else self.CHECK_EVERY)
+            except SagaTimeout:
+                self.check()
+            except SagaOrphaned:  # no member is alive: this process drives it (once)
+                if self.member is not None or not self.take_over():
+                    raise
 
     def close(self) -> None:
         if self.member is not None:
@@ -126,10 +151,10 @@ class Takeover:
 
 
 @contextlib.contextmanager
-def _session(store_url: str, fail: Sequence[str]) -> Iterator[tuple[Runtime, Takeover]]:
+def _session(store_url: str, request: RunRequest) -> Iterator[tuple[Runtime, Takeover]]:
     """:func:`~.session.runtime_session`, and its :class:`Takeover`."""
-    with runtime_session(store_url, fail) as runtime:
-        takeover = Takeover(store_url, runtime)
+    with runtime_session(store_url, request.fail) as runtime:
+        takeover = Takeover(store_url, runtime, request.flow)
         try:
             yield runtime, takeover
         finally:
@@ -157,17 +182,12 @@ def run_one(store_url: str, request: RunRequest, *,
     progress = BatchProgress()
     clients: list[bool] = []
     with stop_reporting(lambda: _left_in_flight(progress, 1, clients)), \
-            _session(store_url, request.fail) as (runtime, takeover):
+            _session(store_url, request) as (runtime, takeover):
         clients.append(runtime.client)
         started = runtime.start(request.flow, request.inputs[0], request.saga_id)
         progress.submitted, progress.last = 1, started
         try:
-            try:
-                ended = SingleRun(runtime.wait(started))
-            except SagaOrphaned:
-                if not takeover.take_over():  # the members all stopped: drive it here
-                    raise
-                ended = SingleRun(runtime.wait(started))
+            ended = SingleRun(takeover.wait(started))
         except SagaOrphaned as exc:  # an existing saga (--id) that nobody drives
             ended = SingleRun(runtime.result(started), note=str(exc))
         if on_end is not None:
@@ -183,7 +203,7 @@ def run_many(store_url: str, request: RunRequest, concurrency: int, *,
     progress = BatchProgress()
     clients: list[bool] = []
     with stop_reporting(lambda: _left_in_flight(progress, request.total, clients)), \
-            _session(store_url, request.fail) as (runtime, takeover), \
+            _session(store_url, request) as (runtime, takeover), \
             display(request.flow.name, request.total) as on_progress:
         clients.append(runtime.client)
         return run_batch(runtime, request.flow, request.inputs, request.total, concurrency,
