@@ -53,8 +53,9 @@ def resume_orphans(store_url: str, *,
             else:
                 counts[status] = counts.get(status, 0) + 1
     if left and on_note is not None:
-        on_note(f"{len(left)} sagas were left in flight: their flows' services do not import "
-                "here (a member that runs them finishes them; 'saga members' lists them)")
+        what = "1 saga was" if len(left) == 1 else f"{len(left)} sagas were"
+        on_note(f"{what} left in flight: their flows' services do not import here (a member "
+                "that runs them finishes them; 'saga members' lists them)")
     return {"resumed": len(adopted) - len(left), **counts}
 
 
