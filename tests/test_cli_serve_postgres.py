@@ -285,3 +285,23 @@ def test_a_client_runs_a_flow_its_member_cannot_import(served: Served, secret_ur
                    what="the member no longer reports the saga undriven")
     finally:
         store.close()
+
+
+def test_resume_leaves_a_saga_whose_services_do_not_import_and_says_so(
+        secret_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "local_greeter_services.py").write_text(LOCAL_SERVICES)
+    (tmp_path / "greeting.yaml").write_text(LOCAL_FLOW)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with Runtime(secret_url, client=True) as client:  # written for a member; there is none
+        client.start(str(tmp_path / "greeting.yaml"), {"name": "ada"}, "g-1")
+    shown = _members(secret_url)
+    assert [(s["saga_id"], s["why"]) for s in shown["undriven"]] == [("g-1", "unheld")]
+    here = saga_cli("resume", "--store", secret_url, timeout=120)  # flows.* only, not greeter
+    assert here.returncode == 0, here.stderr
+    assert here.stdout.strip() == "resumed 0 sagas: 0 completed, 0 compensated, 0 failed"
+    assert one_clear_line(here.stderr) == (
+        "note: 1 saga was left in flight: their flows' services do not import here (a member "
+        "that runs them finishes them; 'saga members' lists them)")
+    there = saga_cli("resume", "--store", secret_url, cwd=tmp_path, timeout=120)
+    assert (there.returncode, there.stderr) == (0, ""), there.stderr
+    assert there.stdout.strip() == "resumed 1 sagas: 1 completed, 0 compensated, 0 failed"
