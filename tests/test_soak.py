@@ -340,7 +340,7 @@ def check(soak: Soak) -> list[str]:
     problems: list[str] = []
     store = open_store(soak.url)
     try:
-        headers = {h.saga_id: h for h in store.list()}
+        headers = {h.saga_id: h for h in store.list(flow="order_inventory")}
         records = {saga_id: store.load(saga_id).events for saga_id in headers}
     finally:
         store.close()

@@ -18,15 +18,12 @@ from collections.abc import Iterator, Sequence
 from actors import Faults
 
 from ..engine.membership import DEFAULT_LEASE_TTL
-from ..engine.runtime import Runtime
+from ..engine.runtime import SHARED_SCHEMES, Runtime
 from ..errors import InputError
 from ..stores import MemberInfo, SagaStore, open_store
 
 __all__ = ["CLOSE_TIMEOUT", "SHARED_SCHEMES", "is_alive", "is_shared", "is_shared_url",
            "live_members", "runtime_session", "store_session"]
-
-SHARED_SCHEMES = ("postgresql:", "postgres:")
-"""The stores several orchestrator processes share, whose sagas members drive."""
 
 CLOSE_TIMEOUT = 3.0
 """Seconds a command's runtime waits for its services when it closes: a handler that blocks
@@ -46,7 +43,7 @@ def store_session(store_url: str, *, create: bool) -> Iterator[SagaStore]:
 def is_shared_url(store_url: str) -> bool:
     """Whether the store at ``store_url`` is one whose sagas members drive (PostgreSQL): where
     a :class:`~sagas.engine.runtime.Runtime` is a member by default."""
-    return store_url.startswith(SHARED_SCHEMES)
+    return store_url.lower().startswith(SHARED_SCHEMES)
 
 
 def is_shared(store: SagaStore) -> bool:

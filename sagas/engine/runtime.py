@@ -45,7 +45,6 @@ from actors import (
 from ..bus import Delivery, EventBus, Start, Subscriber, Subscription
 from ..errors import (
     BadStoreUrl,
-    IdConflict,
     InputError,
     SagactorError,
     SagaOrphaned,
@@ -59,6 +58,7 @@ from ..language.model import Flow
 from ..language.schema_check import compile_check
 from ..stores import TERMINAL, EventLog, NewSaga, SagaStore, open_store, partition_of
 from . import core
+from .handoff import DRIVE, Handoff, StartHandoff
 from .membership import DEFAULT_LEASE_TTL, Membership
 from .services import ServiceRegistry
 from .shard import (
@@ -70,7 +70,6 @@ from .shard import (
     StartSaga,
     Ticket,
     _Env,
-    canonical,
     shard_of,
 )
 from .triggers import TriggerStarter
@@ -85,10 +84,11 @@ SAGA_ID = "[A-Za-z0-9_.-]{1,128}"
 START_TIMEOUT = 30.0
 RECOVERY_CHUNK = 500
 """Sagas a shard loads, replays and resumes in one go when recovering (one read, one commit)."""
+BUSY_POLL = 0.02
+"""Seconds between polls of the store while it has work for this runtime (see
+:meth:`Runtime._poll_requests`)."""
 SHARED_SCHEMES = ("postgresql:", "postgres:")
 """Stores shared by several orchestrator processes: a runtime on one is a member by default."""
-DRIVE = "drive"
-"""The request a client writes beside a saga it created: "the partition's holder drives it"."""
 
 
 def validate_saga_id(saga_id: str) -> str:
@@ -301,7 +301,7 @@ class Runtime:
         if member and client:
             raise ValueError("a runtime is a member or a client, not both")
         if member is None:
-            member = not client and self.store.url.startswith(SHARED_SCHEMES)
+            member = not client and self.store.url.lower().startswith(SHARED_SCHEMES)
         self.client = client
         self.membership: Membership | None = None
         self._lease_ttl = lease_ttl
@@ -311,6 +311,8 @@ class Runtime:
         self._follow_position = 0
         self._requests_after = 0
         self._holders: tuple[float, dict[int, str]] = (0.0, {})
+        self._handoff = StartHandoff(self.store, self.owner, on_written=self._follow_saga,
+                                     on_refused=self._unfollow_saga)
         try:
             self._start(inbox, faults, services, listeners, shards, poll_interval, subscribers,
                         recover)
@@ -378,6 +380,7 @@ class Runtime:
         self._closed = True
         if self.membership is not None:  # takes nothing more; its leases are given back below
             self.membership.stop(timeout)
+        self._handoff.close(timeout)  # the starts handed over are written before the end
         self._stop_polling.set()
         if self._poller is not None:
             self._poller.join(timeout)
@@ -489,33 +492,28 @@ class Runtime:
 
     def _start_elsewhere(self, compiled: CompiledFlow, saga_input: Any, saga_id: str,
                          ticket: Ticket) -> None:
-        """Write the saga's start for the member holding its partition (or the next one) to
-        drive, with a request telling it to: the events :func:`core.start` decides, its first
-        commands left for that member to send (as ``saga resume`` re-sends them)."""
+        """Hand the saga's start to the member holding its partition (or the next one):
+        written in the next batch of :class:`StartHandoff`, with a ``drive`` request."""
         try:
             saga, events, _ = core.start(compiled, saga_id, saga_input, self._env)
             flow = compiled.flow
-            holder = self._holder_of(saga_id)
             new = NewSaga(
                 saga_id=saga_id, flow=flow.name, version=flow.version,
                 definition=flow.definition, definition_text=flow.text, input=saga_input,
                 status=saga.status, reason=saga.reason, started_at=saga.started_at,
-                events=tuple(events), owner=holder)
-            with self._lock:
-                self._remote.add(saga_id)
-            created, header = self.store.write([new], [])[0]
-            if created:
-                self.store.request(saga_id, DRIVE, {"requested_by": self.owner})
-            elif header.definition != compiled.definition:
-                raise IdConflict(f"saga id {saga_id!r} exists with a different flow definition")
-            elif canonical(header.input) != canonical(saga_input):
-                raise IdConflict(f"saga id {saga_id!r} exists with different input")
+                events=tuple(events), owner=self._holder_of(saga_id))
         except BaseException as exc:
-            with self._lock:
-                self._remote.discard(saga_id)
             ticket.resolve(error=exc)
             return
-        ticket.resolve((saga_id, created))
+        self._handoff.put(Handoff(new, compiled.definition, saga_input, ticket))
+
+    def _follow_saga(self, saga_id: str) -> None:
+        with self._lock:
+            self._remote.add(saga_id)
+
+    def _unfollow_saga(self, saga_id: str) -> None:
+        with self._lock:
+            self._remote.discard(saga_id)
 
     def _holder_of(self, saga_id: str) -> str | None:
         """The member holding the saga's partition now (``None`` if none does), from a view
@@ -741,8 +739,12 @@ class Runtime:
 
     def _poll_requests(self) -> None:
         """Act on requests (cancel, retry) that other processes wrote for sagas owned here, and
-        pass on the external events they sent (``saga send``)."""
-        while not self._stop_polling.wait(self._poll_interval):
+        pass on the external events they sent (``saga send``). Polls every ``poll_interval``
+        seconds, and every :data:`BUSY_POLL` while there is work: requests found, or sagas
+        driven elsewhere waited for here."""
+        interval = self._poll_interval
+        while not self._stop_polling.wait(interval):
+            interval = BUSY_POLL if self._remote else self._poll_interval
             try:
                 self._poll_events()
                 if self._triggers.active:
@@ -751,6 +753,8 @@ class Runtime:
                 if self.client:
                     continue
                 requests = self.store.requests(self.owner, self._requests_after)
+                if requests:
+                    interval = BUSY_POLL
                 drives = [r for r in requests if r.kind == DRIVE]
                 if drives:  # sagas a client started in partitions held here
                     self._load([r.saga_id for r in drives if self._drives(r.saga_id)],
