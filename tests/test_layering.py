@@ -28,12 +28,13 @@ GROUP_MAY_IMPORT = {
     "sagas.stores": {"sagas.errors", "sagas.events"},
     "sagas.bus": {"sagas.errors", "sagas.events", "sagas.stores"},
     "sagas.audit": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores"},
+    "sagas.remote": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores"},
     "sagas.engine": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
-                     "sagas.bus"},
+                     "sagas.bus", "sagas.remote"},
     "sagas.testing": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
-                      "sagas.bus", "sagas.audit", "sagas.engine"},
+                      "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote"},
     "sagas.commands": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
-                       "sagas.bus", "sagas.audit", "sagas.engine"},
+                       "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote"},
 }
 
 
