@@ -3,7 +3,9 @@
 The ids are what ``--only`` takes (``S8`` selects ``S8a``, ``S8b`` and ``S8c``); ``B1``, the
 bare-pykka baseline every ratio is taken against, is always run. The number of sagas is what the
 scenario's function is given: for S6 the sagas it parks (its row times S1's workload, a tenth as
-many sagas), for S7 the sagas it recovers.
+many sagas), for S7 the sagas it recovers, for S11 the sagas of each of its runs. A scenario that
+``requires`` something missing (S11: PostgreSQL and psycopg) is skipped with one line saying what
+to install, except under ``CI=true``, where it runs and fails.
 """
 
 from __future__ import annotations
@@ -26,9 +28,21 @@ class Scenario:
     function: str  # "module:function" under benchmarks, called with the number of sagas
     full: int
     quick: int
+    requires: str | None = None
+    """"module:function" under benchmarks saying in one line what to install for this scenario
+    (``None`` when all is there); the scenario is then skipped, except under ``CI=true``."""
 
     def sagas(self, quick: bool) -> int:
         return self.quick if quick else self.full
+
+    def unavailable(self) -> str | None:
+        """What to install before this scenario can run, or ``None``."""
+        if self.requires is None:
+            return None
+        module, _, name = self.requires.partition(":")
+        check: Callable[[], str | None] = getattr(
+            importlib.import_module(f"benchmarks.{module}"), name)
+        return check()
 
     def load(self) -> Callable[[int], Result]:
         module, _, name = self.function.partition(":")
@@ -62,6 +76,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              5_000, 500),
     Scenario("S10", "S3 with a subscriber sleeping 10 ms per event", "event_bus:run_s10",
              1_000, 300),
+    Scenario("S11", "S3's workload on PostgreSQL, 1 member (2 in the notes)",
+             "scale_out:run_s11", 10_000, 1_000, requires="pg_server:unavailable"),
 )
 
 BASELINE = "B1"
