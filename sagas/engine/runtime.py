@@ -16,6 +16,7 @@ seeded ``random`` to run time-dependent behaviour without sleeping (see :mod:`sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ from .shard import (
     EventPosted,
     LoadSaga,
     LoadSagas,
+    RemoteReplies,
     Shard,
     StartSaga,
     Ticket,
@@ -89,6 +91,12 @@ BUSY_POLL = 0.02
 :meth:`Runtime._poll_requests`)."""
 SHARED_SCHEMES = ("postgresql:", "postgres:")
 """Stores shared by several orchestrator processes: a runtime on one is a member by default."""
+
+
+def _remote_names(remote: Sequence[str] | str) -> frozenset[str]:
+    """``"all"``, ``"a,b"`` or ``["a", "b"]`` as a set of service names."""
+    names = remote.split(",") if isinstance(remote, str) else list(remote)
+    return frozenset(name.strip() for name in names if name and name.strip())
 
 
 def validate_saga_id(saga_id: str) -> str:
@@ -266,6 +274,8 @@ class Runtime:
         member: bool | None = None,
         client: bool = False,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        broker: str | None = None,
+        remote: Sequence[str] | str = (),
     ):
         if shards < 1:
             raise ValueError("a runtime needs at least one shard")
@@ -311,6 +321,12 @@ class Runtime:
         self._follow_position = 0
         self._requests_after = 0
         self._holders: tuple[float, dict[int, str]] = (0.0, {})
+        self._broker_url = broker
+        self._remote_names = _remote_names(remote)
+        if self._remote_names and broker is None:
+            raise ValueError("services placed remote need a broker (broker='redis://...')")
+        self.broker: Any = None  # the BrokerLink, once started
+        self._remote_pools: dict[str, Any] = {}
         self._handoff = StartHandoff(self.store, self.owner, on_written=self._follow_saga,
                                      on_refused=self._unfollow_saga)
         try:
@@ -327,7 +343,8 @@ class Runtime:
         self.store.register_owner(self.owner)
         inbox = inbox if inbox is not None else self.store.inbox
         self.services = ServiceRegistry(inbox=inbox, faults=faults, activity=self.activity,
-                                        dead_letters=self.dead_letters, overrides=services)
+                                        dead_letters=self.dead_letters, overrides=services,
+                                        remote=self._placed_remote)
         if self._member:
             self.membership = Membership(
                 self.store, self.owner, ttl=self._lease_ttl, on_gained=self._gained,
@@ -344,6 +361,13 @@ class Runtime:
                             owner=self.owner, on_lost=self._lost_commit,
                             membership=self.membership))
         self._shard_refs = [self.activity.counting(ref) for ref in self._shards]
+        if self._broker_url is not None:
+            from ..remote.outbound import BrokerLink
+
+            self.broker = BrokerLink(self._broker_url, self.owner,
+                                     partition_count=self._partition_count(),
+                                     partitions=self._reply_partitions,
+                                     deliver=self._deliver_replies)
         self._poll_interval = poll_interval
         self._triggers = TriggerStarter(
             self.store, lambda compiled, data, saga_id: self.submit(compiled.flow, data, saga_id))
@@ -394,6 +418,8 @@ class Runtime:
                 log.debug("shard already stopped", exc_info=True)
         if self.membership is not None:  # what the shards held is committed: hand it over
             self.membership.leave()
+        if self.broker is not None:
+            self.broker.close(timeout)
         if self.services is not None:
             self.services.stop(timeout)
         if self._owns_store:
@@ -525,6 +551,33 @@ class Runtime:
                        if info.held and info.member is not None}
             self._holders = (now, holders)
         return holders.get(partition_of(saga_id, self._partition_count()))
+
+    # -- services in workers (sagas.remote) ---------------------------------------------------
+    def _placed_remote(self, name: str, spec: Any) -> Any | None:
+        """The stand-in for service ``name`` if it runs in workers: placed remote, or declared
+        without a Python class; ``None`` to run it here."""
+        if self.broker is None:
+            return None
+        if not (spec.import_path == "" or "all" in self._remote_names
+                or name in self._remote_names):
+            return None
+        pool = self._remote_pools.get(name)
+        if pool is None:
+            from ..remote.outbound import RemoteService
+
+            pool = self._remote_pools[name] = RemoteService(self.broker, name)
+        return pool
+
+    def _reply_partitions(self) -> Sequence[int]:
+        if self.membership is not None:
+            return self.membership.held()
+        return range(self._partition_count())
+
+    def _deliver_replies(self, saga_id: str, replies: list[Any],
+                         ack: Callable[[], None]) -> None:
+        # closing: left unacknowledged, read again by whoever drives the saga next
+        with contextlib.suppress(SagactorError):
+            self._tell_shard(saga_id, RemoteReplies(tuple(replies), ack))
 
     def _partition_count(self) -> int:
         if self.membership is not None:

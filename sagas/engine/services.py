@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from actors import Activity, DeadLetters, FaultInjector, InboxStore, Service, ServicePool
 
@@ -27,12 +28,15 @@ class ServiceRegistry:
 
     def __init__(self, *, inbox: InboxStore, faults: FaultInjector | None, activity: Activity,
                  dead_letters: DeadLetters,
-                 overrides: Mapping[str, Service | Sequence[Service]] | None = None):
+                 overrides: Mapping[str, Service | Sequence[Service]] | None = None,
+                 remote: Callable[[str, Any], Any | None] | None = None):
         self._inbox = inbox
         self._faults = faults
         self._activity = activity
         self._dead_letters = dead_letters
         self._overrides = dict(overrides or {})
+        # remote(name, spec) -> a stand-in pool publishing to workers, or None (in-process)
+        self._remote = remote
         self._pools: dict[str, ServicePool] = {}
         self._bindings: dict[str, dict[str, ServicePool]] = {}
         self._lock = threading.Lock()
@@ -47,15 +51,25 @@ class ServiceRegistry:
             if bound is not None:
                 return bound
             bound = {}
+            remote: set[str] = set()
             for name, spec in flow.services.items():
+                placed = self._remote(name, spec) if self._remote is not None else None
+                if placed is not None:
+                    bound[name] = placed  # never imported here: its workers run it
+                    remote.add(name)
+                    continue
+                if not spec.import_path:
+                    raise DefinitionUnavailable(
+                        f"service {name!r} has no Python class: it runs in workers; place "
+                        "it remote (--broker URL --remote ...)")
                 pool = self._pools.get(spec.import_path)
                 if pool is None:
                     pool = self._start(name, spec.import_path, spec.instances)
                     self._pools[spec.import_path] = pool
                 bound[name] = pool
             for step in flow.steps:
-                if not step.calls_service:
-                    continue  # a delay or a wait calls no service
+                if not step.calls_service or step.service in remote:
+                    continue  # a delay or a wait calls no service; workers check their own
                 handlers = type(bound[step.service].instances[0]).handler_names()
                 for handler in (step.action, step.compensation):
                     if handler is not None and handler not in handlers:

@@ -58,8 +58,8 @@ if TYPE_CHECKING:
     class _ShardStore(EventLog, ExternalEvents, Protocol):
         """The store's facets a shard uses: the sagas' logs, and claiming external events."""
 
-__all__ = ["DropPartitions", "EventPosted", "LoadSaga", "LoadSagas", "SagaSignal", "Shard",
-           "StartSaga", "Ticket", "shard_of"]
+__all__ = ["DropPartitions", "EventPosted", "LoadSaga", "LoadSagas", "RemoteReplies",
+           "SagaSignal", "Shard", "StartSaga", "Ticket", "shard_of"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,15 @@ class LoadSaga:
     saga_id: str
     then: core.Signal | None
     ticket: Ticket = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteReplies:
+    """Replies read from the broker (:mod:`sagas.remote`): handled as :class:`Replies`, then
+    ``ack()`` once what they caused is committed (a reply is acknowledged only then)."""
+
+    replies: tuple[Reply, ...]
+    ack: Callable[[], None] = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +215,8 @@ class _Pending:
     gets its answer.
     """
 
-    __slots__ = ("after", "appends", "creates", "events", "handled", "new_ids", "since")
+    __slots__ = ("acks", "after", "appends", "creates", "events", "handled", "new_ids",
+                 "since")
 
     def __init__(self) -> None:
         self.creates: list[tuple[NewSaga, StartSaga]] = []
@@ -217,6 +227,7 @@ class _Pending:
         self.events = 0
         self.since: float | None = None  # when the first decision of the batch was staged
         self.handled = 0  # messages handled since the last commit (Activity.end once sent)
+        self.acks: list[Callable[[], None]] = []  # broker replies to acknowledge once committed
 
 
 class Shard(pykka.ThreadingActor):
@@ -301,6 +312,13 @@ class Shard(pykka.ThreadingActor):
                 self._claim_for((message.event, message.key))
             elif kind is DropPartitions:
                 self._drop(message)
+            elif kind is RemoteReplies:
+                for reply in message.replies:
+                    try:
+                        self._reply(reply)
+                    except Exception:
+                        log.exception("shard %d: failed to handle %r", self.index, reply)
+                self._pending.acks.append(message.ack)
             else:
                 log.warning("shard %d: unexpected message %r", self.index, message)
         except Exception:  # never let one saga's trouble stop the shard
@@ -495,6 +513,7 @@ class Shard(pykka.ThreadingActor):
         """Commit what was decided, then act on it (listeners, sends, timers, answers)."""
         pending = self._pending
         if not pending.after and not pending.creates and not pending.appends:
+            self._ack(pending)
             if pending.handled:
                 self.activity.end(pending.handled)
                 pending.handled = 0
@@ -515,9 +534,20 @@ class Shard(pykka.ThreadingActor):
                 except Exception:  # their timeouts are armed: the attempts time out and retry
                     log.exception("shard %d: could not send %d commands", self.index,
                                   len(messages))
+            self._ack(pending)
         finally:
             if pending.handled:
                 self.activity.end(pending.handled)
+
+    def _ack(self, pending: _Pending) -> None:
+        """Acknowledge the broker replies handled in ``pending`` (their effects are durable,
+        or were refused: a refused saga is driven again from its log, its replies re-sent)."""
+        acks, pending.acks = pending.acks, []
+        for ack in acks:
+            try:
+                ack()
+            except Exception:
+                log.exception("shard %d: acknowledging replies failed", self.index)
 
     def _after_commit(self, saga: core.Saga | None, events: list[Event],
                       commands: list[core.Command], ticket: Ticket | None, answer: Any,

@@ -1,0 +1,340 @@
+"""The orchestrator's side of remote services: commands published to Redis Streams, replies
+read back and handed to the shards (the protocol: :mod:`.protocol`).
+
+A :class:`RemoteService` stands where a service pool stands for a shard: its ``tell_many``
+publishes the commands (after their events are committed, as the shard sends nothing before).
+One :class:`BrokerLink` per runtime publishes, keeps a saga's commands to one service in
+order, and reads the reply streams of the partitions the runtime drives.
+
+**Order per saga and service.** In-process, a service's mailbox keeps a compensation from
+overtaking its action. Over the broker, two workers could run them at once (the action timed
+out here but still runs there). So a command for ``(saga, service)`` is published only when the
+previous one published for that pair has been answered (its reply read here) or is no longer
+pending in the workers' group (acknowledged, dead-lettered, or lost with a crashed
+redis-server); meanwhile it waits here, checked every :data:`RECHECK` seconds.
+
+**Replies** are acknowledged only after the events they caused are committed: the shard calls
+back once its commit is durable. A reply stream's entries left unacknowledged by an
+orchestrator that died are claimed by whoever drives the partition next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from . import protocol
+
+__all__ = ["BrokerLink", "RemoteService"]
+
+log = logging.getLogger(__name__)
+
+RECHECK = 0.2
+"""Seconds between checks of commands waiting for their saga's previous one to a service."""
+READ_BLOCK_MS = 100
+CLAIM_EVERY = 1.0
+CLAIM_IDLE_MS = 2000
+OUTCOME = {"ok": "succeeded", "rejected": "rejected", "error": "error"}
+
+
+class RemoteService:
+    """A service placed in workers: what a shard sends to it is published to its stream."""
+
+    instances: tuple[Any, ...] = ()
+
+    def __init__(self, link: BrokerLink, name: str) -> None:
+        self.link = link
+        self.name = name
+
+    def tell_many(self, commands: Sequence[Any], reply_to: Any) -> None:
+        self.link.publish(self.name, commands)
+
+    def tell(self, command: Any, reply_to: Any) -> None:
+        self.link.publish(self.name, [command])
+
+    def __len__(self) -> int:
+        return 0
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"RemoteService({self.name!r})"
+
+
+class BrokerLink:
+    """Publishing commands and reading replies for one runtime.
+
+    ``partitions()`` returns the partitions whose replies this runtime reads now (all of them
+    for a runtime alone on its store; a member's held ones), ``partition_count`` the store's
+    number of partitions, ``deliver(saga_id, replies, ack)`` hands replies to the shard of
+    ``saga_id``, which calls ``ack()`` once what they caused is committed.
+    """
+
+    def __init__(self, url: str, consumer: str, *, partition_count: int,
+                 partitions: Callable[[], Iterable[int]],
+                 deliver: Callable[[str, list[Any], Callable[[], None]], None],
+                 prefix: str = protocol.DEFAULT_PREFIX) -> None:
+        self.url = url
+        self.consumer = consumer
+        self.prefix = prefix
+        self.partition_count = partition_count
+        self._partitions = partitions
+        self._deliver = deliver
+        self.redis, self.display_url = _connect(url)
+        self._lock = threading.Lock()
+        # (saga_id, service) -> (command_id, stream entry id) of the last command published
+        self._last: dict[tuple[str, str], tuple[str, str]] = {}
+        self._waiting: dict[tuple[str, str], list[Any]] = {}  # commands held back, in order
+        self._answered: set[str] = set()  # command ids whose replies were read
+        self._groups: set[str] = set()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name=f"sagactor-replies-{consumer}")
+        self._reader.start()
+
+    # -- commands ------------------------------------------------------------------------------
+    def publish(self, service: str, commands: Sequence[Any]) -> None:
+        """Publish ``commands`` for ``service``, each after the previous command of its saga
+        to that service was answered."""
+        ready: list[tuple[str, Any]] = []
+        with self._lock:
+            for command in commands:
+                pair = (command.saga_id, service)
+                if pair in self._waiting or self._busy(pair):
+                    self._waiting.setdefault(pair, []).append(command)
+                else:
+                    ready.append((service, command))
+        if ready:
+            self._send(ready)
+
+    def _busy(self, pair: tuple[str, str]) -> bool:
+        last = self._last.get(pair)
+        return last is not None and last[0] not in self._answered
+
+    def _send(self, batch: list[tuple[str, Any]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for service, command in batch:
+            pipe.xadd(protocol.command_stream(service, self.prefix),
+                      protocol.encode(self._envelope(service, command)))
+        try:
+            ids = pipe.execute()
+        except Exception as exc:  # the attempts time out and are retried by their policy
+            log.warning("could not publish %d commands to %s (%s); their attempts time out "
+                        "and are retried", len(batch), self.display_url, exc)
+            return
+        with self._lock:
+            for (service, command), entry in zip(batch, ids, strict=True):
+                entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
+                self._last[(command.saga_id, service)] = (command.command_id, entry_id)
+
+    def _envelope(self, service: str, command: Any) -> dict[str, Any]:
+        partition = protocol.partition_of(command.saga_id, self.partition_count)
+        return {
+            "protocol": protocol.PROTOCOL, "command_id": command.command_id,
+            "key": command.key, "saga_id": command.saga_id, "step": command.step,
+            "phase": command.phase, "attempt": command.attempt, "service": service,
+            "handler": command.name, "payload": _plain(command.payload),
+            "result": _plain(command.result) if command.result is not None else None,
+            "reply_to": protocol.reply_stream(partition, self.prefix),
+            "deadline": command.timeout_at, "traceparent": None, "tracestate": None,
+        }
+
+    def _release_waiting(self) -> None:
+        """Publish the held-back commands whose predecessor was answered, or is no longer
+        pending among the workers."""
+        with self._lock:
+            pairs = list(self._waiting)
+        ready: list[tuple[str, Any]] = []
+        for pair in pairs:
+            with self._lock:
+                last = self._last.get(pair)
+                answered = last is None or last[0] in self._answered
+            if not answered and not self._still_pending(pair[1], last[1]):  # type: ignore
+                answered = True
+            if answered:
+                with self._lock:
+                    queued = self._waiting.pop(pair, [])
+                    if queued:
+                        first, rest = queued[0], queued[1:]
+                        ready.append((pair[1], first))
+                        if rest:
+                            self._waiting[pair] = rest
+        if ready:
+            self._send(ready)
+
+    def _still_pending(self, service: str, entry_id: str) -> bool:
+        """Whether the command entry may still be handled by a worker: pending in the
+        workers' group (read, not acknowledged), or not read by any worker yet."""
+        stream = protocol.command_stream(service, self.prefix)
+        group = protocol.workers_group(self.prefix)
+        try:
+            if self.redis.xpending_range(stream, group, min=entry_id, max=entry_id, count=1):
+                return True
+            for info in self.redis.xinfo_groups(stream):
+                if _text(info.get("name", info.get(b"name", b""))) == group:
+                    delivered = _text(info.get("last-delivered-id",
+                                               info.get(b"last-delivered-id", b"0-0")))
+                    return _entry_key(entry_id) > _entry_key(delivered)
+        except Exception:  # no group yet (no worker has read the stream), or unreachable
+            return True
+        return True  # no workers' group yet: nobody has read it
+
+    # -- replies -------------------------------------------------------------------------------
+    def _read(self) -> None:
+        group = protocol.orchestrators_group(self.prefix)
+        last_claim = 0.0
+        failing = False
+        while not self._stop.is_set():
+            try:
+                streams = [protocol.reply_stream(p, self.prefix) for p in self._partitions()]
+                for stream in streams:
+                    if stream not in self._groups:
+                        _ensure_group(self.redis, stream, group)
+                        self._groups.add(stream)
+                if time.monotonic() - last_claim > CLAIM_EVERY:
+                    last_claim = time.monotonic()
+                    for stream in streams:
+                        self._claim(stream, group)
+                    self._release_waiting()
+                if not streams:
+                    self._stop.wait(READ_BLOCK_MS / 1000)
+                    continue
+                found = self.redis.xreadgroup(group, self.consumer,
+                                              {s: ">" for s in streams}, count=500,
+                                              block=READ_BLOCK_MS)
+                for stream, entries in found or ():
+                    self._handle(_text(stream), entries)
+                if self._waiting:
+                    self._release_waiting()
+                if failing:
+                    failing = False
+                    log.warning("broker %s answers again", self.display_url)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                if not failing:
+                    failing = True
+                    log.warning("broker %s cannot be reached (%s); retrying", self.display_url,
+                                exc)
+                self._groups.clear()
+                self._stop.wait(0.5)
+
+    def _claim(self, stream: str, group: str) -> None:
+        """Take the replies another orchestrator read but never acknowledged (it died)."""
+        start = "0-0"
+        while True:
+            result = self.redis.xautoclaim(stream, group, self.consumer, CLAIM_IDLE_MS,
+                                           start_id=start, count=500)
+            start, entries = _text(result[0]), result[1]
+            if entries:
+                self._handle(stream, entries)
+            if start == "0-0" or not entries:
+                return
+
+    def _handle(self, stream: str, entries: list[Any]) -> None:
+        by_saga: dict[str, list[tuple[Any, str]]] = {}
+        junk: list[str] = []
+        for entry_id, fields in entries:
+            entry_id = _text(entry_id)
+            if not fields:  # deleted meanwhile
+                junk.append(entry_id)
+                continue
+            try:
+                message = protocol.decode(_fields(fields), "reply")
+                reply = _reply(message)
+            except Exception as exc:
+                log.warning("a reply on %s that is not one (%s): dropped", stream, exc)
+                junk.append(entry_id)
+                continue
+            with self._lock:
+                self._answered.add(message["command_id"])
+            by_saga.setdefault(reply.command.saga_id, []).append((reply, entry_id))
+        if junk:
+            self._ack(stream, junk)
+        for saga_id, replies in by_saga.items():
+            ids = [entry_id for _, entry_id in replies]
+            self._deliver(saga_id, [r for r, _ in replies],
+                          lambda s=stream, i=ids: self._ack(s, i))
+
+    def _ack(self, stream: str, ids: list[str]) -> None:
+        try:
+            self.redis.xack(stream, protocol.orchestrators_group(self.prefix), *ids)
+        except Exception as exc:  # read again after a restart: the replies are idempotent
+            log.warning("could not acknowledge %d replies on %s (%s)", len(ids), stream, exc)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._reader.join(timeout)
+        with contextlib.suppress(Exception):  # best effort
+            self.redis.close()
+
+
+def _connect(url: str) -> tuple[Any, str]:
+    """A redis-py client for ``url`` and the URL with its password masked (to be replaced by
+    the shared :mod:`.broker` helpers)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import redis
+
+    parts = urlsplit(url)
+    shown = url
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        shown = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10), shown
+
+
+def _ensure_group(client: Any, stream: str, group: str) -> None:
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except Exception as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(fields: Any) -> dict[str, Any]:
+    return {_text(k): v for k, v in fields.items()}
+
+
+def _plain(value: Any) -> Any:
+    """A deep-frozen payload as plain JSON values."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _reply(message: dict[str, Any]) -> Any:
+    from actors import Command, Reply
+
+    if message.get("protocol") != protocol.PROTOCOL:
+        raise protocol.ProtocolError(f"protocol {message.get('protocol')!r}")
+    outcome = OUTCOME.get(message["outcome"])
+    if outcome is None:
+        raise protocol.ProtocolError(f"unknown outcome {message['outcome']!r}")
+    command = Command(command_id=message["command_id"], saga_id=message["saga_id"],
+                      step=message["step"], phase=message["phase"], name="",
+                      attempt=int(message["attempt"]), key=message["key"], payload={})
+    result = message.get("result")
+    output = dict(result) if outcome == "succeeded" and isinstance(result, dict) else (
+        {} if outcome == "succeeded" else None)
+    error = None if outcome == "succeeded" else str(message.get("reason") or outcome)
+    return Reply(command=command, outcome=outcome, output=output, error=error,
+                 replayed=bool(message.get("replayed")), service=str(message["service"]),
+                 instance=0)
