@@ -60,8 +60,8 @@ class ServiceRegistry:
                     continue
                 if not spec.import_path:
                     raise DefinitionUnavailable(
-                        f"service {name!r} has no Python class: it runs in workers; place "
-                        "it remote (--broker URL --remote ...)")
+                        f"service {name!r} has no Python class: workers run it; give their "
+                        "broker (--broker redis://..., SAGA_BROKER)")
                 pool = self._pools.get(spec.import_path)
                 if pool is None:
                     pool = self._start(name, spec.import_path, spec.instances)

@@ -71,7 +71,7 @@ TOP_KEYS = ("saga", "version", "description", "services", "input", "defaults", "
 TRIGGER_KEYS = ("event", "id")
 DEFAULTS_KEYS = ("retry", "timeout", "on_compensation_failure")
 RETRY_KEYS = ("attempts", "backoff", "multiplier", "max_backoff", "jitter")
-SERVICE_KEYS = ("class", "instances")
+SERVICE_KEYS = ("class", "instances", "remote", "handlers")
 STEP_KEYS = (
     "name", "service", "action", "compensation", "input", "retry", "timeout", "pivot", "effects",
     "on_compensation_failure", "delay", "wait_for", "choice", "parallel",
@@ -433,8 +433,18 @@ class _Checker:
             service_name = self.identifier(key, "service name")
             import_path, instances = None, 1
             path_node: YNode | None = value
+            if value.kind == "map" and value.get("remote") is not None:
+                spec = self.remote_service(key, value, service_name)
+                if spec is not None:
+                    result[service_name] = (key, spec)
+                continue
             if value.kind == "map":
                 path_node = None
+                if value.get("handlers") is not None:
+                    self.error(value.get("handlers"),
+                               f"service {key.value!r}: 'handlers' declares a service without a "
+                               "Python class and needs 'remote: true' (a class's handlers are "
+                               "its @handles methods)")
                 if self.mapping(value, f"service {key.value!r}", SERVICE_KEYS, ("class",)):
                     if (path_node := value.get("class")) is not None:
                         import_path = self.import_path(path_node)
@@ -450,6 +460,40 @@ class _Checker:
                 result[service_name] = (key, spec)
                 self.service_paths[service_name] = (path_node, spec)
         return result
+
+    def remote_service(self, key: YNode, value: YNode,
+                       service_name: str | None) -> ServiceSpec | None:
+        """``{remote: true, handlers: [charge, refund]}``: a service no Python class
+        implements, served by workers elsewhere (any language: the wire protocol)."""
+        what = f"service {key.value!r}"
+        before = len(self.errors)
+        self.mapping(value, what, SERVICE_KEYS, ("remote", "handlers"))
+        flag = value.get("remote")
+        if flag is not None and flag.value is not True:
+            self.error(flag, f"{what}: 'remote' must be true (a service with a class is "
+                             "placed remote when deployed: --remote), got "
+                             f"{flag.value if flag.kind == 'scalar' else flag.type_name!r}")
+        for extra in ("class", "instances"):
+            if (node := value.get(extra)) is not None:
+                self.error(node, f"{what}: a remote service has no '{extra}': its workers run "
+                                 "it (drop 'remote: true' to run a class here, or place it "
+                                 "remote when deployed: --remote)")
+        handlers: list[str] = []
+        node = value.get("handlers")
+        if node is not None:
+            if node.kind != "seq" or not node.items:
+                self.error(node, f"{what}: 'handlers' must be a non-empty list of handler "
+                                 f"names, got {node.type_name}")
+            else:
+                for item in node.items:
+                    name = self.identifier(item, "handler name")
+                    if name is not None:
+                        if name in handlers:
+                            self.error(item, f"{what}: handler {name!r} is listed twice")
+                        handlers.append(name)
+        if service_name is None or not handlers or len(self.errors) > before:
+            return None
+        return ServiceSpec(service_name, "", 1, frozenset(handlers))
 
     @staticmethod
     def _service_names(node: YNode | None) -> set[str]:
@@ -845,6 +889,15 @@ class _Checker:
         if (n := item.get("compensation")) is not None:
             compensation = self.identifier(n, "compensation")
             ok = ok and compensation is not None
+        declared = services.get(service)[1] if service in services else None  # type: ignore
+        if declared is not None and declared.handlers is not None:  # checked without importing
+            for key, handler in (("action", action), ("compensation", compensation)):
+                if handler is not None and handler not in declared.handlers:
+                    listed = ", ".join(sorted(declared.handlers))
+                    self.error(item.get(key), f"remote service {service!r} declares no handler "
+                                              f"{handler!r}{_suggest(handler, listed.split(', '))}"
+                                              f" (its handlers: {listed})")
+                    ok = False
         payload = None
         if (n := item.get("input")) is not None:
             payload = self.payload(n, earlier, name)

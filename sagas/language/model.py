@@ -158,11 +158,19 @@ DEFAULT_TIMEOUT = 30.0
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """A declared service: a name bound to ``module:Class``, run as ``instances`` actors."""
+    """A declared service: a name bound to ``module:Class``, run as ``instances`` actors; or,
+    declared ``{remote: true, handlers: [...]}``, one with no Python class (``import_path``
+    empty), served by workers in other processes or languages (:mod:`sagas.remote`)."""
 
     name: str
     import_path: str
     instances: int = 1
+    handlers: frozenset[str] | None = None  # a class-less service's declared handlers
+
+    @property
+    def remote(self) -> bool:
+        """Whether the service has no Python class: it always runs in workers."""
+        return not self.import_path
 
     @property
     def module(self) -> str:
