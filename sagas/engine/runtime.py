@@ -276,6 +276,7 @@ class Runtime:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         broker: str | None = None,
         remote: Sequence[str] | str = (),
+        publish: str | None = None,
     ):
         if shards < 1:
             raise ValueError("a runtime needs at least one shard")
@@ -326,6 +327,12 @@ class Runtime:
         if self._remote_names and broker is None:
             raise ValueError("services placed remote need a broker (broker='redis://...')")
         self.broker: Any = None  # the BrokerLink, once started
+        self._publisher: Any = None
+        if publish is not None:  # saga events to the broker's streams, from the log
+            from ..remote.publish import EventPublisher
+
+            self._publisher = EventPublisher(publish)
+            subscribers = (*subscribers, self._publisher.subscriber())
         self._remote_pools: dict[str, Any] = {}
         self._handoff = StartHandoff(self.store, self.owner, on_written=self._follow_saga,
                                      on_refused=self._unfollow_saga)
@@ -408,6 +415,8 @@ class Runtime:
         self._stop_polling.set()
         if self._poller is not None:
             self._poller.join(timeout)
+        if self._publisher is not None:  # a wait for an unreachable broker ends now
+            self._publisher.close()
         if self.bus is not None:  # subscribers' cursors saved before the store closes
             self.bus.close(timeout)
         self.scheduler.stop()
