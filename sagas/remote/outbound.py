@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import protocol
+from .broker import connect, ensure_group, masked_url
 
 __all__ = ["BrokerLink", "RemoteService"]
 
@@ -85,7 +86,8 @@ class BrokerLink:
         self.partition_count = partition_count
         self._partitions = partitions
         self._deliver = deliver
-        self.redis, self.display_url = _connect(url)
+        self.redis = connect(url)  # BrokerUnavailable (one line) if it cannot be reached now
+        self.display_url = masked_url(url)
         self._lock = threading.Lock()
         # (saga_id, service) -> (command_id, stream entry id) of the last command published
         self._last: dict[tuple[str, str], tuple[str, str]] = {}
@@ -194,7 +196,7 @@ class BrokerLink:
                 streams = [protocol.reply_stream(p, self.prefix) for p in self._partitions()]
                 for stream in streams:
                     if stream not in self._groups:
-                        _ensure_group(self.redis, stream, group)
+                        ensure_group(self.redis, stream, group)
                         self._groups.add(stream)
                 if time.monotonic() - last_claim > CLAIM_EVERY:
                     last_claim = time.monotonic()
@@ -272,30 +274,6 @@ class BrokerLink:
         self._reader.join(timeout)
         with contextlib.suppress(Exception):  # best effort
             self.redis.close()
-
-
-def _connect(url: str) -> tuple[Any, str]:
-    """A redis-py client for ``url`` and the URL with its password masked (to be replaced by
-    the shared :mod:`.broker` helpers)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    import redis
-
-    parts = urlsplit(url)
-    shown = url
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        shown = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=10), shown
-
-
-def _ensure_group(client: Any, stream: str, group: str) -> None:
-    try:
-        client.xgroup_create(stream, group, id="0", mkstream=True)
-    except Exception as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:

@@ -44,9 +44,10 @@ class EventPublisher:
 
     def __init__(self, url: str, *, prefix: str = protocol.DEFAULT_PREFIX,
                  name: str | None = None, maxlen: int | None = 100_000) -> None:
-        from .outbound import _connect
+        from .broker import connect, masked_url
 
-        self.redis, self.display_url = _connect(url)
+        self.redis = connect(url, check=False)  # it waits for an unreachable broker
+        self.display_url = masked_url(url)
         self.prefix = prefix
         self.name = name or f"{prefix}.publisher"
         self.maxlen = maxlen
