@@ -17,7 +17,7 @@ from sagas import __version__, commands, errors
 
 # -- the one table: a command's outcome -> its exit code ------------------------------------------
 EXIT_OK, EXIT_COMPENSATED, EXIT_USAGE, EXIT_FAILED, EXIT_UNKNOWN, EXIT_STORE = 0, 1, 2, 3, 4, 5
-EXIT_INTERNAL, EXIT_SIGNALLED, EXIT_INTERRUPTED, EXIT_PIPE = 70, 128, 130, 141
+EXIT_BROKER, EXIT_INTERNAL, EXIT_SIGNALLED, EXIT_INTERRUPTED, EXIT_PIPE = 6, 70, 128, 130, 141
 EXIT_VIOLATIONS = EXIT_COUNTEREXAMPLE = 1
 EXIT_BY_STATUS = {"ok": EXIT_OK, "completed": EXIT_OK, "compensated": EXIT_COMPENSATED,
                   "failed": EXIT_FAILED, "invalid": EXIT_USAGE, "violations": EXIT_VIOLATIONS,
@@ -28,6 +28,7 @@ EXIT_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (errors.DefinitionUnavailable, EXIT_USAGE), (errors.IdConflict, EXIT_USAGE),
     (errors.BadStoreUrl, EXIT_USAGE), (errors.SagaOrphaned, EXIT_FAILED),
     (errors.UnknownSaga, EXIT_UNKNOWN), (errors.StoreError, EXIT_STORE),
+    (commands.BrokerUnavailable, EXIT_BROKER),
     (errors.SagaTimeout, EXIT_COMPENSATED), (errors.SagactorError, EXIT_COMPENSATED),
     (click.UsageError, EXIT_USAGE), (click.Abort, EXIT_INTERRUPTED),
     (KeyboardInterrupt, EXIT_INTERRUPTED), (BrokenPipeError, EXIT_PIPE), (Exception, EXIT_INTERNAL),
@@ -134,7 +135,7 @@ def main(debug: bool) -> None:
 
     \b
     Exit codes: 0 ok, 1 compensated, 2 usage error or invalid input, 3 failed (needs a person),
-    4 unknown saga id, 5 store unusable.
+    4 unknown saga id, 5 store unusable, 6 broker unusable.
     """
     commands.configure_process(debug)  # logs only with --debug; an application's GC thresholds
 
@@ -229,12 +230,10 @@ def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str 
         as_json: bool) -> None:
     """Run a saga (or a batch) of FLOW and print how it went.
 
-    \b
-    One saga: its timeline; exit 0 completed, 1 compensated, 3 failed.
-    A batch (--count N, or several inputs): a progress bar on stderr, then counts,
-    throughput and latency percentiles; exit 0 if every saga completed or was
-    compensated, 3 if any failed.
-    On PostgreSQL with a live member (saga serve), that member drives them; --fail exits 2.
+    One saga: its timeline; exit 0 completed, 1 compensated, 3 failed. A batch (--count N,
+    or several inputs): a progress bar on stderr, then counts, throughput and latency
+    percentiles; exit 0 if none failed, 3 if any did. On PostgreSQL with a live member
+    (saga serve), that member drives them; --fail exits 2.
     """
     request = commands.prepare_run(flow, input_json=input_json, input_file=input_file,
                                    saga_id=saga_id, fail=fail, count=count)
@@ -296,18 +295,13 @@ def serve(flows: tuple[str, ...], store_url: str, duration: float | None, lease_
           as_json: bool) -> None:
     """Drive a store's sagas; start a saga of each FLOW for every event of its trigger.
 
-    On PostgreSQL it is a member (see `saga members`): it drives the sagas of its share of
-    the store's partitions, whoever started them (`saga run` is its client then), takes a
-    dead member's over within seconds, and gives its share back when stopped. A FLOW needs
-    no trigger there (its services are started here); with no FLOW, it runs the flows the
-    stored sagas name. Elsewhere each FLOW needs a trigger.
-
-    A trigger, `trigger: {event: OrderPlaced, id: $.input.order_id}`, makes every `saga send
-    OrderPlaced --key K --data JSON` (from any shell) start one saga with the event's data as
-    input and the id `<flow>.<order_id>`; the same event or id never starts two, and events
-    sent while nothing served the flow are started next time. In-flight sagas whose owner is
-    gone are finished too. Prints `started <saga id>` per saga; exit 0 when stopped, 2 for a
-    flow without a trigger on SQLite.
+    Each `saga send EVENT --key K --data JSON` of a FLOW's trigger (from any shell, even while
+    nothing served it) starts one saga with the data as input and the id `<flow>.<id>`, never
+    two for one event or id. Sagas whose owner is gone are finished too. On PostgreSQL it is a
+    member (see `saga members`): it drives its share of the store's partitions, takes a dead
+    member's over within seconds, gives its share back when stopped, and needs no trigger
+    (with no FLOW, it runs the flows the stored sagas name). Prints `started <saga id>` per
+    saga; exit 0 when stopped, 2 for a flow without a trigger on SQLite.
     """
     commands.serve_flows(commands.load_served_flows(flows, store_url), store_url,
                          duration=duration, lease_ttl=lease_ttl, on_note=_err,
@@ -382,32 +376,49 @@ def members(store_url: str, as_json: bool) -> None:
               help="Report retry_forever sagas compensating for longer than this.")
 @store_and_json
 def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
-    """Check the saga guarantees over every saga in a store; exit 1 on any violation.
-
-    Each violation is printed with its saga id and seq.
-    """
+    """Check the saga guarantees over every saga in a store; print each violation with its
+    saga id and seq; exit 1 on any."""
     report = commands.audit_store_at(store_url, stuck_after=stuck_after)
     _emit(as_json, report.to_json, lambda: commands.render_audit(report))
     _exit(report.status)
 
 
+@main.command()
+@click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
+@click.option("--broker", "broker_url", envvar="SAGA_BROKER", required=True, metavar="URL",
+              help="redis://[:PASSWORD@]HOST[:PORT][/DB] (the redis extra). Env: SAGA_BROKER.")
+@click.option("--services", metavar="A,B", help="Host only these (default: all with a class).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Commands held (read, not yet answered) at once.")
+@click.option("--json", "as_json", is_flag=True, help="Once serving, say what as JSON on stdout.")
+def worker(flows: tuple[str, ...], broker_url: str, services: str | None, concurrency: int,
+           as_json: bool) -> None:
+    """Host the FLOWs' services for orchestrators that reach them through a Redis broker.
+
+    A dead worker's commands are claimed by another within about 3 s; one delivered over 5
+    times is dead-lettered and answered as an error. Ctrl-C or SIGTERM finishes what it holds,
+    then exits 0. Exit 2 for an unknown service or a flow that won't load, 6 if the broker
+    cannot be used (unreachable, refusing the password, redis-py missing).
+    """
+    commands.run_worker(commands.load_worker_flows(flows), broker_url, _err, services=services,
+                        concurrency=concurrency, on_json=click.echo if as_json else None)
+
+
 @main.command(name="test")
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_examples", multiple=True, metavar="JSON",
-              help="An example input (repeatable). Without any, inputs that reach every route "
-                   "(the happy path, each choice branch, each business rejection) are searched "
-                   "for, from the input schema, the choices' conditions and the services' own "
-                   "constants.")
+              help="An example input (repeatable). Without any, inputs reaching every route (the "
+                   "happy path, each choice branch, each business rejection) are searched for "
+                   "from the input schema, the choices' conditions and the services' constants.")
 @click.option("--examples", type=click.IntRange(min=1), default=None, metavar="N",
               help="The budget of runs with faults. Default: every single fault point and "
                    "recovery pair along every route, then 400 more (pairs and random "
                    "schedules). A budget too small for the single faults is reported.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="The same seed gives the same run.")
-@click.option("--handler-timeout", type=click.FloatRange(min=0, min_open=True),
-              default=5.0, show_default=True, metavar="SECONDS",
-              help="A call into a service (handler, snapshot, invariant) running longer than "
-                   "this, in wall-clock time, is a counterexample.")
+@click.option("--handler-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, metavar="SECONDS", help="A call into a service (handler, "
+              "snapshot, invariant) running longer than this (wall clock) is a counterexample.")
 @click.option("--replay-db", type=click.Path(file_okay=False), default=None, metavar="PATH",
               help="Keep each counterexample found in the directory PATH and try the kept ones "
                    "first next time (default: nothing is kept, nothing replayed).")
@@ -415,21 +426,11 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
           handler_timeout: float, replay_db: str | None) -> None:
     """Property-test FLOW with its declared services under faults.
 
-    \b
-    For each route the inputs reach, it runs:
-      1. the input without faults;
-      2. every single fault point along the route: each action and compensation that ran,
-         each fault kind (error, reject, timeout, late reply, duplicate, redelivery after
-         the effect, reply lost after the effect) on its first attempt and on a retry, each
-         persistent fault (every attempt errs, times out, or loses its reply), and a runtime
-         crash and resume after each event;
-      3. pairs of faults, where recovery bugs hide first; then random schedules.
-
-    A run must keep the saga guarantees (README: Guarantees), recover as `saga plan` says,
-    leave every service's snapshot() as it was if the saga was compensated, and as a run
-    without faults left it if the saga completed, and keep every @invariant. The first run
-    that breaks one is made as small as it goes and printed with its history, the faults
-    marked where they struck; exit 1. Nothing is written to the working directory.
+    Every route the inputs reach runs without faults, with every single fault point along it
+    (each fault kind on each action and compensation; persistent faults; a crash after each
+    event), then with pairs of faults and random schedules (README: Testing your flows). The
+    first run that breaks a guarantee, the plan, the snapshots or an @invariant is shrunk and
+    printed with its history, the faults marked; exit 1. Nothing is written here.
     """
     from sagas.testing import private_hypothesis_home, test_flow  # hypothesis: saga test only
 
@@ -437,8 +438,7 @@ def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed
     loaded, parsed = commands.load_flow_and_examples(flow, input_examples)
     with commands.graceful_stop():
         report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
-                           handler_timeout=handler_timeout, replay=replay_db,
-                           exit_if_stuck=True)
+                           handler_timeout=handler_timeout, replay=replay_db, exit_if_stuck=True)
     click.echo(report.describe())
     warning = commands.coverage_warning(report, examples)
     if warning is not None:

@@ -12,6 +12,7 @@ library's errors (:mod:`sagas.errors`) or :class:`UsageProblem`; a first Ctrl-C 
   :mod:`.act` (``retry``, ``cancel``), :mod:`.serve`, :mod:`.send`;
 - reading a store: :mod:`.reading` (``list``, ``show``), :mod:`.audit`, :mod:`.members`;
 - ``saga test``: :mod:`.property_testing` (the CLI imports :mod:`sagas.testing` itself);
+- services for orchestrators elsewhere: :mod:`.worker` (``saga worker``);
 - shared: :mod:`.session` (a store or runtime for one command: a client of a shared store's
   live members, or a member itself), :mod:`.inputs` (JSON inputs),
   :mod:`.interrupts` (graceful stop), :mod:`.errors` (what an error says), :mod:`.process`
@@ -23,6 +24,7 @@ function in ``cli.py`` that parses, calls it, prints, and exits through the tabl
 
 from __future__ import annotations
 
+from ..remote.broker import BrokerUnavailable
 from .act import cancel_saga, retry_saga
 from .audit import AuditReport, audit_store_at
 from .errors import UsageProblem, error_lines, one_line
@@ -58,9 +60,11 @@ from .run import RunRequest, SingleRun, batch_status, prepare_run, run_many, run
 from .send import Sent, event_data, send_event
 from .serve import MemberServing, load_served_flows, load_triggered_flows, serve_flows
 from .validate import CheckedFlow, FlowChecks
+from .worker import WorkerServing, load_worker_flows, run_worker
 
 __all__ = [
     "AuditReport",
+    "BrokerUnavailable",
     "CheckedFlow",
     "FlowChecks",
     "MemberServing",
@@ -71,6 +75,7 @@ __all__ = [
     "SingleRun",
     "Stopped",
     "UsageProblem",
+    "WorkerServing",
     "audit_store_at",
     "batch_status",
     "cancel_saga",
@@ -85,6 +90,7 @@ __all__ = [
     "load_flow_and_examples",
     "load_served_flows",
     "load_triggered_flows",
+    "load_worker_flows",
     "one_line",
     "partition_ranges",
     "plan_table",
@@ -109,6 +115,7 @@ __all__ = [
     "retry_saga",
     "run_many",
     "run_one",
+    "run_worker",
     "send_event",
     "serve_flows",
     "show_saga",

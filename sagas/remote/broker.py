@@ -102,7 +102,7 @@ def connect(url: str, *, check: bool = True) -> Any:
     shown = masked_url(url)
     scheme = url.partition("://")[0].lower()
     if "://" not in url or scheme not in SCHEMES:
-        raise BadBrokerUrl(f"broker {shown!r} is not a Redis URL: use "
+        raise BadBrokerUrl(f"broker {shown} is not a Redis URL: use "
                            "redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)")
     redis = _redis()
     from redis.backoff import NoBackoff
@@ -114,7 +114,7 @@ def connect(url: str, *, check: bool = True) -> Any:
             socket_timeout=SOCKET_TIMEOUT, socket_keepalive=True, health_check_interval=10,
             retry=Retry(NoBackoff(), 0))
     except ValueError as exc:  # redis-py's own checks of the URL (a port that is no number)
-        raise BadBrokerUrl(f"broker {shown!r}: {_scrub(exc, url)}") from None
+        raise BadBrokerUrl(f"broker {shown}: {_scrub(exc, url)}") from None
     if check:
         with unavailable_as_one_line(shown, url):
             client.ping()
