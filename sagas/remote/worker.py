@@ -98,8 +98,12 @@ MAX_DELIVERIES = 5
 """Deliveries after which a command is dead-lettered instead of run again."""
 DEFAULT_CONCURRENCY = 16
 READ_BLOCK_MS = 250
+POLL = 0.05
+"""Seconds between reads while there is room for fewer commands than there are streams."""
 MAX_BACKOFF = 2.0
 PUBLISH_BATCH = 256
+POOL_STOP = 5.0
+"""Seconds a pool is given to stop when the worker closes (its handlers to return)."""
 _OUTCOME = {"succeeded": "ok", "rejected": "rejected", "error": "error"}
 _COMPENSATION = ":compensation"
 
@@ -322,22 +326,23 @@ class Worker:
             return not driver.is_alive()
         return True
 
-    def close(self) -> None:
+    def close(self, timeout: float = POOL_STOP) -> None:
         """Stop at once: what is held and unanswered is left pending, for another worker to
-        claim; then the pools stop and the connection closes. Idempotent."""
+        claim; then the pools stop (a handler still running after ``timeout`` seconds is left
+        to end on its daemon thread) and the connection closes. Idempotent."""
         with self._cond:
             self._stopping = self._abandon = True
             self._cond.notify_all()
         if self._threads:
             self._threads[0].join()
-        self._close()
+        self._close(timeout)
 
     def stop(self, timeout: float | None = None) -> bool:
         """:meth:`request_stop`, wait for :meth:`finished` (up to ``timeout`` s), then
         :meth:`close`; whether everything held was answered."""
         self.request_stop()
         done = self.finished(timeout)
-        self.close()
+        self.close(POOL_STOP if done or timeout is None else min(POOL_STOP, timeout))
         return done
 
     def __enter__(self) -> Worker:
@@ -351,7 +356,7 @@ class Worker:
         with self._cond:
             return len(self._held)
 
-    def _close(self) -> None:
+    def _close(self, timeout: float = POOL_STOP) -> None:
         if self._closed:
             return
         self._closed = True
@@ -359,7 +364,7 @@ class Worker:
             self._answers.put(None)  # the publisher ends after what is queued
             self._threads[1].join()
         for pool in self._pools.values():
-            pool.stop()
+            pool.stop(timeout)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -405,8 +410,8 @@ class Worker:
                     next_tick = time.monotonic() + TICK
                 if stopping or free <= 0:
                     with self._cond:
-                        if not self._again:
-                            self._cond.wait(max(0.0, next_tick - time.monotonic()))
+                        self._cond.wait_for(self._changed(stopping),
+                                            max(0.0, next_tick - time.monotonic()))
                 else:
                     wait_ms = int(max(0.0, next_tick - time.monotonic()) * 1000)
                     self._read(free, max(1, min(READ_BLOCK_MS, wait_ms)))
@@ -416,6 +421,15 @@ class Worker:
                 backoff = self._trouble(exc, backoff)
                 with self._cond:
                     self._cond.wait_for(lambda: self._abandon, backoff)
+
+    def _changed(self, stopping: bool) -> Callable[[], bool]:
+        """Whether the driver, waiting for room (or, ``stopping``, for the end), has something
+        to do: entries to look up again, room to read into, nothing held any more."""
+        def changed() -> bool:
+            if self._again or self._abandon or self._stopping != stopping:
+                return True
+            return not self._held if stopping else len(self._held) < self.concurrency
+        return changed
 
     def _trouble(self, exc: Exception, backoff: float) -> float:
         """What an error of the broker (or a bug) means, and how long to wait before going on."""
@@ -432,18 +446,36 @@ class Worker:
         return min(MAX_BACKOFF, max(0.5, backoff * 2))
 
     def _read(self, free: int, block_ms: int) -> None:
-        """Read at most ``free`` new commands, rotating over the streams (``COUNT`` is per
-        stream: as many streams as there is room for, shared out)."""
+        """Read at most ``free`` new commands. ``COUNT`` is per stream: with room for at least
+        one per stream, one blocking read of them all, the room shared out; with less, one
+        stream after another without blocking (rotating, so none starves), then a pause of
+        up to :data:`POLL` s if none had any."""
         streams = list(self._streams)
         self._turn = (self._turn + 1) % len(streams)
-        streams = (streams[self._turn:] + streams[:self._turn])[:free]
-        found = self._client.xreadgroup(self._group, self.name, dict.fromkeys(streams, ">"),
-                                        count=max(1, free // len(streams)), block=block_ms)
+        streams = streams[self._turn:] + streams[:self._turn]
+        if free >= len(streams):
+            found = self._client.xreadgroup(self._group, self.name, dict.fromkeys(streams, ">"),
+                                            count=free // len(streams), block=block_ms)
+            self._take(found)
+            return
+        for stream in streams:
+            free -= self._take(self._client.xreadgroup(self._group, self.name, {stream: ">"},
+                                                       count=free))
+            if free <= 0:
+                return
+        with self._cond:
+            held = len(self._held)
+            self._cond.wait_for(lambda: self._again or self._stopping or len(self._held) != held,
+                                min(POLL, block_ms / 1000))
+
+    def _take(self, found: Any) -> int:
+        """Hold and accept what ``XREADGROUP`` found; how many."""
         entries = [(stream, entry_id, fields, 1)
                    for stream, items in _stream_items(found)
                    for entry_id, fields in items if fields is not None]
         if entries:
             self._accept(self._hold(entries))
+        return len(entries)
 
     def _claim(self, free: int) -> int:
         """Claim up to ``free`` entries idle for ``claim_idle`` in another consumer's hands
@@ -483,7 +515,9 @@ class Worker:
             pipe.xpending_range(h.stream, self._group, h.entry_id, h.entry_id, 1)
         mine: dict[str, list[str]] = {}
         for h, found in zip(held, pipe.execute(), strict=True):
-            if found and found[0]["consumer"] == self.name:
+            if not found:
+                continue  # acknowledged since (answered), or gone with the server's data
+            if found[0]["consumer"] == self.name:
                 mine.setdefault(h.stream, []).append(h.entry_id)
             elif not h.stolen:
                 h.stolen = True
