@@ -546,14 +546,14 @@ def test_a_takeover_waits_for_a_fenced_write_under_way(
         (lease,) = a.acquire("m-a", [0], 60.0)
         a.create(new_saga(saga_id), fence=Fence.of("m-a", [lease]))
         checked, go_on = threading.Event(), threading.Event()
-        insert = a._insert_sagas  # type: ignore[attr-defined]
+        appended = a._appended  # type: ignore[attr-defined]
 
         def paused(*args: Any) -> Any:  # runs in the write's transaction, after its fence check
             checked.set()
             assert go_on.wait(JOIN_TIMEOUT)
-            return insert(*args)
+            return appended(*args)
 
-        a._insert_sagas = paused  # type: ignore[attr-defined]
+        a._appended = paused  # type: ignore[attr-defined]
         pool = ThreadPoolExecutor(2)
         (lease,) = a.renew("m-a", [lease], 1.0)  # it expires while the write is under way
         writes = pool.submit(a.append, [append(saga_id, 2)], fence=Fence.of("m-a", [lease]))

@@ -269,19 +269,22 @@ class _Connection(_Schema):
         """Take anew on a new write connection what the lost session held (its owners'
         locks: see ``_ownership``)."""
 
-    def _transaction(self, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+    def _transaction(self, work: Callable[[psycopg.Connection[Any]], _T], *,
+                     begun: bool = False) -> _T:
         """Run ``work`` in one transaction on the write connection, committed before it
         returns (nothing of it if it raises). A transaction the server ends for a deadlock or
         a serialization failure wrote nothing, and runs again; so does, once, a member's
         transaction whose connection was found lost before its COMMIT was sent (on a new
-        connection: :meth:`_reconnect`)."""
+        connection: :meth:`_reconnect`). ``begun``: ``work`` sends the ``BEGIN`` itself (with
+        its first statements, in one round trip: :func:`run_round`)."""
         with self._lock:
             reconnected = False
             for attempt in itertools.count(1):
                 db = self._connection()
                 committing = False
                 try:
-                    db.execute("BEGIN")
+                    if not begun:
+                        db.execute("BEGIN")
                     try:
                         result = work(db)
                         committing = True
@@ -433,6 +436,40 @@ class _Connection(_Schema):
         for db in idle:
             with contextlib.suppress(psycopg.Error):
                 db.close()
+
+
+def run_round(
+    db: psycopg.Connection[Any], statements: Sequence[tuple[str, Any]]
+) -> tuple[list[psycopg.Cursor[Any]], psycopg.Error | None]:
+    """Run ``statements`` (each a query and its parameters) in order in one round trip to the
+    server (pipeline mode; in the open transaction, if any): the cursors of those that ran, up
+    to the first that failed, and that one's error (``None`` if they all ran). Those after a
+    failed one are not run (the server skips them). The error is the one the statement would
+    have raised run on its own: the server's, or psycopg's if it could not send its
+    parameters (the statements before it are still run, their results read)."""
+    cursors: list[psycopg.Cursor[Any]] = []
+    errors: list[psycopg.Error] = []
+    try:
+        with db.pipeline():
+            for query, params in statements:
+                try:
+                    cursors.append(db.execute(query, params))
+                except psycopg.Error as err:
+                    # a parameter psycopg cannot send (this statement was not sent), or the
+                    # error of one sent before, read meanwhile (this one is sent and skipped)
+                    errors.append(err)
+                    break
+    except psycopg.Error as err:  # on the sync, the error of a statement, or of the connection
+        errors.append(err)
+    ran = 0
+    while ran < len(cursors) and cursors[ran].pgresult is not None:
+        ran += 1
+    if not errors:
+        return cursors, None
+    if ran < len(cursors):  # one sent failed: the server's error, before psycopg's
+        errors.sort(key=lambda err: (err.sqlstate is None,
+                                     isinstance(err, pg_errors.PipelineAborted)))
+    return cursors[:ran], errors[0]
 
 
 def _missing_database(err: psycopg.Error, dbname: str) -> bool:

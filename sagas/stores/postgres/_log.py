@@ -29,7 +29,7 @@ cheap.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -60,7 +60,7 @@ from sagas.stores._rows import (
 )
 from sagas.stores._rows import header as _header
 
-from ._connection import NOW, _Connection
+from ._connection import NOW, _Connection, run_round
 
 # The statements taking rows as arrays send them in binary format (``%b``): in text format
 # psycopg quotes every element and escapes the events' JSON through a regular expression, some
@@ -133,30 +133,62 @@ _IDS_PER_READ = 1000
 """Sagas ``load_many`` reads per statement, so that at most that many sagas' rows are held
 undecoded at once."""
 
-def _insert_events(db: psycopg.Connection[Any], rows: builtins.list[EventRow],
-                   member: str | None) -> int:
-    """Insert ``rows`` at the next positions, in order, written by ``member`` (each row's
-    member is that one: the statement takes it once), in the open transaction (the counter's
-    row stays locked until it ends); how many were inserted."""
-    if not rows:
-        return 0
+Statement = tuple[str, Any]
+"""A query and its parameters, for :func:`run_round`."""
+
+
+def _events_statement(rows: builtins.list[EventRow], member: str | None) -> Statement:
+    """Insert ``rows`` (not empty) at the next positions, in order, written by ``member``
+    (each row's member is that one: the statement takes it once), in the open transaction
+    (the counter's row stays locked until it ends); its rowcount is how many were
+    inserted."""
     params: dict[str, Any] = {"n": len(rows), "member": member}
     for index, name in enumerate(_EVENT_ARRAYS):
         params[name] = [row[index] for row in rows]
     params["epoch"] = None if member is None else [row[10] for row in rows]
-    return db.execute(_INSERT_EVENTS, params).rowcount
+    return _INSERT_EVENTS, params
 
 
-def _check_fence(db: psycopg.Connection[Any], plan: FencePlan) -> None:
+def _fence_statement(plan: FencePlan) -> Statement:
+    """Read and lock the leases of ``plan`` (see :func:`_check_fence`)."""
+    return _SELECT_FENCE, (builtins.list(plan.partitions),)
+
+
+def _check_fence_rows(plan: FencePlan, rows: Iterable[Any]) -> None:
     """``LeaseLost`` for the first partition of ``plan`` whose lease its member does not hold,
-    unexpired, at its epoch; the leases stay locked until the transaction ends."""
-    rows = db.execute(_SELECT_FENCE, (builtins.list(plan.partitions),))
+    unexpired, at its epoch, by the rows of :func:`_fence_statement`."""
     held = {row[0]: row[1:] for row in rows}
     member = plan.member
     for partition, (epoch, _) in plan.partitions.items():
         holder, held_epoch, live = held.get(partition, (None, 0, False))
         if holder != member or held_epoch != epoch or not live:
             raise plan.lost(partition)
+
+
+def _check_fence(db: psycopg.Connection[Any], plan: FencePlan) -> None:
+    """``LeaseLost`` for the first partition of ``plan`` whose lease its member does not hold,
+    unexpired, at its epoch; the leases stay locked until the transaction ends."""
+    _check_fence_rows(plan, db.execute(*_fence_statement(plan)))
+
+
+class _Round:
+    """The outcome of statements run in one round trip (:func:`run_round`), read in order as
+    if each had just been run on its own."""
+
+    __slots__ = ("_cursors", "_error", "_next")
+
+    def __init__(self, db: psycopg.Connection[Any], statements: Sequence[Statement]) -> None:
+        self._cursors, self._error = run_round(db, statements)
+        self._next = 0
+
+    def next(self) -> psycopg.Cursor[Any]:
+        """The cursor of the next statement; the error it raised, if it failed."""
+        index = self._next
+        self._next += 1
+        if index < len(self._cursors):
+            return self._cursors[index]
+        assert self._error is not None and index == len(self._cursors)
+        raise self._error
 
 
 class _EventLog(_Connection):
@@ -170,7 +202,14 @@ class _EventLog(_Connection):
         """One transaction (see the module docstring); all of it is checked before anything
         is sent to the server. A fence's leases are read first, each locked (``FOR SHARE``)
         until the write ends: an acquirer waits for it, then finds the lease as the write
-        left it."""
+        left it.
+
+        Its statements go in two or three round trips (pipeline mode): ``BEGIN``, the fence,
+        then the new sagas or else the appends; the new sagas' definitions, events and the
+        appends (which need to know which sagas were inserted); the ``COMMIT``. What a
+        statement gives is checked in the order they run, as if each had been sent on its
+        own; those sent beyond a check that fails (a lost lease, a header moved on) are undone
+        with it, unread."""
         plan, new, rows, updates = write_rows(creates, appends, fence, self._partition_count)
         if not new and not updates:
             with self._lock:
@@ -182,21 +221,45 @@ class _EventLog(_Connection):
             # the leases' row locks first, in partition order, then the sagas', the counter's
             # last (by the events' inserts): a writer holding the counter waits for no other,
             # so writers cannot deadlock
+            first: builtins.list[Statement] = [("BEGIN", None)]
             if plan is not None:
-                _check_fence(db, plan)
+                first.append(_fence_statement(plan))
+            if new:
+                first.append(self._sagas_statement(new))
+            else:
+                first += self._append_statements(updates, rows, [], member)
+            sent = _Round(db, first)
+            sent.next()  # BEGIN
+            if plan is not None:
+                _check_fence_rows(plan, sent.next())
             try:
-                results, created = self._insert_sagas(db, new)
+                if not new:
+                    failure = self._appended(db, sent, appends, updates, rows, [], member)
+                    if failure is not None:
+                        raise failure
+                    return []
+                results, created, definitions = self._inserted(db, sent.next(), new)
+                then = [(_INSERT_DEFINITION, item) for item in definitions.items()]
                 if updates:
-                    failure = self._extend_sagas(db, appends, rows, updates, created, member)
+                    then += self._append_statements(updates, rows, created, member)
+                elif created:
+                    then.append(_events_statement(created, member))
+                if not then:
+                    return results
+                sent = _Round(db, then)
+                for _ in definitions:
+                    sent.next()
+                if updates:
+                    failure = self._appended(db, sent, appends, updates, rows, created, member)
                     if failure is not None:
                         raise failure
                 elif created:
-                    self._insert_new_events(db, created, member)
+                    self._new_events_inserted(sent, created)
             except pg_errors.CharacterNotInRepertoire as err:
                 raise psycopg.DataError(_NUL) from err  # a NUL in a text of the arrays
             return results
 
-        return self._transaction(work)
+        return self._transaction(work, begun=True)
 
     def create(self, saga: NewSaga, *, fence: Fence | None = None) -> tuple[bool, SagaHeader]:
         if fence is None:
@@ -209,21 +272,29 @@ class _EventLog(_Connection):
         else:
             self.write((), batch, fence=fence)
 
-    def _insert_sagas(
-        self, db: psycopg.Connection[Any], creates: builtins.list[Create]
-    ) -> tuple[builtins.list[tuple[bool, SagaHeader]], builtins.list[EventRow]]:
-        """Insert the sagas whose ids are free, with their definitions, in the open
-        transaction: one result each, in order, and the rows of the events of the sagas
-        inserted, in order, for :meth:`_insert_new_events`."""
-        if not creates:
-            return [], []
+    @staticmethod
+    def _sagas_statement(creates: builtins.list[Create]) -> Statement:
+        """Insert the sagas of ``creates`` whose ids are free (the first create of each id),
+        returning their ids."""
         first: dict[str, Create] = {}
         for create in creates:
             first.setdefault(create[0].saga_id, create)
         # in id order, so that two writers creating the same ids wait for each other in one order
         ordered = [first[saga_id][1] for saga_id in sorted(first)]
-        columns = [[params[i] for params in ordered] for i in range(11)]
-        inserted = {saga_id for (saga_id,) in db.execute(_INSERT_SAGAS, columns)}
+        return _INSERT_SAGAS, [[params[i] for params in ordered] for i in range(11)]
+
+    def _inserted(
+        self, db: psycopg.Connection[Any], cursor: psycopg.Cursor[Any],
+        creates: builtins.list[Create],
+    ) -> tuple[builtins.list[tuple[bool, SagaHeader]], builtins.list[EventRow], dict[str, str]]:
+        """What the insert of :meth:`_sagas_statement` did (``cursor``), in the open
+        transaction: one result per create, in order; the rows of the events of the sagas
+        inserted, in order, to insert; the definitions of the sagas inserted, to insert (by
+        sha256)."""
+        first: dict[str, Create] = {}
+        for create in creates:
+            first.setdefault(create[0].saga_id, create)
+        inserted = {saga_id for (saga_id,) in cursor}
         existing = [saga_id for saga_id in first if saga_id not in inserted]
         found = {}
         if existing:
@@ -234,9 +305,6 @@ class _EventLog(_Connection):
             if saga_id in inserted:
                 saga = first[saga_id][0]
                 definitions.setdefault(saga.definition, saga.definition_text)
-        if definitions:
-            with db.cursor() as cursor:
-                cursor.executemany(_INSERT_DEFINITION, list(definitions.items()))
         events = [row for saga_id in first if saga_id in inserted for row in first[saga_id][2]]
         results: builtins.list[tuple[bool, SagaHeader]] = []
         seen: builtins.set[str] = set()
@@ -252,14 +320,14 @@ class _EventLog(_Connection):
             else:  # pragma: no cover - a row that conflicted and was then deleted
                 raise StoreUnavailable(f"saga store {self.url}: saga {saga_id!r} vanished")
             seen.add(saga_id)
-        return results, events
+        return results, events, definitions
 
-    def _insert_new_events(self, db: psycopg.Connection[Any], rows: builtins.list[EventRow],
-                           member: str | None) -> None:
-        """Insert the events of the sagas just created; ``StoreUnavailable`` if they exist
-        (events without a header: the store is inconsistent)."""
+    def _new_events_inserted(self, sent: _Round, rows: builtins.list[EventRow]) -> None:
+        """Check the insert of the events of the sagas just created (``rows``), the next
+        statement of ``sent``: ``StoreUnavailable`` if they exist (events without a header:
+        the store is inconsistent)."""
         try:
-            inserted = _insert_events(db, rows, member)
+            inserted = sent.next().rowcount
         except pg_errors.UniqueViolation as err:
             detail = (err.diag.message_detail or "").strip()
             raise StoreUnavailable(
@@ -273,35 +341,50 @@ class _EventLog(_Connection):
             raise StoreUnavailable(f"saga store {self.url} is damaged: its events counter is "
                                    "missing")
 
-    def _extend_sagas(
+    @staticmethod
+    def _append_statements(
+        updates: dict[str, builtins.list[Any]], rows: builtins.list[EventRow],
+        created: builtins.list[EventRow], member: str | None,
+    ) -> builtins.list[Statement]:
+        """The statements of the appends (see :meth:`_appended`): a savepoint if the call
+        created sagas (the rows of their events: ``created``), the headers' update, the
+        created sagas' events, the appends' events."""
+        # in saga id order, so that two writers lock the rows they share in one order
+        ordered = sorted(updates.values(), key=lambda u: u[4])
+        statements: builtins.list[Statement] = []
+        if created:
+            statements.append(("SAVEPOINT appends", None))
+        statements.append((_UPDATE_SAGAS, [[update[i] for update in ordered] for i in range(6)]))
+        if created:
+            statements.append(_events_statement(created, member))
+        statements.append(_events_statement(rows, member))
+        return statements
+
+    def _appended(
         self,
         db: psycopg.Connection[Any],
+        sent: _Round,
         appends: Sequence[Append],
-        rows: builtins.list[EventRow],
         updates: dict[str, builtins.list[Any]],
+        rows: builtins.list[EventRow],
         created: builtins.list[EventRow],
         member: str | None,
     ) -> Exception | None:
-        """Apply the appends in the open transaction, after inserting the events of the sagas
-        the call ``created`` (their rows), if any; ``None`` if they all fit, else the error to
-        raise, found once their writes are undone. If the call created sagas, the appends are
-        undone back to a savepoint, so that the error is found in what they saw (the store
-        plus this call's creates); else the whole transaction is rolled back and the error
-        found in the store as it is now."""
+        """Check the appends' statements (:meth:`_append_statements`, the next of ``sent``);
+        ``None`` if they all fit, else the error to raise, found once their writes are undone.
+        If the call created sagas, the appends are undone back to the savepoint, so that the
+        error is found in what they saw (the store plus this call's creates); else the whole
+        transaction is rolled back and the error found in the store as it is now. (The
+        savepoint is not released: the COMMIT ends it.)"""
         if created:
-            db.execute("SAVEPOINT appends")
+            sent.next()  # SAVEPOINT
         refused: psycopg.Error | None = None
         try:
-            # in saga id order, so that two writers lock the rows they share in one order
-            ordered = sorted(updates.values(), key=lambda u: u[4])
-            columns = [[update[i] for update in ordered] for i in range(6)]
-            updated = db.execute(_UPDATE_SAGAS, columns).rowcount
+            updated = sent.next().rowcount
             if updated == len(updates):
                 if created:
-                    self._insert_new_events(db, created, member)
-                self._check_inserted(_insert_events(db, rows, member), rows)
-                if created:
-                    db.execute("RELEASE SAVEPOINT appends")
+                    self._new_events_inserted(sent, created)
+                self._check_inserted(sent.next().rowcount, rows)
                 return None
         except (pg_errors.IntegrityError, pg_errors.NotNullViolation) as err:
             refused = err
