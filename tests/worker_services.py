@@ -6,9 +6,9 @@ processes: ``sleep`` seconds, ``hold_first`` (block for an hour on the first run
 a worker stuck in it, to be killed), ``exit`` (``os._exit(1)``: a poison command),
 ``reject`` (a business no) or ``fail`` (an error).
 
-``python tests/worker_services.py FLOW --broker URL [--max-deliveries N] [--claim-idle S]
-[--name NAME]`` runs a worker as ``saga worker`` does (ready line, graceful SIGTERM), with
-the settings the command does not offer.
+``python -m tests.worker_services FLOW --broker URL [--max-deliveries N] [--claim-idle S]
+[--name NAME]`` (in the checkout) runs a worker as ``saga worker`` does (its ready line,
+a graceful SIGTERM), with the settings the command does not offer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 
 from actors import Rejected, Service, handles
 
-ROOT = Path(__file__).resolve().parent.parent
 PROBE_FLOW = """\
 saga: probe_flow
 services:
@@ -99,8 +98,6 @@ class Probe(Service):
 def main(argv: list[str]) -> None:
     import argparse
 
-    sys.path.insert(0, str(ROOT))
-    from cli import EXIT_OK
     from sagas.commands.worker import load_worker_flows, run_worker
 
     parser = argparse.ArgumentParser()
@@ -114,7 +111,7 @@ def main(argv: list[str]) -> None:
     run_worker(load_worker_flows(args.flows), args.broker,
                lambda line: print(line, file=sys.stderr, flush=True), services=args.services,
                name=args.name, max_deliveries=args.max_deliveries, claim_idle=args.claim_idle)
-    sys.exit(EXIT_OK)
+    sys.exit(0)
 
 
 if __name__ == "__main__":
