@@ -131,6 +131,12 @@ def test_an_unknown_protocol_version_is_answered_error_without_running(client, s
     assert reply["outcome"] == "error" and reply["protocol"] == 1
     assert "protocol version 2 is unknown" in reply["reason"]
     assert runs(log) == [] and client.hlen("sagactor:inbox:probe") == 0
+    client.xadd("sagactor:commands:probe", {"body": json.dumps(
+        {"protocol": 3, "reply_to": "sagactor:replies:7", "envelope": {"key": "s2:first"}})})
+    eventually(lambda: len(replies(client)) == 2 or None, what="a reply to a version 3 body")
+    assert replies(client)[1]["outcome"] == "error" and replies(client)[1]["key"] is None
+    send(client, command("s3:first", log))  # and the worker goes on
+    assert reply_to(client, "s3:first")[0]["outcome"] == "ok"
 
 
 def test_a_rejection_is_kept_and_an_error_is_not(client, start_worker, tmp_path):

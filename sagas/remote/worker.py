@@ -45,7 +45,10 @@ answered, then is looked up in the inbox again (a redelivery gets the first repl
 
 **A broker that goes away** (redis-server restarting): both threads retry with backoff (up to
 :data:`MAX_BACKOFF` s) and never give up; ``on_note`` and the log say once that it is lost,
-once that it is back. Groups lost with the server's data are made again.
+once that it is back. Groups lost with the server's data are made again. A worker cut off for
+longer than ``claim_idle`` cannot keep its entries fresh: another worker may claim them and
+run them too (delivery is at-least-once; a held entry found in another's hands is not taken
+back, and is answered all the same).
 
 **Stopping** (:meth:`Worker.stop`): the driver stops reading and claiming, the commands held
 are finished (their handlers' replies published and acknowledged; the entries kept fresh
@@ -191,7 +194,7 @@ class _Held:
     def key(self) -> tuple[str, str]:
         """Its idempotency key, with the service (one inbox each)."""
         assert self.command is not None
-        return self.service, str(self.command["key"])
+        return self.service, str(self.command.get("key"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +491,9 @@ class Worker:
                                              self._claim_idle_ms, self._cursors[stream],
                                              count=free - taken)
             self._cursors[stream] = result[0]
+            gone = [entry_id for entry_id, fields in result[1] if fields is None]
+            if gone:  # trimmed away (redis-server 6.2 still lists them): nothing to answer
+                self._client.xack(stream, self._group, *gone)
             with self._cond:
                 new = [(entry_id, fields) for entry_id, fields in result[1]
                        if fields is not None and (stream, entry_id) not in self._held]
@@ -633,16 +639,22 @@ class Worker:
         self._pools[h.service].tell(actor_command, h)
 
     def _on_reply(self, h: _Held, reply: Reply) -> None:
-        """A pool's reply (on its actor thread): the answer to publish."""
+        """A pool's reply (on its actor thread, so it never raises): the answer to publish."""
         command = h.command
         assert command is not None
         outcome = _OUTCOME[reply.outcome]
-        message = protocol.make_reply(command, outcome, result=reply.output, reason=reply.error,
-                                      replayed=reply.replayed, worker=self.name)
-        definitive = outcome == "ok" or (outcome == "rejected" and command["phase"] == "action")
-        self._answers.put(_Answer(h, message, command["reply_to"],
-                                  keep=_json(message) if definitive else None,
-                                  tombstone=self._tombstone(command)))
+        try:
+            message = protocol.make_reply(command, outcome, result=reply.output,
+                                          reason=reply.error, replayed=reply.replayed,
+                                          worker=self.name)
+            definitive = outcome == "ok" or (outcome == "rejected"
+                                             and command["phase"] == "action")
+            answer = _Answer(h, message, command["reply_to"],
+                             keep=_json(message) if definitive else None,
+                             tombstone=self._tombstone(command))
+        except Exception as exc:  # a result JSON cannot carry: an error, as in-process
+            answer = self._error(h, f"its reply cannot be sent: {type(exc).__name__}: {exc}")
+        self._answers.put(answer)
 
     def _tombstone(self, command: Mapping[str, Any]) -> tuple[str, str] | None:
         """A compensation's (action key, tombstone JSON); ``None`` for an action."""
@@ -700,7 +712,12 @@ class Worker:
                 else:
                     batch.append(more)
             if batch:
-                self._publish(batch)
+                try:
+                    self._publish(batch)
+                except Exception:  # a bug: said, and the entries let go (claimed again later)
+                    log.exception("worker %s: publishing %d answer(s) failed", self.name,
+                                  len(batch))
+                    self._release([answer.held for answer in batch])
 
     def _publish(self, batch: Sequence[_Answer]) -> None:
         """Write ``batch`` in one ``MULTI``/``EXEC`` (retried while the broker is away, unless
