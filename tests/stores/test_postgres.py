@@ -821,3 +821,130 @@ def test_a_members_store_connects_again_after_its_session_ended(
         assert other.header("s").last_seq == 2
         assert other.owner_alive("m1") is True  # its lock taken anew on the new session
         assert [w.member for w in other.writers("s")] == ["m1", "m1"]
+
+
+# -- the service inbox's own connection -----------------------------------------------------------
+
+
+def _sessions(server: PostgresServer, application_name: str) -> int:
+    with server.admin() as db:
+        (count,) = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                              (application_name,)).fetchone()
+    return int(count)
+
+
+def test_the_inbox_writes_on_a_connection_of_its_own_opened_when_first_used(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    """The services' replies are committed without waiting for the write connection (a
+    shard's group commit under way holds it), on a connection opened by the first of them and
+    closed with the store."""
+    from actors import StoredReply
+
+    store = open_store(f"{postgres_url}?application_name=inboxed")
+    try:
+        store.create(new_saga("s"))
+        assert _sessions(postgres_server, "inboxed") == 1
+        with store._lock, ThreadPoolExecutor(1) as pool:  # type: ignore[attr-defined]
+            # the write connection is busy meanwhile
+            pool.submit(store.inbox.put, "k1", StoredReply("succeeded", {"n": 1}, None)).result(
+                JOIN_TIMEOUT)
+            pool.submit(store.inbox.write_many, [("k2", StoredReply("rejected", None, "no"))],
+                        ["a1"]).result(JOIN_TIMEOUT)
+            pool.submit(store.inbox.tombstone, "a2").result(JOIN_TIMEOUT)
+        assert _sessions(postgres_server, "inboxed") == 2  # reads aside
+        with open_store(postgres_url) as other:
+            assert other.inbox.read_many(["k1", "k2"], ["a1", "a2"]) == (
+                {"k1": StoredReply("succeeded", {"n": 1}, None),
+                 "k2": StoredReply("rejected", None, "no")}, {"a1", "a2"})
+    finally:
+        store.close()
+    assert _sessions(postgres_server, "inboxed") == 0
+    for write in (lambda: store.inbox.put("k", StoredReply("succeeded", None, None)),
+                  lambda: store.inbox.tombstone("a"), lambda: store.inbox.write_many([], [])):
+        with pytest.raises(StoreUnavailable, match="is closed"):
+            write()
+
+
+def test_a_lost_inbox_connection_follows_the_write_connections_rules(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    """Once its session is lost, the inbox of a store object whose owners were registered on
+    the lost write session refuses to write, as the store does (they are dead, their sagas
+    may be adopted); a member's store connects again."""
+    from actors import StoredReply
+
+    reply = StoredReply("succeeded", None, None)
+    with open_store(f"{postgres_url}?application_name=owned") as owned, \
+            open_store(f"{postgres_url}?application_name=member") as member:
+        owned.register_owner("rt")
+        owned.inbox.put("k1", reply)
+        member.register_owner("m1")
+        member.acquire("m1", [0], 30.0)
+        member.inbox.put("k2", reply)
+        _end_sessions(postgres_server, "owned")
+        _end_sessions(postgres_server, "member")
+        for _ in range(2):  # the first use finds the connection gone, the next knows it
+            with pytest.raises(StoreUnavailable) as caught:
+                owned.inbox.write_many([("k3", reply)], [])
+            assert _one_line(caught.value).startswith(f"saga store {owned.url}")
+        assert "open the store again" in str(caught.value)
+        # the transaction that finds the connection gone committed nothing: it runs again
+        member.inbox.write_many([("k4", reply)], [])
+        member.inbox.put("k5", reply)
+        assert member.inbox.read_many(["k1", "k2", "k3", "k4", "k5"], [])[0].keys() == {
+            "k1", "k2", "k4", "k5"}
+
+
+# -- statements in one round trip -----------------------------------------------------------------
+
+
+def test_a_round_reads_each_statement_as_if_it_had_run_on_its_own(
+    postgres_url: str  # noqa: F811
+) -> None:
+    """``run_round``: the cursors of the statements that ran, up to the first that failed,
+    and that one's error: the server's, or psycopg's for a value it cannot send (those before
+    it still run); the statements after it do not run."""
+    import psycopg
+    from psycopg import errors as pg_errors
+
+    from sagas.stores.postgres._connection import run_round
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("CREATE TABLE t (n integer PRIMARY KEY)")
+        insert = "INSERT INTO t (n) VALUES (%s) RETURNING n"
+        cursors, error = run_round(db, [("BEGIN", None), (insert, (1,)), (insert, (2,)),
+                                        ("COMMIT", None)])
+        assert error is None and [c.fetchall() for c in cursors[1:3]] == [[(1,)], [(2,)]]
+        cursors, error = run_round(db, [("BEGIN", None), (insert, (3,)), (insert, (1,)),
+                                        (insert, (4,))])
+        assert len(cursors) == 2 and isinstance(error, pg_errors.UniqueViolation)
+        db.execute("ROLLBACK")
+        cursors, error = run_round(db, [("BEGIN", None), (insert, (5,)), (insert, (1,)),
+                                        (insert, ([1, 2.5],))])  # cannot be sent, after one
+        assert len(cursors) == 2 and isinstance(error, pg_errors.UniqueViolation)  # that failed
+        db.execute("ROLLBACK")
+        cursors, error = run_round(db, [("BEGIN", None), (insert, (6,)), (insert, ([1, 2.5],)),
+                                        (insert, (7,))])
+        assert len(cursors) == 2 and isinstance(error, psycopg.DataError)
+        assert error.sqlstate is None and "mixed types" in str(error)
+        assert db.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,), (6,)]
+        db.execute("ROLLBACK")
+        assert db.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]
+
+
+def test_a_nul_in_a_text_a_write_sends_is_refused_as_psycopg_refuses_it(
+    postgres_store_url: str  # noqa: F811
+) -> None:
+    """The arrays go in binary format, where the server (not psycopg) finds a NUL: the error
+    is the one psycopg gives in text format, and nothing is written."""
+    with open_store(postgres_store_url, create=False) as store:
+        store.create(new_saga("s"))
+        for write in (lambda: store.create(new_saga("a\x00b")),
+                      lambda: store.write([new_saga("t")], [append("s", 2, tag="\x00")])):
+            with pytest.raises(StoreUnavailable) as caught:
+                write()
+            assert _one_line(caught.value).endswith(
+                "cannot be used: PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        assert [h.saga_id for h in store.list()] == ["s"]
+        assert store.header("s").last_seq == 1

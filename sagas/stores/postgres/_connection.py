@@ -118,6 +118,11 @@ class _Connection(_Schema):
         self._reading = 0
         self._reads_closed = False
         self._member_use = False  # a member took leases through this object (it reconnects)
+        # The service inbox's writes have a connection of their own, opened when first used
+        # (see _inbox_connection), under a lock of its own.
+        self._inbox_lock = threading.Lock()
+        self._inbox_db: psycopg.Connection[Any] | None = None
+        self._inbox_closed = False
         self._db: psycopg.Connection[Any] | None = self._open(create)
 
     # -- opening ------------------------------------------------------------------------------
@@ -232,6 +237,16 @@ class _Connection(_Schema):
             db = self._reconnect(db)
         return db
 
+    def _lost(self) -> StoreUnavailable:
+        """The error of a write on a store object whose owners' session was lost."""
+        return StoreUnavailable(f"saga store {self.url}: the connection to the server was "
+                                "lost; open the store again")
+
+    def _owners_lost(self) -> bool:
+        """Whether owners were registered on a session that is lost, in a store object no
+        member uses (it does not connect again: see :meth:`_reconnect`)."""
+        return bool(getattr(self, "_owners", None)) and not self._member_use
+
     def _reconnect(self, lost: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
         """A new write connection for one that was lost (the server restarted, the network
         dropped it): what was registered on the old session is taken anew on the new one
@@ -241,12 +256,11 @@ class _Connection(_Schema):
         A store object whose owners were registered on the lost session and that no member
         uses does not connect again (one line, as before): those owners are dead, and their
         sagas may be adopted by now."""
-        if getattr(self, "_owners", None) and not self._member_use:
+        if self._owners_lost():
             # Its owners died with the session and an adopter may have taken their sagas:
             # their unfenced writes must not go on. (A member's writes are fenced by its leases
             # instead, so a member's store connects again.)
-            raise StoreUnavailable(f"saga store {self.url}: the connection to the server was "
-                                   "lost; open the store again")
+            raise self._lost()
         with contextlib.suppress(psycopg.Error):
             lost.close()
         try:
@@ -269,18 +283,78 @@ class _Connection(_Schema):
         """Take anew on a new write connection what the lost session held (its owners'
         locks: see ``_ownership``)."""
 
+    # -- the service inbox's write connection -------------------------------------------------
+
+    def _inbox_connection(self) -> psycopg.Connection[Any]:
+        """The service inbox's write connection (call under ``_inbox_lock``), opened when
+        first used, and again when lost: the services' replies are committed beside the
+        writes of the write connection, without waiting for its lock. It follows the write
+        connection: ``StoreUnavailable`` once the store is closed, and once the write
+        connection is found lost in a store object whose owners were registered on it, or its
+        own is found lost there (as :meth:`_reconnect`)."""
+        main = self._db
+        if main is None or self._inbox_closed:
+            raise closed(self.url)
+        db = self._inbox_db
+        if db is not None and not (db.closed or db.broken):
+            if (main.closed or main.broken) and self._owners_lost():
+                raise self._lost()
+            return db
+        if db is not None:
+            if self._owners_lost():
+                raise self._lost()
+            self._inbox_db = None
+            with contextlib.suppress(psycopg.Error):
+                db.close()
+        try:
+            db = self._connect()
+        except StoreMissing as err:
+            raise StoreUnavailable(f"saga store {self.url} cannot be reached: its database "
+                                   "is gone") from err
+        try:
+            self._tune_session(db)
+        except psycopg.Error as err:
+            db.close()
+            raise self._translate(err, "cannot be reached") from err
+        self._inbox_db = db
+        return db
+
+    def _check_inbox_open(self) -> None:
+        """``StoreUnavailable`` once the store is closed (for an inbox write of nothing)."""
+        with self._inbox_lock:
+            if self._db is None or self._inbox_closed:
+                raise closed(self.url)
+
+    def _close_inbox(self) -> None:
+        """Close the inbox's connection once the write under way on it is done; inbox writes
+        raise ``StoreUnavailable`` from then on (part of ``close()``)."""
+        with self._inbox_lock:
+            self._inbox_closed = True
+            db, self._inbox_db = self._inbox_db, None
+        if db is not None:
+            with contextlib.suppress(psycopg.Error):
+                db.close()
+
+    def _line(self, inbox: bool) -> tuple[threading.Lock, Callable[[], psycopg.Connection[Any]]]:
+        """The lock and the connection getter of the write connection, or of the inbox's."""
+        if inbox:
+            return self._inbox_lock, self._inbox_connection
+        return self._lock, self._connection
+
     def _transaction(self, work: Callable[[psycopg.Connection[Any]], _T], *,
-                     begun: bool = False) -> _T:
+                     begun: bool = False, inbox: bool = False) -> _T:
         """Run ``work`` in one transaction on the write connection, committed before it
         returns (nothing of it if it raises). A transaction the server ends for a deadlock or
         a serialization failure wrote nothing, and runs again; so does, once, a member's
         transaction whose connection was found lost before its COMMIT was sent (on a new
         connection: :meth:`_reconnect`). ``begun``: ``work`` sends the ``BEGIN`` itself (with
-        its first statements, in one round trip: :func:`run_round`)."""
-        with self._lock:
+        its first statements, in one round trip: :func:`run_round`). ``inbox``: on the
+        inbox's connection (:meth:`_inbox_connection`)."""
+        lock, connection = self._line(inbox)
+        with lock:
             reconnected = False
             for attempt in itertools.count(1):
-                db = self._connection()
+                db = connection()
                 committing = False
                 try:
                     if not begun:
@@ -304,23 +378,25 @@ class _Connection(_Schema):
                     raise self._translate(err) from err
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write(self, statement: str, params: Sequence[Any] | Mapping[str, Any]
-               ) -> tuple[int, list[Any]]:
+    def _write(self, statement: str, params: Sequence[Any] | Mapping[str, Any], *,
+               inbox: bool = False) -> tuple[int, list[Any]]:
         """Run one writing statement on its own, committed before it returns (autocommit):
         its rowcount and the rows it returned (``RETURNING``); ``params`` by position or by
-        name."""
-        with self._lock:
-            db = self._connection()
+        name. ``inbox``: on the inbox's connection."""
+        lock, connection = self._line(inbox)
+        with lock:
+            db = connection()
             try:
                 cursor = db.execute(statement, params)
                 return cursor.rowcount, cursor.fetchall() if cursor.description else []
             except psycopg.Error as err:
                 raise self._translate(err) from err
 
-    def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+    def _write_many(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]], *,
+                    inbox: bool = False) -> None:
         """Run each writing statement with each of its rows of parameters, all in one
         transaction committed before it returns (nothing of them on an error). Nothing to run
-        is no transaction."""
+        is no transaction. ``inbox``: on the inbox's connection."""
 
         def work(db: psycopg.Connection[Any]) -> None:
             with db.cursor() as cursor:
@@ -329,10 +405,13 @@ class _Connection(_Schema):
                         cursor.executemany(statement, rows)
 
         if not any(rows for _, rows in statements):
-            with self._lock:
-                self._connection()
+            if inbox:
+                self._check_inbox_open()
+            else:
+                with self._lock:
+                    self._connection()
             return
-        self._transaction(work)
+        self._transaction(work, inbox=inbox)
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -34,9 +34,10 @@ class PostgresInbox:
 
     Replies live in table ``inbox``, tombstones in ``tombstones``, in the store's database, so
     they survive a crash and are shared by every store object and process using it. Each
-    write is committed before it returns: ``put`` and ``tombstone`` are one statement each on
-    the store's write connection, ``write_many`` one transaction. ``get``, ``is_tombstoned``
-    and ``read_many`` run on a read connection, so they do not wait for the store's writes.
+    write is committed before it returns: ``put`` and ``tombstone`` are one statement each,
+    ``write_many`` one transaction, on a connection of the inbox's own (opened when first
+    used), so they do not wait for the store's writes of sagas, nor these for them. ``get``,
+    ``is_tombstoned`` and ``read_many`` run on a read connection.
     Thread-safe; raises ``StoreUnavailable`` once the store is closed.
     """
 
@@ -60,11 +61,12 @@ class PostgresInbox:
 
         ``TypeError`` unless ``reply`` is a :class:`actors.StoredReply` with JSON output.
         """
-        self._store._write(_PUT_REPLY, reply_row("PostgresInbox", key, reply, "put"))
+        self._store._write(_PUT_REPLY, reply_row("PostgresInbox", key, reply, "put"),
+                          inbox=True)
 
     def tombstone(self, action_key: str) -> None:
         """Record that ``action_key``'s compensation has started; committed on return."""
-        self._store._write(_PUT_TOMBSTONE, (action_key,))
+        self._store._write(_PUT_TOMBSTONE, (action_key,), inbox=True)
 
     def is_tombstoned(self, action_key: str) -> bool:
         """Whether :meth:`tombstone` was called for ``action_key`` (by anyone using the store)."""
@@ -100,4 +102,4 @@ class PostgresInbox:
         with JSON output, for ``replies`` given as a mapping or ``tombstones`` as one string.
         """
         rows, keys = inbox_rows("PostgresInbox", replies, tombstones)
-        self._store._write_many(((_PUT_REPLY, rows), (_PUT_TOMBSTONE, keys)))
+        self._store._write_many(((_PUT_REPLY, rows), (_PUT_TOMBSTONE, keys)), inbox=True)

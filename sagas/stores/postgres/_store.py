@@ -72,13 +72,15 @@ class PostgresStore(_EventLog, _LogReader, _Ownership, _Leases, _Requests, _Exte
         return self._inbox
 
     def close(self) -> None:
-        """Once the reads under way are done: close the read connections, delete the rows of
-        the owners registered here, then close the write connection (which lets their locks
-        go: they are dead from then on)."""
+        """Once the reads under way are done: close the read connections; once the inbox write
+        under way is done, the inbox's connection; delete the rows of the owners registered
+        here, then close the write connection (which lets their locks go: they are dead from
+        then on)."""
         self._close_readers()
         with self._lock:
             db, self._db = self._db, None
             owners, self._owners = self._owners, set()
+        self._close_inbox()
         if db is None:
             return
         if owners and not (db.closed or db.broken):
