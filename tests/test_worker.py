@@ -7,6 +7,7 @@ handler that kills its worker, the command line) are in ``test_worker_processes.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,6 +314,12 @@ def test_a_broker_url_shows_no_password_and_errors_are_one_line(client, redis_ur
         connect(redis_url.replace("redis://", "redis://:right@")).close()
     finally:
         client.config_set("requirepass", "")
+
+
+def test_without_redis_py_the_broker_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if not installed
+    with pytest.raises(BrokerUnavailable, match=r"needs redis-py: pip install 'sagactor\[redis\]'"):
+        connect("redis://127.0.0.1:6379/0")
 
 
 def _free_port() -> int:

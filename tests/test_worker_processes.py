@@ -167,3 +167,30 @@ def test_saga_worker_usage_errors_exit_2(flow, redis_url):  # noqa: F811
     assert missing.returncode == 2 and "nowhere.yaml:1:1: no such file" in missing.stderr
     not_redis = saga_cli("worker", flow, "--broker", "http://host")
     assert not_redis.returncode == 2 and "is not a Redis URL" in not_redis.stderr
+
+
+@pytest.mark.slow
+def test_an_orchestrator_runs_sagas_on_a_saga_worker(redis_url):  # noqa: F811
+    """The two sides together: a runtime placing every service remote, `saga worker` hosting
+    them (flows/order_inventory.yaml)."""
+    from sagas import Runtime, load_flow
+
+    worker = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "worker",
+                               "flows/order_inventory.yaml", "--broker", redis_url], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert worker.stderr is not None
+        read_until(worker.stderr, lambda line: " serving " in line, 30)
+        flow = load_flow(ROOT / "flows" / "order_inventory.yaml")
+        with Runtime("memory://", broker=redis_url, remote="all") as runtime:
+            done = runtime.run(flow, {"order_id": "o-1", "sku": "widget", "qty": 1,
+                                      "amount": 25}, timeout=30)
+            refused = runtime.run(flow, {"order_id": "o-2", "sku": "widget", "qty": 10**9,
+                                         "amount": 25}, timeout=30)
+        assert (done.status, refused.status) == ("completed", "compensated")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate(timeout=30)
