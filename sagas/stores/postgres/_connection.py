@@ -38,6 +38,11 @@ again before giving up (each time it wrote nothing)."""
 _MAINTENANCE_DATABASES = ("postgres", "template1")
 """Where ``CREATE DATABASE`` is run from, when a store's database is to be created."""
 
+NUL = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
+"""psycopg's message for a NUL in a text it sends in text format; in binary format the server
+finds it instead (``CharacterNotInRepertoire``), and the store raises psycopg's error with this
+message, so that the caller sees the same either way."""
+
 _SESSION = (
     # The write connection holds its owners' advisory locks (``_ownership``): the server must
     # notice soon that its client has gone, even a client whose host died without a word.
@@ -412,6 +417,29 @@ class _Connection(_Schema):
                     self._connection()
             return
         self._transaction(work, inbox=inbox)
+
+    def _write_round(self, statements: Sequence[tuple[str, Any]], *, inbox: bool = False
+                     ) -> None:
+        """Run ``statements`` (each a query and its parameters) in one transaction, sent with
+        its ``BEGIN`` in one round trip (:func:`run_round`), committed before it returns
+        (nothing of them on an error). Nothing to run is no transaction. ``inbox``: on the
+        inbox's connection."""
+
+        def work(db: psycopg.Connection[Any]) -> None:
+            _, error = run_round(db, [("BEGIN", None), *statements])
+            if isinstance(error, pg_errors.CharacterNotInRepertoire):
+                raise psycopg.DataError(NUL) from error
+            if error is not None:
+                raise error
+
+        if not statements:
+            if inbox:
+                self._check_inbox_open()
+            else:
+                with self._lock:
+                    self._connection()
+            return
+        self._transaction(work, begun=True, inbox=inbox)
 
     # -- reads --------------------------------------------------------------------------------
 

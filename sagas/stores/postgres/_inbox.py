@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from actors import StoredReply
 from sagas.stores._rows import inbox_rows, reply_row, stored_reply
@@ -27,6 +27,29 @@ _PUT_REPLY = (
 )
 _SELECT_TOMBSTONE = "SELECT 1 FROM tombstones WHERE key = %s"
 _PUT_TOMBSTONE = "INSERT INTO tombstones (key) VALUES (%s) ON CONFLICT (key) DO NOTHING"
+# write_many: the replies, then the tombstones, one statement each, their rows as arrays in
+# binary format (see _log); the replies one per key (ON CONFLICT DO UPDATE takes a key once)
+_PUT_REPLIES = (
+    "INSERT INTO inbox (key, outcome, output, error) SELECT * FROM unnest(%b::text[], "
+    "%b::text[], %b::text[], %b::text[]) ON CONFLICT (key) DO UPDATE SET "
+    "outcome = excluded.outcome, output = excluded.output, error = excluded.error"
+)
+_PUT_TOMBSTONES = (
+    "INSERT INTO tombstones (key) SELECT unnest(%b::text[]) ON CONFLICT (key) DO NOTHING"
+)
+
+
+def _texts(rows: list[tuple[Any, ...]], keys: list[tuple[str]]) -> bool:
+    """Whether every value of ``rows`` (``key, outcome, output, error``) and ``keys`` is a
+    ``str`` (output and error may be ``None``): what the arrays of ``write_many`` take. Others
+    go one row per statement, as ``put`` sends them, so that what psycopg or the server says of
+    them is the same."""
+    for key, outcome, output, error in rows:
+        if (type(key) is not str or type(outcome) is not str
+                or (output is not None and type(output) is not str)
+                or (error is not None and type(error) is not str)):
+            return False
+    return all(type(key) is str for (key,) in keys)
 
 
 class PostgresInbox:
@@ -35,8 +58,9 @@ class PostgresInbox:
     Replies live in table ``inbox``, tombstones in ``tombstones``, in the store's database, so
     they survive a crash and are shared by every store object and process using it. Each
     write is committed before it returns: ``put`` and ``tombstone`` are one statement each,
-    ``write_many`` one transaction, on a connection of the inbox's own (opened when first
-    used), so they do not wait for the store's writes of sagas, nor these for them. ``get``,
+    ``write_many`` one transaction of two statements at most (sent with its ``BEGIN`` in one
+    round trip), on a connection of the inbox's own (opened when first used), so they do not
+    wait for the store's writes of sagas, nor these for them. ``get``,
     ``is_tombstoned`` and ``read_many`` run on a read connection.
     Thread-safe; raises ``StoreUnavailable`` once the store is closed.
     """
@@ -102,4 +126,15 @@ class PostgresInbox:
         with JSON output, for ``replies`` given as a mapping or ``tombstones`` as one string.
         """
         rows, keys = inbox_rows("PostgresInbox", replies, tombstones)
-        self._store._write_many(((_PUT_REPLY, rows), (_PUT_TOMBSTONE, keys)), inbox=True)
+        if not _texts(rows, keys):
+            self._store._write_many(((_PUT_REPLY, rows), (_PUT_TOMBSTONE, keys)), inbox=True)
+            return
+        last = {row[0]: row for row in rows}  # a later reply for a key replaces an earlier one
+        # in key order, so that two writers lock the rows they share in one order
+        ordered = [last[key] for key in sorted(last)]
+        statements: list[tuple[str, Any]] = []
+        if ordered:
+            statements.append((_PUT_REPLIES, [[row[i] for row in ordered] for i in range(4)]))
+        if keys:
+            statements.append((_PUT_TOMBSTONES, (sorted({key for (key,) in keys}),)))
+        self._store._write_round(statements, inbox=True)

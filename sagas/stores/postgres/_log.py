@@ -60,17 +60,16 @@ from sagas.stores._rows import (
 )
 from sagas.stores._rows import header as _header
 
-from ._connection import NOW, _Connection, run_round
+from ._connection import NOW, NUL, _Connection, run_round
 
 # The statements taking rows as arrays send them in binary format (``%b``): in text format
 # psycopg quotes every element and escapes the events' JSON through a regular expression, some
 # 80 times slower than the binary dump, the largest part of a member's work on this store.
 # The casts name each column's type (an array of ints is sent as the smallest type that holds
 # them; an empty array, or one of NULLs only, still goes in text format).
-#
 # A NUL in a text: psycopg refuses it in text format, the server in binary format
-# (CharacterNotInRepertoire); raised as psycopg's own error, so that the caller sees the same.
-_NUL = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
+# (CharacterNotInRepertoire); raised as psycopg's own error (NUL), so that the caller sees the
+# same.
 
 # The new sagas of a write, in one statement; those whose id exists are not inserted (nor
 # returned). Of concurrent inserts of one id, in any session, the server lets exactly one in.
@@ -256,7 +255,7 @@ class _EventLog(_Connection):
                 elif created:
                     self._new_events_inserted(sent, created)
             except pg_errors.CharacterNotInRepertoire as err:
-                raise psycopg.DataError(_NUL) from err  # a NUL in a text of the arrays
+                raise psycopg.DataError(NUL) from err  # a NUL in a text of the arrays
             return results
 
         return self._transaction(work, begun=True)
