@@ -6,6 +6,7 @@ stderr as one line, never a traceback unless ``--debug``.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -25,14 +26,13 @@ EXIT_BY_STATUS = {"ok": EXIT_OK, "completed": EXIT_OK, "compensated": EXIT_COMPE
 # the first match, most specific first, decides
 EXIT_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
     (errors.FlowError, EXIT_USAGE), (errors.InputError, EXIT_USAGE),
-    (errors.DefinitionUnavailable, EXIT_USAGE), (errors.IdConflict, EXIT_USAGE),
-    (errors.BadStoreUrl, EXIT_USAGE), (errors.SagaOrphaned, EXIT_FAILED),
-    (errors.UnknownSaga, EXIT_UNKNOWN), (errors.StoreError, EXIT_STORE),
-    (commands.BrokerUnavailable, EXIT_BROKER),
-    (errors.SagaTimeout, EXIT_COMPENSATED), (errors.SagactorError, EXIT_COMPENSATED),
-    (click.UsageError, EXIT_USAGE), (click.Abort, EXIT_INTERRUPTED),
-    (KeyboardInterrupt, EXIT_INTERRUPTED), (BrokenPipeError, EXIT_PIPE), (Exception, EXIT_INTERNAL),
-)
+    (errors.IdConflict, EXIT_USAGE), (errors.DefinitionUnavailable, EXIT_USAGE),
+    (errors.BadStoreUrl, EXIT_USAGE),
+    (errors.SagaOrphaned, EXIT_FAILED), (errors.UnknownSaga, EXIT_UNKNOWN),
+    (errors.StoreError, EXIT_STORE), (commands.BrokerUnavailable, EXIT_BROKER),
+    (errors.SagactorError, EXIT_COMPENSATED), (click.UsageError, EXIT_USAGE),
+    (click.Abort, EXIT_INTERRUPTED), (KeyboardInterrupt, EXIT_INTERRUPTED),
+    (BrokenPipeError, EXIT_PIPE), (Exception, EXIT_INTERNAL))
 
 
 def exit_code_of(outcome: str | BaseException) -> int:
@@ -153,6 +153,21 @@ def store_and_json(command: Callable[..., Any]) -> Callable[..., Any]:
     return store_option(json_option(command))
 
 
+BROKER_HELP = "redis://[:PASSWORD@]HOST[:PORT][/DB] (the redis extra). Env: SAGA_BROKER."
+
+
+def placed(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--broker and --remote: the services that run in workers (saga worker), not here."""
+    @functools.wraps(command)
+    def place(*args: Any, broker_url: str | None, remote: str, **kwargs: Any) -> Any:
+        commands.place_services(broker_url, remote, kwargs.pop("publish", None))
+        return command(*args, **kwargs)
+    remote = click.option("--remote", envvar="SAGA_REMOTE", default="", metavar="A,B|all",
+                          help=commands.REMOTE_HELP)
+    return click.option("--broker", "broker_url", envvar="SAGA_BROKER", metavar="URL",
+                        help=BROKER_HELP)(remote(place))
+
+
 # -- flows ----------------------------------------------------------------------------------------
 @main.command()
 @click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
@@ -160,7 +175,9 @@ def store_and_json(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--no-import", is_flag=True, help="Do not import the services' modules (for flows "
               "whose services are not installed here, or whose code you do not want to run); "
               "every other check still runs.")
-def validate(flows: tuple[str, ...], strict: bool, no_import: bool) -> None:
+@click.option("--remote", default="", metavar="A,B", help="Services placed in workers: not "
+              "imported (as --no-import, for those only).")
+def validate(flows: tuple[str, ...], strict: bool, no_import: bool, remote: str) -> None:
     """Check flow files: syntax, structure, names, paths, recovery semantics, and services.
 
     Imports each declared service (module:Class, found as `saga run` finds it) and checks
@@ -168,7 +185,8 @@ def validate(flows: tuple[str, ...], strict: bool, no_import: bool) -> None:
     module's code (--no-import skips it). Prints "ok: NAME vN (K steps)" per valid file;
     warnings and errors go to stderr as FILE:LINE:COL: message. Exits 2 if any is invalid.
     """
-    checks = commands.FlowChecks(flows, strict=strict, check_services=not no_import)
+    checks = commands.FlowChecks(flows, strict=strict, check_services=not no_import,
+                                 remote=remote)
     for checked in checks:
         for problem in checked.problems:
             _err(problem.format())
@@ -224,6 +242,7 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
               help="Run a batch of N sagas (default: one, or one per line of --input-file).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=100, show_default=True,
               help="Sagas in flight at once in a batch.")
+@placed
 @json_option
 def run(flow: str, input_json: str | None, input_file: str | None, saga_id: str | None,
         store_url: str, fail: tuple[str, ...], count: int | None, concurrency: int,
@@ -270,6 +289,7 @@ def show(saga_id: str, store_url: str, as_json: bool) -> None:
 
 
 @main.command()
+@placed
 @store_and_json
 def resume(store_url: str, as_json: bool) -> None:
     """Finish every in-flight saga whose owner is gone (after a crash or kill -9).
@@ -281,7 +301,7 @@ def resume(store_url: str, as_json: bool) -> None:
     _emit(as_json, lambda: summary, lambda: commands.render_resumed(summary))
 
 
-@main.command()
+@main.command(help=commands.SERVE_HELP)
 @click.argument("flows", nargs=-1, metavar="[FLOW]...")
 @store_option
 @click.option("--for", "duration", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
@@ -290,19 +310,12 @@ def resume(store_url: str, as_json: bool) -> None:
               show_default=True, envvar="SAGA_LEASE_TTL", metavar="SECONDS",
               help="On PostgreSQL: how long a member's leases last unless renewed (about how "
                    "long a dead member's sagas wait for another). Env: SAGA_LEASE_TTL.")
+@click.option("--publish", metavar="URL", envvar="SAGA_PUBLISH", help="Publish every saga event to "
+              "this broker's stream sagactor:events:<flow>. Env: SAGA_PUBLISH.")
+@placed
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line per saga started.")
 def serve(flows: tuple[str, ...], store_url: str, duration: float | None, lease_ttl: float,
           as_json: bool) -> None:
-    """Drive a store's sagas; start a saga of each FLOW for every event of its trigger.
-
-    Each `saga send EVENT --key K --data JSON` of a FLOW's trigger (from any shell, even while
-    nothing served it) starts one saga with the data as input and the id `<flow>.<id>`, never
-    two for one event or id. Sagas whose owner is gone are finished too. On PostgreSQL it is a
-    member (see `saga members`): it drives its share of the store's partitions, takes a dead
-    member's over within seconds, gives its share back when stopped, and needs no trigger
-    (with no FLOW, it runs the flows the stored sagas name). Prints `started <saga id>` per
-    saga; exit 0 when stopped, 2 for a flow without a trigger on SQLite.
-    """
     commands.serve_flows(commands.load_served_flows(flows, store_url), store_url,
                          duration=duration, lease_ttl=lease_ttl, on_note=_err,
                          on_start=lambda *s: click.echo(commands.render_started(*s, as_json)))
@@ -313,6 +326,7 @@ def _act_on_saga(name: str, act: Callable[[str, str], Any], doc: str) -> None:
 
     @main.command(name=name, help=doc)
     @click.argument("saga_id", metavar="ID")
+    @placed
     @store_and_json
     def act_on_saga(saga_id: str, store_url: str, as_json: bool) -> None:
         result = act(store_url, saga_id)
@@ -320,19 +334,11 @@ def _act_on_saga(name: str, act: Callable[[str, str], Any], doc: str) -> None:
         _exit(result.status)
 
 
-_act_on_saga("retry", commands.retry_saga, """Re-drive a failed saga from where it stopped,
-    after a person fixed the cause.
-
-    A saga parked on a compensation resumes that compensation; one that failed forward
-    recovery drives forward again. The saga's owner does it if it is alive; otherwise this
-    command does. Exit as `run`: 0 completed, 1 compensated, 3 failed.""")
-_act_on_saga("cancel", commands.cancel_saga, """Cancel a running saga: before the pivot it is
-    rolled back, after it, it carries on.
-
-    A terminal saga is left as it is. Exit as `run`: 0 completed, 1 compensated, 3 failed.""")
+_act_on_saga("retry", commands.retry_saga, commands.RETRY_HELP)
+_act_on_saga("cancel", commands.cancel_saga, commands.CANCEL_HELP)
 
 
-@main.command()
+@main.command(help=commands.SEND_HELP)
 @click.argument("event", metavar="EVENT")
 @click.option("--key", required=True, metavar="KEY",
               help="The correlation key a waiting saga expects (e.g. the order id).")
@@ -346,13 +352,6 @@ _act_on_saga("cancel", commands.cancel_saga, """Cancel a running saga: before th
 @store_and_json
 def send(event: str, key: str, event_id: str | None, data_json: str | None,
          data_file: str | None, store_url: str, as_json: bool) -> None:
-    """Send EVENT to the saga that waits (or will wait) for it with this --key.
-
-    The event is kept in the store until a saga's wait_for step consumes it, so it may be sent
-    before the saga gets there, and from any shell: the process driving the saga picks it up.
-    Exit 0 when recorded or already recorded (--id), 2 for a malformed event, 5 if the store
-    cannot be used.
-    """
     data = commands.event_data(data_json, data_file)
     sent = commands.send_event(store_url, event, key, data, event_id=event_id)
     _emit(as_json, sent.to_json, lambda: commands.render_sent(sent))
@@ -383,28 +382,21 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
     _exit(report.status)
 
 
-@main.command()
+@main.command(help=commands.WORKER_HELP)
 @click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
 @click.option("--broker", "broker_url", envvar="SAGA_BROKER", required=True, metavar="URL",
-              help="redis://[:PASSWORD@]HOST[:PORT][/DB] (the redis extra). Env: SAGA_BROKER.")
+              help=BROKER_HELP)
 @click.option("--services", metavar="A,B", help="Host only these (default: all with a class).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
               help="Commands held (read, not yet answered) at once.")
 @click.option("--json", "as_json", is_flag=True, help="Once serving, say what as JSON on stdout.")
 def worker(flows: tuple[str, ...], broker_url: str, services: str | None, concurrency: int,
            as_json: bool) -> None:
-    """Host the FLOWs' services for orchestrators that reach them through a Redis broker.
-
-    A dead worker's commands are claimed by another within about 3 s; one delivered over 5
-    times is dead-lettered and answered as an error. Ctrl-C or SIGTERM finishes what it holds,
-    then exits 0. Exit 2 for an unknown service or a flow that won't load, 6 if the broker
-    cannot be used (unreachable, refusing the password, redis-py missing).
-    """
     commands.run_worker(commands.load_worker_flows(flows), broker_url, _err, services=services,
                         concurrency=concurrency, on_json=click.echo if as_json else None)
 
 
-@main.command(name="test")
+@main.command(name="test", help=commands.TEST_HELP)
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_examples", multiple=True, metavar="JSON",
               help="An example input (repeatable). Without any, inputs reaching every route (the "
@@ -424,26 +416,13 @@ def worker(flows: tuple[str, ...], broker_url: str, services: str | None, concur
                    "first next time (default: nothing is kept, nothing replayed).")
 def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed: int,
           handler_timeout: float, replay_db: str | None) -> None:
-    """Property-test FLOW with its declared services under faults.
-
-    Every route the inputs reach runs without faults, with every single fault point along it
-    (each fault kind on each action and compensation; persistent faults; a crash after each
-    event), then with pairs of faults and random schedules (README: Testing your flows). The
-    first run that breaks a guarantee, the plan, the snapshots or an @invariant is shrunk and
-    printed with its history, the faults marked; exit 1. Nothing is written here.
-    """
-    from sagas.testing import private_hypothesis_home, test_flow  # hypothesis: saga test only
-
-    private_hypothesis_home()
-    loaded, parsed = commands.load_flow_and_examples(flow, input_examples)
-    with commands.graceful_stop():
-        report = test_flow(loaded, examples=examples, seed=seed, input_examples=parsed,
-                           handler_timeout=handler_timeout, replay=replay_db, exit_if_stuck=True)
-    click.echo(report.describe())
-    warning = commands.coverage_warning(report, examples)
+    text, warning, status = commands.run_flow_test(
+        flow, input_examples, examples=examples, seed=seed, handler_timeout=handler_timeout,
+        replay=replay_db)  # imports sagas.testing (hypothesis): saga test only
+    click.echo(text)
     if warning is not None:
         _err(warning)
-    _exit(commands.flow_test_status(report))
+    _exit(status)
 
 
 if __name__ == "__main__":

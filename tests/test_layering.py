@@ -35,7 +35,8 @@ GROUP_MAY_IMPORT = {
     "sagas.testing": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
                       "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote"},
     "sagas.commands": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
-                       "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote"},
+                       "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote",
+                       "sagas.testing"},
 }
 
 

@@ -29,11 +29,26 @@ from .act import cancel_saga, retry_saga
 from .audit import AuditReport, audit_store_at
 from .errors import UsageProblem, error_lines, one_line
 from .graph import draw_flow
+from .help_texts import (
+    CANCEL_HELP,
+    REMOTE_HELP,
+    RETRY_HELP,
+    SEND_HELP,
+    SERVE_HELP,
+    TEST_HELP,
+    WORKER_HELP,
+)
 from .interrupts import Stopped, graceful_stop
 from .members import MembersReport, store_members
+from .placement import place_services, runtime_options
 from .plan import RecoveryPlans, recovery_plans
 from .process import configure_process, silence_stdout
-from .property_testing import coverage_warning, flow_test_status, load_flow_and_examples
+from .property_testing import (
+    coverage_warning,
+    flow_test_status,
+    load_flow_and_examples,
+    run_flow_test,
+)
 from .reading import list_sagas, show_saga
 from .render import (
     partition_ranges,
@@ -63,6 +78,13 @@ from .validate import CheckedFlow, FlowChecks
 from .worker import WorkerServing, load_worker_flows, run_worker
 
 __all__ = [
+    "CANCEL_HELP",
+    "REMOTE_HELP",
+    "RETRY_HELP",
+    "SEND_HELP",
+    "SERVE_HELP",
+    "TEST_HELP",
+    "WORKER_HELP",
     "AuditReport",
     "BrokerUnavailable",
     "CheckedFlow",
@@ -93,6 +115,7 @@ __all__ = [
     "load_worker_flows",
     "one_line",
     "partition_ranges",
+    "place_services",
     "plan_table",
     "prepare_run",
     "printable",
@@ -113,9 +136,11 @@ __all__ = [
     "render_timeline",
     "resume_orphans",
     "retry_saga",
+    "run_flow_test",
     "run_many",
     "run_one",
     "run_worker",
+    "runtime_options",
     "send_event",
     "serve_flows",
     "show_saga",

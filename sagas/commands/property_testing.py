@@ -18,7 +18,7 @@ from .inputs import parse_json
 if TYPE_CHECKING:  # sagas.testing imports hypothesis: for type checkers only
     from ..testing import FlowTestReport
 
-__all__ = ["coverage_warning", "flow_test_status", "load_flow_and_examples"]
+__all__ = ["coverage_warning", "flow_test_status", "load_flow_and_examples", "run_flow_test"]
 
 
 def load_flow_and_examples(flow_path: str, texts: Sequence[str]) -> tuple[Flow, list[Any]]:
@@ -45,3 +45,18 @@ def coverage_warning(report: FlowTestReport, budget: int | None) -> str | None:
 def flow_test_status(report: FlowTestReport) -> str:
     """``ok`` if every run kept every property, else ``counterexample``."""
     return "ok" if report.ok else "counterexample"
+
+
+def run_flow_test(flow_path: str, texts: Sequence[str], *, examples: int | None, seed: int,
+                  handler_timeout: float, replay: str | None) -> tuple[str, str | None, str]:
+    """``saga test``: the report's text, its coverage warning (or ``None``) and its status.
+    Imports :mod:`sagas.testing` (and hypothesis) now, for this command only."""
+    from ..testing import private_hypothesis_home, test_flow
+    from .interrupts import graceful_stop
+
+    private_hypothesis_home()
+    flow, parsed = load_flow_and_examples(flow_path, texts)
+    with graceful_stop():
+        report = test_flow(flow, examples=examples, seed=seed, input_examples=parsed,
+                           handler_timeout=handler_timeout, replay=replay, exit_if_stuck=True)
+    return report.describe(), coverage_warning(report, examples), flow_test_status(report)

@@ -25,6 +25,7 @@ from .batch import BatchProgress, run_batch
 from .errors import UsageProblem
 from .inputs import parse_json, read_inputs
 from .interrupts import stop_reporting
+from .placement import runtime_options
 from .session import CLOSE_TIMEOUT, is_alive, live_members, runtime_session
 
 __all__ = ["RunRequest", "SingleRun", "Takeover", "batch_status", "prepare_run", "run_many",
@@ -126,7 +127,7 @@ class Takeover:
     def take_over(self) -> bool:
         """Start the temporary member (once); whether there is one (a client only)."""
         if self.member is None and self.runtime.client:
-            self.member = Runtime(self.store_url)
+            self.member = Runtime(self.store_url, **runtime_options())
             self.member.compile(self.flow)  # its services started: it can run the flow
             if self.member.membership is not None:  # said in its heartbeat
                 self.member.membership.runs(self.flow.name)

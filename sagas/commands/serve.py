@@ -27,6 +27,7 @@ from ..language.loader import load_flow
 from ..language.model import Flow
 from .errors import UsageProblem
 from .interrupts import signals_recorded
+from .placement import runtime_options
 from .render import render_member_serving, render_serving, render_skipped
 from .session import is_shared_url
 
@@ -85,7 +86,8 @@ def serve_flows(flows: Sequence[Flow], store_url: str, *, duration: float | None
     def skipped(flow_name: str, event_id: str, why: str) -> None:
         on_note(render_skipped(flow_name, event_id, why))
 
-    with signals_recorded() as stopped, Runtime(store_url, lease_ttl=lease_ttl) as runtime:
+    with signals_recorded() as stopped, \
+            Runtime(store_url, lease_ttl=lease_ttl, **runtime_options()) as runtime:
         runtime.recover()
         membership = runtime.membership
         if membership is not None:

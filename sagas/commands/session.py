@@ -21,6 +21,7 @@ from ..engine.membership import DEFAULT_LEASE_TTL
 from ..engine.runtime import SHARED_SCHEMES, Runtime
 from ..errors import InputError
 from ..stores import MemberInfo, SagaStore, open_store
+from .placement import runtime_options
 
 __all__ = ["CLOSE_TIMEOUT", "SHARED_SCHEMES", "is_alive", "is_shared", "is_shared_url",
            "live_members", "runtime_session", "store_session"]
@@ -95,7 +96,8 @@ def runtime_session(store_url: str, fail: Sequence[str] = (), *,
                              f"{'s' if len(drivers) > 1 else ''} {_named(drivers)} drive"
                              f"{'' if len(drivers) > 1 else 's'} this store's sagas: stop "
                              "them (saga serve) or use a SQLite store")
-        runtime = Runtime(store, faults=faults, client=bool(drivers))
+        runtime = Runtime(store, faults=faults, client=bool(drivers),
+                          **runtime_options(client=bool(drivers)))
         try:
             yield runtime
         finally:

@@ -33,18 +33,22 @@ class FlowChecks:
     how each went before the next is read); :attr:`status` once they all have been.
 
     ``strict`` makes warnings errors; ``check_services`` imports each service declared and
-    checks its handlers."""
+    checks its handlers, except those ``remote`` names (a comma-separated list: placed in
+    workers, never imported here; ``all`` for every one)."""
 
-    def __init__(self, paths: Sequence[str], *, strict: bool, check_services: bool):
+    def __init__(self, paths: Sequence[str], *, strict: bool, check_services: bool,
+                 remote: str = ""):
         self.paths = paths
         self.strict = strict
         self.check_services = check_services
+        self.remote = frozenset(n.strip() for n in remote.split(",") if n.strip())
         self.invalid = 0
 
     def __iter__(self) -> Iterator[CheckedFlow]:
         for path in self.paths:
             try:
-                flow = load_flow(path, strict=self.strict, check_services=self.check_services)
+                flow = load_flow(path, strict=self.strict, check_services=self.check_services,
+                                 remote=self.remote)
             except FlowErrors as exc:
                 self.invalid += 1
                 yield CheckedFlow(path, None, exc.errors)

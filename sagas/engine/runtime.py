@@ -374,7 +374,7 @@ class Runtime:
             self.broker = BrokerLink(self._broker_url, self.owner,
                                      partition_count=self._partition_count(),
                                      partitions=self._reply_partitions,
-                                     deliver=self._deliver_replies)
+                                     deliver=self._deliver_replies, faults=faults)
         self._poll_interval = poll_interval
         self._triggers = TriggerStarter(
             self.store, lambda compiled, data, saga_id: self.submit(compiled.flow, data, saga_id))

@@ -27,7 +27,7 @@ import os
 import re
 import urllib.parse
 from collections import ChainMap
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Collection, Iterator, MutableMapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -97,7 +97,7 @@ _Scope = MutableMapping[str, YNode]
 
 
 def load_flow(path: str | os.PathLike[str], *, strict: bool = False,
-              check_services: bool = False) -> Flow:
+              check_services: bool = False, remote: Collection[str] = ()) -> Flow:
     """Read and validate the flow in the file at ``path`` (see :func:`parse_flow`).
 
     Raises :class:`FlowErrors` for an unreadable, binary, non-UTF-8 or invalid file (a missing
@@ -131,11 +131,12 @@ def load_flow(path: str | os.PathLike[str], *, strict: bool = False,
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise FlowErrors([FlowError("not UTF-8 text", source=source, line=line,
                                     column=column)]) from None
-    return parse_flow(text, source=source, strict=strict, check_services=check_services)
+    return parse_flow(text, source=source, strict=strict, check_services=check_services,
+                      remote=remote)
 
 
 def parse_flow(text: str, *, source: str = "<flow>", strict: bool = False,
-               check_services: bool = False) -> Flow:
+               check_services: bool = False, remote: Collection[str] = ()) -> Flow:
     """Validate ``text`` as a flow; raise :class:`FlowErrors` with every problem found.
 
     ``strict`` makes warnings errors. ``check_services`` also imports every declared service
@@ -143,7 +144,8 @@ def parse_flow(text: str, *, source: str = "<flow>", strict: bool = False,
     and ``compensation`` is one of its handlers: an import that fails is one error at the
     service's ``module:Class``, a handler the class lacks one error at the step's ``action:``
     or ``compensation:``. This runs the services' module code; without it nothing from the
-    flow is imported.
+    flow is imported. Services named in ``remote`` (``"all"``: every one) are placed in
+    workers and not imported.
     """
     if not isinstance(text, str):
         raise TypeError("parse_flow takes the flow's text as a str")
@@ -156,7 +158,7 @@ def parse_flow(text: str, *, source: str = "<flow>", strict: bool = False,
                                         "and 'steps'", source=source)])
         flow = checker.flow(tree, text)
     if check_services:
-        checker.check_services()
+        checker.check_services(skip=frozenset(remote))
     if strict:
         for warning in checker.warnings:
             checker.errors.append(FlowError(warning.message, source=source, line=warning.line,
@@ -310,13 +312,16 @@ class _Checker:
         return node.value
 
     # -- the services (only when asked: this imports user code) -------------------------------
-    def check_services(self) -> None:
-        """Import every declared service; check each step's action and compensation against
-        its handlers. Services or steps already in error are skipped."""
+    def check_services(self, skip: frozenset[str] = frozenset()) -> None:
+        """Import every declared service (but those in ``skip``; ``all`` skips every one);
+        check each step's action and compensation against its handlers. Services or steps
+        already in error are skipped."""
         from .service_classes import missing_handler, service_handlers  # imports actors: on demand
 
         handlers: dict[str, frozenset[str]] = {}
         for name, (node, spec) in self.service_paths.items():
+            if name in skip or "all" in skip:
+                continue
             try:
                 handlers[name] = service_handlers(spec.import_path)
             except DefinitionUnavailable as exc:

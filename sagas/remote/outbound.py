@@ -79,13 +79,15 @@ class BrokerLink:
     def __init__(self, url: str, consumer: str, *, partition_count: int,
                  partitions: Callable[[], Iterable[int]],
                  deliver: Callable[[str, list[Any], Callable[[], None]], None],
-                 prefix: str = protocol.DEFAULT_PREFIX) -> None:
+                 prefix: str = protocol.DEFAULT_PREFIX, faults: Any = None) -> None:
         self.url = url
         self.consumer = consumer
         self.prefix = prefix
         self.partition_count = partition_count
         self._partitions = partitions
         self._deliver = deliver
+        self.faults = faults  # an actors.FaultInjector, consulted here for remote services
+        self._dropped_replies: set[str] = set()  # run_then_drop: their replies are ignored
         self.redis = connect(url)  # BrokerUnavailable (one line) if it cannot be reached now
         self.display_url = masked_url(url)
         self._lock = threading.Lock()
@@ -104,6 +106,8 @@ class BrokerLink:
         """Publish ``commands`` for ``service``, each after the previous command of its saga
         to that service was answered."""
         ready: list[tuple[str, Any]] = []
+        if self.faults is not None:
+            commands = self._inject(service, commands)
         with self._lock:
             for command in commands:
                 pair = (command.saga_id, service)
@@ -113,6 +117,34 @@ class BrokerLink:
                     ready.append((service, command))
         if ready:
             self._send(ready)
+
+    def _inject(self, service: str, commands: Sequence[Any]) -> list[Any]:
+        """Fault injection at the service's boundary, as in process (``saga run --fail``): a
+        ``reject`` or ``error`` is answered here without publishing, a ``drop`` is never
+        published (its attempt times out), a ``run_then_drop`` runs in a worker but its reply
+        is ignored, a ``duplicate`` is published twice."""
+        from actors import Reply
+
+        sent: list[Any] = []
+        for command in commands:
+            fault = self.faults.decide(command)
+            kind = fault.kind if fault is not None else None
+            if kind in ("reject", "error"):
+                outcome = "rejected" if kind == "reject" else "error"
+                reply = Reply(command=command, outcome=outcome, output=None,
+                              error=fault.message or f"injected {kind}",  # type: ignore[union-attr]
+                              replayed=False, service=service, instance=0)
+                self._deliver(command.saga_id, [reply], _nothing)
+                continue
+            if kind == "drop":
+                continue
+            if kind == "run_then_drop":
+                with self._lock:
+                    self._dropped_replies.add(command.command_id)
+            sent.append(command)
+            if kind == "duplicate":
+                sent.append(command)
+        return sent
 
     def _busy(self, pair: tuple[str, str]) -> bool:
         last = self._last.get(pair)
@@ -255,6 +287,10 @@ class BrokerLink:
                 continue
             with self._lock:
                 self._answered.add(message["command_id"])
+                dropped = message["command_id"] in self._dropped_replies
+            if dropped:  # an injected run_then_drop: the worker ran it, the reply is lost
+                junk.append(entry_id)
+                continue
             by_saga.setdefault(reply.command.saga_id, []).append((reply, entry_id))
         if junk:
             self._ack(stream, junk)
@@ -274,6 +310,10 @@ class BrokerLink:
         self._reader.join(timeout)
         with contextlib.suppress(Exception):  # best effort
             self.redis.close()
+
+
+def _nothing() -> None:
+    """The acknowledgement of a reply that never was on the broker."""
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:

@@ -1,0 +1,58 @@
+"""The longer ``--help`` texts of the ``saga`` commands, kept here so that ``cli.py`` stays
+the thin table of options it is. Click dedents them as it does docstrings."""
+
+from __future__ import annotations
+
+__all__ = ["CANCEL_HELP", "REMOTE_HELP", "RETRY_HELP", "SEND_HELP", "SERVE_HELP", "TEST_HELP",
+           "WORKER_HELP"]
+
+REMOTE_HELP = ("Services whose commands go to workers through --broker (never imported here): "
+               "names, or all. Env: SAGA_REMOTE.")
+
+RETRY_HELP = """Re-drive a failed saga from where it stopped, after a person fixed the cause.
+
+    A saga parked on a compensation resumes that compensation; one that failed forward
+    recovery drives forward again. The saga's owner does it if it is alive; otherwise this
+    command does. Exit as `run`: 0 completed, 1 compensated, 3 failed.
+    """
+
+CANCEL_HELP = """Cancel a running saga: before the pivot it is rolled back, after it, it carries on.
+
+    A terminal saga is left as it is. Exit as `run`: 0 completed, 1 compensated, 3 failed.
+    """
+
+SEND_HELP = """Send EVENT to the saga that waits (or will wait) for it with this --key.
+
+    The event is kept in the store until a saga's wait_for step consumes it, so it may be sent
+    before the saga gets there, and from any shell: the process driving the saga picks it up.
+    Exit 0 when recorded or already recorded (--id), 2 for a malformed event, 5 if the store
+    cannot be used.
+    """
+
+SERVE_HELP = """Drive a store's sagas; start a saga of each FLOW for every event of its trigger.
+
+    Each `saga send EVENT --key K --data JSON` of a FLOW's trigger (from any shell, even while
+    nothing served it) starts one saga with the data as input and the id `<flow>.<id>`, never
+    two for one event or id. Sagas whose owner is gone are finished too. On PostgreSQL it is a
+    member (see `saga members`): it drives its share of the store's partitions, takes a dead
+    member's over within seconds, gives its share back when stopped, and needs no trigger
+    (with no FLOW, it runs the flows the stored sagas name). Prints `started <saga id>` per
+    saga; exit 0 when stopped, 2 for a flow without a trigger on SQLite.
+    """
+
+TEST_HELP = """Property-test FLOW with its declared services under faults.
+
+    Every route the inputs reach runs without faults, with every single fault point along it
+    (each fault kind on each action and compensation; persistent faults; a crash after each
+    event), then with pairs of faults and random schedules (README: Testing your flows). The
+    first run that breaks a guarantee, the plan, the snapshots or an @invariant is shrunk and
+    printed with its history, the faults marked; exit 1. Nothing is written here.
+    """
+
+WORKER_HELP = """Host the FLOWs' services for orchestrators that reach them through a Redis broker.
+
+    A dead worker's commands are claimed by another within about 3 s; one delivered over 5
+    times is dead-lettered and answered as an error. Ctrl-C or SIGTERM finishes what it holds,
+    then exits 0. Exit 2 for an unknown service or a flow that won't load, 6 if the broker
+    cannot be used (unreachable, refusing the password, redis-py missing).
+    """
