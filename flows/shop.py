@@ -8,6 +8,8 @@ business state with ``snapshot()`` for property tests.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from actors import Rejected, Service, handles
@@ -20,6 +22,7 @@ INITIAL_STOCK = {"widget": 1_000_000, "gadget": 250_000, "gizmo": 10_000}
 CARD_LIMIT = 10_000_000  # cents: one charge above this is declined
 FREIGHT_LIMIT = 50_000  # items: one shipment above this cannot be booked
 INSURANCE_LIMIT = 100_000  # items: one shipment above this cannot be insured
+SENT_BY = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Inventory(Service):
@@ -165,4 +168,5 @@ class Notifications(Service):
     def send(self, command: Any) -> dict[str, Any]:
         order_id = command.payload.get("order_id", "?")
         self.sent.setdefault(command.key, f"order {order_id} is on its way")
-        return {"notified": True, "message": self.sent[command.key]}
+        # where it ran: this process, or a worker elsewhere (saga worker, --remote)
+        return {"notified": True, "message": self.sent[command.key], "sent_by": SENT_BY}

@@ -1,0 +1,115 @@
+"""`saga run --broker URL --remote all` against `saga worker` processes on a real redis-server
+(issue 17's acceptance): the handlers run in the workers, a refused step is compensated there,
+and a batch finishes although a worker is killed with ``kill -9`` in the middle of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
+from tests.support import SAGA_CODE, eventually, saga_cli
+
+pytestmark = pytest.mark.slow  # a redis-server and several saga processes
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOW = str(ROOT / "flows" / "order_inventory.yaml")
+INPUT = json.dumps({"order_id": "o-1", "sku": "widget", "qty": 1, "amount": 25})
+
+
+@pytest.fixture
+def workers(redis_url: str) -> Iterator[list[subprocess.Popen[str]]]:  # noqa: F811
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in started:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _worker(url: str, started: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "worker", FLOW, "--broker", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    started.append(proc)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert line.startswith("worker "), line
+    return proc
+
+
+def test_a_saga_runs_its_handlers_in_two_workers(redis_url, workers,  # noqa: F811
+                                                  tmp_path):
+    pids = {_worker(redis_url, workers).pid for _ in range(2)}
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    done = saga_cli("run", FLOW, "--input", INPUT, "--store", store, "--broker", redis_url,
+                    "--remote", "all", "--json")
+    assert done.returncode == 0, done.stderr
+    saga = json.loads(done.stdout)
+    sent_by = next(e["data"]["output"]["sent_by"] for e in saga["history"]
+                   if e["type"] == "step.succeeded" and e["step"] == "notify_customer")
+    assert int(sent_by.rsplit(":", 1)[1]) in pids  # a worker sent it, not saga run
+    refused = saga_cli("run", FLOW, "--input", INPUT, "--store", store, "--broker", redis_url,
+                       "--remote", "all", "--fail", "create_shipment", "--json")
+    assert refused.returncode == 1, refused.stderr
+    types = [e["type"] for e in json.loads(refused.stdout)["history"]]
+    assert types.count("compensation.succeeded") == 2 and types[-1] == "saga.compensated"
+
+
+def test_remote_without_a_broker_is_a_usage_error_and_an_unreachable_broker_exits_6(tmp_path):
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    no_broker = saga_cli("run", FLOW, "--input", INPUT, "--store", store, "--remote", "all")
+    assert no_broker.returncode == 2
+    assert "--remote needs the broker" in no_broker.stderr
+    gone = saga_cli("run", FLOW, "--input", INPUT, "--store", store, "--broker",
+                    "redis://:secret@127.0.0.1:1/0", "--remote", "all")
+    assert gone.returncode == 6, gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1 and "secret" not in gone.stderr
+
+
+def test_a_batch_finishes_when_a_worker_is_killed_in_the_middle(redis_server, redis_url,  # noqa: F811
+                                                               workers, tmp_path):
+    victim = _worker(redis_url, workers)
+    _worker(redis_url, workers)
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    batch = subprocess.Popen(
+        [sys.executable, "-c", SAGA_CODE, "run", FLOW, "--input", INPUT, "--store", store,
+         "--broker", redis_url, "--remote", "all", "--count", "2000", "--concurrency", "200",
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    client = redis_server.client(decode_responses=True)
+    try:
+        def victim_holds() -> bool:  # commands read by the victim, not yet answered
+            for service in ("inventory", "payment", "shipping", "notifications"):
+                stream = f"sagactor:commands:{service}"
+                try:
+                    for consumer in client.xinfo_consumers(stream, "sagactor:workers"):
+                        if consumer["name"].endswith(f":{victim.pid}") and consumer["pending"]:
+                            return True
+                except Exception:  # the group does not exist yet
+                    continue
+            return False
+
+        eventually(victim_holds, 60, interval=0.005, what="the worker to hold commands")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        out, err = batch.communicate(timeout=300)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    assert batch.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["count"] == summary["completed"] == 2000, summary
+    audit = saga_cli("audit", "--store", store)
+    assert audit.returncode == 0, audit.stdout[-3000:]
