@@ -92,9 +92,9 @@ class BrokerLink:
         self.display_url = masked_url(url)
         self._lock = threading.Lock()
         # (saga_id, service) -> (command_id, stream entry id) of the last command published
+        # and not answered yet (forgotten once its reply is read: the map stays small)
         self._last: dict[tuple[str, str], tuple[str, str]] = {}
         self._waiting: dict[tuple[str, str], list[Any]] = {}  # commands held back, in order
-        self._answered: set[str] = set()  # command ids whose replies were read
         self._groups: set[str] = set()
         self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True,
@@ -148,7 +148,7 @@ class BrokerLink:
 
     def _busy(self, pair: tuple[str, str]) -> bool:
         last = self._last.get(pair)
-        return last is not None and last[0] not in self._answered
+        return last is not None
 
     def _send(self, batch: list[tuple[str, Any]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -187,9 +187,12 @@ class BrokerLink:
         for pair in pairs:
             with self._lock:
                 last = self._last.get(pair)
-                answered = last is None or last[0] in self._answered
+                answered = last is None
             if not answered and not self._still_pending(pair[1], last[1]):  # type: ignore
-                answered = True
+                answered = True  # acknowledged without a reply read here, or lost
+                with self._lock:
+                    if self._last.get(pair) == last:
+                        del self._last[pair]
             if answered:
                 with self._lock:
                     queued = self._waiting.pop(pair, [])
@@ -285,9 +288,13 @@ class BrokerLink:
                 log.warning("a reply on %s that is not one (%s): dropped", stream, exc)
                 junk.append(entry_id)
                 continue
+            pair = (message["saga_id"], message["service"])
             with self._lock:
-                self._answered.add(message["command_id"])
+                last = self._last.get(pair)
+                if last is not None and last[0] == message["command_id"]:
+                    del self._last[pair]  # answered: the pair's next command may go
                 dropped = message["command_id"] in self._dropped_replies
+                self._dropped_replies.discard(message["command_id"])
             if dropped:  # an injected run_then_drop: the worker ran it, the reply is lost
                 junk.append(entry_id)
                 continue
