@@ -113,3 +113,31 @@ def test_a_batch_finishes_when_a_worker_is_killed_in_the_middle(redis_server, re
     assert summary["count"] == summary["completed"] == 2000, summary
     audit = saga_cli("audit", "--store", store)
     assert audit.returncode == 0, audit.stdout[-3000:]
+
+
+def test_saga_serve_publishes_saga_events_to_the_broker(redis_server, redis_url,  # noqa: F811
+                                                        tmp_path):
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    serve = subprocess.Popen(
+        [sys.executable, "-c", SAGA_CODE, "serve", FLOW, "--store", store, "--publish",
+         redis_url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    client = redis_server.client(decode_responses=True)
+    try:
+        assert serve.stderr is not None and "serving order_inventory" in serve.stderr.readline()
+        data = json.dumps({"order_id": "o-9", "sku": "widget", "qty": 1, "amount": 5})
+        sent = saga_cli("send", "OrderPlaced", "--key", "o-9", "--data", data, "--store", store)
+        assert sent.returncode == 0, sent.stderr
+
+        def published() -> list:
+            entries = client.xrange("sagactor:events:order_inventory")
+            return entries if entries and entries[-1][1]["topic"].endswith("saga.completed") \
+                else []
+
+        entries = eventually(published, 30, what="the saga's events on the broker")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    bodies = [json.loads(fields["body"]) for _, fields in entries]
+    assert {b["saga_id"] for b in bodies} == {"order_inventory.o-9"}
+    assert [b["seq"] for b in bodies] == list(range(1, len(bodies) + 1))
+    assert serve.returncode == 0

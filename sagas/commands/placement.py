@@ -47,9 +47,11 @@ def placement() -> Placement:
 def runtime_options(*, client: bool = False) -> dict[str, Any]:
     """The :class:`~sagas.Runtime` arguments of this command's placement. A client drives no
     saga, so it neither publishes commands nor reads replies: none for it."""
-    if client or _placement.broker is None:
-        return {}
-    options: dict[str, Any] = {"broker": _placement.broker, "remote": _placement.remote}
+    options: dict[str, Any] = {}
+    if client:
+        return options
+    if _placement.broker is not None:
+        options.update(broker=_placement.broker, remote=_placement.remote)
     if _placement.publish is not None:
         options["publish"] = _placement.publish
     return options
