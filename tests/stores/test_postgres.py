@@ -5,6 +5,7 @@ connections, locks held elsewhere)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -342,7 +343,7 @@ def test_a_newer_schema_is_refused_in_one_line_and_left_alone(
     for create in (True, False):
         with pytest.raises(StoreUnavailable) as caught:
             open_store(postgres_url, create=create)
-        assert "schema version 99 is newer than this sagactor supports (2)" in _one_line(
+        assert "schema version 99 is newer than this sagactor supports (3)" in _one_line(
             caught.value)
     with postgres_server.admin(name) as db:
         assert db.execute("SELECT value FROM sagactor.meta WHERE key = 'schema_version'"
@@ -385,10 +386,10 @@ def test_an_older_schema_is_migrated_forward_in_place(
 
     with open_store(postgres_url) as store:
         store.create(new_saga("kept"))
-    # a version 3 of the schema that this test makes up: one more table
-    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(_schema._TABLES, 3, _schema._TABLES[2] | {"extra"})
-    monkeypatch.setitem(_schema._MIGRATIONS, 2, ("CREATE TABLE extra (x integer)",))
+    # a version 4 of the schema that this test makes up: one more table
+    monkeypatch.setattr(_schema, "SCHEMA_VERSION", 4)
+    monkeypatch.setitem(_schema._TABLES, 4, _schema._TABLES[3] | {"extra"})
+    monkeypatch.setitem(_schema._MIGRATIONS, 3, ("CREATE TABLE extra (x integer)",))
     name = postgres_url.rsplit("/", 1)[1]
     version = "SELECT value FROM sagactor.meta WHERE key = 'schema_version'"
     for _ in range(10):  # two processes open it at once: one migrates, the other finds it done
@@ -398,10 +399,10 @@ def test_an_older_schema_is_migrated_forward_in_place(
             assert [h.saga_id for h in store.list()] == ["kept"]
             store.close()
         with postgres_server.admin(name) as db:
-            assert db.execute(version).fetchall() == [("3",)]
+            assert db.execute(version).fetchall() == [("4",)]
             assert db.execute("SELECT count(*) FROM sagactor.extra").fetchall() == [(0,)]
-            db.execute("DROP TABLE sagactor.extra")  # back to version 2 for the next round
-            db.execute("UPDATE sagactor.meta SET value = '2' WHERE key = 'schema_version'")
+            db.execute("DROP TABLE sagactor.extra")  # back to version 3 for the next round
+            db.execute("UPDATE sagactor.meta SET value = '3' WHERE key = 'schema_version'")
 
 
 def _columns(server: PostgresServer, name: str) -> dict[str, list[tuple[str, str]]]:
@@ -416,9 +417,25 @@ def _columns(server: PostgresServer, name: str) -> dict[str, list[tuple[str, str
     return columns
 
 
+def _indexes(server: PostgresServer, name: str) -> list[tuple[str, str]]:
+    """Every index of the store's schema: its name and definition."""
+    with server.admin(name) as db:
+        return db.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = "
+                          "'sagactor' ORDER BY indexname").fetchall()
+
+
+def _downgrade_to_version_2(server: PostgresServer, name: str) -> None:
+    """Make the store in ``name`` one of schema version 2, as sagactor wrote it before the
+    index of the sagas in flight."""
+    with server.admin(name) as db:
+        db.execute("DROP INDEX sagactor.sagas_in_flight")
+        db.execute("UPDATE sagactor.meta SET value = '2' WHERE key = 'schema_version'")
+
+
 def _downgrade_to_version_1(server: PostgresServer, name: str) -> None:
     """Make the store in ``name`` one of schema version 1, as sagactor wrote it before the
     partitions: no leases, no members, no writers of events, no number of partitions."""
+    _downgrade_to_version_2(server, name)
     with server.admin(name) as db:
         db.execute("DROP TABLE sagactor.leases, sagactor.members")
         db.execute("ALTER TABLE sagactor.events DROP COLUMN member, DROP COLUMN epoch")
@@ -450,9 +467,11 @@ def test_a_version_1_store_is_migrated_in_place_keeping_its_data(
         open_store(fresh_url).close()
         assert _columns(postgres_server, name) == _columns(
             postgres_server, fresh_url.rsplit("/", 1)[1])
+        assert _indexes(postgres_server, name) == _indexes(
+            postgres_server, fresh_url.rsplit("/", 1)[1])
         with postgres_server.admin(name) as db:
             assert db.execute("SELECT key, value FROM sagactor.meta ORDER BY key").fetchall() == [
-                ("partitions", "16"), ("schema_version", "2")]
+                ("partitions", "16"), ("schema_version", "3")]
     finally:
         postgres_server.drop_database(name)
 
@@ -478,6 +497,62 @@ def test_a_version_1_process_goes_on_writing_while_another_migrates(
                    "attempt, at, 's-2', causation_id, data FROM sagactor.events WHERE seq = 1")
     with open_store(postgres_url) as store:
         assert store.writers("s") == [(1, None, None), (2, None, None)]
+
+
+def test_a_version_2_store_gains_the_index_of_the_sagas_in_flight(
+    postgres_server: PostgresServer, postgres_url: str  # noqa: F811
+) -> None:
+    """Version 3 adds an index, nothing else: a version-2 store keeps its data, and a version-2
+    process still running (its statements unchanged) goes on reading and writing."""
+    name = postgres_url.rsplit("/", 1)[1]
+    with open_store(postgres_url) as store:
+        store.create(new_saga("s"))
+    fresh = _indexes(postgres_server, name)
+    _downgrade_to_version_2(postgres_server, name)
+    with postgres_server.admin(name) as db:
+        old = db.execute("SELECT pg_backend_pid()").fetchone()
+        assert old is not None
+        assert ("sagas_in_flight",) not in [(n,) for n, _ in _indexes(postgres_server, name)]
+        results = run_pair(lambda: open_store(postgres_url), lambda: open_store(postgres_url))
+        assert all(isinstance(r, SagaStore) for r in results), results
+        for store in results:
+            assert store.in_flight() == ["s"]
+            store.close()
+        assert _indexes(postgres_server, name) == fresh
+        assert db.execute("SELECT value FROM sagactor.meta WHERE key = 'schema_version'"
+                          ).fetchall() == [("3",)]
+        # a version-2 writer's statements, on a session opened before the migration
+        db.execute("UPDATE sagactor.sagas SET status = 'completed' WHERE saga_id = 's'")
+        assert db.execute("SELECT saga_id FROM sagactor.sagas WHERE status <> ALL(%s)",
+                          (["completed", "compensated", "failed"],)).fetchall() == []
+    with open_store(postgres_url) as store:
+        assert store.in_flight() == []
+
+
+def test_the_sagas_in_flight_are_read_by_their_index(
+    postgres_server: PostgresServer, postgres_store_url: str  # noqa: F811
+) -> None:
+    """``in_flight`` and a member's ``claim`` read the sagas not terminal through the partial
+    index (its predicate is the terminal statuses, which the statements repeat), not every
+    saga ever run."""
+    from sagas.stores import TERMINAL
+    from sagas.stores.postgres import _leases, _log, _schema
+
+    assert set(re.findall(r"'(\w+)'", _schema.TERMINAL_SQL)) == TERMINAL
+    name = postgres_store_url.rsplit("/", 1)[1]
+    with open_store(postgres_store_url, create=False) as store:
+        store.create(new_saga("late"))
+        with postgres_server.admin(name) as db:
+            db.execute("INSERT INTO sagactor.sagas (saga_id, flow, version, definition, input, "
+                       "status, started_at, updated_at, last_seq) SELECT 'done-' || n, 'f', 1, "
+                       "'x', '{}', (ARRAY['completed', 'compensated', 'failed'])[n % 3 + 1], n, "
+                       "n, 1 FROM generate_series(1, 20000) AS n")
+            db.execute("ANALYZE sagactor.sagas")
+            db.execute("SET search_path = sagactor")
+            for query in (_log._SELECT_IN_FLIGHT, _leases._SELECT_UNFINISHED):
+                plan = "\n".join(row[0] for row in db.execute(f"EXPLAIN {query}"))
+                assert "sagas_in_flight" in plan and "Seq Scan" not in plan, plan
+        assert store.in_flight() == ["late"]
 
 
 # -- the server's side of things ------------------------------------------------------------------

@@ -5,7 +5,7 @@ Needs psycopg 3 (the ``postgres`` extra: ``pip install 'sagactor[postgres]'``); 
 :func:`sagas.stores.open_store` (which says so in one line when psycopg is missing) or
 :class:`PostgresStore` with libpq's connection parameters.
 
-The store's tables live in the schema ``sagactor`` of the database (version 2, listed in
+The store's tables live in the schema ``sagactor`` of the database (version 3, listed in
 ``_schema``, where it is checked and migrated like SQLite's): opening a database without it
 creates it (and the database, if it is missing and the user may), ``create=False`` creates
 nothing and raises :class:`~sagas.errors.StoreMissing`, and a newer schema is refused with one
@@ -13,16 +13,19 @@ line. Every psycopg error is translated (in ``_connection``) into a store error 
 naming the store by its URL with the password masked: a password is never shown.
 
 Each store object has one write connection, shared by its threads under a lock (as SQLite's
-store has), and up to four read connections lent to one read at a time. A write is one
-statement in autocommit, or one transaction (``write``, ``claim_event``, the inbox's
-``write_many``...) retried when the server ends it for a deadlock. Reads of one statement run
-in autocommit and see everything committed before they start; those of several (``load``,
-``load_many``, the inbox's ``read_many``) run in one read-only snapshot.
+store has), one more for the service inbox's writes (opened when first used, under a lock of
+its own, so that the services' replies and the shards' group commits do not wait for each
+other), and up to four read connections lent to one read at a time. A write is one statement
+in autocommit, or one transaction (``write``, ``claim_event``, the inbox's ``write_many``...)
+retried when the server ends it for a deadlock. Reads of one statement run in autocommit and
+see everything committed before they start; those of several (``load``, ``load_many``, the
+inbox's ``read_many``) run in one read-only snapshot.
 
 The semantics are SQLite's (the contract suite :mod:`sagas.stores.contract` proves both):
 ``(saga_id, seq)`` is the events' primary key, the last line of defence of the per-saga seq
-check each append makes in its ``UPDATE``; appends of many sagas are group-committed
-(``executemany`` in one transaction); positions are taken from a counter row, whose lock
+check each append makes in its ``UPDATE``; appends of many sagas are group-committed (one
+transaction of a few statements whose rows go as arrays in binary format, in two or three
+round trips: ``_log``); positions are taken from a counter row, whose lock
 makes them visible in order (``_log``, ``_reader``). Leases are judged by the server's clock,
 and a fenced write locks the leases it checked (``FOR SHARE``) until it commits, so a member
 taking a partition over waits for a write of the previous holder under way (``_leases``).

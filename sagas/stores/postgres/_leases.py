@@ -33,6 +33,7 @@ from sagas.stores._port import Fence, Lease, LeaseInfo, MemberInfo, Writer
 
 from ._connection import NOW, _Connection
 from ._log import _TERMINAL, _check_fence
+from ._schema import TERMINAL_SQL
 
 
 def _locked(which: str) -> str:
@@ -91,7 +92,9 @@ _SELECT_WRITERS = "SELECT seq, member, epoch FROM events WHERE saga_id = %s ORDE
 # A claim: the sagas not terminal (read as in_flight reads them; their partitions are computed
 # here), then those of them owned by others taken, their rows locked in id order as writers
 # lock theirs, each only if it is still not terminal once locked.
-_SELECT_UNFINISHED = "SELECT saga_id, owner, started_at FROM sagas WHERE status <> ALL(%s)"
+_SELECT_UNFINISHED = (
+    f"SELECT saga_id, owner, started_at FROM sagas WHERE status NOT IN {TERMINAL_SQL}"
+)
 _CLAIM = (
     "WITH locked AS (SELECT saga_id FROM sagas WHERE saga_id = ANY(%(ids)s) "
     "AND status <> ALL(%(terminal)s) ORDER BY saga_id FOR UPDATE) "
@@ -161,7 +164,7 @@ class _Leases(_Connection):
             _check_fence(db, plan)
             mine: list[tuple[str, float]] = []
             others: list[str] = []
-            for saga_id, owner, started_at in db.execute(_SELECT_UNFINISHED, (_TERMINAL,)):
+            for saga_id, owner, started_at in db.execute(_SELECT_UNFINISHED):
                 if crc32(saga_id.encode("utf-8")) % count not in plan.partitions:
                     continue  # partition_of, inlined
                 if owner == member:

@@ -61,6 +61,7 @@ from sagas.stores._rows import (
 from sagas.stores._rows import header as _header
 
 from ._connection import NOW, NUL, _Connection, run_round
+from ._schema import TERMINAL_SQL
 
 # The statements taking rows as arrays send them in binary format (``%b``): in text format
 # psycopg quotes every element and escapes the events' JSON through a regular expression, some
@@ -125,8 +126,9 @@ _SELECT_DEFINITIONS_IN = "SELECT sha256, text FROM definitions WHERE sha256 = AN
 _SELECT_LAST_SEQS = "SELECT saga_id, last_seq FROM sagas WHERE saga_id = ANY(%s)"
 _SELECT_TAKEN = "SELECT 1 FROM events WHERE saga_id = %s AND seq BETWEEN %s AND %s LIMIT 1"
 _TERMINAL = sorted(TERMINAL)
+# by the index of the sagas in flight (its predicate, word for word)
 _SELECT_IN_FLIGHT = (
-    "SELECT saga_id FROM sagas WHERE status <> ALL(%s) ORDER BY started_at, saga_id"
+    f"SELECT saga_id FROM sagas WHERE status NOT IN {TERMINAL_SQL} ORDER BY started_at, saga_id"
 )
 _IDS_PER_READ = 1000
 """Sagas ``load_many`` reads per statement, so that at most that many sagas' rows are held
@@ -471,7 +473,7 @@ class _EventLog(_Connection):
         return [_header(row) for row in self._fetch(query, params)]
 
     def in_flight(self) -> builtins.list[str]:
-        return [saga_id for (saga_id,) in self._fetch(_SELECT_IN_FLIGHT, (_TERMINAL,))]
+        return [saga_id for (saga_id,) in self._fetch(_SELECT_IN_FLIGHT, ())]
 
     def definition(self, sha256: str) -> str:
         rows = self._fetch(_SELECT_DEFINITION, (sha256,))

@@ -1,4 +1,4 @@
-"""The PostgreSQL store's schema (version 2), how a database is checked, and how it is
+"""The PostgreSQL store's schema (version 3), how a database is checked, and how it is
 migrated.
 
 Every table lives in the schema ``sagactor`` of the database (so a database may hold other
@@ -9,7 +9,8 @@ things too)::
                                                       -- 'events' and of 'external_events'
     definitions(sha256 PRIMARY KEY, text)
     sagas(saga_id PRIMARY KEY, flow, version, definition, input, status, reason,
-          started_at, updated_at, last_seq, owner)    -- indexed by status, started_at, owner
+          started_at, updated_at, last_seq, owner)    -- indexed by status, started_at, owner;
+                                                      -- those not terminal by started_at
     events(saga_id, seq, position UNIQUE, type, step, attempt, at, event_id, causation_id,
            data, member, epoch, PRIMARY KEY (saga_id, seq))
                                                       -- member, epoch: a fenced write's
@@ -41,7 +42,12 @@ the statements of each step. Version 2 added the partitions (``meta``'s ``partit
 ``leases`` for each, ``members``) and the writer of each event (``events.member`` and
 ``events.epoch``, nullable columns, added without rewriting the table): a process of version 1
 still running while another migrates goes on writing, unfenced, its events' writers ``NULL``
-(its inserts name their columns), and refuses the store only when it opens it again.
+(its inserts name their columns), and refuses the store only when it opens it again. Version 3
+added an index of the sagas not terminal (``sagas_in_flight``, partial), so that the sagas in
+flight (``in_flight``, a member's ``claim`` every few seconds) are read in time proportional to
+their number, not to every saga ever run; a process of version 2 goes on reading and writing
+as before (the server keeps the index up to date), but the migration's ``CREATE INDEX`` reads
+the whole table with its writes held back meanwhile.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION"]
 
 _logger = logging.getLogger("sagas.stores.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this code writes and reads (older ones are migrated forward on open)."""
 
 SCHEMA = "sagactor"
@@ -74,6 +80,12 @@ _TABLES = {
                   "tombstones", "external_events", "cursors", "owners"}),
 }
 _TABLES[2] = _TABLES[1] | {"leases", "members"}
+_TABLES[3] = _TABLES[2]
+
+TERMINAL_SQL = "('completed', 'compensated', 'failed')"
+"""The terminal statuses (``sagas.stores.TERMINAL``) as an SQL list: the predicate of the index
+of the sagas in flight, which the statements reading them repeat word for word
+(``status NOT IN ...``), so that the planner uses it whatever their parameters."""
 
 _CREATE = (
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -170,12 +182,19 @@ _V2_TABLES = (
 )
 _CREATE += _V2_TABLES
 
+_V3_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sagas_in_flight ON sagas (started_at, saga_id) "
+    f"WHERE status NOT IN {TERMINAL_SQL}",
+)
+_CREATE += _V3_INDEXES
+
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # from version n to n + 1: the statements, run in order in one transaction
     1: (  # and the partitions' rows (_add_partitions)
         "ALTER TABLE events ADD COLUMN member text COLLATE \"C\", ADD COLUMN epoch bigint",
         *_V2_TABLES,
     ),
+    2: _V3_INDEXES,
 }
 
 
