@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..engine.membership import ranges
 from ..events import (
     BRANCH_COMPENSATED,
     BRANCH_COMPLETED,
@@ -323,16 +324,7 @@ def plan_table(compiled: Any, every: Sequence[Any]) -> Any:
 
 def partition_ranges(partitions: Iterable[int]) -> str:
     """``0-31,40,42-43``: partitions as ranges (``-`` for none)."""
-    ordered = sorted(set(partitions))
-    parts: list[str] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts) or "-"
+    return ranges(partitions) or "-"
 
 
 def _seen(member: Mapping[str, Any]) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..stores import Fence, Lease, partition_of
 
-__all__ = ["DEFAULT_LEASE_TTL", "Membership"]
+__all__ = ["DEFAULT_LEASE_TTL", "Membership", "ranges"]
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Membership:
         lost = [lease.partition for lease in held if lease.partition not in kept]
         if lost:
             log.warning("member %s: lost partitions %s (taken over, or expired)", self.member,
-                        _ranges(lost))
+                        ranges(lost))
             self.drop(lost)
 
     def _expire(self) -> None:
@@ -266,7 +266,7 @@ class Membership:
         if gone:
             log.warning("member %s: the leases of partitions %s ran out while the store could "
                         "not be reached; their sagas are left to whoever holds them next",
-                        self.member, _ranges(gone))
+                        self.member, ranges(gone))
             self.drop(gone)
 
     def _acquire(self, partitions: Sequence[int]) -> None:
@@ -279,12 +279,12 @@ class Membership:
                 self._leases[lease.partition] = lease
             self._refresh()
         if new:
-            log.info("member %s: took partitions %s", self.member, _ranges(new))
+            log.info("member %s: took partitions %s", self.member, ranges(new))
             try:
                 self._on_gained(new)
             except Exception:  # the sagas wait in the store: give the partitions back
                 log.exception("member %s: could not load the sagas of partitions %s",
-                              self.member, _ranges(new))
+                              self.member, ranges(new))
                 self.drop(new, release=True)
 
     def _hand_over(self, others: dict[str, int], target: int) -> None:
@@ -307,7 +307,7 @@ class Membership:
             for partition in release:
                 if any(p == partition for _, p in undriven.values()):
                     self._avoid[partition] = now + AVOID_FOR * self.ttl
-            log.info("member %s: gives back partitions %s", self.member, _ranges(release))
+            log.info("member %s: gives back partitions %s", self.member, ranges(release))
             self.drop(sorted(release), release=True)
 
     def _runners(self) -> dict[str, list[str]]:
@@ -342,7 +342,7 @@ class Membership:
                     self.store.release(self.member, sorted(present))
                 except Exception as exc:
                     log.warning("member %s: could not give back partitions %s (%s); they "
-                                "expire within %.1fs", self.member, _ranges(present), exc,
+                                "expire within %.1fs", self.member, ranges(present), exc,
                                 self.ttl)
 
     def lost(self, partition: int) -> None:
@@ -361,7 +361,7 @@ class Membership:
         self.fence = Fence.of(self.member, leases) if leases else None
 
 
-def _ranges(partitions: Iterable[int]) -> str:
+def ranges(partitions: Iterable[int]) -> str:
     """``0-3,7,9-10``: partitions as ranges, for log lines."""
     ordered = sorted(set(partitions))
     parts: list[str] = []
