@@ -175,7 +175,9 @@ class BrokerLink:
             "handler": command.name, "payload": _plain(command.payload),
             "result": _plain(command.result) if command.result is not None else None,
             "reply_to": protocol.reply_stream(partition, self.prefix),
-            "deadline": command.timeout_at, "traceparent": None, "tracestate": None,
+            "deadline": command.timeout_at, "tracestate": None,
+            "traceparent": protocol.traceparent(command.saga_id, command.step, command.phase,
+                                                command.attempt),
         }
 
     def _release_waiting(self) -> None:

@@ -23,7 +23,8 @@ as the flow declares it, the same in every flow that shares a broker):
      "service": "inventory", "handler": "reserve", "payload": {...},
      "result": {...} | null,            # a compensation's view of its action's output
      "reply_to": "sagactor:replies:17", "deadline": 1765000000.5 | null,   # Unix seconds
-     "traceparent": "00-..." | null, "tracestate": "..." | null}
+     "traceparent": "00-<trace>-<span>-01",   # W3C: the attempt's span in the saga's trace
+     "tracestate": "..." | null}
 
 **Reply** (worker -> orchestrator)::
 
@@ -43,6 +44,7 @@ reply, adds the reply to ``reply_to`` and acknowledges the command (``XACK``) in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections.abc import Mapping
@@ -62,6 +64,10 @@ __all__ = [
     "orchestrators_group",
     "partition_of",
     "reply_stream",
+    "saga_span_id",
+    "saga_trace_id",
+    "step_span_id",
+    "traceparent",
     "workers_group",
 ]
 
@@ -107,6 +113,29 @@ def orchestrators_group(prefix: str = DEFAULT_PREFIX) -> str:
 def partition_of(saga_id: str, partitions: int) -> int:
     """As :func:`sagas.stores.partition_of`: crc32 of the id's UTF-8 bytes, modulo."""
     return zlib.crc32(saga_id.encode("utf-8")) % partitions
+
+
+def saga_trace_id(saga_id: str) -> str:
+    """The W3C trace id of a saga (32 lowercase hex digits), derived from its id: the same in
+    every process and run, so a resumed or taken-over saga goes on in the same trace."""
+    return hashlib.sha256(f"sagactor trace {saga_id}".encode()).hexdigest()[:32]
+
+
+def saga_span_id(saga_id: str) -> str:
+    """The span id (16 hex digits) of the saga's root span."""
+    return hashlib.sha256(f"sagactor span {saga_id}".encode()).hexdigest()[:16]
+
+
+def step_span_id(saga_id: str, step: str, phase: str, attempt: int) -> str:
+    """The span id of one attempt of a step's action or compensation."""
+    key = f"sagactor span {saga_id}|{step}|{phase}|{attempt}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def traceparent(saga_id: str, step: str, phase: str, attempt: int) -> str:
+    """The W3C ``traceparent`` a command carries: its attempt's span in its saga's trace, so a
+    worker's handler span is a child of the attempt's."""
+    return f"00-{saga_trace_id(saga_id)}-{step_span_id(saga_id, step, phase, attempt)}-01"
 
 
 def encode(message: Mapping[str, Any]) -> dict[str, str]:
