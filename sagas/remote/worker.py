@@ -50,6 +50,26 @@ longer than ``claim_idle`` cannot keep its entries fresh: another worker may cla
 run them too (delivery is at-least-once; a held entry found in another's hands is not taken
 back, and is answered all the same).
 
+**Housekeeping** (every ``housekeeping`` seconds, :data:`HOUSEKEEPING` by default, on the
+driver): each command stream it reads is trimmed of the entries every consumer group has
+acknowledged (:func:`.retention.trim_acknowledged`: ``XTRIM … MINID``, never past an entry
+pending in a group or not yet delivered), and the inbox entries older than ``inbox_retention``
+are removed. The inbox keeps, beside its hash, a sorted set ``<prefix>:inbox-times:<service>``
+(member: the key; score: the Unix time it was written, from ``clock``), written in the same
+``MULTI`` as the entry (``ZADD``; ``ZADD NX`` beside a tombstone's ``HSETNX``); entries found
+without a time (written before there were times) are given the time the worker first sees
+them (``HSCAN``, a few steps per round until it has been through the hash once). The
+retention (:data:`INBOX_RETENTION_DAYS` days unless ``SAGA_INBOX_RETENTION_DAYS`` says
+otherwise: :func:`inbox_retention_from_env`) must outlast any redelivery or retry of a key: a
+command whose key has expired from the inbox runs its handler again. Dead letters are kept
+until ``saga dead-letters`` replays or purges them.
+
+**Durability.** The inbox is what keeps a handler from running twice; it is only as durable
+as redis-server makes it. As it starts, the worker reads ``CONFIG GET appendonly`` and
+``appendfsync`` (a server that refuses ``CONFIG`` is taken as it is) and logs one warning,
+also kept in :attr:`Worker.durability`, unless the server runs ``appendonly yes`` with
+``appendfsync always`` (README: Delivery, retention and dead letters).
+
 **Stopping** (:meth:`Worker.stop`): the driver stops reading and claiming, the commands held
 are finished (their handlers' replies published and acknowledged; the entries kept fresh
 meanwhile), then the pools stop. Given a ``timeout``, what is unfinished by then is left
@@ -80,15 +100,21 @@ from ..language.model import Flow, ServiceSpec
 from ..language.service_classes import import_service
 from . import protocol
 from .broker import connect, ensure_group, is_transient, masked_url
+from .retention import expire_inbox, inbox_times_key, stamp, time_untimed, trim_acknowledged
 
 __all__ = [
     "CLAIM_IDLE",
     "DEFAULT_CONCURRENCY",
+    "HOUSEKEEPING",
+    "INBOX_RETENTION_DAYS",
     "MAX_DELIVERIES",
+    "RETENTION_ENV",
     "TICK",
     "Worker",
     "default_name",
+    "durability_warning",
     "hosted_services",
+    "inbox_retention_from_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,6 +133,15 @@ MAX_BACKOFF = 2.0
 PUBLISH_BATCH = 256
 POOL_STOP = 5.0
 """Seconds a pool is given to stop when the worker closes (its handlers to return)."""
+HOUSEKEEPING = 5.0
+"""Seconds between two rounds of trimming the command streams and expiring inbox entries."""
+INBOX_RETENTION_DAYS = 7.0
+"""Days an inbox entry (a definitive reply, a tombstone) is kept unless told otherwise."""
+RETENTION_ENV = "SAGA_INBOX_RETENTION_DAYS"
+EXPIRE_BATCHES = 20
+"""Batches of inbox keys removed (or given a time) per service and round at most: the rest
+the next round."""
+DAY = 86400.0
 _OUTCOME = {"succeeded": "ok", "rejected": "rejected", "error": "error"}
 _COMPENSATION = ":compensation"
 
@@ -114,6 +149,50 @@ _COMPENSATION = ":compensation"
 def default_name() -> str:
     """A worker's consumer name unless given one: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def inbox_retention_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds an inbox entry is kept: ``SAGA_INBOX_RETENTION_DAYS`` (days, above 0; ``inf``
+    keeps them for ever) in ``environ`` (default: the process's), else
+    :data:`INBOX_RETENTION_DAYS` days. ``ValueError`` (one line) for another value."""
+    text = (os.environ if environ is None else environ).get(RETENTION_ENV, "").strip()
+    if not text:
+        return INBOX_RETENTION_DAYS * DAY
+    try:
+        days = float(text)
+    except ValueError:
+        days = float("nan")
+    if not days > 0:
+        raise ValueError(f"{RETENTION_ENV} is a number of days above 0 (inf: for ever), "
+                         f"got {text!r}")
+    return days * DAY
+
+
+def durability_warning(client: Any, shown: str) -> str | None:
+    """What a crash of the redis-server behind ``client`` (shown as ``shown``) could lose of
+    the inbox, as one line, unless it runs ``appendonly yes`` with ``appendfsync always``;
+    ``None`` then, or when it refuses ``CONFIG GET`` (nothing can be told)."""
+    try:
+        appendonly = str(client.config_get("appendonly").get("appendonly", "")).lower()
+        fsync = str(client.config_get("appendfsync").get("appendfsync", "")).lower()
+    except Exception:
+        return None
+    if not appendonly:
+        return None
+    if appendonly != "yes":
+        return (f"broker {shown} runs with appendonly {appendonly}: a kill -9 of redis-server "
+                "loses every definitive reply and tombstone written since its last snapshot "
+                "(their handlers run again): run it with appendonly yes and appendfsync always")
+    if fsync == "always":
+        return None
+    if fsync == "everysec":
+        return (f"broker {shown} runs with appendfsync everysec: a crash of its host, or a "
+                "kill -9 of redis-server while its disk lags, can lose the last second or two "
+                "of definitive replies and tombstones (their handlers run again): run it with "
+                "appendfsync always")
+    return (f"broker {shown} runs with appendfsync {fsync}: a crash of its host can lose the "
+            "last 30 seconds or so of definitive replies and tombstones (their handlers run "
+            "again): run it with appendfsync always")
 
 
 def hosted_services(flows: Sequence[Flow], names: Iterable[str] | None = None
@@ -244,8 +323,14 @@ class Worker:
     (default ``host:pid``); ``claim_idle`` is how long (seconds) another consumer's entry must
     sit idle to be claimed; ``max_deliveries`` how many deliveries a command gets before it is
     dead-lettered; ``on_note(line)`` is told when the broker is lost and back (the log is too).
-    Raises ``ValueError`` for services it cannot host (:func:`hosted_services`) or bad
-    numbers.
+    ``inbox_retention`` is how long (seconds) an inbox entry is kept (default:
+    :func:`inbox_retention_from_env`), ``clock`` the Unix time the inbox's times are taken
+    from, ``housekeeping`` the seconds between two rounds of trimming and expiring (the
+    module's docstring). Raises ``ValueError`` for services it cannot host
+    (:func:`hosted_services`) or bad numbers.
+
+    After :meth:`start`, :attr:`durability` is the warning about the broker's durability
+    (:func:`durability_warning`) it logged, or ``None``.
     """
 
     def __init__(self, broker_url: str, flows: Sequence[Flow],
@@ -253,13 +338,22 @@ class Worker:
                  concurrency: int = DEFAULT_CONCURRENCY, prefix: str = protocol.DEFAULT_PREFIX,
                  name: str | None = None, claim_idle: float = CLAIM_IDLE,
                  max_deliveries: int = MAX_DELIVERIES,
-                 on_note: Callable[[str], None] | None = None) -> None:
+                 on_note: Callable[[str], None] | None = None,
+                 inbox_retention: float | None = None, clock: Callable[[], float] = time.time,
+                 housekeeping: float = HOUSEKEEPING) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency is at least 1, got {concurrency!r}")
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries is at least 1, got {max_deliveries!r}")
         if claim_idle <= 0:
             raise ValueError(f"claim_idle is a number of seconds above 0, got {claim_idle!r}")
+        if inbox_retention is None:
+            inbox_retention = inbox_retention_from_env()
+        if not inbox_retention > 0:
+            raise ValueError("inbox_retention is a number of seconds above 0, got "
+                             f"{inbox_retention!r}")
+        if not housekeeping > 0:
+            raise ValueError(f"housekeeping is a number of seconds above 0, got {housekeeping!r}")
         self.flows = tuple(flows)
         self.specs = hosted_services(self.flows, services)
         self.services = tuple(self.specs)
@@ -269,6 +363,11 @@ class Worker:
         self.concurrency = concurrency
         self.max_deliveries = max_deliveries
         self.answered = 0
+        self.inbox_retention = float(inbox_retention)
+        self.durability: str | None = None
+        self._clock = clock
+        self._housekeeping_every = housekeeping
+        self._untimed = dict.fromkeys(self.services, 0)  # HSCAN cursors; gone when done
         self._broker_url = broker_url
         self._claim_idle_ms = int(claim_idle * 1000)
         self._group = protocol.workers_group(prefix)
@@ -298,6 +397,9 @@ class Worker:
         groups, start the pools (``DefinitionUnavailable`` for a service that does not import
         or start) and the worker's threads."""
         self._client = connect(self._broker_url)
+        self.durability = durability_warning(self._client, self.url)
+        if self.durability is not None:
+            log.warning("worker %s: %s", self.name, self.durability)
         try:
             self._ensure_groups()
             for service, spec in self.specs.items():
@@ -395,6 +497,7 @@ class Worker:
 
     def _drive(self) -> None:
         next_tick = 0.0
+        next_housekeeping = time.monotonic() + self._housekeeping_every
         backoff = 0.0
         while True:
             with self._cond:
@@ -411,6 +514,9 @@ class Worker:
                     if not stopping and free > 0:
                         free -= self._claim(free)
                     next_tick = time.monotonic() + TICK
+                if not stopping and time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + self._housekeeping_every
+                    self.housekeeping()
                 if stopping or free <= 0:
                     with self._cond:
                         self._cond.wait_for(self._changed(stopping),
@@ -509,6 +615,32 @@ class Worker:
             taken += len(new)
         return taken
 
+    def housekeeping(self) -> tuple[int, int]:
+        """One round of housekeeping (the module's docstring), as the driver does it every
+        ``housekeeping`` seconds: how many command stream entries were trimmed and how many
+        inbox entries expired."""
+        trimmed = sum(trim_acknowledged(self._client, stream, self._group)
+                      for stream in self._streams)
+        now = self._clock()
+        expired = 0
+        for service in self.services:
+            inbox = protocol.inbox_key(service, self.prefix)
+            times = inbox_times_key(service, self.prefix)
+            cursor = self._untimed.get(service)
+            for _ in range(EXPIRE_BATCHES if cursor is not None else 0):
+                cursor = time_untimed(self._client, inbox, times, cursor or 0, now)
+                self._untimed[service] = cursor
+                if cursor == 0:
+                    del self._untimed[service]
+                    break
+            if self.inbox_retention != float("inf"):
+                expired += expire_inbox(self._client, inbox, times, now - self.inbox_retention,
+                                        max_batches=EXPIRE_BATCHES)
+        if trimmed or expired:
+            log.info("worker %s: %d command entries trimmed, %d inbox entries expired",
+                     self.name, trimmed, expired)
+        return trimmed, expired
+
     def _keep_fresh(self) -> None:
         """Reset the idle time of the entries held (those still this worker's: one another
         worker took while this one was cut off is not taken back)."""
@@ -594,19 +726,24 @@ class Worker:
         return isinstance(reply_to, str) and reply_to.startswith(self._replies_prefix)
 
     def _look_up(self, runnable: Sequence[_Held]) -> list[dict[str, Any] | None]:
-        """Each command's inbox entry (one round trip), leaving a compensation's tombstone."""
-        pipe = self._client.pipeline(transaction=False)
+        """Each command's inbox entry (one round trip), leaving a compensation's tombstone
+        with its time (in one ``MULTI`` when there is one)."""
         tombstones = [self._tombstone(h.command or {}) for h in runnable]
+        now = self._clock()
+        pipe = self._client.pipeline(transaction=any(t is not None for t in tombstones))
         for h, tombstone in zip(runnable, tombstones, strict=True):
             inbox = protocol.inbox_key(h.service, self.prefix)
             pipe.hget(inbox, h.key[1])
             if tombstone is not None:
                 pipe.hsetnx(inbox, *tombstone)
+                stamp(pipe, inbox_times_key(h.service, self.prefix), tombstone[0], now,
+                      keep_older=True)
         results = iter(pipe.execute())
         found = []
         for h, tombstone in zip(runnable, tombstones, strict=True):
             found.append(_stored(next(results), h))
             if tombstone is not None:
+                next(results)
                 next(results)
         return found
 
@@ -725,8 +862,9 @@ class Worker:
         backoff = 0.0
         while True:
             pipe = self._client.pipeline(transaction=True)
+            now = self._clock()
             for answer in batch:
-                self._write(pipe, answer)
+                self._write(pipe, answer, now)
             try:
                 pipe.execute()
             except Exception as exc:
@@ -748,13 +886,16 @@ class Worker:
             break
         self._release([answer.held for answer in batch])
 
-    def _write(self, pipe: Any, answer: _Answer) -> None:
+    def _write(self, pipe: Any, answer: _Answer, now: float) -> None:
         h = answer.held
         inbox = protocol.inbox_key(h.service, self.prefix)
+        times = inbox_times_key(h.service, self.prefix)
         if answer.keep is not None:
             pipe.hset(inbox, h.key[1], answer.keep)
+            stamp(pipe, times, h.key[1], now)
         if answer.tombstone is not None:
             pipe.hsetnx(inbox, *answer.tombstone)
+            stamp(pipe, times, answer.tombstone[0], now, keep_older=True)
         if answer.dead is not None:
             pipe.xadd(protocol.dead_stream(h.service, self.prefix), answer.dead)
         if answer.reply is not None and answer.reply_to is not None:
