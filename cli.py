@@ -396,6 +396,24 @@ def worker(flows: tuple[str, ...], broker_url: str, services: str | None, concur
                         concurrency=concurrency, on_json=click.echo if as_json else None)
 
 
+def _dead_letters(action: str, doc: str) -> click.Command:  # saga dead-letters ACTION
+    def act(broker_url: str, service: str | None, as_json: bool, ids: tuple[str, ...] = (),
+            every: bool = False) -> None:
+        done = commands.dead_letters(action, broker_url, service, ids, every)
+        _emit(as_json, done.to_json, done.render)
+    if action != "list":
+        act = click.argument("ids", nargs=-1, metavar="[ID]...")(click.option(
+            "--all", "every", is_flag=True, help=commands.DEAD_LETTERS_ALL_HELP)(act))
+    return click.command(action, cls=SagaCommand, help=doc)(click.option(
+        "--broker", "broker_url", envvar="SAGA_BROKER", required=True, metavar="URL",
+        help=BROKER_HELP)(click.option("--service", metavar="S", help=commands.
+                                       DEAD_LETTERS_SERVICE_HELP)(json_option(act))))
+
+
+main.add_command(SagaGroup("dead-letters", help=commands.DEAD_LETTERS_HELP, commands=[
+    _dead_letters(action, doc) for action, doc in commands.DEAD_LETTERS_HELPS.items()]))
+
+
 @main.command(name="test", help=commands.TEST_HELP)
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_examples", multiple=True, metavar="JSON",

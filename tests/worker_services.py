@@ -56,6 +56,25 @@ def send(client: Any, message: dict[str, Any], service: str = "probe") -> str:
                        {"body": json.dumps(message)})
 
 
+def poison(client: Any, message: dict[str, Any], deliveries: int,
+           service: str = "probe") -> str:
+    """XADD ``message`` and make it look delivered ``deliveries`` times already (to a consumer
+    ``ghost`` that never answers, as if that many workers had died running it): the next
+    worker to claim it dead-letters it if that is more than its ``max_deliveries``. Call it
+    while no other command of the stream is undelivered. The command entry's id."""
+    stream = f"sagactor:commands:{service}"
+    group = "sagactor:workers"
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except Exception as exc:  # the group is there already
+        if "BUSYGROUP" not in str(exc):
+            raise
+    entry = send(client, message, service)
+    client.xreadgroup(group, "ghost", {stream: ">"}, count=1)
+    client.xclaim(stream, group, "ghost", 0, [entry], retrycount=deliveries)
+    return entry
+
+
 def replies(client: Any) -> list[dict[str, Any]]:
     """The replies on :data:`REPLIES`, oldest first."""
     return [json.loads(fields["body"]) for _, fields in client.xrange(REPLIES)]

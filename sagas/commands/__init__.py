@@ -12,7 +12,8 @@ library's errors (:mod:`sagas.errors`) or :class:`UsageProblem`; a first Ctrl-C 
   :mod:`.act` (``retry``, ``cancel``), :mod:`.serve`, :mod:`.send`;
 - reading a store: :mod:`.reading` (``list``, ``show``), :mod:`.audit`, :mod:`.members`;
 - ``saga test``: :mod:`.property_testing` (the CLI imports :mod:`sagas.testing` itself);
-- services for orchestrators elsewhere: :mod:`.worker` (``saga worker``);
+- services for orchestrators elsewhere: :mod:`.worker` (``saga worker``), and the commands
+  they gave up on: :mod:`.dead_letters` (``saga dead-letters``);
 - shared: :mod:`.session` (a store or runtime for one command: a client of a shared store's
   live members, or a member itself), :mod:`.inputs` (JSON inputs),
   :mod:`.interrupts` (graceful stop), :mod:`.errors` (what an error says), :mod:`.process`
@@ -27,10 +28,15 @@ from __future__ import annotations
 from ..remote.broker import BrokerUnavailable
 from .act import cancel_saga, retry_saga
 from .audit import AuditReport, audit_store_at
+from .dead_letters import DeadLetters, dead_letters, render_dead_letters
 from .errors import UsageProblem, error_lines, one_line
 from .graph import draw_flow
 from .help_texts import (
     CANCEL_HELP,
+    DEAD_LETTERS_ALL_HELP,
+    DEAD_LETTERS_HELP,
+    DEAD_LETTERS_HELPS,
+    DEAD_LETTERS_SERVICE_HELP,
     REMOTE_HELP,
     RETRY_HELP,
     SEND_HELP,
@@ -79,6 +85,10 @@ from .worker import WorkerServing, load_worker_flows, run_worker
 
 __all__ = [
     "CANCEL_HELP",
+    "DEAD_LETTERS_ALL_HELP",
+    "DEAD_LETTERS_HELP",
+    "DEAD_LETTERS_HELPS",
+    "DEAD_LETTERS_SERVICE_HELP",
     "REMOTE_HELP",
     "RETRY_HELP",
     "SEND_HELP",
@@ -88,6 +98,7 @@ __all__ = [
     "AuditReport",
     "BrokerUnavailable",
     "CheckedFlow",
+    "DeadLetters",
     "FlowChecks",
     "MemberServing",
     "MembersReport",
@@ -103,6 +114,7 @@ __all__ = [
     "cancel_saga",
     "configure_process",
     "coverage_warning",
+    "dead_letters",
     "draw_flow",
     "error_lines",
     "event_data",
@@ -122,6 +134,7 @@ __all__ = [
     "progress_bar",
     "recovery_plans",
     "render_audit",
+    "render_dead_letters",
     "render_list",
     "render_member_serving",
     "render_members",

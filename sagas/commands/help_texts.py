@@ -3,8 +3,9 @@ the thin table of options it is. Click dedents them as it does docstrings."""
 
 from __future__ import annotations
 
-__all__ = ["CANCEL_HELP", "REMOTE_HELP", "RETRY_HELP", "SEND_HELP", "SERVE_HELP", "TEST_HELP",
-           "WORKER_HELP"]
+__all__ = ["CANCEL_HELP", "DEAD_LETTERS_ALL_HELP", "DEAD_LETTERS_HELP", "DEAD_LETTERS_HELPS",
+           "DEAD_LETTERS_SERVICE_HELP", "REMOTE_HELP", "RETRY_HELP", "SEND_HELP", "SERVE_HELP",
+           "TEST_HELP", "WORKER_HELP"]
 
 REMOTE_HELP = ("Services whose commands go to workers through --broker (never imported here): "
                "names, or all. Env: SAGA_REMOTE.")
@@ -56,3 +57,33 @@ WORKER_HELP = """Host the FLOWs' services for orchestrators that reach them thro
     then exits 0. Exit 2 for an unknown service or a flow that won't load, 6 if the broker
     cannot be used (unreachable, refusing the password, redis-py missing).
     """
+
+DEAD_LETTERS_HELP = """The commands a broker's workers gave up on: list, replay or purge them.
+
+    A worker dead-letters a command delivered too many times (its handler crashed or hung
+    its workers) to sagactor:dead:<service>, and answers it error: its saga counted a failed
+    attempt and went on by its retry policy. Exit 0; 2 for an unknown entry id or a usage
+    error; 6 if the broker cannot be used.
+    """
+
+DEAD_LETTERS_HELPS = {
+    "list": """List the dead letters of --service, or of every service that has some.
+
+    Entry id, service, saga id, step, phase, attempt, handler, deliveries, reason, worker and
+    when; --json gives the command's body too.
+    """,
+    "replay": """Put dead letters back on their service's command stream, and delete them.
+
+    The command is added again with the same body, so with the same idempotency key. Its
+    saga was answered error when it was dead-lettered and may have retried the step since:
+    if that attempt was answered, the worker answers the replay from its inbox without
+    running the handler again; otherwise the handler runs (a reply the saga no longer waits
+    for is ignored). A dead letter that is no command cannot be replayed (exit 2; --all skips
+    it, and says so). Each is moved in one transaction: never on both streams.
+    """,
+    "purge": """Delete dead letters (their sagas were answered error already).""",
+}
+
+DEAD_LETTERS_ALL_HELP = "Every dead letter (of --service, or of every service)."
+
+DEAD_LETTERS_SERVICE_HELP = "Only this service's dead letters (default: every service's)."
