@@ -132,6 +132,20 @@ def test_a_replay_of_a_key_the_saga_had_answered_since_does_not_run_it_again(
     assert [run[1] for run in runs(log)] == ["s1:first"]
 
 
+def test_a_replay_of_an_action_compensated_since_is_rejected_without_running(
+        client, start_worker, redis_url, tmp_path):  # noqa: F811
+    log = tmp_path / "log"
+    make_dead_letters(client, start_worker, log)
+    send(client, command("s1:first:compensation", log))  # the saga compensated the step
+    assert reply_to(client, "s1:first:compensation")[0]["outcome"] == "ok"
+    first = dead_letters("list", redis_url, "probe").letters[0]
+    dead_letters("replay", redis_url, "probe", [first.entry_id])
+    replayed = reply_to(client, "s1:first", 2)[1]
+    assert (replayed["outcome"], replayed["replayed"]) == ("rejected", True)
+    assert "compensated before it ran" in replayed["reason"]
+    assert [run[1] for run in runs(log)] == ["s1:first:compensation"]
+
+
 def test_replay_all_skips_what_is_no_command_and_purge_deletes(
         client, start_worker, redis_url, tmp_path):  # noqa: F811
     log = tmp_path / "log"

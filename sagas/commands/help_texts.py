@@ -75,11 +75,13 @@ DEAD_LETTERS_HELPS = {
     "replay": """Put dead letters back on their service's command stream, and delete them.
 
     The command is added again with the same body, so with the same idempotency key. Its
-    saga was answered error when it was dead-lettered and may have retried the step since:
-    if that attempt was answered, the worker answers the replay from its inbox without
-    running the handler again; otherwise the handler runs (a reply the saga no longer waits
-    for is ignored). A dead letter that is no command cannot be replayed (exit 2; --all skips
-    it, and says so). Each is moved in one transaction: never on both streams.
+    saga was answered error when it was dead-lettered and has gone on since (its reply to the
+    replay is ignored): if the saga's retry of the step was answered, or the step was
+    compensated, the worker answers the replay from its inbox without running the handler;
+    otherwise the handler runs and its outcome, if definitive, is kept for the saga's next
+    attempt (or for `saga retry`). A dead letter that is no command cannot be replayed
+    (exit 2; --all skips it, and says so). Each is moved in one transaction: never on both
+    streams.
     """,
     "purge": """Delete dead letters (their sagas were answered error already).""",
 }
