@@ -34,9 +34,11 @@ GROUP_MAY_IMPORT = {
                      "sagas.bus", "sagas.remote"},
     "sagas.testing": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
                       "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote"},
+    "sagas.observe": {"sagas.errors", "sagas.events", "sagas.stores", "sagas.language",
+                      "sagas.engine", "sagas.remote"},
     "sagas.commands": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
                        "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote",
-                       "sagas.testing"},
+                       "sagas.testing", "sagas.observe"},
 }
 
 
