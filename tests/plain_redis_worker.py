@@ -74,11 +74,14 @@ def handle(client: redis.Redis, stream: str, entry_id: bytes, fields: dict, me: 
                                                "payload": command["payload"]})
         definitive = {"outcome": reply["outcome"], "result": reply["result"],
                       "reason": reply["reason"]}
+        now = time.time()
         pipe.hset(inbox, command["key"], json.dumps(definitive))
+        pipe.zadd(f"sagactor:inbox-times:{service}", {command["key"]: now})  # its retention
         if command["phase"] == "compensation":  # a late action is answered rejected
             action_key = command["key"].removesuffix(":compensation")
             pipe.hsetnx(inbox, action_key, json.dumps(
                 {"outcome": "rejected", "result": None, "reason": "compensated before it ran"}))
+            pipe.zadd(f"sagactor:inbox-times:{service}", {action_key: now}, nx=True)
     pipe.xadd(command["reply_to"], {"body": json.dumps(reply)})
     pipe.xack(stream, GROUP, entry_id)
     pipe.execute()

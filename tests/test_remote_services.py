@@ -136,3 +136,19 @@ def test_saga_events_are_published_to_a_stream_per_flow(
     assert entries[0][1][b"topic"].decode() == "pay_remote.saga.started"
     got = client.xreadgroup("inventory", "c1", {"sagactor:events:pay_remote": ">"}, count=100)
     assert len(got[0][1]) == len(entries)  # a consumer group reads them like any stream
+
+
+def test_the_orchestrator_trims_the_replies_it_acknowledged(redis_server, redis_url, workers,  # noqa: F811
+                                                            monkeypatch):
+    from sagas.remote import outbound
+
+    monkeypatch.setattr(outbound, "TRIM_EVERY", 0.1)
+    _worker(redis_url, workers)
+    client = redis_server.client(decode_responses=True)
+    with Runtime(broker=redis_url) as runtime:
+        assert runtime.run(_flow(), {"amount": 3}, "trimmed", timeout=20).status == "completed"
+
+        def left() -> int:
+            return sum(client.xlen(s) for s in client.scan_iter("sagactor:replies:*"))
+
+        eventually(lambda: left() == 0, 10, what=lambda: f"{left()} replies left in the streams")

@@ -95,6 +95,8 @@ def run_worker(flows: Sequence[Flow], broker_url: str, on_note: Callable[[str], 
             serving = WorkerServing(worker.name, worker.url, list(worker.services),
                                     [flow.name for flow in flows], concurrency)
             on_note(serving.line())
+            if worker.durability is not None:  # after "serving": the first line says it serves
+                on_note(f"warning: redis-server {worker.durability}")
             if on_json is not None:
                 on_json(json.dumps(serving.to_json()))
             while not received:

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import protocol
 from .broker import connect, ensure_group, masked_url
+from .retention import trim_acknowledged
 
 __all__ = ["BrokerLink", "RemoteService"]
 
@@ -39,6 +40,9 @@ RECHECK = 0.2
 READ_BLOCK_MS = 100
 CLAIM_EVERY = 1.0
 CLAIM_IDLE_MS = 2000
+TRIM_EVERY = 5.0
+"""Seconds between trims of the reply streams read here (never past an unacknowledged
+entry: :func:`~.retention.trim_acknowledged`)."""
 OUTCOME = {"ok": "succeeded", "rejected": "rejected", "error": "error"}
 
 
@@ -226,7 +230,7 @@ class BrokerLink:
     # -- replies -------------------------------------------------------------------------------
     def _read(self) -> None:
         group = protocol.orchestrators_group(self.prefix)
-        last_claim = 0.0
+        last_claim = last_trim = 0.0
         failing = False
         while not self._stop.is_set():
             try:
@@ -240,6 +244,10 @@ class BrokerLink:
                     for stream in streams:
                         self._claim(stream, group)
                     self._release_waiting()
+                if time.monotonic() - last_trim > TRIM_EVERY:
+                    last_trim = time.monotonic()
+                    for stream in streams:
+                        trim_acknowledged(self.redis, stream, group)
                 if not streams:
                     self._stop.wait(READ_BLOCK_MS / 1000)
                     continue

@@ -14,7 +14,16 @@ as the flow declares it, the same in every flow that shares a broker):
   ``reply_to``: reply there, whatever the partition count.
 - ``<prefix>:dead:<service>`` — commands delivered too many times (dead letters).
 - ``<prefix>:inbox:<service>`` — a hash, the worker side's durable inbox: idempotency key ->
-  the definitive reply's JSON.
+  the definitive reply's JSON; beside it ``<prefix>:inbox-times:<service>``, a sorted set of
+  the same keys scored by the Unix time each entry was written (``ZADD``, or ``ZADD NX``
+  beside a tombstone's ``HSETNX``, in the entry's ``MULTI``). Workers remove entries older
+  than the retention (default 7 days) from both; one without a time gets one when a sagactor
+  worker first sees it.
+
+Command and reply streams are trimmed (``XTRIM MINID``), never past an entry pending in any
+group or not delivered yet: a reader must not rely on acknowledged entries staying. A dead
+letter's fields are ``body``, ``reason``, ``deliveries``, ``worker`` and ``entry``; a replay is
+a new command entry with the same body (same key, ``command_id`` and attempt).
 
 **Command** (orchestrator -> worker)::
 
