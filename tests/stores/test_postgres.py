@@ -417,11 +417,16 @@ def _columns(server: PostgresServer, name: str) -> dict[str, list[tuple[str, str
     return columns
 
 
-def _indexes(server: PostgresServer, name: str) -> list[tuple[str, str]]:
-    """Every index of the store's schema: its name and definition."""
+def _indexes(server: PostgresServer, name: str) -> list[tuple[str, Any]]:
+    """Every index of the store's schema (its name and definition), then every table's
+    storage parameters."""
     with server.admin(name) as db:
-        return db.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = "
-                          "'sagactor' ORDER BY indexname").fetchall()
+        return db.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'sagactor' "
+            "ORDER BY indexname").fetchall() + db.execute(
+            "SELECT c.relname, c.reloptions FROM pg_class AS c JOIN pg_namespace AS n ON "
+            "n.oid = c.relnamespace WHERE n.nspname = 'sagactor' AND c.relkind = 'r' "
+            "ORDER BY c.relname").fetchall()
 
 
 def _downgrade_to_version_2(server: PostgresServer, name: str) -> None:
@@ -429,6 +434,7 @@ def _downgrade_to_version_2(server: PostgresServer, name: str) -> None:
     index of the sagas in flight."""
     with server.admin(name) as db:
         db.execute("DROP INDEX sagactor.sagas_in_flight")
+        db.execute("ALTER TABLE sagactor.sagas RESET (fillfactor)")
         db.execute("UPDATE sagactor.meta SET value = '2' WHERE key = 'schema_version'")
 
 
@@ -502,8 +508,9 @@ def test_a_version_1_process_goes_on_writing_while_another_migrates(
 def test_a_version_2_store_gains_the_index_of_the_sagas_in_flight(
     postgres_server: PostgresServer, postgres_url: str  # noqa: F811
 ) -> None:
-    """Version 3 adds an index, nothing else: a version-2 store keeps its data, and a version-2
-    process still running (its statements unchanged) goes on reading and writing."""
+    """Version 3 adds an index and a storage parameter, nothing else: a version-2 store keeps
+    its data, and a version-2 process still running (its statements unchanged) goes on reading
+    and writing."""
     name = postgres_url.rsplit("/", 1)[1]
     with open_store(postgres_url) as store:
         store.create(new_saga("s"))
@@ -512,7 +519,9 @@ def test_a_version_2_store_gains_the_index_of_the_sagas_in_flight(
     with postgres_server.admin(name) as db:
         old = db.execute("SELECT pg_backend_pid()").fetchone()
         assert old is not None
-        assert ("sagas_in_flight",) not in [(n,) for n, _ in _indexes(postgres_server, name)]
+        assert _indexes(postgres_server, name) != fresh
+        assert "sagas_in_flight" not in [n for n, _ in _indexes(postgres_server, name)]
+        assert ("sagas", ["fillfactor=70"]) in fresh
         results = run_pair(lambda: open_store(postgres_url), lambda: open_store(postgres_url))
         assert all(isinstance(r, SagaStore) for r in results), results
         for store in results:
@@ -934,7 +943,8 @@ def test_the_inbox_writes_on_a_connection_of_its_own_opened_when_first_used(
                  "k2": StoredReply("rejected", None, "no")}, {"a1", "a2"})
     finally:
         store.close()
-    assert _sessions(postgres_server, "inboxed") == 0
+    eventually(lambda: _sessions(postgres_server, "inboxed") == 0,
+               what="the store's sessions ending")  # the server's backends exit meanwhile
     for write in (lambda: store.inbox.put("k", StoredReply("succeeded", None, None)),
                   lambda: store.inbox.tombstone("a"), lambda: store.inbox.write_many([], [])):
         with pytest.raises(StoreUnavailable, match="is closed"):
