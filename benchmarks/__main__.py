@@ -195,6 +195,9 @@ TARGETS: tuple[Target, ...] = (
     # issue 16 (several orchestrators on one PostgreSQL)
     Target("S11 1 member", "≥ 0.2× baseline (S3's workload on PostgreSQL)", ("S11",),
            _ratio("S11"), lambda v: v >= 0.2),
+    # issue 17 (services in workers over Redis Streams)
+    Target("S12 remote on SQLite", "≥ 0.15× baseline (S3's workload, every service in 2 "
+           "workers)", ("S12",), _ratio("S12"), lambda v: v >= 0.15),
 )
 
 
@@ -235,6 +238,8 @@ def _notes(result: dict[str, Any]) -> str:
                      f"{extra['delivered_by_end']:,} of {extra['events']:,} events by the end")
     if result["id"] == "S11" and "members" in extra:
         notes.append(_s11_notes(result))
+    if result["id"] == "S12" and "variants" in extra:
+        notes.append(_s12_notes(result))
     collector = extra.get("gc")
     if collector:
         notes.append(f"GC {collector['share']:.0%} of the time, longest pause "
@@ -262,6 +267,35 @@ def _s11_notes(result: dict[str, Any]) -> str:
     return (f"2 members {two['sagas_per_s']:,.0f}/s{two_ratio} ({extra['two_vs_one']:.2f}× 1 "
             f"member); median of {runs} run{'s' if runs != 1 else ''} each; CPU µs/saga: "
             f"1 member: {cpu(one)}; 2 members: {cpu(two)}")
+
+
+def _s12_notes(result: dict[str, Any]) -> str:
+    """PostgreSQL against SQLite, and where the CPU of each went (µs per saga, per process)."""
+    extra = result["extra"]
+    sqlite, pg = extra["variants"]["sqlite"], extra["variants"].get("postgres")
+    ratio = result.get("ratio")
+
+    def cpu(run: dict[str, Any]) -> str:
+        us = run["cpu_us_per_saga"]
+        parts = [f"orchestrator {' + '.join(f'{x:,.0f}' for x in us['orchestrators'])}",
+                 f"workers {' + '.join(f'{x:,.0f}' for x in us['workers'])}",
+                 f"redis {us['redis']:,.0f}"]
+        if "postgres" in us:
+            parts.append(f"PostgreSQL {us['postgres']:,.0f}")
+        return ", ".join(parts)
+
+    runs = extra["rounds"]
+    if pg is None:
+        postgres = f"PostgreSQL skipped: {extra['postgres']['skipped']}"
+    else:
+        postgres = f"PostgreSQL, 2 members: {pg['sagas_per_s']:,.0f}/s" + (
+            "" if ratio is None else
+            f", {ratio * pg['sagas_per_s'] / sqlite['sagas_per_s']:.2f}× B1")
+    return (f"{postgres}; {extra['workers']} workers (concurrency "
+            f"{extra['worker_concurrency']}), redis appendfsync "
+            f"{extra['redis']['appendfsync']}; median of {runs} run{'s' if runs != 1 else ''}"
+            f" each; CPU µs/saga: SQLite: {cpu(sqlite)}"
+            + ("" if pg is None else f"; PostgreSQL: {cpu(pg)}"))
 
 
 HEADER = ("id", "scenario", "sagas", "sagas/s", "p50 ms", "p99 ms", "peak RSS MiB", "× pykka",

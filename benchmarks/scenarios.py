@@ -3,9 +3,10 @@
 The ids are what ``--only`` takes (``S8`` selects ``S8a``, ``S8b`` and ``S8c``); ``B1``, the
 bare-pykka baseline every ratio is taken against, is always run. The number of sagas is what the
 scenario's function is given: for S6 the sagas it parks (its row times S1's workload, a tenth as
-many sagas), for S7 the sagas it recovers, for S11 the sagas of each of its runs. A scenario that
-``requires`` something missing (S11: PostgreSQL and psycopg) is skipped with one line saying what
-to install, except under ``CI=true``, where it runs and fails.
+many sagas), for S7 the sagas it recovers, for S11 and S12 the sagas of each of their runs. A
+scenario that ``requires`` something missing (S11: PostgreSQL and psycopg; S12: redis-server and
+redis-py) is skipped with one line saying what to install, except under ``CI=true``, where it
+runs and fails.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              1_000, 300),
     Scenario("S11", "S3's workload on PostgreSQL, 1 member (2 in the notes)",
              "scale_out:run_s11", 10_000, 1_000, requires="pg_server:unavailable"),
+    Scenario("S12", "S3's workload, every service remote: SQLite (PostgreSQL in the notes)",
+             "remote_services:run_s12", 5_000, 1_000, requires="remote_services:unavailable"),
 )
 
 BASELINE = "B1"
