@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +61,10 @@ class Dispatcher:
         instance: int,
         inbox: InboxStore,
         faults: FaultInjector | None = None,
+        around: Callable[[Command, str], AbstractContextManager[Any]] | None = None,
     ) -> None:
         self.service = service
+        self.around = around  # wraps each handler call (e.g. a tracing span), if given
         self.service_name = service_name
         self.instance = instance
         self.inbox = inbox
@@ -165,7 +168,11 @@ class Dispatcher:
             if fault.kind == "error":
                 return "error", None, f"InjectedFault: {fault.message or 'injected error'}"
         try:
-            value = handler(command)
+            if self.around is None:
+                value = handler(command)
+            else:
+                with self.around(command, self.service_name):
+                    value = handler(command)
         except Rejected as rejected:
             return "rejected", None, _rejection_text(rejected)
         except BaseException as exc:  # a handler may raise anything: it never kills the actor

@@ -32,6 +32,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pykka
@@ -297,6 +298,7 @@ class ServicePool(Generic[S]):
         faults: FaultInjector | None,
         activity: Activity | None,
         dead_letters: DeadLetters | None,
+        around: Callable[[Command, str], AbstractContextManager[Any]] | None = None,
     ) -> None:
         """Private: use :meth:`ServicePool.start`."""
         self.name = name
@@ -310,7 +312,8 @@ class ServicePool(Generic[S]):
         for index, service in enumerate(services):
             buffer = InboxBuffer(inbox)
             dispatcher = Dispatcher(
-                service, service_name=name, instance=index, inbox=buffer, faults=faults
+                service, service_name=name, instance=index, inbox=buffer, faults=faults,
+                around=around,
             )
             slots.append(_Slot(index, service, dispatcher, buffer, f"{name}[{index}]"))
         self._slots = tuple(slots)
@@ -325,9 +328,12 @@ class ServicePool(Generic[S]):
         faults: FaultInjector | None = None,
         activity: Activity | None = None,
         dead_letters: DeadLetters | None = None,
+        around: Callable[[Command, str], AbstractContextManager[Any]] | None = None,
     ) -> ServicePool[S]:
         """Start one actor per service object (each a distinct :class:`Service` instance).
 
+        ``around(command, pool name)``, if given, wraps every handler call (a tracing span,
+        say: it runs on the actor's thread, the handler inside it);
         ``inbox`` is shared by the instances; ``faults`` is consulted for every delivery;
         ``activity`` counts every message the pool enqueues; undeliverable messages are recorded in
         ``dead_letters`` (a private one if not given: :attr:`dead_letters`). A service object may
@@ -364,6 +370,7 @@ class ServicePool(Generic[S]):
             faults=faults,
             activity=activity,
             dead_letters=dead_letters,
+            around=around,
         )
         try:
             for slot in pool._slots:

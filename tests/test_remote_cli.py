@@ -141,3 +141,39 @@ def test_saga_serve_publishes_saga_events_to_the_broker(redis_server, redis_url,
     assert {b["saga_id"] for b in bodies} == {"order_inventory.o-9"}
     assert [b["seq"] for b in bodies] == list(range(1, len(bodies) + 1))
     assert serve.returncode == 0
+
+
+def test_one_trace_spans_the_orchestrator_and_the_worker(redis_url, tmp_path):  # noqa: F811
+    """The trace of a remote saga: one root, a span per step attempt under it, and the worker
+    process's handler span under its attempt's span (the command's traceparent)."""
+    pytest.importorskip("opentelemetry.sdk", reason="the otel extra: pip install "
+                                                    "'sagactor[otel]'")
+    from sagas.observe.tracing import read_spans
+    from sagas.remote.protocol import saga_trace_id
+
+    env = {**os.environ, "SAGA_TRACES_FILE": str(tmp_path / "worker.jsonl")}
+    worker = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "worker", FLOW, "--broker",
+                               redis_url], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              text=True, cwd=ROOT, env=env)
+    try:
+        assert worker.stderr is not None and worker.stderr.readline().startswith("worker ")
+        done = saga_cli("run", FLOW, "--input", INPUT, "--id", "traced", "--store",
+                        f"sqlite:///{tmp_path / 'sagas.db'}", "--broker", redis_url,
+                        "--remote", "all",
+                        env={**os.environ, "SAGA_TRACES_FILE": str(tmp_path / "run.jsonl")})
+        assert done.returncode == 0, done.stderr
+        handled = eventually(lambda: len(read_spans(tmp_path / "worker.jsonl")) >= 4 and
+                             read_spans(tmp_path / "worker.jsonl"), 10)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(15)
+    spans = read_spans(tmp_path / "run.jsonl")
+    trace = saga_trace_id("traced")
+    assert {s["trace_id"] for s in spans + handled} == {trace}
+    roots = [s for s in spans if not s.get("parent_span_id")]
+    assert len(roots) == 1
+    steps = {s["span_id"]: s for s in spans if s.get("parent_span_id") == roots[0]["span_id"]}
+    assert sorted(s["name"] for s in steps.values()) == [
+        "step charge_payment", "step create_shipment", "step notify_customer",
+        "step reserve_inventory"]
+    assert len(handled) == 4 and all(h["parent_span_id"] in steps for h in handled)

@@ -13,7 +13,8 @@ from typing import Any
 
 from .errors import UsageProblem
 
-__all__ = ["Placement", "place_services", "placement", "runtime_options"]
+__all__ = ["Placement", "handler_wrapper", "place_services", "placement", "runtime_options",
+           "tracing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +45,42 @@ def placement() -> Placement:
     return _placement
 
 
+_tracer: Any = None
+
+
+def tracing() -> Any:
+    """The command's :class:`~sagas.observe.tracing.SagaTracer` when tracing is on (the
+    ``otel`` extra installed and ``OTEL_TRACES_EXPORTER``, ``SAGA_TRACES_FILE`` or
+    ``SAGA_TRACING=1`` set: :func:`~sagas.observe.tracing.tracing_enabled`), configured from
+    the standard ``OTEL_*`` environment once; ``None`` otherwise (nothing of OpenTelemetry is
+    imported then)."""
+    global _tracer
+    from ..observe import tracing as traces
+
+    if _tracer is None and traces.tracing_enabled():
+        traces.configure_from_env()
+        _tracer = traces.SagaTracer()
+    return _tracer
+
+
+def handler_wrapper() -> Any:
+    """What a worker wraps each handler call in when tracing is on (its span, a child of the
+    command's attempt span), else ``None``."""
+    if tracing() is None:
+        return None
+    from ..observe.tracing import handler_span
+
+    return handler_span
+
+
 def runtime_options(*, client: bool = False) -> dict[str, Any]:
-    """The :class:`~sagas.Runtime` arguments of this command's placement. A client drives no
-    saga, so it neither publishes commands nor reads replies: none for it."""
+    """The :class:`~sagas.Runtime` arguments of this command's placement, and its tracer when
+    tracing is on (:func:`tracing`). A client drives no saga, so it neither publishes commands
+    nor reads replies: none for it."""
     options: dict[str, Any] = {}
+    tracer = tracing()
+    if tracer is not None:
+        options["tracing"] = tracer
     if client:
         return options
     if _placement.broker is not None:

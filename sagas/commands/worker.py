@@ -22,6 +22,7 @@ from ..remote.protocol import DEFAULT_PREFIX
 from ..remote.worker import CLAIM_IDLE, DEFAULT_CONCURRENCY, MAX_DELIVERIES, Worker
 from .errors import UsageProblem
 from .interrupts import signals_recorded
+from .placement import handler_wrapper
 
 __all__ = ["WorkerServing", "load_worker_flows", "run_worker", "service_names"]
 
@@ -82,6 +83,7 @@ def run_worker(flows: Sequence[Flow], broker_url: str, on_note: Callable[[str], 
     names = service_names(services)
     try:
         worker = Worker(broker_url, flows, names, concurrency=concurrency, prefix=prefix,
+                        around=handler_wrapper(),
                         name=name, claim_idle=claim_idle, max_deliveries=max_deliveries,
                         on_note=on_note)
     except ValueError as exc:

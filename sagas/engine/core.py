@@ -904,15 +904,19 @@ class _Decision:
         self.join(info.step, started.event_id)
 
 
-def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env) -> tuple[
-        Saga, list[Event], list[Command]]:
-    """A new saga: ``saga.started``, its first step started, its deadline armed."""
+def start(compiled: CompiledFlow, saga_id: str, saga_input: Any, env: Env,
+          traceparent: str | None = None) -> tuple[Saga, list[Event], list[Command]]:
+    """A new saga: ``saga.started``, its first step started, its deadline armed.
+    ``traceparent``: the W3C context of the caller's span, kept in ``saga.started``'s data
+    (the saga's trace links to it)."""
     saga = Saga(saga_id, compiled)
     decision = _Decision(saga, env)
     deadline = compiled.flow.deadline
     deadline_at = decision.now + deadline if deadline is not None else None
-    event = decision.emit(SAGA_STARTED, None, None,
-                          {"input": saga_input, "deadline_at": deadline_at}, None)
+    data: dict[str, Any] = {"input": saga_input, "deadline_at": deadline_at}
+    if traceparent is not None:
+        data["traceparent"] = traceparent
+    event = decision.emit(SAGA_STARTED, None, None, data, None)
     if deadline_at is not None:
         decision.commands.append(SetTimer(saga_id, deadline_at, "deadline", None, None, None,
                                           event.event_id))

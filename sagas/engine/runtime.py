@@ -277,6 +277,7 @@ class Runtime:
         broker: str | None = None,
         remote: Sequence[str] | str = (),
         publish: str | None = None,
+        tracing: Any = None,
     ):
         if shards < 1:
             raise ValueError("a runtime needs at least one shard")
@@ -328,6 +329,12 @@ class Runtime:
             raise ValueError("services placed remote need a broker (broker='redis://...')")
         self.broker: Any = None  # the BrokerLink, once started
         self._publisher: Any = None
+        # tracing: a sagas.observe.tracing.SagaTracer (duck-typed: the engine imports none of
+        # it): spans from the committed events, the caller's span linked from each start
+        self._tracing = tracing
+        if tracing is not None:
+            tracing.bind(self.store)
+            listeners = (*listeners, tracing.listener)
         if publish is not None:  # saga events to the broker's streams, from the log
             from ..remote.publish import EventPublisher
 
@@ -506,11 +513,12 @@ class Runtime:
                     on_end(saga_id, header.status, header.reason)
 
         ticket = Ticket(answered)
+        caller = self._tracing.caller_traceparent() if self._tracing is not None else None
         if not self._drives(saga_id):
-            self._start_elsewhere(compiled, input, saga_id, ticket)
+            self._start_elsewhere(compiled, input, saga_id, ticket, caller)
             return Submitted(saga_id, ticket)
         try:
-            self._tell_shard(saga_id, StartSaga(saga_id, compiled, input, ticket))
+            self._tell_shard(saga_id, StartSaga(saga_id, compiled, input, ticket, caller))
         except BaseException:
             self._drop_callback(saga_id, on_end)
             raise
@@ -526,11 +534,11 @@ class Runtime:
         return membership is None or membership.holds(membership.partition_of(saga_id))
 
     def _start_elsewhere(self, compiled: CompiledFlow, saga_input: Any, saga_id: str,
-                         ticket: Ticket) -> None:
+                         ticket: Ticket, traceparent: str | None = None) -> None:
         """Hand the saga's start to the member holding its partition (or the next one):
         written in the next batch of :class:`StartHandoff`, with a ``drive`` request."""
         try:
-            saga, events, _ = core.start(compiled, saga_id, saga_input, self._env)
+            saga, events, _ = core.start(compiled, saga_id, saga_input, self._env, traceparent)
             flow = compiled.flow
             new = NewSaga(
                 saga_id=saga_id, flow=flow.name, version=flow.version,

@@ -115,7 +115,7 @@ class StartSaga:
     compiled: CompiledFlow
     input: Any
     ticket: Ticket = field(compare=False)
-
+    traceparent: str | None = None  # the caller's span, if tracing
 
 @dataclass(frozen=True, slots=True)
 class LoadSaga:
@@ -376,7 +376,8 @@ class Shard(pykka.ThreadingActor):
                 else:
                     ticket.resolve((saga_id, False))
                 return
-            saga, events, commands = core.start(compiled, saga_id, message.input, self.env)
+            saga, events, commands = core.start(compiled, saga_id, message.input, self.env,
+                                                message.traceparent)
             flow = compiled.flow
             new = NewSaga(
                 saga_id=saga_id, flow=flow.name, version=flow.version,

@@ -340,7 +340,8 @@ class Worker:
                  max_deliveries: int = MAX_DELIVERIES,
                  on_note: Callable[[str], None] | None = None,
                  inbox_retention: float | None = None, clock: Callable[[], float] = time.time,
-                 housekeeping: float = HOUSEKEEPING) -> None:
+                 housekeeping: float = HOUSEKEEPING,
+                 around: Callable[[Any, str], Any] | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency is at least 1, got {concurrency!r}")
         if max_deliveries < 1:
@@ -352,6 +353,7 @@ class Worker:
         if not inbox_retention > 0:
             raise ValueError("inbox_retention is a number of seconds above 0, got "
                              f"{inbox_retention!r}")
+        self._around = around  # wraps each handler call (a tracing span: handler_span)
         if not housekeeping > 0:
             raise ValueError(f"housekeeping is a number of seconds above 0, got {housekeeping!r}")
         self.flows = tuple(flows)
@@ -482,7 +484,7 @@ class Worker:
             raise DefinitionUnavailable(f"cannot start service {service!r} "
                                         f"({spec.import_path}): {type(exc).__name__}: {exc}"
                                         ) from None
-        return ServicePool.start(service, objects, inbox=_NoInbox())
+        return ServicePool.start(service, objects, inbox=_NoInbox(), around=self._around)
 
     def _ensure_groups(self) -> None:
         for stream in self._streams:
