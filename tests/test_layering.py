@@ -38,7 +38,11 @@ GROUP_MAY_IMPORT = {
                       "sagas.engine", "sagas.remote"},
     "sagas.commands": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
                        "sagas.bus", "sagas.audit", "sagas.engine", "sagas.remote",
-                       "sagas.testing", "sagas.observe"},
+                       "sagas.testing", "sagas.observe", "sagas.web"},
+    # the web console: a front end over the store and the commands' reading functions, as
+    # cli.py is; sagas.commands.ui serves it (importing it only when it does)
+    "sagas.web": {"sagas.errors", "sagas.events", "sagas.language", "sagas.stores",
+                  "sagas.audit", "sagas.engine", "sagas.remote", "sagas.commands"},
 }
 
 
