@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,6 +43,7 @@ from sagas.observe.metrics import (  # noqa: E402 - after the check above
     SagaMetrics,
     broker_backlog,
     broker_dead_letters,
+    broker_health,
     parse_address,
     runtime_health,
     serve_metrics,
@@ -344,9 +346,9 @@ def test_a_taken_port_is_one_clear_line():
             serve_metrics(SagaMetrics(), f"127.0.0.1:{port}")
     message = str(caught.value)
     assert message == f"cannot serve metrics on 127.0.0.1:{port}: Address already in use"
-    with pytest.raises(MetricsServerError, match=r"^cannot serve metrics on no\.such\.host"
-                                                 r"\.invalid:9464: "):
-        serve_metrics(SagaMetrics(), "no.such.host.invalid:9464")
+    with pytest.raises(MetricsServerError, match=r"^cannot serve metrics on 192\.0\.2\.1:9464: "
+                                                 r"Cannot assign requested address$"):
+        serve_metrics(SagaMetrics(), "192.0.2.1:9464")  # TEST-NET-1: no interface has it
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -412,4 +414,13 @@ def test_the_broker_backlog_and_dead_letters_by_service(redis_url):  # noqa: F81
     metrics.observe_queue_time("inventory", 0.02)
     assert value(_parse(metrics), "saga_broker_command_queue_seconds",
                  "saga_broker_command_queue_seconds_count", service="inventory") == 1
+    # a saga worker's: the services it hosts, and its health is the broker's
+    worker = SimpleNamespace(services=("inventory",), prefix="sagactor")
+    families = _parse(SagaMetrics().attach_worker(worker, client))
+    assert samples(families, "saga_broker_commands_waiting") == [({"service": "inventory"},
+                                                                  3.0)]
+    assert broker_health(client)() is None
     client.close()
+    dead = connect(redis_url, check=False)
+    dead.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
+    assert broker_health(dead)().startswith("the broker does not answer: ")

@@ -104,6 +104,8 @@ __all__ = [
     "SagaMetrics",
     "broker_backlog",
     "broker_dead_letters",
+    "broker_health",
+    "metrics_app",
     "parse_address",
     "runtime_health",
     "serve_metrics",
@@ -223,6 +225,7 @@ class SagaMetrics:
             "worker reading it, by service.", ["service"], buckets=buckets, registry=r)
         self._lock = threading.Lock()
         self._sagas: dict[str, _Saga] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._flows_seen: set[str] = set()
         self._flow_of = flow_of
         self._early: list[tuple[str, Sequence[Event]]] = []
@@ -265,11 +268,11 @@ class SagaMetrics:
     def set_flow_of(self, flow_of: Callable[[str], str]) -> None:
         """Name the sagas' flows with ``flow_of(saga_id)`` from now on, and count the events
         held until now."""
-        with self._lock:
+        with self._lock:  # the held events first: a shard's newer ones wait for the lock
             self._flow_of = flow_of
             early, self._early, self._early_events = self._early, [], 0
-        for saga_id, events in early:
-            self.on_events(saga_id, events)
+            for saga_id, events in early:
+                self._apply(saga_id, None, events)
 
     def _hold(self, saga_id: str, events: Sequence[Event]) -> None:
         if self._early_events + len(events) > MAX_EARLY_EVENTS:
@@ -293,6 +296,7 @@ class SagaMetrics:
     def _apply(self, saga_id: str, flow: str | None, events: Iterable[Event]) -> None:
         """Count ``events`` (under the lock)."""
         saga = self._sagas.get(saga_id)
+        child = self._child
         for event in events:
             kind = event.type
             if saga is None:
@@ -303,28 +307,36 @@ class SagaMetrics:
                 saga.open[(_STARTS[kind], event.step or "")] = (event.at, event.attempt)
             elif kind in _OUTCOMES:
                 phase, outcome = _OUTCOMES[kind]
-                opened = saga.open.pop((phase, event.step or ""), None)
+                step = event.step or ""
+                opened = saga.open.pop((phase, step), None)
                 if opened is not None and opened[1] == event.attempt:
-                    self.step_duration.labels(saga.flow, event.step or "", phase,
-                                              _outcome(outcome, event.data)).observe(
-                        max(0.0, event.at - opened[0]))
+                    child(self.step_duration, saga.flow, step, phase,
+                          _outcome(outcome, event.data)).observe(max(0.0, event.at - opened[0]))
             elif kind in _RETRIES:
-                self.step_retries.labels(saga.flow, event.step or "", _RETRIES[kind]).inc()
+                child(self.step_retries, saga.flow, event.step or "", _RETRIES[kind]).inc()
             elif kind == SAGA_STARTED:
                 saga.started_at = event.at
-                self.sagas_started.labels(saga.flow).inc()
+                child(self.sagas_started, saga.flow).inc()
             elif kind in TERMINAL_EVENTS:
                 status = TERMINAL_EVENTS[kind]
-                self.sagas_ended.labels(saga.flow, status).inc()
+                child(self.sagas_ended, saga.flow, status).inc()
                 if status == "failed":
                     reason = event.data.get("reason") if isinstance(event.data, dict) else None
-                    self.sagas_parked.labels(saga.flow, str(reason or "unknown")).inc()
+                    child(self.sagas_parked, saga.flow, str(reason or "unknown")).inc()
                 if saga.started_at is not None:
-                    self.saga_duration.labels(saga.flow, status).observe(
+                    child(self.saga_duration, saga.flow, status).observe(
                         max(0.0, event.at - saga.started_at))
                 del self._sagas[saga_id]
                 flow = saga.flow  # a later event of this batch (a retry) is the same flow's
                 saga = None
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept (the client's own lookup costs more than this)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def in_flight(self) -> dict[str, int]:
         """The sagas hosted here and not ended, by flow (every flow seen, 0 included)."""
@@ -628,6 +640,20 @@ def runtime_health(runtime: Runtime) -> Callable[[], str | None]:
                 broker.redis.ping()
             except Exception as exc:
                 return f"the broker does not answer: {_one_line(exc)}"
+        return None
+
+    return health
+
+
+def broker_health(client: Any) -> Callable[[], str | None]:
+    """A ``health`` for :func:`serve_metrics` of a saga worker: not ready while the broker
+    does not answer a ``PING`` on redis-py ``client``."""
+
+    def health() -> str | None:
+        try:
+            client.ping()
+        except Exception as exc:
+            return f"the broker does not answer: {_one_line(exc)}"
         return None
 
     return health
