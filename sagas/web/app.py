@@ -79,9 +79,9 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any,
     except (InputError, UsageProblem) as exc:
         return None, _error(400, one_line(exc))
     except StoreError as exc:
-        return None, _error(503, f"the store cannot be used: {one_line(exc)}")
+        return None, _error(503, one_line(exc))
     except BrokerError as exc:
-        return None, _error(503, f"the broker cannot be used: {one_line(exc)}")
+        return None, _error(503, one_line(exc))
     except Exception as exc:
         log.exception("console: %s failed", getattr(fn, "__name__", fn))
         return None, _error(500, f"internal error: {type(exc).__name__}")

@@ -41,14 +41,15 @@ ENDS = {
     "demo-pivot-unknown": ("failed", "pivot_unknown"),
     "demo-compensation-failed": ("failed", "compensation_failed"),
 }
+# a rejection whose text is HTML: the console shows it as text, never runs it
+XSS = 'the gate refuses: <img src=x onerror="window.__xss = 1"><script>window.__xss = 2</script>'
 HELD = "demo-held"  # in flight, in pass_gate; its runtime is alive
 ORPHAN = "demo-orphan"  # in flight, in pass_gate; its process was killed
 
 
 def _faults() -> Faults:
     faults = Faults()
-    faults.add("pass_gate", kind="reject", saga_id="demo-rejected",
-               message="the gate refuses: closed for inventory")
+    faults.add("pass_gate", kind="reject", saga_id="demo-rejected", message=XSS)
     faults.add("ship", kind="error", saga_id="demo-pivot-unknown",
                message="carrier API: 503 Service Unavailable\n  retry later")
     faults.add("ship", kind="reject", saga_id="demo-compensation-failed",
