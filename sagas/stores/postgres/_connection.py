@@ -573,10 +573,25 @@ def run_round(
         ran += 1
     if not errors:
         return cursors, None
+    _forget_prepared(db)
     if ran < len(cursors):  # one sent failed: the server's error, before psycopg's
         errors.sort(key=lambda err: (err.sqlstate is None,
                                      isinstance(err, pg_errors.PipelineAborted)))
     return cursors[:ran], errors[0]
+
+
+def _forget_prepared(db: psycopg.Connection[Any]) -> None:
+    """Make psycopg forget the statements it prepared on ``db``, after a round trip where one
+    failed. In pipeline mode psycopg counts a statement it prepares (its 5th run) as prepared
+    as soon as it sends it; if an earlier statement of the round failed, the server skipped
+    it, and psycopg would run it by a name the server does not know from then on ("prepared
+    statement ... does not exist"). It deallocates them all with the next statement, and
+    prepares them again as they are run again."""
+    prepared = getattr(db, "_prepared", None)
+    if callable(getattr(prepared, "clear", None)):
+        prepared.clear()  # type: ignore[union-attr]
+    else:  # pragma: no cover - another psycopg: never prepare on this connection again
+        db.prepare_threshold = None
 
 
 def _missing_database(err: psycopg.Error, dbname: str) -> bool:
