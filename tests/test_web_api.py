@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import fnmatch
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -376,3 +377,16 @@ def test_saga_resume_acts_on_a_cancel_recorded_while_no_owner_was_alive(fresh, m
     assert summary == {"resumed": 1, "completed": 0, "compensated": 1, "failed": 0}
     assert console.store.header(ORPHAN).status == "compensated"
     assert console.store.requests_for(ORPHAN) == []
+
+
+def test_the_pages_assets_are_package_data():
+    """Every file of ``sagas/web/static`` is shipped in the package (pyproject's package
+    data), so an installed console works offline."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["sagas.web"]
+    static = ROOT / "sagas" / "web" / "static"
+    files = sorted(p.relative_to(static.parent).as_posix() for p in static.rglob("*")
+                   if p.is_file())
+    assert files == ["static/console.css", "static/console.js", "static/index.html"]
+    assert all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files)

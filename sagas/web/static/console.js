@@ -602,9 +602,8 @@
     try {
       if (current.view === "list") await renderList(false);
       else if (current.view === "saga") await renderSaga(current.id);
-      else if (current.view === "stuck") await renderStuck();
       else if (current.view === "members") await renderMembers();
-      else return;
+      else return;  // the stuck sagas (an audit of each in flight) refresh when asked
       showProblem(null);
       stamp();
     } catch (err) {
