@@ -127,7 +127,9 @@ class SagaGroup(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="saga", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-def main(debug: bool) -> None:
+@click.option("--log-format", type=click.Choice(["human", "json"]), default="human",
+              envvar="SAGA_LOG_FORMAT", help=commands.LOG_FORMAT_HELP)
+def main(debug: bool, log_format: str) -> None:
     """sagactor: run multi-step business transactions (sagas) declared in YAML.
 
     A flow lists steps, each an action on a service with a compensation that undoes it. When a
@@ -137,10 +139,12 @@ def main(debug: bool) -> None:
     Exit codes: 0 ok, 1 compensated, 2 usage error or invalid input, 3 failed (needs a person),
     4 unknown saga id, 5 store unusable, 6 broker unusable.
     """
-    commands.configure_process(debug)  # logs only with --debug; an application's GC thresholds
+    commands.configure_process(debug, log_format)  # logs as asked; an application's GC
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+metrics_option = click.option("--metrics", metavar="HOST:PORT", envvar="SAGA_METRICS",
+                              help=commands.METRICS_HELP)
 DEFAULT_STORE = "sqlite:///.saga/sagas.db"
 store_option = click.option(
     "--store", "store_url", envvar="SAGA_STORE", default=DEFAULT_STORE, show_default=True,
@@ -313,11 +317,12 @@ def resume(store_url: str, as_json: bool) -> None:
 @click.option("--publish", metavar="URL", envvar="SAGA_PUBLISH", help="Publish every saga event to "
               "this broker's stream sagactor:events:<flow>. Env: SAGA_PUBLISH.")
 @placed
+@metrics_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line per saga started.")
 def serve(flows: tuple[str, ...], store_url: str, duration: float | None, lease_ttl: float,
-          as_json: bool) -> None:
+          metrics: str | None, as_json: bool) -> None:
     commands.serve_flows(commands.load_served_flows(flows, store_url), store_url,
-                         duration=duration, lease_ttl=lease_ttl, on_note=_err,
+                         duration=duration, lease_ttl=lease_ttl, on_note=_err, metrics=metrics,
                          on_start=lambda *s: click.echo(commands.render_started(*s, as_json)))
 
 
@@ -389,11 +394,13 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
 @click.option("--services", metavar="A,B", help="Host only these (default: all with a class).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
               help="Commands held (read, not yet answered) at once.")
+@metrics_option
 @click.option("--json", "as_json", is_flag=True, help="Once serving, say what as JSON on stdout.")
 def worker(flows: tuple[str, ...], broker_url: str, services: str | None, concurrency: int,
-           as_json: bool) -> None:
+           metrics: str | None, as_json: bool) -> None:
     commands.run_worker(commands.load_worker_flows(flows), broker_url, _err, services=services,
-                        concurrency=concurrency, on_json=click.echo if as_json else None)
+                        concurrency=concurrency, on_json=click.echo if as_json else None,
+                        metrics=metrics)
 
 
 def _dead_letters(action: str, doc: str) -> click.Command:  # saga dead-letters ACTION
@@ -417,13 +424,9 @@ main.add_command(SagaGroup("dead-letters", help=commands.DEAD_LETTERS_HELP, comm
 @main.command(name="test", help=commands.TEST_HELP)
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_examples", multiple=True, metavar="JSON",
-              help="An example input (repeatable). Without any, inputs reaching every route (the "
-                   "happy path, each choice branch, each business rejection) are searched for "
-                   "from the input schema, the choices' conditions and the services' constants.")
+              help=commands.TEST_INPUT_HELP)
 @click.option("--examples", type=click.IntRange(min=1), default=None, metavar="N",
-              help="The budget of runs with faults. Default: every single fault point and "
-                   "recovery pair along every route, then 400 more (pairs and random "
-                   "schedules). A budget too small for the single faults is reported.")
+              help=commands.TEST_EXAMPLES_HELP)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="The same seed gives the same run.")
 @click.option("--handler-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,

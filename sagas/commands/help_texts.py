@@ -4,9 +4,21 @@ the thin table of options it is. Click dedents them as it does docstrings."""
 from __future__ import annotations
 
 __all__ = ["CANCEL_HELP", "DEAD_LETTERS_ALL_HELP", "DEAD_LETTERS_HELP", "DEAD_LETTERS_HELPS",
-           "DEAD_LETTERS_SERVICE_HELP", "REMOTE_HELP", "RETRY_HELP", "SEND_HELP", "SERVE_HELP",
-           "TEST_HELP", "WORKER_HELP"]
+           "DEAD_LETTERS_SERVICE_HELP", "LOG_FORMAT_HELP", "METRICS_HELP", "REMOTE_HELP",
+           "RETRY_HELP", "SEND_HELP", "SERVE_HELP", "TEST_EXAMPLES_HELP", "TEST_HELP",
+           "TEST_INPUT_HELP", "WORKER_HELP"]
 
+TEST_INPUT_HELP = ("An example input (repeatable). Without any, inputs reaching every route (the "
+                   "happy path, each choice branch, each business rejection) are searched for "
+                   "from the input schema, the choices' conditions and the services' constants.")
+TEST_EXAMPLES_HELP = ("The budget of runs with faults. Default: every single fault point and "
+                      "recovery pair along every route, then 400 more (pairs and random "
+                      "schedules). A budget too small for the single faults is reported.")
+LOG_FORMAT_HELP = ("Logs on stderr: human (shown with --debug only) or json (one object a line "
+                   "with saga_id, step, event and trace_id, at INFO: saga serve logs every saga "
+                   "event). Env: SAGA_LOG_FORMAT.")
+METRICS_HELP = ("Serve Prometheus metrics on http://HOST:PORT/metrics and readiness on "
+                "/healthz (the metrics extra). Env: SAGA_METRICS.")
 REMOTE_HELP = ("Services whose commands go to workers through --broker (never imported here): "
                "names, or all. Env: SAGA_REMOTE.")
 

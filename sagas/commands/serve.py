@@ -27,6 +27,7 @@ from ..language.loader import load_flow
 from ..language.model import Flow
 from .errors import UsageProblem
 from .interrupts import signals_recorded
+from .observed import Observed
 from .placement import runtime_options
 from .render import render_member_serving, render_serving, render_skipped
 from .session import is_shared_url
@@ -73,7 +74,7 @@ def load_served_flows(flow_paths: Sequence[str], store_url: str) -> list[Flow]:
 
 def serve_flows(flows: Sequence[Flow], store_url: str, *, duration: float | None,
                 lease_ttl: float = DEFAULT_LEASE_TTL, on_note: Callable[[str], None],
-                on_start: Callable[[str, str], None]) -> None:
+                on_start: Callable[[str, str], None], metrics: str | None = None) -> None:
     """Serve ``flows`` (:func:`load_served_flows`) on the store at ``store_url`` until SIGINT
     or SIGTERM, or for ``duration`` seconds; as a member on a PostgreSQL store, with leases of
     ``lease_ttl`` seconds.
@@ -86,8 +87,11 @@ def serve_flows(flows: Sequence[Flow], store_url: str, *, duration: float | None
     def skipped(flow_name: str, event_id: str, why: str) -> None:
         on_note(render_skipped(flow_name, event_id, why))
 
-    with signals_recorded() as stopped, \
-            Runtime(store_url, lease_ttl=lease_ttl, **runtime_options()) as runtime:
+    observed = Observed(metrics)
+    with signals_recorded() as stopped, observed, \
+            Runtime(store_url, lease_ttl=lease_ttl, listeners=observed.listeners,
+                    **runtime_options()) as runtime:
+        observed.serve(runtime, on_note)
         runtime.recover()
         membership = runtime.membership
         if membership is not None:

@@ -17,11 +17,12 @@ from typing import Any, NamedTuple
 
 from ..language.loader import load_flow
 from ..language.model import Flow
-from ..remote.broker import BadBrokerUrl
+from ..remote.broker import BadBrokerUrl, connect
 from ..remote.protocol import DEFAULT_PREFIX
 from ..remote.worker import CLAIM_IDLE, DEFAULT_CONCURRENCY, MAX_DELIVERIES, Worker
 from .errors import UsageProblem
 from .interrupts import signals_recorded
+from .observed import Observed
 from .placement import handler_wrapper
 
 __all__ = ["WorkerServing", "load_worker_flows", "run_worker", "service_names"]
@@ -69,7 +70,8 @@ def run_worker(flows: Sequence[Flow], broker_url: str, on_note: Callable[[str], 
                services: str | None = None, concurrency: int = DEFAULT_CONCURRENCY,
                prefix: str = DEFAULT_PREFIX, name: str | None = None,
                max_deliveries: int = MAX_DELIVERIES, claim_idle: float = CLAIM_IDLE,
-               on_json: Callable[[str], None] | None = None) -> int:
+               on_json: Callable[[str], None] | None = None,
+               metrics: str | None = None) -> int:
     """Serve ``flows``' services (``services``: ``a,b``, default every one with a class) from
     the broker at ``broker_url`` until SIGINT or SIGTERM; how many commands it answered.
 
@@ -88,12 +90,15 @@ def run_worker(flows: Sequence[Flow], broker_url: str, on_note: Callable[[str], 
                         on_note=on_note)
     except ValueError as exc:
         raise UsageProblem(str(exc), "--services" if names is not None else None) from None
-    with signals_recorded() as received:
+    observed = Observed(metrics)
+    with signals_recorded() as received, observed:
         try:
             worker.start()
         except BadBrokerUrl as exc:
             raise UsageProblem(str(exc), "--broker") from None
         try:
+            if observed.metrics is not None:
+                observed.serve_worker(worker, connect(broker_url), on_note)
             serving = WorkerServing(worker.name, worker.url, list(worker.services),
                                     [flow.name for flow in flows], concurrency)
             on_note(serving.line())

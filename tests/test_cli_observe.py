@@ -1,0 +1,91 @@
+"""What an operator watches from the CLI: `saga serve --metrics` scraped while it drives
+sagas, and `saga --log-format json` lines (issue 18, points 2 and 3)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sagas.stores import open_store
+from tests.support import SAGA_CODE, eventually, read_until
+
+pytestmark = pytest.mark.slow  # saga serve in a process of its own
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOW = str(ROOT / "flows" / "order_inventory.yaml")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _send_orders(store_url: str, count: int) -> None:
+    store = open_store(store_url)
+    try:
+        for n in range(count):
+            store.send_event("OrderPlaced", f"o-{n}", {"order_id": f"o-{n}", "sku": "widget",
+                                                       "qty": 1, "amount": 5}, sent_at=0.0)
+    finally:
+        store.close()
+
+
+def _scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {f"{s.name}{sorted(s.labels.items())}": s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_scrape_of_saga_serve_counts_the_sagas_it_drove(tmp_path):
+    pytest.importorskip("prometheus_client", reason="the metrics extra")
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    port = _free_port()
+    serve = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "serve", FLOW, "--store", store,
+                              "--metrics", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert serve.stderr is not None
+        read_until(serve.stderr, lambda line: "metrics on" in line, 30)
+        _send_orders(store, 40)
+        url = f"http://127.0.0.1:{port}/metrics"
+        ended = "saga_sagas_ended_total[('flow', 'order_inventory'), ('status', 'completed')]"
+        samples = eventually(lambda: (s := _scrape(url)).get(ended) == 40 and s, 30,
+                             what=lambda: f"40 sagas ended in a scrape of {url}")
+        assert samples["saga_sagas_started_total[('flow', 'order_inventory')]"] == 40
+        assert not any("o-1" in key for key in samples)  # no saga id in any label
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status == 200
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    assert serve.returncode == 0
+
+
+def test_json_logs_carry_each_saga_event(tmp_path):
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    serve = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "--log-format", "json", "serve",
+                              FLOW, "--store", store], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert serve.stderr is not None
+        read_until(serve.stderr, lambda line: "serving order_inventory" in line, 30)
+        _send_orders(store, 1)
+        lines = read_until(serve.stderr, lambda line: "saga.completed" in line, 30)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    events = [r for r in records if r.get("event")]
+    assert events and {r["saga_id"] for r in events} == {"order_inventory.o-0"}
+    assert events[-1]["event"] == "saga.completed" and events[0]["trace_id"]
+    assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
