@@ -392,7 +392,7 @@ def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
 @click.option("--broker", "broker_url", envvar="SAGA_BROKER", required=True, metavar="URL",
               help=BROKER_HELP)
 @click.option("--services", metavar="A,B", help="Host only these (default: all with a class).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
               help="Commands held (read, not yet answered) at once.")
 @metrics_option
 @click.option("--json", "as_json", is_flag=True, help="Once serving, say what as JSON on stdout.")

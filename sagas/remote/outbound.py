@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 RECHECK = 0.2
 """Seconds between checks of commands waiting for their saga's previous one to a service."""
 READ_BLOCK_MS = 100
+MAX_SEND = 2000
+"""Commands and acknowledgements one pipeline carries at most."""
 CLAIM_EVERY = 1.0
 CLAIM_IDLE_MS = 2000
 TRIM_EVERY = 5.0
@@ -101,6 +104,10 @@ class BrokerLink:
         self._waiting: dict[tuple[str, str], list[Any]] = {}  # commands held back, in order
         self._groups: set[str] = set()
         self._stop = threading.Event()
+        self._outbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._sending, daemon=True,
+                                        name=f"sagactor-commands-{consumer}")
+        self._sender.start()
         self._reader = threading.Thread(target=self._read, daemon=True,
                                         name=f"sagactor-replies-{consumer}")
         self._reader.start()
@@ -155,20 +162,58 @@ class BrokerLink:
         return last is not None
 
     def _send(self, batch: list[tuple[str, Any]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for service, command in batch:
-            pipe.xadd(protocol.command_stream(service, self.prefix),
-                      protocol.encode(self._envelope(service, command)))
-        try:
-            ids = pipe.execute()
-        except Exception as exc:  # the attempts time out and are retried by their policy
-            log.warning("could not publish %d commands to %s (%s); their attempts time out "
-                        "and are retried", len(batch), self.display_url, exc)
-            return
+        """Queue ``batch`` for the sender thread (:meth:`_sending`); the pair's last command
+        is this one from now on (its entry id known once it is added)."""
         with self._lock:
-            for (service, command), entry in zip(batch, ids, strict=True):
-                entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
-                self._last[(command.saga_id, service)] = (command.command_id, entry_id)
+            for service, command in batch:
+                self._last[(command.saga_id, service)] = (command.command_id, None)
+        for item in batch:
+            self._outbox.put(("xadd", item))
+
+    def _sending(self) -> None:
+        """The sender thread: what was queued meanwhile — commands to add, replies to
+        acknowledge — goes out in one pipeline, one round trip to the broker, in queue order
+        (a shard's commands after the commit that decided them, as queued)."""
+        while True:
+            item = self._outbox.get()
+            batch = [item]
+            while len(batch) < MAX_SEND:
+                try:
+                    batch.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(entry is None for entry in batch)
+            self._flush_outbox([entry for entry in batch if entry is not None])
+            if stop:
+                return
+
+    def _flush_outbox(self, batch: list[tuple[str, Any]]) -> None:
+        if not batch:
+            return
+        group = protocol.orchestrators_group(self.prefix)
+        pipe = self.redis.pipeline(transaction=False)
+        added: list[tuple[str, Any]] = []
+        for kind, what in batch:
+            if kind == "xadd":
+                service, command = what
+                pipe.xadd(protocol.command_stream(service, self.prefix),
+                          protocol.encode(self._envelope(service, command)))
+                added.append(what)
+            else:
+                stream, ids = what
+                pipe.xack(stream, group, *ids)
+        try:
+            results = pipe.execute()
+        except Exception as exc:  # attempts time out and are retried; replies are read again
+            log.warning("could not send %d commands and acknowledgements to %s (%s); the "
+                        "attempts time out and are retried", len(batch), self.display_url, exc)
+            return
+        entries = [r for (kind, _), r in zip(batch, results, strict=True) if kind == "xadd"]
+        with self._lock:
+            for (service, command), entry in zip(added, entries, strict=True):
+                pair = (command.saga_id, service)
+                if self._last.get(pair) == (command.command_id, None):
+                    self._last[pair] = (command.command_id, _text(entry))
 
     def _envelope(self, service: str, command: Any) -> dict[str, Any]:
         partition = protocol.partition_of(command.saga_id, self.partition_count)
@@ -194,7 +239,8 @@ class BrokerLink:
             with self._lock:
                 last = self._last.get(pair)
                 answered = last is None
-            if not answered and not self._still_pending(pair[1], last[1]):  # type: ignore
+            if not answered and last[1] is not None and \
+                    not self._still_pending(pair[1], last[1]):  # type: ignore[index]
                 answered = True  # acknowledged without a reply read here, or lost
                 with self._lock:
                     if self._last.get(pair) == last:
@@ -241,8 +287,8 @@ class BrokerLink:
                         self._groups.add(stream)
                 if time.monotonic() - last_claim > CLAIM_EVERY:
                     last_claim = time.monotonic()
-                    for stream in streams:
-                        self._claim(stream, group)
+                    if streams:
+                        self._claim(streams, group)
                     self._release_waiting()
                 if time.monotonic() - last_trim > TRIM_EVERY:
                     last_trim = time.monotonic()
@@ -271,17 +317,17 @@ class BrokerLink:
                 self._groups.clear()
                 self._stop.wait(0.5)
 
-    def _claim(self, stream: str, group: str) -> None:
-        """Take the replies another orchestrator read but never acknowledged (it died)."""
-        start = "0-0"
-        while True:
-            result = self.redis.xautoclaim(stream, group, self.consumer, CLAIM_IDLE_MS,
-                                           start_id=start, count=500)
-            start, entries = _text(result[0]), result[1]
-            if entries:
-                self._handle(stream, entries)
-            if start == "0-0" or not entries:
-                return
+    def _claim(self, streams: list[str], group: str) -> None:
+        """Take the replies another orchestrator read but never acknowledged (it died): one
+        ``XAUTOCLAIM`` per stream, all in one pipeline (a stream with more left is claimed on
+        at the next round)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xautoclaim(stream, group, self.consumer, CLAIM_IDLE_MS, start_id="0-0",
+                            count=500)
+        for stream, result in zip(streams, pipe.execute(), strict=True):
+            if result[1]:
+                self._handle(stream, result[1])
 
     def _handle(self, stream: str, entries: list[Any]) -> None:
         by_saga: dict[str, list[tuple[Any, str]]] = {}
@@ -317,14 +363,15 @@ class BrokerLink:
                           lambda s=stream, i=ids: self._ack(s, i))
 
     def _ack(self, stream: str, ids: list[str]) -> None:
-        try:
-            self.redis.xack(stream, protocol.orchestrators_group(self.prefix), *ids)
-        except Exception as exc:  # read again after a restart: the replies are idempotent
-            log.warning("could not acknowledge %d replies on %s (%s)", len(ids), stream, exc)
+        """Acknowledge replies (called once what they caused is committed): queued for the
+        sender thread's next pipeline."""
+        self._outbox.put(("xack", (stream, ids)))
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._reader.join(timeout)
+        self._outbox.put(None)  # what is queued goes out first
+        self._sender.join(timeout)
         with contextlib.suppress(Exception):  # best effort
             self.redis.close()
 

@@ -125,7 +125,7 @@ CLAIM_IDLE = 2.0
 """Seconds an entry must sit idle in another consumer's hands before it is claimed."""
 MAX_DELIVERIES = 5
 """Deliveries after which a command is dead-lettered instead of run again."""
-DEFAULT_CONCURRENCY = 16
+DEFAULT_CONCURRENCY = 64
 READ_BLOCK_MS = 250
 POLL = 0.05
 """Seconds between reads while there is room for fewer commands than there are streams."""
