@@ -205,12 +205,13 @@ class _EventLog(_Connection):
         until the write ends: an acquirer waits for it, then finds the lease as the write
         left it.
 
-        Its statements go in two or three round trips (pipeline mode): ``BEGIN``, the fence,
-        then the new sagas or else the appends; the new sagas' definitions, events and the
-        appends (which need to know which sagas were inserted); the ``COMMIT``. What a
+        Its statements go in two round trips (pipeline mode): ``BEGIN``, the fence, the new
+        sagas, their definitions and events, the appends; then the ``COMMIT``. What a
         statement gives is checked in the order they run, as if each had been sent on its
         own; those sent beyond a check that fails (a lost lease, a header moved on) are undone
-        with it, unread."""
+        with it, unread. The new sagas' events and definitions are sent as if every new saga
+        were inserted; if one was not (its id exists), all of it is undone and written again
+        knowing which were (:meth:`_write_new`)."""
         plan, new, rows, updates = write_rows(creates, appends, fence, self._partition_count)
         if not new and not updates:
             with self._lock:
@@ -222,45 +223,95 @@ class _EventLog(_Connection):
             # the leases' row locks first, in partition order, then the sagas', the counter's
             # last (by the events' inserts): a writer holding the counter waits for no other,
             # so writers cannot deadlock
-            first: builtins.list[Statement] = [("BEGIN", None)]
-            if plan is not None:
-                first.append(_fence_statement(plan))
-            if new:
-                first.append(self._sagas_statement(new))
-            else:
-                first += self._append_statements(updates, rows, [], member)
-            sent = _Round(db, first)
-            sent.next()  # BEGIN
-            if plan is not None:
-                _check_fence_rows(plan, sent.next())
             try:
-                if not new:
-                    failure = self._appended(db, sent, appends, updates, rows, [], member)
-                    if failure is not None:
-                        raise failure
-                    return []
-                results, created, definitions = self._inserted(db, sent.next(), new)
-                then = [(_INSERT_DEFINITION, item) for item in definitions.items()]
-                if updates:
-                    then += self._append_statements(updates, rows, created, member)
-                elif created:
-                    then.append(_events_statement(created, member))
-                if not then:
-                    return results
-                sent = _Round(db, then)
-                for _ in definitions:
-                    sent.next()
-                if updates:
-                    failure = self._appended(db, sent, appends, updates, rows, created, member)
-                    if failure is not None:
-                        raise failure
-                elif created:
-                    self._new_events_inserted(sent, created)
+                if new:
+                    written = self._write_new(db, plan, new, appends, rows, updates, member,
+                                              guess=True)
+                    if written is None:  # some of the new sagas exist: again, knowing which
+                        db.execute("ROLLBACK")
+                        written = self._write_new(db, plan, new, appends, rows, updates,
+                                                  member, guess=False)
+                    assert written is not None
+                    return written
+                first: builtins.list[Statement] = [("BEGIN", None)]
+                if plan is not None:
+                    first.append(_fence_statement(plan))
+                sent = _Round(db, first + self._append_statements(updates, rows, [], member))
+                sent.next()  # BEGIN
+                if plan is not None:
+                    _check_fence_rows(plan, sent.next())
+                failure = self._appended(db, sent, appends, updates, rows, [], member)
+                if failure is not None:
+                    raise failure
+                return []
             except pg_errors.CharacterNotInRepertoire as err:
                 raise psycopg.DataError(NUL) from err  # a NUL in a text of the arrays
-            return results
 
         return self._transaction(work, begun=True)
+
+    def _write_new(
+        self,
+        db: psycopg.Connection[Any],
+        plan: FencePlan | None,
+        new: builtins.list[Create],
+        appends: Sequence[Append],
+        rows: builtins.list[EventRow],
+        updates: dict[str, builtins.list[Any]],
+        member: str | None,
+        *,
+        guess: bool,
+    ) -> builtins.list[tuple[bool, SagaHeader]] | None:
+        """A write with new sagas, from its ``BEGIN``: its results. ``guess``: in one round
+        trip, as if every new saga were inserted; ``None`` if one was not (the caller rolls
+        back and calls again without ``guess``). Else in two: ``BEGIN``, the fence, the new
+        sagas; then what the sagas inserted need (their definitions and events) and the
+        appends."""
+        statements: builtins.list[Statement] = [("BEGIN", None)]
+        if plan is not None:
+            statements.append(_fence_statement(plan))
+        statements.append(self._sagas_statement(new))
+        ids = {create[0].saga_id for create in new}
+        if guess:
+            results, created, definitions = self._inserted(db, ids, new)
+            statements += self._then(definitions, created, updates, rows, member)
+        sent = _Round(db, statements)
+        sent.next()  # BEGIN
+        if plan is not None:
+            _check_fence_rows(plan, sent.next())
+        inserted = {saga_id for (saga_id,) in sent.next()}
+        if guess and inserted != ids:
+            return None
+        if not guess:
+            results, created, definitions = self._inserted(db, inserted, new)
+            then = self._then(definitions, created, updates, rows, member)
+            if not then:
+                return results
+            sent = _Round(db, then)
+        for _ in definitions:
+            sent.next()
+        if updates:
+            failure = self._appended(db, sent, appends, updates, rows, created, member)
+            if failure is not None:
+                raise failure
+        elif created:
+            self._new_events_inserted(sent, created)
+        return results
+
+    def _then(
+        self, definitions: dict[str, str], created: builtins.list[EventRow],
+        updates: dict[str, builtins.list[Any]], rows: builtins.list[EventRow],
+        member: str | None,
+    ) -> builtins.list[Statement]:
+        """What follows the insert of new sagas: the definitions of those inserted, then the
+        appends (:meth:`_append_statements`) or else the events of those inserted
+        (``created``)."""
+        then: builtins.list[Statement] = [(_INSERT_DEFINITION, item)
+                                          for item in definitions.items()]
+        if updates:
+            then += self._append_statements(updates, rows, created, member)
+        elif created:
+            then.append(_events_statement(created, member))
+        return then
 
     def create(self, saga: NewSaga, *, fence: Fence | None = None) -> tuple[bool, SagaHeader]:
         if fence is None:
@@ -285,17 +336,16 @@ class _EventLog(_Connection):
         return _INSERT_SAGAS, [[params[i] for params in ordered] for i in range(11)]
 
     def _inserted(
-        self, db: psycopg.Connection[Any], cursor: psycopg.Cursor[Any],
+        self, db: psycopg.Connection[Any], inserted: builtins.set[str],
         creates: builtins.list[Create],
     ) -> tuple[builtins.list[tuple[bool, SagaHeader]], builtins.list[EventRow], dict[str, str]]:
-        """What the insert of :meth:`_sagas_statement` did (``cursor``), in the open
-        transaction: one result per create, in order; the rows of the events of the sagas
-        inserted, in order, to insert; the definitions of the sagas inserted, to insert (by
-        sha256)."""
+        """What the insert of :meth:`_sagas_statement` did, the sagas of ids ``inserted``
+        inserted (the others read, in the open transaction): one result per create, in
+        order; the rows of the events of the sagas inserted, in order, to insert; the
+        definitions of the sagas inserted, to insert (by sha256)."""
         first: dict[str, Create] = {}
         for create in creates:
             first.setdefault(create[0].saga_id, create)
-        inserted = {saga_id for (saga_id,) in cursor}
         existing = [saga_id for saga_id in first if saga_id not in inserted]
         found = {}
         if existing:
