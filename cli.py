@@ -176,9 +176,7 @@ def placed(command: Callable[..., Any]) -> Callable[..., Any]:
 @main.command()
 @click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
 @click.option("--strict", is_flag=True, help="Treat warnings (semantic checks) as errors.")
-@click.option("--no-import", is_flag=True, help="Do not import the services' modules (for flows "
-              "whose services are not installed here, or whose code you do not want to run); "
-              "every other check still runs.")
+@click.option("--no-import", is_flag=True, help=commands.NO_IMPORT_HELP)
 @click.option("--remote", default="", metavar="A,B", help="Services placed in workers: not "
               "imported (as --no-import, for those only).")
 def validate(flows: tuple[str, ...], strict: bool, no_import: bool, remote: str) -> None:
@@ -216,8 +214,7 @@ def graph(flow: str, fmt: str) -> None:
 @click.option("--fail", "fail_step", metavar="STEP",
               help="The step that fails. Without it, every step and kind is shown.")
 @click.option("--kind", type=click.Choice(["rejected", "error", "timeout"]), default="rejected",
-              show_default=True, help="How it fails: rejected (a business no), or its attempts "
-                                      "run out on errors or timeouts.")
+              show_default=True, help=commands.KIND_HELP)
 @json_option
 def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
     """Show the recovery plan: what is compensated, in which order, if a step fails.
@@ -234,11 +231,9 @@ def plan(flow: str, fail_step: str | None, kind: str, as_json: bool) -> None:
 @click.argument("flow", metavar="FLOW")
 @click.option("--input", "input_json", metavar="JSON", help="The saga input, as JSON.")
 @click.option("--input-file", metavar="FILE",
-              help="The saga input from a file ('-': standard input): one JSON document, or JSON "
-                   "Lines (one input per line; a batch takes them in turn).")
+              help=commands.INPUT_FILE_HELP)
 @click.option("--id", "saga_id", metavar="ID",
-              help="Choose the saga id (a business key, [A-Za-z0-9_.-]{1,128}). Running an id "
-                   "that exists with the same input returns that saga; nothing runs twice.")
+              help=commands.SAGA_ID_HELP)
 @store_option
 @click.option("--fail", multiple=True, metavar="STEP",
               help="Make every attempt of STEP's action raise Rejected (repeatable).")
@@ -312,10 +307,8 @@ def resume(store_url: str, as_json: bool) -> None:
               help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")
 @click.option("--lease-ttl", type=click.FloatRange(min=0, min_open=True), default=2.0,
               show_default=True, envvar="SAGA_LEASE_TTL", metavar="SECONDS",
-              help="On PostgreSQL: how long a member's leases last unless renewed (about how "
-                   "long a dead member's sagas wait for another). Env: SAGA_LEASE_TTL.")
-@click.option("--publish", metavar="URL", envvar="SAGA_PUBLISH", help="Publish every saga event to "
-              "this broker's stream sagactor:events:<flow>. Env: SAGA_PUBLISH.")
+              help=commands.LEASE_TTL_HELP)
+@click.option("--publish", metavar="URL", envvar="SAGA_PUBLISH", help=commands.PUBLISH_HELP)
 @placed
 @metrics_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line per saga started.")
@@ -352,8 +345,7 @@ _act_on_saga("cancel", commands.cancel_saga, commands.CANCEL_HELP)
 @click.option("--data", "data_json", default=None, metavar="JSON",
               help="The event's data, a JSON object: the wait step's output.")
 @click.option("--data-file", default=None, metavar="FILE",
-              help="The event's data from a file ('-': standard input), for data too big for "
-                   "a command line.")
+              help=commands.DATA_FILE_HELP)
 @store_and_json
 def send(event: str, key: str, event_id: str | None, data_json: str | None,
          data_file: str | None, store_url: str, as_json: bool) -> None:
@@ -433,8 +425,7 @@ main.add_command(SagaGroup("dead-letters", help=commands.DEAD_LETTERS_HELP, comm
               show_default=True, metavar="SECONDS", help="A call into a service (handler, "
               "snapshot, invariant) running longer than this (wall clock) is a counterexample.")
 @click.option("--replay-db", type=click.Path(file_okay=False), default=None, metavar="PATH",
-              help="Keep each counterexample found in the directory PATH and try the kept ones "
-                   "first next time (default: nothing is kept, nothing replayed).")
+              help=commands.REPLAY_DB_HELP)
 def test_(flow: str, input_examples: tuple[str, ...], examples: int | None, seed: int,
           handler_timeout: float, replay_db: str | None) -> None:
     text, warning, status = commands.run_flow_test(

@@ -3,10 +3,11 @@ the thin table of options it is. Click dedents them as it does docstrings."""
 
 from __future__ import annotations
 
-__all__ = ["CANCEL_HELP", "DEAD_LETTERS_ALL_HELP", "DEAD_LETTERS_HELP", "DEAD_LETTERS_HELPS",
-           "DEAD_LETTERS_SERVICE_HELP", "LOG_FORMAT_HELP", "METRICS_HELP", "REMOTE_HELP",
-           "RETRY_HELP", "SEND_HELP", "SERVE_HELP", "TEST_EXAMPLES_HELP", "TEST_HELP",
-           "TEST_INPUT_HELP", "WORKER_HELP"]
+__all__ = ["CANCEL_HELP", "DATA_FILE_HELP", "DEAD_LETTERS_ALL_HELP", "DEAD_LETTERS_HELP",
+           "DEAD_LETTERS_HELPS", "DEAD_LETTERS_SERVICE_HELP", "INPUT_FILE_HELP", "KIND_HELP",
+           "LEASE_TTL_HELP", "LOG_FORMAT_HELP", "METRICS_HELP", "NO_IMPORT_HELP", "PUBLISH_HELP",
+           "REMOTE_HELP", "REPLAY_DB_HELP", "RETRY_HELP", "SAGA_ID_HELP", "SEND_HELP",
+           "SERVE_HELP", "TEST_EXAMPLES_HELP", "TEST_HELP", "TEST_INPUT_HELP", "WORKER_HELP"]
 
 TEST_INPUT_HELP = ("An example input (repeatable). Without any, inputs reaching every route (the "
                    "happy path, each choice branch, each business rejection) are searched for "
@@ -14,6 +15,23 @@ TEST_INPUT_HELP = ("An example input (repeatable). Without any, inputs reaching 
 TEST_EXAMPLES_HELP = ("The budget of runs with faults. Default: every single fault point and "
                       "recovery pair along every route, then 400 more (pairs and random "
                       "schedules). A budget too small for the single faults is reported.")
+NO_IMPORT_HELP = ("Do not import the services' modules (for flows whose services are not "
+                  "installed here, or whose code you do not want to run); every other check still"
+                  " runs.")
+INPUT_FILE_HELP = ("The saga input from a file ('-': standard input): one JSON document, or JSON "
+                   "Lines (one input per line; a batch takes them in turn).")
+SAGA_ID_HELP = ("Choose the saga id (a business key, [A-Za-z0-9_.-]{1,128}). Running an id that "
+                "exists with the same input returns that saga; nothing runs twice.")
+LEASE_TTL_HELP = ("On PostgreSQL: how long a member's leases last unless renewed (about how long "
+                  "a dead member's sagas wait for another). Env: SAGA_LEASE_TTL.")
+PUBLISH_HELP = ("Publish every saga event to this broker's stream sagactor:events:<flow>. Env: "
+                "SAGA_PUBLISH.")
+DATA_FILE_HELP = ("The event's data from a file ('-': standard input), for data too big for a "
+                  "command line.")
+KIND_HELP = ("How it fails: rejected (a business no), or its attempts run out on errors or "
+             "timeouts.")
+REPLAY_DB_HELP = ("Keep each counterexample found in the directory PATH and try the kept ones "
+                  "first next time (default: nothing is kept, nothing replayed).")
 LOG_FORMAT_HELP = ("Logs on stderr: human (shown with --debug only) or json (one object a line "
                    "with saga_id, step, event and trace_id, at INFO: saga serve logs every saga "
                    "event). Env: SAGA_LOG_FORMAT.")
