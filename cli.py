@@ -368,8 +368,7 @@ def members(store_url: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--stuck-after", type=float, default=3600.0, show_default=True, metavar="SECONDS",
-              help="Report retry_forever sagas compensating for longer than this.")
+@click.option("--stuck-after", type=float, default=3600.0, metavar="S", help=commands.STUCK_HELP)
 @store_and_json
 def audit(store_url: str, stuck_after: float, as_json: bool) -> None:
     """Check the saga guarantees over every saga in a store; print each violation with its
@@ -411,6 +410,16 @@ def _dead_letters(action: str, doc: str) -> click.Command:  # saga dead-letters 
 
 main.add_command(SagaGroup("dead-letters", help=commands.DEAD_LETTERS_HELP, commands=[
     _dead_letters(action, doc) for action, doc in commands.DEAD_LETTERS_HELPS.items()]))
+
+
+@main.command(help=commands.UI_HELP)
+@store_option
+@click.option("--http", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT")
+@click.option("--token-file", metavar="FILE", help=commands.TOKEN_FILE_HELP)
+@click.option("--broker", "broker_url", envvar="SAGA_BROKER", metavar="URL", help=BROKER_HELP)
+def ui(store_url: str, http: str, token_file: str | None, broker_url: str | None) -> None:
+    commands.serve_ui(store_url, http, token=commands.read_token(token_file), broker_url=broker_url,
+                      on_ready=lambda url: _err(f"saga ui on {url} (Ctrl-C stops it)"))
 
 
 @main.command(name="test", help=commands.TEST_HELP)

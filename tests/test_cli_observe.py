@@ -89,3 +89,30 @@ def test_json_logs_carry_each_saga_event(tmp_path):
     assert events and {r["saga_id"] for r in events} == {"order_inventory.o-0"}
     assert events[-1]["event"] == "saga.completed" and events[0]["trace_id"]
     assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
+
+
+def test_saga_ui_serves_the_stores_sagas_as_json(tmp_path):
+    pytest.importorskip("starlette", reason="the web extra")
+    from tests.support import saga_cli
+
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    order = json.dumps({"order_id": "o-1", "sku": "widget", "qty": 1, "amount": 5})
+    assert saga_cli("run", FLOW, "--input", order, "--store", store).returncode == 0
+    refused = saga_cli("run", FLOW, "--input", order, "--store", store, "--fail",
+                       "create_shipment")
+    assert refused.returncode == 1
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "ui", "--store", store, "--http",
+                           f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert ui.stderr is not None
+        read_until(ui.stderr, lambda line: "saga ui on" in line, 30)
+        answer = urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/sagas?status=compensated", timeout=5)
+        rows = json.loads(answer.read())
+        assert [row["status"] for row in rows] == ["compensated"]
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(30)
+    assert ui.returncode == 0

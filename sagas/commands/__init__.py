@@ -51,9 +51,12 @@ from .help_texts import (
     SAGA_ID_HELP,
     SEND_HELP,
     SERVE_HELP,
+    STUCK_HELP,
     TEST_EXAMPLES_HELP,
     TEST_HELP,
     TEST_INPUT_HELP,
+    TOKEN_FILE_HELP,
+    UI_HELP,
     WORKER_HELP,
 )
 from .interrupts import Stopped, graceful_stop
@@ -92,6 +95,7 @@ from .resume import resume_orphans
 from .run import RunRequest, SingleRun, batch_status, prepare_run, run_many, run_one
 from .send import Sent, event_data, send_event
 from .serve import MemberServing, load_served_flows, load_triggered_flows, serve_flows
+from .ui import read_token, serve_ui
 from .validate import CheckedFlow, FlowChecks
 from .worker import WorkerServing, load_worker_flows, run_worker
 
@@ -115,9 +119,12 @@ __all__ = [
     "SAGA_ID_HELP",
     "SEND_HELP",
     "SERVE_HELP",
+    "STUCK_HELP",
     "TEST_EXAMPLES_HELP",
     "TEST_HELP",
     "TEST_INPUT_HELP",
+    "TOKEN_FILE_HELP",
+    "UI_HELP",
     "WORKER_HELP",
     "AuditReport",
     "BrokerUnavailable",
@@ -156,6 +163,7 @@ __all__ = [
     "prepare_run",
     "printable",
     "progress_bar",
+    "read_token",
     "recovery_plans",
     "render_audit",
     "render_dead_letters",
@@ -180,6 +188,7 @@ __all__ = [
     "runtime_options",
     "send_event",
     "serve_flows",
+    "serve_ui",
     "show_saga",
     "silence_stdout",
     "store_members",

@@ -3,11 +3,34 @@ the thin table of options it is. Click dedents them as it does docstrings."""
 
 from __future__ import annotations
 
-__all__ = ["CANCEL_HELP", "DATA_FILE_HELP", "DEAD_LETTERS_ALL_HELP", "DEAD_LETTERS_HELP",
-           "DEAD_LETTERS_HELPS", "DEAD_LETTERS_SERVICE_HELP", "INPUT_FILE_HELP", "KIND_HELP",
-           "LEASE_TTL_HELP", "LOG_FORMAT_HELP", "METRICS_HELP", "NO_IMPORT_HELP", "PUBLISH_HELP",
-           "REMOTE_HELP", "REPLAY_DB_HELP", "RETRY_HELP", "SAGA_ID_HELP", "SEND_HELP",
-           "SERVE_HELP", "TEST_EXAMPLES_HELP", "TEST_HELP", "TEST_INPUT_HELP", "WORKER_HELP"]
+__all__ = [
+           "CANCEL_HELP",
+           "DATA_FILE_HELP",
+           "DEAD_LETTERS_ALL_HELP",
+           "DEAD_LETTERS_HELP",
+           "DEAD_LETTERS_HELPS",
+           "DEAD_LETTERS_SERVICE_HELP",
+           "INPUT_FILE_HELP",
+           "KIND_HELP",
+           "LEASE_TTL_HELP",
+           "LOG_FORMAT_HELP",
+           "METRICS_HELP",
+           "NO_IMPORT_HELP",
+           "PUBLISH_HELP",
+           "REMOTE_HELP",
+           "REPLAY_DB_HELP",
+           "RETRY_HELP",
+           "SAGA_ID_HELP",
+           "SEND_HELP",
+           "SERVE_HELP",
+           "STUCK_HELP",
+           "TEST_EXAMPLES_HELP",
+           "TEST_HELP",
+           "TEST_INPUT_HELP",
+           "TOKEN_FILE_HELP",
+           "UI_HELP",
+           "WORKER_HELP",
+]
 
 TEST_INPUT_HELP = ("An example input (repeatable). Without any, inputs reaching every route (the "
                    "happy path, each choice branch, each business rejection) are searched for "
@@ -32,6 +55,18 @@ KIND_HELP = ("How it fails: rejected (a business no), or its attempts run out on
              "timeouts.")
 REPLAY_DB_HELP = ("Keep each counterexample found in the directory PATH and try the kept ones "
                   "first next time (default: nothing is kept, nothing replayed).")
+UI_HELP = """The web console: the sagas of a store, filtered and live; one saga's timeline and
+    its flow's diagram with the step it is on marked; retry and cancel (one, or every saga a
+    filter matches), written to the store for the process that drives each; dead letters with
+    --broker. Also an HTTP JSON API under /api/ with the CLI's --json shapes.
+
+    Binds 127.0.0.1:8080 by default; any other address needs a token, from SAGA_UI_TOKEN or
+    --token-file (never the command line, which ps shows). Exit 0 when stopped, 2 for a bad
+    --http or token or a missing web extra, 5 if the store cannot be used.
+    """
+STUCK_HELP = ("Report retry_forever sagas compensating for longer than S seconds "
+              "(default: 3600).")
+TOKEN_FILE_HELP = "A file whose first line is the console's token (else SAGA_UI_TOKEN)."
 LOG_FORMAT_HELP = ("Logs on stderr: human (shown with --debug only) or json (one object a line "
                    "with saga_id, step, event and trace_id, at INFO: saga serve logs every saga "
                    "event). Env: SAGA_LOG_FORMAT.")
