@@ -273,7 +273,10 @@ class PostgresServer:
                     leases = db.execute(
                         "UPDATE sagactor.leases SET member = NULL, epoch = 0, expires_at = NULL, "
                         "renewed_at = NULL").rowcount
-                    if (meta.fetchall() != [("partitions", "64"), ("schema_version", "2")]
+                    from sagas.stores.postgres._schema import SCHEMA_VERSION  # psycopg's here
+
+                    if (meta.fetchall() != [("partitions", "64"),
+                                            ("schema_version", str(SCHEMA_VERSION))]
                             or counters != 2 or leases != 64 or len(tables) != 10):
                         raise RuntimeError(f"the store in {name} was changed: not reused")
                     db.execute("TRUNCATE " + ", ".join(f"sagactor.{t}" for t in tables)
