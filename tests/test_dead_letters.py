@@ -22,6 +22,8 @@ from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F40
 from tests.support import eventually, saga_cli
 from tests.worker_services import PROBE_FLOW, command, poison, replies, runs, send
 
+pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
+
 FLOW = parse_flow(PROBE_FLOW, source="<probe>")
 DEAD = "sagactor:dead:probe"
 

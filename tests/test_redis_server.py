@@ -18,6 +18,8 @@ import pytest
 
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -19,6 +19,8 @@ from sagas import Runtime, parse_flow
 from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.support import eventually
 
+pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "plain_redis_worker.py"
 

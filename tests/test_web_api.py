@@ -41,6 +41,8 @@ from tests.browser.console_data import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
+
 ROOT = Path(__file__).resolve().parent.parent
 LIST_KEYS = {"saga_id", "flow", "version", "status", "started_at", "updated_at"}
 

@@ -23,6 +23,8 @@ if not os.environ.get("CI"):
 from sagas.commands.ui import start_ui
 from tests.browser.console_data import Client
 
+pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
+
 DEAD = "sagactor:dead:probe"
 
 

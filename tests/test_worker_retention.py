@@ -26,6 +26,8 @@ from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F40
 from tests.support import eventually
 from tests.worker_services import PROBE_FLOW, command, replies, runs, send
 
+pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
+
 GROUP = "sagactor:workers"
 STREAM = "sagactor:commands:probe"
 INBOX = "sagactor:inbox:probe"
