@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from actors import thaw
+
 from . import protocol
 from .broker import connect, ensure_group, masked_url
 from .retention import trim_acknowledged
@@ -221,8 +223,8 @@ class BrokerLink:
             "protocol": protocol.PROTOCOL, "command_id": command.command_id,
             "key": command.key, "saga_id": command.saga_id, "step": command.step,
             "phase": command.phase, "attempt": command.attempt, "service": service,
-            "handler": command.name, "payload": _plain(command.payload),
-            "result": _plain(command.result) if command.result is not None else None,
+            "handler": command.name, "payload": thaw(command.payload),
+            "result": thaw(command.result) if command.result is not None else None,
             "reply_to": protocol.reply_stream(partition, self.prefix),
             "deadline": command.timeout_at, "tracestate": None,
             "traceparent": protocol.traceparent(command.saga_id, command.step, command.phase,
@@ -391,15 +393,6 @@ def _text(value: Any) -> str:
 
 def _fields(fields: Any) -> dict[str, Any]:
     return {_text(k): v for k, v in fields.items()}
-
-
-def _plain(value: Any) -> Any:
-    """A deep-frozen payload as plain JSON values."""
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _reply(message: dict[str, Any]) -> Any:

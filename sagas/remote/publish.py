@@ -21,6 +21,8 @@ import logging
 import threading
 from typing import Any
 
+from actors import thaw
+
 from . import protocol
 
 __all__ = ["EventPublisher", "event_stream"]
@@ -64,7 +66,7 @@ class EventPublisher:
             "position": delivery.position, "seq": delivery.seq, "type": delivery.type,
             "step": delivery.step, "attempt": delivery.attempt, "at": delivery.at,
             "event_id": delivery.event_id, "causation_id": delivery.causation_id,
-            "data": _plain(delivery.data),
+            "data": thaw(delivery.data),
         }
         fields = {"body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
                   "topic": delivery.topic}
@@ -89,11 +91,3 @@ class EventPublisher:
 
     def close(self) -> None:
         self._closed.set()
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
