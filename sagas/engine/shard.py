@@ -571,27 +571,11 @@ class Shard(pykka.ThreadingActor):
         """Write the batch in one transaction; the sagas refused, with their ticket's answer.
 
         If the batch as a whole fails, each creation and each saga's appends are retried on
-        their own, so one bad saga does not sink the others.
+        their own, so one bad saga does not sink the others. A member's batch is fenced with
+        its leases' epochs (:meth:`_write`): a partition whose lease is found lost is dropped
+        (its sagas forgotten here: whoever holds it now drives them from the log) and the rest
+        of the batch is committed without it.
         """
-        creates = [new for new, _ in pending.creates]
-        if not creates and not pending.appends:
-            return {}
-        if self.membership is not None:
-            return self._commit_fenced(pending)
-        try:
-            results = self.store.write(creates, pending.appends)
-        except Exception as exc:
-            if len(creates) + len(pending.appends) == 1:
-                return self._refuse_all(pending, exc)
-            return self._commit_one_by_one(pending)
-        return self._refused_creates(pending, results)
-
-    def _commit_fenced(self, pending: _Pending) -> dict[str, tuple[Any, BaseException | None]]:
-        """A member's commit: fenced with its leases' epochs. A partition whose lease is found
-        lost is dropped (its sagas forgotten here: whoever holds it now drives them from the
-        log) and the rest of the batch is committed without it."""
-        membership = self.membership
-        assert membership is not None
         refused: dict[str, tuple[Any, BaseException | None]] = {}
         while True:
             creates = [new for new, _ in pending.creates]
@@ -599,15 +583,15 @@ class Shard(pykka.ThreadingActor):
                 return refused
             try:
                 results = self._write(creates, pending.appends)
-            except LeaseLost as exc:
-                membership.lost(exc.partition)
+            except LeaseLost as exc:  # only a member's (fenced) write is refused so
+                self.membership.lost(exc.partition)  # type: ignore[union-attr]
                 refused.update(self._leave_partition(pending, exc))
                 continue
             except Exception as exc:
                 if len(creates) + len(pending.appends) == 1:
                     refused.update(self._refuse_all(pending, exc))
-                    return refused
-                refused.update(self._commit_one_by_one(pending))
+                else:
+                    refused.update(self._commit_one_by_one(pending))
                 return refused
             refused.update(self._refused_creates(pending, results))
             return refused
