@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.runtime import remote_names
 from .errors import UsageProblem
 
 __all__ = ["Placement", "handler_wrapper", "place_services", "placement", "runtime_options",
@@ -34,7 +35,7 @@ def place_services(broker: str | None, remote: str | None, publish: str | None =
     """State this command's placement; :class:`UsageProblem` for ``--remote`` without a
     broker."""
     global _placement
-    names = tuple(n.strip() for n in (remote or "").split(",") if n.strip())
+    names = tuple(sorted(remote_names(remote or "")))
     if names and not broker:
         raise UsageProblem("--remote needs the broker its workers read: --broker "
                            "redis://HOST[:PORT][/DB] (or SAGA_BROKER)", option="--remote")

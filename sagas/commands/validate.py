@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+from ..engine.runtime import remote_names
 from ..errors import FlowError, FlowErrors
 from ..language.loader import load_flow
 from ..language.model import Flow, FlowWarning
@@ -41,7 +42,7 @@ class FlowChecks:
         self.paths = paths
         self.strict = strict
         self.check_services = check_services
-        self.remote = frozenset(n.strip() for n in remote.split(",") if n.strip())
+        self.remote = remote_names(remote)
         self.invalid = 0
 
     def __iter__(self) -> Iterator[CheckedFlow]:

@@ -76,7 +76,7 @@ from .shard import (
 )
 from .triggers import TriggerStarter
 
-__all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "validate_input",
+__all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "remote_names", "validate_input",
            "validate_saga_id"]
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ SHARED_SCHEMES = ("postgresql:", "postgres:")
 """Stores shared by several orchestrator processes: a runtime on one is a member by default."""
 
 
-def _remote_names(remote: Sequence[str] | str) -> frozenset[str]:
+def remote_names(remote: Sequence[str] | str) -> frozenset[str]:
     """``"all"``, ``"a,b"`` or ``["a", "b"]`` as a set of service names."""
     names = remote.split(",") if isinstance(remote, str) else list(remote)
     return frozenset(name.strip() for name in names if name and name.strip())
@@ -324,7 +324,7 @@ class Runtime:
         self._requests_after = 0
         self._holders: tuple[float, dict[int, str]] = (0.0, {})
         self._broker_url = broker
-        self._remote_names = _remote_names(remote)
+        self._remote_names = remote_names(remote)
         if self._remote_names and broker is None:
             raise ValueError("services placed remote need a broker (broker='redis://...')")
         self.broker: Any = None  # the BrokerLink, once started
