@@ -241,7 +241,9 @@ def test_members_soak_kill_and_pause(tmp_path: Path,
 @pytest.mark.timeout(600)
 def test_a_killed_serve_is_taken_over_while_a_batch_runs(
         tmp_path: Path, postgres_store_url: str) -> None:  # noqa: F811
-    soak = MemberSoak(tmp_path, rounds=0, batch=2000, concurrency=200, trouble="0,0,0")
+    # services answering in 50-100 ms, as remote ones may: the batch keeps its 200 in flight
+    soak = MemberSoak(tmp_path, rounds=0, batch=2000, concurrency=200, trouble="0,0,0",
+                      latency="0.05,0.1")
     soak.store_url = postgres_store_url
     flow = soak.flow  # the order flow on services answering in 10-40 ms, as remote ones do
     flow.write_text(FLOW.replace("INSTANCES", "32").replace("LONG_TIMEOUT", "5s")

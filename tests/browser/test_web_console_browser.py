@@ -95,6 +95,11 @@ def console(tmp_path: Path) -> Iterator[tuple[ConsoleStore, str]]:
             served.stop()
 
 
+ROWS_OF = ("() => { const rows = [...document.querySelectorAll('#sagas tbody tr')]; "
+           "return rows.length === 2 && rows.every(r => %s.includes(r.dataset.status)); }")
+"""A page listing two sagas, every one with a status of the list given (JavaScript)."""
+
+
 def listed(page: Any) -> dict[str, str]:
     return page.eval_on_selector_all(
         "#sagas tbody tr", "rows => Object.fromEntries(rows.map(r => "
@@ -158,7 +163,7 @@ def test_the_console_in_a_browser(console, browser_page, artifacts):
 
     # the saga in flight: its step marked, cancelled through the confirm dialog, then ended
     page.goto(url + "#/?status=running%2Ccompensating")
-    page.wait_for_function("() => document.querySelectorAll('#sagas tbody tr').length === 2")
+    page.wait_for_function(ROWS_OF % "['running', 'compensating']")  # not the last page's rows
     assert set(listed(page)) == {HELD, ORPHAN}
     page.click(f'#sagas a[href="#/saga/{HELD}"]')
     page.wait_for_selector('#graph g.node.marked[data-state="step:pass_gate"]')
@@ -189,7 +194,7 @@ def test_the_console_in_a_browser(console, browser_page, artifacts):
 
     # bulk: retry every failed saga, confirmed with the list of them
     page.goto(url + "#/?status=failed")
-    page.wait_for_function("() => document.querySelectorAll('#sagas tbody tr').length === 2")
+    page.wait_for_function(ROWS_OF % "['failed']")
     page.click("#bulk-retry")
     page.wait_for_function("() => document.querySelector('#toast').textContent"
                            ".startsWith('retry:')")
