@@ -33,6 +33,7 @@ from actors import thaw
 from . import protocol
 from .broker import connect, ensure_group, masked_url
 from .retention import trim_acknowledged
+from .wire import read_group, round_trip
 
 __all__ = ["BrokerLink", "RemoteService"]
 
@@ -193,24 +194,26 @@ class BrokerLink:
         if not batch:
             return
         group = protocol.orchestrators_group(self.prefix)
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         added: list[tuple[str, Any]] = []
+        acks: dict[str, list[str]] = {}  # one XACK per stream, with all its ids
         for kind, what in batch:
             if kind == "xadd":
                 service, command = what
-                pipe.xadd(protocol.command_stream(service, self.prefix),
-                          protocol.encode(self._envelope(service, command)))
+                commands.append(("XADD", protocol.command_stream(service, self.prefix), "*",
+                                 "body", protocol.encode_body(self._envelope(service, command))))
                 added.append(what)
             else:
                 stream, ids = what
-                pipe.xack(stream, group, *ids)
+                acks.setdefault(stream, []).extend(ids)
+        commands += [("XACK", stream, group, *ids) for stream, ids in acks.items()]
         try:
-            results = pipe.execute()
+            results = round_trip(self.redis, commands)
         except Exception as exc:  # attempts time out and are retried; replies are read again
             log.warning("could not send %d commands and acknowledgements to %s (%s); the "
                         "attempts time out and are retried", len(batch), self.display_url, exc)
             return
-        entries = [r for (kind, _), r in zip(batch, results, strict=True) if kind == "xadd"]
+        entries = results[:len(added)]
         with self._lock:
             for (service, command), entry in zip(added, entries, strict=True):
                 pair = (command.saga_id, service)
@@ -299,11 +302,9 @@ class BrokerLink:
                 if not streams:
                     self._stop.wait(READ_BLOCK_MS / 1000)
                     continue
-                found = self.redis.xreadgroup(group, self.consumer,
-                                              {s: ">" for s in streams}, count=500,
-                                              block=READ_BLOCK_MS)
-                for stream, entries in found or ():
-                    self._handle(_text(stream), entries)
+                for stream, entries in read_group(self.redis, group, self.consumer, streams,
+                                                  count=500, block_ms=READ_BLOCK_MS):
+                    self._handle(stream, entries)
                 if self._waiting:
                     self._release_waiting()
                 if failing:
@@ -340,7 +341,7 @@ class BrokerLink:
                 junk.append(entry_id)
                 continue
             try:
-                message = protocol.decode(_fields(fields), "reply")
+                message = protocol.decode(fields, "reply")
                 reply = _reply(message)
             except Exception as exc:
                 log.warning("a reply on %s that is not one (%s): dropped", stream, exc)
@@ -389,10 +390,6 @@ def _entry_key(entry_id: str) -> tuple[int, int]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _fields(fields: Any) -> dict[str, Any]:
-    return {_text(k): v for k, v in fields.items()}
 
 
 def _reply(message: dict[str, Any]) -> Any:

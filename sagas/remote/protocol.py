@@ -68,6 +68,7 @@ __all__ = [
     "dead_stream",
     "decode",
     "encode",
+    "encode_body",
     "inbox_key",
     "make_reply",
     "orchestrators_group",
@@ -147,10 +148,17 @@ def traceparent(saga_id: str, step: str, phase: str, attempt: int) -> str:
     return f"00-{saga_trace_id(saga_id)}-{step_span_id(saga_id, step, phase, attempt)}-01"
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_body(message: Mapping[str, Any]) -> str:
+    """``message`` as an entry's ``body``: compact JSON, UTF-8 as it is, no NaN."""
+    return _ENCODER.encode(message)
+
+
 def encode(message: Mapping[str, Any]) -> dict[str, str]:
     """A stream entry's fields for ``message``."""
-    return {"body": json.dumps(message, separators=(",", ":"), ensure_ascii=False,
-                               allow_nan=False)}
+    return {"body": _ENCODER.encode(message)}
 
 
 def decode(fields: Mapping[Any, Any], kind: str = "command") -> dict[str, Any]:

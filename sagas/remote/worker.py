@@ -101,6 +101,7 @@ from ..language.service_classes import import_service
 from . import protocol
 from .broker import connect, ensure_group, is_transient, masked_url
 from .retention import expire_inbox, inbox_times_key, stamp, time_untimed, trim_acknowledged
+from .wire import read_group, round_trip
 
 __all__ = [
     "CLAIM_IDLE",
@@ -286,6 +287,11 @@ class _Answer:
     keep: str | None = None              # the reply JSON to keep in the inbox under its key
     tombstone: tuple[str, str] | None = None  # (action key, JSON) to HSETNX
     dead: dict[str, str] | None = None   # fields to XADD to the dead stream
+
+    def body(self) -> str:
+        """The reply's JSON (the inbox entry's, when it is kept: encoded once)."""
+        assert self.reply is not None
+        return self.keep if self.keep is not None else protocol.encode_body(self.reply)
 
 
 class _Link:
@@ -565,13 +571,12 @@ class Worker:
         self._turn = (self._turn + 1) % len(streams)
         streams = streams[self._turn:] + streams[:self._turn]
         if free >= len(streams):
-            found = self._client.xreadgroup(self._group, self.name, dict.fromkeys(streams, ">"),
-                                            count=free // len(streams), block=block_ms)
-            self._take(found)
+            self._take(read_group(self._client, self._group, self.name, streams,
+                                  count=free // len(streams), block_ms=block_ms))
             return
         for stream in streams:
-            free -= self._take(self._client.xreadgroup(self._group, self.name, {stream: ">"},
-                                                       count=free))
+            free -= self._take(read_group(self._client, self._group, self.name, [stream],
+                                          count=free))
             if free <= 0:
                 return
         with self._cond:
@@ -731,8 +736,10 @@ class Worker:
         """Each command's inbox entry (one round trip), leaving a compensation's tombstone
         with its time (in one ``MULTI`` when there is one)."""
         tombstones = [self._tombstone(h.command or {}) for h in runnable]
+        if all(t is None for t in tombstones):
+            return self._look_up_actions(runnable)
         now = self._clock()
-        pipe = self._client.pipeline(transaction=any(t is not None for t in tombstones))
+        pipe = self._client.pipeline(transaction=True)
         for h, tombstone in zip(runnable, tombstones, strict=True):
             inbox = protocol.inbox_key(h.service, self.prefix)
             pipe.hget(inbox, h.key[1])
@@ -747,6 +754,20 @@ class Worker:
             if tombstone is not None:
                 next(results)
                 next(results)
+        return found
+
+    def _look_up_actions(self, runnable: Sequence[_Held]) -> list[dict[str, Any] | None]:
+        """:meth:`_look_up` without tombstones to leave: one ``HMGET`` per inbox."""
+        by_inbox: dict[str, list[int]] = {}
+        for i, h in enumerate(runnable):
+            by_inbox.setdefault(protocol.inbox_key(h.service, self.prefix), []).append(i)
+        answers = round_trip(self._client, [
+            ("HMGET", inbox, *[runnable[i].key[1] for i in indexes])
+            for inbox, indexes in by_inbox.items()])
+        found: list[dict[str, Any] | None] = [None] * len(runnable)
+        for indexes, texts in zip(by_inbox.values(), answers, strict=True):
+            for i, text in zip(indexes, texts, strict=True):
+                found[i] = _stored(text, runnable[i])
         return found
 
     def _start(self, h: _Held, stored: dict[str, Any] | None) -> None:
@@ -863,12 +884,15 @@ class Worker:
         the worker is abandoning what it holds), then let its entries go."""
         backoff = 0.0
         while True:
-            pipe = self._client.pipeline(transaction=True)
             now = self._clock()
-            for answer in batch:
-                self._write(pipe, answer, now)
             try:
-                pipe.execute()
+                if all(answer.tombstone is None and answer.dead is None for answer in batch):
+                    round_trip(self._client, self._plain_writes(batch, now), transaction=True)
+                else:
+                    pipe = self._client.pipeline(transaction=True)
+                    for answer in batch:
+                        self._write(pipe, answer, now)
+                    pipe.execute()
             except Exception as exc:
                 if is_transient(exc) and not self._abandon:
                     self._link.lost(exc)
@@ -901,8 +925,30 @@ class Worker:
         if answer.dead is not None:
             pipe.xadd(protocol.dead_stream(h.service, self.prefix), answer.dead)
         if answer.reply is not None and answer.reply_to is not None:
-            pipe.xadd(answer.reply_to, protocol.encode(answer.reply))
+            pipe.xadd(answer.reply_to, {"body": answer.body()})
         pipe.xack(h.stream, self._group, h.entry_id)
+
+    def _plain_writes(self, batch: Sequence[_Answer], now: float) -> list[tuple[Any, ...]]:
+        """What :meth:`_write` writes for a batch of answers without tombstones or dead
+        letters, in fewer commands (for one ``MULTI``): one ``HSET`` and one ``ZADD`` per
+        inbox for the entries kept, the replies, one ``XACK`` per command stream."""
+        kept: dict[str, dict[str, str]] = {}
+        acks: dict[str, list[str]] = {}
+        writes: list[tuple[Any, ...]] = []
+        for answer in batch:
+            h = answer.held
+            if answer.keep is not None:
+                kept.setdefault(h.service, {})[h.key[1]] = answer.keep
+            if answer.reply is not None and answer.reply_to is not None:
+                writes.append(("XADD", answer.reply_to, "*", "body", answer.body()))
+            acks.setdefault(h.stream, []).append(h.entry_id)
+        for service, entries in kept.items():
+            writes.append(("HSET", protocol.inbox_key(service, self.prefix),
+                           *[x for pair in entries.items() for x in pair]))
+            writes.append(("ZADD", inbox_times_key(service, self.prefix),
+                           *[x for key in entries for x in (now, key)]))
+        writes += [("XACK", stream, self._group, *ids) for stream, ids in acks.items()]
+        return writes
 
     def _release(self, held: Sequence[_Held]) -> None:
         """Entries answered: room for more, and a command waiting for its key goes on."""
@@ -955,4 +1001,4 @@ def _stored(text: str | None, h: _Held) -> dict[str, Any] | None:
 
 
 def _json(message: Mapping[str, Any]) -> str:
-    return protocol.encode(message)["body"]
+    return protocol.encode_body(message)
