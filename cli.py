@@ -173,20 +173,13 @@ def placed(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # -- flows ----------------------------------------------------------------------------------------
-@main.command()
+@main.command(help=commands.VALIDATE_HELP)
 @click.argument("flows", nargs=-1, required=True, metavar="FLOW...")
 @click.option("--strict", is_flag=True, help="Treat warnings (semantic checks) as errors.")
 @click.option("--no-import", is_flag=True, help=commands.NO_IMPORT_HELP)
 @click.option("--remote", default="", metavar="A,B", help="Services placed in workers: not "
               "imported (as --no-import, for those only).")
 def validate(flows: tuple[str, ...], strict: bool, no_import: bool, remote: str) -> None:
-    """Check flow files: syntax, structure, names, paths, recovery semantics, and services.
-
-    Imports each declared service (module:Class, found as `saga run` finds it) and checks
-    that every action and compensation names one of its handlers; importing runs the
-    module's code (--no-import skips it). Prints "ok: NAME vN (K steps)" per valid file;
-    warnings and errors go to stderr as FILE:LINE:COL: message. Exits 2 if any is invalid.
-    """
     checks = commands.FlowChecks(flows, strict=strict, check_services=not no_import,
                                  remote=remote)
     for checked in checks:
@@ -311,11 +304,14 @@ def resume(store_url: str, as_json: bool) -> None:
 @click.option("--publish", metavar="URL", envvar="SAGA_PUBLISH", help=commands.PUBLISH_HELP)
 @placed
 @metrics_option
+@click.option("--http", metavar="HOST:PORT", help=commands.SERVE_HTTP_HELP)
+@click.option("--token-file", metavar="FILE", help=commands.TOKEN_FILE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line per saga started.")
 def serve(flows: tuple[str, ...], store_url: str, duration: float | None, lease_ttl: float,
-          metrics: str | None, as_json: bool) -> None:
+          metrics: str | None, http: str | None, token_file: str | None, as_json: bool) -> None:
     commands.serve_flows(commands.load_served_flows(flows, store_url), store_url,
                          duration=duration, lease_ttl=lease_ttl, on_note=_err, metrics=metrics,
+                         http=http, token=commands.read_token(token_file),
                          on_start=lambda *s: click.echo(commands.render_started(*s, as_json)))
 
 
@@ -354,15 +350,9 @@ def send(event: str, key: str, event_id: str | None, data_json: str | None,
     _emit(as_json, sent.to_json, lambda: commands.render_sent(sent))
 
 
-@main.command()
+@main.command(help=commands.MEMBERS_HELP)
 @store_and_json
 def members(store_url: str, as_json: bool) -> None:
-    """Show who drives a shared (PostgreSQL) store's sagas, and which sagas nobody does.
-
-    Each member's partitions (as ranges), epochs, last renewal, host and pid, and flows it
-    runs; then the sagas in flight in a partition nobody holds or of a flow their member
-    cannot run. A SQLite store usually has no members. Exit 5 if the store cannot be used.
-    """
     report = commands.store_members(store_url)
     _emit(as_json, report.to_json, lambda: commands.render_members(report))
 

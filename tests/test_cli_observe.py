@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -116,3 +117,79 @@ def test_saga_ui_serves_the_stores_sagas_as_json(tmp_path):
         ui.send_signal(signal.SIGTERM)
         ui.wait(30)
     assert ui.returncode == 0
+
+
+def _serve_with_console(store: str, *options: str, env: dict[str, str] | None = None
+                        ) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """`saga serve FLOW --store STORE OPTIONS...`, once it serves: the process, the console's
+    port and what it said on stderr until then."""
+    serve = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "serve", FLOW, "--store", store,
+                              *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT, env=env)
+    assert serve.stderr is not None
+    try:
+        said = read_until(serve.stderr, lambda line: "serving order_inventory" in line, 30)
+    except BaseException:
+        serve.kill()
+        serve.wait(30)
+        raise
+    (console,) = [line.split()[-1] for line in said if line.startswith("console on ")]
+    return serve, console.rstrip("/").rpartition(":")[2], said
+
+
+def _get(port: str, path: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=(
+        {"Authorization": f"Bearer {token}"} if token else {}))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+
+
+def test_saga_serve_http_serves_the_console_over_the_sagas_it_drives(tmp_path):
+    pytest.importorskip("starlette", reason="the web extra")
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"  # created by serve itself
+    serve, port, said = _serve_with_console(store, "--http", "127.0.0.1:0", env=_environ())
+    try:
+        assert said[0].startswith("console on http://localhost:")  # before any saga is driven
+        _send_orders(store, 3)
+
+        def completed() -> list[dict[str, object]] | None:
+            rows = json.loads(_get(port, "/api/sagas?status=completed")[1])
+            return rows if len(rows) == 3 else None
+
+        done = eventually(completed, 30, what="the three sagas serve drove, in /api/sagas")
+        assert sorted(row["saga_id"] for row in done) == [f"order_inventory.o-{n}"
+                                                          for n in range(3)]
+        status, body = _get(port, "/api/sagas/order_inventory.o-1")
+        assert status == 200 and json.loads(body)["history"][-1]["type"] == "saga.completed"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    assert serve.returncode == 0
+    with pytest.raises(OSError):  # the console stopped with it
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
+
+
+def test_saga_serve_http_off_loopback_needs_the_token_from_its_file(tmp_path):
+    pytest.importorskip("starlette", reason="the web extra")
+    token = "serve-console-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    serve, port, said = _serve_with_console(store, "--http", "0.0.0.0:0", "--token-file",
+                                            str(tmp_path / "token"), env=_environ())
+    try:
+        assert token not in "".join(said)
+        assert _get(port, "/api/sagas")[0] == 401
+        assert _get(port, "/api/sagas", token) == (200, b"[]")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    assert serve.returncode == 0

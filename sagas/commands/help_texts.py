@@ -14,6 +14,7 @@ __all__ = [
            "KIND_HELP",
            "LEASE_TTL_HELP",
            "LOG_FORMAT_HELP",
+           "MEMBERS_HELP",
            "METRICS_HELP",
            "NO_IMPORT_HELP",
            "PUBLISH_HELP",
@@ -23,12 +24,14 @@ __all__ = [
            "SAGA_ID_HELP",
            "SEND_HELP",
            "SERVE_HELP",
+           "SERVE_HTTP_HELP",
            "STUCK_HELP",
            "TEST_EXAMPLES_HELP",
            "TEST_HELP",
            "TEST_INPUT_HELP",
            "TOKEN_FILE_HELP",
            "UI_HELP",
+           "VALIDATE_HELP",
            "WORKER_HELP",
 ]
 
@@ -66,6 +69,8 @@ UI_HELP = """The web console: the sagas of a store, filtered and live; one saga'
     """
 STUCK_HELP = ("Report retry_forever sagas compensating for longer than S seconds "
               "(default: 3600).")
+SERVE_HTTP_HELP = ("Serve the web console (as saga ui) there too, over the same store, and the "
+                   "dead letters of --broker; any address but 127.0.0.1 needs a token.")
 TOKEN_FILE_HELP = "A file whose first line is the console's token (else SAGA_UI_TOKEN)."
 LOG_FORMAT_HELP = ("Logs on stderr: human (shown with --debug only) or json (one object a line "
                    "with saga_id, step, event and trace_id, at INFO: saga serve logs every saga "
@@ -74,6 +79,22 @@ METRICS_HELP = ("Serve Prometheus metrics on http://HOST:PORT/metrics and readin
                 "/healthz (the metrics extra). Env: SAGA_METRICS.")
 REMOTE_HELP = ("Services whose commands go to workers through --broker (never imported here): "
                "names, or all. Env: SAGA_REMOTE.")
+
+VALIDATE_HELP = ("Check flow files: syntax, structure, names, paths, recovery semantics, and "
+                 """services.
+
+    Imports each declared service (module:Class, found as `saga run` finds it) and checks
+    that every action and compensation names one of its handlers; importing runs the
+    module's code (--no-import skips it). Prints "ok: NAME vN (K steps)" per valid file;
+    warnings and errors go to stderr as FILE:LINE:COL: message. Exits 2 if any is invalid.
+    """)
+
+MEMBERS_HELP = """Show who drives a shared (PostgreSQL) store's sagas, and which sagas nobody does.
+
+    Each member's partitions (as ranges), epochs, last renewal, host and pid, and flows it
+    runs; then the sagas in flight in a partition nobody holds or of a flow their member
+    cannot run. A SQLite store usually has no members. Exit 5 if the store cannot be used.
+    """
 
 RETRY_HELP = """Re-drive a failed saga from where it stopped, after a person fixed the cause.
 
@@ -103,7 +124,8 @@ SERVE_HELP = """Drive a store's sagas; start a saga of each FLOW for every event
     member (see `saga members`): it drives its share of the store's partitions, takes a dead
     member's over within seconds, gives its share back when stopped, and needs no trigger
     (with no FLOW, it runs the flows the stored sagas name). Prints `started <saga id>` per
-    saga; exit 0 when stopped, 2 for a flow without a trigger on SQLite.
+    saga; exit 0 when stopped, 2 for a flow without a trigger on SQLite, or an --http address
+    it cannot use (any but loopback without a token), before anything starts.
     """
 
 TEST_HELP = """Property-test FLOW with its declared services under faults.

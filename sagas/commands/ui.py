@@ -7,7 +7,9 @@ never the command line, which ``ps`` shows), and every request then carries it. 
 uvicorn come with the ``web`` extra (``pip install 'sagactor[web]'``).
 
 :func:`serve_ui` is the command; :func:`start_ui` runs the console in a thread of a process
-that does something else too (``saga serve --http``), until its :meth:`ConsoleServer.stop`.
+that does something else too (``saga serve --http``), until its :meth:`ConsoleServer.stop`;
+:func:`listen_ui` does what can refuse before that process starts anything (the address, the
+token, the extra, the socket), and :func:`start_ui` then serves on its socket.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import InputError
 from ..stores import SagaStore, open_store
 from .interrupts import signals_recorded
 
-__all__ = ["DEFAULT_HTTP", "TOKEN_ENV", "ConsoleServer", "parse_http", "read_token",
-           "serve_ui", "start_ui"]
+__all__ = ["DEFAULT_HTTP", "TOKEN_ENV", "ConsoleServer", "Listening", "listen_ui", "parse_http",
+           "read_token", "serve_ui", "start_ui"]
 
 DEFAULT_HTTP = "127.0.0.1:8080"
 TOKEN_ENV = "SAGA_UI_TOKEN"
@@ -73,12 +75,12 @@ def read_token(token_file: str | None = None,
     return token or None
 
 
-def _check_token(token: str | None, host: str) -> None:
+def _check_token(token: str | None, host: str, command: str) -> None:
     from ..web.security import is_loopback
 
     if token is None:
         if not is_loopback(host):
-            raise InputError(f"saga ui on {host} (not this machine's loopback) needs a token: "
+            raise InputError(f"{command} on {host} (not this machine's loopback) needs a token: "
                              f"set {TOKEN_ENV} or give --token-file FILE")
         return
     if not TOKEN_CHARS.fullmatch(token):
@@ -105,7 +107,7 @@ def _web() -> tuple[Any, Any, Any, type]:
     return app, security, uvicorn, Server
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, command: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -119,7 +121,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         why = "the address is in use" if exc.errno == errno.EADDRINUSE else \
             (exc.strerror or str(exc))
-        raise InputError(f"saga ui cannot listen on {_hostport(host, port)}: {why}") from None
+        raise InputError(f"{command} cannot listen on {_hostport(host, port)}: {why}") from None
     return sock
 
 
@@ -130,7 +132,8 @@ def _hostport(host: str, port: int) -> str:
 class ConsoleServer:
     """The console serving in a thread of its own: its :attr:`url`, and :meth:`stop`."""
 
-    def __init__(self, server: Any, sock: socket.socket, store: SagaStore, url: str) -> None:
+    def __init__(self, server: Any, sock: socket.socket, store: SagaStore | None,
+                 url: str) -> None:
         self._server = server
         self._sock = sock
         self._store = store
@@ -166,7 +169,7 @@ class ConsoleServer:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop serving (requests under way get ``timeout`` seconds to finish) and close
-        the store. Calling it twice is fine."""
+        the store if it opened it. Calling it twice is fine."""
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -175,36 +178,79 @@ class ConsoleServer:
                 self._thread.join(timeout)
         with contextlib.suppress(OSError):
             self._sock.close()
-        self._store.close()
+        if self._store is not None:
+            self._store.close()
 
 
-def start_ui(store_url: str, http: str = DEFAULT_HTTP, *, token: str | None = None,
-             broker_url: str | None = None, allowed_hosts: Iterable[str] = ()) -> ConsoleServer:
-    """Serve the console over the store at ``store_url`` (which must exist) on ``http``
-    (``HOST:PORT``) in a thread; returns once it listens.
+class Listening(NamedTuple):
+    """A console's address checked and bound (:func:`listen_ui`), not serving yet."""
+
+    host: str
+    sock: socket.socket
+    token: str | None
+
+    def close(self) -> None:
+        """Let the address go (when the console will not be started after all)."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def listen_ui(http: str = DEFAULT_HTTP, token: str | None = None, *,
+              command: str = "saga ui") -> Listening:
+    """Everything :func:`start_ui` checks before it opens the store: ``http`` parsed, a token
+    where the address needs one (and well formed), the ``web`` extra importable, the socket
+    bound; ``InputError`` (one line, naming ``command``) otherwise. For a process that must
+    refuse before it starts anything else (``saga serve --http``)."""
+    host, port = parse_http(http)
+    _check_token(token, host, command)
+    _web()
+    return Listening(host, _listen(host, port, command), token)
+
+
+def start_ui(store: str | SagaStore, http: str | Listening = DEFAULT_HTTP, *,
+             token: str | None = None, broker_url: str | None = None,
+             allowed_hosts: Iterable[str] = ()) -> ConsoleServer:
+    """Serve the console over the store at ``store`` (a URL of a store which must exist, or
+    an open store, which the caller closes after :meth:`ConsoleServer.stop`) on ``http``
+    (``HOST:PORT``, or the socket :func:`listen_ui` bound, with its token) in a thread;
+    returns once it listens.
 
     ``InputError`` (one line): a malformed ``http``, a non-loopback address without a
     ``token`` or a token too short, the address in use, the ``web`` extra missing;
     ``StoreMissing`` / ``StoreUnavailable`` when the store cannot be used. ``allowed_hosts``:
     more names the page may be reached by (``Host`` headers), e.g. the host's DNS name."""
-    host, port = parse_http(http)
-    _check_token(token, host)
+    listening = http if isinstance(http, Listening) else None
+    if listening is not None:
+        token = listening.token
+    else:
+        host, port = parse_http(str(http))
+        _check_token(token, host, "saga ui")
     app, security, uvicorn, server_class = _web()
-    store = open_store(store_url, create=False)
     try:
-        sock = _listen(host, port)
+        opened = open_store(store, create=False) if isinstance(store, str) else None
+    except BaseException:
+        if listening is not None:
+            listening.close()
+        raise
+    try:
+        if listening is None:
+            listening = Listening(host, _listen(host, port, "saga ui"), token)
+        host, sock = listening.host, listening.sock
         bound_port = sock.getsockname()[1]
         guard = security.Guard(security.allowed_hosts(host, bound_port, allowed_hosts), token)
-        config = uvicorn.Config(app.create_app(store, guard, broker_url=broker_url),
+        config = uvicorn.Config(app.create_app(opened or store, guard, broker_url=broker_url),
                                 log_config=None, log_level="warning", access_log=False,
                                 lifespan="off",
                                 server_header=False, date_header=False, proxy_headers=False,
                                 timeout_graceful_shutdown=int(STOP_TIMEOUT))
         shown = "localhost" if host in ("127.0.0.1", "localhost") else host
-        console = ConsoleServer(server_class(config), sock, store,
+        console = ConsoleServer(server_class(config), sock, opened,
                                 f"http://{_hostport(shown, bound_port)}/")
     except BaseException:
-        store.close()
+        if listening is not None:
+            listening.close()
+        if opened is not None:
+            opened.close()
         raise
     console._start()
     return console
