@@ -564,3 +564,20 @@ def test_configure_from_env_sets_up_the_standard_configuration(environ, says):
     if "console" in environ.values():  # the console exporter printed the span, named by us
         assert '"name": "handle svc.do"' in proc.stdout
         assert '"service.name": "probe"' in proc.stdout
+
+
+def test_saga_run_with_an_exporter_that_is_not_installed_exits_2_in_one_line(tmp_path):
+    from tests.support import one_clear_line, saga_cli
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SAGA_"))}
+    order = json.dumps(ORDER)
+    for environ, says in (({"OTEL_TRACES_EXPORTER": "no-such-exporter"},
+                           "OTEL_TRACES_EXPORTER names 'no-such-exporter', which is not"),
+                          ({"SAGA_TRACING": "1", "OTEL_TRACES_EXPORTER": "none"}, None)):
+        ran = saga_cli("run", FLOW, "--input", order,
+                       "--store", "memory://", env={**env, **environ})
+        if says is None:  # on, exporting nowhere: runs as usual
+            assert ran.returncode == 0, ran.stderr
+            continue
+        assert ran.returncode == 2
+        assert says in one_clear_line(ran.stderr)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine.runtime import remote_names
+from ..errors import InputError
 from .errors import UsageProblem
 
 __all__ = ["Placement", "handler_wrapper", "place_services", "placement", "runtime_options",
@@ -54,12 +55,15 @@ def tracing() -> Any:
     ``otel`` extra installed and ``OTEL_TRACES_EXPORTER``, ``SAGA_TRACES_FILE`` or
     ``SAGA_TRACING=1`` set: :func:`~sagas.observe.tracing.tracing_enabled`), configured from
     the standard ``OTEL_*`` environment once; ``None`` otherwise (nothing of OpenTelemetry is
-    imported then)."""
+    imported then). ``InputError`` (exit 2, one line) for an exporter that is not installed."""
     global _tracer
     from ..observe import tracing as traces
 
     if _tracer is None and traces.tracing_enabled():
-        traces.configure_from_env()
+        try:
+            traces.configure_from_env()
+        except ValueError as exc:  # OTEL_TRACES_EXPORTER names one that is not installed
+            raise InputError(str(exc)) from None
         _tracer = traces.SagaTracer()
     return _tracer
 

@@ -257,10 +257,12 @@ def configure_from_env(environ: Mapping[str, str] | None = None, *,
         provider = SdkProvider(resource=Resource.create(attributes))
         default = "none" if env.get(TRACES_FILE) and env.get(SWITCH, "").strip().lower() \
             not in _ON else "otlp"
-        for name in env.get("OTEL_TRACES_EXPORTER", default).split(","):
+        named = env.get("OTEL_TRACES_EXPORTER")
+        for name in (default if named is None else named).split(","):
             name = name.strip().lower()
             if name and name != "none":
-                provider.add_span_processor(BatchSpanProcessor(_exporter(name)()))
+                provider.add_span_processor(BatchSpanProcessor(
+                    _exporter(name, default=named is None)()))
         trace.set_tracer_provider(provider)
     path = env.get(TRACES_FILE)
     if path:
@@ -268,13 +270,16 @@ def configure_from_env(environ: Mapping[str, str] | None = None, *,
     return True
 
 
-def _exporter(name: str) -> Any:
+def _exporter(name: str, *, default: bool = False) -> Any:
     from importlib.metadata import entry_points
 
     found = [ep for ep in entry_points(group="opentelemetry_traces_exporter") if ep.name == name]
     if not found:
         hint = " (pip install opentelemetry-exporter-otlp)" if name.startswith("otlp") else ""
-        raise ValueError(f"OTEL_TRACES_EXPORTER names {name!r}, which is not installed{hint}")
+        names = (f"unset, means {name!r}" if default else f"names {name!r}")
+        raise ValueError(f"OTEL_TRACES_EXPORTER {names}, which is not installed{hint}"
+                         + (" (or set it to console, or none with SAGA_TRACES_FILE)"
+                            if default else ""))
     return found[0].load()
 
 
