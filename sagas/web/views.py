@@ -10,6 +10,7 @@ to the store as ``saga cancel`` from another shell writes it, for the saga's own
 from __future__ import annotations
 
 import datetime
+import heapq
 import itertools
 import math
 import os
@@ -135,9 +136,9 @@ class SagaFilter:
 
     @property
     def _store_side(self) -> bool:
-        """Whether the store's own ``list`` does all of the filtering."""
-        return len(self.statuses) <= 1 and self.reason is None and self.since is None \
-            and self.until is None and self.prefix is None
+        """Whether the store's own ``list`` (by status and flow) does all of the filtering."""
+        return self.reason is None and self.since is None and self.until is None \
+            and self.prefix is None
 
     def matches(self, header: SagaHeader) -> bool:
         return ((not self.statuses or header.status in self.statuses)
@@ -148,14 +149,17 @@ class SagaFilter:
                 and (self.prefix is None or header.saga_id.startswith(self.prefix)))
 
     def headers(self, store: SagaStore, limit: int | None = None) -> Iterable[SagaHeader]:
-        """The sagas that match, newest first; at most ``limit`` if given."""
-        status = self.statuses[0] if len(self.statuses) == 1 else None
-        if self._store_side:
-            return store.list(status=status, flow=self.flow, limit=limit)
-        found = (h for h in store.list(status=status, flow=self.flow) if self.matches(h))
-        if limit is None:
-            return found
-        return itertools.islice(found, limit)
+        """The sagas that match, newest first; at most ``limit`` if given. The store filters
+        by flow and status (one list per status, merged), so a bulk cancel reads the sagas in
+        flight, not every saga; reason, time and prefix are filtered here."""
+        listed = limit if self._store_side else None
+        lists = [store.list(status=status, flow=self.flow, limit=listed)
+                 for status in (self.statuses or (None,))]
+        found: Iterable[SagaHeader] = lists[0] if len(lists) == 1 else heapq.merge(
+            *lists, key=lambda h: (h.started_at, h.saga_id), reverse=True)
+        if not self._store_side:
+            found = (h for h in found if self.matches(h))
+        return found if limit is None else itertools.islice(found, limit)
 
 
 def row(header: SagaHeader) -> dict[str, Any]:
