@@ -219,3 +219,53 @@ def test_the_console_in_a_browser(console, browser_page, artifacts):
     assert "orphaned" in page.text_content("#stuck-violations")
     shot(page, artifacts, "08-stuck")
     assert page.problems == []
+
+
+README_RUNS = {  # the README's Try it runs of order_inventory, and one that completes
+    "readme-o-1": ({"order_id": "o-1", "sku": "widget", "qty": 1, "amount": 25}, ()),
+    "readme-o-2": ({"order_id": "o-2", "sku": "widget", "qty": 10000000, "amount": 25}, ()),
+    "readme-o-3": ({"order_id": "o-3", "sku": "widget", "qty": 1, "amount": 25},
+                   ("--fail", "create_shipment")),
+}
+
+
+@pytest.mark.parametrize("command", ["ui", "serve"])
+def test_the_command_serves_a_page_the_browser_renders_with_the_readmes_sagas(
+        command, tmp_path, browser_page, artifacts):
+    """`saga ui --store sqlite:///…` (and `saga serve --http`) as a process of its own, over a
+    store filled by `saga run` as the README runs it: the page lists those sagas."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support import SAGA_CODE, read_until, saga_cli
+
+    flow = str(ROOT / "flows" / "order_inventory.yaml")
+    store = f"sqlite:///{tmp_path / 'sagas.db'}"
+    statuses = {}
+    for saga_id, (order, fail) in README_RUNS.items():
+        ran = saga_cli("run", flow, "--input", json.dumps(order), "--id", saga_id, *fail,
+                       "--store", store, "--json")
+        assert ran.returncode in (0, 1), ran.stderr
+        statuses[saga_id] = json.loads(ran.stdout)["status"]
+    assert set(statuses.values()) == {"completed", "compensated"}
+    argv = ["ui"] if command == "ui" else ["serve", flow]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+    served = subprocess.Popen([sys.executable, "-c", SAGA_CODE, *argv, "--store", store,
+                               "--http", "127.0.0.1:0"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        assert served.stderr is not None
+        said = read_until(served.stderr, lambda line: " on http://" in line, 30)
+        url = said[-1].split(" on ", 1)[1].split()[0]
+        browser_page.goto(url)
+        browser_page.wait_for_function(
+            f"() => document.querySelectorAll('#sagas tbody tr').length === {len(statuses)}")
+        assert listed(browser_page) == statuses
+        assert browser_page.problems == []
+        shot(browser_page, artifacts, f"{command}-readme-runs")
+    finally:
+        served.send_signal(signal.SIGTERM)
+        served.wait(30)
+    assert served.returncode == 0
