@@ -17,6 +17,7 @@ seeded ``random`` to run time-dependent behaviour without sleeping (see :mod:`sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -590,11 +591,20 @@ class Runtime:
             return self.membership.held()
         return range(self._partition_count())
 
-    def _deliver_replies(self, saga_id: str, replies: list[Any],
-                         ack: Callable[[], None]) -> None:
-        # closing: left unacknowledged, read again by whoever drives the saga next
-        with contextlib.suppress(SagactorError):
-            self._tell_shard(saga_id, RemoteReplies(tuple(replies), ack))
+    def _deliver_replies(self, replies: list[tuple[Any, str]],
+                         ack: Callable[[list[str]], None]) -> None:
+        """Broker replies (with their entry ids) to their sagas' shards, one message each;
+        a shard acknowledges its entries once what they caused is committed."""
+        shards = len(self._shards)
+        by_shard: dict[int, list[tuple[Any, str]]] = {}
+        for pair in replies:
+            by_shard.setdefault(shard_of(pair[0].command.saga_id, shards), []).append(pair)
+        for index, pairs in by_shard.items():
+            message = RemoteReplies(tuple(reply for reply, _ in pairs),
+                                    functools.partial(ack, [entry for _, entry in pairs]))
+            # closing: left unacknowledged, read again by whoever drives the saga next
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._shard_refs[index].tell(message)
 
     def _partition_count(self) -> int:
         if self.membership is not None:

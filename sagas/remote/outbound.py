@@ -82,13 +82,14 @@ class BrokerLink:
 
     ``partitions()`` returns the partitions whose replies this runtime reads now (all of them
     for a runtime alone on its store; a member's held ones), ``partition_count`` the store's
-    number of partitions, ``deliver(saga_id, replies, ack)`` hands replies to the shard of
-    ``saga_id``, which calls ``ack()`` once what they caused is committed.
+    number of partitions, ``deliver(replies, ack)`` hands ``(reply, entry id)`` pairs to the
+    shards of their sagas, in order, each of which calls ``ack(its entry ids)`` once what they
+    caused is committed.
     """
 
     def __init__(self, url: str, consumer: str, *, partition_count: int,
                  partitions: Callable[[], Iterable[int]],
-                 deliver: Callable[[str, list[Any], Callable[[], None]], None],
+                 deliver: Callable[[list[tuple[Any, str]], Callable[[list[str]], None]], None],
                  prefix: str = protocol.DEFAULT_PREFIX, faults: Any = None) -> None:
         self.url = url
         self.consumer = consumer
@@ -148,7 +149,7 @@ class BrokerLink:
                 reply = Reply(command=command, outcome=outcome, output=None,
                               error=fault.message or f"injected {kind}",  # type: ignore[union-attr]
                               replayed=False, service=service, instance=0)
-                self._deliver(command.saga_id, [reply], _nothing)
+                self._deliver([(reply, "")], _nothing)
                 continue
             if kind == "drop":
                 continue
@@ -333,7 +334,7 @@ class BrokerLink:
                 self._handle(stream, result[1])
 
     def _handle(self, stream: str, entries: list[Any]) -> None:
-        by_saga: dict[str, list[tuple[Any, str]]] = {}
+        replies: list[tuple[Any, str]] = []
         junk: list[str] = []
         for entry_id, fields in entries:
             entry_id = _text(entry_id)
@@ -357,13 +358,11 @@ class BrokerLink:
             if dropped:  # an injected run_then_drop: the worker ran it, the reply is lost
                 junk.append(entry_id)
                 continue
-            by_saga.setdefault(reply.command.saga_id, []).append((reply, entry_id))
+            replies.append((reply, entry_id))
         if junk:
             self._ack(stream, junk)
-        for saga_id, replies in by_saga.items():
-            ids = [entry_id for _, entry_id in replies]
-            self._deliver(saga_id, [r for r, _ in replies],
-                          lambda s=stream, i=ids: self._ack(s, i))
+        if replies:
+            self._deliver(replies, lambda ids, s=stream: self._ack(s, ids))
 
     def _ack(self, stream: str, ids: list[str]) -> None:
         """Acknowledge replies (called once what they caused is committed): queued for the
@@ -379,7 +378,7 @@ class BrokerLink:
             self.redis.close()
 
 
-def _nothing() -> None:
+def _nothing(ids: list[str]) -> None:
     """The acknowledgement of a reply that never was on the broker."""
 
 
