@@ -110,6 +110,29 @@ def test_two_stores_opening_a_new_file_at_once_both_work(tmp_path: Path) -> None
         store.close()
 
 
+def test_opening_the_file_again_in_a_process_keeps_its_other_stores_working(
+    tmp_path: Path,
+) -> None:
+    """POSIX record locks belong to a process: a second store of the same file, opened and
+    closed here, must not drop the locks SQLite holds for the first, or another process's
+    last close checkpoints and deletes the WAL under it."""
+    path = tmp_path / "sagas.db"
+    with SqliteStore(path) as store:
+        store.create(new_saga("before", n_events=2))
+        for _ in range(3):
+            SqliteStore(path).close()
+            open_store(f"sqlite:///{path}", create=False).close()
+        writer = (f"from sagas.stores import SqliteStore\n"
+                  f"from sagas.stores.contract import new_saga\n"
+                  f"with SqliteStore({str(path)!r}) as other:\n"
+                  f"    other.create(new_saga('elsewhere', n_events=2))\n")
+        subprocess.run([sys.executable, "-c", writer], check=True, timeout=60)
+        assert (tmp_path / "sagas.db-wal").exists()  # the other process was not the last
+        store.create(new_saga("after", n_events=2))
+        assert {h.saga_id for h in store.list()} == {"before", "elsewhere", "after"}
+        assert len(store.load("after").events) == 2
+
+
 # -- schema and settings --------------------------------------------------------------------------
 
 

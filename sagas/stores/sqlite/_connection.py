@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from sagas.stores._checks import check_partition_count
 from sagas.stores._files import create_private_file, make_private_dirs
 from sagas.stores._messages import closed
 
-from ._schema import _MAGIC, _rollback, _Schema
+from ._schema import _rollback, _Schema
 
 __all__ = ["SYNCHRONOUS"]
 
@@ -155,21 +156,22 @@ class _Connection(_Schema):
             raise self._translate(err) from err
 
     def _check_file(self) -> bool:
-        """Whether there is a file; refuse, without opening it with SQLite, one that is not
-        empty and not a SQLite file."""
+        """Whether there is a file (a directory refused). The file is not opened here: closing
+        any descriptor of it would drop the locks SQLite holds on it for this process's other
+        connections (POSIX record locks belong to the process, not the descriptor), and a
+        Runtime's store could then lose its WAL to another process's checkpoint. What is not
+        a SQLite file is refused by SQLite itself when the store prepares it (``SQLITE_NOTADB``,
+        before anything is written)."""
         try:
-            with open(self.path, "rb") as file:
-                head = file.read(len(_MAGIC))
+            mode = os.stat(self.path).st_mode
         except FileNotFoundError:
             return False
-        except IsADirectoryError as err:
-            raise StoreUnavailable(f"saga store {self.path} is a directory, not a file") from err
         except OSError as err:
             raise StoreUnavailable(
                 f"saga store {self.path} cannot be read ({err.strerror})"
             ) from err
-        if head and head != _MAGIC:
-            raise StoreUnavailable(f"saga store {self.path} is not a SQLite database")
+        if stat.S_ISDIR(mode):
+            raise StoreUnavailable(f"saga store {self.path} is a directory, not a file")
         return True
 
     # -- errors -------------------------------------------------------------------------------

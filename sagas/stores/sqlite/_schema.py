@@ -54,7 +54,6 @@ _logger = logging.getLogger("sagas.stores.sqlite")
 SCHEMA_VERSION = 6
 """The schema version this code writes and reads (older ones are migrated forward on open)."""
 
-_MAGIC = b"SQLite format 3\x00"
 _TABLES = {  # the tables of each schema version
     1: frozenset({"meta", "definitions", "sagas", "events"}),
     2: frozenset({"meta", "definitions", "sagas", "events", "requests", "inbox", "tombstones"}),
