@@ -237,6 +237,29 @@ def test_the_ids_are_the_same_in_every_run_of_a_saga_id():
     assert ids[0] == ids[1]
 
 
+def test_a_seeded_sagas_testing_run_gives_the_same_spans_every_time():
+    """sagas.testing's SagaTestEnvironment with a tracer: ids from the seeded saga ids, times
+    from the virtual clock, so two runs of one seed export the same spans (retries, backoff
+    and a compensation included)."""
+    from sagas.testing import SagaTestEnvironment
+
+    def spans_of_a_run() -> list[tuple]:
+        collector = Collector()
+        faults = (Faults().add(step="reserve_inventory", kind="error", attempts=[1])
+                  .add(step="create_shipment", kind="reject"))
+        with SagaTestEnvironment(seed=7, faults=faults, tracing=collector.tracer()) as env:
+            statuses = [env.run(FLOW, {**ORDER, "order_id": f"o-{n}"}).status for n in range(3)]
+        assert statuses == ["compensated"] * 3
+        return sorted((s.name, s.context.trace_id, s.context.span_id,
+                       s.parent.span_id if s.parent else None, s.start_time, s.end_time,
+                       s.status.status_code.name, [e.name for e in s.events])
+                      for s in collector.spans())
+
+    first, second = spans_of_a_run(), spans_of_a_run()
+    assert len(first) == 3 * 7  # per saga: root, 2 reserve attempts, charge, ship, 2 undone
+    assert first == second
+
+
 def test_a_ratio_sampler_keeps_or_drops_each_saga_whole():
     collector = Collector(sampler=TraceIdRatioBased(0.5))
     for n in range(12):

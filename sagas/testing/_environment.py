@@ -75,13 +75,15 @@ class SagaTestEnvironment:
     """A :class:`~sagas.engine.runtime.Runtime` on a :class:`VirtualClock`, with :class:`Faults`.
 
     ``services`` supplies service objects by import path (``"flows.shop:Inventory"``) or
-    service name instead of importing the flow's classes — handy for fakes.
+    service name instead of importing the flow's classes — handy for fakes. ``tracing``: a
+    :class:`sagas.observe.tracing.SagaTracer` (``Runtime(tracing=...)``); its spans are the
+    same in every run of a seed (ids from the saga ids, times from the virtual clock).
     """
 
     def __init__(self, store: str | SagaStore = "memory://", *, seed: int = 0,
                  start: float = START, shards: int = 2, faults: Faults | None = None,
                  services: Mapping[str, Service | Sequence[Service]] | None = None,
-                 wait_timeout: float = 10.0):
+                 wait_timeout: float = 10.0, tracing: Any = None):
         self.clock = VirtualClock(start)
         self.faults = faults if faults is not None else Faults()
         self.log = EventLog()
@@ -89,7 +91,7 @@ class SagaTestEnvironment:
         id_source = random.Random(f"ids:{seed}")
         self.runtime = Runtime(store, clock=self.clock, random=seed, shards=shards,
                                faults=self.faults, services=services, listeners=[self.log],
-                               ids=lambda: f"{id_source.getrandbits(64):016x}")
+                               ids=lambda: f"{id_source.getrandbits(64):016x}", tracing=tracing)
 
     def __enter__(self) -> SagaTestEnvironment:
         return self
