@@ -305,3 +305,37 @@ def test_resume_leaves_a_saga_whose_services_do_not_import_and_says_so(
     there = saga_cli("resume", "--store", secret_url, cwd=tmp_path, timeout=120)
     assert (there.returncode, there.stderr) == (0, ""), there.stderr
     assert there.stdout.strip() == "resumed 1 sagas: 1 completed, 0 compensated, 0 failed"
+
+
+def test_serve_http_on_postgresql_serves_the_console_over_what_the_member_drives(
+        secret_url: str) -> None:
+    pytest.importorskip("starlette", reason="the web extra")
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-c", SAGA_CODE, "serve", TRIP_FLOW, "--store",
+                             secret_url, "--for", "300", "--http", "127.0.0.1:0"], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        said = read_until(proc.stderr, lambda line: line.startswith("serving "), 60)
+        (console,) = [line.split()[-1] for line in said if line.startswith("console on ")]
+        assert SECRET not in "".join(said)
+        trip = json.dumps({"trip_id": "t-1", "traveller": "ada", "flight": "LH-400",
+                           "hotel": "adlon", "car": "compact", "nights": 2})
+        run = saga_cli("run", TRIP_FLOW, "--input", trip, "--id", "t-1", "--store", secret_url,
+                       "--json", timeout=120)
+        assert run.returncode == 0, run.stderr
+
+        def read(path: str) -> Any:
+            with urllib.request.urlopen(console.rstrip("/") + path, timeout=10) as answer:
+                return json.loads(answer.read())
+
+        rows = eventually(lambda: read("/api/sagas?status=completed") or None, 30,
+                          what="the saga the member drove, in the console's list")
+        assert [row["saga_id"] for row in rows] == ["t-1"]
+        members = read("/api/members")
+        assert SECRET not in json.dumps(members)
+        assert [m["pid"] for m in members["members"]] == [proc.pid]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
