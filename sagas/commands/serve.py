@@ -113,8 +113,7 @@ def _console(runtime: Runtime, store_url: str, listening: Listening,
              on_note: Callable[[str], None]) -> Iterator[None]:
     """The web console over the runtime's store while the runtime serves: a connection of its
     own to a PostgreSQL store, else the runtime's store object (a ``memory://`` store is seen
-    by no other; a second SQLite store object on the file would open and close the file
-    outside SQLite, which drops the POSIX locks the runtime's connections hold on it)."""
+    by no other; on SQLite the runtime's connections serve the console's reads too)."""
     store = store_url if is_shared_url(store_url) else runtime.store
     console = start_ui(store, listening, broker_url=placement().broker)
     try:
