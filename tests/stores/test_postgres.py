@@ -850,6 +850,12 @@ def owner_process(postgres_url: str) -> Iterator[subprocess.Popen[str]]:  # noqa
                 stream.close()
 
 
+def _state(pid: int) -> str:
+    """A process's state letter in /proc (``T``: stopped)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
+
+
 def test_an_owner_in_another_process_is_alive_even_stopped_and_dead_once_killed(
     postgres_url: str, owner_process: subprocess.Popen[str]  # noqa: F811
 ) -> None:
@@ -860,7 +866,7 @@ def test_an_owner_in_another_process_is_alive_even_stopped_and_dead_once_killed(
         assert store.adopt("me") == []
         os.kill(owner_process.pid, signal.SIGSTOP)  # stopped is not dead
         try:
-            time.sleep(0.3)
+            eventually(lambda: _state(owner_process.pid) == "T", what="the owner stopped")
             assert store.owner_alive("child") is True
             assert store.adopt("me") == []
         finally:
