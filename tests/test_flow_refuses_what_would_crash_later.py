@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from sagas.engine.runtime import validate_input
+from sagas.engine.inputs import validate_input
 from sagas.errors import FlowErrors, InputError
 from sagas.language.loader import parse_flow
 from sagas.language.model import MAX_DURATION

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from sagas import InputError, parse_flow
-from sagas.engine.runtime import validate_input
+from sagas.engine.inputs import validate_input
 from sagas.language.schema_check import compile_check
 
 NAMES = st.sampled_from(["a", "b", "n", "sku", "qty"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.runtime import remote_names
+from ..engine.inputs import remote_names
 from ..errors import InputError
 from .errors import UsageProblem
 

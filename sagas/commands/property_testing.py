@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..engine.runtime import validate_input
+from ..engine.inputs import validate_input
 from ..language.loader import load_flow
 from ..language.model import Flow
 from .inputs import parse_json

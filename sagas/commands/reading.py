@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.runtime import SagaResult, load_result
+from ..engine.results import SagaResult, load_result
 from .session import store_session
 
 __all__ = ["list_sagas", "show_saga"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from ..engine.runtime import remote_names
+from ..engine.inputs import remote_names
 from ..errors import FlowError, FlowErrors
 from ..language.loader import load_flow
 from ..language.model import Flow, FlowWarning

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import random as random_module
@@ -26,11 +25,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pykka
 
 from actors import (
@@ -47,21 +44,21 @@ from actors import (
 from ..bus import Delivery, EventBus, Start, Subscriber, Subscription
 from ..errors import (
     BadStoreUrl,
-    InputError,
     SagactorError,
     SagaOrphaned,
     SagaTimeout,
     StoreError,
 )
-from ..events import STEP_SUCCEEDED, TERMINAL_EVENTS, Event
+from ..events import TERMINAL_EVENTS, Event
 from ..language.compiler import CompiledFlow, compile_flow
 from ..language.loader import load_flow
 from ..language.model import Flow
-from ..language.schema_check import compile_check
-from ..stores import TERMINAL, EventLog, NewSaga, SagaStore, open_store, partition_of
+from ..stores import TERMINAL, NewSaga, SagaStore, open_store, partition_of
 from . import core
 from .handoff import DRIVE, Handoff, StartHandoff
+from .inputs import SAGA_ID, remote_names, validate_input, validate_saga_id
 from .membership import DEFAULT_LEASE_TTL, Membership
+from .results import START_TIMEOUT, SagaResult, Submitted, load_result
 from .services import ServiceRegistry
 from .shard import (
     DropPartitions,
@@ -82,9 +79,6 @@ __all__ = ["SAGA_ID", "Runtime", "SagaResult", "Submitted", "remote_names", "val
 
 log = logging.getLogger(__name__)
 
-SAGA_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-SAGA_ID = "[A-Za-z0-9_.-]{1,128}"
-START_TIMEOUT = 30.0
 RECOVERY_CHUNK = 500
 """Sagas a shard loads, replays and resumes in one go when recovering (one read, one commit)."""
 BUSY_POLL = 0.02
@@ -92,144 +86,6 @@ BUSY_POLL = 0.02
 :meth:`Runtime._poll_requests`)."""
 SHARED_SCHEMES = ("postgresql:", "postgres:")
 """Stores shared by several orchestrator processes: a runtime on one is a member by default."""
-
-
-def remote_names(remote: Sequence[str] | str) -> frozenset[str]:
-    """``"all"``, ``"a,b"`` or ``["a", "b"]`` as a set of service names."""
-    names = remote.split(",") if isinstance(remote, str) else list(remote)
-    return frozenset(name.strip() for name in names if name and name.strip())
-
-
-def validate_saga_id(saga_id: str) -> str:
-    """Check a caller-chosen saga id (a business key); ``InputError`` if malformed."""
-    if not isinstance(saga_id, str) or not 1 <= len(saga_id) <= 128 or \
-            not set(saga_id) <= SAGA_ID_CHARS:
-        raise InputError(f"invalid saga id {saga_id!r}: use 1 to 128 of A-Z a-z 0-9 _ . -")
-    return saga_id
-
-
-_validators: dict[str, Any] = {}
-
-
-def validate_input(flow: Flow, saga_input: Any) -> dict[str, Any]:
-    """Check ``saga_input`` against the flow's input schema (``InputError`` names the field);
-    returns a private plain-JSON copy of it."""
-    if not isinstance(saga_input, dict):
-        raise InputError(f"saga input must be a JSON object, got {type(saga_input).__name__}")
-    try:
-        copy = json.loads(json.dumps(saga_input, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"saga input is not JSON: {exc}") from None
-    except RecursionError:
-        raise InputError("saga input is nested too deeply") from None
-    if copy != saga_input:
-        raise InputError("saga input is not plain JSON: object keys must be strings, and "
-                         "lists must be lists (not tuples or sets)")
-    saga_input = copy
-    schema = flow.input_schema
-    if schema is None:
-        return saga_input
-    checks = _validators.get(flow.definition)
-    if checks is None:
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        checks = (compile_check(schema), cls(schema, format_checker=cls.FORMAT_CHECKER))
-        _validators[flow.definition] = checks
-    quick, validator = checks
-    if quick is not None and quick(saga_input):  # a sure yes; anything else asks jsonschema
-        return saga_input
-    errors = sorted(validator.iter_errors(saga_input), key=jsonschema.exceptions.relevance)
-    if errors:
-        # every violation, one line: the best match first, then the others by place
-        first = jsonschema.exceptions.best_match(errors)
-        others = sorted((e for e in errors if e is not first),
-                        key=lambda e: [str(p) for p in e.absolute_path])
-        shown = [_violation(e) for e in [first, *others][:MAX_VIOLATIONS]]
-        more = len(errors) - len(shown)
-        tail = f"; and {more} more" if more > 0 else ""
-        raise InputError(f"{'; '.join(shown)}{tail} (flow {flow.name} input schema)")
-    return saga_input
-
-
-MAX_VIOLATIONS = 5
-
-
-def _violation(error: Any) -> str:
-    where = "input" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
-                              for p in error.absolute_path)
-    return f"{where}: {error.message}"
-
-
-@dataclass(frozen=True, slots=True)
-class SagaResult:
-    """A saga as the store holds it: status, reason, context and full history."""
-
-    saga_id: str
-    flow: str
-    version: int
-    definition: str
-    status: str
-    reason: str | None
-    context: dict[str, Any]
-    history: tuple[Event, ...]
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def to_json(self) -> dict[str, Any]:
-        """The saga shape of DESIGN.md §6."""
-        return {
-            "saga_id": self.saga_id,
-            "flow": self.flow,
-            "version": self.version,
-            "definition": self.definition,
-            "status": self.status,
-            "reason": self.reason,
-            "context": self.context,
-            "history": [event.to_json() for event in self.history],
-        }
-
-
-class Submitted:
-    """A saga start sent with :meth:`Runtime.submit`: its id now, its outcome later."""
-
-    __slots__ = ("_ticket", "saga_id")
-
-    def __init__(self, saga_id: str, ticket: Ticket):
-        self.saga_id = saga_id
-        self._ticket = ticket
-
-    def done(self) -> bool:
-        """Whether the shard has answered (``saga.started`` committed, or the start refused)."""
-        return self._ticket.done()
-
-    def exception(self) -> BaseException | None:
-        """The error the start was refused with, if it has been answered so; else ``None``."""
-        return self._ticket.error if self._ticket.done() else None
-
-    def result(self, timeout: float | None = START_TIMEOUT) -> bool:
-        """Wait for the answer: ``True`` if the saga was created, ``False`` if it existed with
-        the same definition and input. Raises what :meth:`Runtime.start` would
-        (``IdConflict``, ``StoreError``...), or ``TimeoutError``."""
-        _, created = self._ticket.wait(timeout)
-        return bool(created)
-
-    def __repr__(self) -> str:
-        state = "done" if self.done() else "pending"
-        return f"Submitted({self.saga_id!r}, {state})"
-
-
-def load_result(store: EventLog, saga_id: str) -> SagaResult:
-    """Read a saga from ``store`` (``UnknownSaga`` if absent)."""
-    record = store.load(saga_id)
-    header = record.header
-    outputs: dict[str, Any] = {}
-    for event in record.events:
-        if event.type == STEP_SUCCEEDED and event.step is not None:
-            outputs[event.step] = event.data.get("output")
-    return SagaResult(header.saga_id, header.flow, header.version, header.definition,
-                      header.status, header.reason, core.context_of(header.input, outputs),
-                      record.events)
 
 
 class Runtime:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..engine import core
-from ..engine.runtime import validate_input
+from ..engine.inputs import validate_input
 from ..events import Event
 from ..language.compiler import CompiledFlow, compile_flow
 from ..language.loader import load_flow

@@ -45,7 +45,7 @@ from typing import Any
 from actors import Command, Dispatcher, Fault, MemoryInbox, Service
 
 from ..engine import core
-from ..engine.runtime import validate_input
+from ..engine.inputs import validate_input
 from ..errors import DefinitionUnavailable
 from ..events import Event
 from ..language.compiler import CompiledFlow, compile_flow

@@ -434,7 +434,7 @@ def explore_routes(flow: Flow, *, services: Mapping[str, Any] | None = None,
     Without, inputs are searched for (see the module's docstring) within ``budget`` runs.
     ``on_run`` sees every run (``saga test`` checks each one's invariants there).
     """
-    from ..engine.runtime import validate_input
+    from ..engine.inputs import validate_input
 
     def run(value: Any) -> HarnessRun:
         result = run_schedule(flow, value, Schedule(), services=services, seed=seed,

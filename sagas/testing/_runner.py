@@ -378,7 +378,7 @@ def _random(search: _Search, input_examples: Sequence[Any], max_faults: int) -> 
 
 
 def _valid(flow: Flow, value: Any) -> bool:
-    from ..engine.runtime import validate_input
+    from ..engine.inputs import validate_input
 
     try:
         validate_input(flow, value)

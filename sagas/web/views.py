@@ -24,7 +24,7 @@ from typing import Any
 from ..audit import audit_saga
 from ..commands.members import members_of
 from ..commands.session import is_shared, live_members
-from ..engine.runtime import load_result
+from ..engine.results import load_result
 from ..errors import InputError, UnknownSaga
 from ..stores import TERMINAL, SagaHeader, SagaStore, partition_of
 from .diagram import saga_diagram
