@@ -51,7 +51,7 @@ def round_trip(client: Any, commands: Sequence[Sequence[Any]], *,
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        connection.send_packed_command(_packed(connection, commands), check_health=False)
+        connection.send_packed_command(_packed(connection, commands))  # its health check, too
         answers = []
         failure: BaseException | None = None
         for _ in commands:
