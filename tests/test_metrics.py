@@ -5,6 +5,7 @@ errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -424,3 +425,32 @@ def test_the_broker_backlog_and_dead_letters_by_service(redis_url):  # noqa: F81
     dead = connect(redis_url, check=False)
     dead.connection_pool.connection_kwargs["port"] = 1  # nothing listens there
     assert broker_health(dead)().startswith("the broker does not answer: ")
+
+
+def test_a_worker_reports_how_long_each_command_waited_in_the_broker(redis_url,  # noqa: F811
+                                                                     tmp_path):
+    """saga worker --metrics: saga_broker_command_queue_seconds{service} from each command's
+    entry id (its time in the stream) to the worker reading it."""
+    import time
+
+    from sagas.language.loader import parse_flow
+    from sagas.remote.broker import connect
+    from sagas.remote.worker import Worker
+    from tests.support import eventually
+    from tests.worker_services import PROBE_FLOW, command, replies
+
+    client = connect(redis_url)
+    added = int(time.time() * 1000) - 5_000  # an entry added 5 s ago, as its id says
+    client.xadd("sagactor:commands:probe", {"body": json.dumps(command("q1:first", tmp_path
+                                                                          / "log"))},
+                id=f"{added}-0")
+    metrics = SagaMetrics()
+    worker = Worker(redis_url, [parse_flow(PROBE_FLOW, source="<probe>")])
+    metrics.attach_worker(worker, client)  # before it reads: its first commands count too
+    with worker.start():
+        eventually(lambda: replies(client) or None, what="the command answered")
+    families = _parse(metrics)
+    name = "saga_broker_command_queue_seconds"
+    assert value(families, name, f"{name}_count", service="probe") == 1
+    assert 5.0 <= value(families, name, f"{name}_sum", service="probe") < 60
+    client.close()

@@ -91,6 +91,8 @@ def run_worker(flows: Sequence[Flow], broker_url: str, on_note: Callable[[str], 
     except ValueError as exc:
         raise UsageProblem(str(exc), "--services" if names is not None else None) from None
     observed = Observed(metrics)
+    if observed.metrics is not None:  # from its first read on
+        worker.on_delivery = observed.metrics.observe_queue_time
     with signals_recorded() as received, observed:
         try:
             worker.start()

@@ -450,9 +450,12 @@ class SagaMetrics:
     def attach_worker(self, worker: Any, client: Any) -> SagaMetrics:
         """A saga worker's gauges: the backlog and dead letters of the services it hosts
         (``worker.services``, read with redis ``client``: :func:`sagas.remote.broker.connect`
-        of the worker's broker URL)."""
+        of the worker's broker URL); and the queue time of each command it reads (its
+        ``on_delivery``)."""
         services = list(worker.services)
         self.watch_redis(client, lambda: services, prefix=worker.prefix)
+        if hasattr(worker, "on_delivery"):
+            worker.on_delivery = self.observe_queue_time
         return self
 
     def watch_redis(self, client: Any, services: Callable[[], Sequence[str]], *,

@@ -360,6 +360,9 @@ class Worker:
             raise ValueError("inbox_retention is a number of seconds above 0, got "
                              f"{inbox_retention!r}")
         self._around = around  # wraps each handler call (a tracing span: handler_span)
+        # on_delivery(service, seconds): each command read for the first time, with how long
+        # it waited in its stream (from its entry id's time); the metrics' queue time
+        self.on_delivery: Callable[[str, float], None] | None = None
         if not housekeeping > 0:
             raise ValueError(f"housekeeping is a number of seconds above 0, got {housekeeping!r}")
         self.flows = tuple(flows)
@@ -590,8 +593,19 @@ class Worker:
                    for stream, items in _stream_items(found)
                    for entry_id, fields in items if fields is not None]
         if entries:
+            if self.on_delivery is not None:
+                self._delivered(entries)
             self._accept(self._hold(entries))
         return len(entries)
+
+    def _delivered(self, entries: Sequence[tuple[str, str, Any, int]]) -> None:
+        now = self._clock()
+        for stream, entry_id, _, _ in entries:
+            try:
+                waited = now - int(entry_id.partition("-")[0]) / 1000
+                self.on_delivery(self._streams[stream], max(0.0, waited))  # type: ignore[misc]
+            except Exception:  # a metric must never stop the worker
+                log.exception("worker %s: on_delivery failed", self.name)
 
     def _claim(self, free: int) -> int:
         """Claim up to ``free`` entries idle for ``claim_idle`` in another consumer's hands
