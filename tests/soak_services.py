@@ -15,7 +15,11 @@ its outcome) and applies its effect only if ``effects`` has no row for ``command
 effect dedupes on the idempotency key, so a redelivery after a crash never applies it twice. A
 compensation looks its action's effect up by the action key (``saga_id:step``) and undoes it once
 (its own effect row is keyed by the compensation key and records what it undid in ``qty`` /
-``amount``; 0 when the action never ran).
+``amount``; 0 when the action never ran). An action whose compensation's row is already there
+applies nothing and raises ``Rejected`` (outcome ``compensated_first``): with several members, a
+call under way in a member paused past its lease can end after another member compensated it,
+which the runtime's inbox (checked before the call) cannot see; the check in the effect's own
+transaction closes that (README, Services).
 
 Real business failures (``Rejected``, no effect): more widgets than are in stock, a charge over
 the card limit, a shipment over the freight limit. Injected trouble, decided by a hash of
@@ -185,6 +189,13 @@ class _Durable(Service):
                         output = self._output(db, command)  # redelivered: already applied
                         if outcome == "succeeded":
                             outcome = "deduped"
+                    elif command.phase == "action" and db.execute(
+                            "SELECT 1 FROM effects WHERE key = ?",
+                            (f"{command.key}:compensation",)).fetchone() is not None:
+                        # its compensation ran first: in another member, while this call was
+                        # under way in a member paused past its lease (README, Services)
+                        rejection = Rejected(f"{command.key} was compensated before it applied")
+                        outcome = "compensated_first"
                     else:
                         try:
                             output = apply(db)
