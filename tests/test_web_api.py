@@ -392,3 +392,29 @@ def test_the_pages_assets_are_package_data():
                    if p.is_file())
     assert files == ["static/console.css", "static/console.js", "static/index.html"]
     assert all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files)
+
+
+def test_a_console_that_ends_by_itself_says_so_and_one_that_is_stopped_does_not(
+        filled: ConsoleStore) -> None:
+    import threading
+
+    ended: list[BaseException | None] = []
+    told = threading.Event()
+
+    def on_ended(error: BaseException | None) -> None:
+        ended.append(error)
+        told.set()
+
+    stopped = start_ui(filled.url, "127.0.0.1:0")
+    stopped.on_ended = on_ended
+    stopped.stop()
+    assert not stopped.alive and ended == []  # asked to stop: nothing to say
+
+    console = start_ui(filled.url, "127.0.0.1:0")
+    console.on_ended = on_ended
+    try:
+        console._server.should_exit = True  # the server ending on its own, as after a crash
+        assert told.wait(10), "on_ended was not called"
+        assert ended == [None] and not console.alive
+    finally:
+        console.stop()

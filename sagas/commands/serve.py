@@ -116,6 +116,9 @@ def _console(runtime: Runtime, store_url: str, listening: Listening,
     by no other; on SQLite the runtime's connections serve the console's reads too)."""
     store = store_url if is_shared_url(store_url) else runtime.store
     console = start_ui(store, listening, broker_url=placement().broker)
+    console.on_ended = lambda error: on_note(  # serve goes on: driving sagas is its job
+        f"warning: the console on {console.url} stopped ({error or 'it ended by itself'}); "
+        "saga serve goes on without it")
     try:
         on_note(f"console on {console.url}")
         yield

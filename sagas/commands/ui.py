@@ -139,6 +139,9 @@ class ConsoleServer:
         self._store = store
         self.url = url
         self._failed: BaseException | None = None
+        self._stopping = False
+        # on_ended(error or None): told if it stops serving without being asked to (stop())
+        self.on_ended: Callable[[BaseException | None], None] | None = None
         self._thread = threading.Thread(target=self._run, name="saga-ui", daemon=True)
 
     def _run(self) -> None:
@@ -146,6 +149,8 @@ class ConsoleServer:
             asyncio.run(self._server.serve(sockets=[self._sock]))
         except BaseException as exc:  # reported by start() or alive()
             self._failed = exc
+        if not self._stopping and self._server.started and self.on_ended is not None:
+            self.on_ended(self._failed)
 
     def _start(self) -> None:
         self._thread.start()
@@ -170,6 +175,7 @@ class ConsoleServer:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop serving (requests under way get ``timeout`` seconds to finish) and close
         the store if it opened it. Calling it twice is fine."""
+        self._stopping = True
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)
