@@ -166,8 +166,13 @@ def test_the_console_in_a_browser(console, browser_page, artifacts):
     page.wait_for_function(ROWS_OF % "['running', 'compensating']")  # not the last page's rows
     assert set(listed(page)) == {HELD, ORPHAN}
     page.click(f'#sagas a[href="#/saga/{HELD}"]')
-    page.wait_for_selector('#graph g.node.marked[data-state="step:pass_gate"]')
-    assert page.get_attribute('#graph g.node.marked', "data-status") == "active"
+    # its own graph, not the last page's (which marks pass_gate too, as failed)
+    page.wait_for_selector('#graph g.node.marked[data-state="step:pass_gate"]'
+                           '[data-status="active"]')
+    assert page.text_content("#saga-id") == HELD
+    assert page.eval_on_selector_all("#graph g.node.marked", "g => g.map(n => "
+                                     "[n.dataset.state, n.dataset.status])") == [
+        ["step:pass_gate", "active"]]
     assert "A live process drives this saga" in page.text_content("#saga-driven")
     assert page.is_enabled("#cancel-saga") and not page.is_enabled("#retry-saga")
     shot(page, artifacts, "04-in-flight")
