@@ -77,7 +77,8 @@ def round_trip(client: Any, commands: Sequence[Sequence[Any]], *,
 def read_group(client: Any, group: str, consumer: str, streams: Sequence[str], *, count: int,
                block_ms: int | None = None) -> list[tuple[str, list[tuple[str, Any]]]]:
     """``XREADGROUP`` of new entries (``>``) of ``streams``: ``(stream, [(entry id, fields as
-    a dict, or None for an entry deleted since)])`` for the streams that had some."""
+    a dict)])`` for the streams that had some (``None`` fields, which a server sends for an
+    entry deleted after it was read, are passed on as ``None``)."""
     command: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
     if block_ms is not None:
         command += ["BLOCK", block_ms]
