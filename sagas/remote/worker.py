@@ -899,14 +899,12 @@ class Worker:
         backoff = 0.0
         while True:
             now = self._clock()
+            if all(answer.tombstone is None and answer.dead is None for answer in batch):
+                writes = self._plain_writes(batch, now)
+            else:
+                writes = [write for answer in batch for write in self._writes(answer, now)]
             try:
-                if all(answer.tombstone is None and answer.dead is None for answer in batch):
-                    round_trip(self._client, self._plain_writes(batch, now), transaction=True)
-                else:
-                    pipe = self._client.pipeline(transaction=True)
-                    for answer in batch:
-                        self._write(pipe, answer, now)
-                    pipe.execute()
+                round_trip(self._client, writes, transaction=True)
             except Exception as exc:
                 if is_transient(exc) and not self._abandon:
                     self._link.lost(exc)
@@ -926,24 +924,29 @@ class Worker:
             break
         self._release([answer.held for answer in batch])
 
-    def _write(self, pipe: Any, answer: _Answer, now: float) -> None:
+    def _writes(self, answer: _Answer, now: float) -> list[tuple[Any, ...]]:
+        """What one answer writes (in its batch's ``MULTI``): the inbox entry kept and its
+        time, a tombstone unless its action has an entry (and its time unless it has one),
+        a dead letter, the reply, the command's ``XACK``."""
         h = answer.held
         inbox = protocol.inbox_key(h.service, self.prefix)
         times = inbox_times_key(h.service, self.prefix)
+        writes: list[tuple[Any, ...]] = []
         if answer.keep is not None:
-            pipe.hset(inbox, h.key[1], answer.keep)
-            stamp(pipe, times, h.key[1], now)
+            writes += [("HSET", inbox, h.key[1], answer.keep), ("ZADD", times, now, h.key[1])]
         if answer.tombstone is not None:
-            pipe.hsetnx(inbox, *answer.tombstone)
-            stamp(pipe, times, answer.tombstone[0], now, keep_older=True)
+            writes += [("HSETNX", inbox, *answer.tombstone),
+                       ("ZADD", times, "NX", now, answer.tombstone[0])]
         if answer.dead is not None:
-            pipe.xadd(protocol.dead_stream(h.service, self.prefix), answer.dead)
+            writes.append(("XADD", protocol.dead_stream(h.service, self.prefix), "*",
+                           *[x for pair in answer.dead.items() for x in pair]))
         if answer.reply is not None and answer.reply_to is not None:
-            pipe.xadd(answer.reply_to, {"body": answer.body()})
-        pipe.xack(h.stream, self._group, h.entry_id)
+            writes.append(("XADD", answer.reply_to, "*", "body", answer.body()))
+        writes.append(("XACK", h.stream, self._group, h.entry_id))
+        return writes
 
     def _plain_writes(self, batch: Sequence[_Answer], now: float) -> list[tuple[Any, ...]]:
-        """What :meth:`_write` writes for a batch of answers without tombstones or dead
+        """What :meth:`_writes` writes for a batch of answers without tombstones or dead
         letters, in fewer commands (for one ``MULTI``): one ``HSET`` and one ``ZADD`` per
         inbox for the entries kept, the replies, one ``XACK`` per command stream."""
         kept: dict[str, dict[str, str]] = {}
