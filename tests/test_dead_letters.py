@@ -7,7 +7,6 @@ and purged; through the library in this process, then through the ``saga`` comma
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from sagas.remote.deadletters import find_dead_letters, replay
 from sagas.remote.worker import Worker
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.support import eventually, saga_cli
-from tests.worker_services import PROBE_FLOW, command, poison, replies, runs, send
+from tests.worker_fixtures import redis_client, reply_to, worker_starter  # noqa: F401 (fixtures)
+from tests.worker_services import PROBE_FLOW, command, poison, runs, send
 
 pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
 
@@ -28,34 +28,7 @@ FLOW = parse_flow(PROBE_FLOW, source="<probe>")
 DEAD = "sagactor:dead:probe"
 
 
-@pytest.fixture
-def client(redis_server: RedisServer, redis_url: str) -> Iterator[Any]:  # noqa: F811
-    redis = redis_server.client(decode_responses=True)
-    yield redis
-    redis.close()
-
-
-@pytest.fixture
-def start_worker(redis_url: str) -> Iterator[Any]:  # noqa: F811
-    started: list[Worker] = []
-
-    def start(**options: Any) -> Worker:
-        options = {"max_deliveries": 2, "claim_idle": 0.05, **options}
-        worker = Worker(redis_url, [FLOW], **options).start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
-
-
-def reply_to(client: Any, key: str, count: int = 1) -> list[dict[str, Any]]:
-    def found() -> list[dict[str, Any]] | None:
-        mine = [reply for reply in replies(client) if reply["key"] == key]
-        return mine if len(mine) >= count else None
-
-    return eventually(found, what=f"{count} reply(ies) to {key}")
+WORKER_OPTIONS = {"max_deliveries": 2, "claim_idle": 0.05}
 
 
 def make_dead_letters(client: Any, start_worker: Any, log: Path) -> Worker:

@@ -9,54 +9,22 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sagas.language.loader import parse_flow
 from sagas.remote.broker import BadBrokerUrl, BrokerUnavailable, connect, masked_url
-from sagas.remote.worker import Worker, hosted_services
+from sagas.remote.worker import hosted_services
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.support import eventually
+from tests.worker_fixtures import redis_client, reply_to, worker_starter  # noqa: F401 (fixtures)
 from tests.worker_services import PROBE_FLOW, command, replies, runs, send
 
 pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
 
 GROUP = "sagactor:workers"
 FLOW = parse_flow(PROBE_FLOW, source="<probe>")
-
-
-@pytest.fixture
-def client(redis_server: RedisServer, redis_url: str) -> Iterator[Any]:  # noqa: F811
-    redis = redis_server.client(decode_responses=True)
-    yield redis
-    redis.close()
-
-
-@pytest.fixture
-def start_worker(redis_url: str) -> Iterator[Any]:  # noqa: F811
-    started: list[Worker] = []
-
-    def start(**options: Any) -> Worker:
-        worker = Worker(redis_url, [FLOW], **options).start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
-
-
-def reply_to(client: Any, key: str, count: int = 1) -> list[dict[str, Any]]:
-    """The replies to ``key``, once there are ``count`` of them."""
-
-    def found() -> list[dict[str, Any]] | None:
-        mine = [reply for reply in replies(client) if reply["key"] == key]
-        return mine if len(mine) >= count else None
-
-    return eventually(found, what=f"{count} reply(ies) to {key}")
 
 
 def test_a_command_is_answered_ok_acknowledged_and_kept_in_the_inbox(client, start_worker,

@@ -21,19 +21,13 @@ import pytest
 
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.support import SAGA_CODE, eventually, read_until, saga_cli
+from tests.worker_fixtures import redis_client  # noqa: F401 (a fixture)
 from tests.worker_services import PROBE_FLOW, command, replies, runs, send
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "sagactor:workers"
 STREAM = "sagactor:commands:probe"
 Spawn = Callable[..., subprocess.Popen[str]]
-
-
-@pytest.fixture
-def client(redis_server: RedisServer, redis_url: str) -> Iterator[Any]:  # noqa: F811
-    redis = redis_server.client(decode_responses=True)
-    yield redis
-    redis.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +23,8 @@ from sagas.remote.worker import (
 )
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.support import eventually
-from tests.worker_services import PROBE_FLOW, command, replies, runs, send
+from tests.worker_fixtures import redis_client, reply_to, worker_starter  # noqa: F401 (fixtures)
+from tests.worker_services import PROBE_FLOW, command, runs, send
 
 pytestmark = pytest.mark.slow  # a real server (redis-server or the console's) each
 
@@ -33,35 +33,6 @@ STREAM = "sagactor:commands:probe"
 INBOX = "sagactor:inbox:probe"
 TIMES = "sagactor:inbox-times:probe"
 FLOW = parse_flow(PROBE_FLOW, source="<probe>")
-
-
-@pytest.fixture
-def client(redis_server: RedisServer, redis_url: str) -> Iterator[Any]:  # noqa: F811
-    redis = redis_server.client(decode_responses=True)
-    yield redis
-    redis.close()
-
-
-@pytest.fixture
-def start_worker(redis_url: str) -> Iterator[Any]:  # noqa: F811
-    started: list[Worker] = []
-
-    def start(**options: Any) -> Worker:
-        worker = Worker(redis_url, [FLOW], **options).start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop(timeout=10)
-
-
-def reply_to(client: Any, key: str, count: int = 1) -> list[dict[str, Any]]:
-    def found() -> list[dict[str, Any]] | None:
-        mine = [reply for reply in replies(client) if reply["key"] == key]
-        return mine if len(mine) >= count else None
-
-    return eventually(found, what=f"{count} reply(ies) to {key}")
 
 
 def ids(client: Any, stream: str = STREAM) -> list[str]:
