@@ -26,42 +26,13 @@ function in ``cli.py`` that parses, calls it, prints, and exits through the tabl
 from __future__ import annotations
 
 from ..remote.broker import BrokerUnavailable
+from . import help_texts
 from .act import cancel_saga, retry_saga
 from .audit import AuditReport, audit_store_at
 from .dead_letters import DeadLetters, dead_letters, render_dead_letters
 from .errors import UsageProblem, error_lines, one_line
 from .graph import draw_flow
-from .help_texts import (
-    CANCEL_HELP,
-    DATA_FILE_HELP,
-    DEAD_LETTERS_ALL_HELP,
-    DEAD_LETTERS_HELP,
-    DEAD_LETTERS_HELPS,
-    DEAD_LETTERS_SERVICE_HELP,
-    INPUT_FILE_HELP,
-    KIND_HELP,
-    LEASE_TTL_HELP,
-    LOG_FORMAT_HELP,
-    MEMBERS_HELP,
-    METRICS_HELP,
-    NO_IMPORT_HELP,
-    PUBLISH_HELP,
-    REMOTE_HELP,
-    REPLAY_DB_HELP,
-    RETRY_HELP,
-    SAGA_ID_HELP,
-    SEND_HELP,
-    SERVE_HELP,
-    SERVE_HTTP_HELP,
-    STUCK_HELP,
-    TEST_EXAMPLES_HELP,
-    TEST_HELP,
-    TEST_INPUT_HELP,
-    TOKEN_FILE_HELP,
-    UI_HELP,
-    VALIDATE_HELP,
-    WORKER_HELP,
-)
+from .help_texts import *  # noqa: F403 - the help texts, listed in help_texts.__all__
 from .interrupts import Stopped, graceful_stop
 from .members import MembersReport, store_members
 from .placement import place_services, runtime_options
@@ -103,35 +74,7 @@ from .validate import CheckedFlow, FlowChecks
 from .worker import WorkerServing, load_worker_flows, run_worker
 
 __all__ = [
-    "CANCEL_HELP",
-    "DATA_FILE_HELP",
-    "DEAD_LETTERS_ALL_HELP",
-    "DEAD_LETTERS_HELP",
-    "DEAD_LETTERS_HELPS",
-    "DEAD_LETTERS_SERVICE_HELP",
-    "INPUT_FILE_HELP",
-    "KIND_HELP",
-    "LEASE_TTL_HELP",
-    "LOG_FORMAT_HELP",
-    "MEMBERS_HELP",
-    "METRICS_HELP",
-    "NO_IMPORT_HELP",
-    "PUBLISH_HELP",
-    "REMOTE_HELP",
-    "REPLAY_DB_HELP",
-    "RETRY_HELP",
-    "SAGA_ID_HELP",
-    "SEND_HELP",
-    "SERVE_HELP",
-    "SERVE_HTTP_HELP",
-    "STUCK_HELP",
-    "TEST_EXAMPLES_HELP",
-    "TEST_HELP",
-    "TEST_INPUT_HELP",
-    "TOKEN_FILE_HELP",
-    "UI_HELP",
-    "VALIDATE_HELP",
-    "WORKER_HELP",
+    *help_texts.__all__,
     "AuditReport",
     "BrokerUnavailable",
     "CheckedFlow",
